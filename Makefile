@@ -1,0 +1,52 @@
+# Tuneforge developer entry points. Every target installs what it needs itself:
+# the host virtualenv, Go binaries, images and the model are cached outside the
+# work tree (under $(TUNEFORGE_CACHE), default ~/.cache/tuneforge), keyed by their inputs.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+export TUNEFORGE_CACHE ?= $(HOME)/.cache/tuneforge
+export PYTHONPATH := $(CURDIR)/operator/src:$(CURDIR)/trainer-image/src:$(CURDIR)/server-image/src:$(CURDIR)/localcluster/src
+VENV = $(shell hack/venv.sh)
+PY = $(VENV)/bin/python
+LOCALCLUSTER = $(PY) -m tuneforge_localcluster
+
+.PHONY: help venv test test-fast demo bench cluster-up cluster-down cluster-status model images lint
+
+help:
+	@echo "make demo           run the main job end to end on the local cluster"
+	@echo "make test           run every test (starts and stops the local cluster)"
+	@echo "make test-fast      pure unit tests only (no cluster, no training)"
+	@echo "make bench          run the benchmarks in bench/ and print their figures"
+	@echo "make cluster-up     start the local cluster; kubeconfig at .cluster/kubeconfig"
+	@echo "make cluster-down   stop every process of the local cluster and clean up"
+	@echo "make cluster-status show what the local cluster runs"
+
+venv:
+	@echo $(VENV)
+
+test:
+	$(PY) -m pytest tests
+
+test-fast:
+	$(PY) -m pytest tests -m "not cluster and not slow"
+
+demo:
+	$(PY) hack/demo.py
+
+bench:
+	@set -e; for b in bench/*.py; do echo "== $$b"; $(PY) $$b; done
+
+cluster-up:
+	$(LOCALCLUSTER) up
+
+cluster-down:
+	$(LOCALCLUSTER) down
+
+cluster-status:
+	$(LOCALCLUSTER) status
+
+model:
+	$(PY) hack/prepare_model.py
+
+lint:
+	$(PY) -m mypy operator/src/tuneforge trainer-image/src/tuneforge_trainer localcluster/src/tuneforge_localcluster
