@@ -1,0 +1,138 @@
+"""Builds the cluster's Go binaries once per machine and caches them by their inputs.
+
+Kubernetes and etcd come from wrapper modules in ``localcluster/go`` whose go.sum is
+committed; the add-ons are ``go install``-ed at a pinned version (their own go.sum is
+checked by the Go toolchain). The cache key of a binary hashes its module files or
+version, the Go version and the build flags, so only the first build on a machine pays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tuneforge_localcluster.settings import KUBE_VERSION, REPO_ROOT, Settings
+
+GO_DIR = REPO_ROOT / "localcluster" / "go"
+
+_K8S_LDFLAGS = " ".join(
+    [
+        "-s -w",
+        f"-X k8s.io/component-base/version.gitVersion={KUBE_VERSION}",
+        "-X k8s.io/component-base/version.gitMajor=1",
+        f"-X k8s.io/component-base/version.gitMinor={KUBE_VERSION.split('.')[1]}",
+        "-X k8s.io/component-base/version.gitTreeState=clean",
+        f"-X k8s.io/client-go/pkg/version.gitVersion={KUBE_VERSION}",
+    ]
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class GoBinary:
+    """One binary: either a package of a wrapper module, or ``go install pkg@version``."""
+
+    name: str
+    package: str
+    module_dir: str | None = None
+    """Wrapper module folder under localcluster/go; None means ``go install package``."""
+    ldflags: str = "-s -w"
+    tags: str = ""
+
+    def key(self, go_version: str) -> str:
+        h = hashlib.sha256()
+        h.update(f"{self.name}|{self.package}|{self.ldflags}|{self.tags}|{go_version}".encode())
+        if self.module_dir:
+            for f in ("go.mod", "go.sum"):
+                path = GO_DIR / self.module_dir / f
+                if path.exists():
+                    h.update(path.read_bytes())
+            for src in sorted((GO_DIR / self.module_dir).glob("*.go")):
+                h.update(src.read_bytes())
+        return h.hexdigest()[:16]
+
+
+def _k8s(cmd: str) -> GoBinary:
+    return GoBinary(
+        cmd, f"k8s.io/kubernetes/cmd/{cmd}", "kubernetes", ldflags=_K8S_LDFLAGS, tags="selinux,notest"
+    )
+
+
+BINARIES: tuple[GoBinary, ...] = (
+    GoBinary("etcd", "go.etcd.io/etcd/server/v3", "etcd"),
+    _k8s("kube-apiserver"),
+    _k8s("kube-controller-manager"),
+    _k8s("kube-scheduler"),
+    _k8s("kubelet"),
+    _k8s("kube-proxy"),
+    _k8s("kubectl"),
+    GoBinary("pause", "tuneforge.dev/localcluster/pause", "pause"),
+    GoBinary("kwok", "sigs.k8s.io/kwok/cmd/kwok@v0.8.0"),
+    GoBinary("coredns", "github.com/coredns/coredns@v1.14.7"),
+    GoBinary("local-path-provisioner", "github.com/rancher/local-path-provisioner@v0.0.30"),
+    GoBinary("crane", "github.com/google/go-containerregistry/cmd/crane@v0.22.1"),
+    GoBinary("versitygw", "github.com/versity/versitygw/cmd/versitygw@v1.8.0"),
+)
+
+
+def go_version() -> str:
+    return subprocess.run(["go", "env", "GOVERSION"], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def binary_path(settings: Settings, binary: GoBinary, gover: str) -> Path:
+    return settings.cache / "bin" / binary.key(gover) / binary.name
+
+
+def _build(binary: GoBinary, out: Path) -> None:
+    env = dict(os.environ, CGO_ENABLED="0")
+    flags = ["-trimpath", "-ldflags", binary.ldflags]
+    if binary.tags:
+        flags += ["-tags", binary.tags]
+    tmp = out.parent / (out.name + ".tmp")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    if binary.module_dir:
+        cmd = ["go", "build", *flags, "-o", str(tmp), binary.package]
+        cwd: Path | None = GO_DIR / binary.module_dir
+    else:
+        gobin = tmp.parent / "gobin"
+        env["GOBIN"] = str(gobin)
+        cmd = ["go", "install", *flags, binary.package]
+        cwd = None
+    subprocess.run(cmd, cwd=cwd, env=env, check=True)
+    if not binary.module_dir:
+        built = next((tmp.parent / "gobin").iterdir())
+        built.rename(tmp)
+        shutil.rmtree(tmp.parent / "gobin")
+    tmp.rename(out)
+
+
+def ensure_binaries(settings: Settings, names: list[str] | None = None) -> dict[str, Path]:
+    """Build every missing binary (one progress line each) and return name -> path."""
+    gover = go_version()
+    paths: dict[str, Path] = {}
+    for binary in BINARIES:
+        if names and binary.name not in names:
+            continue
+        out = binary_path(settings, binary, gover)
+        if not out.exists():
+            started = time.monotonic()
+            print(f"Building {binary.name} ({binary.package})", file=sys.stderr, flush=True)
+            _build(binary, out)
+            print(f"Built {binary.name} in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+        paths[binary.name] = out
+    _prune(settings, {p.parent.name for p in paths.values()}, names is None)
+    return paths
+
+
+def _prune(settings: Settings, keep: set[str], complete: bool) -> None:
+    """Drop binaries of older inputs so the cache stays bounded (only after a full ensure)."""
+    if not complete:
+        return
+    for entry in (settings.cache / "bin").iterdir():
+        if entry.name not in keep:
+            shutil.rmtree(entry, ignore_errors=True)

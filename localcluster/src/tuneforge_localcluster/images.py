@@ -1,0 +1,217 @@
+"""Container images without a Docker engine: a Debian base made by debootstrap, project
+images built by buildah from the repo's Dockerfiles, all served by a registry on loopback.
+
+Every image is tagged with a hash of its inputs, so an unchanged image is never rebuilt,
+and pushing to the registry moves only the layers it does not have yet: after a code-only
+change, only the last layer of a multi-GB torch image is built, pushed and pulled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tuneforge_localcluster.settings import REPO_ROOT, Settings
+
+DEBIAN_SUITE = "bookworm"
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
+# python3-venv for the images' virtualenvs; libnuma1 because vLLM's CPU kernels need it.
+BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates", "libnuma1")
+
+
+def _hash(*parts: bytes | str) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.encode() if isinstance(p, str) else p)
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _run(cmd: list[str], **kw: object) -> str:
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)  # type: ignore[call-overload]
+    return str(out.stdout).strip()
+
+
+def registry_has(s: Settings, ref: str) -> bool:
+    """Whether the loopback registry serves ``ref`` (``127.0.0.1:5000/repo:tag``)."""
+    repo, tag = ref.split("/", 1)[1].rsplit(":", 1)
+    req = urllib.request.Request(
+        f"http://{s.registry}/v2/{repo}/manifests/{tag}",
+        method="HEAD",
+        headers={"Accept": "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10):
+            return True
+    except urllib.error.HTTPError as err:
+        if err.code == 404:
+            return False
+        raise
+
+
+def _push(s: Settings, ref: str) -> None:
+    # Uncompressed layers: gzip of a multi-GB layer on two cores costs minutes and the
+    # registry is on the same disk. buildah skips blobs the registry already has.
+    _run(["buildah", "push", "--tls-verify=false", "--disable-compression", ref, f"docker://{ref}"])
+
+
+def pause_image(s: Settings, pause_binary: Path) -> str:
+    """The pod sandbox image (one static binary), built and pushed when missing."""
+    ref = f"{s.registry}/tuneforge/pause:{_hash(pause_binary.read_bytes())}"
+    if registry_has(s, ref):
+        return ref
+    ctr = _run(["buildah", "from", "scratch"])
+    try:
+        _run(["buildah", "copy", "--chmod", "0755", ctr, str(pause_binary), "/pause"])
+        _run(["buildah", "config", "--entrypoint", '["/pause"]', "--user", "65535", ctr])
+        _run(["buildah", "commit", "--rm", ctr, ref])
+    except subprocess.CalledProcessError:
+        subprocess.run(["buildah", "rm", ctr], capture_output=True)
+        raise
+    _push(s, ref)
+    return ref
+
+
+def base_image(s: Settings) -> str:
+    """A Debian minbase image with Python 3.11 (same minor as the host), from Debian's packages."""
+    key = _hash(DEBIAN_SUITE, DEBIAN_MIRROR, *BASE_PACKAGES)
+    ref = f"{s.registry}/tuneforge/base:{DEBIAN_SUITE}-{key}"
+    if registry_has(s, ref):
+        return ref
+    if _image_exists_locally(ref):
+        _push(s, ref)
+        return ref
+    started = time.monotonic()
+    _log(f"Building base image {ref} with debootstrap (first run on this machine: ~2 min)")
+    with tempfile.TemporaryDirectory(dir=s.cache, prefix="rootfs-") as tmp:
+        rootfs = Path(tmp) / "rootfs"
+        _run(
+            [
+                "debootstrap",
+                "--variant=minbase",
+                f"--include={','.join(BASE_PACKAGES)}",
+                DEBIAN_SUITE,
+                str(rootfs),
+                DEBIAN_MIRROR,
+            ]
+        )
+        # Keep the image small and deterministic enough: no apt lists or caches.
+        for junk in ("var/lib/apt/lists", "var/cache/apt/archives"):
+            shutil.rmtree(rootfs / junk, ignore_errors=True)
+        ctr = _run(["buildah", "from", "scratch"])
+        try:
+            mnt = _run(["buildah", "mount", ctr])
+            _run(["cp", "-a", f"{rootfs}/.", mnt])
+            _run(["buildah", "umount", ctr])
+            _run(["buildah", "config", "--cmd", "/bin/bash", "--env", "LANG=C.UTF-8", ctr])
+            _run(["buildah", "commit", "--rm", ctr, ref])
+        except subprocess.CalledProcessError:
+            subprocess.run(["buildah", "rm", ctr], capture_output=True)
+            raise
+    _push(s, ref)
+    _log(f"Built base image in {time.monotonic() - started:.0f} s")
+    return ref
+
+
+def _image_exists_locally(ref: str) -> bool:
+    return subprocess.run(["buildah", "inspect", "--type", "image", ref], capture_output=True).returncode == 0
+
+
+def _context_hash(folder: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            h.update(str(path.relative_to(folder)).encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def wheelhouse(s: Settings, requirements: Path) -> Path:
+    """A folder of wheels for ``requirements``, downloaded once per requirements content."""
+    key = _hash(requirements.read_bytes())
+    folder = s.cache / "wheels" / key
+    if (folder / ".complete").exists():
+        return folder
+    _log(f"Downloading wheels for {requirements.relative_to(REPO_ROOT)} into {folder}")
+    folder.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [
+            sys.executable, "-m", "pip", "download", "-q", "-d", str(folder), "-r", str(requirements),
+            "--only-binary=:all:", "--platform", "manylinux_2_36_x86_64", "--python-version", "3.11",
+            "--implementation", "cp",
+        ],
+        check=True,
+    )
+    (folder / ".complete").touch()
+    return folder
+
+
+def build(s: Settings, context: Path, name: str, dockerfile: str = "Dockerfile") -> str:
+    """Build ``context/Dockerfile`` on the local base image and push it; return its reference.
+
+    The build context gets a ``wheels/`` folder (hard links into the wheelhouse cache) when
+    ``context/requirements.txt`` exists, for ``RUN --mount=type=bind,source=wheels,...``.
+    """
+    context = context.resolve()
+    base = base_image(s)
+    reqs = context / "requirements.txt"
+    wheels = wheelhouse(s, reqs) if reqs.exists() else None
+    extra = [REPO_ROOT / "pyproject.toml"]
+    key = _hash(base, _context_hash(context), *(p.read_bytes() for p in extra), str(wheels))
+    ref = f"{s.registry}/tuneforge/{name}:{key}"
+    if registry_has(s, ref):
+        return ref
+    started = time.monotonic()
+    _log(f"Building image {ref} from {context.relative_to(REPO_ROOT)}/{dockerfile}")
+    with tempfile.TemporaryDirectory(dir=s.cache, prefix="context-") as tmp:
+        ctx = Path(tmp) / "ctx"
+        shutil.copytree(context, ctx, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        for f in extra:
+            shutil.copy2(f, ctx / f.name)
+        if wheels is not None:
+            # Hard links: the wheelhouse costs no disk a second time.
+            subprocess.run(["cp", "-al", str(wheels), str(ctx / "wheels")], check=True)
+        subprocess.run(
+            [
+                "buildah", "bud", "--layers", "--network", "host", "--tls-verify=false",
+                "--build-arg", f"BASE_IMAGE={base}", "-f", str(ctx / dockerfile), "-t", ref, str(ctx),
+            ],
+            check=True,
+            stdout=sys.stderr,
+        )
+    _push(s, ref)
+    _log(f"Built and pushed {ref} in {time.monotonic() - started:.0f} s")
+    return ref
+
+
+def disk_usage(s: Settings) -> dict[str, int]:
+    """Bytes used by each cache and image store of the local cluster."""
+    places = {
+        "go binaries": s.cache / "bin",
+        "wheelhouses": s.cache / "wheels",
+        "registry": s.cache / "registry",
+        "buildah storage": Path("/var/lib/containers/storage"),
+        "containerd": s.runtime / "containerd" / "root",
+        "go module cache": Path(os.environ.get("GOMODCACHE", Path.home() / "go" / "pkg" / "mod")),
+        "go build cache": Path.home() / ".cache" / "go-build",
+        "venvs": s.cache / "venv",
+        "models": s.cache / "models",
+    }
+    usage = {}
+    for label, path in places.items():
+        if path.exists():
+            out = subprocess.run(["du", "-sb", str(path)], capture_output=True, text=True).stdout.split()
+            usage[label] = int(out[0]) if out else 0
+    return usage
