@@ -1,0 +1,153 @@
+"""Helpers that tests and the demo use against the local cluster: a handle with kubectl,
+a Kubernetes API client, image builds, fresh namespaces and waits that explain themselves."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tuneforge_localcluster import cluster, images
+from tuneforge_localcluster.settings import Settings
+
+T = TypeVar("T")
+
+
+class WaitTimeout(AssertionError):
+    """A wait ran out; the message holds what was last seen."""
+
+
+def wait_for(
+    what: str,
+    probe: Callable[[], T],
+    timeout: float = 60,
+    interval: float = 0.5,
+    describe: Callable[[], str] | None = None,
+) -> T:
+    """Call ``probe`` until it returns something truthy; on timeout fail with what it last saw.
+
+    ``probe`` may raise: the exception counts as "not yet" and its text is reported.
+    """
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while True:
+        try:
+            value = probe()
+            if value:
+                return value
+            last = value
+        except Exception as err:  # noqa: BLE001 - reported on timeout
+            last = f"{type(err).__name__}: {err}"
+        if time.monotonic() >= deadline:
+            extra = ""
+            if describe is not None:
+                try:
+                    extra = "\n" + describe()
+                except Exception as err:  # noqa: BLE001
+                    extra = f"\n(describe failed: {err})"
+            raise WaitTimeout(f"Timed out after {timeout:.0f} s waiting for {what}; last seen: {last!r}{extra}")
+        time.sleep(interval)
+
+
+class Cluster:
+    """A handle on the running local cluster."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.kubeconfig = settings.kubeconfig
+        self.kubectl_bin = settings.runtime / "bin" / "kubectl"
+        self._images: dict[tuple[str, str], str] = {}
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        res = subprocess.run(
+            [str(self.kubectl_bin), f"--kubeconfig={self.kubeconfig}", *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and res.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed ({res.returncode}): {res.stderr.strip()}")
+        return res
+
+    def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any]:
+        ns = ["-n", namespace] if namespace else []
+        return dict(json.loads(self.kubectl("get", kind, name, *ns, "-o", "json").stdout))
+
+    def list(self, kind: str, namespace: str | None = None, selector: str | None = None) -> list[dict[str, Any]]:
+        args = ["get", kind, "-o", "json"]
+        if namespace:
+            args += ["-n", namespace]
+        if selector:
+            args += ["-l", selector]
+        return list(json.loads(self.kubectl(*args).stdout)["items"])
+
+    def apply(self, objs: list[dict[str, Any]] | dict[str, Any], namespace: str | None = None) -> None:
+        docs = objs if isinstance(objs, list) else [objs]
+        ns = ["-n", namespace] if namespace else []
+        self.kubectl("apply", *ns, "-f", "-", input="\n---\n".join(json.dumps(d) for d in docs))
+
+    def describe(self, kind: str, name: str, namespace: str | None = None) -> str:
+        ns = ["-n", namespace] if namespace else []
+        return self.kubectl("describe", kind, name, *ns, check=False).stdout
+
+    def api_client(self) -> Any:
+        """A ``kubernetes.client.ApiClient`` for the admin kubeconfig."""
+        from kubernetes import config
+
+        return config.new_client_from_config(config_file=str(self.kubeconfig))
+
+    def image(self, context: Path, name: str) -> str:
+        """Build (or find cached) the image of a Dockerfile folder and return its reference."""
+        key = (str(context), name)
+        if key not in self._images:
+            self._images[key] = images.build(self.settings, context, name)
+        return self._images[key]
+
+    def new_namespace(self, prefix: str) -> str:
+        name = f"{prefix[:40].lower().replace('_', '-').strip('-')}-{uuid.uuid4().hex[:6]}"
+        self.kubectl("create", "namespace", name)
+        # Pods may only start once the namespace's default ServiceAccount exists.
+        wait_for(f"ServiceAccount default in {name}", lambda: self.kubectl("get", "sa", "default", "-n", name, check=False).returncode == 0, 30)
+        return name
+
+    def delete_namespace(self, name: str) -> None:
+        self.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+    def collect_logs(self, dest: Path) -> None:
+        """Copy every component's log to ``dest`` (for CI artifacts)."""
+        if self.settings.logs.exists():
+            shutil.copytree(self.settings.logs, dest, dirs_exist_ok=True)
+
+
+def real_node_pod_spec(image: str, args: list[str], **extra: object) -> dict:
+    """A restricted, non-root pod spec on the real node running ``image`` with ``args``."""
+    spec: dict = {
+        "nodeSelector": {"tuneforge.dev/node-kind": "real"},
+        "restartPolicy": "Never",
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [
+            {
+                "name": "main",
+                "image": image,
+                "imagePullPolicy": "IfNotPresent",
+                "args": args,
+                "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+            }
+        ],
+    }
+    spec.update(extra)
+    return spec
+
+
+def start_or_reuse(settings: Settings) -> tuple[Cluster, bool]:
+    """A handle on the cluster, starting it when it is not running; True when started here."""
+    if cluster.is_up(settings):
+        return Cluster(settings), False
+    cluster.up(settings)
+    return Cluster(settings), True

@@ -1,0 +1,57 @@
+"""Shared fixtures: the local Kubernetes cluster (started once per session, torn down even
+after failures, component logs kept under test-output/) and a fresh namespace per test."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tuneforge_localcluster import cluster as lc
+from tuneforge_localcluster import settings as lc_settings
+from tuneforge_localcluster.testing import Cluster, start_or_reuse
+
+OUTPUT = Path(__file__).resolve().parents[1] / "test-output"
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    """The running local cluster; started (and finally stopped) here unless already up."""
+    settings = lc_settings.load()
+    handle, started = start_or_reuse(settings)
+    try:
+        yield handle
+    finally:
+        handle.collect_logs(OUTPUT / "cluster-logs")
+        if started and os.environ.get("TUNEFORGE_KEEP_CLUSTER") != "1":
+            lc.down(settings)
+
+
+@pytest.fixture
+def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace named after the test, deleted afterwards (without waiting)."""
+    name = cluster.new_namespace("t-" + re.sub(r"[^a-z0-9-]", "-", request.node.name.lower()))
+    yield name
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed:
+        events = cluster.kubectl("get", "events", "-n", name, "--sort-by=.lastTimestamp", check=False).stdout
+        (OUTPUT / "events").mkdir(parents=True, exist_ok=True)
+        (OUTPUT / "events" / f"{name}.txt").write_text(events)
+    cluster.delete_namespace(name)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    rep = yield
+    setattr(item, f"rep_{rep.when}", rep)
+    return rep
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Tests that use the cluster fixture are marked so `-m "not cluster"` runs the pure ones.
+    for item in items:
+        if "cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.cluster)
