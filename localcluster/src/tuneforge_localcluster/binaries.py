@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -82,6 +83,12 @@ BINARIES: tuple[GoBinary, ...] = (
 
 def go_version() -> str:
     return subprocess.run(["go", "env", "GOVERSION"], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def module_dir(module: str) -> Path:
+    """The extracted source of ``module@version`` in the Go module cache (downloaded if missing)."""
+    out = subprocess.run(["go", "mod", "download", "-json", module], check=True, capture_output=True, text=True).stdout
+    return Path(json.loads(out)["Dir"])
 
 
 def binary_path(settings: Settings, binary: GoBinary, gover: str) -> Path:

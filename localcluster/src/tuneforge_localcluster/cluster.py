@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from tuneforge_localcluster import binaries, components, images, manifests, pki
-from tuneforge_localcluster.settings import Settings
+from tuneforge_localcluster.settings import REPO_ROOT, Settings
 
 DEBIAN_PACKAGES = {
     "containerd": "containerd",
@@ -303,6 +303,8 @@ def up(s: Settings) -> float:
     _start(s, "kube-proxy", components.kube_proxy_args(s, bins))
     _write(s.runtime / "Corefile", components.corefile(s))
     _start(s, "coredns", components.coredns_args(s, bins))
+    own_stages = sorted((REPO_ROOT / "localcluster" / "kwok").glob("*.yaml"))
+    _write(s.runtime / "kwok.yaml", components.kwok_config(binaries.module_dir(components.KWOK_MODULE), own_stages))
     _start(s, "kwok", components.kwok_args(s, bins))
     (s.runtime / "s3").mkdir(parents=True, exist_ok=True)
     _start(s, "s3", components.s3_args(s, bins))

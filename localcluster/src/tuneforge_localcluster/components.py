@@ -286,7 +286,28 @@ def kwok_args(s: Settings, bins: dict[str, Path]) -> list[str]:
         "--cidr=10.245.0.0/16",
         "--server-address=127.0.0.1:10247",
         "--node-lease-duration-seconds=40",
+        f"--config={s.runtime / 'kwok.yaml'}",
     ]
+
+
+KWOK_MODULE = "sigs.k8s.io/kwok@v0.8.0"
+KWOK_STAGES = (
+    "node/fast/node-initialize.yaml",
+    "node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
+    "pod/general/pod-create.yaml",
+    "pod/general/pod-init-container-running.yaml",
+    "pod/general/pod-init-container-completed.yaml",
+    "pod/general/pod-ready.yaml",
+    "pod/general/pod-delete.yaml",
+)
+
+
+def kwok_config(kwok_source: Path, own_stages: list[Path]) -> str:
+    """kwok's stages: its "general" pod lifecycle (delays settable per pod through annotations)
+    with our pod-complete stage, which can end a pod with a termination message and exit code."""
+    docs = [(kwok_source / "kustomize" / "stage" / rel).read_text() for rel in KWOK_STAGES]
+    docs += [p.read_text() for p in own_stages]
+    return "\n---\n".join(docs)
 
 
 def registry_args(s: Settings, bins: dict[str, Path]) -> list[str]:
