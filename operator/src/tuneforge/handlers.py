@@ -1,0 +1,202 @@
+"""Kopf handlers: thin — each finds the FineTuneJob a change concerns and calls ``reconcile``.
+
+Indexes (in-memory, filled before any handler runs) hold projections of FineTuneJobs and of the
+Jobs/Pods labelled with ``tuneforge.dev/finetunejob``, so reconciling never lists the API and an
+operator restart sees every existing child before it acts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+
+from . import FTJ_PLURAL, GROUP, LABEL_FTJ, VERSION
+from .kube import Kube, api_error_message, is_transient
+from .progress import parse_progress
+from .reconcile import Context, Key, reconcile, schedule_retry
+from .resources.job import CONTAINER
+from .resources.names import ROLE_TRAIN
+from .settings import Settings
+from .status import EVALUATING, RUNNING
+
+log = logging.getLogger(__name__)
+CHILD = {LABEL_FTJ: kopf.PRESENT}
+_state: dict[str, Any] = {}
+
+
+def configure(settings: kopf.OperatorSettings, ours: Settings) -> None:
+    """Kopf tuned for a real cluster (called from the startup handler)."""
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration")
+    # Watch streams can stall silently behind proxies/load balancers: bound them on both ends.
+    settings.watching.server_timeout = ours.watch_server_timeout
+    settings.watching.client_timeout = ours.watch_client_timeout
+    settings.watching.connect_timeout = 10
+    settings.networking.request_timeout = ours.request_timeout
+    settings.networking.connect_timeout = 10
+    # Our own status patches go through the status subresource, which Kopf does not wait for;
+    # this bounds its wait for its annotation patches (then it proceeds with what it has).
+    settings.persistence.consistency_timeout = ours.consistency_timeout
+    # Kopf 1.45 names the bound on concurrent per-object workers queueing.worker_limit.
+    settings.queueing.worker_limit = ours.worker_limit
+    settings.queueing.error_delays = (1, 2, 5, 10, 20, 30, 60)  # framework errors: retry soon, cap at 1 min
+    settings.posting.level = logging.INFO  # k8s Events for INFO and above only, not handler debug chatter
+    settings.posting.reporting_component = "tuneforge-operator"
+    settings.execution.max_workers = 4  # sync handlers: none of ours are sync
+    settings.peering.standalone = True  # one replica (Deployment strategy Recreate)
+
+
+def _project_ftj(body: kopf.Body) -> dict[str, Any]:
+    m = body["metadata"]
+    return {
+        "apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
+        "metadata": {"name": m["name"], "namespace": m["namespace"], "uid": m["uid"],
+                     "generation": m.get("generation"), "deletionTimestamp": m.get("deletionTimestamp")},
+        "spec": body.get("spec"), "status": body.get("status"),
+    }
+
+
+def _project_child(body: kopf.Body, keep_spec: bool) -> dict[str, Any]:
+    m = body["metadata"]
+    owners = [o for o in m.get("ownerReferences") or () if o.get("kind") in ("FineTuneJob", "Job")]
+    out: dict[str, Any] = {
+        "metadata": {"name": m["name"], "labels": dict(m.get("labels") or {}),
+                     "deletionTimestamp": m.get("deletionTimestamp"),
+                     "ownerUid": next((o["uid"] for o in owners if o.get("kind") == "FineTuneJob"), None)},
+        "status": body.get("status") or {},
+    }
+    if keep_spec:
+        out["spec"] = {"suspend": (body.get("spec") or {}).get("suspend")}
+    return out
+
+
+@kopf.index(GROUP, VERSION, FTJ_PLURAL)
+def ftj_index(*, namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
+    return {(namespace or "", name): _project_ftj(body)}
+
+
+@kopf.index("batch", "v1", "jobs", labels=CHILD)
+def job_index(*, namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
+    return {(namespace or "", labels[LABEL_FTJ]): _project_child(body, keep_spec=True)}
+
+
+@kopf.index("", "v1", "pods", labels=CHILD)
+def pod_index(*, namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
+    return {(namespace or "", labels[LABEL_FTJ]): _project_child(body, keep_spec=False)}
+
+
+def _emit(body: Any, kind: str, reason: str, message: str) -> None:
+    kopf.event(body, type=kind, reason=reason, message=message)
+
+
+@kopf.on.startup()
+async def startup(*, settings: kopf.OperatorSettings, **kwargs: Any) -> None:
+    # Kopf passes every index to every handler by its function's name.
+    ftj_index, job_index, pod_index = kwargs["ftj_index"], kwargs["job_index"], kwargs["pod_index"]
+    ours = _state.get("settings") or Settings.from_env()
+    configure(settings, ours)
+    ctx = Context(settings=ours, kube=Kube(ours, _state.get("kubeconfig")), ftjs=ftj_index, jobs=job_index,
+                  pods=pod_index, emit=_emit)
+    _state["ctx"] = ctx
+    _state["poller"] = asyncio.get_running_loop().create_task(_poll_progress(ctx))
+    log.info("Tuneforge operator started with trainer image %s", ours.trainer_image)
+
+
+@kopf.on.cleanup()
+async def cleanup(**_: Any) -> None:
+    poller = _state.pop("poller", None)
+    if poller:
+        poller.cancel()
+    ctx = _state.pop("ctx", None)
+    if ctx:
+        ctx.kube.close()
+
+
+async def _run(key: Key) -> None:
+    """Reconcile from an event or a timer; transient errors schedule a retry, others are logged."""
+    ctx: Context = _state["ctx"]
+    try:
+        await reconcile(ctx, key)
+    except Exception as exc:  # noqa: BLE001 - an event handler has no retries of its own
+        kind = type(exc).__name__
+        from . import metrics
+        metrics.RECONCILE_ERRORS.labels(kind).inc()
+        log.warning("Reconcile of FineTuneJob %s/%s failed: %s", key[0], key[1], api_error_message(exc))
+        schedule_retry(ctx, key, ctx.settings.retry_delay, _run)
+
+
+@kopf.on.resume(GROUP, VERSION, FTJ_PLURAL)
+@kopf.on.create(GROUP, VERSION, FTJ_PLURAL)
+@kopf.on.update(GROUP, VERSION, FTJ_PLURAL, field="spec")
+async def ftj_changed(*, namespace: str | None, name: str, **_: Any) -> None:
+    ctx: Context = _state["ctx"]
+    try:
+        await reconcile(ctx, (namespace or "", name))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise kopf.PermanentError(f"FineTuneJob {namespace}/{name} has a spec the operator cannot read: {exc}")
+    except Exception as exc:
+        if is_transient(exc):
+            raise kopf.TemporaryError(api_error_message(exc), delay=ctx.settings.retry_delay)
+        raise kopf.PermanentError(api_error_message(exc))
+
+
+@kopf.on.event(GROUP, VERSION, FTJ_PLURAL)
+async def ftj_event(*, type: str, namespace: str | None, name: str, uid: str, **_: Any) -> None:
+    # Children go by owner-reference GC; the operator only drops its in-memory state. (No
+    # on.delete handler: it would put a finalizer on every FineTuneJob for no benefit.)
+    if type == "DELETED":
+        _state["ctx"].forget((namespace or "", name), uid)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=CHILD)
+async def job_event(*, namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
+    await _run((namespace or "", labels[LABEL_FTJ]))
+
+
+@kopf.on.event("", "v1", "pods", labels=CHILD)
+async def pod_event(*, namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
+    await _run((namespace or "", labels[LABEL_FTJ]))
+
+
+async def _poll_progress(ctx: Context) -> None:
+    """One loop for all running trainers (not one timer per object): read log tails, reconcile.
+
+    A single bounded loop keeps the cost flat in the number of FineTuneJobs and needs no
+    finalizer on them (Kopf timers would add one).
+    """
+    sem = asyncio.Semaphore(ctx.settings.api_concurrency)
+
+    async def poll(key: Key, pod: Any, uid: str, rev: int) -> None:
+        async with sem:
+            text = await ctx.kube.pod_log_tail(key[0], pod["metadata"]["name"], CONTAINER, ctx.settings.progress_tail_lines)
+        progress = parse_progress(text, ctx.progress.get((uid, rev)))
+        if progress is not None and progress != ctx.progress.get((uid, rev)):
+            ctx.progress[(uid, rev)] = progress
+            await _run(key)
+
+    while True:
+        await asyncio.sleep(ctx.settings.progress_interval)
+        tasks = []
+        for key, store in list(ctx.ftjs.items()):
+            body = next(iter(store), None)
+            if body is None:
+                continue
+            status = ctx.written.get(body["metadata"]["uid"]) or body.get("status") or {}
+            if status.get("phase") not in (RUNNING, EVALUATING):
+                continue
+            rev = int(status.get("revision") or 0)
+            for pod in ctx.pods.get(key) or ():
+                labels = pod["metadata"]["labels"]
+                if labels.get("tuneforge.dev/role") == ROLE_TRAIN and labels.get("tuneforge.dev/revision") == str(rev) \
+                        and (pod["status"] or {}).get("phase") == "Running":
+                    tasks.append(poll(key, pod, body["metadata"]["uid"], rev))
+        if tasks:
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            for r in results:
+                if isinstance(r, Exception):
+                    log.warning("Progress poll failed: %s", api_error_message(r))

@@ -1,0 +1,46 @@
+"""Entry point ``tuneforge-operator``: settings, the /metrics server, then Kopf's event loop."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+import kopf
+from prometheus_client import start_http_server
+
+from . import handlers  # noqa: F401 - registers the handlers
+from .metrics import REGISTRY
+from .settings import Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tuneforge-operator", description=__doc__)
+    parser.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then ~/.kube/config)")
+    parser.add_argument("--verbose", action="store_true", help="debug logging")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        logging.error("Invalid settings: %s", exc)
+        return 2
+    handlers._state["settings"] = settings
+    handlers._state["kubeconfig"] = args.kubeconfig
+    if args.kubeconfig:
+        import os
+        os.environ["KUBECONFIG"] = args.kubeconfig  # Kopf's own client reads it too
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, registry=REGISTRY)
+    namespaces = settings.namespace_list()
+    liveness = f"http://0.0.0.0:{settings.liveness_port}/healthz" if settings.liveness_port else None
+    asyncio.run(kopf.operator(
+        clusterwide=not namespaces, namespaces=namespaces, liveness_endpoint=liveness, standalone=True,
+    ))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

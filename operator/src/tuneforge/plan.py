@@ -1,0 +1,60 @@
+"""What to create, patch or delete next for a FineTuneJob: a pure function of what exists.
+
+Every action is idempotent (creating treats AlreadyExists as success, deleting NotFound), so
+running a plan twice — after an operator restart, say — never duplicates a child.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal, Mapping, Sequence
+
+from .resources.job import train_job_suspended
+from .spec import FineTuneJobSpec
+from .status import TERMINAL, job_finished
+
+Obj = Mapping[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Action:
+    verb: Literal["create_config_map", "create_validate_job", "create_train_job", "set_suspend", "delete_job"]
+    name: str = ""
+    value: bool | None = None
+
+
+def plan(
+    spec: FineTuneJobSpec,
+    phase: str,
+    validate_job: Obj | None,
+    train_job: Obj | None,
+    stale_jobs: Sequence[Obj],
+    preflight_failed: bool,
+) -> list[Action]:
+    """The next actions for the current revision (``phase`` is the freshly computed one)."""
+    actions: list[Action] = []
+    # Jobs of earlier revisions that still run hold GPUs for a spec nobody wants any more.
+    for job in stale_jobs:
+        if job_finished(job) is None:
+            actions.append(Action("delete_job", job["metadata"]["name"]))
+    if phase in TERMINAL or preflight_failed:
+        # A failed revision releases what it still holds (e.g. a pod stuck on a missing Secret).
+        for maybe in (validate_job, train_job):
+            if maybe is not None and job_finished(maybe) is None:
+                actions.append(Action("delete_job", maybe["metadata"]["name"]))
+        return actions
+    if validate_job is None:
+        return actions + [Action("create_config_map"), Action("create_validate_job")]
+    if job_finished(validate_job) != "Complete":
+        return actions
+    if train_job is None:
+        return actions + [Action("create_train_job")]
+    if job_finished(train_job) is None:
+        suspended = bool((train_job.get("spec") or {}).get("suspend"))
+        if spec.queue_name:
+            # Kueue owns unsuspension; the user can still pause a queued or running Job.
+            if spec.suspend and not suspended:
+                actions.append(Action("set_suspend", train_job["metadata"]["name"], True))
+        elif suspended != train_job_suspended(spec):
+            actions.append(Action("set_suspend", train_job["metadata"]["name"], train_job_suspended(spec)))
+    return actions

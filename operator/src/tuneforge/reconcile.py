@@ -1,0 +1,215 @@
+"""Reconcile one FineTuneJob: observe its children, compute status, run the plan, write status.
+
+Called from every trigger (the FineTuneJob's own create/update/resume, events of its Jobs and
+Pods, the progress poller); serialised per object by a lock, so triggers may overlap freely.
+What exists comes from Kopf's in-memory indexes (no list calls per reconcile); what changes goes
+through ``kube.Kube``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import logging
+import time
+from typing import Any, Callable, Coroutine, Iterable, Mapping
+
+from . import LABEL_REVISION, metrics
+from .kube import Kube
+from .plan import Action, plan
+from .progress import Progress
+from .resources.configmap import build_config_map
+from .resources.job import build_trainer_job, build_validate_job
+from .resources.names import Owner, config_map_name, train_job_name, validate_job_name
+from .settings import Settings
+from .spec import FineTuneJobSpec, parse_spec, pvc_claims, spec_hash
+from .status import (
+    FAILED, SUCCEEDED, TERMINAL, Observed, compute_status, decide_revision, job_finished, status_changed,
+)
+from .trainer_config import artifact_uri
+
+log = logging.getLogger(__name__)
+Key = tuple[str, str]
+Obj = Mapping[str, Any]
+EmitFn = Callable[[Obj, str, str, str], None]
+
+
+@dataclasses.dataclass
+class Context:
+    """Operator-wide state shared by handlers: settings, API door, indexes, caches."""
+
+    settings: Settings
+    kube: Kube
+    ftjs: Mapping[Key, Iterable[Obj]]
+    jobs: Mapping[Key, Iterable[Obj]]
+    pods: Mapping[Key, Iterable[Obj]]
+    emit: EmitFn
+    locks: dict[Key, asyncio.Lock] = dataclasses.field(default_factory=dict)
+    # The status this operator last wrote, by uid: the watch may lag behind our own writes, and
+    # deciding a revision from a stale status could start a revision twice.
+    written: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    progress: dict[tuple[str, int], Progress] = dataclasses.field(default_factory=dict)
+    tally: metrics.PhaseTally = dataclasses.field(default_factory=metrics.PhaseTally)
+    retries: dict[Key, asyncio.TimerHandle] = dataclasses.field(default_factory=dict)
+
+    def lock(self, key: Key) -> asyncio.Lock:
+        return self.locks.setdefault(key, asyncio.Lock())
+
+    def forget(self, key: Key, uid: str | None) -> None:
+        self.locks.pop(key, None)
+        if uid:
+            self.written.pop(uid, None)
+            self.tally.set(uid, None)
+            for k in [k for k in self.progress if k[0] == uid]:
+                del self.progress[k]
+        try:
+            metrics.EVAL_ACCURACY.remove(*key)
+        except KeyError:
+            pass
+
+
+def _one(store: Iterable[Obj] | None) -> Obj | None:
+    for item in store or ():
+        return item
+    return None
+
+
+def _owned(objs: Iterable[Obj], uid: str) -> list[Obj]:
+    return [o for o in objs if (o.get("metadata") or {}).get("ownerUid") in (None, uid)]
+
+
+def _revision_of(obj: Obj) -> int:
+    try:
+        return int(((obj.get("metadata") or {}).get("labels") or {}).get(LABEL_REVISION, "0"))
+    except ValueError:
+        return 0
+
+
+async def preflight(kube: Kube, namespace: str, spec: FineTuneJobSpec) -> tuple[str, str] | None:
+    """Checks that need cluster state (the schema cannot see it): (reason, message) or None."""
+    fields = {"spec.baseModel.uri": spec.base_model_uri, "spec.dataset.uri": spec.dataset_uri,
+              "spec.dataset.evalUri": spec.eval_uri, "spec.output.uri": spec.output_uri}
+    for claim in pvc_claims(spec):
+        if not await kube.pvc_exists(namespace, claim):
+            field = next(f for f, u in fields.items() if u and u.startswith(f"pvc://{claim}"))
+            return "PersistentVolumeClaimNotFound", f"{field}: PersistentVolumeClaim {claim!r} not found in namespace {namespace}"
+    if spec.priority_class_name and not await kube.priority_class_exists(spec.priority_class_name):
+        return "PriorityClassNotFound", f"spec.scheduling.priorityClassName: PriorityClass {spec.priority_class_name!r} not found"
+    return None
+
+
+async def reconcile(ctx: Context, key: Key) -> None:
+    """Bring one FineTuneJob one step closer to done; safe to call any time, any number of times."""
+    async with ctx.lock(key):
+        started = time.monotonic()
+        try:
+            await _reconcile(ctx, key)
+        finally:
+            metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
+
+
+async def _reconcile(ctx: Context, key: Key) -> None:
+    body = _one(ctx.ftjs.get(key))
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return
+    namespace, name = key
+    meta = body["metadata"]
+    owner = Owner(name=name, namespace=namespace, uid=meta["uid"])
+    raw_spec = body.get("spec") or {}
+    spec = parse_spec(raw_spec)
+    prior = ctx.written.get(owner.uid) or dict(body.get("status") or {})
+    revision = decide_revision(spec_hash(raw_spec), prior, ctx.settings.history_limit)
+    rev = revision.number
+
+    jobs = _owned(ctx.jobs.get(key) or (), owner.uid)
+    pods = _owned(ctx.pods.get(key) or (), owner.uid)
+    by_name = {j["metadata"]["name"]: j for j in jobs}
+    vjob = by_name.get(validate_job_name(name, rev))
+    tjob = by_name.get(train_job_name(name, rev))
+    stale = [j for j in jobs if _revision_of(j) != rev]
+    vpods = [p for p in pods if _pod_job(p) == validate_job_name(name, rev)]
+    tpods = [p for p in pods if _pod_job(p) == train_job_name(name, rev)]
+
+    sticky = not revision.is_new and prior.get("phase") in TERMINAL
+    pre = None
+    if vjob is None and not sticky:
+        pre = await preflight(ctx.kube, namespace, spec)
+    observed = Observed(vjob, vpods, tjob, tpods, ctx.progress.get((owner.uid, rev)), pre)
+    children = {"configMap": config_map_name(name, rev), "validateJob": validate_job_name(name, rev),
+                "trainJob": train_job_name(name, rev)}
+    now = dt.datetime.now(dt.timezone.utc)
+    status = compute_status(spec, int(meta.get("generation") or 0), prior, revision, observed, now, children,
+                            artifact_uri(spec, namespace, name, rev))
+
+    for action in plan(spec, status["phase"], vjob, tjob, stale, pre is not None):
+        await _execute(ctx, action, owner, spec, rev, status)
+
+    if status_changed(prior, status):
+        patch = dict(status)
+        for gone in set(prior) - set(status):
+            patch[gone] = None
+        await ctx.kube.patch_status(namespace, name, patch)
+        ctx.written[owner.uid] = status
+        _after_write(ctx, body, key, prior, status, tpods, spec.gpus)
+    ctx.tally.set(owner.uid, status["phase"])
+
+
+def _pod_job(pod: Obj) -> str | None:
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    return labels.get("batch.kubernetes.io/job-name") or labels.get("job-name")
+
+
+async def _execute(ctx: Context, action: Action, owner: Owner, spec: FineTuneJobSpec, rev: int, status: Obj) -> None:
+    s = ctx.settings
+    if action.verb == "create_config_map":
+        await ctx.kube.create(build_config_map(owner, spec, rev))
+    elif action.verb == "create_validate_job":
+        if await ctx.kube.create(build_validate_job(owner, spec, rev, s)):
+            log.info("Created validation Job %s/%s", owner.namespace, validate_job_name(owner.name, rev))
+    elif action.verb == "create_train_job":
+        if await ctx.kube.create(build_trainer_job(owner, spec, rev, s)):
+            log.info("Created training Job %s/%s", owner.namespace, train_job_name(owner.name, rev))
+            started = status.get("startTime")
+            if started:
+                since = dt.datetime.strptime(started, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
+                metrics.TIME_TO_JOB.observe(max(0.0, (dt.datetime.now(dt.timezone.utc) - since).total_seconds()))
+    elif action.verb == "set_suspend":
+        await ctx.kube.set_job_suspend(owner.namespace, action.name, bool(action.value))
+        log.info("Set suspend=%s on Job %s/%s", action.value, owner.namespace, action.name)
+    elif action.verb == "delete_job":
+        await ctx.kube.delete_job(owner.namespace, action.name)
+        log.info("Deleted Job %s/%s", owner.namespace, action.name)
+
+
+def _after_write(ctx: Context, body: Obj, key: Key, prior: Obj, status: Obj, tpods: list[Obj], gpus: int) -> None:
+    """Events and metrics for a transition."""
+    old_phase = prior.get("phase") if prior.get("revision") == status.get("revision") else None
+    phase = status["phase"]
+    if phase != old_phase or status.get("reason") != prior.get("reason"):
+        kind = "Warning" if phase == FAILED else "Normal"
+        text = f"Revision {status['revision']}: {phase}" + (f" ({status['reason']}): {status['message']}" if status.get("message") else "")
+        ctx.emit(body, kind, phase, text[:1000])
+    if phase in TERMINAL and old_phase not in TERMINAL:
+        acc = (status.get("evaluation") or {}).get("accuracy")
+        if acc is not None:
+            metrics.EVAL_ACCURACY.labels(*key).set(acc)
+        metrics.GPU_SECONDS.inc(float(status.get("gpuSeconds") or 0.0))
+        if phase == SUCCEEDED and gpus:
+            metrics.TRAINING_SECONDS.observe(float(status.get("gpuSeconds") or 0.0) / gpus)
+
+
+def schedule_retry(ctx: Context, key: Key, delay: float, run: Callable[[Key], Coroutine[Any, Any, None]]) -> None:
+    """Reconcile again after ``delay`` seconds (at most one pending retry per object)."""
+    if key in ctx.retries:
+        return
+    loop = asyncio.get_running_loop()
+
+    def fire() -> None:
+        ctx.retries.pop(key, None)
+        loop.create_task(run(key))
+
+    ctx.retries[key] = loop.call_later(delay, fire)
+
+
+__all__ = ["Context", "reconcile", "schedule_retry", "preflight", "job_finished"]

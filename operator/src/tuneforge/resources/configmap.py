@@ -1,0 +1,28 @@
+"""The ConfigMap holding one revision's rendered trainer config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from ..spec import FineTuneJobSpec
+from ..trainer_config import CONFIG_FILE, render_trainer_config
+from .names import Owner, child_labels, config_map_name, owner_references
+
+
+def build_config_map(owner: Owner, spec: FineTuneJobSpec, revision: int) -> dict[str, Any]:
+    """An immutable ConfigMap: a revision's config never changes, a spec edit makes a new one."""
+    config = render_trainer_config(spec, owner.namespace, owner.name, revision)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": config_map_name(owner.name, revision),
+            "namespace": owner.namespace,
+            "labels": child_labels(owner, revision),
+            "ownerReferences": owner_references(owner),
+        },
+        "immutable": True,
+        "data": {CONFIG_FILE: yaml.safe_dump(config, sort_keys=False)},
+    }

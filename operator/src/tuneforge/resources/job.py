@@ -1,0 +1,214 @@
+"""The two batch/v1 Jobs of a revision: CPU-only data validation, then GPU training.
+
+Validation is a separate CPU Job rather than an init container of the training pod: an init
+container's pod is scheduled with the GPU already reserved, so a bad dataset would hold a GPU
+(and wait in the GPU queue) just to be rejected. The training Job is created only after the
+validation Job succeeds; ``tuneforge-train train`` re-validates in seconds anyway.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import KUEUE_QUEUE_LABEL
+from ..settings import Settings
+from ..spec import FineTuneJobSpec, SecretKeyRef, pvc_claims
+from ..trainer_config import CONFIG_DIR, CONFIG_PATH, ENV_HF_TOKEN, ENV_OPENAI_KEY, PVC_ROOT
+from .names import (
+    ROLE_TRAIN, ROLE_VALIDATE, Owner, child_labels, config_map_name, owner_references,
+    train_job_name, validate_job_name,
+)
+
+CONTAINER = "trainer"
+RUN_AS = 65532
+# tuneforge_trainer.cli exit codes that no retry can fix: a bad config (2) or bad data (3).
+FATAL_EXIT_CODES = [2, 3]
+
+
+def _secret_env(name: str, ref: SecretKeyRef | None) -> list[dict[str, Any]]:
+    if ref is None:
+        return []
+    return [{"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}]
+
+
+def _env(spec: FineTuneJobSpec) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        # The root filesystem is read-only: every cache goes to the /tmp emptyDir.
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "HF_HOME", "value": "/tmp/hf"},
+        {"name": "MPLCONFIGDIR", "value": "/tmp/matplotlib"},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+    env += _secret_env(ENV_HF_TOKEN, spec.hf_token)
+    env += _secret_env("AWS_ACCESS_KEY_ID", spec.s3_access_key)
+    env += _secret_env("AWS_SECRET_ACCESS_KEY", spec.s3_secret_key)
+    if spec.s3_endpoint:
+        env.append({"name": "AWS_ENDPOINT_URL", "value": spec.s3_endpoint})
+    if spec.s3_region:
+        env.append({"name": "AWS_DEFAULT_REGION", "value": spec.s3_region})
+    for b in spec.baselines or ():
+        if b.type == "openai":
+            env += _secret_env(ENV_OPENAI_KEY, b.api_key)
+    return env
+
+
+def _volumes(owner: Owner, spec: FineTuneJobSpec, revision: int, with_shm: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    volumes: list[dict[str, Any]] = [
+        {"name": "config", "configMap": {"name": config_map_name(owner.name, revision)}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    if with_shm:
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.shared_memory}})
+        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+    for i, (claim, writable) in enumerate(sorted(pvc_claims(spec).items())):
+        volumes.append({"name": f"pvc-{i}", "persistentVolumeClaim": {"claimName": claim, "readOnly": not writable}})
+        mounts.append({"name": f"pvc-{i}", "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": not writable})
+    return volumes, mounts
+
+
+def _pod_security() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS,
+        "runAsGroup": RUN_AS,
+        "fsGroup": RUN_AS,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _container_security() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def _pod_failure_policy() -> dict[str, Any]:
+    return {"rules": [
+        # Bad config or data fails the Job at once instead of burning backoffLimit retries.
+        {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": FATAL_EXIT_CODES}},
+        # Preemption/eviction is not the trainer's fault: retry without counting it (the trainer
+        # resumes from its last checkpoint).
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+    ]}
+
+
+def _job(owner: Owner, name: str, labels: dict[str, str], job_spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": owner.namespace,
+            "labels": labels,
+            "ownerReferences": owner_references(owner),
+        },
+        "spec": job_spec,
+    }
+
+
+def build_validate_job(owner: Owner, spec: FineTuneJobSpec, revision: int, settings: Settings) -> dict[str, Any]:
+    """CPU-only pre-flight of the data: no GPU request, no GPU toleration, short deadline."""
+    labels = child_labels(owner, revision, ROLE_VALIDATE)
+    volumes, mounts = _volumes(owner, spec, revision, with_shm=False)
+    resources = {"cpu": settings.validate_cpu, "memory": settings.validate_memory}
+    pod = {
+        "metadata": {"labels": labels},
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "securityContext": _pod_security(),
+            "containers": [{
+                "name": CONTAINER,
+                "image": settings.trainer_image,
+                "imagePullPolicy": settings.image_pull_policy,
+                "command": ["tuneforge-train", "validate", "--config", CONFIG_PATH],
+                "env": _env(spec),
+                "resources": {"requests": resources, "limits": resources},
+                "volumeMounts": mounts,
+                "securityContext": _container_security(),
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+            }],
+            "volumes": volumes,
+        },
+    }
+    return _job(owner, validate_job_name(owner.name, revision), labels, {
+        "backoffLimit": 0,
+        "activeDeadlineSeconds": settings.validate_deadline_seconds,
+        "podFailurePolicy": _pod_failure_policy(),
+        "podReplacementPolicy": "Failed",
+        "template": pod,
+    })
+
+
+def _tolerations(spec: FineTuneJobSpec, settings: Settings) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    if spec.gpus > 0:
+        out.append({"key": settings.gpu_taint_key, "operator": "Exists", "effect": "NoSchedule"})
+    for t in spec.tolerations:
+        out.append({k: v for k, v in {
+            "key": t.key, "operator": t.operator, "value": t.value, "effect": t.effect,
+            "tolerationSeconds": t.toleration_seconds,
+        }.items() if v is not None})
+    return out
+
+
+def train_job_suspended(spec: FineTuneJobSpec) -> bool:
+    """The Job's spec.suspend at creation: Kueue admits a queued Job by unsuspending it."""
+    return spec.suspend or spec.queue_name is not None
+
+
+def build_trainer_job(owner: Owner, spec: FineTuneJobSpec, revision: int, settings: Settings) -> dict[str, Any]:
+    """The GPU training Job of one revision."""
+    labels = child_labels(owner, revision, ROLE_TRAIN)
+    job_labels = dict(labels)
+    if spec.queue_name:
+        job_labels[KUEUE_QUEUE_LABEL] = spec.queue_name
+    volumes, mounts = _volumes(owner, spec, revision, with_shm=True)
+    requests: dict[str, Any] = {"cpu": spec.cpu, "memory": spec.memory}
+    limits: dict[str, Any] = {"cpu": spec.cpu, "memory": spec.memory}
+    if spec.gpus > 0:
+        # Extended resources must have requests == limits.
+        requests[spec.gpu_resource_name] = str(spec.gpus)
+        limits[spec.gpu_resource_name] = str(spec.gpus)
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": _pod_security(),
+        # The trainer checkpoints on SIGTERM; give it time before SIGKILL.
+        "terminationGracePeriodSeconds": 120,
+        "containers": [{
+            "name": CONTAINER,
+            "image": settings.trainer_image,
+            "imagePullPolicy": settings.image_pull_policy,
+            "command": ["tuneforge-train", "train", "--config", CONFIG_PATH],
+            "env": _env(spec),
+            "resources": {"requests": requests, "limits": limits},
+            "volumeMounts": mounts,
+            "securityContext": _container_security(),
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+        }],
+        "volumes": volumes,
+    }
+    if spec.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.node_selector)
+    tolerations = _tolerations(spec, settings)
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
+    if spec.priority_class_name:
+        pod_spec["priorityClassName"] = spec.priority_class_name
+    return _job(owner, train_job_name(owner.name, revision), job_labels, {
+        "backoffLimit": spec.backoff_limit,
+        "activeDeadlineSeconds": spec.active_deadline_seconds,
+        "suspend": train_job_suspended(spec),
+        "podFailurePolicy": _pod_failure_policy(),
+        "podReplacementPolicy": "Failed",
+        "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+    })

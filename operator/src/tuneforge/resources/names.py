@@ -1,0 +1,61 @@
+"""Deterministic child names and the labels that tie children to their FineTuneJob."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from .. import GROUP, LABEL_FTJ, LABEL_MANAGED_BY, LABEL_REVISION, LABEL_ROLE, VERSION
+
+ROLE_VALIDATE = "validate"
+ROLE_TRAIN = "train"
+
+
+@dataclasses.dataclass(frozen=True)
+class Owner:
+    """The FineTuneJob a child belongs to."""
+
+    name: str
+    namespace: str
+    uid: str
+
+    @classmethod
+    def of(cls, body: Any) -> "Owner":
+        meta = body["metadata"]
+        return cls(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
+
+
+def config_map_name(ftj: str, revision: int) -> str:
+    return f"{ftj}-config-{revision}"
+
+
+def validate_job_name(ftj: str, revision: int) -> str:
+    return f"{ftj}-validate-{revision}"
+
+
+def train_job_name(ftj: str, revision: int) -> str:
+    return f"{ftj}-train-{revision}"
+
+
+def child_labels(owner: Owner, revision: int, role: str | None = None) -> dict[str, str]:
+    labels = {
+        LABEL_MANAGED_BY: "tuneforge",
+        "app.kubernetes.io/name": "tuneforge-trainer",
+        LABEL_FTJ: owner.name,
+        LABEL_REVISION: str(revision),
+    }
+    if role:
+        labels[LABEL_ROLE] = role
+    return labels
+
+
+def owner_references(owner: Owner) -> list[dict[str, Any]]:
+    """Owner reference to the FineTuneJob: garbage collection deletes children with it."""
+    return [{
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "FineTuneJob",
+        "name": owner.name,
+        "uid": owner.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }]

@@ -1,0 +1,98 @@
+"""Read the trainer's result summary from a terminated container's termination message.
+
+The trainer writes one compact JSON object (schema ``tuneforge.dev/trainer-summary/v1``, see
+``tuneforge_trainer.summary``) to /dev/termination-log. The operator reads it as plain data —
+it does not import the trainer — and tolerates unknown keys so a newer trainer still parses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Mapping
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassScore:
+    label: str
+    f1: float
+
+
+@dataclasses.dataclass(frozen=True)
+class BaselineScore:
+    name: str
+    accuracy: float | None
+    macro_f1: float | None
+    error: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+    """The fields of the trainer's summary that the operator uses."""
+
+    status: str
+    command: str
+    message: str = ""
+    accuracy: float | None = None
+    macro_f1: float | None = None
+    exact_match: float | None = None
+    eval_loss: float | None = None
+    train_loss: float | None = None
+    n_eval: int | None = None
+    steps: int | None = None
+    worst_classes: tuple[ClassScore, ...] = ()
+    baselines: tuple[BaselineScore, ...] = ()
+    artifacts: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def parse_summary(text: str | None) -> Summary | None:
+    """The summary in a termination message, or None when the message is not one."""
+    if not text or not text.strip().startswith("{"):
+        return None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(raw, dict) or "status" not in raw:
+        return None
+    return Summary(
+        status=str(raw["status"]),
+        command=str(raw.get("command", "")),
+        message=str(raw.get("message", "")),
+        accuracy=_num(raw.get("accuracy")),
+        macro_f1=_num(raw.get("macro_f1")),
+        exact_match=_num(raw.get("exact_match")),
+        eval_loss=_num(raw.get("eval_loss")),
+        train_loss=_num(raw.get("train_loss")),
+        n_eval=raw.get("n_eval") if isinstance(raw.get("n_eval"), int) else None,
+        steps=raw.get("steps") if isinstance(raw.get("steps"), int) else None,
+        worst_classes=tuple(
+            ClassScore(label=str(c["label"]), f1=float(c["f1"]))
+            for c in raw.get("worst_classes") or () if isinstance(c, dict) and _num(c.get("f1")) is not None
+        ),
+        baselines=tuple(
+            BaselineScore(
+                name=str(b.get("name", "")), accuracy=_num(b.get("accuracy")),
+                macro_f1=_num(b.get("macro_f1")), error=b.get("error"),
+            )
+            for b in raw.get("baselines") or () if isinstance(b, dict)
+        ),
+        artifacts={str(k): str(v) for k, v in (raw.get("artifacts") or {}).items()},
+    )
+
+
+# The summary names baselines zero_shot, few_shot_<k>, tfidf_lr, openai:<model>; the spec by type.
+_BASELINE_PREFIX = {"zero-shot": "zero_shot", "few-shot": "few_shot", "tfidf-logreg": "tfidf_lr", "openai": "openai"}
+
+
+def find_baseline(summary: Summary, baseline_type: str) -> BaselineScore | None:
+    """The summary's score of the spec's baseline type, if it was scored."""
+    prefix = _BASELINE_PREFIX[baseline_type]
+    for b in summary.baselines:
+        if b.name == prefix or b.name.startswith(prefix + "_") or b.name.startswith(prefix + ":"):
+            return b
+    return None

@@ -1,0 +1,89 @@
+"""Operator settings: one dataclass, loaded once at startup from TUNEFORGE_* environment variables."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything the operator can be tuned with; each field reads TUNEFORGE_<FIELD_UPPER>."""
+
+    trainer_image: str = "tuneforge/trainer:0.1.0"
+    """Image of the trainer (entrypoint ``tuneforge-train``) used by validation and training Jobs."""
+
+    image_pull_policy: str = "IfNotPresent"
+    """Pull policy of trainer containers; the local cluster loads images without a registry."""
+
+    validate_cpu: str = "500m"
+    """CPU request and limit of the CPU-only data validation pod."""
+
+    validate_memory: str = "1Gi"
+    """Memory request and limit of the data validation pod."""
+
+    validate_deadline_seconds: int = 900
+    """activeDeadlineSeconds of the validation Job: validation takes seconds, a stuck one fails."""
+
+    gpu_taint_key: str = "nvidia.com/gpu"
+    """Taint key tolerated automatically by training pods that ask for GPUs."""
+
+    namespaces: str = ""
+    """Comma-separated namespaces to watch; empty watches the whole cluster."""
+
+    progress_interval: float = 15.0
+    """Seconds between reads of running trainers' last log lines (status shows progress within ~2x)."""
+
+    progress_tail_lines: int = 20
+    """How many log lines are read per running trainer per poll."""
+
+    api_concurrency: int = 8
+    """Threads that run blocking Kubernetes API calls: bounds the operator's threads at any scale."""
+
+    worker_limit: int = 64
+    """Kopf's per-resource worker limit: at most this many objects are handled concurrently."""
+
+    watch_server_timeout: float = 300.0
+    """Seconds the apiserver keeps a watch open; watches are renewed rather than left to stall."""
+
+    watch_client_timeout: float = 330.0
+    """Seconds the client waits on a watch; a silently dead stream is noticed after this."""
+
+    request_timeout: float = 30.0
+    """Seconds for a single Kubernetes API request."""
+
+    consistency_timeout: float = 5.0
+    """How long Kopf waits to see its own patches before handling an object again."""
+
+    retry_delay: float = 10.0
+    """Delay of a TemporaryError retry (e.g. an API hiccup while creating children)."""
+
+    metrics_port: int = 8080
+    """Port of the Prometheus /metrics endpoint (0 disables it)."""
+
+    liveness_port: int = 8081
+    """Port of Kopf's liveness endpoint /healthz (0 disables it)."""
+
+    history_limit: int = 20
+    """How many earlier revisions are kept in status.history."""
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
+        """Build settings from TUNEFORGE_* variables; unknown variables are ignored."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            raw = env.get(f"TUNEFORGE_{field.name.upper()}")
+            if raw is None:
+                continue
+            kind: Any = type(field.default)
+            try:
+                values[field.name] = kind(raw)
+            except ValueError as exc:
+                raise ValueError(f"TUNEFORGE_{field.name.upper()}={raw!r}: expected {kind.__name__}") from exc
+        return cls(**values)
+
+    def namespace_list(self) -> list[str]:
+        """The namespaces to watch, or an empty list for cluster-wide."""
+        return [n.strip() for n in self.namespaces.split(",") if n.strip()]

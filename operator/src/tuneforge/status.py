@@ -1,0 +1,415 @@
+"""FineTuneJob status, computed by pure functions from what exists.
+
+``decide_revision`` says which revision the spec runs (a spec edit after the hash changed starts
+the next one); ``compute_status`` turns the revision's children (Jobs, Pods), the latest log
+progress and the trainer's summary into the whole ``status`` dict. The reconcile layer writes it
+only when it differs from what is stored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from typing import Any, Mapping, Sequence
+
+from .gate import evaluate_gate
+from .progress import Progress
+from .resources.job import CONTAINER
+from .results import Summary, parse_summary
+from .spec import FineTuneJobSpec
+
+PENDING, VALIDATING, QUEUED, RUNNING = "Pending", "Validating", "Queued", "Running"
+EVALUATING, SUCCEEDED, FAILED, SUSPENDED = "Evaluating", "Succeeded", "Failed", "Suspended"
+PHASES = (PENDING, VALIDATING, QUEUED, RUNNING, EVALUATING, SUCCEEDED, FAILED, SUSPENDED)
+TERMINAL = (SUCCEEDED, FAILED)
+CONDITION_TYPES = ("Validated", "Admitted", "Trained", "GatePassed", "Succeeded", "Failed")
+
+Obj = Mapping[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Revision:
+    """Which run of the spec the status describes."""
+
+    number: int
+    spec_hash: str
+    is_new: bool
+    history: tuple[Mapping[str, Any], ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Observed:
+    """What exists for the current revision, as the operator last saw it."""
+
+    validate_job: Obj | None = None
+    validate_pods: Sequence[Obj] = ()
+    train_job: Obj | None = None
+    train_pods: Sequence[Obj] = ()
+    progress: Progress | None = None
+    preflight_error: tuple[str, str] | None = None  # (reason, message naming the field)
+
+
+@dataclasses.dataclass(frozen=True)
+class PhaseInfo:
+    phase: str
+    reason: str
+    message: str
+    summary: Summary | None = None
+    gate_reasons: tuple[str, ...] = ()
+    gate_passed: bool | None = None
+
+
+def now_iso(now: dt.datetime) -> str:
+    return now.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_time(value: str | None) -> dt.datetime | None:
+    if not value:
+        return None
+    return dt.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
+
+
+def decide_revision(current_hash: str, prior: Obj, history_limit: int = 20) -> Revision:
+    """Keep the revision while the spec hash matches; otherwise start the next one."""
+    history = tuple(prior.get("history") or ())
+    number = prior.get("revision")
+    if not number:
+        return Revision(1, current_hash, True, history)
+    if prior.get("specHash") == current_hash:
+        return Revision(int(number), current_hash, False, history)
+    phase = prior.get("phase")
+    entry = {k: v for k, v in {
+        "revision": int(number),
+        "specHash": prior.get("specHash"),
+        "phase": phase if phase in TERMINAL else "Superseded",
+        "reason": prior.get("reason"),
+        "accuracy": (prior.get("evaluation") or {}).get("accuracy"),
+        "startTime": prior.get("startTime"),
+        "completionTime": prior.get("completionTime"),
+    }.items() if v is not None}
+    return Revision(int(number) + 1, current_hash, True, (history + (entry,))[-history_limit:])
+
+
+# --- reading Kubernetes objects -------------------------------------------------------------
+
+def job_condition(job: Obj | None, kind: str) -> Obj | None:
+    for c in ((job or {}).get("status") or {}).get("conditions") or ():
+        if c.get("type") == kind and c.get("status") == "True":
+            return c
+    return None
+
+
+def job_finished(job: Obj | None) -> str | None:
+    """'Complete', 'Failed' or None."""
+    if job_condition(job, "Complete"):
+        return "Complete"
+    if job_condition(job, "Failed"):
+        return "Failed"
+    return None
+
+
+def _container_status(pod: Obj) -> Obj | None:
+    for cs in (pod.get("status") or {}).get("containerStatuses") or ():
+        if cs.get("name") == CONTAINER:
+            return cs
+    return None
+
+
+def termination_message(pods: Sequence[Obj], want_exit_zero: bool | None = None) -> str | None:
+    """The newest trainer termination message among the pods (optionally by exit code)."""
+    best: tuple[str, str] | None = None
+    for pod in pods:
+        cs = _container_status(pod)
+        term = ((cs or {}).get("state") or {}).get("terminated")
+        if not term or not term.get("message"):
+            continue
+        if want_exit_zero is not None and (term.get("exitCode") == 0) != want_exit_zero:
+            continue
+        key = term.get("finishedAt") or ""
+        if best is None or key >= best[0]:
+            best = (key, term["message"])
+    return best[1] if best else None
+
+
+def _pod_active(pod: Obj) -> bool:
+    return (pod.get("status") or {}).get("phase") in (None, "Pending", "Running") and not pod.get("metadata", {}).get("deletionTimestamp")
+
+
+def _unscheduled(pod: Obj) -> Obj | None:
+    for c in (pod.get("status") or {}).get("conditions") or ():
+        if c.get("type") == "PodScheduled" and c.get("status") == "False":
+            return c
+    return None
+
+
+def _waiting(pod: Obj) -> Obj | None:
+    cs = _container_status(pod)
+    return ((cs or {}).get("state") or {}).get("waiting")
+
+
+def _is_running(pod: Obj) -> bool:
+    cs = _container_status(pod)
+    return bool(((cs or {}).get("state") or {}).get("running"))
+
+
+# Waiting reasons that no amount of waiting fixes: the spec names something that is not there.
+CONFIG_ERRORS = ("CreateContainerConfigError", "InvalidImageName", "ErrImageNeverPull")
+
+
+def secret_field(spec: FineTuneJobSpec, message: str) -> str:
+    """Name the spec field whose Secret a kubelet error message is about."""
+    refs = [
+        ("spec.baseModel.tokenSecretRef", spec.hf_token),
+        ("spec.s3.accessKeyIdSecretRef", spec.s3_access_key),
+        ("spec.s3.secretAccessKeySecretRef", spec.s3_secret_key),
+    ] + [("spec.evaluation.baselines[openai].apiKeySecretRef", b.api_key) for b in spec.baselines or () if b.api_key]
+    for field, ref in refs:
+        if ref is not None and (f'"{ref.name}"' in message or f"'{ref.name}'" in message):
+            return field
+    return "spec"
+
+
+def _first_line(text: str, limit: int = 1000) -> str:
+    return (text.strip().splitlines() or [""])[0][:limit]
+
+
+def derive_phase(spec: FineTuneJobSpec, observed: Observed) -> PhaseInfo:
+    """The phase, reason and message of the current revision."""
+    if observed.preflight_error:
+        reason, message = observed.preflight_error
+        return PhaseInfo(FAILED, reason, message)
+
+    vjob = observed.validate_job
+    if vjob is None:
+        return PhaseInfo(PENDING, "Creating", "Creating the data validation Job")
+    vdone = job_finished(vjob)
+    if vdone == "Failed":
+        summary = parse_summary(termination_message(observed.validate_pods, want_exit_zero=False))
+        cond = job_condition(vjob, "Failed") or {}
+        if summary and summary.message:
+            message = _first_line(summary.message)
+        else:
+            raw = termination_message(observed.validate_pods, want_exit_zero=False)
+            message = _first_line(raw) if raw else (cond.get("message") or "the validation pod failed")
+        return PhaseInfo(FAILED, "DataValidationFailed", message, summary=summary)
+    if vdone != "Complete":
+        for pod in observed.validate_pods:
+            waiting = _waiting(pod)
+            if waiting and waiting.get("reason") in CONFIG_ERRORS:
+                msg = waiting.get("message") or waiting["reason"]
+                return PhaseInfo(FAILED, waiting["reason"], f"{secret_field(spec, msg)}: {msg}")
+        return PhaseInfo(VALIDATING, "ValidatingData", "Checking the data on a CPU before a GPU is requested")
+
+    tjob = observed.train_job
+    if tjob is None:
+        return PhaseInfo(PENDING, "DataValidated", "Creating the training Job")
+    tdone = job_finished(tjob)
+    if tdone == "Failed":
+        cond = job_condition(tjob, "Failed") or {}
+        raw = termination_message(observed.train_pods, want_exit_zero=False)
+        summary = parse_summary(raw)
+        detail = _first_line(summary.message if summary and summary.message else (raw or ""))
+        reason = cond.get("reason") or "TrainingFailed"
+        reason = {"BackoffLimitExceeded": "TrainingFailed", "PodFailurePolicy": "TrainingFailed"}.get(reason, reason)
+        message = detail or cond.get("message") or "the training Job failed"
+        return PhaseInfo(FAILED, reason, message, summary=summary)
+    if tdone == "Complete":
+        summary = parse_summary(termination_message(observed.train_pods, want_exit_zero=True))
+        if summary is None:
+            return PhaseInfo(FAILED, "SummaryMissing", "The trainer exited 0 without a result summary in its termination message")
+        if summary.status != "succeeded":
+            return PhaseInfo(FAILED, "TrainingFailed", _first_line(summary.message) or f"trainer status {summary.status}", summary=summary)
+        outcome = evaluate_gate(spec.gate, summary)
+        if outcome.passed:
+            return PhaseInfo(SUCCEEDED, "GatePassed", "; ".join(outcome.reasons), summary, outcome.reasons, True)
+        return PhaseInfo(FAILED, "GateFailed", "; ".join(outcome.reasons), summary, outcome.reasons, False)
+
+    if (tjob.get("spec") or {}).get("suspend"):
+        if spec.suspend:
+            return PhaseInfo(SUSPENDED, "Suspended", "spec.suspend is true")
+        if spec.queue_name:
+            return PhaseInfo(QUEUED, "WaitingForKueue", f"Waiting for Kueue to admit the Job from queue {spec.queue_name}")
+        return PhaseInfo(SUSPENDED, "JobSuspended", "The training Job is suspended")
+
+    active = [p for p in observed.train_pods if _pod_active(p)]
+    if not active:
+        failed = int(((tjob.get("status") or {}).get("failed")) or 0)
+        if failed:
+            return PhaseInfo(RUNNING, "Retrying", f"Training pod failed {failed} time(s); the Job retries")
+        return PhaseInfo(QUEUED, "CreatingPod", "Waiting for the training pod")
+    pod = active[0]
+    unscheduled = _unscheduled(pod)
+    if unscheduled:
+        return PhaseInfo(QUEUED, "WaitingForGPU", unscheduled.get("message") or "The training pod is not scheduled yet")
+    waiting = _waiting(pod)
+    if waiting and not _is_running(pod):
+        reason = waiting.get("reason") or "ContainerCreating"
+        return PhaseInfo(RUNNING, reason, waiting.get("message") or "Starting the trainer")
+    progress = observed.progress
+    if progress is not None and progress.stage == "evaluate":
+        return PhaseInfo(EVALUATING, "Evaluating", "Scoring the adapter and baselines on held-out rows")
+    return PhaseInfo(RUNNING, "Training", "The trainer is running")
+
+
+# --- status assembly ------------------------------------------------------------------------
+
+def gpu_seconds(pods: Sequence[Obj], gpus: int, now: dt.datetime) -> float:
+    """GPU-seconds the trainer containers held: GPUs x (end or now - start), summed over pods."""
+    total = 0.0
+    for pod in pods:
+        state = (_container_status(pod) or {}).get("state") or {}
+        run = state.get("running") or state.get("terminated") or {}
+        start = _parse_time(run.get("startedAt"))
+        if start is None:
+            continue
+        end = _parse_time((state.get("terminated") or {}).get("finishedAt")) or now
+        total += max(0.0, (end - start).total_seconds()) * gpus
+    return round(total, 1)
+
+
+def _condition(prior: Mapping[str, Obj], kind: str, status: str, reason: str, message: str,
+               generation: int, now: str) -> dict[str, Any]:
+    old = prior.get(kind)
+    since = old.get("lastTransitionTime") if old and old.get("status") == status else None
+    return {
+        "type": kind, "status": status, "reason": reason, "message": message,
+        "lastTransitionTime": since or now, "observedGeneration": generation,
+    }
+
+
+def _conditions(info: PhaseInfo, observed: Observed, prior: Sequence[Obj], generation: int, now: str) -> list[dict[str, Any]]:
+    old = {c.get("type", ""): c for c in prior or ()}
+    p = info.phase
+    if observed.preflight_error or info.reason == "DataValidationFailed" or (info.reason in CONFIG_ERRORS and observed.train_job is None):
+        validated = ("False", info.reason, info.message)
+    elif job_finished(observed.validate_job) == "Complete":
+        validated = ("True", "DataValidated", "The data passed validation")
+    else:
+        validated = ("Unknown", "Validating", "Validation has not finished")
+    if p in (RUNNING, EVALUATING) or job_finished(observed.train_job) or (p == FAILED and observed.train_pods):
+        admitted = ("True", "Scheduled", "The training pod was scheduled")
+    elif p in (QUEUED, SUSPENDED):
+        admitted = ("False", info.reason, info.message)
+    else:
+        admitted = ("Unknown", "NotStarted", "No training pod yet")
+    tdone = job_finished(observed.train_job)
+    if tdone == "Complete":
+        trained = ("True", "TrainingComplete", "The trainer finished")
+    elif tdone == "Failed":
+        trained = ("False", info.reason, info.message)
+    else:
+        trained = ("Unknown", "NotFinished", "Training has not finished")
+    if info.gate_passed is True:
+        gate = ("True", "GatePassed", info.message)
+    elif info.gate_passed is False:
+        gate = ("False", "GateFailed", info.message)
+    else:
+        gate = ("Unknown", "NotEvaluated", "The adapter has not been evaluated")
+    rows = [
+        ("Validated",) + validated, ("Admitted",) + admitted, ("Trained",) + trained, ("GatePassed",) + gate,
+        ("Succeeded", "True" if p == SUCCEEDED else "False", info.reason if p == SUCCEEDED else "NotSucceeded",
+         info.message if p == SUCCEEDED else f"Phase {p}"),
+        ("Failed", "True" if p == FAILED else "False", info.reason if p == FAILED else "NotFailed",
+         info.message if p == FAILED else f"Phase {p}"),
+    ]
+    return [_condition(old, k, s, r, m, generation, now) for k, s, r, m in rows]
+
+
+def _evaluation(summary: Summary) -> dict[str, Any]:
+    ev: dict[str, Any] = {k: v for k, v in {
+        "accuracy": summary.accuracy, "macroF1": summary.macro_f1, "exactMatch": summary.exact_match,
+        "evalLoss": summary.eval_loss, "evalRows": summary.n_eval,
+    }.items() if v is not None}
+    if summary.worst_classes:
+        ev["worstClasses"] = [{"label": c.label, "f1": c.f1} for c in summary.worst_classes]
+    return ev
+
+
+def _progress(progress: Progress | None, phase: str, now: str) -> dict[str, Any] | None:
+    if phase == SUCCEEDED:
+        out: dict[str, Any] = {"display": "100%", "percent": 100.0}
+        if progress is not None and progress.total_steps:
+            out.update(step=progress.total_steps, totalSteps=progress.total_steps)
+        return out
+    if progress is None:
+        return None
+    out = {k: v for k, v in {
+        "percent": progress.percent, "step": progress.step, "totalSteps": progress.total_steps,
+        "epoch": progress.epoch, "etaSeconds": progress.eta_seconds, "trainLoss": progress.train_loss,
+        "evalLoss": progress.eval_loss, "stage": progress.stage,
+    }.items() if v is not None}
+    out["display"] = f"{progress.percent:g}%" if progress.percent is not None else progress.stage
+    out["updatedAt"] = now
+    return out
+
+
+def compute_status(
+    spec: FineTuneJobSpec,
+    generation: int,
+    prior: Obj,
+    revision: Revision,
+    observed: Observed,
+    now: dt.datetime,
+    children: Mapping[str, str],
+    artifact_uri: str,
+) -> dict[str, Any]:
+    """The whole status of a FineTuneJob. Terminal phases stick for their revision."""
+    if not revision.is_new and prior.get("phase") in TERMINAL and prior.get("revision") == revision.number:
+        kept = dict(prior)
+        kept["observedGeneration"] = generation
+        return kept
+    stamp = now_iso(now)
+    base = {} if revision.is_new else prior
+    info = derive_phase(spec, observed)
+    progress = observed.progress
+    if progress is None and not revision.is_new and prior.get("progress") and info.phase in (RUNNING, EVALUATING):
+        progress_out: dict[str, Any] | None = dict(prior["progress"])
+    else:
+        progress_out = _progress(progress, info.phase, stamp)
+    status: dict[str, Any] = {
+        "phase": info.phase,
+        "reason": info.reason,
+        "message": info.message,
+        "observedGeneration": generation,
+        "revision": revision.number,
+        "specHash": revision.spec_hash,
+        "startTime": base.get("startTime") or stamp,
+        "conditions": _conditions(info, observed, base.get("conditions") or (), generation, stamp),
+        "children": dict(children),
+        "artifacts": {"output": artifact_uri},
+        "gpuSeconds": gpu_seconds(observed.train_pods, spec.gpus, now),
+        "gate": {"outcome": "Pending", "reasons": []},
+    }
+    if info.phase in TERMINAL:
+        status["completionTime"] = stamp
+    if progress_out:
+        status["progress"] = progress_out
+    summary = info.summary
+    if summary is not None:
+        ev = _evaluation(summary)
+        if ev:
+            status["evaluation"] = ev
+        if summary.baselines:
+            status["baselines"] = [
+                {k: v for k, v in {"name": b.name, "accuracy": b.accuracy, "macroF1": b.macro_f1}.items() if v is not None}
+                for b in summary.baselines
+            ]
+        if summary.artifacts:
+            status["artifacts"].update(summary.artifacts)
+    if info.gate_passed is not None:
+        status["gate"] = {"outcome": "Passed" if info.gate_passed else "Failed", "reasons": list(info.gate_reasons)}
+    elif info.phase == FAILED:
+        status["gate"] = {"outcome": "NotEvaluated", "reasons": []}
+    if revision.history:
+        status["history"] = [dict(h) for h in revision.history]
+    return status
+
+
+def status_changed(old: Obj, new: Obj) -> bool:
+    """Whether writing ``new`` would change anything but timestamps of progress reads."""
+    def strip(s: Obj) -> dict[str, Any]:
+        out = dict(s)
+        if isinstance(out.get("progress"), dict):
+            out["progress"] = {k: v for k, v in out["progress"].items() if k != "updatedAt"}
+        return out
+    return strip(old) != strip(new)

@@ -1,0 +1,145 @@
+"""Render the trainer's config (``tuneforge_trainer.config.TrainerConfig``) from a FineTuneJob.
+
+Pure: spec in, plain dict out. The operator does not import the trainer at run time (its image
+carries no trainer code); tests/operator/test_trainer_config.py feeds this output through the
+trainer's own parser, which is the contract check. Paths here must agree with the pod layout
+built in ``resources/job.py`` (PVC mounts under PVC_ROOT, the config file at CONFIG_PATH).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .spec import FineTuneJobSpec
+
+API_VERSION = "tuneforge.dev/trainer-config/v1"
+CONFIG_DIR = "/etc/tuneforge"
+CONFIG_FILE = "config.yaml"
+CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_FILE}"
+PVC_ROOT = "/mnt/pvc"
+TERMINATION_LOG = "/dev/termination-log"
+
+# Environment variables the trainer reads its secrets from (filled by secretKeyRef only).
+ENV_HF_TOKEN = "HF_TOKEN"
+ENV_OPENAI_KEY = "OPENAI_API_KEY"
+
+_FORMATS = {"auto": "auto", "jsonl": "instruction_jsonl", "csv": "csv", "chat": "chat_jsonl", "hf": "hf_dataset"}
+
+
+def resolve_uri(uri: str) -> str:
+    """Map a spec URI to what the trainer opens: pvc://claim/path becomes its mount path."""
+    if uri.startswith("pvc://"):
+        claim, _, rest = uri[len("pvc://"):].partition("/")
+        return f"{PVC_ROOT}/{claim}" + (f"/{rest.strip('/')}" if rest.strip("/") else "")
+    return uri
+
+
+def output_location(spec: FineTuneJobSpec, namespace: str, name: str, revision: int) -> str:
+    """Where a revision's artifacts go, as the trainer sees it."""
+    return f"{resolve_uri(spec.output_uri).rstrip('/')}/{namespace}/{name}/r{revision}"
+
+
+def artifact_uri(spec: FineTuneJobSpec, namespace: str, name: str, revision: int) -> str:
+    """The same location in the user's terms (pvc:// or s3://), for status."""
+    return f"{spec.output_uri.rstrip('/')}/{namespace}/{name}/r{revision}"
+
+
+def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if v is not None}
+
+
+def _baselines(spec: FineTuneJobSpec) -> dict[str, Any] | None:
+    if spec.baselines is None:
+        return None  # the trainer's defaults
+    out: dict[str, Any] = {"zero_shot": False, "few_shot": 0, "tfidf_lr": False}
+    for b in spec.baselines:
+        if b.type == "zero-shot":
+            out["zero_shot"] = True
+        elif b.type == "few-shot":
+            out["few_shot"] = b.shots or 8
+        elif b.type == "tfidf-logreg":
+            out["tfidf_lr"] = True
+        elif b.type == "openai":
+            out["openai"] = {"base_url": b.url, "model": b.model, "api_key_env": ENV_OPENAI_KEY}
+    return out
+
+
+def render_trainer_config(spec: FineTuneJobSpec, namespace: str, name: str, revision: int) -> dict[str, Any]:
+    """The trainer config for one revision of a FineTuneJob."""
+    t = spec.training
+    training = _drop_none({
+        "epochs": float(t.get("epochs", 3)),
+        "max_steps": t.get("maxSteps"),
+        "learning_rate": float(t.get("learningRate", 2e-4)),
+        "lr_scheduler": t.get("lrScheduler", "cosine"),
+        "warmup_ratio": float(t.get("warmupRatio", 0.03)),
+        "batch_size": t.get("batchSize", 8),
+        "gradient_accumulation_steps": t.get("gradientAccumulationSteps", 1),
+        "max_seq_length": t.get("maxSeqLength", 512),
+        "padding_free": t.get("paddingFree", True),
+        "completion_only_loss": t.get("completionOnlyLoss", True),
+        "gradient_checkpointing": t.get("gradientCheckpointing"),
+        "precision": t.get("precision", "auto"),
+        "eval_steps": t.get("evalSteps"),
+        "save_steps": t.get("saveSteps"),
+        "logging_steps": t.get("loggingSteps", 5),
+        "early_stopping_patience": t.get("earlyStoppingPatience"),
+        "load_best_model": t.get("loadBestModel", False),
+        "seed": t.get("seed", 42),
+    })
+    config: dict[str, Any] = {
+        "api_version": API_VERSION,
+        "run_name": f"{namespace}/{name}/r{revision}",
+        "model": _drop_none({
+            "source": resolve_uri(spec.base_model_uri),
+            "revision": spec.base_model_revision,
+            "token_env": ENV_HF_TOKEN,
+        }),
+        "dataset": _drop_none({
+            "source": resolve_uri(spec.dataset_uri),
+            "format": _FORMATS[spec.dataset_format],
+            "eval_source": resolve_uri(spec.eval_uri) if spec.eval_uri else None,
+            "text_column": spec.text_column,
+            "label_column": spec.label_column,
+            "prompt_template": spec.prompt_template,
+            "system_prompt": spec.system_prompt,
+            "include_labels": list(spec.include_labels) if spec.include_labels else None,
+            "max_rows_per_label": spec.max_rows_per_label,
+            "max_eval_rows_per_label": spec.max_eval_rows_per_label,
+        }),
+        "task": _drop_none({
+            "type": spec.task_type,
+            "labels": list(spec.labels) if spec.labels else None,
+        }),
+        "data": _drop_none({
+            "dedup": spec.dedup,
+            "eval_fraction": spec.eval_fraction,
+            "balance": spec.balance,
+            "balance_cap": spec.balance_cap,
+            "leak_threshold": spec.leak_threshold,
+            "seed": t.get("seed", 42),
+        }),
+        "lora": {
+            "enabled": spec.lora_enabled,
+            "r": spec.lora_r,
+            "alpha": spec.lora_alpha,
+            "dropout": spec.lora_dropout,
+            "target_modules": (
+                "all-linear" if list(spec.lora_target_modules) == ["all-linear"] else list(spec.lora_target_modules)
+            ),
+        },
+        "quantization": {"mode": spec.quantization},
+        "training": training,
+        "eval": _drop_none({
+            "method": spec.eval_method,
+            "max_new_tokens": spec.max_new_tokens,
+            "max_rows": spec.max_eval_rows,
+            "baselines": _baselines(spec),
+        }),
+        "output": {
+            "dir": output_location(spec, namespace, name, revision),
+            "merge": spec.merge_adapter,
+            "termination_message_path": TERMINATION_LOG,
+        },
+    }
+    return config

@@ -1,0 +1,79 @@
+"""The CRD YAML: structural, described field by field, printer columns, names."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import pytest
+
+from ftj_helpers import load_crd
+
+CRDS = ["finetunejob.yaml", "modelserve.yaml"]
+
+
+def walk(schema: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    yield path, schema
+    for key, sub in (schema.get("properties") or {}).items():
+        yield from walk(sub, f"{path}.{key}")
+    if isinstance(schema.get("items"), dict):
+        yield from walk(schema["items"], f"{path}[]")
+    if isinstance(schema.get("additionalProperties"), dict):
+        yield from walk(schema["additionalProperties"], f"{path}{{}}")
+
+
+@pytest.mark.parametrize("name", CRDS)
+def test_crd_identity(name: str) -> None:
+    crd = load_crd(name)
+    assert crd["apiVersion"] == "apiextensions.k8s.io/v1"
+    assert crd["spec"]["group"] == "tuneforge.dev"
+    assert crd["spec"]["scope"] == "Namespaced"
+    assert "tuneforge" in crd["spec"]["names"]["categories"]
+    assert crd["spec"]["names"]["shortNames"]
+    (version,) = crd["spec"]["versions"]
+    assert version["name"] == "v1alpha1" and version["served"] and version["storage"]
+    assert version["subresources"] == {"status": {}}
+    columns = {c["name"] for c in version["additionalPrinterColumns"]}
+    assert {"Phase", "Age"} <= columns
+
+
+def test_ftj_printer_columns() -> None:
+    version = load_crd("finetunejob.yaml")["spec"]["versions"][0]
+    cols = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
+    assert cols["Phase"] == ".status.phase"
+    assert cols["Accuracy"] == ".status.evaluation.accuracy"
+    assert cols["Progress"] == ".status.progress.display"
+    assert cols["Gate"] == ".status.gate.outcome"
+
+
+@pytest.mark.parametrize("name", CRDS)
+def test_every_field_is_described_and_typed(name: str) -> None:
+    schema = load_crd(name)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    missing, untyped = [], []
+    for path, node in walk(schema):
+        if path == ".metadata":
+            continue
+        if not node.get("description") and path.count(".") >= 1 and not path.endswith("[]") and not path.endswith("{}"):
+            missing.append(path)
+        if "type" not in node and not node.get("x-kubernetes-int-or-string") and not node.get("x-kubernetes-preserve-unknown-fields"):
+            untyped.append(path)
+    assert not missing, f"fields without a description (kubectl explain): {missing}"
+    assert not untyped, f"non-structural nodes: {untyped}"
+
+
+@pytest.mark.parametrize("name", CRDS)
+def test_cel_rules_have_messages(name: str) -> None:
+    schema = load_crd(name)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    rules = [r for _, node in walk(schema) for r in node.get("x-kubernetes-validations") or ()]
+    assert rules
+    for rule in rules:
+        assert rule.get("message"), rule
+
+
+def test_spec_defaults_reach_nested_fields() -> None:
+    from ftj_helpers import MINIMAL_SPEC, defaulted_spec
+    spec = defaulted_spec(MINIMAL_SPEC)
+    assert spec["lora"] == {"enabled": True, "r": 16, "alpha": 32, "dropout": 0.05,
+                            "targetModules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
+    assert spec["resources"]["gpus"] == 1
+    assert spec["evaluation"]["gate"]["baselineMargin"] == 0
+    assert spec["scheduling"]["backoffLimit"] == 2
