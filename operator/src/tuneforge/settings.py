@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Any
 
@@ -65,6 +66,10 @@ class Settings:
     liveness_port: int = 8081
     """Port of Kopf's liveness endpoint /healthz (0 disables it)."""
 
+    pod_annotations: str = ""
+    """JSON object of extra annotations on every trainer pod (cost attribution, mesh opt-out, or
+    kwok's simulated outcome in the fast test tier)."""
+
     history_limit: int = 20
     """How many earlier revisions are kept in status.history."""
 
@@ -82,7 +87,18 @@ class Settings:
                 values[field.name] = kind(raw)
             except ValueError as exc:
                 raise ValueError(f"TUNEFORGE_{field.name.upper()}={raw!r}: expected {kind.__name__}") from exc
-        return cls(**values)
+        settings = cls(**values)
+        settings.pod_annotation_map()
+        return settings
+
+    def pod_annotation_map(self) -> dict[str, str]:
+        """``pod_annotations`` parsed; an invalid value fails at startup, not per pod."""
+        if not self.pod_annotations.strip():
+            return {}
+        value = json.loads(self.pod_annotations)
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise ValueError("TUNEFORGE_POD_ANNOTATIONS must be a JSON object of strings")
+        return {str(k): v for k, v in value.items()}
 
     def namespace_list(self) -> list[str]:
         """The namespaces to watch, or an empty list for cluster-wide."""

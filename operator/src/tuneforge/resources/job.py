@@ -98,6 +98,14 @@ def _pod_failure_policy() -> dict[str, Any]:
     ]}
 
 
+def _pod_meta(labels: dict[str, str], settings: Settings) -> dict[str, Any]:
+    meta: dict[str, Any] = {"labels": labels}
+    annotations = settings.pod_annotation_map()
+    if annotations:
+        meta["annotations"] = annotations
+    return meta
+
+
 def _job(owner: Owner, name: str, labels: dict[str, str], job_spec: dict[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": "batch/v1",
@@ -118,7 +126,7 @@ def build_validate_job(owner: Owner, spec: FineTuneJobSpec, revision: int, setti
     volumes, mounts = _volumes(owner, spec, revision, with_shm=False)
     resources = {"cpu": settings.validate_cpu, "memory": settings.validate_memory}
     pod = {
-        "metadata": {"labels": labels},
+        "metadata": _pod_meta(labels, settings),
         "spec": {
             "restartPolicy": "Never",
             "automountServiceAccountToken": False,
@@ -210,5 +218,5 @@ def build_trainer_job(owner: Owner, spec: FineTuneJobSpec, revision: int, settin
         "suspend": train_job_suspended(spec),
         "podFailurePolicy": _pod_failure_policy(),
         "podReplacementPolicy": "Failed",
-        "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        "template": {"metadata": _pod_meta(labels, settings), "spec": pod_spec},
     })

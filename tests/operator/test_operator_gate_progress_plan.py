@@ -1,0 +1,143 @@
+"""The gate, progress parsing, summary parsing and the reconcile plan: small tables."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+
+from ftj_helpers import MINIMAL_SPEC, defaulted_spec
+from k8s_objects import job, summary
+from tuneforge.gate import evaluate_gate
+from tuneforge.plan import Action, plan
+from tuneforge.progress import Progress, parse_progress
+from tuneforge.results import parse_summary
+from tuneforge.settings import Settings
+from tuneforge.spec import Gate, parse_spec
+
+S = parse_summary(summary())
+assert S is not None
+
+
+@pytest.mark.parametrize("gate,passed,fragment", [
+    (Gate(), True, "no thresholds set"),
+    (Gate(min_accuracy=0.9), True, "accuracy 0.9300 >= minAccuracy"),
+    (Gate(min_accuracy=0.95), False, "minAccuracy: accuracy 0.9300 < 0.9500"),
+    (Gate(min_class_f1=0.8), True, "every class F1"),
+    (Gate(min_class_f1=0.85), False, "'card_arrival' 0.8100"),
+    (Gate(must_beat_baseline="zero-shot"), True, "beats zero-shot"),
+    (Gate(must_beat_baseline="tfidf-logreg"), False, "does not beat tfidf-logreg 0.9600"),
+    (Gate(must_beat_baseline="zero-shot", baseline_margin=0.95), False, "by 0.9500"),
+    (Gate(must_beat_baseline="few-shot"), False, "few-shot was not scored"),
+    (Gate(min_accuracy=0.9, min_class_f1=0.9, must_beat_baseline="zero-shot"), False, "minClassF1"),
+])
+def test_gate(gate: Gate, passed: bool, fragment: str) -> None:
+    out = evaluate_gate(gate, S)
+    assert out.passed is passed
+    assert any(fragment in r for r in out.reasons), out.reasons
+
+
+def test_gate_without_accuracy() -> None:
+    s = parse_summary(json.dumps({"status": "succeeded", "command": "train"}))
+    assert s is not None
+    assert not evaluate_gate(Gate(min_accuracy=0.5), s).passed
+
+
+def test_parse_summary_tolerates_noise() -> None:
+    assert parse_summary(None) is None
+    assert parse_summary("Traceback (most recent call last):") is None
+    assert parse_summary("{not json") is None
+    s = parse_summary(summary(new_field_from_newer_trainer=1, baselines=[{"name": "few_shot_8", "accuracy": 0.3}]))
+    assert s is not None and s.baselines[0].name == "few_shot_8"
+
+
+def test_parse_summary_of_the_trainers_own_writer() -> None:
+    trainer_summary = pytest.importorskip("tuneforge_trainer.summary")
+    text = trainer_summary.TrainerSummary(
+        status="succeeded", command="train", accuracy=0.91, macro_f1=0.9,
+        worst_classes=[trainer_summary.ClassScore(label="a", f1=0.5)],
+        baselines=[trainer_summary.BaselineScore(name="tfidf_lr", accuracy=0.98)],
+        artifacts={"adapter": "/out/adapter"},
+    ).to_json()
+    s = parse_summary(text)
+    assert s is not None and s.accuracy == 0.91 and s.worst_classes[0].f1 == 0.5
+    assert s.baselines[0].accuracy == 0.98 and s.artifacts["adapter"] == "/out/adapter"
+
+
+LOG = "\n".join([
+    "Some warning from transformers",
+    json.dumps({"event": "start", "ts": 1}),
+    json.dumps({"event": "progress", "ts": 2, "step": 5, "max_steps": 50, "epoch": 0.1, "loss": 2.5, "eta_seconds": 90.5}),
+    '{"torn line',
+    json.dumps({"event": "progress", "ts": 3, "step": 10, "max_steps": 50, "epoch": 0.2, "loss": 1.5, "eta_seconds": 80}),
+    json.dumps({"event": "eval", "ts": 4, "eval_loss": 1.7, "step": 10}),
+    json.dumps({"event": "progress", "ts": 5, "step": 15, "max_steps": 50, "loss": 1.2, "eta_seconds": 70}),
+])
+
+
+def test_parse_progress_folds_lines() -> None:
+    p = parse_progress(LOG)
+    assert p == Progress(stage="train", step=15, total_steps=50, epoch=0.2, train_loss=1.2, eval_loss=1.7, eta_seconds=70)
+    assert p is not None and p.percent == 30.0
+
+
+@pytest.mark.parametrize("lines,stage", [
+    ([{"event": "progress", "step": 50, "max_steps": 50}], "evaluate"),
+    ([{"event": "eval_start"}], "evaluate"),
+    ([{"event": "progress", "step": 1, "max_steps": 5, "stage": "evaluate"}], "evaluate"),
+    ([{"event": "data", "n_train": 400}], "data"),
+])
+def test_parse_progress_stage(lines: list[dict[str, Any]], stage: str) -> None:
+    p = parse_progress("\n".join(json.dumps(x) for x in lines))
+    assert p is not None and p.stage == stage
+
+
+def test_parse_progress_empty() -> None:
+    assert parse_progress("") is None
+    prev = Progress("train", 3, 10)
+    assert parse_progress("plain text only", prev) == prev
+
+
+def spec_of(**overrides: Any) -> Any:
+    raw = copy.deepcopy(MINIMAL_SPEC)
+    raw.update(overrides)
+    return parse_spec(defaulted_spec(raw))
+
+
+V, T = "x-validate-2", "x-train-2"
+
+
+@pytest.mark.parametrize("name,overrides,phase,vjob,tjob,stale,pre,expected", [
+    ("start", {}, "Pending", None, None, [], False, [Action("create_config_map"), Action("create_validate_job")]),
+    ("preflight failed", {}, "Failed", None, None, [], True, []),
+    ("validating", {}, "Validating", job(V), None, [], False, []),
+    ("validated", {}, "Pending", job(V, complete=True), None, [], False, [Action("create_train_job")]),
+    ("running", {}, "Running", job(V, complete=True), job(T), [], False, []),
+    ("user suspends", {"suspend": True}, "Running", job(V, complete=True), job(T), [], False, [Action("set_suspend", T, True)]),
+    ("user resumes", {}, "Suspended", job(V, complete=True), job(T, suspend=True), [], False, [Action("set_suspend", T, False)]),
+    ("kueue holds", {"scheduling": {"queueName": "q"}}, "Queued", job(V, complete=True), job(T, suspend=True), [], False, []),
+    ("kueue + user suspend", {"scheduling": {"queueName": "q"}, "suspend": True}, "Running", job(V, complete=True), job(T),
+     [], False, [Action("set_suspend", T, True)]),
+    ("stale revision running", {}, "Pending", None, None, [job("x-train-1", revision=1)], False,
+     [Action("delete_job", "x-train-1"), Action("create_config_map"), Action("create_validate_job")]),
+    ("stale revision finished", {}, "Pending", None, None, [job("x-train-1", complete=True, revision=1)], False,
+     [Action("create_config_map"), Action("create_validate_job")]),
+    ("failed releases stuck pod", {}, "Failed", job(V), None, [], False, [Action("delete_job", V)]),
+    ("succeeded does nothing", {}, "Succeeded", job(V, complete=True), job(T, complete=True), [], False, []),
+])
+def test_plan(name: str, overrides: dict[str, Any], phase: str, vjob: Any, tjob: Any, stale: list[Any], pre: bool,
+              expected: list[Action]) -> None:
+    assert plan(spec_of(**overrides), phase, vjob, tjob, stale, pre) == expected
+
+
+def test_settings_from_env() -> None:
+    s = Settings.from_env({"TUNEFORGE_TRAINER_IMAGE": "img:2", "TUNEFORGE_PROGRESS_INTERVAL": "5",
+                           "TUNEFORGE_WORKER_LIMIT": "8", "TUNEFORGE_NAMESPACES": "a, b"})
+    assert (s.trainer_image, s.progress_interval, s.worker_limit) == ("img:2", 5.0, 8)
+    assert s.namespace_list() == ["a", "b"]
+    with pytest.raises(ValueError, match="TUNEFORGE_WORKER_LIMIT"):
+        Settings.from_env({"TUNEFORGE_WORKER_LIMIT": "many"})
+    with pytest.raises(ValueError):
+        Settings.from_env({"TUNEFORGE_POD_ANNOTATIONS": "[1]"})
