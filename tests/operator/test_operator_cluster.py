@@ -1,0 +1,242 @@
+"""FineTuneJob against the real local cluster: schema rejection, and the operator's fast tier
+(validation and training pods run the stand-in trainer on the real node, or are simulated by
+kwok on fake 8-GPU nodes)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import signal
+import time
+import urllib.request
+from typing import Any
+
+import pytest
+
+from conftest import OperatorProcess, ftj_manifest, pvc_manifest, summary_annotation
+from tuneforge_localcluster.testing import Cluster, wait_for
+
+pytestmark = pytest.mark.cluster
+
+VALID: dict[str, Any] = ftj_manifest("valid")
+
+
+def _mutate(path: str, value: Any) -> dict[str, Any]:
+    obj = copy.deepcopy(VALID)
+    node = obj
+    parts = path.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    if value is _DELETE:
+        node.pop(parts[-1], None)
+    else:
+        node[parts[-1]] = value
+    return obj
+
+
+_DELETE = object()
+
+# (mistake, manifest, what the apiserver's answer must contain)
+INVALID: list[tuple[str, dict[str, Any], str]] = [
+    ("missing baseModel", _mutate("spec.baseModel", _DELETE), "spec.baseModel: Required value"),
+    ("bad model scheme", _mutate("spec.baseModel.uri", "ftp://host/model"), "spec.baseModel.uri"),
+    ("wrong type", _mutate("spec.lora.r", "sixteen"), "spec.lora.r: Invalid value"),
+    ("out of range", _mutate("spec.lora.r", 0), "spec.lora.r"),
+    ("enum", _mutate("spec.quantization", "2bit"), "spec.quantization: Unsupported value"),
+    ("4bit without adapter", _mutate("spec.lora", {"enabled": False}) | {}, "spec.quantization"),
+    ("unknown field (strict)", _mutate("spec.lora.rank", 8), 'unknown field "spec.lora.rank"'),
+    ("bad quantity", _mutate("spec.resources.memory", "lots"), "spec.resources.memory"),
+    ("gate baseline not listed", _mutate("spec.evaluation", {"gate": {"mustBeatBaseline": "tfidf-logreg"}}),
+     "spec.evaluation.gate.mustBeatBaseline"),
+    ("s3 without credentials", _mutate("spec.output.uri", "s3://bucket/runs"), "spec.s3"),
+    ("openai baseline without url", _mutate("spec.evaluation", {"baselines": [{"type": "openai"}]}),
+     "spec.evaluation.baselines[0]"),
+    ("duplicate baseline", _mutate("spec.evaluation", {"baselines": [{"type": "zero-shot"}, {"type": "zero-shot"}]}),
+     "spec.evaluation.baselines[1]"),
+    ("template without {text}", _mutate("spec.dataset", {"uri": "/d.csv", "format": "csv", "promptTemplate": "Classify:"}),
+     "spec.dataset.promptTemplate"),
+    ("earlyStopping without loadBestModel", _mutate("spec.training", {"evalSteps": 5, "earlyStoppingPatience": 2}),
+     "spec.training.earlyStoppingPatience"),
+    ("loadBestModel steps mismatch", _mutate("spec.training", {"evalSteps": 7, "saveSteps": 10, "loadBestModel": True}),
+     "spec.training.saveSteps"),
+    ("labels for generation", _mutate("spec.task", {"type": "generation", "labels": ["a", "b"]}), "spec.task.labels"),
+    ("includeLabels not in labels", _mutate("spec.task", {"labels": ["a", "b"]}) | {}, "spec.dataset.includeLabels"),
+    ("name too long", _mutate("metadata.name", "x" * 41), "metadata.name must be at most 40 characters"),
+    ("revision for non-hf model", _mutate("spec.baseModel", {"uri": "pvc://models/m", "revision": "main"}),
+     "spec.baseModel.revision"),
+    ("evalFraction too large", _mutate("spec.dataPrep", {"evalFraction": 0.9}), "spec.dataPrep.evalFraction"),
+]
+# Second-level edits that _mutate cannot express in one step.
+INVALID[5][1]["spec"]["quantization"] = "4bit"
+INVALID[16][1]["spec"]["dataset"]["includeLabels"] = ["a", "c"]
+
+
+def test_valid_manifest_accepted_with_defaults(cluster: Cluster, crds: None) -> None:
+    out = cluster.kubectl("create", "--dry-run=server", "-n", "default", "-o", "json", "-f", "-", input=json.dumps(VALID))
+    spec = json.loads(out.stdout)["spec"]
+    assert spec["lora"]["r"] == 16 and spec["resources"]["gpus"] == 1 and spec["quantization"] == "auto"
+    explain = cluster.kubectl("explain", "finetunejob.spec.evaluation.gate.minAccuracy").stdout
+    assert "Minimum held-out accuracy" in explain
+
+
+@pytest.mark.parametrize("mistake,manifest,expected", INVALID, ids=[c[0] for c in INVALID])
+def test_invalid_manifest_rejected(cluster: Cluster, crds: None, mistake: str, manifest: dict[str, Any], expected: str) -> None:
+    res = cluster.kubectl("create", "--dry-run=server", "--validate=strict", "-n", "default", "-f", "-",
+                          input=json.dumps(manifest), check=False)
+    assert res.returncode != 0, f"{mistake}: accepted"
+    assert expected in res.stderr, res.stderr
+
+
+# --- the operator ---------------------------------------------------------------------------
+
+def _ftj(cluster: Cluster, ns: str, name: str) -> dict[str, Any]:
+    return cluster.get("finetunejob", name, ns)
+
+
+def _phase(cluster: Cluster, ns: str, name: str) -> str | None:
+    return _ftj(cluster, ns, name).get("status", {}).get("phase")
+
+
+def _wait_phase(cluster: Cluster, ns: str, name: str, phases: tuple[str, ...], timeout: float, op: OperatorProcess | None = None) -> dict[str, Any]:
+    def describe() -> str:
+        return json.dumps(_ftj(cluster, ns, name).get("status"), indent=1)[:3000] + ("\n" + op.log() if op else "")
+    wait_for(f"FineTuneJob {name} in {phases}", lambda: _phase(cluster, ns, name) in phases, timeout, 1, describe)
+    return _ftj(cluster, ns, name)
+
+
+def _events(cluster: Cluster, ns: str, name: str) -> list[str]:
+    items = cluster.list("events", ns)
+    return [e.get("reason", "") for e in sorted(items, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+            if e.get("involvedObject", {}).get("name") == name and e.get("involvedObject", {}).get("kind") == "FineTuneJob"]
+
+
+def test_fast_tier_real_node_standin(cluster: Cluster, namespace: str, run_operator: Any, standin_image: str) -> None:
+    op = run_operator(TUNEFORGE_TRAINER_IMAGE=standin_image)
+    cluster.apply(pvc_manifest(), namespace)
+    manifest = ftj_manifest("intent", dataset={"uri": "/standin/accuracy=0.93/steps=8/step_s=1.5/train.jsonl"},
+                            evaluation={"baselines": [{"type": "zero-shot"}, {"type": "tfidf-logreg"}],
+                                        "gate": {"minAccuracy": 0.9, "mustBeatBaseline": "zero-shot"}})
+    cluster.apply(manifest, namespace)
+    seen: dict[str, Any] = {"phases": set(), "progress": []}
+
+    def probe() -> bool:
+        st = _ftj(cluster, namespace, "intent").get("status", {})
+        seen["phases"].add(st.get("phase"))
+        if st.get("phase") == "Running" and st.get("progress", {}).get("percent") is not None:
+            seen["progress"].append(st["progress"]["percent"])
+        return st.get("phase") in ("Succeeded", "Failed")
+    wait_for("intent finished", probe, 240, 0.5, lambda: op.log())
+    ftj = _ftj(cluster, namespace, "intent")
+    st = ftj["status"]
+    assert st["phase"] == "Succeeded", st
+    assert st["evaluation"]["accuracy"] == 0.93 and st["gate"]["outcome"] == "Passed"
+    assert {b["name"] for b in st["baselines"]} == {"zero_shot", "tfidf_lr"}
+    assert st["artifacts"]["adapter"].endswith("/team" if False else "/adapter")
+    assert st["gpuSeconds"] > 0 and st["completionTime"] and st["observedGeneration"] == 1
+    assert {"Validating", "Running"} <= seen["phases"], seen
+    assert seen["progress"] and min(seen["progress"]) < 100, seen  # live progress from the log
+    # Children: deterministic names, owner references, the GPU request.
+    cm = cluster.get("configmap", "intent-config-1", namespace)
+    assert "api_version: tuneforge.dev/trainer-config/v1" in cm["data"]["config.yaml"]
+    job = cluster.get("job", "intent-train-1", namespace)
+    res = job["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert res["limits"]["nvidia.com/gpu"] == "1"
+    assert job["metadata"]["ownerReferences"][0]["uid"] == ftj["metadata"]["uid"]
+    row = cluster.kubectl("get", "ftj", "intent", "-n", namespace, "--no-headers").stdout.split()
+    assert row[1:5] == ["Succeeded", "0.93", "Passed", "100%"], row
+    reasons = _events(cluster, namespace, "intent")
+    assert "Validating" in reasons and "Succeeded" in reasons, reasons
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{op.metrics_port}/metrics", timeout=5).read().decode()
+    assert f'tuneforge_eval_accuracy{{name="intent",namespace="{namespace}"}} 0.93' in metrics
+    assert 'tuneforge_finetunejobs{phase="Succeeded"} 1.0' in metrics
+    assert urllib.request.urlopen(f"http://127.0.0.1:{op.liveness_port}/healthz", timeout=5).status == 200
+
+
+def test_data_validation_failure_before_any_gpu_pod(cluster: Cluster, namespace: str, run_operator: Any, standin_image: str) -> None:
+    op = run_operator(TUNEFORGE_TRAINER_IMAGE=standin_image)
+    cluster.apply(pvc_manifest(), namespace)
+    cluster.apply(ftj_manifest("bad-data", dataset={"uri": "/standin/invalid=1/train.jsonl"}), namespace)
+    st = _wait_phase(cluster, namespace, "bad-data", ("Failed", "Succeeded"), 180, op)["status"]
+    assert st["phase"] == "Failed" and st["reason"] == "DataValidationFailed", st
+    assert "row 17: label 'refund_requested'" in st["message"]
+    assert cluster.list("jobs", namespace, "tuneforge.dev/role=train") == []
+    conds = {c["type"]: c for c in st["conditions"]}
+    assert conds["Validated"]["status"] == "False"
+
+
+def test_missing_pvc_fails_naming_the_field_and_creates_nothing(cluster: Cluster, namespace: str, run_operator: Any) -> None:
+    op = run_operator(TUNEFORGE_TRAINER_IMAGE="never-pulled:0")
+    cluster.apply(ftj_manifest("no-pvc"), namespace)
+    st = _wait_phase(cluster, namespace, "no-pvc", ("Failed",), 60, op)["status"]
+    assert st["reason"] == "PersistentVolumeClaimNotFound"
+    assert st["message"].startswith("spec.output.uri: PersistentVolumeClaim 'artifacts' not found")
+    assert cluster.list("jobs", namespace) == [] and cluster.list("configmaps", namespace, "tuneforge.dev/finetunejob") == []
+
+
+def test_fake_gpu_nodes_scheduling_and_queueing(cluster: Cluster, namespace: str, run_operator: Any, standin_image: str) -> None:
+    op = run_operator(TUNEFORGE_TRAINER_IMAGE=standin_image, TUNEFORGE_POD_ANNOTATIONS=summary_annotation(0.95))
+    cluster.apply(pvc_manifest(), namespace)
+    h100 = {"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}}
+    cluster.apply(ftj_manifest("four-gpus", resources={"gpus": 4, "cpu": "8", "memory": "64Gi"}, scheduling=h100,
+                               evaluation={"gate": {"minAccuracy": 0.9}}), namespace)
+    cluster.apply(ftj_manifest("too-big", resources={"gpus": 16}, scheduling=h100), namespace)
+    st = _wait_phase(cluster, namespace, "four-gpus", ("Succeeded", "Failed"), 180, op)["status"]
+    assert st["phase"] == "Succeeded" and st["evaluation"]["accuracy"] == 0.95, st
+    pods = cluster.list("pods", namespace, "tuneforge.dev/finetunejob=four-gpus,tuneforge.dev/role=train")
+    assert pods and pods[0]["spec"]["nodeName"].startswith("kwok-gpu-")
+    big = _wait_phase(cluster, namespace, "too-big", ("Queued",), 120, op)
+    wait_for("too-big waits for a GPU", lambda: _ftj(cluster, namespace, "too-big")["status"].get("reason") == "WaitingForGPU", 60, 1)
+    assert "nvidia.com/gpu" in _ftj(cluster, namespace, "too-big")["status"]["message"]
+    assert big["status"]["gate"]["outcome"] == "Pending"
+
+
+def test_kueue_queue_name_suspends_and_resumes(cluster: Cluster, namespace: str, run_operator: Any, standin_image: str) -> None:
+    op = run_operator(TUNEFORGE_TRAINER_IMAGE=standin_image, TUNEFORGE_POD_ANNOTATIONS=summary_annotation())
+    cluster.apply(pvc_manifest(), namespace)
+    cluster.apply(ftj_manifest("queued", scheduling={"queueName": "gpu-queue", "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}}), namespace)
+    st = _wait_phase(cluster, namespace, "queued", ("Queued",), 180, op)["status"]
+    wait_for("WaitingForKueue", lambda: _ftj(cluster, namespace, "queued")["status"]["reason"] == "WaitingForKueue", 30, 1)
+    job = cluster.get("job", "queued-train-1", namespace)
+    assert job["spec"]["suspend"] is True and job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+    assert st["phase"] == "Queued"
+    # Kueue admits a workload by unsuspending its Job; do what Kueue would.
+    cluster.kubectl("patch", "job", "queued-train-1", "-n", namespace, "--type=merge", "-p", '{"spec":{"suspend":false}}')
+    _wait_phase(cluster, namespace, "queued", ("Succeeded",), 120, op)
+
+
+def test_spec_edit_after_success_starts_new_revision(cluster: Cluster, namespace: str, run_operator: Any, standin_image: str) -> None:
+    op = run_operator(TUNEFORGE_TRAINER_IMAGE=standin_image, TUNEFORGE_POD_ANNOTATIONS=summary_annotation())
+    cluster.apply(pvc_manifest(), namespace)
+    h100 = {"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}}
+    cluster.apply(ftj_manifest("gitops", scheduling=h100), namespace)
+    _wait_phase(cluster, namespace, "gitops", ("Succeeded",), 180, op)
+    # suspend alone does not start a revision
+    cluster.kubectl("patch", "ftj", "gitops", "-n", namespace, "--type=merge", "-p", '{"spec":{"suspend":true}}')
+    time.sleep(3)
+    assert _ftj(cluster, namespace, "gitops")["status"]["revision"] == 1
+    cluster.kubectl("patch", "ftj", "gitops", "-n", namespace, "--type=merge",
+                    "-p", '{"spec":{"suspend":false,"lora":{"r":8}}}')
+    wait_for("revision 2", lambda: _ftj(cluster, namespace, "gitops")["status"].get("revision") == 2, 60, 1, op.log)
+    st = _wait_phase(cluster, namespace, "gitops", ("Succeeded",), 180, op)["status"]
+    assert st["revision"] == 2 and st["history"][0]["revision"] == 1 and st["history"][0]["phase"] == "Succeeded"
+    names = sorted(j["metadata"]["name"] for j in cluster.list("jobs", namespace))
+    assert names == ["gitops-train-1", "gitops-train-2", "gitops-validate-1", "gitops-validate-2"]
+    assert "r: 8" in cluster.get("configmap", "gitops-config-2", namespace)["data"]["config.yaml"]
+
+
+def test_operator_sigkill_restart_no_duplicates(cluster: Cluster, namespace: str, run_operator: Any, standin_image: str) -> None:
+    env = {"TUNEFORGE_TRAINER_IMAGE": standin_image, "TUNEFORGE_POD_ANNOTATIONS": summary_annotation()}
+    first = run_operator(**env)
+    cluster.apply(pvc_manifest(), namespace)
+    h100 = {"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}}
+    names = [f"kill-{i}" for i in range(4)]
+    cluster.apply([ftj_manifest(n, scheduling=h100) | {"metadata": {"name": n}} for n in names], namespace)
+    wait_for("some children exist", lambda: cluster.list("jobs", namespace), 60, 0.2, first.log)
+    first.kill(signal.SIGKILL)
+    second = run_operator(**env)
+    for n in names:
+        _wait_phase(cluster, namespace, n, ("Succeeded",), 240, second)
+    jobs = sorted(j["metadata"]["name"] for j in cluster.list("jobs", namespace))
+    assert jobs == sorted([f"{n}-validate-1" for n in names] + [f"{n}-train-1" for n in names])
+    assert len(cluster.list("configmaps", namespace, "tuneforge.dev/finetunejob")) == len(names)
+    assert all(_ftj(cluster, namespace, n)["status"]["revision"] == 1 for n in names)
