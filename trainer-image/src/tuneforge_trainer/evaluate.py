@@ -1,0 +1,330 @@
+"""Held-out evaluation and baselines.
+
+Classification rows are scored by the log-likelihood of every label's completion, batched: the
+prompts of a batch run once (left-padded, KV cache kept) and the cache is repeated for each
+label, so a row costs one prompt pass plus ``len(labels)`` short label passes instead of
+``len(labels)`` full passes. Generation rows use batched greedy generation. Baselines (the base
+model zero/few-shot, TF-IDF + logistic regression, an OpenAI-compatible endpoint) are scored on
+the same rows. torch is imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+import urllib.request
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from tuneforge_trainer.config import TrainerConfig
+from tuneforge_trainer.data import Example, render_prompt
+from tuneforge_trainer.metrics import classification_metrics, generation_metrics, normalize_answer
+
+__all__ = [
+    "few_shot_messages",
+    "openai_baseline",
+    "predict_generate",
+    "predict_loglik",
+    "score_model",
+    "tfidf_baseline",
+]
+
+log = logging.getLogger(__name__)
+
+# Sequences (rows x labels) per scoring forward pass: bounds memory of the label pass.
+SEQ_BUDGET = 128
+
+
+def _template_text(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def completion_text(tokenizer: Any, target: str) -> str:
+    """The text the chat template puts after the generation prompt for an answer ``target``."""
+    probe = [{"role": "user", "content": "x"}]
+    prompt = _template_text(tokenizer, probe, True)
+    full = _template_text(tokenizer, probe + [{"role": "assistant", "content": target}], False)
+    return full[len(prompt) :] if full.startswith(prompt) else target
+
+
+def _label_token_ids(tokenizer: Any, labels: Sequence[str]) -> list[list[int]]:
+    stops = {tokenizer.eos_token_id}
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else None
+    if im_end is not None:
+        stops.add(im_end)
+    out = []
+    for lab in labels:
+        ids = tokenizer(completion_text(tokenizer, lab), add_special_tokens=False).input_ids
+        # Score up to and including the end-of-turn token so a label that prefixes another loses.
+        for i, t in enumerate(ids):
+            if t in stops:
+                ids = ids[: i + 1]
+                break
+        out.append(ids)
+    return out
+
+
+def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
+    if not seqs:
+        return 0
+    n = min(len(x) for x in seqs) - 1  # every row keeps at least one token of its own
+    first = seqs[0]
+    for i in range(max(0, n)):
+        t = first[i]
+        if any(x[i] != t for x in seqs):
+            return i
+    return max(0, n)
+
+
+def predict_loglik(
+    model: Any, tokenizer: Any, prompts: Sequence[str], labels: Sequence[str], batch_rows: int = 16
+) -> tuple[list[str], list[list[float]], list[int]]:
+    """Best label per prompt by summed log-likelihood; also the score matrix and label lengths.
+
+    The token prefix shared by every prompt (system prompt, instructions, label list, few-shot
+    turns) runs once; each batch runs only its rows' own tokens on a copy of that cache, then
+    the cache is repeated per label for one short label pass.
+    """
+    import copy
+
+    import torch
+
+    lab_ids = _label_token_ids(tokenizer, labels)
+    n_lab = len(labels)
+    lmax = max(len(x) for x in lab_ids)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    lab = torch.full((n_lab, lmax), pad, dtype=torch.long)
+    lab_mask = torch.zeros((n_lab, lmax), dtype=torch.long)
+    for i, ids in enumerate(lab_ids):
+        lab[i, : len(ids)] = torch.tensor(ids)
+        lab_mask[i, : len(ids)] = 1
+    device = next(model.parameters()).device
+    lab, lab_mask = lab.to(device), lab_mask.to(device)
+    rows = max(1, min(batch_rows, SEQ_BUDGET // n_lab))
+    scores: list[list[float]] = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            enc_all = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
+            n_prefix = _common_prefix(enc_all)
+            prefix_cache = None
+            if n_prefix:
+                prefix = torch.tensor([enc_all[0][:n_prefix]], device=device)
+                prefix_cache = model(input_ids=prefix, use_cache=True, logits_to_keep=1).past_key_values
+            for start in range(0, len(prompts), rows):
+                chunk = [x[n_prefix:] for x in enc_all[start : start + rows]]
+                b = len(chunk)
+                s_len = max(len(x) for x in chunk)
+                suf = torch.full((b, s_len), pad, dtype=torch.long)
+                suf_mask = torch.zeros((b, s_len), dtype=torch.long)
+                for i, x in enumerate(chunk):  # left padding: the last position is real
+                    suf[i, s_len - len(x) :] = torch.tensor(x)
+                    suf_mask[i, s_len - len(x) :] = 1
+                suf, suf_mask = suf.to(device), suf_mask.to(device)
+                am = torch.cat([torch.ones((b, n_prefix), dtype=torch.long, device=device), suf_mask], dim=1)
+                pos = (n_prefix + suf_mask.cumsum(-1) - 1).clamp(min=0)
+                cache = None
+                if prefix_cache is not None:
+                    cache = copy.deepcopy(prefix_cache)
+                    cache.batch_repeat_interleave(b)
+                out = model(
+                    input_ids=suf, attention_mask=am, position_ids=pos, past_key_values=cache,
+                    use_cache=True, logits_to_keep=1,
+                )
+                first = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # (B, V)
+                cache = out.past_key_values
+                cache.batch_repeat_interleave(n_lab)
+                lab_b = lab.repeat(b, 1)  # (B*L, lmax), row-major like repeat_interleave
+                mask_b = lab_mask.repeat(b, 1)
+                total = first.repeat_interleave(n_lab, 0).gather(1, lab_b[:, :1]).squeeze(1)
+                if lmax > 1:
+                    am2 = torch.cat([am.repeat_interleave(n_lab, 0), mask_b[:, :-1]], dim=1)
+                    pos2 = pos[:, -1:].repeat_interleave(n_lab, 0) + 1 + torch.arange(lmax - 1, device=device)
+                    out2 = model(
+                        input_ids=lab_b[:, :-1], attention_mask=am2, position_ids=pos2,
+                        past_key_values=cache, use_cache=False,
+                    )
+                    logits = out2.logits.float()  # (B*L, lmax-1, V)
+                    picked = logits.gather(2, lab_b[:, 1:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+                    total = total + (picked * mask_b[:, 1:]).sum(1)
+                scores.extend(total.view(b, n_lab).tolist())
+    finally:
+        if was_training:
+            model.train()
+    preds = [labels[max(range(n_lab), key=lambda j: s[j])] for s in scores]
+    return preds, scores, [len(x) for x in lab_ids]
+
+
+def predict_generate(
+    model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int, batch_rows: int = 16
+) -> list[str]:
+    """Greedy completions for chat-formatted prompts (left-padded batches)."""
+    import torch
+
+    device = next(model.parameters()).device
+    out_texts: list[str] = []
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(prompts), batch_rows):
+                enc = tokenizer(list(prompts[start : start + batch_rows]), add_special_tokens=False, padding=True, return_tensors="pt").to(device)
+                gen = model.generate(
+                    **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                )
+                new = gen[:, enc.input_ids.size(1) :]
+                out_texts.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
+    finally:
+        tokenizer.padding_side = old_side
+    return out_texts
+
+
+def match_label(text: str, labels: Sequence[str]) -> str:
+    """Map a generated answer to a label (exact, then case-insensitive), else the raw answer."""
+    ans = normalize_answer(text)
+    if ans in labels:
+        return ans
+    low = {lab.lower(): lab for lab in labels}
+    return low.get(ans.lower(), ans)
+
+
+def few_shot_messages(
+    shots: Sequence[Example], cfg: TrainerConfig, labels: Sequence[str]
+) -> list[dict[str, str]]:
+    """Prior user/assistant turns built from training rows (same prompt as the real rows)."""
+    msgs: list[dict[str, str]] = []
+    for ex in shots:
+        for m in render_prompt(ex, cfg.dataset.prompt_template, labels, None):
+            if m["role"] != "system":
+                msgs.append(m)
+        msgs.append({"role": "assistant", "content": ex.target})
+    return msgs
+
+
+def pick_shots(train: Sequence[Example], k: int, seed: int) -> list[Example]:
+    """k training rows, round-robin over labels so the shots cover as many labels as possible."""
+    by_label: dict[str, list[Example]] = defaultdict(list)
+    for ex in train:
+        by_label[ex.target].append(ex)
+    rng = random.Random(seed)
+    groups = [rng.sample(g, len(g)) for _, g in sorted(by_label.items())]
+    rng.shuffle(groups)
+    shots: list[Example] = []
+    i = 0
+    while len(shots) < k and any(groups):
+        g = groups[i % len(groups)]
+        if g:
+            shots.append(g.pop())
+        i += 1
+    rng.shuffle(shots)
+    return shots
+
+
+def prompt_texts(
+    tokenizer: Any, rows: Sequence[Example], cfg: TrainerConfig, labels: Sequence[str], prefix: list[dict[str, str]] | None = None
+) -> list[str]:
+    out = []
+    for ex in rows:
+        msgs = render_prompt(ex, cfg.dataset.prompt_template, labels, cfg.dataset.system_prompt)
+        if prefix:
+            sys_msgs = [m for m in msgs if m["role"] == "system"]
+            msgs = sys_msgs + prefix + [m for m in msgs if m["role"] != "system"]
+        out.append(_template_text(tokenizer, msgs, True))
+    return out
+
+
+def score_model(
+    model: Any,
+    tokenizer: Any,
+    rows: Sequence[Example],
+    cfg: TrainerConfig,
+    labels: Sequence[str],
+    prefix: list[dict[str, str]] | None = None,
+    method: str | None = None,
+) -> dict[str, Any]:
+    """Predict and score ``rows``; returns metrics plus ``predictions`` and ``seconds``."""
+    t0 = time.monotonic()
+    classification = cfg.task.type == "classification"
+    method = method or cfg.eval.method
+    if method == "auto":
+        method = "loglik" if classification else "generate"
+    prompts = prompt_texts(tokenizer, rows, cfg, labels, prefix)
+    truth = [ex.target for ex in rows]
+    res: dict[str, Any]
+    if classification and method == "loglik":
+        preds, scores, lens = predict_loglik(model, tokenizer, prompts, labels, cfg.eval.batch_size)
+        idx = {lab: j for j, lab in enumerate(labels)}
+        nll = -sum(s[idx[t]] for s, t in zip(scores, truth))
+        ntok = sum(lens[idx[t]] for t in truth)
+        res = classification_metrics(truth, preds, labels)
+        res["label_nll"] = nll / max(1, ntok)
+    else:
+        max_new = cfg.eval.max_new_tokens or (max(len(tokenizer(t, add_special_tokens=False).input_ids) for t in truth + list(labels)) + 8)
+        texts = predict_generate(model, tokenizer, prompts, max_new, cfg.eval.batch_size)
+        if classification:
+            preds = [match_label(t, labels) for t in texts]
+            res = classification_metrics(truth, preds, labels)
+        else:
+            preds = texts
+            res = generation_metrics(truth, preds)
+    res["method"] = method
+    res["predictions"] = preds
+    res["seconds"] = round(time.monotonic() - t0, 2)
+    return res
+
+
+def tfidf_baseline(train: Sequence[Example], rows: Sequence[Example], labels: Sequence[str], seed: int = 0) -> dict[str, Any]:
+    """TF-IDF (word 1-2 grams) + logistic regression trained on the training rows."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    t0 = time.monotonic()
+    clf = make_pipeline(
+        TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1),
+        LogisticRegression(max_iter=2000, C=10.0, random_state=seed),
+    )
+    clf.fit([f"{e.instruction or ''} {e.text}" for e in train], [e.target for e in train])
+    preds = [str(p) for p in clf.predict([f"{e.instruction or ''} {e.text}" for e in rows])]
+    res = classification_metrics([e.target for e in rows], preds, labels)
+    res["seconds"] = round(time.monotonic() - t0, 2)
+    return res
+
+
+def openai_baseline(rows: Sequence[Example], cfg: TrainerConfig, labels: Sequence[str]) -> dict[str, Any]:
+    """Score an OpenAI-compatible chat endpoint (temperature 0) on the same rows."""
+    oc = cfg.eval.baselines.openai
+    assert oc is not None
+    t0 = time.monotonic()
+    key = os.environ.get(oc.api_key_env, "")
+    use = list(rows)[: oc.max_rows] if oc.max_rows else list(rows)
+    preds = []
+    max_tokens = cfg.eval.max_new_tokens or 64
+    for ex in use:
+        body = {
+            "model": oc.model,
+            "messages": render_prompt(ex, cfg.dataset.prompt_template, labels, cfg.dataset.system_prompt),
+            "temperature": 0,
+            "max_tokens": max_tokens,
+        }
+        req = urllib.request.Request(
+            oc.base_url.rstrip("/") + "/chat/completions",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})},
+        )
+        with urllib.request.urlopen(req, timeout=oc.timeout_s) as r:  # noqa: S310 - URL from the config
+            content = json.load(r)["choices"][0]["message"]["content"] or ""
+        preds.append(content)
+    truth = [e.target for e in use]
+    if cfg.task.type == "classification":
+        res = classification_metrics(truth, [match_label(p, labels) for p in preds], labels)
+    else:
+        res = generation_metrics(truth, preds)
+    res["seconds"] = round(time.monotonic() - t0, 2)
+    return res

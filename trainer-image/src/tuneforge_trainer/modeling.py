@@ -1,0 +1,133 @@
+"""Model-side translators and loading: config → peft/bitsandbytes objects → model and tokenizer.
+
+``get_lora_config``, ``get_quantization_config`` and ``device_settings`` are pure translators
+(unit-tested without a model); ``load_model`` does the I/O. torch, transformers and peft are
+imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from tuneforge_trainer.config import TrainerConfig
+
+__all__ = [
+    "DeviceSettings",
+    "device_settings",
+    "get_lora_config",
+    "get_quantization_config",
+    "load_model",
+    "load_tokenizer",
+    "resolve_model_path",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DeviceSettings:
+    """Precision and memory settings right for the device (trl's defaults assume a GPU)."""
+
+    cuda: bool
+    bf16: bool
+    fp16: bool
+    gradient_checkpointing: bool
+    quantization: str
+    compute_dtype: str
+
+
+def device_settings(cfg: TrainerConfig, cuda: bool, bf16_supported: bool = False) -> DeviceSettings:
+    """Pure: choose precision, checkpointing and quantization for this device."""
+    t = cfg.training
+    prec = t.precision
+    if prec == "auto":
+        prec = "bf16" if cuda and bf16_supported else "fp32"
+    if not cuda and prec != "fp32":
+        log.warning("Training precision %s is not used on the CPU; using fp32", prec)
+        prec = "fp32"
+    quant = cfg.effective_quantization(cuda)
+    if cfg.quantization.mode == "auto" and not cuda:
+        log.warning("Quantization auto: no CUDA device, loading the base model unquantized (float32)")
+    gc = t.gradient_checkpointing if t.gradient_checkpointing is not None else cuda
+    cd = cfg.quantization.compute_dtype
+    if cd == "auto":
+        cd = "bfloat16" if cuda and bf16_supported else "float32"
+    return DeviceSettings(cuda=cuda, bf16=prec == "bf16", fp16=prec == "fp16", gradient_checkpointing=gc, quantization=quant, compute_dtype=cd)
+
+
+def get_lora_config(cfg: TrainerConfig) -> Any:
+    """peft ``LoraConfig`` for the config (None when LoRA is disabled)."""
+    if not cfg.lora.enabled:
+        return None
+    from peft import LoraConfig
+
+    lc = cfg.lora
+    targets: Any = lc.target_modules if lc.target_modules == "all-linear" else list(lc.target_modules)
+    return LoraConfig(
+        r=lc.r,
+        lora_alpha=lc.alpha,
+        lora_dropout=lc.dropout,
+        target_modules=targets,
+        bias=lc.bias,
+        task_type="CAUSAL_LM",
+    )
+
+
+def get_quantization_config(cfg: TrainerConfig, cuda: bool) -> Any:
+    """transformers ``BitsAndBytesConfig`` (None for no quantization)."""
+    ds = device_settings(cfg, cuda)
+    if ds.quantization == "none":
+        return None
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if ds.quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=cfg.quantization.quant_type,
+        bnb_4bit_use_double_quant=cfg.quantization.double_quant,
+        bnb_4bit_compute_dtype=getattr(torch, ds.compute_dtype),
+    )
+
+
+def resolve_model_path(cfg: TrainerConfig, cache: str) -> str:
+    """A local folder for ``model.source`` (hf:// from the hub cache, s3:// downloaded once)."""
+    from tuneforge_trainer.storage import resolve_source
+
+    return resolve_source(cfg.model.source, cache, cfg.model.revision, cfg.model.token_env, "model")
+
+
+def load_tokenizer(path: str, cfg: TrainerConfig) -> Any:
+    from transformers import AutoTokenizer
+
+    kw: dict[str, Any] = {"trust_remote_code": cfg.model.trust_remote_code}
+    if cfg.model.gguf_file:
+        kw["gguf_file"] = cfg.model.gguf_file
+    tok = AutoTokenizer.from_pretrained(path, **kw)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(path: str, cfg: TrainerConfig, ds: DeviceSettings) -> Any:
+    """The base model on its device, quantized as configured (not yet wrapped with LoRA)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kw: dict[str, Any] = {"trust_remote_code": cfg.model.trust_remote_code}
+    if cfg.model.gguf_file:
+        kw["gguf_file"] = cfg.model.gguf_file
+    q = get_quantization_config(cfg, ds.cuda)
+    if q is not None:
+        kw["quantization_config"] = q
+        if ds.cuda:
+            kw["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
+    kw["dtype"] = torch.bfloat16 if ds.bf16 else (torch.float16 if ds.fp16 else torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(path, **kw)
+    if q is None and ds.cuda:
+        model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
+    return model

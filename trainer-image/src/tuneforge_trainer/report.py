@@ -1,0 +1,156 @@
+"""Artifacts for people: ``metrics.json``, the model card (README.md) and PNG plots.
+
+The model card and metrics are built from plain dicts (unit-testable without a model); plots
+use matplotlib's Agg backend, imported inside.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["plot_confusion", "plot_loss", "render_model_card", "write_json"]
+
+
+def write_json(path: str, data: dict[str, Any]) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, default=str)
+    os.chmod(path, 0o644)
+
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.1f} %"
+
+
+def render_model_card(report: dict[str, Any]) -> str:
+    """Markdown model card: data summary, hyperparameters, results, per-class table, baselines."""
+    cfg = report.get("config", {})
+    ev = report.get("eval", {}) or {}
+    data = report.get("data", {}) or {}
+    tr = report.get("training", {}) or {}
+    lines = [
+        f"# {cfg.get('run_name', 'tuneforge-run')}",
+        "",
+        f"LoRA adapter for `{cfg.get('model', {}).get('source')}` trained by Tuneforge "
+        f"(task: {cfg.get('task', {}).get('type')}).",
+        "",
+        "## Results on held-out rows",
+        "",
+        "| model | accuracy | macro-F1 |",
+        "|---|---|---|",
+        f"| fine-tuned adapter | {_pct(ev.get('accuracy'))} | {_pct(ev.get('macro_f1'))} |",
+    ]
+    for name, b in (report.get("baselines") or {}).items():
+        if b.get("error"):
+            lines.append(f"| {name} | error: {b['error'][:80]} | |")
+        else:
+            lines.append(f"| {name} | {_pct(b.get('accuracy'))} | {_pct(b.get('macro_f1'))} |")
+    lines += [
+        "",
+        f"Held-out rows: {ev.get('n')}; scoring: {ev.get('method')}; eval loss: "
+        f"{tr.get('eval_loss') if tr.get('eval_loss') is not None else '–'}.",
+        "",
+    ]
+    per = ev.get("per_class") or {}
+    if per:
+        lines += ["## Per-class scores", "", "| label | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+        for lab, v in per.items():
+            lines.append(f"| {lab} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |")
+        lines.append("")
+    lines += [
+        "## Data",
+        "",
+        f"- source: `{cfg.get('dataset', {}).get('source')}` (format {data.get('format')})",
+        f"- eval source: `{cfg.get('dataset', {}).get('eval_source') or 'stratified split'}`",
+        f"- rows loaded: {data.get('loaded')} (+{data.get('loaded_eval', 0)} eval); dropped: "
+        f"{data.get('dropped')} {data.get('dropped_by_reason') or ''}; leaked eval rows: {data.get('leaked')}",
+        f"- training rows per label: {data.get('train_counts')}",
+        f"- held-out rows per label: {data.get('eval_counts')}",
+        "",
+        "## Training",
+        "",
+    ]
+    lora = cfg.get("lora", {})
+    t = cfg.get("training", {})
+    lines += [
+        f"- LoRA r={lora.get('r')} alpha={lora.get('alpha')} dropout={lora.get('dropout')} "
+        f"targets={lora.get('target_modules')}",
+        f"- quantization: {tr.get('quantization')}; precision: {tr.get('precision')}; device: {tr.get('device')}",
+        f"- learning rate {t.get('learning_rate')} ({t.get('lr_scheduler')}, warmup {t.get('warmup_ratio')}), "
+        f"batch {t.get('batch_size')} x accumulation {t.get('gradient_accumulation_steps')}, "
+        f"epochs {t.get('epochs')}, max steps {t.get('max_steps')}, padding-free {t.get('padding_free')}, "
+        f"completion-only loss {t.get('completion_only_loss')}, seed {t.get('seed')}",
+        f"- steps: {tr.get('steps')}; train loss: {tr.get('train_loss')}; training time: "
+        f"{tr.get('train_seconds')} s; throughput: {tr.get('tokens_per_second')} tokens/s",
+        "",
+    ]
+    plots = report.get("artifacts", {})
+    if plots.get("loss_plot") or plots.get("confusion_plot"):
+        lines += ["## Plots", ""]
+        if plots.get("loss_plot"):
+            lines.append("![loss](plots/loss.png)")
+        if plots.get("confusion_plot"):
+            lines.append("![confusion matrix](plots/confusion.png)")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_loss(log_history: Sequence[dict[str, Any]], path: str) -> bool:
+    """Training and eval loss against the step; False when there is nothing to plot."""
+    train = [(h["step"], h["loss"]) for h in log_history if "loss" in h and "step" in h]
+    ev = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h and "step" in h]
+    if not train and not ev:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    if train:
+        ax.plot(*zip(*train), label="train loss")
+    if ev:
+        ax.plot(*zip(*ev), marker="o", label="eval loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    os.chmod(path, 0o644)
+    return True
+
+
+def plot_confusion(matrix: Sequence[Sequence[int]], labels: Sequence[str], path: str) -> bool:
+    """Confusion matrix heat map (rows: truth, columns: prediction)."""
+    if not matrix:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(labels)
+    size = max(4.0, min(20.0, 0.35 * n + 2))
+    fig, ax = plt.subplots(figsize=(size, size), dpi=100)
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(n), labels, rotation=90, fontsize=max(4, 10 - n // 10))
+    ax.set_yticks(range(n), labels, fontsize=max(4, 10 - n // 10))
+    if n <= 20:
+        for i, row in enumerate(matrix):
+            for j, v in enumerate(row):
+                if v:
+                    ax.text(j, i, str(v), ha="center", va="center", fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    os.chmod(path, 0o644)
+    return True

@@ -1,0 +1,512 @@
+"""Training and evaluation runs: data → SFT with LoRA/QLoRA → held-out scores → artifacts.
+
+``train_main(cfg)`` resumes from the latest checkpoint in the work folder, turns SIGTERM into
+"save a checkpoint and stop" (exit 143), and on rank 0 only writes the adapter, metrics.json,
+the model card, plots and the termination summary. ``evaluate_main`` scores an existing
+adapter. Heavy libraries are imported here, never by the light modules.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+from tuneforge_trainer.config import TrainerConfig
+from tuneforge_trainer.data import DataError, Example, PreparedData, format_example, load_rows, render_prompt
+from tuneforge_trainer.progress import ProgressReporter, is_rank_zero
+from tuneforge_trainer.storage import join_uri, upload_dir
+from tuneforge_trainer.summary import BaselineScore, ClassScore, TrainerSummary, write_summary
+
+__all__ = ["evaluate_main", "train_main"]
+
+log = logging.getLogger(__name__)
+
+EXIT_PREEMPTED = 143
+
+
+class _Preemption:
+    """Remembers a SIGTERM so the training loop can checkpoint at the next step boundary."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def install(self) -> None:
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if not self.requested:
+            log.warning("SIGTERM received: saving a checkpoint at the end of this step, then exiting")
+        self.requested = True
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _seed_all(seed: int) -> None:
+    from transformers import set_seed
+
+    set_seed(seed)
+
+
+def _artifact_dir(cfg: TrainerConfig) -> str:
+    """Local folder where artifacts are assembled (output.dir itself when it is local)."""
+    if cfg.output.dir.startswith("s3://"):
+        return os.path.join(cfg.work_dir(), "artifacts")
+    return cfg.output.dir
+
+
+def _make_readable(path: str) -> None:
+    # Non-root pods (the server) read these through volumes; save_pretrained writes 600.
+    for root, dirs, files in os.walk(path):
+        for d in dirs:
+            os.chmod(os.path.join(root, d), 0o755)
+        for f in files:
+            os.chmod(os.path.join(root, f), 0o644)
+    if os.path.isdir(path):
+        os.chmod(path, 0o755)
+
+
+def _token_length_fn(tokenizer: Any, cfg: TrainerConfig, labels: list[str]):  # type: ignore[no-untyped-def]
+    def n_tokens(ex: Example) -> int:
+        msgs = render_prompt(ex, cfg.dataset.prompt_template, labels, cfg.dataset.system_prompt)
+        msgs = msgs + [{"role": "assistant", "content": ex.target}]
+        return len(tokenizer.apply_chat_template(msgs, tokenize=True, return_dict=True)["input_ids"])
+
+    return n_tokens
+
+
+def _progress_callback(progress: ProgressReporter, preempt: _Preemption):  # type: ignore[no-untyped-def]
+    from transformers import TrainerCallback
+
+    class ProgressCallback(TrainerCallback):  # type: ignore[misc]
+        """Turns the Trainer's logs into progress events; turns SIGTERM into save-and-stop."""
+
+        def __init__(self) -> None:
+            self.t0 = time.monotonic()
+            self.start_step = 0
+            self.tok0 = 0
+            self.last_eval_loss: float | None = None
+
+        def on_train_begin(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
+            self.t0 = time.monotonic()
+            self.start_step = state.global_step
+            self.tok0 = state.num_input_tokens_seen
+
+        def on_step_end(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
+            if preempt.requested:
+                control.should_save = True
+                control.should_training_stop = True
+            return control
+
+        def on_log(self, args, state, control, logs=None, **kw):  # type: ignore[no-untyped-def]
+            logs = logs or {}
+            if "eval_loss" in logs:
+                self.last_eval_loss = logs["eval_loss"]
+            if "loss" not in logs and "eval_loss" not in logs:
+                return
+            elapsed = time.monotonic() - self.t0
+            done = state.global_step - self.start_step
+            tps = (state.num_input_tokens_seen - self.tok0) / elapsed if elapsed > 0 else None
+            eta = (state.max_steps - state.global_step) * elapsed / done if done > 0 else None
+            progress.emit(
+                "progress",
+                step=state.global_step,
+                max_steps=state.max_steps,
+                epoch=state.epoch,
+                loss=logs.get("loss"),
+                eval_loss=logs.get("eval_loss", self.last_eval_loss),
+                learning_rate=logs.get("learning_rate"),
+                tokens_per_second=tps,
+                eta_seconds=eta,
+            )
+
+        def on_save(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
+            progress.emit("checkpoint", step=state.global_step)
+
+    return ProgressCallback()
+
+
+def _training_args(cfg: TrainerConfig, ds: Any, out_dir: str, has_eval: bool, cuda: bool) -> Any:
+    from trl import SFTConfig
+
+    t = cfg.training
+    eval_strategy = "no"
+    if has_eval:
+        eval_strategy = "steps" if t.eval_steps else "epoch"
+    save_strategy = "steps" if t.save_steps else "epoch"
+    multi = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return SFTConfig(
+        output_dir=out_dir,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps or -1,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,  # transformers 5: a float < 1 is a fraction of the steps
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        # Padding-free batches need max_length=None; over-length rows were dropped beforehand.
+        max_length=None if t.padding_free else t.max_seq_length,
+        padding_free=t.padding_free,
+        completion_only_loss=t.completion_only_loss,
+        gradient_checkpointing=ds.gradient_checkpointing,
+        bf16=ds.bf16,
+        fp16=ds.fp16,
+        use_cpu=not cuda,
+        eval_strategy=eval_strategy,
+        eval_steps=t.eval_steps,
+        save_strategy=save_strategy,
+        save_steps=t.save_steps or 500,
+        save_total_limit=t.save_total_limit,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        load_best_model_at_end=t.load_best_model,
+        metric_for_best_model="eval_loss" if t.load_best_model else None,
+        greater_is_better=False if t.load_best_model else None,
+        seed=t.seed,
+        data_seed=t.seed,
+        report_to=[],
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        include_num_input_tokens_seen="all" if t.padding_free else "non_padding",
+        ddp_backend=("nccl" if cuda else "gloo") if multi else None,
+        ddp_find_unused_parameters=False if multi else None,
+        save_only_model=False,
+    )
+
+
+def _summary_from(
+    cfg: TrainerConfig, command: str, ev: dict[str, Any] | None, baselines: dict[str, dict[str, Any]], **extra: Any
+) -> TrainerSummary:
+    ev = ev or {}
+    from tuneforge_trainer.metrics import worst_classes
+
+    worst = [ClassScore(**w) for w in worst_classes(ev.get("per_class") or {}, cfg.eval.worst_classes)]
+    bl = [
+        BaselineScore(name=k, accuracy=v.get("accuracy"), macro_f1=v.get("macro_f1"), error=v.get("error"))
+        for k, v in baselines.items()
+    ]
+    return TrainerSummary(
+        command=command,  # type: ignore[arg-type]
+        task=cfg.task.type,
+        accuracy=ev.get("accuracy"),
+        macro_f1=ev.get("macro_f1"),
+        exact_match=ev.get("exact_match"),
+        field_f1=ev.get("field_f1"),
+        worst_classes=worst,
+        baselines=bl,
+        n_eval=ev.get("n"),
+        eval_seconds=ev.get("seconds"),
+        **extra,
+    )
+
+
+def run_baselines(
+    cfg: TrainerConfig, model: Any, tokenizer: Any, data: PreparedData, rows: list[Example], method: str | None
+) -> dict[str, dict[str, Any]]:
+    """Zero/few-shot base model (adapter disabled), TF-IDF + LR and an optional endpoint."""
+    from contextlib import nullcontext
+
+    from tuneforge_trainer.evaluate import few_shot_messages, openai_baseline, pick_shots, score_model, tfidf_baseline
+
+    bc = cfg.eval.baselines
+    out: dict[str, dict[str, Any]] = {}
+    base_ctx = model.disable_adapter if hasattr(model, "disable_adapter") else nullcontext
+
+    def guarded(name: str, fn: Any) -> None:
+        try:
+            r = fn()
+            out[name] = {k: v for k, v in r.items() if k != "predictions"}
+            log.info("Baseline %s: accuracy %s (%.1f s)", name, r.get("accuracy"), r.get("seconds", 0))
+        except Exception as e:  # noqa: BLE001 - a baseline failing must not fail the run
+            log.warning("Baseline %s failed: %s", name, e)
+            out[name] = {"error": f"{type(e).__name__}: {e}"[:300]}
+
+    if bc.zero_shot:
+        def zero() -> dict[str, Any]:
+            with base_ctx():
+                return score_model(model, tokenizer, rows, cfg, data.labels, method=method)
+
+        guarded("zero_shot", zero)
+    if bc.few_shot:
+        def few() -> dict[str, Any]:
+            shots = pick_shots(data.train, bc.few_shot, cfg.data.seed)
+            prefix = few_shot_messages(shots, cfg, data.labels)
+            with base_ctx():
+                return score_model(model, tokenizer, rows, cfg, data.labels, prefix=prefix, method=method)
+
+        guarded(f"few_shot_{bc.few_shot}", few)
+    if bc.tfidf_lr and cfg.task.type == "classification":
+        guarded("tfidf_lr", lambda: tfidf_baseline(data.train, rows, data.labels, cfg.data.seed))
+    if bc.openai is not None:
+        guarded(f"openai:{bc.openai.model}", lambda: openai_baseline(rows, cfg, data.labels))
+    return out
+
+
+def _eval_rows(cfg: TrainerConfig, data: PreparedData) -> list[Example]:
+    rows = list(data.eval)
+    if cfg.eval.max_rows:
+        rows = rows[: cfg.eval.max_rows]
+    return rows
+
+
+def train_main(cfg: TrainerConfig) -> int:
+    """The ``train`` subcommand; returns the exit code."""
+    import torch
+
+    from tuneforge_trainer.evaluate import score_model
+    from tuneforge_trainer.modeling import device_settings, get_lora_config, load_model, load_tokenizer, resolve_model_path
+    from tuneforge_trainer.pipeline import cache_dir, prepare, report_data
+    from tuneforge_trainer.report import plot_confusion, plot_loss, render_model_card, write_json
+
+    rank0 = is_rank_zero()
+    work = cfg.work_dir()
+    os.makedirs(work, exist_ok=True)
+    progress = ProgressReporter(cfg.progress_path())
+    preempt = _Preemption()
+    preempt.install()
+    t_start = time.monotonic()
+    progress.emit("start", command="train", run_name=cfg.run_name)
+
+    cuda = torch.cuda.is_available()
+    ds = device_settings(cfg, cuda, bf16_supported=cuda and torch.cuda.is_bf16_supported())
+    if not cuda:
+        torch.set_num_threads(max(1, int(os.environ.get("TUNEFORGE_THREADS", os.cpu_count() or 1))))
+    _seed_all(cfg.training.seed)
+
+    model_path = resolve_model_path(cfg, cache_dir())
+    tokenizer = load_tokenizer(model_path, cfg)
+    # Labels are needed to format rows; infer them first so token lengths can be measured.
+    data = prepare(cfg)
+    data = prepare(cfg, token_length=_token_length_fn(tokenizer, cfg, data.labels))
+    report_data(data, progress)
+
+    from datasets import Dataset
+
+    def to_ds(rows: list[Example]) -> Any:
+        return Dataset.from_list(
+            [format_example(e, cfg.dataset.prompt_template, data.labels, cfg.dataset.system_prompt) for e in rows]
+        )
+
+    train_ds = to_ds(data.train)
+    eval_ds = to_ds(data.eval) if data.eval else None
+
+    model = load_model(model_path, cfg, ds)
+    from peft import prepare_model_for_kbit_training
+    from transformers import EarlyStoppingCallback, PrinterCallback
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import SFTTrainer
+
+    if ds.quantization != "none":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=ds.gradient_checkpointing)
+    ckpt_dir = os.path.join(work, "checkpoints")
+    args = _training_args(cfg, ds, ckpt_dir, eval_ds is not None, cuda)
+    callbacks: list[Any] = [_progress_callback(progress, preempt)]
+    if cfg.training.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.training.early_stopping_patience))
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        peft_config=get_lora_config(cfg),
+        callbacks=callbacks,
+    )
+    # Our progress events replace the Trainer's printed dicts on stdout.
+    trainer.remove_callback(PrinterCallback)
+    resume = get_last_checkpoint(ckpt_dir) if cfg.training.resume and os.path.isdir(ckpt_dir) else None
+    resumed_step = int(resume.rsplit("-", 1)[-1]) if resume else None
+    if resume:
+        log.info("Resuming from checkpoint %s", resume)
+        progress.emit("resume", checkpoint=resume, step=resumed_step)
+    t_train = time.monotonic()
+    result = trainer.train(resume_from_checkpoint=resume)
+    train_seconds = time.monotonic() - t_train
+    state = trainer.state
+    tokens_per_s = None
+    if train_seconds > 0:
+        tokens_per_s = (state.num_input_tokens_seen - (trainer._initial_num_input_tokens_seen or 0)) / train_seconds
+
+    if preempt.requested:
+        progress.emit("preempted", step=state.global_step)
+        if rank0:
+            write_summary(
+                TrainerSummary(
+                    status="preempted", command="train", task=cfg.task.type, steps=state.global_step,
+                    resumed_from_step=resumed_step, train_seconds=round(train_seconds, 1),
+                    message=f"SIGTERM: checkpoint saved at step {state.global_step}; rerun to resume",
+                    artifacts={"checkpoint": get_last_checkpoint(ckpt_dir) or ckpt_dir},
+                ),
+                cfg.output.termination_message_path,
+            )
+        return EXIT_PREEMPTED
+    preempt.restore()
+
+    eval_loss = None
+    if eval_ds is not None:
+        eval_loss = trainer.evaluate().get("eval_loss")
+    if not trainer.is_world_process_zero():
+        return 0
+
+    art = _artifact_dir(cfg)
+    os.makedirs(art, exist_ok=True)
+    adapter_dir = os.path.join(art, "adapter")
+    trainer.model.save_pretrained(adapter_dir)
+    tokenizer.save_pretrained(adapter_dir)
+    _make_readable(adapter_dir)
+    artifacts = {"adapter": join_uri(cfg.output.dir, "adapter")}
+
+    model = trainer.model
+    ev: dict[str, Any] | None = None
+    baselines: dict[str, dict[str, Any]] = {}
+    if cfg.eval.enabled and data.eval:
+        rows = _eval_rows(cfg, data)
+        ev = score_model(model, tokenizer, rows, cfg, data.labels)
+        log.info("Adapter held-out accuracy %s (%d rows, %.1f s)", ev.get("accuracy"), len(rows), ev["seconds"])
+        progress.emit("eval", accuracy=ev.get("accuracy"), macro_f1=ev.get("macro_f1"), rows=len(rows), seconds=ev["seconds"])
+        baselines = run_baselines(cfg, model, tokenizer, data, rows, ev["method"])
+
+    if cfg.output.merge and cfg.lora.enabled:
+        merged_dir = os.path.join(art, "merged")
+        if ds.quantization != "none":
+            log.warning("Output merge: skipped, the base model is quantized (merge into the unquantized base offline)")
+        else:
+            merged = model.merge_and_unload()
+            merged.save_pretrained(merged_dir)
+            tokenizer.save_pretrained(merged_dir)
+            _make_readable(merged_dir)
+            artifacts["merged"] = join_uri(cfg.output.dir, "merged")
+
+    train_loss = getattr(result, "training_loss", None)
+    training = {
+        "steps": state.global_step,
+        "resumed_from_step": resumed_step,
+        "train_loss": train_loss,
+        "eval_loss": eval_loss,
+        "train_seconds": round(train_seconds, 1),
+        "tokens_per_second": round(tokens_per_s, 1) if tokens_per_s else None,
+        "device": f"cuda:{torch.cuda.get_device_name(0)}" if cuda else "cpu",
+        "quantization": ds.quantization,
+        "precision": "bf16" if ds.bf16 else ("fp16" if ds.fp16 else "fp32"),
+        "log_history": state.log_history,
+    }
+    if cfg.output.plots:
+        if plot_loss(state.log_history, os.path.join(art, "plots", "loss.png")):
+            artifacts["loss_plot"] = join_uri(cfg.output.dir, "plots", "loss.png")
+        if ev and ev.get("confusion_matrix") and plot_confusion(ev["confusion_matrix"], ev["labels"], os.path.join(art, "plots", "confusion.png")):
+            artifacts["confusion_plot"] = join_uri(cfg.output.dir, "plots", "confusion.png")
+    artifacts["metrics"] = join_uri(cfg.output.dir, "metrics.json")
+    if cfg.output.model_card:
+        artifacts["model_card"] = join_uri(cfg.output.dir, "README.md")
+    report = {
+        "config": cfg.model_dump(mode="json"),
+        "data": data.report.to_dict(),
+        "training": training,
+        "eval": ev,
+        "baselines": baselines,
+        "artifacts": artifacts,
+        "wall_seconds": round(time.monotonic() - t_start, 1),
+    }
+    write_json(os.path.join(art, "metrics.json"), report)
+    if cfg.output.model_card:
+        with open(os.path.join(art, "README.md"), "w", encoding="utf-8") as f:
+            f.write(render_model_card(report))
+        os.chmod(os.path.join(art, "README.md"), 0o644)
+    if cfg.output.dir.startswith("s3://"):
+        upload_dir(art, cfg.output.dir)
+
+    summary = _summary_from(
+        cfg, "train", ev, baselines,
+        status="succeeded",
+        message=f"trained {state.global_step} steps; held-out accuracy {ev.get('accuracy') if ev else None}",
+        eval_loss=eval_loss,
+        train_loss=train_loss,
+        n_train=len(data.train),
+        n_dropped=len(data.report.dropped),
+        steps=state.global_step,
+        resumed_from_step=resumed_step,
+        train_seconds=round(train_seconds, 1),
+        tokens_per_second=training["tokens_per_second"],
+        device=training["device"],
+        quantization=ds.quantization,
+        artifacts=artifacts,
+    )
+    write_summary(summary, cfg.output.termination_message_path)
+    progress.emit(
+        "done", accuracy=summary.accuracy, macro_f1=summary.macro_f1, eval_loss=eval_loss,
+        steps=state.global_step, train_seconds=round(train_seconds, 1), wall_seconds=report["wall_seconds"],
+    )
+    return 0
+
+
+def evaluate_main(cfg: TrainerConfig, adapter: str | None = None, eval_file: str | None = None) -> int:
+    """The ``evaluate`` subcommand: score an existing adapter (and the baselines) on held-out rows."""
+    import torch
+    from peft import PeftModel
+
+    from tuneforge_trainer.evaluate import score_model
+    from tuneforge_trainer.modeling import device_settings, load_model, load_tokenizer, resolve_model_path
+    from tuneforge_trainer.pipeline import cache_dir, prepare, report_data
+    from tuneforge_trainer.report import plot_confusion, write_json
+    from tuneforge_trainer.storage import resolve_source
+
+    if not is_rank_zero():
+        return 0
+    progress = ProgressReporter(cfg.progress_path())
+    progress.emit("start", command="evaluate", run_name=cfg.run_name)
+    cuda = torch.cuda.is_available()
+    ds = device_settings(cfg, cuda, bf16_supported=cuda and torch.cuda.is_bf16_supported())
+    data = prepare(cfg)
+    report_data(data, progress)
+    rows = _eval_rows(cfg, data)
+    if eval_file:
+        path = resolve_source(eval_file, cache_dir(), kind="dataset")
+        rows, dropped, _ = load_rows(path, cfg.dataset.format, cfg.dataset.text_column, cfg.dataset.label_column, "eval")
+        for d in dropped[:50]:
+            print(f"dropped eval row {d.row}: {d.reason}", file=sys.stderr)
+        if cfg.dataset.include_labels:
+            rows = [r for r in rows if r.target in set(cfg.dataset.include_labels)]
+        if cfg.task.type == "classification":
+            unknown = sorted({r.target for r in rows} - set(data.labels))
+            if unknown:
+                raise DataError(f"--eval-file: unknown labels in eval rows: {unknown[:10]}")
+        if cfg.eval.max_rows:
+            rows = rows[: cfg.eval.max_rows]
+    if not rows:
+        raise DataError("evaluate: no held-out rows")
+    adapter_path = adapter or os.path.join(_artifact_dir(cfg), "adapter")
+    if adapter_path.startswith("s3://"):
+        adapter_path = resolve_source(adapter_path, cache_dir())
+    if not os.path.isdir(adapter_path):
+        raise DataError(f"evaluate: no adapter folder at {adapter_path}")
+    model_path = resolve_model_path(cfg, cache_dir())
+    tokenizer = load_tokenizer(model_path, cfg)
+    model = PeftModel.from_pretrained(load_model(model_path, cfg, ds), adapter_path)
+    ev = score_model(model, tokenizer, rows, cfg, data.labels)
+    progress.emit("eval", accuracy=ev.get("accuracy"), macro_f1=ev.get("macro_f1"), rows=len(rows), seconds=ev["seconds"])
+    baselines = run_baselines(cfg, model, tokenizer, data, rows, ev["method"])
+    art = _artifact_dir(cfg)
+    out = os.path.join(art, "evaluation")
+    artifacts = {"adapter": adapter or join_uri(cfg.output.dir, "adapter"), "metrics": join_uri(cfg.output.dir, "evaluation", "metrics.json")}
+    write_json(os.path.join(out, "metrics.json"), {"eval": ev, "baselines": baselines, "adapter": adapter_path, "eval_file": eval_file})
+    if cfg.output.plots and ev.get("confusion_matrix"):
+        plot_confusion(ev["confusion_matrix"], ev["labels"], os.path.join(out, "confusion.png"))
+    if cfg.output.dir.startswith("s3://"):
+        upload_dir(out, join_uri(cfg.output.dir, "evaluation"))
+    summary = _summary_from(
+        cfg, "evaluate", ev, baselines, status="succeeded", eval_loss=ev.get("label_nll"),
+        message=f"held-out accuracy {ev.get('accuracy')} on {len(rows)} rows", artifacts=artifacts,
+        device="cuda" if cuda else "cpu", quantization=ds.quantization,
+    )
+    write_summary(summary, cfg.output.termination_message_path)
+    progress.emit("done", accuracy=summary.accuracy, macro_f1=summary.macro_f1)
+    return 0
