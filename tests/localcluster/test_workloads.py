@@ -100,8 +100,15 @@ def test_deployment_available_after_readiness_and_service_balances(
         describe=lambda: cluster.describe("deploy", "web", namespace),
     )
 
+    def ready_endpoints() -> bool:
+        slices = cluster.list("endpointslices", namespace, "kubernetes.io/service-name=web")
+        ready = [e for s in slices for e in s.get("endpoints") or [] if e["conditions"].get("ready")]
+        return len(ready) == 2
+
+    wait_for("both endpoints ready in the EndpointSlice", ready_endpoints, 30)
     url = f"http://web.{namespace}.svc.cluster.local/"
-    cluster.apply(_job("client", probe_image, ["get", url, "--times", "40"], backoff=2), namespace)
+    # Spread over ~2 s: kube-proxy programs a new endpoint within its 1 s minSyncPeriod.
+    cluster.apply(_job("client", probe_image, ["get", url, "--times", "40", "--interval", "0.05"], backoff=2), namespace)
     wait_for("Job client Complete", lambda: _job_condition(cluster, namespace, "client") == "Complete", 120,
              describe=lambda: cluster.describe("job", "client", namespace) + cluster.kubectl("logs", "-n", namespace, "job/client", check=False).stdout)
     responses = json.loads(cluster.kubectl("logs", "-n", namespace, "job/client").stdout.strip().splitlines()[-1])["responses"]

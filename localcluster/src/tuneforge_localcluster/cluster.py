@@ -308,6 +308,7 @@ def up(s: Settings) -> float:
     _start(s, "kwok", components.kwok_args(s, bins))
     (s.runtime / "s3").mkdir(parents=True, exist_ok=True)
     _start(s, "s3", components.s3_args(s, bins))
+    _wait("S3 server", lambda: _http_ok(f"http://127.0.0.1:{s.s3_port}/healthz"), 30, s.logs / "s3.log")
 
     _wait(f"node {s.node_name} Ready", lambda: _node_ready(s, s.node_name), 90, s.logs / "kubelet.log")
     # An extended resource without a device plugin: the kubelet keeps what is patched in.

@@ -333,6 +333,9 @@ def s3_args(s: Settings, bins: dict[str, Path]) -> list[str]:
         S3_SECRET_KEY,
         "--port",
         f":{s.s3_port}",
+        "--health",
+        "/healthz",
+        "--quiet",
         "posix",
         str(s.runtime / "s3"),
     ]
@@ -359,7 +362,22 @@ def local_path_args(s: Settings, bins: dict[str, Path], helper_image: str) -> li
         f"--namespace={LOCAL_PATH_NAMESPACE}",
         f"--helper-image={helper_image}",
         "--service-account-name=local-path-provisioner",
+        f"--kubeconfig={s.pki / 'local-path-provisioner.kubeconfig'}",
     ]
+
+
+def local_path_configmap(s: Settings) -> dict:
+    """The provisioner's helper-pod scripts (upstream's defaults): a 0777 folder per volume."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "local-path-config", "namespace": LOCAL_PATH_NAMESPACE},
+        "data": {
+            "config.json": to_json(local_path_config(s)),
+            "setup": '#!/bin/sh\nset -eu\nmkdir -m 0777 -p "$VOL_DIR"\n',
+            "teardown": '#!/bin/sh\nset -eu\nrm -rf "$VOL_DIR"\n',
+        },
+    }
 
 
 def local_path_helper_pod(helper_image: str) -> dict:

@@ -55,6 +55,7 @@ def bootstrap(s: Settings) -> list[dict]:
             "reclaimPolicy": "Delete",
             "volumeBindingMode": "WaitForFirstConsumer",
         },
+        components.local_path_configmap(s),
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": SYSTEM_NAMESPACE}},
     ]
     objs += components.host_service(

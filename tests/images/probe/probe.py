@@ -35,9 +35,10 @@ def serve(port: int, ready_file: str) -> None:
     http.server.ThreadingHTTPServer(("", port), Handler).serve_forever()
 
 
-def get(url: str, times: int) -> None:
+def get(url: str, times: int, interval: float) -> None:
     seen = []
     for _ in range(times):
+        time.sleep(interval)
         with urllib.request.urlopen(url, timeout=5) as resp:
             seen.append(resp.read().decode())
     print(json.dumps({"responses": seen}))
@@ -84,6 +85,7 @@ def main() -> None:
     g = sub.add_parser("get")
     g.add_argument("url")
     g.add_argument("--times", type=int, default=1)
+    g.add_argument("--interval", type=float, default=0.0)
     a = sub.add_parser("api")
     a.add_argument("path")
     u = sub.add_parser("put")
@@ -98,7 +100,7 @@ def main() -> None:
     if args.cmd == "serve":
         serve(args.port, args.ready_file)
     elif args.cmd == "get":
-        get(args.url, args.times)
+        get(args.url, args.times, args.interval)
     elif args.cmd == "api":
         api(args.path)
     elif args.cmd == "put":
