@@ -1,0 +1,93 @@
+"""Evaluation pieces that need no model: baselines, shot picking, prefix sharing, label matching."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any
+
+import pytest
+
+from tuneforge_trainer.config import parse_config
+from tuneforge_trainer.data import Example
+from tuneforge_trainer.evaluate import _common_prefix, match_label, openai_baseline, pick_shots, tfidf_baseline
+
+
+def rows(spec: dict[str, list[str]]) -> list[Example]:
+    return [Example(text=t, target=lab, row=i) for lab, texts in spec.items() for i, t in enumerate(texts)]
+
+
+def test_tfidf_baseline() -> None:
+    train = rows({"card": ["my card is lost", "card not arrived", "where is my card"], "fx": ["exchange rate euro", "currency rate", "rate for dollars"]})
+    held = rows({"card": ["lost card"], "fx": ["euro exchange rate"]})
+    res = tfidf_baseline(train, held, ["card", "fx"])
+    assert res["accuracy"] == 1.0
+
+
+def test_pick_shots_cover_labels() -> None:
+    train = rows({lab: [f"{lab}{i}" for i in range(5)] for lab in "abcd"})
+    shots = pick_shots(train, 8, seed=0)
+    assert len(shots) == 8 and Counter(s.target for s in shots) == {"a": 2, "b": 2, "c": 2, "d": 2}
+    assert [s.text for s in pick_shots(train, 8, seed=0)] == [s.text for s in shots]
+
+
+@pytest.mark.parametrize(
+    ("seqs", "expected"),
+    [
+        ([[1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 9]], 2),
+        ([[1, 2, 3], [1, 2, 3]], 2),  # each row keeps one token of its own
+        ([[1], [1]], 0),
+        ([[5, 6], [7, 8]], 0),
+        ([], 0),
+    ],
+)
+def test_common_prefix(seqs: list[list[int]], expected: int) -> None:
+    assert _common_prefix(seqs) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("card_arrival", "card_arrival"), (" Card_Arrival.\n", "card_arrival"), ("'fx'", "fx"), ("something", "something")],
+)
+def test_match_label(text: str, expected: str) -> None:
+    assert match_label(text, ["card_arrival", "fx"]) == expected
+
+
+class _Handler(BaseHTTPRequestHandler):
+    seen: list[dict[str, Any]] = []
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        _Handler.seen.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+        text = body["messages"][-1]["content"].split("Message: ")[1]
+        answer = "card" if "card" in text else "fx."
+        out = json.dumps({"choices": [{"message": {"role": "assistant", "content": answer}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_openai_baseline_against_local_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    server = HTTPServer(("127.0.0.1", 0), _Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("TEST_KEY", "sk-test")
+        cfg = parse_config({
+            "model": {"source": "/m"}, "dataset": {"source": "/d.csv"}, "output": {"dir": "/o"},
+            "eval": {"baselines": {"openai": {"base_url": f"http://127.0.0.1:{server.server_port}/v1", "model": "gpt-x", "api_key_env": "TEST_KEY"}}},
+        })
+        held = rows({"card": ["my card"], "fx": ["rate", "euro"]})
+        res = openai_baseline(held, cfg, ["card", "fx"])
+        assert res["accuracy"] == 1.0
+        assert _Handler.seen[0]["path"] == "/v1/chat/completions"
+        assert _Handler.seen[0]["auth"] == "Bearer sk-test"
+        assert _Handler.seen[0]["body"]["model"] == "gpt-x" and _Handler.seen[0]["body"]["temperature"] == 0
+    finally:
+        server.shutdown()

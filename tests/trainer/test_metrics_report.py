@@ -1,0 +1,81 @@
+"""Metrics (classification and generation), the model card and the plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tuneforge_trainer.metrics import classification_metrics, exact_match, field_f1, generation_metrics, worst_classes
+from tuneforge_trainer.report import plot_confusion, plot_loss, render_model_card
+
+
+def test_classification_metrics() -> None:
+    labels = ["a", "b", "c"]
+    m = classification_metrics(["a", "a", "b", "c"], ["a", "b", "b", "garbage"], labels)
+    assert m["accuracy"] == 0.5
+    assert m["per_class"]["a"] == {"precision": 1.0, "recall": 0.5, "f1": pytest.approx(2 / 3), "support": 2}
+    assert m["per_class"]["c"]["f1"] == 0.0
+    assert m["labels"] == ["a", "b", "c", "<other>"]
+    assert m["confusion_matrix"][2] == [0, 0, 0, 1]  # c predicted as <other>
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 2 / 3 + 0) / 3)
+    worst = worst_classes(m["per_class"], 2)
+    assert [w["label"] for w in worst] == ["c", "a"]
+
+
+@pytest.mark.parametrize(
+    ("truth", "pred", "expected"),
+    [
+        ('{"a": 1, "b": "x"}', '{"a": 1, "b": "x"}', 1.0),
+        ('{"a": 1, "b": "x"}', '{"b": "x", "a": 1}', 1.0),
+        ('{"a": 1, "b": "x"}', '{"a": 1, "b": "y"}', 0.5),
+        ('{"a": 1, "b": "x"}', '{"a": 1}', pytest.approx(2 / 3)),
+        ('{"a": {"c": [1, 2]}}', '{"a": {"c": [1, 3]}}', 0.5),
+        ('{"a": 1}', "not json", 0.0),
+        ("plain text", "plain text", None),
+    ],
+)
+def test_field_f1(truth: str, pred: str, expected: object) -> None:
+    assert field_f1(truth, pred) == expected
+
+
+def test_generation_metrics_and_exact_match() -> None:
+    assert exact_match(["Paris", "Rome"], [" Paris.", "rome"]) == 0.5
+    m = generation_metrics(['{"x": 1}', "Paris"], ['{"x": 1}', "Paris"])
+    assert m["exact_match"] == 1.0 and m["field_f1"] == 1.0 and m["json_rows"] == 1
+
+
+def report_fixture() -> dict:
+    return {
+        "config": {"run_name": "r", "model": {"source": "/m"}, "task": {"type": "classification"},
+                   "dataset": {"source": "/d.csv"}, "lora": {"r": 16, "alpha": 32}, "training": {"learning_rate": 1e-3}},
+        "data": {"format": "csv", "loaded": 10, "dropped": 1, "train_counts": {"a": 4}, "eval_counts": {"a": 1}},
+        "training": {"steps": 5, "train_loss": 0.3, "eval_loss": 0.2, "quantization": "none"},
+        "eval": {"accuracy": 0.9, "macro_f1": 0.85, "n": 10, "method": "loglik",
+                 "per_class": {"a": {"precision": 1.0, "recall": 0.8, "f1": 0.89, "support": 5}}},
+        "baselines": {"zero_shot": {"accuracy": 0.1, "macro_f1": 0.05}, "tfidf_lr": {"accuracy": 0.95, "macro_f1": 0.95},
+                      "openai:m": {"error": "URLError: refused"}},
+        "artifacts": {"loss_plot": "x", "confusion_plot": "y"},
+    }
+
+
+def test_model_card_has_results_baselines_and_per_class() -> None:
+    card = render_model_card(report_fixture())
+    assert "| fine-tuned adapter | 90.0 % | 85.0 % |" in card
+    assert "| zero_shot | 10.0 % | 5.0 % |" in card
+    assert "| tfidf_lr | 95.0 % |" in card
+    assert "error: URLError" in card
+    assert "| a | 1.000 | 0.800 | 0.890 | 5 |" in card
+    assert "LoRA r=16 alpha=32" in card
+    assert "![loss](plots/loss.png)" in card
+
+
+def test_plots(tmp_path: Path) -> None:
+    hist = [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.0}, {"step": 2, "eval_loss": 1.1}]
+    assert plot_loss(hist, str(tmp_path / "loss.png"))
+    assert plot_confusion([[3, 1], [0, 4]], ["a", "b"], str(tmp_path / "cm.png"))
+    for name in ("loss.png", "cm.png"):
+        data = (tmp_path / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644
+    assert not plot_loss([], str(tmp_path / "none.png"))

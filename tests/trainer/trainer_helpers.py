@@ -1,0 +1,78 @@
+"""Helpers for the trainer tests: paths, the 8-intent BANKING77 config, running the CLI."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+BANKING77 = Path(os.environ.get("TUNEFORGE_BANKING77", ROOT.parent / "shared" / "datasets" / "banking77"))
+INTENTS8 = [
+    "card_arrival", "exchange_rate", "lost_or_stolen_card", "pin_blocked",
+    "age_limit", "cancel_transfer", "top_up_limits", "card_not_working",
+]
+SRC_PATH = os.pathsep.join(str(ROOT / p) for p in ("trainer-image/src", "operator/src", "localcluster/src"))
+
+
+def prepare_model_module() -> Any:
+    spec = importlib.util.spec_from_file_location("prepare_model", ROOT / "hack" / "prepare_model.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def banking_config(model: Path | str, out: Path, **sections: Any) -> dict[str, Any]:
+    """The 8-intent BANKING77 config: 50 training rows per intent, held-out rows from test.csv."""
+    cfg: dict[str, Any] = {
+        "run_name": "banking77-8",
+        "model": {"source": str(model)},
+        "dataset": {
+            "source": str(BANKING77 / "train.csv"),
+            "eval_source": str(BANKING77 / "test.csv"),
+            "label_column": "category",
+            "include_labels": INTENTS8,
+            "max_rows_per_label": 50,
+            "max_eval_rows_per_label": 20,
+        },
+        "training": {
+            "max_steps": 50, "learning_rate": 1.0e-3, "batch_size": 8, "warmup_ratio": 0.1,
+            "logging_steps": 5, "eval_steps": 25, "save_steps": 10,
+        },
+        "eval": {"baselines": {"zero_shot": True, "few_shot": 0, "tfidf_lr": True}},
+        "output": {"dir": str(out), "termination_message_path": str(out.parent / f"{out.name}.termination-log")},
+    }
+    for name, value in sections.items():
+        cfg.setdefault(name, {}).update(value)
+    return cfg
+
+
+def write_config(path: Path, cfg: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def cli_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = SRC_PATH + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["HF_HUB_OFFLINE"] = "1"
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+def run_cli(*args: str, timeout: float = 1200, check: bool = False) -> subprocess.CompletedProcess[str]:
+    """``python -m tuneforge_trainer ARGS`` in a subprocess (as the container runs it)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "tuneforge_trainer", *args],
+        capture_output=True, text=True, env=cli_env(), timeout=timeout, cwd=ROOT,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"tuneforge-train {args} exited {proc.returncode}\n{proc.stderr[-4000:]}")
+    return proc
