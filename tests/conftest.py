@@ -27,7 +27,8 @@ def cluster() -> Iterator[Cluster]:
     finally:
         handle.collect_logs(OUTPUT / "cluster-logs")
         if started and os.environ.get("TUNEFORGE_KEEP_CLUSTER") != "1":
-            lc.down(settings)
+            with lc.locked(settings):
+                lc.down(settings)
 
 
 @pytest.fixture

@@ -130,7 +130,9 @@ def ensure_binaries(settings: Settings, names: list[str] | None = None) -> dict[
             started = time.monotonic()
             print(f"Building {binary.name} ({binary.package})", file=sys.stderr, flush=True)
             _build(binary, out)
-            print(f"Built {binary.name} in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+            seconds = time.monotonic() - started
+            (out.parent / "build.json").write_text(json.dumps({"name": binary.name, "seconds": round(seconds, 1)}))
+            print(f"Built {binary.name} in {seconds:.0f} s", file=sys.stderr, flush=True)
         paths[binary.name] = out
     _prune(settings, {p.parent.name for p in paths.values()}, names is None)
     return paths
@@ -143,3 +145,12 @@ def _prune(settings: Settings, keep: set[str], complete: bool) -> None:
     for entry in (settings.cache / "bin").iterdir():
         if entry.name not in keep:
             shutil.rmtree(entry, ignore_errors=True)
+
+
+def build_records(settings: Settings) -> dict[str, float]:
+    """Seconds each cached binary took to build when it was built on this machine."""
+    records = {}
+    for record in (settings.cache / "bin").glob("*/build.json"):
+        data = json.loads(record.read_text())
+        records[data["name"]] = float(data["seconds"])
+    return records

@@ -27,9 +27,11 @@ def main(argv: list[str] | None = None) -> int:
 
     s = settings.load()
     if args.cmd == "up":
-        cluster.up(s)
+        with cluster.locked(s):
+            cluster.up(s)
     elif args.cmd == "down":
-        cluster.down(s)
+        with cluster.locked(s):
+            cluster.down(s)
     elif args.cmd == "status":
         report = cluster.status(s)
         nodes = report.pop("nodes", "")

@@ -7,6 +7,8 @@ only the caches (images in containerd and the registry, Go binaries).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -17,7 +19,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import yaml
@@ -51,6 +53,18 @@ COMPONENTS = (
     "s3",
     "local-path-provisioner",
 )
+
+
+@contextlib.contextmanager
+def locked(s: Settings) -> Iterator[None]:
+    """Serialise up/down between processes (a test run and a developer's ``make`` at once)."""
+    s.runtime.mkdir(parents=True, exist_ok=True)
+    with open(s.runtime / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _log(msg: str) -> None:
@@ -221,19 +235,20 @@ def clean(s: Settings) -> None:
     kube_proxy = s.runtime / "bin" / "kube-proxy"
     if kube_proxy.exists():
         subprocess.run([str(kube_proxy), "--cleanup"], capture_output=True)
-    _flush_cni_chains()
+    _flush_chains()
     for folder in ("etcd", "kubelet", "cni", "containerd/state", "s3", "local-path", "pids", "run"):
         shutil.rmtree(s.runtime / folder, ignore_errors=True)
 
 
-def _flush_cni_chains() -> None:
-    """Remove the portmap plugin's iptables chains (kube-proxy --cleanup handles KUBE-*)."""
-    for table in ("nat", "filter"):
+def _flush_chains(prefixes: tuple[str, ...] = ("CNI-", "KUBE-")) -> None:
+    """Remove the iptables chains the CNI plugins, the kubelet and kube-proxy leave behind."""
+    for table in ("nat", "filter", "mangle"):
         rules = subprocess.run(["iptables-save", "-t", table], capture_output=True, text=True).stdout
-        chains = {line[1:].split()[0] for line in rules.splitlines() if line.startswith(":CNI-")}
+        chains = {line[1:].split()[0] for line in rules.splitlines() if line.startswith(tuple(":" + p for p in prefixes))}
         for line in rules.splitlines():
-            if line.startswith("-A ") and " -j CNI-" in line and not line.split()[1].startswith("CNI-"):
-                subprocess.run(["iptables", "-t", table, *line.replace("-A ", "-D ", 1).split()], capture_output=True)
+            parts = line.split()
+            if line.startswith("-A ") and not parts[1].startswith(prefixes) and any(f"-j {c}" in line for c in chains):
+                subprocess.run(["iptables", "-t", table, "-D", *parts[1:]], capture_output=True)
         for chain in chains:
             subprocess.run(["iptables", "-t", table, "-F", chain], capture_output=True)
         for chain in chains:

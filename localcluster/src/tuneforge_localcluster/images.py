@@ -9,6 +9,7 @@ change, only the last layer of a multi-GB torch image is built, pushed and pulle
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -121,7 +122,9 @@ def base_image(s: Settings) -> str:
             subprocess.run(["buildah", "rm", ctr], capture_output=True)
             raise
     _push(s, ref)
-    _log(f"Built base image in {time.monotonic() - started:.0f} s")
+    seconds = time.monotonic() - started
+    (s.cache / "base-image-build.json").write_text(json.dumps({"ref": ref, "seconds": round(seconds, 1)}))
+    _log(f"Built base image in {seconds:.0f} s")
     return ref
 
 

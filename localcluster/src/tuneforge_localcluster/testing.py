@@ -147,7 +147,8 @@ def real_node_pod_spec(image: str, args: list[str], **extra: object) -> dict:
 
 def start_or_reuse(settings: Settings) -> tuple[Cluster, bool]:
     """A handle on the cluster, starting it when it is not running; True when started here."""
-    if cluster.is_up(settings):
-        return Cluster(settings), False
-    cluster.up(settings)
-    return Cluster(settings), True
+    with cluster.locked(settings):
+        if cluster.is_up(settings):
+            return Cluster(settings), False
+        cluster.up(settings)
+        return Cluster(settings), True
