@@ -61,7 +61,7 @@ class OperatorProcess:
             "TUNEFORGE_RETRY_DELAY": "2",
         })
         env.update(self.extra_env)
-        log = open(self.log_path, "ab")
+        log = open(self.log_path, "ab" if self.log_path.exists() and self.proc else "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tuneforge", "--kubeconfig", str(self.cluster.kubeconfig)],
             env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
@@ -76,6 +76,11 @@ class OperatorProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+
+    def check_alive(self) -> None:
+        """Fail the test at once (not after a long wait) when the operator has exited."""
+        if self.proc is not None and self.proc.poll() is not None:
+            pytest.fail(f"operator exited with {self.proc.returncode}:\n{self.log()}")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-6000:]

@@ -100,7 +100,12 @@ def _phase(cluster: Cluster, ns: str, name: str) -> str | None:
 def _wait_phase(cluster: Cluster, ns: str, name: str, phases: tuple[str, ...], timeout: float, op: OperatorProcess | None = None) -> dict[str, Any]:
     def describe() -> str:
         return json.dumps(_ftj(cluster, ns, name).get("status"), indent=1)[:3000] + ("\n" + op.log() if op else "")
-    wait_for(f"FineTuneJob {name} in {phases}", lambda: _phase(cluster, ns, name) in phases, timeout, 1, describe)
+
+    def probe() -> bool:
+        if op is not None:
+            op.check_alive()
+        return _phase(cluster, ns, name) in phases
+    wait_for(f"FineTuneJob {name} in {phases}", probe, timeout, 1, describe)
     return _ftj(cluster, ns, name)
 
 
@@ -120,6 +125,7 @@ def test_fast_tier_real_node_standin(cluster: Cluster, namespace: str, run_opera
     seen: dict[str, Any] = {"phases": set(), "progress": []}
 
     def probe() -> bool:
+        op.check_alive()
         st = _ftj(cluster, namespace, "intent").get("status", {})
         seen["phases"].add(st.get("phase"))
         if st.get("phase") == "Running" and st.get("progress", {}).get("percent") is not None:

@@ -88,10 +88,12 @@ class Kube:
     async def pod_log_tail(self, namespace: str, pod: str, container: str, lines: int) -> str:
         """The last lines of a container's log (read-only pods/log)."""
         try:
-            return str(await self._call(
+            # Raw bytes: the client's own decoding json-parses a one-line log into a dict repr.
+            resp = await self._call(
                 self.core.read_namespaced_pod_log, pod, namespace, container=container,
-                tail_lines=lines, limit_bytes=64 * 1024,
-            ))
+                tail_lines=lines, limit_bytes=64 * 1024, _preload_content=False,
+            )
+            return bytes(resp.data).decode("utf-8", errors="replace")
         except ApiException as exc:
             if exc.status in (400, 404):  # not started yet, or gone
                 return ""

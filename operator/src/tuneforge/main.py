@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 
 import kopf
 from prometheus_client import start_http_server
 
-from . import handlers  # noqa: F401 - registers the handlers
-from .metrics import REGISTRY
 from .settings import Settings
 
 
@@ -27,11 +26,16 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         logging.error("Invalid settings: %s", exc)
         return 2
+    if args.kubeconfig:
+        # Kopf logs in through the kubernetes client, which read KUBECONFIG when it was imported.
+        import kubernetes.config.kube_config as kube_config
+        os.environ["KUBECONFIG"] = args.kubeconfig
+        kube_config.KUBE_CONFIG_DEFAULT_LOCATION = args.kubeconfig
+    from . import handlers  # registers the handlers
+    from .metrics import REGISTRY
+
     handlers._state["settings"] = settings
     handlers._state["kubeconfig"] = args.kubeconfig
-    if args.kubeconfig:
-        import os
-        os.environ["KUBECONFIG"] = args.kubeconfig  # Kopf's own client reads it too
     if settings.metrics_port:
         start_http_server(settings.metrics_port, registry=REGISTRY)
     namespaces = settings.namespace_list()

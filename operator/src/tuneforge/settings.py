@@ -45,8 +45,8 @@ class Settings:
     worker_limit: int = 64
     """Kopf's per-resource worker limit: at most this many objects are handled concurrently."""
 
-    watch_server_timeout: float = 300.0
-    """Seconds the apiserver keeps a watch open; watches are renewed rather than left to stall."""
+    watch_server_timeout: int = 300
+    """Seconds the apiserver keeps a watch open (an integer: the apiserver rejects 300.0)."""
 
     watch_client_timeout: float = 330.0
     """Seconds the client waits on a watch; a silently dead stream is noticed after this."""
