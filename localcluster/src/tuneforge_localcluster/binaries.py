@@ -8,6 +8,7 @@ version, the Go version and the build flags, so only the first build on a machin
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import hashlib
 import json
@@ -119,21 +120,34 @@ def _build(binary: GoBinary, out: Path) -> None:
 
 
 def ensure_binaries(settings: Settings, names: list[str] | None = None) -> dict[str, Path]:
-    """Build every missing binary (one progress line each) and return name -> path."""
+    """Build every missing binary (one progress line each) and return name -> path.
+
+    Two build chains run side by side, Kubernetes/etcd and the add-ons: ``go build`` is
+    parallel inside a package but links on one core, so two chains use two cores better
+    (measured ~9 min cold instead of ~16 one after another).
+    """
     gover = go_version()
-    paths: dict[str, Path] = {}
-    for binary in BINARIES:
-        if names and binary.name not in names:
-            continue
-        out = binary_path(settings, binary, gover)
-        if not out.exists():
+    wanted = [b for b in BINARIES if not names or b.name in names]
+    paths = {b.name: binary_path(settings, b, gover) for b in wanted}
+    missing = [b for b in wanted if not paths[b.name].exists()]
+    chains = [
+        [b for b in missing if b.module_dir],
+        [b for b in missing if not b.module_dir],
+    ]
+
+    def build_chain(chain: list[GoBinary]) -> None:
+        for binary in chain:
+            out = paths[binary.name]
             started = time.monotonic()
             print(f"Building {binary.name} ({binary.package})", file=sys.stderr, flush=True)
             _build(binary, out)
             seconds = time.monotonic() - started
             (out.parent / "build.json").write_text(json.dumps({"name": binary.name, "seconds": round(seconds, 1)}))
             print(f"Built {binary.name} in {seconds:.0f} s", file=sys.stderr, flush=True)
-        paths[binary.name] = out
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        for future in [pool.submit(build_chain, c) for c in chains if c]:
+            future.result()
     _prune(settings, {p.parent.name for p in paths.values()}, names is None)
     return paths
 

@@ -147,13 +147,13 @@ def wheelhouse(s: Settings, requirements: Path) -> Path:
     folder = s.cache / "wheels" / key
     if (folder / ".complete").exists():
         return folder
-    _log(f"Downloading wheels for {requirements.relative_to(REPO_ROOT)} into {folder}")
+    _log(f"Downloading wheels for {requirements} into {folder}")
     folder.mkdir(parents=True, exist_ok=True)
     subprocess.run(
         [
+            # The host is the images' platform (Debian 12, glibc 2.36, CPython 3.11, x86_64).
             sys.executable, "-m", "pip", "download", "-q", "-d", str(folder), "-r", str(requirements),
-            "--only-binary=:all:", "--platform", "manylinux_2_36_x86_64", "--python-version", "3.11",
-            "--implementation", "cp",
+            "--only-binary=:all:",
         ],
         check=True,
     )

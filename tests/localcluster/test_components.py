@@ -1,0 +1,85 @@
+"""Pure builders of the local cluster's configuration (no processes, no cluster)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tuneforge_localcluster import components, manifests
+from tuneforge_localcluster.settings import Settings
+
+S = Settings(cache=Path("/c"), runtime=Path("/r"), repo=Path("/repo"), node_ip="192.0.2.2")
+BINS = {name: Path(f"/bin/{name}") for name in (
+    "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy",
+    "kwok", "coredns", "crane", "versitygw", "local-path-provisioner",
+)}
+
+
+def _flags(args: list[str]) -> dict[str, str]:
+    return dict(a[2:].split("=", 1) for a in args[1:] if a.startswith("--") and "=" in a)
+
+
+@pytest.mark.parametrize(
+    ("builder", "flag", "value"),
+    [
+        (components.apiserver_args, "authorization-mode", "Node,RBAC"),
+        (components.apiserver_args, "enable-admission-plugins", "NodeRestriction"),
+        (components.apiserver_args, "kubelet-preferred-address-types", "InternalIP"),
+        (components.apiserver_args, "advertise-address", "192.0.2.2"),
+        (components.apiserver_args, "anonymous-auth", "false"),
+        (components.controller_manager_args, "use-service-account-credentials", "true"),
+        (components.kwok_args, "manage-all-nodes", "false"),
+        (components.kwok_args, "manage-nodes-with-annotation-selector", "kwok.x-k8s.io/node=fake"),
+        (components.etcd_args, "listen-client-urls", "http://127.0.0.1:23790"),
+    ],
+)
+def test_component_flags(builder, flag: str, value: str) -> None:
+    assert _flags(builder(S, BINS))[flag] == value
+
+
+def test_kubelet_config_fits_this_machine() -> None:
+    cfg = components.kubelet_config(S)
+    assert cfg["failCgroupV1"] is False
+    assert cfg["cgroupDriver"] == "cgroupfs"
+    assert cfg["authorization"] == {"mode": "Webhook"}
+    assert cfg["authentication"]["anonymous"] == {"enabled": False}
+    assert cfg["clusterDNS"] == [S.dns_service_ip]
+    assert cfg["evictionHard"] == {}
+
+
+def test_containerd_config_has_the_two_required_settings() -> None:
+    toml = components.containerd_config(S, "127.0.0.1:5000/tuneforge/pause:abc")
+    assert "restrict_oom_score_adj = true" in toml
+    assert 'sandbox_image = "127.0.0.1:5000/tuneforge/pause:abc"' in toml
+
+
+def test_cni_keeps_pod_traffic_on_the_machine() -> None:
+    bridge = components.cni_conflist(S)["plugins"][0]
+    assert bridge["ipMasq"] is False
+    assert bridge["ipam"]["ranges"] == [[{"subnet": S.pod_cidr}]]
+
+
+def test_fake_nodes_gpu_and_cpu() -> None:
+    nodes = {n["metadata"]["name"]: n for n in components.fake_nodes(S)}
+    assert set(nodes) == {"kwok-gpu-0", "kwok-gpu-1", "kwok-cpu-0"}
+    for name in ("kwok-gpu-0", "kwok-gpu-1"):
+        node = nodes[name]
+        assert node["metadata"]["annotations"]["kwok.x-k8s.io/node"] == "fake"
+        assert node["status"]["allocatable"]["nvidia.com/gpu"] == "8"
+        assert node["metadata"]["labels"]["nvidia.com/gpu.product"] == "NVIDIA-H100-80GB-HBM3"
+        assert node["spec"]["taints"] == [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]
+    assert "nvidia.com/gpu" not in nodes["kwok-cpu-0"]["status"]["allocatable"]
+
+
+def test_host_services_route_to_the_node() -> None:
+    objs = {o["kind"]: o for o in components.host_service("kube-dns", "kube-system", "10.96.0.10", "192.0.2.2", [("dns", 53, "UDP")])}
+    assert objs["Service"]["spec"]["clusterIP"] == "10.96.0.10"
+    assert "selector" not in objs["Service"]["spec"]
+    assert objs["EndpointSlice"]["metadata"]["labels"]["kubernetes.io/service-name"] == "kube-dns"
+    assert objs["EndpointSlice"]["endpoints"][0]["addresses"] == ["192.0.2.2"]
+
+
+def test_bootstrap_has_default_storage_class() -> None:
+    classes = [o for o in manifests.bootstrap(S) if o["kind"] == "StorageClass"]
+    assert [c["metadata"]["annotations"]["storageclass.kubernetes.io/is-default-class"] for c in classes] == ["true"]
