@@ -45,7 +45,7 @@ def banking_config(model: Path | str, out: Path, **sections: Any) -> dict[str, A
             "max_steps": 50, "learning_rate": 1.0e-3, "batch_size": 8, "warmup_ratio": 0.1,
             "logging_steps": 5, "eval_steps": 25, "save_steps": 10,
         },
-        "eval": {"baselines": {"zero_shot": True, "few_shot": 0, "tfidf_lr": True}},
+        "eval": {"loss_max_rows": 48, "baselines": {"zero_shot": True, "few_shot": 0, "tfidf_lr": True}},
         "output": {"dir": str(out), "termination_message_path": str(out.parent / f"{out.name}.termination-log")},
     }
     for name, value in sections.items():

@@ -396,6 +396,14 @@ class EvalConfig(_Strict):
         default=None, ge=1, description="Generation budget; None = longest target + 8 tokens."
     )
     max_rows: int | None = Field(default=None, ge=1, description="Score at most this many held-out rows.")
+    loss_max_rows: int | None = Field(
+        default=256,
+        ge=1,
+        description=(
+            "Held-out rows (a seeded sample) for the eval-loss curve during training; a full "
+            "forward pass per row, so it is bounded on CPUs. None = all held-out rows."
+        ),
+    )
     worst_classes: int = Field(default=5, ge=0, le=20, description="Worst classes listed in the summary.")
     baselines: BaselineConfig = Field(
         default_factory=BaselineConfig, description="Baselines scored on the same rows."

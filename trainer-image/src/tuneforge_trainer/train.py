@@ -251,11 +251,18 @@ def run_baselines(
     return out
 
 
+def _sample(rows: list[Example], k: int | None, seed: int) -> list[Example]:
+    """At most k rows, a seeded sample in file order (files are often sorted by label)."""
+    if not k or len(rows) <= k:
+        return list(rows)
+    import random
+
+    keep = set(random.Random(seed).sample(range(len(rows)), k))
+    return [r for i, r in enumerate(rows) if i in keep]
+
+
 def _eval_rows(cfg: TrainerConfig, data: PreparedData) -> list[Example]:
-    rows = list(data.eval)
-    if cfg.eval.max_rows:
-        rows = rows[: cfg.eval.max_rows]
-    return rows
+    return _sample(data.eval, cfg.eval.max_rows, cfg.data.seed)
 
 
 def train_main(cfg: TrainerConfig) -> int:
@@ -297,7 +304,10 @@ def train_main(cfg: TrainerConfig) -> int:
         )
 
     train_ds = to_ds(data.train)
-    eval_ds = to_ds(data.eval) if data.eval else None
+    eval_ds = None
+    if data.eval and cfg.eval.enabled:
+        loss_rows = _sample(data.eval, cfg.eval.loss_max_rows, cfg.data.seed)
+        eval_ds = to_ds(loss_rows)
 
     model = load_model(model_path, cfg, ds)
     from peft import prepare_model_for_kbit_training
@@ -353,7 +363,12 @@ def train_main(cfg: TrainerConfig) -> int:
 
     eval_loss = None
     if eval_ds is not None:
-        eval_loss = trainer.evaluate().get("eval_loss")
+        # The schedule often evaluated at the last step already; a second pass costs minutes on a CPU.
+        last = [h for h in state.log_history if "eval_loss" in h]
+        if last and last[-1].get("step") == state.global_step and not cfg.training.load_best_model:
+            eval_loss = last[-1]["eval_loss"]
+        else:
+            eval_loss = trainer.evaluate().get("eval_loss")
     if not trainer.is_world_process_zero():
         return 0
 
@@ -396,6 +411,7 @@ def train_main(cfg: TrainerConfig) -> int:
         "tokens_per_second": round(tokens_per_s, 1) if tokens_per_s else None,
         "device": f"cuda:{torch.cuda.get_device_name(0)}" if cuda else "cpu",
         "quantization": ds.quantization,
+        "quantized_modules": sum(1 for m in model.modules() if "4bit" in type(m).__name__ or "8bit" in type(m).__name__),
         "precision": "bf16" if ds.bf16 else ("fp16" if ds.fp16 else "fp32"),
         "log_history": state.log_history,
     }

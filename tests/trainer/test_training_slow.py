@@ -1,0 +1,161 @@
+"""Real CPU runs of the trainer on SmolLM2-135M-Instruct (slow: minutes).
+
+- Acceptance: BANKING77, 8 intents x 50 training rows, 160 held-out rows from test.csv:
+  accuracy >= 90 % and >= 60 points above the base model's zero-shot; model card, plots,
+  metrics.json and the termination summary are produced.
+- Kill-and-resume: the same run, SIGTERM mid-training (checkpoint, exit 143), restarted: it
+  continues from the checkpoint and ends within 2 points of the uninterrupted run (reused from
+  the acceptance fixture, so the suite trains the 50 steps only twice).
+- QLoRA: a few 4-bit (nf4, double quant) steps on the CPU through the same code path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trainer_helpers import ROOT, banking_config, cli_env, run_cli, write_config
+from tuneforge_trainer.progress import read_progress
+from tuneforge_trainer.summary import TrainerSummary, parse_summary
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Run:
+    out: Path
+    summary: TrainerSummary
+    metrics: dict[str, Any]
+    stdout: str
+    seconds: float
+
+
+def finished_run(out: Path, proc: subprocess.CompletedProcess[str], seconds: float) -> Run:
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    term = out.parent / f"{out.name}.termination-log"
+    return Run(out, parse_summary(term.read_text()), json.loads((out / "metrics.json").read_text()), proc.stdout, seconds)
+
+
+@pytest.fixture(scope="session")
+def acceptance_run(model_path: Path, banking77: Path, tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """One uninterrupted 50-step run with baselines; shared by the acceptance and resume tests."""
+    base = tmp_path_factory.mktemp("acceptance")
+    out = base / "out"
+    cfg = write_config(base / "config.yaml", banking_config(model_path, out))
+    t0 = time.monotonic()
+    proc = run_cli("train", "--config", str(cfg))
+    return finished_run(out, proc, time.monotonic() - t0)
+
+
+def test_acceptance_banking77_8_intents(acceptance_run: Run) -> None:
+    s = acceptance_run.summary
+    zero = {b.name: b for b in s.baselines}["zero_shot"]
+    tfidf = {b.name: b for b in s.baselines}["tfidf_lr"]
+    print(
+        f"\nacceptance: accuracy {s.accuracy:.4f} macro-F1 {s.macro_f1:.4f} zero-shot {zero.accuracy:.4f} "
+        f"tfidf {tfidf.accuracy:.4f} train {s.train_seconds} s eval {s.eval_seconds} s total {acceptance_run.seconds:.0f} s"
+    )
+    assert s.status == "succeeded" and s.steps == 50 and s.n_eval == 160
+    assert s.accuracy is not None and s.accuracy >= 0.90
+    assert zero.accuracy is not None and s.accuracy - zero.accuracy >= 0.60
+    assert s.macro_f1 is not None and s.macro_f1 >= 0.88
+    assert s.eval_loss is not None and s.train_loss is not None and s.eval_loss < 1.0
+
+    out = acceptance_run.out
+    for rel in ("adapter/adapter_model.safetensors", "adapter/adapter_config.json", "adapter/tokenizer.json",
+                "README.md", "metrics.json", "plots/loss.png", "plots/confusion.png"):
+        f = out / rel
+        assert f.is_file() and f.stat().st_size > 0, rel
+        assert f.stat().st_mode & 0o044 == 0o044, f"{rel} must be world-readable"
+    assert (out / "plots" / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    card = (out / "README.md").read_text()
+    assert "| fine-tuned adapter |" in card and "| zero_shot |" in card and "| card_arrival |" in card
+    m = acceptance_run.metrics
+    assert m["training"]["precision"] == "fp32" and m["training"]["quantization"] == "none"
+    assert m["data"]["train_counts"] and max(m["data"]["train_counts"].values()) <= 50
+    assert set(s.artifacts) >= {"adapter", "metrics", "model_card", "loss_plot", "confusion_plot"}
+
+    events = [json.loads(line) for line in acceptance_run.stdout.splitlines() if line.startswith("{")]
+    kinds = {e["event"] for e in events}
+    assert {"start", "data", "progress", "checkpoint", "eval", "done"} <= kinds
+    prog = [e for e in events if e["event"] == "progress" and "loss" in e]
+    assert prog[-1]["step"] == 50 and prog[-1]["tokens_per_second"] > 0 and "eta_seconds" in prog[-1]
+    assert read_progress(str(out / "progress.jsonl"))[-1]["event"] == "done"
+
+
+def test_kill_and_resume_matches_uninterrupted(acceptance_run: Run, model_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    # Same data, seed and schedule as the acceptance run; baselines off (not compared here).
+    cfg = write_config(
+        tmp_path / "config.yaml",
+        banking_config(model_path, out, eval={"baselines": {"zero_shot": False, "few_shot": 0, "tfidf_lr": False}}),
+    )
+    cmd = [sys.executable, "-m", "tuneforge_trainer", "train", "--config", str(cfg)]
+    proc = subprocess.Popen(cmd, env=cli_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    progress = out / "progress.jsonl"
+    deadline = time.monotonic() + 900
+    try:
+        while time.monotonic() < deadline:
+            steps = [e.get("step", 0) for e in read_progress(str(progress)) if e["event"] == "progress"]
+            if steps and max(steps) >= 15:
+                break
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            time.sleep(1)
+        else:
+            pytest.fail("training did not reach step 15")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err[-3000:]
+    pre = parse_summary((tmp_path / "out.termination-log").read_text())
+    assert pre.status == "preempted" and pre.steps is not None and 15 <= pre.steps < 50
+    assert (out / "checkpoints" / f"checkpoint-{pre.steps}" / "adapter_model.safetensors").is_file()
+    assert not (out / "adapter").exists()
+
+    t0 = time.monotonic()
+    resumed = finished_run(out, run_cli("train", "--config", str(cfg)), time.monotonic() - t0)
+    s = resumed.summary
+    print(
+        f"\nresume: killed at step {pre.steps}, resumed from {s.resumed_from_step}, accuracy {s.accuracy:.4f} "
+        f"vs uninterrupted {acceptance_run.summary.accuracy:.4f}; restart took {resumed.seconds:.0f} s"
+    )
+    assert s.status == "succeeded" and s.steps == 50 and s.resumed_from_step == pre.steps
+    events = read_progress(str(progress))
+    assert any(e["event"] == "resume" for e in events)
+    assert min(e["step"] for e in events if e["event"] == "progress" and e.get("loss") is not None and e["ts"] > events[0]["ts"] and e["step"] > pre.steps) > pre.steps
+    assert s.accuracy is not None and acceptance_run.summary.accuracy is not None
+    assert abs(s.accuracy - acceptance_run.summary.accuracy) <= 0.02
+
+
+def test_qlora_4bit_steps_on_cpu(model_path: Path, banking77: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    cfg = banking_config(
+        model_path, out,
+        quantization={"mode": "4bit"},
+        training={"max_steps": 3, "batch_size": 4, "logging_steps": 1, "eval_steps": None, "save_steps": None},
+        eval={"max_rows": 16, "baselines": {"zero_shot": False, "few_shot": 0, "tfidf_lr": False}},
+    )
+    cfg["dataset"].update(max_rows_per_label=4, max_eval_rows_per_label=2)
+    path = write_config(tmp_path / "config.yaml", cfg)
+    t0 = time.monotonic()
+    run = finished_run(out, run_cli("train", "--config", str(path)), time.monotonic() - t0)
+    print(f"\nqlora: 3 steps in {run.summary.train_seconds} s, total {run.seconds:.0f} s")
+    assert run.summary.quantization == "4bit" and run.summary.steps == 3
+    t = run.metrics["training"]
+    assert t["quantized_modules"] > 0
+    losses = [h["loss"] for h in t["log_history"] if "loss" in h]
+    assert len(losses) == 3 and all(0 < x < 20 for x in losses)
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert json.loads((out / "adapter" / "adapter_config.json").read_text())["r"] == 16
+    assert os.path.getsize(out / "adapter" / "adapter_model.safetensors") < 20_000_000
