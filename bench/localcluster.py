@@ -35,10 +35,39 @@ def rss_bytes(s: settings.Settings) -> dict[str, int]:
     return out
 
 
+def incremental(c: Cluster, folder: Path) -> None:
+    """Time a code-only change of a big image: first load (if needed), then rebuild, push, pull, run."""
+    import shutil
+    import tempfile
+
+    ns = c.new_namespace("bench-image")
+    try:
+        for label, change in (("as committed", False), ("after a code-only change", True)):
+            with tempfile.TemporaryDirectory() as tmp:
+                ctx = Path(tmp) / folder.name
+                shutil.copytree(folder, ctx)
+                if change:
+                    for py in sorted(ctx.rglob("__init__.py"))[:1]:
+                        py.write_text(py.read_text() + f"\n# bench change {time.time()}\n")
+                t0 = time.monotonic()
+                ref = images.build(c.settings, ctx, folder.name)
+                built = time.monotonic() - t0
+            spec = real_node_pod_spec(ref, ["--help"])
+            name = "changed" if change else "committed"
+            c.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}, ns)
+            wait_for(f"pod {name} done", lambda n=name: c.get("pod", n, ns)["status"].get("phase") in ("Succeeded", "Failed"), 600, 0.2)
+            total = time.monotonic() - t0
+            print(f"== {folder.name} image {label}: build+push {built:.1f} s, to a finished pod {total:.1f} s")
+    finally:
+        c.delete_namespace(ns)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--pods", type=int, default=10, help="pods to start one after another")
     parser.add_argument("--settle", type=float, default=20, help="seconds at rest before RSS is read")
+    parser.add_argument("--incremental-image", default=str(Path(__file__).resolve().parents[1] / "trainer-image"),
+                        help="Dockerfile folder whose code-only rebuild+load is timed ('' to skip)")
     args = parser.parse_args()
     s = settings.load()
 
@@ -80,6 +109,9 @@ def main() -> None:
     print(f"\n== RSS at rest (after {args.settle:.0f} s idle, pods deleted): {sum(rss.values()) / 2**20:.0f} MiB")
     for name, b in sorted(rss.items(), key=lambda kv: -kv[1]):
         print(f"{name:26} {b / 2**20:7.0f} MiB")
+
+    if args.incremental_image:
+        incremental(c, Path(args.incremental_image))
 
     print("\n== disk used by caches and image stores")
     usage = images.disk_usage(s)

@@ -20,7 +20,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tuneforge_localcluster.settings import REPO_ROOT, Settings
+from tuneforge_localcluster.settings import Settings
 
 DEBIAN_SUITE = "bookworm"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
@@ -171,18 +171,15 @@ def build(s: Settings, context: Path, name: str, dockerfile: str = "Dockerfile")
     base = base_image(s)
     reqs = context / "requirements.txt"
     wheels = wheelhouse(s, reqs) if reqs.exists() else None
-    extra = [REPO_ROOT / "pyproject.toml"]
-    key = _hash(base, _context_hash(context), *(p.read_bytes() for p in extra), str(wheels))
+    key = _hash(base, _context_hash(context), str(wheels))
     ref = f"{s.registry}/tuneforge/{name}:{key}"
     if registry_has(s, ref):
         return ref
     started = time.monotonic()
-    _log(f"Building image {ref} from {context.relative_to(REPO_ROOT)}/{dockerfile}")
+    _log(f"Building image {ref} from {context / dockerfile}")
     with tempfile.TemporaryDirectory(dir=s.cache, prefix="context-") as tmp:
         ctx = Path(tmp) / "ctx"
         shutil.copytree(context, ctx, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        for f in extra:
-            shutil.copy2(f, ctx / f.name)
         if wheels is not None:
             # Hard links: the wheelhouse costs no disk a second time.
             subprocess.run(["cp", "-al", str(wheels), str(ctx / "wheels")], check=True)
