@@ -3,6 +3,7 @@ a Kubernetes API client, image builds, fresh namespaces and waits that explain t
 
 from __future__ import annotations
 
+import builtins
 import json
 import shutil
 import subprocess
@@ -87,7 +88,7 @@ class Cluster:
             args += ["-l", selector]
         return list(json.loads(self.kubectl(*args).stdout)["items"])
 
-    def apply(self, objs: list[dict[str, Any]] | dict[str, Any], namespace: str | None = None) -> None:
+    def apply(self, objs: builtins.list[dict[str, Any]] | dict[str, Any], namespace: str | None = None) -> None:
         docs = objs if isinstance(objs, list) else [objs]
         ns = ["-n", namespace] if namespace else []
         self.kubectl("apply", *ns, "-f", "-", input="\n---\n".join(json.dumps(d) for d in docs))
