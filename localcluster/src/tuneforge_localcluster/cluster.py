@@ -338,8 +338,8 @@ def up(s: Settings) -> float:
 
     _apply(s, components.fake_nodes(s))
     for node in components.fake_nodes(s):
-        name: str = node["metadata"]["name"]
-        _wait(f"fake node {name} Ready", functools.partial(_node_ready, s, name), 60, s.logs / "kwok.log")
+        fake = str(node["metadata"]["name"])
+        _wait(f"fake node {fake} Ready", functools.partial(_node_ready, s, fake), 60, s.logs / "kwok.log")
     _wait("CoreDNS ready", lambda: _http_ok("http://127.0.0.1:18181/ready"), 60, s.logs / "coredns.log")
     _wait(
         f"nvidia.com/gpu allocatable on {s.node_name}",
