@@ -301,6 +301,7 @@ def up(s: Settings) -> float:
     _apply(s, manifests.bootstrap(s))
 
     (s.cache / "registry").mkdir(parents=True, exist_ok=True)
+    images.gc(s)
     _start(s, "registry", components.registry_args(s, bins))
     _wait("registry", lambda: _http_ok(f"http://{s.registry}/v2/"), 30, s.logs / "registry.log")
     pause = images.pause_image(s, bins["pause"])
@@ -347,6 +348,7 @@ def up(s: Settings) -> float:
         60,
     )
     _wait("default ServiceAccount", lambda: bool(kubectl(s, "get", "sa", "default", "-n", "default", "-o", "name")), 60)
+    images.gc(s, s.containerd_socket)
     _publish_kubeconfig(s)
     ready_after = time.monotonic() - started
     _log(f"Cluster up in {ready_after:.1f} s; KUBECONFIG={s.kubeconfig}")

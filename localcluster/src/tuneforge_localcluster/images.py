@@ -73,6 +73,9 @@ def pause_image(s: Settings, pause_binary: Path) -> str:
     ref = f"{s.registry}/tuneforge/pause:{_hash(pause_binary.read_bytes())}"
     if registry_has(s, ref):
         return ref
+    if _image_exists_locally(ref):
+        _push(s, ref)
+        return ref
     ctr = _run(["buildah", "from", "scratch"])
     try:
         _run(["buildah", "copy", "--chmod", "0755", ctr, str(pause_binary), "/pause"])
@@ -175,6 +178,10 @@ def build(s: Settings, context: Path, name: str, dockerfile: str = "Dockerfile")
     ref = f"{s.registry}/tuneforge/{name}:{key}"
     if registry_has(s, ref):
         return ref
+    # The registry keeps its index in memory: after a restart, re-push what buildah has.
+    if _image_exists_locally(ref):
+        _push(s, ref)
+        return ref
     started = time.monotonic()
     _log(f"Building image {ref} from {context / dockerfile}")
     with tempfile.TemporaryDirectory(dir=s.cache, prefix="context-") as tmp:
@@ -215,3 +222,40 @@ def disk_usage(s: Settings) -> dict[str, int]:
             out = subprocess.run(["du", "-sb", str(path)], capture_output=True, text=True).stdout.split()
             usage[label] = int(out[0]) if out else 0
     return usage
+
+
+KEEP_PER_IMAGE = 2
+REGISTRY_CAP = 30 * 2**30
+
+
+def gc(s: Settings, containerd_socket: Path | None = None) -> None:
+    """Bound the image stores: the newest ``KEEP_PER_IMAGE`` tags of each of our images in
+    buildah and containerd, the newest wheelhouses, and the registry's blobs under a cap
+    (its blobs are a cache of buildah's layers; dropping them costs one full push)."""
+    listing = subprocess.run(
+        ["buildah", "images", "--format", "{{.Name}}:{{.Tag}} {{.CreatedAtRaw}}"], capture_output=True, text=True
+    ).stdout.splitlines()
+    by_repo: dict[str, list[tuple[str, str]]] = {}
+    for line in listing:
+        ref, _, created = line.partition(" ")
+        if ref.startswith(f"{s.registry}/tuneforge/"):
+            by_repo.setdefault(ref.rsplit(":", 1)[0], []).append((created, ref))
+    stale = [ref for refs in by_repo.values() for _, ref in sorted(refs, reverse=True)[KEEP_PER_IMAGE:]]
+    if stale:
+        subprocess.run(["buildah", "rmi", *stale], capture_output=True)
+    subprocess.run(["buildah", "rmi", "--prune"], capture_output=True)
+    if containerd_socket is not None and containerd_socket.exists():
+        ctr = ["ctr", "--address", str(containerd_socket), "-n", "k8s.io", "images"]
+        keep = {ref for refs in by_repo.values() for _, ref in sorted(refs, reverse=True)[:KEEP_PER_IMAGE]}
+        names = subprocess.run([*ctr, "ls", "-q"], capture_output=True, text=True).stdout.split()
+        old = [n for n in names if n.rsplit(":", 1)[0] in by_repo and "@" not in n and n not in keep]
+        if old:
+            subprocess.run([*ctr, "rm", *old], capture_output=True)
+    wheels = sorted((s.cache / "wheels").glob("*"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for folder in wheels[4:]:
+        shutil.rmtree(folder, ignore_errors=True)
+    registry = s.cache / "registry"
+    if registry.exists() and sum(f.stat().st_size for f in registry.rglob("*") if f.is_file()) > REGISTRY_CAP:
+        _log(f"Registry blobs exceed {REGISTRY_CAP / 2**30:.0f} GiB: dropping them (next pushes re-upload)")
+        shutil.rmtree(registry)
+        registry.mkdir()
