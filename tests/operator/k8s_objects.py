@@ -18,10 +18,12 @@ def job(name: str, *, complete: bool = False, failed: str | None = None, suspend
 
 
 def pod(job_name: str, *, phase: str = "Pending", unscheduled: str | None = None, waiting: str | None = None,
-        running_since: str | None = None, terminated: dict[str, Any] | None = None) -> dict[str, Any]:
+        running_since: str | None = None, terminated: dict[str, Any] | None = None, scheduled: bool = True) -> dict[str, Any]:
     status: dict[str, Any] = {"phase": phase, "conditions": []}
     if unscheduled:
         status["conditions"].append({"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": unscheduled})
+    elif scheduled:
+        status["conditions"].append({"type": "PodScheduled", "status": "True"})
     state: dict[str, Any] = {}
     if waiting:
         state["waiting"] = {"reason": waiting, "message": f'secret "hf" not found' if waiting == "CreateContainerConfigError" else ""}

@@ -179,13 +179,27 @@ def test_missing_pvc_fails_naming_the_field_and_creates_nothing(cluster: Cluster
     assert cluster.list("jobs", namespace) == [] and cluster.list("configmaps", namespace, "tuneforge.dev/finetunejob") == []
 
 
+H100 = {"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}}
+S3_SECRET = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3"}, "stringData": {"id": "test", "secret": "test"}}
+
+
+def kwok_ftj(name: str, **spec: Any) -> dict[str, Any]:
+    """A FineTuneJob whose training pod lands on a kwok 8-GPU node. Its output is an s3:// URI:
+    a local-path PVC would pin the pod to the real node where validation first mounted it."""
+    spec.setdefault("scheduling", H100)
+    return ftj_manifest(name, output={"uri": "s3://artifacts/runs"}, s3={
+        "endpoint": "http://127.0.0.1:9000",
+        "accessKeyIdSecretRef": {"name": "s3", "key": "id"},
+        "secretAccessKeySecretRef": {"name": "s3", "key": "secret"},
+    }, **spec)
+
+
 def test_fake_gpu_nodes_scheduling_and_queueing(cluster: Cluster, namespace: str, run_operator: Any, standin_image: str) -> None:
     op = run_operator(TUNEFORGE_TRAINER_IMAGE=standin_image, TUNEFORGE_POD_ANNOTATIONS=summary_annotation(0.95))
-    cluster.apply(pvc_manifest(), namespace)
-    h100 = {"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}}
-    cluster.apply(ftj_manifest("four-gpus", resources={"gpus": 4, "cpu": "8", "memory": "64Gi"}, scheduling=h100,
-                               evaluation={"gate": {"minAccuracy": 0.9}}), namespace)
-    cluster.apply(ftj_manifest("too-big", resources={"gpus": 16}, scheduling=h100), namespace)
+    cluster.apply(S3_SECRET, namespace)
+    cluster.apply(kwok_ftj("four-gpus", resources={"gpus": 4, "cpu": "8", "memory": "64Gi"},
+                           evaluation={"gate": {"minAccuracy": 0.9}}), namespace)
+    cluster.apply(kwok_ftj("too-big", resources={"gpus": 16}), namespace)
     st = _wait_phase(cluster, namespace, "four-gpus", ("Succeeded", "Failed"), 180, op)["status"]
     assert st["phase"] == "Succeeded" and st["evaluation"]["accuracy"] == 0.95, st
     pods = cluster.list("pods", namespace, "tuneforge.dev/finetunejob=four-gpus,tuneforge.dev/role=train")
@@ -198,8 +212,8 @@ def test_fake_gpu_nodes_scheduling_and_queueing(cluster: Cluster, namespace: str
 
 def test_kueue_queue_name_suspends_and_resumes(cluster: Cluster, namespace: str, run_operator: Any, standin_image: str) -> None:
     op = run_operator(TUNEFORGE_TRAINER_IMAGE=standin_image, TUNEFORGE_POD_ANNOTATIONS=summary_annotation())
-    cluster.apply(pvc_manifest(), namespace)
-    cluster.apply(ftj_manifest("queued", scheduling={"queueName": "gpu-queue", "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}}), namespace)
+    cluster.apply(S3_SECRET, namespace)
+    cluster.apply(kwok_ftj("queued", scheduling={"queueName": "gpu-queue", **H100}), namespace)
     st = _wait_phase(cluster, namespace, "queued", ("Queued",), 180, op)["status"]
     wait_for("WaitingForKueue", lambda: _ftj(cluster, namespace, "queued")["status"]["reason"] == "WaitingForKueue", 30, 1)
     job = cluster.get("job", "queued-train-1", namespace)
@@ -212,9 +226,8 @@ def test_kueue_queue_name_suspends_and_resumes(cluster: Cluster, namespace: str,
 
 def test_spec_edit_after_success_starts_new_revision(cluster: Cluster, namespace: str, run_operator: Any, standin_image: str) -> None:
     op = run_operator(TUNEFORGE_TRAINER_IMAGE=standin_image, TUNEFORGE_POD_ANNOTATIONS=summary_annotation())
-    cluster.apply(pvc_manifest(), namespace)
-    h100 = {"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}}
-    cluster.apply(ftj_manifest("gitops", scheduling=h100), namespace)
+    cluster.apply(S3_SECRET, namespace)
+    cluster.apply(kwok_ftj("gitops"), namespace)
     _wait_phase(cluster, namespace, "gitops", ("Succeeded",), 180, op)
     # suspend alone does not start a revision
     cluster.kubectl("patch", "ftj", "gitops", "-n", namespace, "--type=merge", "-p", '{"spec":{"suspend":true}}')
@@ -233,10 +246,9 @@ def test_spec_edit_after_success_starts_new_revision(cluster: Cluster, namespace
 def test_operator_sigkill_restart_no_duplicates(cluster: Cluster, namespace: str, run_operator: Any, standin_image: str) -> None:
     env = {"TUNEFORGE_TRAINER_IMAGE": standin_image, "TUNEFORGE_POD_ANNOTATIONS": summary_annotation()}
     first = run_operator(**env)
-    cluster.apply(pvc_manifest(), namespace)
-    h100 = {"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}}
+    cluster.apply(S3_SECRET, namespace)
     names = [f"kill-{i}" for i in range(4)]
-    cluster.apply([ftj_manifest(n, scheduling=h100) | {"metadata": {"name": n}} for n in names], namespace)
+    cluster.apply([kwok_ftj(n) for n in names], namespace)
     wait_for("some children exist", lambda: cluster.list("jobs", namespace), 60, 0.2, first.log)
     first.kill(signal.SIGKILL)
     second = run_operator(**env)

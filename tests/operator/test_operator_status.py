@@ -50,6 +50,8 @@ CASES: list[tuple[str, dict[str, Any], Observed, str, str]] = [
     ("no pod yet", {}, Observed(validate_job=VOK, train_job=job(T)), "Queued", "CreatingPod"),
     ("waiting for gpu", {}, Observed(validate_job=VOK, train_job=job(T), train_pods=[
         pod(T, unscheduled="0/4 nodes are available: 4 Insufficient nvidia.com/gpu.")]), "Queued", "WaitingForGPU"),
+    ("being scheduled", {}, Observed(validate_job=VOK, train_job=job(T), train_pods=[pod(T, scheduled=False)]),
+     "Queued", "Scheduling"),
     ("container creating", {}, Observed(validate_job=VOK, train_job=job(T), train_pods=[pod(T, waiting="ContainerCreating")]),
      "Running", "ContainerCreating"),
     ("training", {}, Observed(validate_job=VOK, train_job=job(T), train_pods=[

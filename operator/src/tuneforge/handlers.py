@@ -45,7 +45,10 @@ def configure(settings: kopf.OperatorSettings, ours: Settings) -> None:
     # Kopf 1.45 names the bound on concurrent per-object workers queueing.worker_limit.
     settings.queueing.worker_limit = ours.worker_limit
     settings.queueing.error_delays = (1, 2, 5, 10, 20, 30, 60)  # framework errors: retry soon, cap at 1 min
-    settings.posting.level = logging.INFO  # k8s Events for INFO and above only, not handler debug chatter
+    # Kopf turns its own log records of this level and above into k8s Events; at INFO every
+    # "Handler succeeded" on every Pod/Job event would become an Event (an API write). Our phase
+    # transitions are posted explicitly with kopf.event(), which this level does not filter.
+    settings.posting.level = logging.WARNING
     settings.posting.reporting_component = "tuneforge-operator"
     settings.execution.max_workers = 4  # sync handlers: none of ours are sync
     settings.peering.standalone = True  # one replica (Deployment strategy Recreate)

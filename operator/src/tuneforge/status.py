@@ -142,6 +142,13 @@ def _unscheduled(pod: Obj) -> Obj | None:
     return None
 
 
+def _scheduled(pod: Obj) -> bool:
+    for c in (pod.get("status") or {}).get("conditions") or ():
+        if c.get("type") == "PodScheduled" and c.get("status") == "True":
+            return True
+    return False
+
+
 def _waiting(pod: Obj) -> Obj | None:
     cs = _container_status(pod)
     return ((cs or {}).get("state") or {}).get("waiting")
@@ -238,9 +245,11 @@ def derive_phase(spec: FineTuneJobSpec, observed: Observed) -> PhaseInfo:
             return PhaseInfo(RUNNING, "Retrying", f"Training pod failed {failed} time(s); the Job retries")
         return PhaseInfo(QUEUED, "CreatingPod", "Waiting for the training pod")
     pod = active[0]
-    unscheduled = _unscheduled(pod)
-    if unscheduled:
-        return PhaseInfo(QUEUED, "WaitingForGPU", unscheduled.get("message") or "The training pod is not scheduled yet")
+    if not _scheduled(pod):
+        unscheduled = _unscheduled(pod)
+        if unscheduled:
+            return PhaseInfo(QUEUED, "WaitingForGPU", unscheduled.get("message") or "The training pod is not scheduled yet")
+        return PhaseInfo(QUEUED, "Scheduling", "The training pod is being scheduled")
     waiting = _waiting(pod)
     if waiting and not _is_running(pod):
         reason = waiting.get("reason") or "ContainerCreating"
