@@ -59,11 +59,15 @@ class OperatorProcess:
             "TUNEFORGE_LIVENESS_PORT": str(self.liveness_port),
             "TUNEFORGE_PROGRESS_INTERVAL": "1",
             "TUNEFORGE_RETRY_DELAY": "2",
+            # The real node (2 CPUs) is shared with real training runs: request no CPU.
+            "TUNEFORGE_VALIDATE_CPU": "0",
+            "TUNEFORGE_VALIDATE_MEMORY": "64Mi",
         })
         env.update(self.extra_env)
         log = open(self.log_path, "ab" if self.log_path.exists() and self.proc else "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tuneforge", "--kubeconfig", str(self.cluster.kubeconfig)],
+            [sys.executable, "-m", "tuneforge", "--kubeconfig",
+             self.extra_env.get("KUBECONFIG_OVERRIDE", str(self.cluster.kubeconfig))],
             env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
         )
         return self
@@ -105,7 +109,7 @@ def ftj_manifest(name: str, **spec: Any) -> dict[str, Any]:
         "baseModel": {"uri": "hf://HuggingFaceTB/SmolLM2-135M-Instruct"},
         "dataset": {"uri": "/standin/accuracy=0.93/steps=4/train.jsonl"},
         "output": {"uri": "pvc://artifacts/runs"},
-        "resources": {"cpu": "100m", "memory": "64Mi"},
+        "resources": {"cpu": "0", "memory": "64Mi"},
     }
     base.update(spec)
     return {"apiVersion": "tuneforge.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": name}, "spec": base}

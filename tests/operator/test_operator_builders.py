@@ -133,7 +133,7 @@ def test_validate_job_is_cpu_only() -> None:
     job = build_validate_job(OWNER, spec, 1, SETTINGS)
     c = container(job)
     assert c["command"][:2] == ["tuneforge-train", "validate"]
-    assert c["resources"] == {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "500m", "memory": "1Gi"}}
+    assert c["resources"] == {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "1Gi"}}
     p = pod(job)
     assert "tolerations" not in p and "nodeSelector" not in p and "priorityClassName" not in p
     assert job["spec"]["backoffLimit"] == 0

@@ -258,3 +258,41 @@ def test_operator_sigkill_restart_no_duplicates(cluster: Cluster, namespace: str
     assert jobs == sorted([f"{n}-validate-1" for n in names] + [f"{n}-train-1" for n in names])
     assert len(cluster.list("configmaps", namespace, "tuneforge.dev/finetunejob")) == len(names)
     assert all(_ftj(cluster, namespace, n)["status"]["revision"] == 1 for n in names)
+
+
+def test_operator_runs_with_least_privilege_rbac(cluster: Cluster, namespace: str, run_operator: Any, standin_image: str,
+                                                 tmp_path: Any) -> None:
+    """The operator works with exactly the ClusterRole in operator/deploy/operator.yaml."""
+    import yaml
+    from conftest import ROOT
+    docs = list(yaml.safe_load_all((ROOT / "operator" / "deploy" / "operator.yaml").read_text()))
+    role = next(d for d in docs if d["kind"] == "ClusterRole")
+    role["metadata"]["name"] = f"tuneforge-operator-{namespace}"
+    binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+               "metadata": {"name": f"tuneforge-operator-{namespace}"},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role["metadata"]["name"]},
+               "subjects": [{"kind": "ServiceAccount", "name": "operator", "namespace": namespace}]}
+    cluster.kubectl("create", "serviceaccount", "operator", "-n", namespace)
+    cluster.apply([role, binding])
+    try:
+        token = cluster.kubectl("create", "token", "operator", "-n", namespace, "--duration=1h").stdout.strip()
+        admin = yaml.safe_load(open(cluster.kubeconfig).read())
+        ctx = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])["context"]
+        clu = next(c for c in admin["clusters"] if c["name"] == ctx["cluster"])
+        kubeconfig = tmp_path / "operator.kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "op",
+            "clusters": [clu], "users": [{"name": "op", "user": {"token": token}}],
+            "contexts": [{"name": "op", "context": {"cluster": clu["name"], "user": "op"}}],
+        }))
+        denied = cluster.kubectl("--kubeconfig", str(kubeconfig), "get", "secrets", "-n", namespace, check=False)
+        assert denied.returncode != 0 and "forbidden" in denied.stderr
+        op = run_operator(TUNEFORGE_TRAINER_IMAGE=standin_image, KUBECONFIG_OVERRIDE=str(kubeconfig))
+        cluster.apply(pvc_manifest(), namespace)
+        cluster.apply(ftj_manifest("least-priv"), namespace)
+        st = _wait_phase(cluster, namespace, "least-priv", ("Succeeded", "Failed"), 180, op)["status"]
+        assert st["phase"] == "Succeeded", st
+        assert "Forbidden" not in op.log() and "403" not in op.log()
+    finally:
+        cluster.kubectl("delete", "clusterrolebinding", binding["metadata"]["name"], check=False)
+        cluster.kubectl("delete", "clusterrole", role["metadata"]["name"], check=False)

@@ -19,10 +19,10 @@ class Settings:
     """Pull policy of trainer containers; the local cluster loads images without a registry."""
 
     validate_cpu: str = "500m"
-    """CPU request and limit of the CPU-only data validation pod."""
+    """CPU request of the CPU-only data validation pod (no CPU limit)."""
 
     validate_memory: str = "1Gi"
-    """Memory request and limit of the data validation pod."""
+    """Memory request (and limit) of the data validation pod."""
 
     validate_deadline_seconds: int = 900
     """activeDeadlineSeconds of the validation Job: validation takes seconds, a stuck one fails."""

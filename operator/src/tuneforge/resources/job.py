@@ -124,7 +124,9 @@ def build_validate_job(owner: Owner, spec: FineTuneJobSpec, revision: int, setti
     """CPU-only pre-flight of the data: no GPU request, no GPU toleration, short deadline."""
     labels = child_labels(owner, revision, ROLE_VALIDATE)
     volumes, mounts = _volumes(owner, spec, revision, with_shm=False)
-    resources = {"cpu": settings.validate_cpu, "memory": settings.validate_memory}
+    # No CPU limit (throttling only slows a pod that has the CPU to itself); memory is capped.
+    resources = {"requests": {"cpu": settings.validate_cpu, "memory": settings.validate_memory},
+                 "limits": {"memory": settings.validate_memory}}
     pod = {
         "metadata": _pod_meta(labels, settings),
         "spec": {
@@ -138,7 +140,7 @@ def build_validate_job(owner: Owner, spec: FineTuneJobSpec, revision: int, setti
                 "imagePullPolicy": settings.image_pull_policy,
                 "command": ["tuneforge-train", "validate", "--config", CONFIG_PATH],
                 "env": _env(spec),
-                "resources": {"requests": resources, "limits": resources},
+                "resources": resources,
                 "volumeMounts": mounts,
                 "securityContext": _container_security(),
                 "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -180,7 +182,8 @@ def build_trainer_job(owner: Owner, spec: FineTuneJobSpec, revision: int, settin
         job_labels[KUEUE_QUEUE_LABEL] = spec.queue_name
     volumes, mounts = _volumes(owner, spec, revision, with_shm=True)
     requests: dict[str, Any] = {"cpu": spec.cpu, "memory": spec.memory}
-    limits: dict[str, Any] = {"cpu": spec.cpu, "memory": spec.memory}
+    # No CPU limit: a throttled trainer is only slower; memory is capped at the request.
+    limits: dict[str, Any] = {"memory": spec.memory}
     if spec.gpus > 0:
         # Extended resources must have requests == limits.
         requests[spec.gpu_resource_name] = str(spec.gpus)
