@@ -145,3 +145,9 @@ def test_pod_annotations_setting() -> None:
     job = build_validate_job(OWNER, spec_of(), 1, s)
     assert job["spec"]["template"]["metadata"]["annotations"] == {"kwok.tuneforge.dev/exit-code": "3"}
     assert "annotations" not in build_validate_job(OWNER, spec_of(), 1, SETTINGS)["spec"]["template"]["metadata"]
+
+
+def test_validate_pool_placement() -> None:
+    s = Settings(validate_node_selector='{"pool": "cpu"}', validate_tolerations='[{"key": "pool", "operator": "Exists"}]')
+    p = pod(build_validate_job(OWNER, spec_of(), 1, s))
+    assert p["nodeSelector"] == {"pool": "cpu"} and p["tolerations"] == [{"key": "pool", "operator": "Exists"}]

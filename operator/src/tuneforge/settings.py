@@ -24,6 +24,12 @@ class Settings:
     validate_memory: str = "1Gi"
     """Memory request (and limit) of the data validation pod."""
 
+    validate_node_selector: str = ""
+    """JSON object: nodeSelector of validation pods (e.g. a CPU pool); empty means anywhere."""
+
+    validate_tolerations: str = ""
+    """JSON list of tolerations of validation pods (e.g. for a tainted CPU pool)."""
+
     validate_deadline_seconds: int = 900
     """activeDeadlineSeconds of the validation Job: validation takes seconds, a stuck one fails."""
 
@@ -89,6 +95,7 @@ class Settings:
                 raise ValueError(f"TUNEFORGE_{field.name.upper()}={raw!r}: expected {kind.__name__}") from exc
         settings = cls(**values)
         settings.pod_annotation_map()
+        settings.validate_placement()
         return settings
 
     def pod_annotation_map(self) -> dict[str, str]:
@@ -99,6 +106,14 @@ class Settings:
         if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
             raise ValueError("TUNEFORGE_POD_ANNOTATIONS must be a JSON object of strings")
         return {str(k): v for k, v in value.items()}
+
+    def validate_placement(self) -> tuple[dict[str, str], list[dict[str, object]]]:
+        """``validate_node_selector`` and ``validate_tolerations`` parsed."""
+        selector = json.loads(self.validate_node_selector) if self.validate_node_selector.strip() else {}
+        tolerations = json.loads(self.validate_tolerations) if self.validate_tolerations.strip() else []
+        if not isinstance(selector, dict) or not isinstance(tolerations, list):
+            raise ValueError("TUNEFORGE_VALIDATE_NODE_SELECTOR must be a JSON object, TUNEFORGE_VALIDATE_TOLERATIONS a JSON list")
+        return selector, tolerations
 
     def namespace_list(self) -> list[str]:
         """The namespaces to watch, or an empty list for cluster-wide."""

@@ -127,7 +127,7 @@ def build_validate_job(owner: Owner, spec: FineTuneJobSpec, revision: int, setti
     # No CPU limit (throttling only slows a pod that has the CPU to itself); memory is capped.
     resources = {"requests": {"cpu": settings.validate_cpu, "memory": settings.validate_memory},
                  "limits": {"memory": settings.validate_memory}}
-    pod = {
+    pod: dict[str, Any] = {
         "metadata": _pod_meta(labels, settings),
         "spec": {
             "restartPolicy": "Never",
@@ -148,6 +148,11 @@ def build_validate_job(owner: Owner, spec: FineTuneJobSpec, revision: int, setti
             "volumes": volumes,
         },
     }
+    selector, tolerations = settings.validate_placement()
+    if selector:
+        pod["spec"]["nodeSelector"] = selector
+    if tolerations:
+        pod["spec"]["tolerations"] = tolerations
     return _job(owner, validate_job_name(owner.name, revision), labels, {
         "backoffLimit": 0,
         "activeDeadlineSeconds": settings.validate_deadline_seconds,

@@ -1,0 +1,216 @@
+"""Operator throughput: N FineTuneJobs applied at once vs a raw client doing the same work.
+
+Both runs use the same apiserver in the same process run, on kwok fake nodes (validation pods
+on the fake CPU node, training pods on the fake 8-GPU nodes), and create the *same* objects —
+the baseline calls the operator's own pure builders: ConfigMap + validation Job at once, the
+training Job as soon as its validation Job completes. Printed: time until every training Job
+exists (and, for the operator, every status is set), their ratio (baseline / operator; goal
+>= 0.5), p50/p99 apply -> training-Job latency, and the operator's peak RSS (goal < 200 MB at
+N = 1000).
+
+    python bench/operator_throughput.py [--n 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+for sub in ("operator/src", "localcluster/src"):
+    if str(ROOT / sub) not in sys.path:
+        sys.path.insert(0, str(ROOT / sub))
+
+from kubernetes import client, watch  # noqa: E402
+
+from tuneforge.resources.configmap import build_config_map  # noqa: E402
+from tuneforge.resources.job import build_trainer_job, build_validate_job  # noqa: E402
+from tuneforge.resources.names import Owner  # noqa: E402
+from tuneforge.settings import Settings  # noqa: E402
+from tuneforge.spec import parse_spec  # noqa: E402
+from tuneforge_localcluster import settings as lc_settings  # noqa: E402
+from tuneforge_localcluster.testing import start_or_reuse  # noqa: E402
+
+SPEC: dict[str, Any] = {
+    "baseModel": {"uri": "hf://HuggingFaceTB/SmolLM2-135M-Instruct"},
+    "dataset": {"uri": "s3://data/banking77/train.csv", "format": "csv", "textColumn": "text", "labelColumn": "category"},
+    "output": {"uri": "s3://artifacts/runs"},
+    "s3": {"endpoint": "http://127.0.0.1:9000", "accessKeyIdSecretRef": {"name": "s3", "key": "id"},
+           "secretAccessKeySecretRef": {"name": "s3", "key": "secret"}},
+    "resources": {"gpus": 1, "cpu": "1", "memory": "4Gi"},
+    "scheduling": {"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}},
+    "evaluation": {"gate": {"minAccuracy": 0.9}},
+}
+SUMMARY = json.dumps({"status": "succeeded", "command": "train", "accuracy": 0.93, "macro_f1": 0.92})
+ENV = {
+    "TUNEFORGE_TRAINER_IMAGE": "tuneforge/trainer:bench",
+    "TUNEFORGE_VALIDATE_NODE_SELECTOR": json.dumps({"kubernetes.io/hostname": "kwok-cpu-0"}),
+    "TUNEFORGE_VALIDATE_TOLERATIONS": json.dumps([{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}]),
+    "TUNEFORGE_POD_ANNOTATIONS": json.dumps({"kwok.tuneforge.dev/termination-message": SUMMARY}),
+    "TUNEFORGE_PROGRESS_INTERVAL": "30",
+}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def watch_train_jobs(batch: client.BatchV1Api, ns: str, seen: dict[str, float], completed: set[str],
+                     stop: threading.Event, on_validate_complete: Any = None) -> None:
+    """Record when each training Job is first seen; report completed validation Jobs."""
+    while not stop.is_set():
+        w = watch.Watch()
+        try:
+            for ev in w.stream(batch.list_namespaced_job, ns, timeout_seconds=5):
+                job = ev["object"]
+                name = job.metadata.name
+                role = (job.metadata.labels or {}).get("tuneforge.dev/role")
+                if role == "train" and name not in seen:
+                    seen[name] = time.monotonic()
+                if role == "validate" and name not in completed:
+                    if any(c.type == "Complete" and c.status == "True" for c in (job.status.conditions or ())):
+                        completed.add(name)
+                        if on_validate_complete:
+                            on_validate_complete(name)
+                if stop.is_set():
+                    break
+        except Exception:  # noqa: BLE001 - a watch hiccup: start again
+            time.sleep(0.2)
+
+
+def run_raw(api: client.ApiClient, ns: str, n: int, settings: Settings, pool: concurrent.futures.Executor) -> tuple[float, list[float]]:
+    """The baseline: the operator's objects, created by a plain client with no framework."""
+    core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
+    spec = parse_spec(json.loads(json.dumps(SPEC)) | {"suspend": False})
+    owners = {f"ftj-{i}": Owner(f"ftj-{i}", ns, f"00000000-0000-0000-0000-{i:012d}") for i in range(n)}
+    applied: dict[str, float] = {}
+    seen: dict[str, float] = {}
+    completed: set[str] = set()
+    stop = threading.Event()
+
+    def create_train(validate_name: str) -> None:
+        owner = owners[validate_name.rsplit("-validate-", 1)[0]]
+        pool.submit(batch.create_namespaced_job, ns, _no_owner(build_trainer_job(owner, spec, 1, settings)))
+
+    t = threading.Thread(target=watch_train_jobs, args=(batch, ns, seen, completed, stop, create_train), daemon=True)
+    t.start()
+    start = time.monotonic()
+
+    def apply(name: str) -> None:
+        applied[name] = time.monotonic()
+        owner = owners[name]
+        core.create_namespaced_config_map(ns, _no_owner(build_config_map(owner, spec, 1)))
+        batch.create_namespaced_job(ns, _no_owner(build_validate_job(owner, spec, 1, settings)))
+
+    list(pool.map(apply, owners))
+    while len(seen) < n:
+        time.sleep(0.1)
+    elapsed = time.monotonic() - start
+    stop.set()
+    return elapsed, [seen[f"{name}-train-1"] - applied[name] for name in owners]
+
+
+def _no_owner(obj: dict[str, Any]) -> dict[str, Any]:
+    # The baseline has no FineTuneJob to own its objects (a fake uid would be garbage-collected).
+    obj["metadata"].pop("ownerReferences", None)
+    return obj
+
+
+def run_operator(cluster: Any, api: client.ApiClient, ns: str, n: int, pool: concurrent.futures.Executor) -> tuple[float, list[float], float]:
+    custom, batch = client.CustomObjectsApi(api), client.BatchV1Api(api)
+    env = dict(os.environ, **ENV, TUNEFORGE_NAMESPACES=ns, TUNEFORGE_METRICS_PORT="0", TUNEFORGE_LIVENESS_PORT="0",
+               PYTHONPATH=str(ROOT / "operator" / "src"))
+    log = open(ROOT / "test-output" / "bench-operator.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "tuneforge", "--kubeconfig", str(cluster.kubeconfig)],
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    peak = [0.0]
+    stop = threading.Event()
+
+    def sample_rss() -> None:
+        while not stop.is_set() and proc.poll() is None:
+            try:
+                for line in open(f"/proc/{proc.pid}/status"):
+                    if line.startswith("VmRSS:"):
+                        peak[0] = max(peak[0], int(line.split()[1]) / 1024)
+            except OSError:
+                pass
+            time.sleep(0.5)
+
+    threading.Thread(target=sample_rss, daemon=True).start()
+    try:
+        time.sleep(3)  # operator start-up (imports, first list of each watched resource)
+        seen: dict[str, float] = {}
+        threading.Thread(target=watch_train_jobs, args=(batch, ns, seen, set(), stop), daemon=True).start()
+        applied: dict[str, float] = {}
+        start = time.monotonic()
+
+        def apply(name: str) -> None:
+            applied[name] = time.monotonic()
+            body = {"apiVersion": "tuneforge.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": name}, "spec": SPEC}
+            custom.create_namespaced_custom_object("tuneforge.dev", "v1alpha1", ns, "finetunejobs", body)
+
+        names = [f"ftj-{i}" for i in range(n)]
+        list(pool.map(apply, names))
+        while len(seen) < n:
+            if proc.poll() is not None:
+                raise SystemExit(f"operator exited with {proc.returncode}; see test-output/bench-operator.log")
+            time.sleep(0.1)
+        while True:  # every status set
+            items = custom.list_namespaced_custom_object("tuneforge.dev", "v1alpha1", ns, "finetunejobs")["items"]
+            if sum(1 for i in items if (i.get("status") or {}).get("phase")) >= n:
+                break
+            time.sleep(0.2)
+        elapsed = time.monotonic() - start
+        time.sleep(2)
+        return elapsed, [seen[f"{name}-train-1"] - applied[name] for name in names], peak[0]
+    finally:
+        stop.set()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=100, help="FineTuneJobs applied at once (up to 1000)")
+    parser.add_argument("--clients", type=int, default=16, help="concurrent creating threads, both runs")
+    args = parser.parse_args()
+    cluster, _ = start_or_reuse(lc_settings.load())
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+    cluster.kubectl("wait", "--for=condition=Established", "crd/finetunejobs.tuneforge.dev", "--timeout=60s")
+    (ROOT / "test-output").mkdir(exist_ok=True)
+    api = cluster.api_client()
+    api.configuration.connection_pool_maxsize = args.clients * 2
+    client.Configuration.set_default(api.configuration)
+    ns_raw, ns_op = cluster.new_namespace("bench-raw"), cluster.new_namespace("bench-operator")
+    settings = Settings.from_env(ENV)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(args.clients) as pool:
+            raw_s, raw_lat = run_raw(api, ns_raw, args.n, settings, pool)
+            cluster.delete_namespace(ns_raw)
+            op_s, op_lat, rss = run_operator(cluster, api, ns_op, args.n, pool)
+    finally:
+        cluster.delete_namespace(ns_raw)
+        cluster.delete_namespace(ns_op)
+    print(f"operator_throughput: N={args.n} FineTuneJobs, {args.clients} creating clients, kwok fake nodes")
+    print(f"  raw client : every training Job exists after {raw_s:7.1f} s   apply->Job p50 {statistics.median(raw_lat):6.2f} s  p99 {percentile(raw_lat, 0.99):6.2f} s")
+    print(f"  operator   : every training Job + status after {op_s:7.1f} s   apply->Job p50 {statistics.median(op_lat):6.2f} s  p99 {percentile(op_lat, 0.99):6.2f} s")
+    print(f"  ratio (raw / operator) {raw_s / op_s:.2f} (goal >= 0.5)   operator peak RSS {rss:.0f} MB (goal < 200 MB at N=1000)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
