@@ -52,6 +52,7 @@ SPEC: dict[str, Any] = {
     "evaluation": {"gate": {"minAccuracy": 0.9}},
 }
 SUMMARY = json.dumps({"status": "succeeded", "command": "train", "accuracy": 0.93, "macro_f1": 0.92})
+DEADLINE = 900.0
 ENV = {
     "TUNEFORGE_TRAINER_IMAGE": "tuneforge/trainer:bench",
     "TUNEFORGE_VALIDATE_NODE_SELECTOR": json.dumps({"kubernetes.io/hostname": "kwok-cpu-0"}),
@@ -115,6 +116,8 @@ def run_raw(api: client.ApiClient, ns: str, n: int, settings: Settings, pool: co
 
     list(pool.map(apply, owners))
     while len(seen) < n:
+        if time.monotonic() - start > DEADLINE:
+            raise SystemExit(f"raw client: only {len(seen)}/{n} training Jobs after {DEADLINE} s")
         time.sleep(0.1)
     elapsed = time.monotonic() - start
     stop.set()
@@ -165,11 +168,15 @@ def run_operator(cluster: Any, api: client.ApiClient, ns: str, n: int, pool: con
         while len(seen) < n:
             if proc.poll() is not None:
                 raise SystemExit(f"operator exited with {proc.returncode}; see test-output/bench-operator.log")
+            if time.monotonic() - start > DEADLINE:
+                raise SystemExit(f"operator: only {len(seen)}/{n} training Jobs after {DEADLINE} s")
             time.sleep(0.1)
         while True:  # every status set
             items = custom.list_namespaced_custom_object("tuneforge.dev", "v1alpha1", ns, "finetunejobs")["items"]
             if sum(1 for i in items if (i.get("status") or {}).get("phase")) >= n:
                 break
+            if time.monotonic() - start > DEADLINE:
+                raise SystemExit("operator: not every status set in time")
             time.sleep(0.2)
         elapsed = time.monotonic() - start
         time.sleep(2)
