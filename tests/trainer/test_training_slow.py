@@ -97,7 +97,7 @@ def test_kill_and_resume_matches_uninterrupted(acceptance_run: Run, model_path: 
     # Same data, seed and schedule as the acceptance run; baselines off (not compared here).
     cfg = write_config(
         tmp_path / "config.yaml",
-        banking_config(model_path, out, eval={"baselines": {"zero_shot": False, "few_shot": 0, "tfidf_lr": False}}),
+        banking_config(model_path, out, eval={"loss_max_rows": 16, "baselines": {"zero_shot": False, "few_shot": 0, "tfidf_lr": False}}),
     )
     cmd = [sys.executable, "-m", "tuneforge_trainer", "train", "--config", str(cfg)]
     proc = subprocess.Popen(cmd, env=cli_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
