@@ -76,7 +76,7 @@ def test_trainer_job_on_real_node(cluster: Cluster, namespace: str, trainer_imag
     assert term["exitCode"] == 0, describe()
     s = parse_summary(term["message"])
     print(f"\njob: accuracy {s.accuracy} steps {s.steps} train {s.train_seconds} s, tfidf {s.baselines}")
-    assert s.status == "succeeded" and s.steps == 50 and s.n_eval == 80
+    assert s.status == "succeeded" and s.steps == 100 and s.n_eval == 80
     assert s.accuracy is not None and s.accuracy >= 0.85
     assert s.artifacts["adapter"] == "/output/adapter"
     for rel in ("adapter/adapter_model.safetensors", "adapter/adapter_config.json", "metrics.json", "README.md",

@@ -29,7 +29,7 @@ def prepare_model_module() -> Any:
 
 
 def banking_config(model: Path | str, out: Path, **sections: Any) -> dict[str, Any]:
-    """The 8-intent BANKING77 config: 50 training rows per intent, held-out rows from test.csv."""
+    """The 8-intent BANKING77 config: 50 training rows per intent (two epochs), 20 held-out rows per intent from test.csv."""
     cfg: dict[str, Any] = {
         "run_name": "banking77-8",
         "model": {"source": str(model)},
@@ -42,8 +42,9 @@ def banking_config(model: Path | str, out: Path, **sections: Any) -> dict[str, A
             "max_eval_rows_per_label": 20,
         },
         "training": {
-            "max_steps": 50, "learning_rate": 1.0e-3, "batch_size": 8, "warmup_ratio": 0.1,
-            "logging_steps": 5, "eval_steps": 25, "save_steps": 10,
+            # Two epochs of the 400 rows: one epoch (50 steps) lands at 89-91 %, too close to the bar.
+            "max_steps": 100, "learning_rate": 1.0e-3, "batch_size": 8, "warmup_ratio": 0.05,
+            "logging_steps": 5, "eval_steps": 50, "save_steps": 20,
         },
         "eval": {"loss_max_rows": 48, "baselines": {"zero_shot": True, "few_shot": 0, "tfidf_lr": True}},
         "output": {"dir": str(out), "termination_message_path": str(out.parent / f"{out.name}.termination-log")},

@@ -100,8 +100,16 @@ def _progress_callback(progress: ProgressReporter, preempt: _Preemption):  # typ
 
         def on_step_end(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
             if preempt.requested:
+                # Save now and stop; an evaluation here could outlast the grace period.
                 control.should_save = True
                 control.should_training_stop = True
+                control.should_evaluate = False
+            return control
+
+        def on_epoch_end(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
+            if preempt.requested:  # the step end already saved this step's checkpoint
+                control.should_evaluate = False
+                control.should_save = False
             return control
 
         def on_log(self, args, state, control, logs=None, **kw):  # type: ignore[no-untyped-def]
