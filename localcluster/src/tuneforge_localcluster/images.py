@@ -68,13 +68,21 @@ def _push(s: Settings, ref: str) -> None:
     _run(["buildah", "push", "--tls-verify=false", "--disable-compression", ref, f"docker://{ref}"])
 
 
+def _served(s: Settings, ref: str) -> bool:
+    """Whether the registry serves ``ref``, pushing buildah's copy first when only that exists
+    (the registry keeps its index in memory, so a restart forgets what it had)."""
+    if registry_has(s, ref):
+        return True
+    if _image_exists_locally(ref):
+        _push(s, ref)
+        return True
+    return False
+
+
 def pause_image(s: Settings, pause_binary: Path) -> str:
     """The pod sandbox image (one static binary), built and pushed when missing."""
     ref = f"{s.registry}/tuneforge/pause:{_hash(pause_binary.read_bytes())}"
-    if registry_has(s, ref):
-        return ref
-    if _image_exists_locally(ref):
-        _push(s, ref)
+    if _served(s, ref):
         return ref
     ctr = _run(["buildah", "from", "scratch"])
     try:
@@ -92,10 +100,7 @@ def base_image(s: Settings) -> str:
     """A Debian minbase image with Python 3.11 (same minor as the host), from Debian's packages."""
     key = _hash(DEBIAN_SUITE, DEBIAN_MIRROR, *BASE_PACKAGES)
     ref = f"{s.registry}/tuneforge/base:{DEBIAN_SUITE}-{key}"
-    if registry_has(s, ref):
-        return ref
-    if _image_exists_locally(ref):
-        _push(s, ref)
+    if _served(s, ref):
         return ref
     started = time.monotonic()
     _log(f"Building base image {ref} with debootstrap (first run on this machine: ~2 min)")
@@ -176,11 +181,7 @@ def build(s: Settings, context: Path, name: str, dockerfile: str = "Dockerfile")
     wheels = wheelhouse(s, reqs) if reqs.exists() else None
     key = _hash(base, _context_hash(context), str(wheels))
     ref = f"{s.registry}/tuneforge/{name}:{key}"
-    if registry_has(s, ref):
-        return ref
-    # The registry keeps its index in memory: after a restart, re-push what buildah has.
-    if _image_exists_locally(ref):
-        _push(s, ref)
+    if _served(s, ref):
         return ref
     started = time.monotonic()
     _log(f"Building image {ref} from {context / dockerfile}")
