@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from trainer_helpers import ROOT, banking_config, cli_env, run_cli, write_config
+from trainer_helpers import BANKING77, ROOT, banking_config, cli_env, run_cli, write_config
 from tuneforge_trainer.progress import read_progress
 from tuneforge_trainer.summary import TrainerSummary, parse_summary
 
@@ -163,3 +163,57 @@ def test_qlora_4bit_steps_on_cpu(model_path: Path, banking77: Path, tmp_path: Pa
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
     assert json.loads((out / "adapter" / "adapter_config.json").read_text())["r"] == 16
     assert os.path.getsize(out / "adapter" / "adapter_model.safetensors") < 20_000_000
+
+
+def test_torchrun_two_processes_rank0_writes(model_path: Path, banking77: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    cfg = banking_config(
+        model_path, out,
+        training={"max_steps": 2, "batch_size": 2, "logging_steps": 1, "eval_steps": None, "save_steps": None},
+        eval={"max_rows": 8, "loss_max_rows": 4, "baselines": {"zero_shot": False, "few_shot": 0, "tfidf_lr": True}},
+    )
+    cfg["dataset"].update(max_rows_per_label=3, max_eval_rows_per_label=1)
+    path = write_config(tmp_path / "config.yaml", cfg)
+    env = cli_env() | {"TUNEFORGE_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+         "-m", "tuneforge_trainer", "train", "--config", str(path)],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [e["event"] for e in events].count("done") == 1  # rank 1 reports nothing
+    assert [e["event"] for e in events].count("start") == 1
+    s = parse_summary((tmp_path / "out.termination-log").read_text())
+    assert s.status == "succeeded" and s.steps == 2
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert sum(1 for e in read_progress(str(out / "progress.jsonl")) if e["event"] == "done") == 1
+
+
+def test_evaluate_subcommand_scores_existing_adapter(acceptance_run: Run, tmp_path: Path) -> None:
+    import csv
+
+    from trainer_helpers import INTENTS8
+
+    held = tmp_path / "held.csv"
+    per: dict[str, int] = {}
+    with open(BANKING77 / "test.csv", newline="") as src, open(held, "w", newline="") as dst:
+        w = csv.writer(dst)
+        w.writerow(["text", "category"])
+        for r in csv.DictReader(src):
+            lab = r["category"]
+            if lab in INTENTS8 and per.get(lab, 0) < 5:
+                per[lab] = per.get(lab, 0) + 1
+                w.writerow([r["text"], lab])
+    cfg = acceptance_run.out.parent / "config.yaml"
+    r = run_cli("evaluate", "--config", str(cfg), "--eval-file", str(held),
+                "--adapter", str(acceptance_run.out / "adapter"),
+                "output.termination_message_path=" + str(tmp_path / "term"),
+                "eval.baselines.zero_shot=false", "eval.baselines.tfidf_lr=true")
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = parse_summary((tmp_path / "term").read_text())
+    print(f"\nevaluate: accuracy {s.accuracy} on {s.n_eval} other test rows in {s.eval_seconds} s")
+    assert s.command == "evaluate" and s.status == "succeeded" and s.n_eval == 40
+    assert s.accuracy is not None and s.accuracy >= 0.8
+    assert [b.name for b in s.baselines] == ["tfidf_lr"]
+    assert (acceptance_run.out / "evaluation" / "metrics.json").is_file()

@@ -99,6 +99,14 @@ def _progress_callback(progress: ProgressReporter, preempt: _Preemption):  # typ
             self.tok0 = state.num_input_tokens_seen
 
         def on_step_end(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
+            if args.world_size > 1:
+                # Every rank must stop at the same step, or the others hang in the next all-reduce.
+                import torch
+                import torch.distributed as dist
+
+                flag = torch.tensor([1.0 if preempt.requested else 0.0], device=args.device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                preempt.requested = bool(flag.item())
             if preempt.requested:
                 # Save now and stop; an evaluation here could outlast the grace period.
                 control.should_save = True
