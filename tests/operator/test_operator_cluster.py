@@ -296,3 +296,16 @@ def test_operator_runs_with_least_privilege_rbac(cluster: Cluster, namespace: st
     finally:
         cluster.kubectl("delete", "clusterrolebinding", binding["metadata"]["name"], check=False)
         cluster.kubectl("delete", "clusterrole", role["metadata"]["name"], check=False)
+
+
+def test_missing_secret_fails_naming_the_field(cluster: Cluster, namespace: str, run_operator: Any, standin_image: str) -> None:
+    """The operator cannot read Secrets (least privilege); the validation pod finds out first."""
+    op = run_operator(TUNEFORGE_TRAINER_IMAGE=standin_image)
+    cluster.apply(pvc_manifest(), namespace)
+    cluster.apply(ftj_manifest("no-secret", baseModel={"uri": "hf://org/model", "tokenSecretRef": {"name": "hf-token", "key": "token"}}),
+                  namespace)
+    st = _wait_phase(cluster, namespace, "no-secret", ("Failed",), 120, op)["status"]
+    assert st["reason"] == "CreateContainerConfigError", st
+    assert st["message"].startswith("spec.baseModel.tokenSecretRef: ") and "hf-token" in st["message"]
+    wait_for("stuck validation Job deleted", lambda: cluster.list("jobs", namespace) == [], 30, 1)
+    assert cluster.list("jobs", namespace, "tuneforge.dev/role=train") == []

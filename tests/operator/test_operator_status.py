@@ -71,6 +71,11 @@ CASES: list[tuple[str, dict[str, Any], Observed, str, str]] = [
     ("backoff exceeded", {}, Observed(validate_job=VOK, train_job=job(T, failed="BackoffLimitExceeded"), train_pods=[
         pod(T, phase="Failed", terminated=finished(1, summary(status="failed", message="RuntimeError: CUDA out of memory")))]),
      "Failed", "TrainingFailed"),
+    ("complete, pod status lagging", {}, Observed(validate_job=VOK, train_job=job(T, complete=True), train_pods=[
+        pod(T, phase="Running", running_since="2026-01-01T00:00:00Z")]), "Evaluating", "CollectingResults"),
+    ("validation failed, pod status lagging", {}, Observed(validate_job=job(V, failed="PodFailurePolicy"), validate_pods=[
+        pod(V, phase="Running", running_since="2026-01-01T00:00:00Z")]), "Validating", "CollectingResults"),
+    ("complete, pods gone", {}, Observed(validate_job=VOK, train_job=job(T, complete=True)), "Failed", "SummaryMissing"),
     ("deadline", {}, Observed(validate_job=VOK, train_job=job(T, failed="DeadlineExceeded")), "Failed", "DeadlineExceeded"),
 ]
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import kopf
 
-from . import FTJ_PLURAL, GROUP, LABEL_FTJ, VERSION
+from . import FTJ_PLURAL, GROUP, LABEL_FTJ, VERSION, metrics
 from .kube import Kube, api_error_message, is_transient
 from .progress import parse_progress
 from .reconcile import Context, Key, reconcile, schedule_retry
@@ -121,16 +121,31 @@ async def cleanup(**_: Any) -> None:
 
 
 async def _run(key: Key) -> None:
-    """Reconcile from an event or a timer; transient errors schedule a retry, others are logged."""
+    """Reconcile from an event or a timer; transient errors schedule a retry, others are logged.
+
+    Bursts coalesce: while a FineTuneJob is being reconciled, further triggers only mark it
+    dirty and it is reconciled once more afterwards (reconcile reads the latest state anyway),
+    so a pod's ten status updates cost one or two reconciles, not ten queued ones.
+    """
     ctx: Context = _state["ctx"]
+    if key in ctx.busy:
+        ctx.dirty.add(key)
+        return
+    ctx.busy.add(key)
     try:
-        await reconcile(ctx, key)
-    except Exception as exc:  # noqa: BLE001 - an event handler has no retries of its own
-        kind = type(exc).__name__
-        from . import metrics
-        metrics.RECONCILE_ERRORS.labels(kind).inc()
-        log.warning("Reconcile of FineTuneJob %s/%s failed: %s", key[0], key[1], api_error_message(exc))
-        schedule_retry(ctx, key, ctx.settings.retry_delay, _run)
+        while True:
+            ctx.dirty.discard(key)
+            try:
+                await reconcile(ctx, key)
+            except Exception as exc:  # noqa: BLE001 - an event handler has no retries of its own
+                metrics.RECONCILE_ERRORS.labels(type(exc).__name__).inc()
+                log.warning("Reconcile of FineTuneJob %s/%s failed: %s", key[0], key[1], api_error_message(exc))
+                schedule_retry(ctx, key, ctx.settings.retry_delay, _run)
+                return
+            if key not in ctx.dirty:
+                return
+    finally:
+        ctx.busy.discard(key)
 
 
 @kopf.on.resume(GROUP, VERSION, FTJ_PLURAL)

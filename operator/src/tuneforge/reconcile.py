@@ -52,6 +52,8 @@ class Context:
     progress: dict[tuple[str, int], Progress] = dataclasses.field(default_factory=dict)
     tally: metrics.PhaseTally = dataclasses.field(default_factory=metrics.PhaseTally)
     retries: dict[Key, asyncio.TimerHandle] = dataclasses.field(default_factory=dict)
+    busy: set[Key] = dataclasses.field(default_factory=set)
+    dirty: set[Key] = dataclasses.field(default_factory=set)
 
     def lock(self, key: Key) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
@@ -186,7 +188,7 @@ def _after_write(ctx: Context, body: Obj, key: Key, prior: Obj, status: Obj, tpo
     """Events and metrics for a transition."""
     old_phase = prior.get("phase") if prior.get("revision") == status.get("revision") else None
     phase = status["phase"]
-    if phase != old_phase or status.get("reason") != prior.get("reason"):
+    if phase != old_phase:
         kind = "Warning" if phase == FAILED else "Normal"
         text = f"Revision {status['revision']}: {phase}" + (f" ({status['reason']}): {status['message']}" if status.get("message") else "")
         ctx.emit(body, kind, phase, text[:1000])

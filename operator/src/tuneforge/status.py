@@ -131,6 +131,22 @@ def termination_message(pods: Sequence[Obj], want_exit_zero: bool | None = None)
     return best[1] if best else None
 
 
+def results_seen(pods: Sequence[Obj], exit_zero: bool) -> bool:
+    """Whether a pod's terminated trainer container (of that outcome) is visible yet.
+
+    A Job's Complete/Failed condition and its pod's final status arrive on different watch
+    streams; the Job can be seen finished while the pod still looks Running. Results are read
+    only once the pod's termination is visible, unless the pods are gone altogether.
+    """
+    if not pods:
+        return True
+    for pod in pods:
+        term = ((_container_status(pod) or {}).get("state") or {}).get("terminated")
+        if term and (term.get("exitCode") == 0) == exit_zero:
+            return True
+    return False
+
+
 def _pod_active(pod: Obj) -> bool:
     return (pod.get("status") or {}).get("phase") in (None, "Pending", "Running") and not pod.get("metadata", {}).get("deletionTimestamp")
 
@@ -190,6 +206,8 @@ def derive_phase(spec: FineTuneJobSpec, observed: Observed) -> PhaseInfo:
     if vjob is None:
         return PhaseInfo(PENDING, "Creating", "Creating the data validation Job")
     vdone = job_finished(vjob)
+    if vdone == "Failed" and not results_seen(observed.validate_pods, exit_zero=False):
+        return PhaseInfo(VALIDATING, "CollectingResults", "The validation Job failed; reading its pod's result")
     if vdone == "Failed":
         summary = parse_summary(termination_message(observed.validate_pods, want_exit_zero=False))
         cond = job_condition(vjob, "Failed") or {}
@@ -211,6 +229,9 @@ def derive_phase(spec: FineTuneJobSpec, observed: Observed) -> PhaseInfo:
     if tjob is None:
         return PhaseInfo(PENDING, "DataValidated", "Creating the training Job")
     tdone = job_finished(tjob)
+    if tdone is not None and not results_seen(observed.train_pods, exit_zero=tdone == "Complete"):
+        return PhaseInfo(EVALUATING if tdone == "Complete" else RUNNING, "CollectingResults",
+                         "The training Job finished; reading its pod's result")
     if tdone == "Failed":
         cond = job_condition(tjob, "Failed") or {}
         raw = termination_message(observed.train_pods, want_exit_zero=False)
