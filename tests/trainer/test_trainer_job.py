@@ -57,8 +57,11 @@ def test_trainer_job_on_real_node(cluster: Cluster, namespace: str, trainer_imag
     out.mkdir()
     os.chmod(out, 0o777)  # the pod runs as uid 65532
     config = banking_config("/model", Path("/output"),
-                            eval={"loss_max_rows": 32, "baselines": {"zero_shot": False, "few_shot": 0, "tfidf_lr": True}})
-    config["dataset"].update(source="/data/train.csv", eval_source="/data/test.csv", max_eval_rows_per_label=10)
+                            eval={"loss_max_rows": 16, "baselines": {"zero_shot": False, "few_shot": 0, "tfidf_lr": True}})
+    config["dataset"].update(source="/data/train.csv", eval_source="/data/test.csv", max_eval_rows_per_label=5)
+    # The image and the wiring are under test here; the full 100-step schedule's accuracy is
+    # asserted by test_training_slow.py on the host (same code), so the pod trains 20 steps.
+    config["training"].update(max_steps=20, eval_steps=None, save_steps=None)
     config["output"] = {"dir": "/output"}  # the summary goes to the default /dev/termination-log
     cluster.apply(job_manifest(trainer_image, config, model_path, out), namespace)
 
@@ -76,8 +79,8 @@ def test_trainer_job_on_real_node(cluster: Cluster, namespace: str, trainer_imag
     assert term["exitCode"] == 0, describe()
     s = parse_summary(term["message"])
     print(f"\njob: accuracy {s.accuracy} steps {s.steps} train {s.train_seconds} s, tfidf {s.baselines}")
-    assert s.status == "succeeded" and s.steps == 100 and s.n_eval == 80
-    assert s.accuracy is not None and s.accuracy >= 0.85
+    assert s.status == "succeeded" and s.steps == 20 and s.n_eval == 40
+    assert s.accuracy is not None and s.accuracy >= 0.5
     assert s.artifacts["adapter"] == "/output/adapter"
     for rel in ("adapter/adapter_model.safetensors", "adapter/adapter_config.json", "metrics.json", "README.md",
                 "plots/loss.png", "plots/confusion.png", "progress.jsonl"):

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from trainer_helpers import BANKING77, ROOT, banking_config, cli_env, run_cli, write_config
+from trainer_helpers import BANKING77, ROOT, banking_config, cli_env, hub_cache_standin, run_cli, write_config
 from tuneforge_trainer.progress import read_progress
 from tuneforge_trainer.summary import TrainerSummary, parse_summary
 
@@ -142,18 +142,22 @@ def test_kill_and_resume_matches_uninterrupted(acceptance_run: Run, model_path: 
     assert abs(s.accuracy - acceptance_run.summary.accuracy) <= 0.02
 
 
-def test_qlora_4bit_steps_on_cpu(model_path: Path, banking77: Path, tmp_path: Path) -> None:
+def test_qlora_4bit_steps_on_cpu_from_hf_source(model_path: Path, banking77: Path, tmp_path: Path) -> None:
+    # The base model comes as hf://, resolved offline from a hub-cache-shaped stand-in folder.
+    hub = hub_cache_standin(tmp_path / "hub", "HuggingFaceTB/SmolLM2-135M-Instruct", model_path)
     out = tmp_path / "out"
     cfg = banking_config(
-        model_path, out,
+        "hf://HuggingFaceTB/SmolLM2-135M-Instruct", out,
         quantization={"mode": "4bit"},
         training={"max_steps": 3, "batch_size": 4, "logging_steps": 1, "eval_steps": None, "save_steps": None},
         eval={"max_rows": 16, "baselines": {"zero_shot": False, "few_shot": 0, "tfidf_lr": False}},
     )
     cfg["dataset"].update(max_rows_per_label=4, max_eval_rows_per_label=2)
+    cfg["model"]["revision"] = "main"
     path = write_config(tmp_path / "config.yaml", cfg)
     t0 = time.monotonic()
-    run = finished_run(out, run_cli("train", "--config", str(path)), time.monotonic() - t0)
+    proc = run_cli("train", "--config", str(path), env={"HF_HUB_CACHE": str(hub), "HF_HUB_OFFLINE": "1"})
+    run = finished_run(out, proc, time.monotonic() - t0)
     print(f"\nqlora: 3 steps in {run.summary.train_seconds} s, total {run.seconds:.0f} s")
     assert run.summary.quantization == "4bit" and run.summary.steps == 3
     t = run.metrics["training"]

@@ -68,12 +68,27 @@ def cli_env() -> dict[str, str]:
     return env
 
 
-def run_cli(*args: str, timeout: float = 1200, check: bool = False) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, timeout: float = 1200, check: bool = False, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """``python -m tuneforge_trainer ARGS`` in a subprocess (as the container runs it)."""
     proc = subprocess.run(
         [sys.executable, "-m", "tuneforge_trainer", *args],
-        capture_output=True, text=True, env=cli_env(), timeout=timeout, cwd=ROOT,
+        capture_output=True, text=True, env=cli_env() | (env or {}), timeout=timeout, cwd=ROOT,
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"tuneforge-train {args} exited {proc.returncode}\n{proc.stderr[-4000:]}")
     return proc
+
+
+def hub_cache_standin(root: Path, repo: str, model: Path, commit: str = "0123456789abcdef0123456789abcdef01234567") -> Path:
+    """A Hugging Face hub cache holding ``model`` as ``repo`` at ``commit`` (refs/main points to it)."""
+    folder = root / f"models--{repo.replace('/', '--')}"
+    snap = folder / "snapshots" / commit
+    snap.mkdir(parents=True)
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text(commit)
+    for f in model.iterdir():
+        if f.is_file() and not f.name.startswith("."):
+            (snap / f.name).symlink_to(f)
+    return root
