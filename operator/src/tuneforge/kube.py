@@ -44,8 +44,11 @@ class Kube:
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         kwargs.setdefault("_request_timeout", self._timeout)
+        # Writes' responses are never used: skipping the client's model deserialisation saves
+        # most of the CPU and garbage of a create or patch.
+        kwargs.setdefault("_preload_content", False)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+        return await loop.run_in_executor(self._pool, functools.partial(_read_and_release, fn, *args, **kwargs))
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -89,11 +92,11 @@ class Kube:
         """The last lines of a container's log (read-only pods/log)."""
         try:
             # Raw bytes: the client's own decoding json-parses a one-line log into a dict repr.
-            resp = await self._call(
+            data = await self._call(
                 self.core.read_namespaced_pod_log, pod, namespace, container=container,
-                tail_lines=lines, limit_bytes=64 * 1024, _preload_content=False,
+                tail_lines=lines, limit_bytes=64 * 1024,
             )
-            return bytes(resp.data).decode("utf-8", errors="replace")
+            return bytes(data).decode("utf-8", errors="replace")
         except ApiException as exc:
             if exc.status in (400, 404):  # not started yet, or gone
                 return ""
@@ -116,6 +119,17 @@ class Kube:
             if exc.status == 404:
                 return False
             raise
+
+
+def _read_and_release(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call, then read the raw body and hand the connection back to the pool."""
+    resp = fn(*args, **kwargs)
+    if hasattr(resp, "release_conn"):
+        try:
+            return resp.data
+        finally:
+            resp.release_conn()
+    return resp
 
 
 def is_transient(exc: BaseException) -> bool:
