@@ -446,7 +446,7 @@ class TrainerConfig(_Strict):
     """The whole trainer config (one YAML document)."""
 
     api_version: Literal["tuneforge.dev/trainer-config/v1"] = Field(
-        default=API_VERSION, description="Schema version of this config."
+        default="tuneforge.dev/trainer-config/v1", description="Schema version of this config."
     )
     run_name: str = Field(
         default="tuneforge-run", description="Name used in the model card and logs.", min_length=1

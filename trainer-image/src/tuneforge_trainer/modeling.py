@@ -129,5 +129,5 @@ def load_model(path: str, cfg: TrainerConfig, ds: DeviceSettings) -> Any:
     kw["dtype"] = torch.bfloat16 if ds.bf16 else (torch.float16 if ds.fp16 else torch.float32)
     model = AutoModelForCausalLM.from_pretrained(path, **kw)
     if q is None and ds.cuda:
-        model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
+        model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")  # type: ignore[arg-type]
     return model

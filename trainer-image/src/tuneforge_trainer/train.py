@@ -391,12 +391,12 @@ def train_main(cfg: TrainerConfig) -> int:
     art = _artifact_dir(cfg)
     os.makedirs(art, exist_ok=True)
     adapter_dir = os.path.join(art, "adapter")
-    trainer.model.save_pretrained(adapter_dir)
+    model = trainer.model  # the PeftModel (unwrapped from DDP)
+    model.save_pretrained(adapter_dir)
     tokenizer.save_pretrained(adapter_dir)
     _make_readable(adapter_dir)
     artifacts = {"adapter": join_uri(cfg.output.dir, "adapter")}
 
-    model = trainer.model
     ev: dict[str, Any] | None = None
     baselines: dict[str, dict[str, Any]] = {}
     if cfg.eval.enabled and data.eval:
