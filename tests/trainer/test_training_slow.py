@@ -65,7 +65,7 @@ def acceptance_run(model_path: Path, banking77: Path, tmp_path_factory: pytest.T
     out = base / "out"
     cfg = write_config(base / "config.yaml", banking_config(model_path, out))
     t0 = time.monotonic()
-    proc = run_cli("train", "--config", str(cfg))
+    proc = run_cli("train", "--config", str(cfg), timeout=3600)  # a busy 2-core machine: 10-40 min
     return finished_run(out, proc, time.monotonic() - t0)
 
 
@@ -150,7 +150,7 @@ def test_kill_and_resume_matches_uninterrupted(acceptance_run: Run, tmp_path: Pa
     assert not (out / "adapter").exists()
 
     t0 = time.monotonic()
-    resumed = finished_run(out, run_cli("train", "--config", str(cfg)), time.monotonic() - t0)
+    resumed = finished_run(out, run_cli("train", "--config", str(cfg), timeout=3600), time.monotonic() - t0)
     s = resumed.summary
     print(
         f"\nresume: killed at step {pre.steps} (exit {grace:.0f} s after SIGTERM), resumed from {s.resumed_from_step}, "
