@@ -129,3 +129,8 @@ def summary_annotation(accuracy: float = 0.95) -> str:
                "artifacts": {"adapter": "/mnt/pvc/artifacts/runs/adapter"}}
     return json.dumps({"kwok.tuneforge.dev/termination-message": json.dumps(summary),
                        "pod-complete.stage.kwok.x-k8s.io/delay": "3s"})
+
+
+@pytest.fixture(scope="session")
+def operator_image(cluster: Any) -> str:
+    return str(cluster.image(ROOT / "operator", "operator"))

@@ -309,3 +309,39 @@ def test_missing_secret_fails_naming_the_field(cluster: Cluster, namespace: str,
     assert st["message"].startswith("spec.baseModel.tokenSecretRef: ") and "hf-token" in st["message"]
     wait_for("stuck validation Job deleted", lambda: cluster.list("jobs", namespace) == [], 30, 1)
     assert cluster.list("jobs", namespace, "tuneforge.dev/role=train") == []
+
+
+def test_operator_image_as_deployment(cluster: Cluster, namespace: str, crds: None, operator_image: str,
+                                      standin_image: str) -> None:
+    """operator/Dockerfile + operator/deploy/operator.yaml: in-cluster credentials, least-privilege
+    RBAC, liveness probe, read-only root filesystem — and a FineTuneJob to Succeeded."""
+    import yaml
+    from conftest import ROOT
+    docs = list(yaml.safe_load_all((ROOT / "operator" / "deploy" / "operator.yaml").read_text()))
+    by_kind = {d["kind"]: d for d in docs}
+    sa, role, binding, deploy = (by_kind[k] for k in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment"))
+    cluster_name = f"tuneforge-operator-{namespace}"
+    sa["metadata"]["namespace"] = deploy["metadata"]["namespace"] = namespace
+    role["metadata"]["name"] = binding["metadata"]["name"] = binding["roleRef"]["name"] = cluster_name
+    binding["subjects"][0]["namespace"] = namespace
+    pod = deploy["spec"]["template"]["spec"]
+    pod["nodeSelector"] = {"tuneforge.dev/node-kind": "real"}
+    (c,) = pod["containers"]
+    c["image"] = operator_image
+    c["resources"]["requests"]["cpu"] = "0"  # the real node's 2 CPUs are shared with training runs
+    c["env"] = [{"name": "TUNEFORGE_TRAINER_IMAGE", "value": standin_image},
+                {"name": "TUNEFORGE_NAMESPACES", "value": namespace},
+                {"name": "TUNEFORGE_VALIDATE_CPU", "value": "0"},
+                {"name": "TUNEFORGE_VALIDATE_MEMORY", "value": "64Mi"},
+                {"name": "TUNEFORGE_PROGRESS_INTERVAL", "value": "2"}]
+    cluster.apply([sa, role, binding, deploy])
+    try:
+        cluster.apply(pvc_manifest(), namespace)
+        cluster.apply(ftj_manifest("in-cluster"), namespace)
+        st = _wait_phase(cluster, namespace, "in-cluster", ("Succeeded", "Failed"), 240)["status"]
+        assert st["phase"] == "Succeeded", st
+        cluster.kubectl("wait", "--for=condition=Available", "deployment/tuneforge-operator", "-n", namespace, "--timeout=60s")
+        (op_pod,) = cluster.list("pods", namespace, "app.kubernetes.io/name=tuneforge-operator")
+        assert op_pod["status"]["containerStatuses"][0]["restartCount"] == 0
+    finally:
+        cluster.kubectl("delete", "clusterrolebinding,clusterrole", cluster_name, check=False)

@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     _limit_malloc_arenas()
+    # Kopf names itself after the login user; a non-root UID without a passwd entry (as in the
+    # image) has none, and getpass would raise.
+    os.environ.setdefault("USER", "tuneforge-operator")
     if not args.verbose:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # one line per handled event
     try:
