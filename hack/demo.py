@@ -112,14 +112,11 @@ def follow(c: Cluster, name: str, operator: subprocess.Popen[bytes], timeout: fl
     raise SystemExit(f"FineTuneJob {name} did not finish within {timeout:.0f} s")
 
 
-def main() -> int:
-    started = time.monotonic()
-    s = settings.load()
-    say("Starting the local cluster (first run on a machine builds Kubernetes from source: ~10 min)")
-    c, _ = start_or_reuse(s)
+def run(c: Cluster, manifest: Path = MANIFEST, timeout: float = 3600) -> dict:
+    """Stage the inputs, run the operator and one FineTuneJob to its end; return the object."""
     say("Building the trainer image (cached by its inputs)")
     trainer_image = c.image(ROOT / "trainer-image", "trainer")
-    stage_inputs(s)
+    stage_inputs(c.settings)
 
     c.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
     c.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/finetunejobs.tuneforge.dev")
@@ -127,29 +124,41 @@ def main() -> int:
     c.kubectl("create", "secret", "generic", "tuneforge-demo-s3", "-n", NAMESPACE,
               f"--from-literal=access-key-id={components.S3_ACCESS_KEY}",
               f"--from-literal=secret-access-key={components.S3_SECRET_KEY}", check=False)
-    name = yaml.safe_load(MANIFEST.read_text())["metadata"]["name"]
+    name = yaml.safe_load(manifest.read_text())["metadata"]["name"]
     # A fresh run each time: a finished job is only re-run by a spec change (a new revision).
     c.kubectl("delete", "finetunejob", name, "-n", NAMESPACE, "--ignore-not-found", "--wait=true", timeout=120)
 
     operator = start_operator(c, trainer_image)
     try:
-        say(f"kubectl apply -f {MANIFEST.relative_to(ROOT)}")
-        c.kubectl("apply", "-n", NAMESPACE, "-f", str(MANIFEST))
-        ftj = follow(c, name, operator)
+        say(f"kubectl apply -f {manifest.relative_to(ROOT)}")
+        c.kubectl("apply", "-n", NAMESPACE, "-f", str(manifest))
+        return follow(c, name, operator, timeout)
     finally:
         operator.terminate()
         operator.wait(30)
 
+
+def model_card(s: settings.Settings, uri: str) -> str:
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{s.s3_port}", aws_access_key_id=components.S3_ACCESS_KEY,
+                      aws_secret_access_key=components.S3_SECRET_KEY, region_name="us-east-1")
+    return str(s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode())
+
+
+def main() -> int:
+    started = time.monotonic()
+    s = settings.load()
+    say("Starting the local cluster (first run on a machine builds Kubernetes from source: ~10 min)")
+    c, _ = start_or_reuse(s)
+    ftj = run(c)
+    name = ftj["metadata"]["name"]
     print()
     print(c.kubectl("get", "finetunejob", name, "-n", NAMESPACE).stdout)
     st = ftj["status"]
     print(json.dumps({k: st.get(k) for k in ("evaluation", "baselines", "gate", "artifacts", "gpuSeconds")}, indent=2))
     card = st.get("artifacts", {}).get("model_card")
     if card and card.startswith("s3://"):
-        bucket, _, key = card[len("s3://"):].partition("/")
-        s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{s.s3_port}", aws_access_key_id=components.S3_ACCESS_KEY,
-                          aws_secret_access_key=components.S3_SECRET_KEY, region_name="us-east-1")
-        print("\n" + s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode()[:3000])
+        print("\n" + model_card(s, card)[:3000])
     say(f"FineTuneJob {name} {st.get('phase')} in {time.monotonic() - started:.0f} s; "
         f"inspect with: kubectl --kubeconfig .cluster/kubeconfig describe ftj {name} -n {NAMESPACE}")
     return 0 if st.get("phase") == "Succeeded" else 1

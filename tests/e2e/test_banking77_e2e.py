@@ -1,0 +1,45 @@
+"""End to end on the real node: the BANKING77 8-intent FineTuneJob of `make demo` runs the real
+trainer image through the operator and ends Succeeded, its accuracy in `kubectl get`, within the
+trainer's acceptance numbers (>= 90 %, >= 60 points above zero-shot)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tuneforge_localcluster.testing import Cluster
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.slow
+
+
+def _demo() -> Any:
+    spec = importlib.util.spec_from_file_location("tuneforge_demo", ROOT / "hack" / "demo.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_banking77_finetunejob_on_the_real_node(cluster: Cluster) -> None:
+    demo = _demo()
+    ftj = demo.run(cluster, timeout=3600)
+    st = ftj["status"]
+    name, ns = ftj["metadata"]["name"], demo.NAMESPACE
+    assert st["phase"] == "Succeeded", st
+    accuracy = st["evaluation"]["accuracy"]
+    zero_shot = {b["name"]: b["accuracy"] for b in st["baselines"]}["zero_shot"]
+    assert accuracy >= 0.90, st["evaluation"]
+    assert accuracy - zero_shot >= 0.60, st["baselines"]
+    assert st["gate"]["outcome"] == "Passed"
+    row = cluster.kubectl("get", "ftj", name, "-n", ns, "--no-headers").stdout.split()
+    assert row[1] == "Succeeded" and float(row[2]) == pytest.approx(accuracy, abs=0.005), row
+    # The Job ran the real trainer image on the real node and its artifacts are in S3.
+    pods = cluster.list("pods", ns, f"job-name={name}-train-1")
+    assert pods and all(p["spec"]["nodeName"] == cluster.settings.node_name for p in pods)
+    card = demo.model_card(cluster.settings, st["artifacts"]["model_card"])
+    assert "| fine-tuned adapter |" in card and "zero_shot" in card
