@@ -25,7 +25,7 @@ from .resources.names import Owner, config_map_name, train_job_name, validate_jo
 from .settings import Settings
 from .spec import FineTuneJobSpec, parse_spec, pvc_claims, spec_hash
 from .status import (
-    FAILED, SUCCEEDED, TERMINAL, Observed, compute_status, decide_revision, job_finished, status_changed,
+    FAILED, PENDING, SUCCEEDED, TERMINAL, Observed, compute_status, decide_revision, job_finished, status_changed,
 )
 from .trainer_config import artifact_uri
 
@@ -144,10 +144,15 @@ async def _reconcile(ctx: Context, key: Key) -> None:
     status = compute_status(spec, int(meta.get("generation") or 0), prior, revision, observed, now, children,
                             artifact_uri(spec, namespace, name, rev))
 
-    for action in plan(spec, status["phase"], vjob, tjob, stale, pre is not None):
+    actions = plan(spec, status["phase"], vjob, tjob, stale, pre is not None)
+    for action in actions:
         await _execute(ctx, action, owner, spec, rev, status)
 
-    if status_changed(prior, status):
+    # "Pending: creating a Job" lasts until the Job's own event arrives a moment later; writing
+    # it would cost a status patch and an Event per FineTuneJob for a state nobody sees.
+    creating = any(a.verb in ("create_validate_job", "create_train_job") for a in actions)
+    transient = creating and status["phase"] == PENDING and bool(prior.get("phase")) and prior.get("revision") == rev
+    if not transient and status_changed(prior, status):
         patch = dict(status)
         for gone in set(prior) - set(status):
             patch[gone] = None
