@@ -69,6 +69,7 @@ def acceptance_run(model_path: Path, banking77: Path, tmp_path_factory: pytest.T
     return finished_run(out, proc, time.monotonic() - t0)
 
 
+@pytest.mark.timeout(5400)  # the shared 100-step run is set up by the first test that needs it
 def test_acceptance_banking77_8_intents(acceptance_run: Run) -> None:
     s = acceptance_run.summary
     zero = {b.name: b for b in s.baselines}["zero_shot"]
@@ -106,6 +107,7 @@ def test_acceptance_banking77_8_intents(acceptance_run: Run) -> None:
     assert read_progress(str(out / "progress.jsonl"))[-1]["event"] == "done"
 
 
+@pytest.mark.timeout(5400)
 def test_kill_and_resume_matches_uninterrupted(acceptance_run: Run, tmp_path: Path) -> None:
     """SIGTERM mid-run, restart, finish: the same result as the uninterrupted acceptance run.
 
@@ -215,6 +217,7 @@ def test_torchrun_two_processes_rank0_writes(model_path: Path, banking77: Path, 
     assert sum(1 for e in read_progress(str(out / "progress.jsonl")) if e["event"] == "done") == 1
 
 
+@pytest.mark.timeout(5400)
 def test_evaluate_subcommand_scores_existing_adapter(acceptance_run: Run, tmp_path: Path) -> None:
     import csv
 
