@@ -25,6 +25,8 @@ def _demo() -> Any:
     return mod
 
 
+# Training and scoring take ~15 min on 2 idle cores; allow for a busy machine.
+@pytest.mark.timeout(3600)
 def test_banking77_finetunejob_on_the_real_node(cluster: Cluster) -> None:
     demo = _demo()
     ftj = demo.run(cluster, timeout=3600)
