@@ -153,3 +153,33 @@ def test_too_many_gpus_stays_pending_with_reason(cluster: Cluster, namespace: st
     message = wait_for("pod gpu16 Unschedulable", unschedulable, 60)
     assert "Insufficient nvidia.com/gpu" in message
     assert cluster.get("pod", "gpu16", namespace)["status"]["phase"] == "Pending"
+
+
+def test_deleting_a_running_fake_job_pod_ends_it(cluster: Cluster, namespace: str) -> None:
+    """As a kubelet would: a deleted running Job pod on a kwok node is ended and removed,
+    so namespaces with simulated jobs can be deleted."""
+    pod = {
+        "restartPolicy": "Never",
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "nodeSelector": {"nvidia.com/gpu.present": "true"},
+        "containers": [{"name": "train", "image": "fake.invalid/trainer:1", "resources": {"limits": {"nvidia.com/gpu": "1"}}}],
+    }
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "long"},
+        "spec": {
+            "backoffLimit": 0,
+            "template": {"metadata": {"annotations": {"pod-complete.stage.kwok.x-k8s.io/delay": "1h"}}, "spec": pod},
+        },
+    }
+    cluster.apply(job, namespace)
+
+    def running_pod() -> str:
+        pods = cluster.list("pods", namespace, "job-name=long")
+        return pods[0]["metadata"]["name"] if pods and pods[0]["status"].get("phase") == "Running" else ""
+
+    name = wait_for("the fake job's pod Running", running_pod, 60)
+    cluster.kubectl("delete", "pod", name, "-n", namespace, "--wait=false")
+    wait_for(f"pod {name} gone", lambda: cluster.kubectl("get", "pod", name, "-n", namespace, check=False).returncode != 0, 60,
+             describe=lambda: cluster.describe("pod", name, namespace))
