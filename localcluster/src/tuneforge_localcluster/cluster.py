@@ -349,7 +349,7 @@ def up(s: Settings) -> float:
     )
     _wait("default ServiceAccount", lambda: bool(kubectl(s, "get", "sa", "default", "-n", "default", "-o", "name")), 60)
     images.gc(s, s.containerd_socket)
-    _publish_kubeconfig(s)
+    publish_kubeconfig(s)
     ready_after = time.monotonic() - started
     _log(f"Cluster up in {ready_after:.1f} s; KUBECONFIG={s.kubeconfig}")
     return ready_after
@@ -368,7 +368,7 @@ def _allocatable(s: Settings, name: str, resource: str) -> str | None:
     return _node(s, name).get("status", {}).get("allocatable", {}).get(resource)
 
 
-def _publish_kubeconfig(s: Settings) -> None:
+def publish_kubeconfig(s: Settings) -> None:
     """Write the admin kubeconfig (certificates embedded) and a logs link into ``.cluster/``."""
     import base64
 

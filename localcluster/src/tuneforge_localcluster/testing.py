@@ -150,6 +150,8 @@ def start_or_reuse(settings: Settings) -> tuple[Cluster, bool]:
     """A handle on the cluster, starting it when it is not running; True when started here."""
     with cluster.locked(settings):
         if cluster.is_up(settings):
+            # Started from another checkout, maybe: give this one its kubeconfig too.
+            cluster.publish_kubeconfig(settings)
             return Cluster(settings), False
         cluster.up(settings)
         return Cluster(settings), True
