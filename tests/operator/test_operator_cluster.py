@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from conftest import OperatorProcess, ftj_manifest, pvc_manifest, summary_annotation
+from operator_helpers import ROOT, OperatorProcess, ftj_manifest, pvc_manifest, summary_annotation
 from tuneforge_localcluster.testing import Cluster, wait_for
 
 pytestmark = pytest.mark.cluster
@@ -264,7 +264,6 @@ def test_operator_runs_with_least_privilege_rbac(cluster: Cluster, namespace: st
                                                  tmp_path: Any) -> None:
     """The operator works with exactly the ClusterRole in operator/deploy/operator.yaml."""
     import yaml
-    from conftest import ROOT
     docs = list(yaml.safe_load_all((ROOT / "operator" / "deploy" / "operator.yaml").read_text()))
     role = next(d for d in docs if d["kind"] == "ClusterRole")
     role["metadata"]["name"] = f"tuneforge-operator-{namespace}"
@@ -316,7 +315,6 @@ def test_operator_image_as_deployment(cluster: Cluster, namespace: str, crds: No
     """operator/Dockerfile + operator/deploy/operator.yaml: in-cluster credentials, least-privilege
     RBAC, liveness probe, read-only root filesystem — and a FineTuneJob to Succeeded."""
     import yaml
-    from conftest import ROOT
     docs = list(yaml.safe_load_all((ROOT / "operator" / "deploy" / "operator.yaml").read_text()))
     by_kind = {d["kind"]: d for d in docs}
     sa, role, binding, deploy = (by_kind[k] for k in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment"))

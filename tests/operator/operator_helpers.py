@@ -1,0 +1,99 @@
+"""Helpers for the operator tests (a module with its own name: test modules must not
+import `conftest`, which names a different folder's file depending on collection order)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+STANDIN_DIR = ROOT / "tests" / "images" / "trainer-standin"
+OUTPUT = ROOT / "test-output" / "operator"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+class OperatorProcess:
+    """One operator process watching one namespace; its log goes to test-output/operator/."""
+
+    def __init__(self, cluster: Any, namespace: str, env: dict[str, str], log_name: str) -> None:
+        self.cluster, self.namespace, self.extra_env = cluster, namespace, env
+        self.metrics_port = _free_port()
+        self.liveness_port = _free_port()
+        OUTPUT.mkdir(parents=True, exist_ok=True)
+        self.log_path = OUTPUT / f"{log_name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "OperatorProcess":
+        env = dict(os.environ)
+        env.update({
+            "PYTHONPATH": str(ROOT / "operator" / "src"),
+            "TUNEFORGE_NAMESPACES": self.namespace,
+            "TUNEFORGE_METRICS_PORT": str(self.metrics_port),
+            "TUNEFORGE_LIVENESS_PORT": str(self.liveness_port),
+            "TUNEFORGE_PROGRESS_INTERVAL": "1",
+            "TUNEFORGE_RETRY_DELAY": "2",
+            # The real node (2 CPUs) is shared with real training runs: request no CPU.
+            "TUNEFORGE_VALIDATE_CPU": "0",
+            "TUNEFORGE_VALIDATE_MEMORY": "64Mi",
+        })
+        env.update(self.extra_env)
+        log = open(self.log_path, "ab" if self.log_path.exists() and self.proc else "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tuneforge", "--kubeconfig",
+             self.extra_env.get("KUBECONFIG_OVERRIDE", str(self.cluster.kubeconfig))],
+            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+        )
+        return self
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def check_alive(self) -> None:
+        """Fail the test at once (not after a long wait) when the operator has exited."""
+        if self.proc is not None and self.proc.poll() is not None:
+            pytest.fail(f"operator exited with {self.proc.returncode}:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+def ftj_manifest(name: str, **spec: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "baseModel": {"uri": "hf://HuggingFaceTB/SmolLM2-135M-Instruct"},
+        "dataset": {"uri": "/standin/accuracy=0.93/steps=4/train.jsonl"},
+        "output": {"uri": "pvc://artifacts/runs"},
+        "resources": {"cpu": "0", "memory": "64Mi"},
+    }
+    base.update(spec)
+    return {"apiVersion": "tuneforge.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": name}, "spec": base}
+
+def pvc_manifest(name: str = "artifacts") -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "64Mi"}}}}
+
+def summary_annotation(accuracy: float = 0.95) -> str:
+    """Pod annotations for kwok's pod-complete stage: a realistic trainer summary, after 3 s."""
+    summary = {"version": "tuneforge.dev/trainer-summary/v1", "status": "succeeded", "command": "train",
+               "accuracy": accuracy, "macro_f1": accuracy - 0.01, "eval_loss": 0.2, "n_eval": 80,
+               "worst_classes": [{"label": "card_arrival", "f1": 0.8}],
+               "baselines": [{"name": "zero_shot", "accuracy": 0.0}, {"name": "tfidf_lr", "accuracy": 0.9}],
+               "artifacts": {"adapter": "/mnt/pvc/artifacts/runs/adapter"}}
+    return json.dumps({"kwok.tuneforge.dev/termination-message": json.dumps(summary),
+                       "pod-complete.stage.kwok.x-k8s.io/delay": "3s"})
