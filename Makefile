@@ -25,7 +25,7 @@ venv:
 	@echo $(VENV)
 
 test:
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --durations=15 --junitxml=test-output/junit.xml
 
 test-fast:
 	$(PY) -m pytest tests -m "not cluster and not slow"
