@@ -54,7 +54,7 @@ def test_parse_summary_tolerates_noise() -> None:
 
 
 def test_parse_summary_of_the_trainers_own_writer() -> None:
-    trainer_summary = pytest.importorskip("tuneforge_trainer.summary")
+    import tuneforge_trainer.summary as trainer_summary
     text = trainer_summary.TrainerSummary(
         status="succeeded", command="train", accuracy=0.91, macro_f1=0.9,
         worst_classes=[trainer_summary.ClassScore(label="a", f1=0.5)],

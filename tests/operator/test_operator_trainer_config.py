@@ -14,7 +14,7 @@ from tuneforge.resources.names import Owner
 from tuneforge.spec import parse_spec
 from tuneforge.trainer_config import render_trainer_config, resolve_uri
 
-trainer_config = pytest.importorskip("tuneforge_trainer.config")
+import tuneforge_trainer.config as trainer_config  # noqa: E402
 
 
 def _with(**changes: Any) -> dict[str, Any]:

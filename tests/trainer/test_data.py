@@ -165,7 +165,7 @@ def test_load_csv_missing_column_is_fatal(tmp_path: Path) -> None:
 
 
 def test_load_hf_dataset_folder(tmp_path: Path) -> None:
-    datasets = pytest.importorskip("datasets")
+    import datasets
     d = datasets.Dataset.from_list([{"text": "hello", "label": "a"}, {"text": "bye", "label": "b"}])
     d.save_to_disk(str(tmp_path / "ds"))
     assert detect_format(str(tmp_path / "ds")) == "hf_dataset"
