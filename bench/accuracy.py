@@ -14,30 +14,13 @@ Runs ``tuneforge-train train`` in-process and prints the table and the wall time
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "trainer-image" / "src"))
-
-INTENTS8 = [
-    "card_arrival", "exchange_rate", "lost_or_stolen_card", "pin_blocked",
-    "age_limit", "cancel_transfer", "top_up_limits", "card_not_working",
-]
-BANKING77 = Path(os.environ.get("TUNEFORGE_BANKING77", ROOT.parent / "shared" / "datasets" / "banking77"))
-
-
-def model_folder() -> Path:
-    spec = importlib.util.spec_from_file_location("prepare_model", ROOT / "hack" / "prepare_model.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.prepare_model()
+from banking77_common import BANKING77, INTENTS8, ROOT, model_folder  # noqa: E402
 
 
 def main() -> int:

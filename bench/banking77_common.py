@@ -1,0 +1,26 @@
+"""What the trainer benches share: paths, the 8-intent BANKING77 subset and the cached model."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "trainer-image" / "src"))
+
+INTENTS8 = [
+    "card_arrival", "exchange_rate", "lost_or_stolen_card", "pin_blocked",
+    "age_limit", "cancel_transfer", "top_up_limits", "card_not_working",
+]
+BANKING77 = Path(os.environ.get("TUNEFORGE_BANKING77", ROOT.parent / "shared" / "datasets" / "banking77"))
+
+
+def model_folder() -> Path:
+    """The converted SmolLM2 folder from hack/prepare_model.py (converting once when missing)."""
+    spec = importlib.util.spec_from_file_location("prepare_model", ROOT / "hack" / "prepare_model.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return Path(mod.prepare_model())
