@@ -44,6 +44,9 @@ def configure(settings: kopf.OperatorSettings, ours: Settings) -> None:
     settings.persistence.consistency_timeout = ours.consistency_timeout
     # Kopf 1.45 names the bound on concurrent per-object workers queueing.worker_limit.
     settings.queueing.worker_limit = ours.worker_limit
+    # An idle per-object worker keeps its slot (and its last event's body) until this passes;
+    # Kopf's 5 s default caps a burst of thousands of child objects at worker_limit / 5 per second.
+    settings.queueing.idle_timeout = ours.worker_idle_timeout
     settings.queueing.error_delays = (1, 2, 5, 10, 20, 30, 60)  # framework errors: retry soon, cap at 1 min
     # Kopf turns its own log records of this level and above into k8s Events; at INFO every
     # "Handler succeeded" on every Pod/Job event would become an Event (an API write). Our phase
@@ -104,7 +107,7 @@ async def startup(*, settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     ours = _state.get("settings") or Settings.from_env()
     configure(settings, ours)
     ctx = Context(settings=ours, kube=Kube(ours, _state.get("kubeconfig")), ftjs=ftj_index, jobs=job_index,
-                  pods=pod_index, emit=_emit)
+                  pods=pod_index, emit=_emit, slots=asyncio.Semaphore(ours.reconcile_concurrency))
     _state["ctx"] = ctx
     _state["poller"] = asyncio.get_running_loop().create_task(_poll_progress(ctx))
     log.info("Tuneforge operator started with trainer image %s", ours.trainer_image)
@@ -148,6 +151,22 @@ async def _run(key: Key) -> None:
         ctx.busy.discard(key)
 
 
+def _kick(key: Key) -> None:
+    """Reconcile in the background, so a child's event handler returns at once.
+
+    Kopf's per-object worker then drops the event's body and frees its slot instead of holding
+    both while the reconcile waits for the API: in a burst of thousands of Pod and Job events the
+    backlog, not the reconciles, is what fills the memory.
+    """
+    ctx: Context = _state["ctx"]
+    if key in ctx.busy:
+        ctx.dirty.add(key)
+        return
+    task = asyncio.get_running_loop().create_task(_run(key))
+    ctx.tasks.add(task)
+    task.add_done_callback(ctx.tasks.discard)
+
+
 @kopf.on.resume(GROUP, VERSION, FTJ_PLURAL)
 @kopf.on.create(GROUP, VERSION, FTJ_PLURAL)
 @kopf.on.update(GROUP, VERSION, FTJ_PLURAL, field="spec")
@@ -173,12 +192,12 @@ async def ftj_event(*, type: str, namespace: str | None, name: str, uid: str, **
 
 @kopf.on.event("batch", "v1", "jobs", labels=CHILD)
 async def job_event(*, namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
-    await _run((namespace or "", labels[LABEL_FTJ]))
+    _kick((namespace or "", labels[LABEL_FTJ]))
 
 
 @kopf.on.event("", "v1", "pods", labels=CHILD)
 async def pod_event(*, namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
-    await _run((namespace or "", labels[LABEL_FTJ]))
+    _kick((namespace or "", labels[LABEL_FTJ]))
 
 
 async def _poll_progress(ctx: Context) -> None:

@@ -54,6 +54,11 @@ class Context:
     retries: dict[Key, asyncio.TimerHandle] = dataclasses.field(default_factory=dict)
     busy: set[Key] = dataclasses.field(default_factory=set)
     dirty: set[Key] = dataclasses.field(default_factory=set)
+    # Background reconciles started by child events (strong references: asyncio keeps weak ones).
+    tasks: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
+    # Reconciles in flight at once (the rest wait here holding nothing but their key): each one
+    # builds its children's bodies, so this bounds the memory of a burst, not only the threads.
+    slots: asyncio.Semaphore = dataclasses.field(default_factory=asyncio.Semaphore)
 
     def lock(self, key: Key) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
@@ -103,7 +108,7 @@ async def preflight(kube: Kube, namespace: str, spec: FineTuneJobSpec) -> tuple[
 
 async def reconcile(ctx: Context, key: Key) -> None:
     """Bring one FineTuneJob one step closer to done; safe to call any time, any number of times."""
-    async with ctx.lock(key):
+    async with ctx.lock(key), ctx.slots:
         started = time.monotonic()
         try:
             await _reconcile(ctx, key)
@@ -214,7 +219,9 @@ def schedule_retry(ctx: Context, key: Key, delay: float, run: Callable[[Key], Co
 
     def fire() -> None:
         ctx.retries.pop(key, None)
-        loop.create_task(run(key))
+        task = loop.create_task(run(key))
+        ctx.tasks.add(task)
+        task.add_done_callback(ctx.tasks.discard)
 
     ctx.retries[key] = loop.call_later(delay, fire)
 

@@ -48,8 +48,14 @@ class Settings:
     api_concurrency: int = 8
     """Threads that run blocking Kubernetes API calls: bounds the operator's threads at any scale."""
 
+    reconcile_concurrency: int = 16
+    """FineTuneJobs reconciled at the same time (a few per API thread keeps the threads busy)."""
+
     worker_limit: int = 64
     """Kopf's per-resource worker limit: at most this many objects are handled concurrently."""
+
+    worker_idle_timeout: float = 1.0
+    """Seconds an idle per-object Kopf worker waits for the object's next event before it exits."""
 
     watch_server_timeout: int = 300
     """Seconds the apiserver keeps a watch open (an integer: the apiserver rejects 300.0)."""
