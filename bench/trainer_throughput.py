@@ -10,7 +10,9 @@ Same model (SmolLM2-135M-Instruct), same LoRA (r=16, alpha=32, q/k/v/o), same ro
   row of the batch, loss on every token).
 
 Throughput is real (non-padding) tokens per second of ``train()`` wall time, both measured in this
-one process, one after the other. Prints both figures and their ratio.
+one process, one after the other. Prints both figures and their ratio. Run it on an idle machine
+(``make cluster-down`` first): the two trainers run in turn, so load that changes between them
+(a cluster collecting a bench's objects, say) skews the ratio.
 
     python bench/trainer_throughput.py [--steps 10] [--batch-size 8]
 """
