@@ -107,7 +107,7 @@ async def startup(*, settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     ours = _state.get("settings") or Settings.from_env()
     configure(settings, ours)
     ctx = Context(settings=ours, kube=Kube(ours, _state.get("kubeconfig")), ftjs=ftj_index, jobs=job_index,
-                  pods=pod_index, emit=_emit, slots=asyncio.Semaphore(ours.reconcile_concurrency))
+                  pods=pod_index, emit=_emit)
     _state["ctx"] = ctx
     _state["poller"] = asyncio.get_running_loop().create_task(_poll_progress(ctx))
     log.info("Tuneforge operator started with trainer image %s", ours.trainer_image)
@@ -152,19 +152,12 @@ async def _run(key: Key) -> None:
 
 
 def _kick(key: Key) -> None:
-    """Reconcile in the background, so a child's event handler returns at once.
-
-    Kopf's per-object worker then drops the event's body and frees its slot instead of holding
-    both while the reconcile waits for the API: in a burst of thousands of Pod and Job events the
-    backlog, not the reconciles, is what fills the memory.
+    """Reconcile in the background (``_run`` coalesces it with one in progress), so a child's
+    event handler returns at once: Kopf's per-object worker then drops the event's body and frees
+    its slot instead of holding both while the reconcile waits for the API. In a burst of
+    thousands of Pod and Job events that backlog, not the reconciles, is what fills the memory.
     """
-    ctx: Context = _state["ctx"]
-    if key in ctx.busy:
-        ctx.dirty.add(key)
-        return
-    task = asyncio.get_running_loop().create_task(_run(key))
-    ctx.tasks.add(task)
-    task.add_done_callback(ctx.tasks.discard)
+    _state["ctx"].spawn(_run(key))
 
 
 @kopf.on.resume(GROUP, VERSION, FTJ_PLURAL)

@@ -54,14 +54,23 @@ class Context:
     retries: dict[Key, asyncio.TimerHandle] = dataclasses.field(default_factory=dict)
     busy: set[Key] = dataclasses.field(default_factory=set)
     dirty: set[Key] = dataclasses.field(default_factory=set)
-    # Background reconciles started by child events (strong references: asyncio keeps weak ones).
+    # Background reconciles (strong references: the event loop keeps only weak ones).
     tasks: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
     # Reconciles in flight at once (the rest wait here holding nothing but their key): each one
     # builds its children's bodies, so this bounds the memory of a burst, not only the threads.
-    slots: asyncio.Semaphore = dataclasses.field(default_factory=asyncio.Semaphore)
+    slots: asyncio.Semaphore = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.slots = asyncio.Semaphore(self.settings.reconcile_concurrency)
 
     def lock(self, key: Key) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run a coroutine in the background, keeping it referenced until it ends."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     def forget(self, key: Key, uid: str | None) -> None:
         self.locks.pop(key, None)
@@ -215,15 +224,11 @@ def schedule_retry(ctx: Context, key: Key, delay: float, run: Callable[[Key], Co
     """Reconcile again after ``delay`` seconds (at most one pending retry per object)."""
     if key in ctx.retries:
         return
-    loop = asyncio.get_running_loop()
-
     def fire() -> None:
         ctx.retries.pop(key, None)
-        task = loop.create_task(run(key))
-        ctx.tasks.add(task)
-        task.add_done_callback(ctx.tasks.discard)
+        ctx.spawn(run(key))
 
-    ctx.retries[key] = loop.call_later(delay, fire)
+    ctx.retries[key] = asyncio.get_running_loop().call_later(delay, fire)
 
 
 __all__ = ["Context", "reconcile", "schedule_retry", "preflight", "job_finished"]
