@@ -4,13 +4,16 @@
 Same model (SmolLM2-135M-Instruct), same LoRA (r=16, alpha=32, q/k/v/o), same rows (BANKING77,
 8 intents x 50 rows, prompt listing the labels), same batch size, optimiser and step count:
 
-- tuneforge: trl SFTTrainer as ``tuneforge-train`` configures it — padding-free batches,
-  completion-only loss (the LM head runs only on answer tokens), fp32, no checkpointing;
+- tuneforge: the trainer ``tuneforge-train`` builds (``tuneforge_trainer.sft.build_trainer``):
+  shared-prefix batches (the prompt prefix all rows repeat runs once per batch), completion-only
+  loss through trl's fused LM head (projects only answer positions), fp32, no checkpointing;
 - plain: ``transformers.Trainer`` with ``DataCollatorForLanguageModeling`` (pad to the longest
   row of the batch, loss on every token).
 
-Throughput is real (non-padding) tokens per second of ``train()`` wall time, both measured in this
-one process, one after the other. Prints both figures and their ratio. Run it on an idle machine
+Throughput is the rows' own tokens per second of ``train()`` wall time (pad tokens and shared
+prefixes are not counted twice), both measured in this one process, one after the other. The
+"computed" column is the tokens the model actually ran per row token (padding makes it > 1,
+sharing < 1). Prints both figures and their ratio. Run it on an idle machine
 (``make cluster-down`` first): the two trainers run in turn, so load that changes between them
 (a cluster collecting a bench's objects, say) skews the ratio.
 
@@ -70,32 +73,32 @@ class _Timer:
 
 
 class TokenCounter:
-    """Wraps a collator and records real and padded tokens of every batch, in order."""
+    """Wraps a collator and records row tokens and computed tokens of every batch, in order."""
 
     def __init__(self, collator: Any) -> None:
         self.collator = collator
         self.real: list[int] = []
-        self.padded: list[int] = []
+        self.computed: list[int] = []
 
     def __call__(self, examples: list[dict[str, Any]]) -> Any:
         batch = self.collator(examples)
         self.real.append(sum(len(e["input_ids"]) for e in examples))
-        self.padded.append(int(batch["input_ids"].numel()))
+        self.computed.append(int(batch["input_ids"].numel()))
         return batch
 
     def timed(self, steps: int) -> tuple[int, int]:
         # One batch per step (no accumulation); the dataloader may prefetch one more, so take
         # exactly the batches of the timed steps 2..steps.
-        return sum(self.real[1:steps]), sum(self.padded[1:steps])
+        return sum(self.real[1:steps]), sum(self.computed[1:steps])
 
 
 def run_tuneforge(cfg: Any, model_path: Path) -> dict[str, float]:
     import torch
     from datasets import Dataset
-    from trl import SFTTrainer
 
     from tuneforge_trainer.data import format_example, prepare_data
     from tuneforge_trainer.modeling import device_settings, get_lora_config, load_model, load_tokenizer
+    from tuneforge_trainer.sft import build_trainer
     from tuneforge_trainer.train import _training_args
 
     tok = load_tokenizer(str(model_path), cfg)
@@ -105,8 +108,7 @@ def run_tuneforge(cfg: Any, model_path: Path) -> dict[str, float]:
     args = _training_args(cfg, dev, cfg.output.dir, has_eval=False, cuda=False)
     args.save_strategy = "no"
     model = load_model(str(model_path), cfg, dev)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(ds_rows), processing_class=tok,
-                         peft_config=get_lora_config(cfg))
+    trainer = build_trainer(cfg, model, tok, args, Dataset.from_list(ds_rows), peft_config=get_lora_config(cfg))
     counter = TokenCounter(trainer.data_collator)
     trainer.data_collator = counter
     timer = _Timer()
@@ -117,9 +119,9 @@ def run_tuneforge(cfg: Any, model_path: Path) -> dict[str, float]:
 
 
 def _result(counter: TokenCounter, timer: _Timer, steps: int) -> dict[str, float]:
-    tokens, padded = counter.timed(steps)
+    tokens, computed = counter.timed(steps)
     secs = timer.t1 - timer.t0
-    return {"tokens_per_s": tokens / secs, "seconds": secs, "tokens": tokens, "padding_share": 1 - tokens / padded}
+    return {"tokens_per_s": tokens / secs, "seconds": secs, "tokens": tokens, "computed": computed / tokens}
 
 
 def run_plain(cfg: Any, model_path: Path, out: Path) -> dict[str, float]:
@@ -171,9 +173,9 @@ def main() -> int:
         plain = run_plain(cfg, model, Path(tmp) / "plain")
     print(f"\nTraining throughput, SmolLM2-135M-Instruct + LoRA r=16 q/k/v/o, BANKING77 8 intents x 50 rows, "
           f"batch {args.batch_size}, steps 2..{args.steps} timed, {torch.get_num_threads()} CPU threads")
-    print(f"{'trainer':<44} {'tokens/s':>9} {'tokens':>7} {'seconds':>8} {'padding':>8}")
-    for name, r in (("tuneforge (padding-free, completion-only loss)", tf), ("plain Trainer (pad to longest, every token)", plain)):
-        print(f"{name:<44} {r['tokens_per_s']:>9.1f} {r['tokens']:>7d} {r['seconds']:>8.1f} {100 * r['padding_share']:>7.1f}%")
+    print(f"{'trainer':<46} {'tokens/s':>9} {'tokens':>7} {'seconds':>8} {'computed':>9}")
+    for name, r in (("tuneforge (shared prefix, completion-only loss)", tf), ("plain Trainer (pad to longest, every token)", plain)):
+        print(f"{name:<46} {r['tokens_per_s']:>9.1f} {r['tokens']:>7d} {r['seconds']:>8.1f} {r['computed']:>8.2f}x")
     print(f"ratio tuneforge / plain: {tf['tokens_per_s'] / plain['tokens_per_s']:.2f}x   (wall time {time.monotonic() - t_start:.0f} s)")
     return 0
 

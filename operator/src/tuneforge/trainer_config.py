@@ -78,6 +78,7 @@ def render_trainer_config(spec: FineTuneJobSpec, namespace: str, name: str, revi
         "max_seq_length": t.get("maxSeqLength", 512),
         "padding_free": t.get("paddingFree", True),
         "completion_only_loss": t.get("completionOnlyLoss", True),
+        "shared_prefix": t.get("sharedPrefix", True),
         "gradient_checkpointing": t.get("gradientCheckpointing"),
         "precision": t.get("precision", "auto"),
         "eval_steps": t.get("evalSteps"),

@@ -310,6 +310,16 @@ class TrainingConfig(_Strict):
     completion_only_loss: bool = Field(
         default=True, description="Compute the loss on the completion (answer) tokens only."
     )
+    shared_prefix: bool = Field(
+        default=True,
+        description=(
+            "Run the prompt prefix all rows of a batch share (system prompt, instruction, label "
+            "list) once per batch instead of once per row; the loss is unchanged. Used for a batch "
+            "when it is estimated cheaper than padding and the attention takes a 4D mask (sdpa, "
+            "eager); other batches are padded or padding-free as configured. Needs "
+            "completion-only loss to share anything (prefix tokens must carry no loss)."
+        ),
+    )
     gradient_checkpointing: bool | None = Field(
         default=None, description="Recompute activations to save memory; None = on for CUDA, off for CPU."
     )

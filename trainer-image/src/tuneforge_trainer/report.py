@@ -82,7 +82,8 @@ def render_model_card(report: dict[str, Any]) -> str:
         f"- learning rate {t.get('learning_rate')} ({t.get('lr_scheduler')}, warmup {t.get('warmup_ratio')}), "
         f"batch {t.get('batch_size')} x accumulation {t.get('gradient_accumulation_steps')}, "
         f"epochs {t.get('epochs')}, max steps {t.get('max_steps')}, padding-free {t.get('padding_free')}, "
-        f"completion-only loss {t.get('completion_only_loss')}, seed {t.get('seed')}",
+        f"completion-only loss {t.get('completion_only_loss')}, shared prefix {t.get('shared_prefix')} "
+        f"({tr.get('shared_prefix_batches', 0)} of {tr.get('batches', '?')} batches), seed {t.get('seed')}",
         f"- steps: {tr.get('steps')}; train loss: {tr.get('train_loss')}; training time: "
         f"{tr.get('train_seconds')} s; throughput: {tr.get('tokens_per_second')} tokens/s",
         "",

@@ -325,11 +325,12 @@ def train_main(cfg: TrainerConfig) -> int:
         loss_rows = _sample(data.eval, cfg.eval.loss_max_rows, cfg.data.seed)
         eval_ds = to_ds(loss_rows)
 
-    model = load_model(model_path, cfg, ds)
+    model: Any = load_model(model_path, cfg, ds)
     from peft import prepare_model_for_kbit_training
     from transformers import EarlyStoppingCallback, PrinterCallback
     from transformers.trainer_utils import get_last_checkpoint
-    from trl import SFTTrainer
+
+    from tuneforge_trainer.sft import build_trainer
 
     if ds.quantization != "none":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=ds.gradient_checkpointing)
@@ -338,14 +339,8 @@ def train_main(cfg: TrainerConfig) -> int:
     callbacks: list[Any] = [_progress_callback(progress, preempt)]
     if cfg.training.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.training.early_stopping_patience))
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
-        processing_class=tokenizer,
-        peft_config=get_lora_config(cfg),
-        callbacks=callbacks,
+    trainer = build_trainer(
+        cfg, model, tokenizer, args, train_ds, eval_ds, peft_config=get_lora_config(cfg), callbacks=callbacks
     )
     # Our progress events replace the Trainer's printed dicts on stdout.
     trainer.remove_callback(PrinterCallback)
@@ -418,7 +413,11 @@ def train_main(cfg: TrainerConfig) -> int:
             artifacts["merged"] = join_uri(cfg.output.dir, "merged")
 
     train_loss = getattr(result, "training_loss", None)
+    collator = trainer.data_collator
     training = {
+        # Batches collated in this process (training and eval loss), shared-prefix and in all.
+        "shared_prefix_batches": getattr(collator, "shared_batches", 0),
+        "batches": getattr(collator, "shared_batches", 0) + getattr(collator, "fallback_batches", 0) or None,
         "steps": state.global_step,
         "resumed_from_step": resumed_step,
         "train_loss": train_loss,
