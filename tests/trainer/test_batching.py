@@ -81,6 +81,19 @@ def test_collator_falls_back_when_nothing_is_shared() -> None:
     assert (c.shared_batches, c.fallback_batches) == (0, 1)
 
 
+def test_collator_always_shares_when_told() -> None:
+    """DDP: every rank takes the same path; with no common prefix the layout is still exact."""
+    c = SharedPrefixCollator(lambda ex: pytest.fail("fell back"), hidden_size=576, always=True)
+    batch = c([{"input_ids": [1, 2, 3], "labels": [X, 2, 3]}, {"input_ids": [4, 5], "labels": [X, 5]}])
+    assert batch["input_ids"].tolist() == [[1, 2, 3, 4, 5]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1]]
+    assert batch["labels"].tolist() == [[X, 2, 3, X, 5]]
+    assert batch["attention_mask"][0, 0].int().tolist() == [
+        [1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [0, 0, 0, 1, 0], [0, 0, 0, 1, 1],
+    ]
+    assert batch[ROW_TOKENS].item() == 5
+
+
 def _tokenized_rows(model_path: Path, banking77: Path, n: int) -> tuple[Any, list[dict[str, Any]]]:
     import csv
 

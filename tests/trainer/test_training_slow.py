@@ -95,6 +95,7 @@ def test_acceptance_banking77_8_intents(acceptance_run: Run) -> None:
     assert "| fine-tuned adapter |" in card and "| zero_shot |" in card and "| card_arrival |" in card
     m = acceptance_run.metrics
     assert m["training"]["precision"] == "fp32" and m["training"]["quantization"] == "none"
+    assert m["training"]["shared_prefix_batches"] > 0  # the BANKING77 prompt prefix is shared
     assert m["data"]["train_counts"] and max(m["data"]["train_counts"].values()) <= 50
     assert set(s.artifacts) >= {"adapter", "metrics", "model_card", "loss_plot", "confusion_plot"}
 
@@ -215,6 +216,9 @@ def test_torchrun_two_processes_rank0_writes(model_path: Path, banking77: Path, 
     assert s.status == "succeeded" and s.steps == 2
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
     assert sum(1 for e in read_progress(str(out / "progress.jsonl")) if e["event"] == "done") == 1
+    # Under DDP every batch takes the shared-prefix layout (the ranks run the same collectives).
+    training = json.loads((out / "metrics.json").read_text())["training"]
+    assert training["shared_prefix_batches"] == training["batches"] > 0
 
 
 @pytest.mark.timeout(5400)

@@ -116,12 +116,22 @@ class SharedPrefixCollator:
     tokens without loss). The batch holds ``input_ids``/``position_ids``/``labels`` of shape
     (1, T), a boolean ``attention_mask`` of shape (1, 1, T, T) (True = attend; transformers passes
     a 4D mask to the attention as is) and :data:`ROW_TOKENS`.
+
+    ``always``: never fall back. Under DDP every rank must run the same loss code, which holds
+    collectives, so there every batch takes the shared layout (still exact with no common prefix).
     """
 
-    def __init__(self, fallback: Callable[[list[dict[str, Any]]], dict[str, Any]], hidden_size: int, min_prefix: int = 8) -> None:
+    def __init__(
+        self,
+        fallback: Callable[[list[dict[str, Any]]], dict[str, Any]],
+        hidden_size: int,
+        min_prefix: int = 8,
+        always: bool = False,
+    ) -> None:
         self.fallback = fallback
         self.hidden_size = hidden_size
         self.min_prefix = min_prefix
+        self.always = always
         self.shared_batches = 0
         self.fallback_batches = 0
 
@@ -132,7 +142,8 @@ class SharedPrefixCollator:
         labels = [list(e["labels"]) if "labels" in e else list(e["input_ids"]) for e in examples]
         prefix = shared_prefix_length(rows, labels) if len(rows) > 1 else 0
         flat = sum(len(r) for r in rows) - (len(rows) - 1) * prefix
-        if prefix < self.min_prefix or not pays_off([len(r) for r in rows], flat, self.hidden_size):
+        cheaper = prefix >= self.min_prefix and pays_off([len(r) for r in rows], flat, self.hidden_size)
+        if not (cheaper or self.always):
             self.fallback_batches += 1
             return self.fallback(examples)
         self.shared_batches += 1

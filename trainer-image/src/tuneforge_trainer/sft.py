@@ -82,7 +82,9 @@ def build_trainer(
         attn = model_config._attn_implementation
         if attn in _MASKED_ATTENTION:
             hidden = model_config.get_text_config().hidden_size
-            trainer.data_collator = SharedPrefixCollator(trainer.data_collator, hidden_size=hidden)
+            trainer.data_collator = SharedPrefixCollator(
+                trainer.data_collator, hidden_size=hidden, always=args.world_size > 1
+            )
         else:
             log.info("training.shared_prefix: off, attention %r takes no 4D mask", attn)
     return trainer
