@@ -33,7 +33,7 @@ def test_minimal_defaults() -> None:
     assert cfg.lora.r == 16 and cfg.lora.alpha == 32
     assert cfg.lora.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"]
     assert cfg.quantization.mode == "auto"
-    assert cfg.training.padding_free and cfg.training.completion_only_loss
+    assert cfg.training.shared_prefix and cfg.training.completion_only_loss and not cfg.training.padding_free
     assert cfg.data.eval_fraction == 0.1
     assert cfg.output.termination_message_path == "/dev/termination-log"
     assert cfg.effective_quantization(cuda=False) == "none"
@@ -112,7 +112,7 @@ def test_quantization_shorthand_and_s3_work_dir() -> None:
     [
         (["training.max_steps=50"], ("training", "max_steps"), 50),
         (["training.learning_rate=1e-3"], ("training", "learning_rate"), 1e-3),
-        (["training.padding_free=false"], ("training", "padding_free"), False),
+        (["training.padding_free=true"], ("training", "padding_free"), True),
         (["lora.target_modules=[q_proj, v_proj]"], ("lora", "target_modules"), ["q_proj", "v_proj"]),
         (["model.revision=null", "model.source=/m"], ("model", "revision"), None),
         ({"eval.baselines.few_shot": 4}, ("eval", "baselines", "few_shot"), 4),

@@ -76,7 +76,7 @@ def render_trainer_config(spec: FineTuneJobSpec, namespace: str, name: str, revi
         "batch_size": t.get("batchSize", 8),
         "gradient_accumulation_steps": t.get("gradientAccumulationSteps", 1),
         "max_seq_length": t.get("maxSeqLength", 512),
-        "padding_free": t.get("paddingFree", True),
+        "padding_free": t.get("paddingFree", False),
         "completion_only_loss": t.get("completionOnlyLoss", True),
         "shared_prefix": t.get("sharedPrefix", True),
         "gradient_checkpointing": t.get("gradientCheckpointing"),

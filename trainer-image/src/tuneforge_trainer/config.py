@@ -304,8 +304,12 @@ class TrainingConfig(_Strict):
     gradient_accumulation_steps: int = Field(default=1, ge=1, description="Gradient accumulation.")
     max_seq_length: int = Field(default=512, ge=16, description="Longest tokenised example kept.")
     padding_free: bool = Field(
-        default=True,
-        description="Concatenate a batch without padding (flattened positions); fastest on CPU and GPU.",
+        default=False,
+        description=(
+            "Flatten batches that do not take the shared-prefix layout without pad tokens (trl). "
+            "Pays with a varlen attention kernel (flash-attention); with sdpa, transformers turns it "
+            "into a block mask over the whole batch, which measured slower than padding on the CPU."
+        ),
     )
     completion_only_loss: bool = Field(
         default=True, description="Compute the loss on the completion (answer) tokens only."
