@@ -42,8 +42,8 @@ def configure(settings: kopf.OperatorSettings, ours: Settings) -> None:
     # Our own status patches go through the status subresource, which Kopf does not wait for;
     # this bounds its wait for its annotation patches (then it proceeds with what it has).
     settings.persistence.consistency_timeout = ours.consistency_timeout
-    # Kopf 1.45 names the bound on concurrent per-object workers queueing.worker_limit.
-    settings.queueing.worker_limit = ours.worker_limit
+    # Kopf 1.45 names the bound on concurrent per-object workers queueing.worker_limit (None: none).
+    settings.queueing.worker_limit = ours.worker_limit or None
     # An idle per-object worker keeps its slot (and its last event's body) until this passes;
     # Kopf's 5 s default caps a burst of thousands of child objects at worker_limit / 5 per second.
     settings.queueing.idle_timeout = ours.worker_idle_timeout

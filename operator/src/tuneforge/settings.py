@@ -51,8 +51,11 @@ class Settings:
     reconcile_concurrency: int = 16
     """FineTuneJobs reconciled at the same time (a few per API thread keeps the threads busy)."""
 
-    worker_limit: int = 64
-    """Kopf's per-resource worker limit: at most this many objects are handled concurrently."""
+    worker_limit: int = 0
+    """Kopf's per-resource worker limit (0: none). A bound here saves no memory: an object waiting
+    for a worker queues every raw event it receives (full bodies), so in a burst of 1,000
+    FineTuneJobs a limit of 64 held ~1,600 queued bodies; API load is bounded by
+    ``reconcile_concurrency`` and ``api_concurrency`` instead."""
 
     worker_idle_timeout: float = 1.0
     """Seconds an idle per-object Kopf worker waits for the object's next event before it exits."""
