@@ -8,6 +8,7 @@ operator restart sees every existing child before it acts.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from typing import Any
 
@@ -67,16 +68,43 @@ def _project_ftj(body: kopf.Body) -> dict[str, Any]:
     }
 
 
-def _project_child(body: kopf.Body, keep_spec: bool) -> dict[str, Any]:
+# What the index keeps of a child is what status.py and reconcile.py read, nothing more: a
+# thousand FineTuneJobs mean four thousand Jobs and Pods held in memory, and a full pod status
+# (every condition, container image/ID/resources/mounts, IPs) is several times these fields.
+_KEPT_LABELS = (GROUP + "/", "batch.kubernetes.io/job-name", "job-name")
+_KEPT_CONDITION = ("type", "status", "reason", "message", "lastTransitionTime")
+
+
+def _conditions(status: dict[str, Any], types: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+    return [{k: c[k] for k in _KEPT_CONDITION if k in c}
+            for c in status.get("conditions") or () if types is None or c.get("type") in types]
+
+
+def _project_status(status: dict[str, Any], pod: bool) -> dict[str, Any]:
+    if not pod:
+        out: dict[str, Any] = {k: status[k] for k in ("active", "succeeded", "failed", "startTime", "completionTime") if k in status}
+        out["conditions"] = _conditions(status)
+        return out
+    return {
+        "phase": status.get("phase"),
+        "conditions": _conditions(status, ("PodScheduled",)),
+        # The trainer container's state (running/waiting/terminated with its termination message).
+        "containerStatuses": [{"name": cs["name"], "state": cs.get("state") or {}}
+                              for cs in status.get("containerStatuses") or () if cs.get("name") == CONTAINER],
+    }
+
+
+def _project_child(body: kopf.Body, is_job: bool) -> dict[str, Any]:
     m = body["metadata"]
     owners = [o for o in m.get("ownerReferences") or () if o.get("kind") in ("FineTuneJob", "Job")]
     out: dict[str, Any] = {
-        "metadata": {"name": m["name"], "labels": dict(m.get("labels") or {}),
+        "metadata": {"name": m["name"],
+                     "labels": {k: v for k, v in (m.get("labels") or {}).items() if k.startswith(_KEPT_LABELS)},
                      "deletionTimestamp": m.get("deletionTimestamp"),
                      "ownerUid": next((o["uid"] for o in owners if o.get("kind") == "FineTuneJob"), None)},
-        "status": body.get("status") or {},
+        "status": _project_status(dict(body.get("status") or {}), pod=not is_job),
     }
-    if keep_spec:
+    if is_job:
         out["spec"] = {"suspend": (body.get("spec") or {}).get("suspend")}
     return out
 
@@ -88,12 +116,12 @@ def ftj_index(*, namespace: str | None, name: str, body: kopf.Body, **_: Any) ->
 
 @kopf.index("batch", "v1", "jobs", labels=CHILD)
 def job_index(*, namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
-    return {(namespace or "", labels[LABEL_FTJ]): _project_child(body, keep_spec=True)}
+    return {(namespace or "", labels[LABEL_FTJ]): _project_child(body, is_job=True)}
 
 
 @kopf.index("", "v1", "pods", labels=CHILD)
 def pod_index(*, namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
-    return {(namespace or "", labels[LABEL_FTJ]): _project_child(body, keep_spec=False)}
+    return {(namespace or "", labels[LABEL_FTJ]): _project_child(body, is_job=False)}
 
 
 def _emit(body: Any, kind: str, reason: str, message: str) -> None:
@@ -157,7 +185,10 @@ def _kick(key: Key) -> None:
     its slot instead of holding both while the reconcile waits for the API. In a burst of
     thousands of Pod and Job events that backlog, not the reconciles, is what fills the memory.
     """
-    _state["ctx"].spawn(_run(key))
+    ctx: Context = _state["ctx"]
+    if ctx.task_context is None:
+        ctx.task_context = contextvars.copy_context()
+    ctx.spawn(_run(key))
 
 
 @kopf.on.resume(GROUP, VERSION, FTJ_PLURAL)
@@ -207,7 +238,8 @@ async def _poll_progress(ctx: Context) -> None:
         progress = parse_progress(text, ctx.progress.get((uid, rev)))
         if progress is not None and progress != ctx.progress.get((uid, rev)):
             ctx.progress[(uid, rev)] = progress
-            await _run(key)
+            # Spawned, not awaited: the poller's own context (from startup) cannot post Events.
+            ctx.spawn(_run(key))
 
     while True:
         await asyncio.sleep(ctx.settings.progress_interval)
