@@ -80,8 +80,8 @@ def _conditions(status: dict[str, Any], types: tuple[str, ...] | None = None) ->
             for c in status.get("conditions") or () if types is None or c.get("type") in types]
 
 
-def _project_status(status: dict[str, Any], pod: bool) -> dict[str, Any]:
-    if not pod:
+def _project_status(status: dict[str, Any], is_job: bool) -> dict[str, Any]:
+    if is_job:
         out: dict[str, Any] = {k: status[k] for k in ("active", "succeeded", "failed", "startTime", "completionTime") if k in status}
         out["conditions"] = _conditions(status)
         return out
@@ -102,7 +102,7 @@ def _project_child(body: kopf.Body, is_job: bool) -> dict[str, Any]:
                      "labels": {k: v for k, v in (m.get("labels") or {}).items() if k.startswith(_KEPT_LABELS)},
                      "deletionTimestamp": m.get("deletionTimestamp"),
                      "ownerUid": next((o["uid"] for o in owners if o.get("kind") == "FineTuneJob"), None)},
-        "status": _project_status(dict(body.get("status") or {}), pod=not is_job),
+        "status": _project_status(body.get("status") or {}, is_job),
     }
     if is_job:
         out["spec"] = {"suspend": (body.get("spec") or {}).get("suspend")}

@@ -57,11 +57,10 @@ class Context:
     dirty: set[Key] = dataclasses.field(default_factory=set)
     # Background reconciles (strong references: the event loop keeps only weak ones).
     tasks: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
-    # The context variables background reconciles run with. A task inherits a copy of its
-    # creator's context, and inside a Kopf handler that holds the handler's cause — the whole raw
-    # event body — until the task ends: in a burst, ~1,000 waiting reconciles kept ~1,000 Pod/Job
-    # bodies alive. So every task runs in a copy of one context, taken in the first child-event
-    # handler (it has Kopf's event-posting queue, which the startup handler's context lacks).
+    # The context variables background reconciles run with, taken in the first child-event
+    # handler: it has Kopf's event-posting queue (kopf.event needs it; the startup handler's
+    # context, which the progress poller runs in, lacks it). One shared context also keeps a task
+    # from holding its creator's Kopf cause (the raw event body) while it waits for a slot.
     task_context: contextvars.Context | None = None
     # Reconciles in flight at once (the rest wait here holding nothing but their key): each one
     # builds its children's bodies, so this bounds the memory of a burst, not only the threads.

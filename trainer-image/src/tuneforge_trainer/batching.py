@@ -48,7 +48,6 @@ class SharedPrefixLayout:
     position_ids: list[int]
     labels: list[int]
     segments: list[int]
-    prefix: int
 
     @property
     def length(self) -> int:
@@ -73,7 +72,7 @@ def shared_prefix_length(rows: Sequence[Sequence[int]], labels: Sequence[Sequenc
     first = rows[0]
     while n < limit and all(r[n] == first[n] for r in rows):
         n += 1
-    return max(n, 0)
+    return n
 
 
 def layout(rows: Sequence[Sequence[int]], labels: Sequence[Sequence[int]], prefix: int) -> SharedPrefixLayout:
@@ -91,7 +90,7 @@ def layout(rows: Sequence[Sequence[int]], labels: Sequence[Sequence[int]], prefi
         lab.append(IGNORE)
         lab.extend(row_labels[prefix + 1 :])
         seg.extend([j] * (len(row) - prefix))
-    return SharedPrefixLayout(ids, pos, lab, seg, prefix)
+    return SharedPrefixLayout(ids, pos, lab, seg)
 
 
 def pays_off(row_lengths: Sequence[int], flat_length: int, hidden_size: int) -> bool:

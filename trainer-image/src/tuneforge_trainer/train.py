@@ -330,6 +330,7 @@ def train_main(cfg: TrainerConfig) -> int:
     from transformers import EarlyStoppingCallback, PrinterCallback
     from transformers.trainer_utils import get_last_checkpoint
 
+    from tuneforge_trainer.batching import SharedPrefixCollator
     from tuneforge_trainer.sft import build_trainer
 
     if ds.quantization != "none":
@@ -414,10 +415,14 @@ def train_main(cfg: TrainerConfig) -> int:
 
     train_loss = getattr(result, "training_loss", None)
     collator = trainer.data_collator
+    # Batches collated in this process (training and eval loss): shared-prefix, and in all.
+    shared, batches = (
+        (collator.shared_batches, collator.shared_batches + collator.fallback_batches)
+        if isinstance(collator, SharedPrefixCollator) else (0, None)
+    )
     training = {
-        # Batches collated in this process (training and eval loss), shared-prefix and in all.
-        "shared_prefix_batches": getattr(collator, "shared_batches", 0),
-        "batches": getattr(collator, "shared_batches", 0) + getattr(collator, "fallback_batches", 0) or None,
+        "shared_prefix_batches": shared,
+        "batches": batches,
         "steps": state.global_step,
         "resumed_from_step": resumed_step,
         "train_loss": train_loss,
