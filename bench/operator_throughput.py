@@ -39,7 +39,7 @@ from tuneforge.resources.names import Owner  # noqa: E402
 from tuneforge.settings import Settings  # noqa: E402
 from tuneforge.spec import parse_spec  # noqa: E402
 from tuneforge_localcluster import settings as lc_settings  # noqa: E402
-from tuneforge_localcluster.testing import start_or_reuse  # noqa: E402
+from tuneforge_localcluster.testing import operator_python, start_or_reuse  # noqa: E402
 
 SPEC: dict[str, Any] = {
     "baseModel": {"uri": "hf://HuggingFaceTB/SmolLM2-135M-Instruct"},
@@ -135,7 +135,7 @@ def run_operator(cluster: Any, api: client.ApiClient, ns: str, n: int, pool: con
     env = dict(os.environ, **ENV, TUNEFORGE_NAMESPACES=ns, TUNEFORGE_METRICS_PORT="0", TUNEFORGE_LIVENESS_PORT="0",
                PYTHONPATH=str(ROOT / "operator" / "src"))
     log = open(ROOT / "test-output" / "bench-operator.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "tuneforge", "--kubeconfig", str(cluster.kubeconfig)],
+    proc = subprocess.Popen([operator_python(), "-m", "tuneforge", "--kubeconfig", str(cluster.kubeconfig)],
                             env=env, stdout=log, stderr=subprocess.STDOUT)
     peak = [0.0]
     stop = threading.Event()

@@ -28,7 +28,7 @@ import yaml
 from botocore.config import Config
 
 from tuneforge_localcluster import components, settings
-from tuneforge_localcluster.testing import Cluster, start_or_reuse
+from tuneforge_localcluster.testing import Cluster, operator_python, start_or_reuse
 
 ROOT = Path(__file__).resolve().parents[1]
 BANKING77 = Path(os.environ.get("TUNEFORGE_BANKING77", ROOT.parent / "shared" / "datasets" / "banking77"))
@@ -87,7 +87,7 @@ def start_operator(c: Cluster, trainer_image: str) -> subprocess.Popen[bytes]:
                TUNEFORGE_PROGRESS_INTERVAL="5")
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "operator" / "src"), str(ROOT / "trainer-image" / "src")])
     say(f"Starting the operator (log: {log})")
-    return subprocess.Popen([sys.executable, "-m", "tuneforge", "--kubeconfig", str(c.kubeconfig)],
+    return subprocess.Popen([operator_python(), "-m", "tuneforge", "--kubeconfig", str(c.kubeconfig)],
                             env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT, cwd=ROOT)
 
 

@@ -8,11 +8,11 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tuneforge_localcluster.testing import operator_python
 
 ROOT = Path(__file__).resolve().parents[2]
 STANDIN_DIR = ROOT / "tests" / "images" / "trainer-standin"
@@ -51,7 +51,7 @@ class OperatorProcess:
         env.update(self.extra_env)
         log = open(self.log_path, "ab" if self.log_path.exists() and self.proc else "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tuneforge", "--kubeconfig",
+            [operator_python(), "-m", "tuneforge", "--kubeconfig",
              self.extra_env.get("KUBECONFIG_OVERRIDE", str(self.cluster.kubeconfig))],
             env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
         )

@@ -4,7 +4,9 @@ a Kubernetes API client, image builds, fresh namespaces and waits that explain t
 from __future__ import annotations
 
 import builtins
+import functools
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -14,9 +16,23 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tuneforge_localcluster import cluster, images
-from tuneforge_localcluster.settings import Settings
+from tuneforge_localcluster.settings import REPO_ROOT, Settings
 
 T = TypeVar("T")
+
+
+@functools.cache
+def operator_python() -> str:
+    """The interpreter to run the operator process with: its own venv (``hack/venv.sh
+    operator``, operator/requirements.txt only, as in its image), so tests and benches exercise
+    the shipped dependency set and measure its memory, not the host venv's (where Kopf would
+    also import the ``kubernetes`` client, ~45 MB). ``TUNEFORGE_OPERATOR_PYTHON`` overrides."""
+    override = os.environ.get("TUNEFORGE_OPERATOR_PYTHON")
+    if override:
+        return override
+    venv = subprocess.run([str(REPO_ROOT / "hack" / "venv.sh"), "operator"], check=True, text=True,
+                          stdout=subprocess.PIPE).stdout.strip()
+    return str(Path(venv) / "bin" / "python")
 
 
 class WaitTimeout(AssertionError):

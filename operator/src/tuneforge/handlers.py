@@ -128,6 +128,15 @@ def _emit(body: Any, kind: str, reason: str, message: str) -> None:
     kopf.event(body, type=kind, reason=reason, message=message)
 
 
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """The service account in a pod, else KUBECONFIG / ~/.kube/config — Kopf's own client-free
+    logins, named here so Kopf never falls back to logging in through the ``kubernetes`` client
+    where one happens to be installed (a host venv): the operator behaves as in its image. Not
+    covered: kubeconfig exec plugins (cloud CLIs) when running outside the cluster."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
 @kopf.on.startup()
 async def startup(*, settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     # Kopf passes every index to every handler by its function's name.
@@ -148,7 +157,7 @@ async def cleanup(**_: Any) -> None:
         poller.cancel()
     ctx = _state.pop("ctx", None)
     if ctx:
-        ctx.kube.close()
+        await ctx.kube.close()
 
 
 async def _run(key: Key) -> None:

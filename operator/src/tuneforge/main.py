@@ -15,8 +15,9 @@ from .settings import Settings
 
 
 def _limit_malloc_arenas(arenas: int = 2) -> None:
-    """glibc gives each thread its own malloc arena; with the API thread pool parsing JSON that
-    fragments memory into a much larger RSS. Two arenas are plenty for this mostly-async process."""
+    """glibc gives each thread its own malloc arena, which fragments memory into a larger RSS;
+    two arenas are plenty for this async process (its threads: Kopf's sync-handler executor and
+    the /metrics server)."""
     try:
         import ctypes
         ctypes.CDLL("libc.so.6").mallopt(-8, arenas)  # M_ARENA_MAX
@@ -37,16 +38,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("USER", "tuneforge-operator")
     if not args.verbose:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # one line per handled event
+        logging.getLogger("httpx2").setLevel(logging.WARNING)  # one line per API request
     try:
         settings = Settings.from_env()
     except ValueError as exc:
         logging.error("Invalid settings: %s", exc)
         return 2
     if args.kubeconfig:
-        # Kopf logs in through the kubernetes client, which read KUBECONFIG when it was imported.
-        import kubernetes.config.kube_config as kube_config
-        os.environ["KUBECONFIG"] = args.kubeconfig
-        kube_config.KUBE_CONFIG_DEFAULT_LOCATION = args.kubeconfig
+        os.environ["KUBECONFIG"] = args.kubeconfig  # what Kopf's kubeconfig login reads
     from . import handlers  # registers the handlers
     from .metrics import REGISTRY
 

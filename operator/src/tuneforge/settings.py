@@ -46,10 +46,10 @@ class Settings:
     """How many log lines are read per running trainer per poll."""
 
     api_concurrency: int = 8
-    """Threads that run blocking Kubernetes API calls: bounds the operator's threads at any scale."""
+    """Operator API requests (creates, patches, log reads) in flight at once, at any scale."""
 
     reconcile_concurrency: int = 16
-    """FineTuneJobs reconciled at the same time (a few per API thread keeps the threads busy)."""
+    """FineTuneJobs reconciled at the same time (a few per API slot keeps the slots busy)."""
 
     worker_limit: int = 0
     """Kopf's per-resource worker limit (0: none). A bound here saves no memory: an object waiting
