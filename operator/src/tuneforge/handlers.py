@@ -17,7 +17,7 @@ import kopf
 from . import FTJ_PLURAL, GROUP, LABEL_FTJ, VERSION, metrics
 from .kube import Kube, api_error_message, is_transient
 from .progress import parse_progress
-from .reconcile import Context, Key, reconcile, schedule_retry
+from .reconcile import Context, Key, Packed, one, pack, reconcile, schedule_retry, unpack
 from .resources.job import CONTAINER
 from .resources.names import ROLE_TRAIN
 from .settings import Settings
@@ -110,18 +110,18 @@ def _project_child(body: kopf.Body, is_job: bool) -> dict[str, Any]:
 
 
 @kopf.index(GROUP, VERSION, FTJ_PLURAL)
-def ftj_index(*, namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
-    return {(namespace or "", name): _project_ftj(body)}
+def ftj_index(*, namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, Packed]:
+    return {(namespace or "", name): pack(_project_ftj(body))}
 
 
 @kopf.index("batch", "v1", "jobs", labels=CHILD)
-def job_index(*, namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
-    return {(namespace or "", labels[LABEL_FTJ]): _project_child(body, is_job=True)}
+def job_index(*, namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, Packed]:
+    return {(namespace or "", labels[LABEL_FTJ]): pack(_project_child(body, is_job=True))}
 
 
 @kopf.index("", "v1", "pods", labels=CHILD)
-def pod_index(*, namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
-    return {(namespace or "", labels[LABEL_FTJ]): _project_child(body, is_job=False)}
+def pod_index(*, namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, Packed]:
+    return {(namespace or "", labels[LABEL_FTJ]): pack(_project_child(body, is_job=False))}
 
 
 def _emit(body: Any, kind: str, reason: str, message: str) -> None:
@@ -254,14 +254,14 @@ async def _poll_progress(ctx: Context) -> None:
         await asyncio.sleep(ctx.settings.progress_interval)
         tasks = []
         for key, store in list(ctx.ftjs.items()):
-            body = next(iter(store), None)
+            body = one(store)
             if body is None:
                 continue
-            status = ctx.written.get(body["metadata"]["uid"]) or body.get("status") or {}
+            status = ctx.last_status(body)
             if status.get("phase") not in (RUNNING, EVALUATING):
                 continue
             rev = int(status.get("revision") or 0)
-            for pod in ctx.pods.get(key) or ():
+            for pod in map(unpack, ctx.pods.get(key) or ()):
                 labels = pod["metadata"]["labels"]
                 if labels.get("tuneforge.dev/role") == ROLE_TRAIN and labels.get("tuneforge.dev/revision") == str(rev) \
                         and (pod["status"] or {}).get("phase") == "Running":
