@@ -30,6 +30,8 @@ _state: dict[str, Any] = {}
 
 def configure(settings: kopf.OperatorSettings, ours: Settings) -> None:
     """Kopf tuned for a real cluster (called from the startup handler)."""
+    # Kopf's own state lives under our group wherever it writes any (its change-detecting
+    # handlers; FineTuneJobs have none, see ftj_event).
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -41,7 +43,7 @@ def configure(settings: kopf.OperatorSettings, ours: Settings) -> None:
     settings.networking.request_timeout = ours.request_timeout
     settings.networking.connect_timeout = 10
     # Our own status patches go through the status subresource, which Kopf does not wait for;
-    # this bounds its wait for its annotation patches (then it proceeds with what it has).
+    # this bounds its wait for any annotation patches of its own (then it proceeds).
     settings.persistence.consistency_timeout = ours.consistency_timeout
     # Kopf 1.45 names the bound on concurrent per-object workers queueing.worker_limit (None: none).
     settings.queueing.worker_limit = ours.worker_limit or None
@@ -161,7 +163,9 @@ async def cleanup(**_: Any) -> None:
 
 
 async def _run(key: Key) -> None:
-    """Reconcile from an event or a timer; transient errors schedule a retry, others are logged.
+    """Reconcile from an event or a timer. Transient errors (throttling, conflicts, server and
+    network trouble) schedule a retry; any other error is posted as a Warning Event on the
+    FineTuneJob (``kubectl describe`` shows it) and waits for the next change to retry.
 
     Bursts coalesce: while a FineTuneJob is being reconciled, further triggers only mark it
     dirty and it is reconciled once more afterwards (reconcile reads the latest state anyway),
@@ -179,8 +183,15 @@ async def _run(key: Key) -> None:
                 await reconcile(ctx, key)
             except Exception as exc:  # noqa: BLE001 - an event handler has no retries of its own
                 metrics.RECONCILE_ERRORS.labels(type(exc).__name__).inc()
-                log.warning("Reconcile of FineTuneJob %s/%s failed: %s", key[0], key[1], api_error_message(exc))
-                schedule_retry(ctx, key, ctx.settings.retry_delay, _run)
+                message = api_error_message(exc)
+                if is_transient(exc):
+                    log.warning("Reconcile of FineTuneJob %s/%s failed, retrying: %s", key[0], key[1], message)
+                    schedule_retry(ctx, key, ctx.settings.retry_delay, _run)
+                else:
+                    log.error("Reconcile of FineTuneJob %s/%s failed: %s", key[0], key[1], message, exc_info=exc)
+                    body = one(ctx.ftjs.get(key))
+                    if body is not None:
+                        ctx.emit(body, "Warning", "ReconcileFailed", message[:1000])
                 return
             if key not in ctx.dirty:
                 return
@@ -189,10 +200,10 @@ async def _run(key: Key) -> None:
 
 
 def _kick(key: Key) -> None:
-    """Reconcile in the background (``_run`` coalesces it with one in progress), so a child's
-    event handler returns at once: Kopf's per-object worker then drops the event's body and frees
-    its slot instead of holding both while the reconcile waits for the API. In a burst of
-    thousands of Pod and Job events that backlog, not the reconciles, is what fills the memory.
+    """Reconcile in the background (``_run`` coalesces it with one in progress), so an event
+    handler returns at once: Kopf's per-object worker then drops the event's body and frees its
+    slot instead of holding both while the reconcile waits for the API. In a burst of thousands
+    of events that backlog, not the reconciles, is what fills the memory.
     """
     ctx: Context = _state["ctx"]
     if ctx.task_context is None:
@@ -200,27 +211,28 @@ def _kick(key: Key) -> None:
     ctx.spawn(_run(key))
 
 
-@kopf.on.resume(GROUP, VERSION, FTJ_PLURAL)
-@kopf.on.create(GROUP, VERSION, FTJ_PLURAL)
-@kopf.on.update(GROUP, VERSION, FTJ_PLURAL, field="spec")
-async def ftj_changed(*, namespace: str | None, name: str, **_: Any) -> None:
-    ctx: Context = _state["ctx"]
-    try:
-        await reconcile(ctx, (namespace or "", name))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise kopf.PermanentError(f"FineTuneJob {namespace}/{name} has a spec the operator cannot read: {exc}")
-    except Exception as exc:
-        if is_transient(exc):
-            raise kopf.TemporaryError(api_error_message(exc), delay=ctx.settings.retry_delay)
-        raise kopf.PermanentError(api_error_message(exc))
-
-
 @kopf.on.event(GROUP, VERSION, FTJ_PLURAL)
-async def ftj_event(*, type: str, namespace: str | None, name: str, uid: str, **_: Any) -> None:
-    # Children go by owner-reference GC; the operator only drops its in-memory state. (No
-    # on.delete handler: it would put a finalizer on every FineTuneJob for no benefit.)
+async def ftj_event(*, type: str | None, namespace: str | None, name: str, uid: str, body: kopf.Body,
+                    **_: Any) -> None:
+    """A FineTuneJob appeared (listing at start-up, or created), changed or went away.
+
+    Reconcile decides everything from the spec and the status (the spec's hash against the
+    revision in status), so no Kopf change-detecting handlers are needed: those would patch a
+    diff-base annotation onto every object and hold each event's body while its reconcile
+    queued. Our own status writes come back as MODIFIED events with an unchanged generation;
+    only a new generation (a spec edit) needs a reconcile.
+    """
+    ctx: Context = _state["ctx"]
+    key = (namespace or "", name)
     if type == "DELETED":
-        _state["ctx"].forget((namespace or "", name), uid)
+        # Children go by owner-reference GC; the operator only drops its in-memory state. (No
+        # on.delete handler: it would put a finalizer on every FineTuneJob for no benefit.)
+        ctx.forget(key, uid)
+        return
+    generation = body.get("metadata", {}).get("generation")
+    seen = ctx.last_status(body).get("observedGeneration")
+    if type in (None, "ADDED") or generation != seen:
+        _kick(key)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=CHILD)
