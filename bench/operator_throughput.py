@@ -6,7 +6,8 @@ the baseline calls the operator's own pure builders: ConfigMap + validation Job 
 training Job as soon as its validation Job completes. Printed: time until every training Job
 exists (and, for the operator, every status is set), their ratio (baseline / operator; goal
 >= 0.5), p50/p99 apply -> training-Job latency, and the operator's peak RSS (goal < 200 MB at
-N = 1000).
+N = 1000). The operator runs from its own venv (``hack/venv.sh operator``: exactly its image's
+requirements), so the RSS is the shipped process's.
 
     python bench/operator_throughput.py [--n 1000]
 """

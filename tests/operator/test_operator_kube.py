@@ -1,0 +1,70 @@
+"""The operator's API door: which errors are retried, what message a user sees, and what the
+operator process imports (its image has no ``kubernetes`` client)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import httpx2
+import pytest
+from lightkube import ApiError
+from lightkube.models.meta_v1 import Status
+from tuneforge.kube import api_error_message, is_transient
+from tuneforge.reconcile import pack, unpack
+from tuneforge_localcluster.testing import operator_python
+
+from operator_helpers import ROOT
+
+
+def api_error(code: int, message: str | None = "boom", reason: str | None = None) -> ApiError:
+    return ApiError(status=Status(code=code, message=message, reason=reason))
+
+
+@pytest.mark.parametrize(("exc", "transient"), [
+    (api_error(409), True),   # conflict: re-read and retry
+    (api_error(429), True),   # throttled
+    (api_error(500), True),
+    (api_error(503), True),
+    (api_error(0), True),     # no HTTP status at all
+    (api_error(400), False),
+    (api_error(403), False),  # RBAC: a retry cannot fix it
+    (api_error(404), False),
+    (api_error(422), False),  # invalid object: our bug or the spec's, not the network's
+    (httpx2.ConnectError("refused"), True),
+    (httpx2.ReadTimeout("slow"), True),
+    (ConnectionResetError(), True),
+    (TimeoutError(), True),
+    (ValueError("bad spec"), False),
+    (KeyError("x"), False),
+])
+def test_is_transient(exc: BaseException, transient: bool) -> None:
+    assert is_transient(exc) is transient
+
+
+@pytest.mark.parametrize(("exc", "message"), [
+    (api_error(422, 'Job.batch "x" is invalid: spec.template.spec.containers[0].image: Required value'),
+     'Job.batch "x" is invalid: spec.template.spec.containers[0].image: Required value'),
+    (api_error(403, None, "Forbidden"), "Forbidden"),
+    (httpx2.ReadError(""), "ReadError"),
+    (ValueError("spec.dataset.uri: unsupported scheme"), "spec.dataset.uri: unsupported scheme"),
+])
+def test_api_error_message(exc: BaseException, message: str) -> None:
+    assert api_error_message(exc) == message
+
+
+def test_pack_round_trip_is_compact() -> None:
+    obj = {"metadata": {"name": "a", "labels": {"k": "v"}}, "status": {"phase": None, "n": [1, 2.5, True]}}
+    text = pack(obj)
+    assert unpack(text) == obj
+    assert " " not in text
+
+
+def test_operator_process_never_imports_the_kubernetes_client() -> None:
+    """The operator's venv is operator/requirements.txt only, and nothing the operator imports
+    pulls the official client in (it would cost ~45 MB of RSS, and break in the image)."""
+    code = "import sys, tuneforge.main, tuneforge.handlers; print(sorted(m for m in sys.modules if m.split('.')[0] == 'kubernetes'))"
+    out = subprocess.run([operator_python(), "-c", code], cwd=ROOT, env={"PYTHONPATH": str(ROOT / "operator" / "src")},
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+    missing = subprocess.run([operator_python(), "-c", "import kubernetes"], capture_output=True, text=True)
+    assert missing.returncode != 0 and "No module named 'kubernetes'" in missing.stderr
