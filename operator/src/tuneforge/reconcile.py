@@ -1,7 +1,7 @@
 """Reconcile one FineTuneJob: observe its children, compute status, run the plan, write status.
 
-Called from every trigger (the FineTuneJob's own create/update/resume, events of its Jobs and
-Pods, the progress poller); serialised per object by a lock, so triggers may overlap freely.
+Called from every trigger (the FineTuneJob's own watch events, events of its Jobs and Pods,
+retries, the progress poller); serialised per object by a lock, so triggers may overlap freely.
 What exists comes from Kopf's in-memory indexes (no list calls per reconcile); what changes goes
 through ``kube.Kube``.
 """
