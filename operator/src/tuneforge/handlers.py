@@ -222,8 +222,9 @@ async def ftj_event(*, type: str | None, namespace: str | None, name: str, uid: 
     Reconcile decides everything from the spec and the status (the spec's hash against the
     revision in status), so no Kopf change-detecting handlers are needed: those would patch a
     diff-base annotation onto every object and hold each event's body while its reconcile
-    queued. Our own status writes come back as MODIFIED events with an unchanged generation;
-    only a new generation (a spec edit) needs a reconcile.
+    queued. Our own status writes come back as MODIFIED events whose status has caught up with
+    the generation; only a new generation (a spec edit) needs a reconcile. (An event older than
+    one of our writes may kick one reconcile too many, which finds nothing to do.)
     """
     ctx: Context = _state["ctx"]
     key = (namespace or "", name)
@@ -232,9 +233,7 @@ async def ftj_event(*, type: str | None, namespace: str | None, name: str, uid: 
         # on.delete handler: it would put a finalizer on every FineTuneJob for no benefit.)
         ctx.forget(key, uid)
         return
-    generation = body.get("metadata", {}).get("generation")
-    seen = ctx.last_status(body).get("observedGeneration")
-    if type in (None, "ADDED") or generation != seen:
+    if type in (None, "ADDED") or body.meta.get("generation") != body.status.get("observedGeneration"):
         _kick(key)
 
 
