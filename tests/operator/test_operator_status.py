@@ -189,3 +189,31 @@ def test_status_changed_ignores_progress_read_time() -> None:
     a = {"phase": "Running", "progress": {"percent": 10.0, "updatedAt": "t1"}}
     assert not status_changed(a, {"phase": "Running", "progress": {"percent": 10.0, "updatedAt": "t2"}})
     assert status_changed(a, {"phase": "Running", "progress": {"percent": 20.0, "updatedAt": "t2"}})
+
+
+ADAPTER = {"uri": "s3://runs/ns/intent/r1/adapter", "digest": "sha256:" + "ab12" * 16,
+           "base_model": {"uri": "s3://models/smollm2", "digest": "sha256:" + "cd" * 32},
+           "dataset": {"uri": "s3://data/train.csv", "digest": "sha256:" + "ef" * 32}}
+
+
+def test_status_adapter_names_the_bytes_a_revision_wrote() -> None:
+    obs = Observed(validate_job=VOK, train_job=job(T, complete=True), train_pods=[
+        pod(T, phase="Succeeded", terminated=finished(0, summary(adapter=ADAPTER)))])
+    st = _status(spec_of(**GATED), obs)
+    assert st["adapter"] == {
+        "uri": ADAPTER["uri"], "digest": ADAPTER["digest"], "shortDigest": "ab12ab12ab12", "revision": 1,
+        "baseModel": {"uri": "s3://models/smollm2", "digest": "sha256:" + "cd" * 32},
+        "dataset": {"uri": "s3://data/train.csv", "digest": "sha256:" + "ef" * 32},
+    }
+    # A summary without a well-formed adapter block (an older trainer) leaves it out.
+    for bad in ({"uri": "x", "digest": "md5:1"}, "nonsense"):
+        obs = Observed(validate_job=VOK, train_job=job(T, complete=True), train_pods=[
+            pod(T, phase="Succeeded", terminated=finished(0, summary(adapter=bad)))])
+        assert "adapter" not in _status(spec_of(**GATED), obs)
+
+
+def test_history_keeps_each_revision_adapter_digest_and_gate() -> None:
+    prior = {"revision": 1, "specHash": "h1", "phase": "Succeeded", "gate": {"outcome": "Passed"},
+             "adapter": {"digest": ADAPTER["digest"]}, "evaluation": {"accuracy": 0.93}}
+    rev = decide_revision("h2", prior)
+    assert rev.history[-1]["adapterDigest"] == ADAPTER["digest"] and rev.history[-1]["gate"] == "Passed"

@@ -12,7 +12,9 @@ from tuneforge_trainer.progress import ProgressReporter, read_progress
 from tuneforge_trainer.summary import (
     MAX_SUMMARY_BYTES,
     BaselineScore,
+    AdapterVersion,
     ClassScore,
+    SourceRef,
     TrainerSummary,
     parse_summary,
     write_summary,
@@ -26,6 +28,11 @@ def full_summary(n_classes: int = 5, message: str = "ok") -> TrainerSummary:
         worst_classes=[ClassScore(label=f"class_{i:03d}_" + "x" * 40, f1=0.5, support=10) for i in range(n_classes)],
         baselines=[BaselineScore(name="zero_shot", accuracy=0.1), BaselineScore(name="tfidf_lr", accuracy=0.97, macro_f1=0.97)],
         artifacts={"adapter": "s3://b/run/adapter", "metrics": "s3://b/run/metrics.json"},
+        adapter=AdapterVersion(
+            uri="s3://b/run/adapter", digest="sha256:" + "a" * 64,
+            base_model=SourceRef(uri="s3://b/models/base", digest="sha256:" + "b" * 64),
+            dataset=SourceRef(uri="s3://b/data/train.csv", digest="sha256:" + "c" * 64),
+        ),
         train_seconds=240.5,
     )
 
@@ -43,6 +50,8 @@ def test_summary_fits_termination_message(n_classes: int, message: str) -> None:
     assert len(text.encode()) <= MAX_SUMMARY_BYTES
     back = parse_summary(text)
     assert back.accuracy == 0.95 and back.status == "succeeded"
+    # The adapter version survives every trim: it is what a ModelServe serves.
+    assert back.adapter is not None and back.adapter.digest == "sha256:" + "a" * 64
 
 
 def test_parse_ignores_unknown_keys_and_rejects_garbage() -> None:

@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("context", type=Path, help="folder holding the Dockerfile")
     build.add_argument("--name", required=True, help="image name (tagged with a hash of its inputs)")
     build.add_argument("--dockerfile", default="Dockerfile")
+    build.add_argument("--target", default=None, help="the Dockerfile stage to build (e.g. cpu, gpu)")
     args = parser.parse_args(argv)
 
     s = settings.load()
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "binaries":
         print(json.dumps({k: str(v) for k, v in binaries.ensure_binaries(s).items()}, indent=2))
     elif args.cmd == "image":
-        print(images.build(s, args.context, args.name, args.dockerfile))
+        print(images.build(s, args.context, args.name, args.dockerfile, args.target))
     return 0
 
 

@@ -149,37 +149,38 @@ def _context_hash(folder: Path) -> str:
     return h.hexdigest()
 
 
-def wheelhouse(s: Settings, requirements: Path) -> Path:
-    """A folder of wheels for ``requirements``, downloaded once per requirements content."""
-    key = _hash(requirements.read_bytes())
+def wheelhouse(s: Settings, requirements: Path, nodeps: Path | None = None) -> Path:
+    """A folder of wheels for ``requirements`` (and, without their dependencies, for ``nodeps``),
+    downloaded once per content of those files."""
+    key = _hash(requirements.read_bytes(), nodeps.read_bytes() if nodeps else b"")
     folder = s.cache / "wheels" / key
     if (folder / ".complete").exists():
         return folder
     _log(f"Downloading wheels for {requirements} into {folder}")
     folder.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        [
-            # The host is the images' platform (Debian 12, glibc 2.36, CPython 3.11, x86_64).
-            sys.executable, "-m", "pip", "download", "-q", "-d", str(folder), "-r", str(requirements),
-            "--only-binary=:all:",
-        ],
-        check=True,
-    )
+    # The host is the images' platform (Debian 12, glibc 2.36, CPython 3.11, x86_64).
+    download = [sys.executable, "-m", "pip", "download", "-q", "-d", str(folder), "--only-binary=:all:"]
+    subprocess.run([*download, "-r", str(requirements)], check=True)
+    if nodeps is not None:
+        subprocess.run([*download, "--no-deps", "-r", str(nodeps)], check=True)
     (folder / ".complete").touch()
     return folder
 
 
-def build(s: Settings, context: Path, name: str, dockerfile: str = "Dockerfile") -> str:
-    """Build ``context/Dockerfile`` on the local base image and push it; return its reference.
+def build(s: Settings, context: Path, name: str, dockerfile: str = "Dockerfile", target: str | None = None) -> str:
+    """Build ``context/Dockerfile`` (its ``target`` stage when given) on the local base image and
+    push it; return its reference.
 
     The build context gets a ``wheels/`` folder (hard links into the wheelhouse cache) when
-    ``context/requirements.txt`` exists, for ``RUN --mount=type=bind,source=wheels,...``.
+    ``context/requirements.txt`` exists, for ``RUN --mount=type=bind,source=wheels,...``;
+    ``requirements-nodeps.txt`` beside it adds wheels without their dependencies.
     """
     context = context.resolve()
     base = base_image(s)
     reqs = context / "requirements.txt"
-    wheels = wheelhouse(s, reqs) if reqs.exists() else None
-    key = _hash(base, _context_hash(context), str(wheels))
+    nodeps = context / "requirements-nodeps.txt"
+    wheels = wheelhouse(s, reqs, nodeps if nodeps.exists() else None) if reqs.exists() else None
+    key = _hash(base, _context_hash(context), str(wheels), target or "")
     ref = f"{s.registry}/tuneforge/{name}:{key}"
     if _served(s, ref):
         return ref
@@ -194,7 +195,8 @@ def build(s: Settings, context: Path, name: str, dockerfile: str = "Dockerfile")
         subprocess.run(
             [
                 "buildah", "bud", "--layers", "--network", "host", "--tls-verify=false",
-                "--build-arg", f"BASE_IMAGE={base}", "-f", str(ctx / dockerfile), "-t", ref, str(ctx),
+                "--build-arg", f"BASE_IMAGE={base}", *(["--target", target] if target else []),
+                "-f", str(ctx / dockerfile), "-t", ref, str(ctx),
             ],
             check=True,
             stdout=sys.stderr,

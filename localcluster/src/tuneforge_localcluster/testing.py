@@ -78,7 +78,7 @@ class Cluster:
         self.settings = settings
         self.kubeconfig = settings.kubeconfig
         self.kubectl_bin = settings.runtime / "bin" / "kubectl"
-        self._images: dict[tuple[str, str], str] = {}
+        self._images: dict[tuple[str, str, str], str] = {}
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         res = subprocess.run(
@@ -119,11 +119,12 @@ class Cluster:
 
         return config.new_client_from_config(config_file=str(self.kubeconfig))
 
-    def image(self, context: Path, name: str) -> str:
-        """Build (or find cached) the image of a Dockerfile folder and return its reference."""
-        key = (str(context), name)
+    def image(self, context: Path, name: str, target: str | None = None) -> str:
+        """Build (or find cached) the image of a Dockerfile folder (its ``target`` stage when
+        given) and return its reference."""
+        key = (str(context), name, target or "")
         if key not in self._images:
-            self._images[key] = images.build(self.settings, context, name)
+            self._images[key] = images.build(self.settings, context, name, target=target)
         return self._images[key]
 
     def new_namespace(self, prefix: str) -> str:

@@ -27,6 +27,18 @@ class BaselineScore:
 
 
 @dataclasses.dataclass(frozen=True)
+class AdapterVersion:
+    """Which bytes a run produced (the trainer's ``adapter`` block)."""
+
+    uri: str
+    digest: str
+    base_model_uri: str | None = None
+    base_model_digest: str | None = None
+    dataset_uri: str | None = None
+    dataset_digest: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class Summary:
     """The fields of the trainer's summary that the operator uses."""
 
@@ -43,6 +55,7 @@ class Summary:
     worst_classes: tuple[ClassScore, ...] = ()
     baselines: tuple[BaselineScore, ...] = ()
     artifacts: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    adapter: AdapterVersion | None = None
 
 
 def _num(v: Any) -> float | None:
@@ -82,6 +95,19 @@ def parse_summary(text: str | None) -> Summary | None:
             for b in raw.get("baselines") or () if isinstance(b, dict)
         ),
         artifacts={str(k): str(v) for k, v in (raw.get("artifacts") or {}).items()},
+        adapter=_adapter(raw.get("adapter")),
+    )
+
+
+def _adapter(raw: Any) -> AdapterVersion | None:
+    if not isinstance(raw, dict) or not raw.get("uri") or not str(raw.get("digest", "")).startswith("sha256:"):
+        return None
+    base = raw.get("base_model") if isinstance(raw.get("base_model"), dict) else {}
+    data = raw.get("dataset") if isinstance(raw.get("dataset"), dict) else {}
+    return AdapterVersion(
+        uri=str(raw["uri"]), digest=str(raw["digest"]),
+        base_model_uri=base.get("uri"), base_model_digest=base.get("digest"),
+        dataset_uri=data.get("uri"), dataset_digest=data.get("digest"),
     )
 
 

@@ -84,6 +84,8 @@ def decide_revision(current_hash: str, prior: Obj, history_limit: int = 20) -> R
         "phase": phase if phase in TERMINAL else "Superseded",
         "reason": prior.get("reason"),
         "accuracy": (prior.get("evaluation") or {}).get("accuracy"),
+        "gate": (prior.get("gate") or {}).get("outcome"),
+        "adapterDigest": (prior.get("adapter") or {}).get("digest"),
         "startTime": prior.get("startTime"),
         "completionTime": prior.get("completionTime"),
     }.items() if v is not None}
@@ -373,6 +375,19 @@ def _progress(progress: Progress | None, phase: str, now: str) -> dict[str, Any]
     return out
 
 
+def adapter_status(summary: Summary, revision: int) -> dict[str, Any]:
+    """``status.adapter``: the URI and content digest of the adapter this revision wrote, and
+    what it was trained on, so anyone (a ModelServe, a human) can tell which bytes it produced."""
+    a = summary.adapter
+    assert a is not None
+    out: dict[str, Any] = {"uri": a.uri, "digest": a.digest, "shortDigest": a.digest.removeprefix("sha256:")[:12], "revision": revision}
+    if a.base_model_uri:
+        out["baseModel"] = {k: v for k, v in {"uri": a.base_model_uri, "digest": a.base_model_digest}.items() if v}
+    if a.dataset_uri:
+        out["dataset"] = {k: v for k, v in {"uri": a.dataset_uri, "digest": a.dataset_digest}.items() if v}
+    return out
+
+
 def compute_status(
     spec: FineTuneJobSpec,
     generation: int,
@@ -426,6 +441,8 @@ def compute_status(
             ]
         if summary.artifacts:
             status["artifacts"].update(summary.artifacts)
+        if summary.adapter is not None:
+            status["adapter"] = adapter_status(summary, revision.number)
     if info.gate_passed is not None:
         status["gate"] = {"outcome": "Passed" if info.gate_passed else "Failed", "reasons": list(info.gate_reasons)}
     elif info.phase == FAILED:

@@ -91,6 +91,7 @@ def render_trainer_config(spec: FineTuneJobSpec, namespace: str, name: str, revi
     config: dict[str, Any] = {
         "api_version": API_VERSION,
         "run_name": f"{namespace}/{name}/r{revision}",
+        "owner": {"kind": "FineTuneJob", "namespace": namespace, "name": name, "revision": revision},
         "model": _drop_none({
             "source": resolve_uri(spec.base_model_uri),
             "revision": spec.base_model_revision,

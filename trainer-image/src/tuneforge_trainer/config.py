@@ -31,6 +31,7 @@ __all__ = [
     "ModelConfig",
     "OpenAIBaselineConfig",
     "OutputConfig",
+    "OwnerConfig",
     "QuantizationConfig",
     "TaskConfig",
     "TrainerConfig",
@@ -456,6 +457,16 @@ class OutputConfig(_Strict):
         return v
 
 
+class OwnerConfig(_Strict):
+    """The object this run belongs to, recorded in the adapter's lineage (tuneforge.json)."""
+
+    kind: str = Field(default="FineTuneJob", description="Kind of the owning object.")
+    namespace: str | None = Field(default=None, description="Its namespace.")
+    name: str = Field(min_length=1, description="Its name.")
+    uid: str | None = Field(default=None, description="Its uid (tells a re-created object of the same name apart).")
+    revision: int | None = Field(default=None, ge=1, description="The revision of its spec this run trains.")
+
+
 class TrainerConfig(_Strict):
     """The whole trainer config (one YAML document)."""
 
@@ -476,6 +487,7 @@ class TrainerConfig(_Strict):
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="Optimisation.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation and baselines.")
     output: OutputConfig = Field(description="Output location and hand-off files.")
+    owner: OwnerConfig | None = Field(default=None, description="The FineTuneJob (and revision) this run trains, for the adapter's lineage.")
 
     @field_validator("quantization", mode="before")
     @classmethod

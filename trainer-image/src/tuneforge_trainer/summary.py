@@ -17,8 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field
 __all__ = [
     "MAX_SUMMARY_BYTES",
     "SUMMARY_VERSION",
+    "AdapterVersion",
     "BaselineScore",
     "ClassScore",
+    "SourceRef",
     "TrainerSummary",
     "parse_summary",
     "write_summary",
@@ -49,6 +51,26 @@ class BaselineScore(BaseModel):
     accuracy: float | None = Field(default=None, description="Accuracy (or exact match) 0..1.")
     macro_f1: float | None = Field(default=None, description="Macro-F1 0..1 (classification).")
     error: str | None = Field(default=None, description="Why the baseline could not be scored.")
+
+
+class SourceRef(BaseModel):
+    """A model or dataset the adapter came from, with the digest of what was used."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    uri: str = Field(description="Where it came from, as configured.")
+    digest: str | None = Field(default=None, description="sha256:<hex> content digest of what was used.")
+
+
+class AdapterVersion(BaseModel):
+    """Which bytes a run produced: the adapter's URI and content digest, and its base."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    uri: str = Field(description="Where the adapter folder was written.")
+    digest: str = Field(description="sha256:<hex> content digest of the adapter's files (tuneforge.json).")
+    base_model: SourceRef = Field(description="The base model it was trained on.")
+    dataset: SourceRef | None = Field(default=None, description="The training data (digest of the prepared rows).")
 
 
 class TrainerSummary(BaseModel):
@@ -82,6 +104,7 @@ class TrainerSummary(BaseModel):
     tokens_per_second: float | None = Field(default=None, description="Training throughput.")
     device: str | None = Field(default=None, description="cpu or cuda:<name>.")
     quantization: str | None = Field(default=None, description="Quantization used: 4bit, 8bit, none.")
+    adapter: AdapterVersion | None = Field(default=None, description="The adapter version this run wrote.")
     artifacts: dict[str, str] = Field(
         default_factory=dict,
         description="URIs: adapter, merged, metrics, model_card, plots, checkpoint.",
@@ -109,7 +132,7 @@ class TrainerSummary(BaseModel):
             data["message"] = msg[: max(0, len(msg) - over - 3)] + "..."
             text = _dump(data)
         if len(text.encode()) > limit:
-            keep = ("version", "status", "command", "message", "accuracy", "macro_f1")
+            keep = ("version", "status", "command", "message", "accuracy", "macro_f1", "adapter")
             text = _dump({k: data[k] for k in keep if k in data})
         return text
 

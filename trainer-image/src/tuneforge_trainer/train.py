@@ -17,9 +17,10 @@ from typing import Any
 
 from tuneforge_trainer.config import TrainerConfig
 from tuneforge_trainer.data import DataError, Example, PreparedData, format_example, load_rows, render_prompt
+from tuneforge_trainer.lineage import content_digest, digest_rows, manifest_files, write_manifest
 from tuneforge_trainer.progress import ProgressReporter, is_rank_zero
 from tuneforge_trainer.storage import join_uri, upload_dir
-from tuneforge_trainer.summary import BaselineScore, ClassScore, TrainerSummary, write_summary
+from tuneforge_trainer.summary import AdapterVersion, BaselineScore, ClassScore, SourceRef, TrainerSummary, write_summary
 
 __all__ = ["evaluate_main", "train_main"]
 
@@ -223,6 +224,33 @@ def _summary_from(
         eval_seconds=ev.get("seconds"),
         **extra,
     )
+
+
+def _write_lineage(
+    cfg: TrainerConfig, adapter_dir: str, model_path: str, data: PreparedData,
+    ev: dict[str, Any] | None, baselines: dict[str, dict[str, Any]],
+) -> AdapterVersion:
+    """Write the adapter's manifest (files, content digest, lineage); return its version."""
+    base = SourceRef(uri=cfg.model.source, digest=content_digest(manifest_files(model_path)) if os.path.isdir(model_path) else None)
+    rows = [{"text": e.text, "target": e.target} for e in (*data.train, *data.eval)]
+    dataset = SourceRef(uri=cfg.dataset.source, digest=digest_rows(rows))
+    evaluation = {
+        k: ev.get(k) for k in ("accuracy", "macro_f1", "exact_match", "n", "method") if ev and ev.get(k) is not None
+    }
+    lineage = {
+        "baseModel": base.model_dump(),
+        "dataset": dataset.model_dump(),
+        "fineTuneJob": cfg.owner.model_dump(exclude_none=True, exclude={"kind"}) if cfg.owner else None,
+        "runName": cfg.run_name,
+        "evaluation": evaluation or None,
+        "baselines": {k: v.get("accuracy") for k, v in baselines.items()} or None,
+        "labels": data.labels or None,
+        "promptTemplate": cfg.dataset.prompt_template,
+        "systemPrompt": cfg.dataset.system_prompt,
+    }
+    digest = write_manifest(adapter_dir, {k: v for k, v in lineage.items() if v is not None})
+    log.info("Adapter content digest %s", digest)
+    return AdapterVersion(uri=join_uri(cfg.output.dir, "adapter"), digest=digest, base_model=base, dataset=dataset)
 
 
 def run_baselines(
@@ -457,6 +485,7 @@ def train_main(cfg: TrainerConfig) -> int:
         with open(os.path.join(art, "README.md"), "w", encoding="utf-8") as f:
             f.write(render_model_card(report))
         os.chmod(os.path.join(art, "README.md"), 0o644)
+    adapter = _write_lineage(cfg, adapter_dir, model_path, data, ev, baselines)
     if cfg.output.dir.startswith("s3://"):
         upload_dir(art, cfg.output.dir)
 
@@ -474,11 +503,12 @@ def train_main(cfg: TrainerConfig) -> int:
         tokens_per_second=training["tokens_per_second"],
         device=training["device"],
         quantization=ds.quantization,
+        adapter=adapter,
         artifacts=artifacts,
     )
     write_summary(summary, cfg.output.termination_message_path)
     progress.emit(
-        "done", accuracy=summary.accuracy, macro_f1=summary.macro_f1, eval_loss=eval_loss,
+        "done", adapter_digest=adapter.digest, accuracy=summary.accuracy, macro_f1=summary.macro_f1, eval_loss=eval_loss,
         steps=state.global_step, train_seconds=round(train_seconds, 1), wall_seconds=report["wall_seconds"],
     )
     return 0

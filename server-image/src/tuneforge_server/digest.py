@@ -1,0 +1,69 @@
+"""Content digests of model and adapter folders, and the adapter manifest the trainer writes.
+
+The digest is the format both sides agree on (the trainer computes it when it saves an adapter,
+the launcher recomputes it before vLLM starts; tests/server checks that the two agree):
+
+    sha256( canonical JSON of [{"path", "sha256", "size"} for every file, sorted by path] )
+
+written ``sha256:<hex>``. Paths are POSIX and relative to the folder; the manifest file
+(``tuneforge.json``) itself is not part of it, so the manifest can carry the digest, and neither
+are hidden files (``.complete`` markers, ``.cache/`` folders of hub downloads): they are not content.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["MANIFEST_NAME", "FileEntry", "digest_of", "file_entries", "folder_digest", "read_manifest"]
+
+MANIFEST_NAME = "tuneforge.json"
+_CHUNK = 1 << 20
+
+FileEntry = dict[str, Any]
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_entries(folder: str | Path) -> list[FileEntry]:
+    """Every regular file under ``folder`` (symlinks followed; the manifest and hidden files left
+    out), sorted by path."""
+    root = Path(folder)
+
+    def content(p: Path) -> bool:
+        rel = p.relative_to(root)
+        return p.is_file() and rel.as_posix() != MANIFEST_NAME and not any(part.startswith(".") for part in rel.parts)
+
+    found = (p for p in root.rglob("*") if content(p))
+    return sorted(
+        ({"path": p.relative_to(root).as_posix(), "sha256": _sha256_file(p), "size": p.stat().st_size} for p in found),
+        key=lambda e: e["path"],
+    )
+
+
+def digest_of(entries: list[FileEntry]) -> str:
+    """The content digest of a file list (order-independent)."""
+    canonical = json.dumps(sorted(entries, key=lambda e: e["path"]), sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def folder_digest(folder: str | Path) -> str:
+    """The content digest of a folder's files."""
+    return digest_of(file_entries(folder))
+
+
+def read_manifest(folder: str | Path) -> dict[str, Any] | None:
+    """The adapter's ``tuneforge.json`` (digest, files, lineage), or None when it has none."""
+    path = Path(folder) / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return data if isinstance(data, dict) else None

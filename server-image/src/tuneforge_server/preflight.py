@@ -1,0 +1,143 @@
+"""Pre-flight: every adapter is checked against the served base and its content digest before
+vLLM starts, so a wrong or corrupt adapter never takes traffic.
+
+For each adapter: ``adapter_config.json`` is there and readable; every file the manifest
+(``tuneforge.json``) lists is present with its size and sha256; the recomputed content digest
+equals the expected one (``adapters[i].digest``, else the manifest's own); its rank fits
+``max_lora_rank``; and it was trained on this base (the manifest's lineage base digest against
+the served base's digest, or, for adapters without lineage, PEFT's ``base_model_name_or_path``
+against the base's URI and name). Each failure is one line naming the adapter and the field.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuneforge_server.config import AdapterSpec, BaseModelSpec, ServerConfig
+from tuneforge_server.digest import MANIFEST_NAME, digest_of, file_entries, folder_digest, read_manifest
+
+__all__ = ["CheckedAdapter", "PreflightError", "adapter_rank", "check_adapter", "check_base", "preflight"]
+
+
+class PreflightError(RuntimeError):
+    """An adapter or base model that must not be served; the message names it and the field."""
+
+
+@dataclass(frozen=True)
+class CheckedAdapter:
+    """An adapter that passed pre-flight."""
+
+    name: str
+    path: Path
+    rank: int
+    digest: str
+    lineage: dict[str, Any] = field(default_factory=dict)
+
+
+def adapter_rank(adapter_config: dict[str, Any]) -> int:
+    """The largest LoRA rank in a PEFT ``adapter_config.json`` (``r`` and any ``rank_pattern``)."""
+    ranks = [int(adapter_config.get("r") or 0), *(int(v) for v in (adapter_config.get("rank_pattern") or {}).values())]
+    return max(ranks)
+
+
+def _short(digest: str | None) -> str:
+    return (digest or "none")[:19]
+
+
+def check_base(spec: BaseModelSpec, folder: Path, need_digest: bool) -> str | None:
+    """The served base's content digest (computed when it is to be compared), checked against
+    ``model.digest`` when set."""
+    if not (folder / "config.json").is_file():
+        raise PreflightError(f"base model {spec.name} (model.uri {spec.uri}): no config.json in {folder}, not a Hugging Face model folder")
+    if not (need_digest or spec.digest):
+        return None
+    digest = folder_digest(folder)
+    if spec.digest and digest != spec.digest:
+        raise PreflightError(f"base model {spec.name}: content digest {_short(digest)} differs from model.digest {_short(spec.digest)}")
+    return digest
+
+
+def _check_files(spec: AdapterSpec, where: str, manifest: dict[str, Any] | None, actual: list[dict[str, Any]]) -> None:
+    if manifest is None:
+        return
+    have = {e["path"]: e for e in actual}
+    for listed in manifest.get("files", []):
+        got = have.get(listed["path"])
+        if got is None:
+            raise PreflightError(f"adapter {spec.name} ({where}.uri {spec.uri}): file {listed['path']} is missing")
+        if got["size"] != listed.get("size") or got["sha256"] != listed.get("sha256"):
+            raise PreflightError(
+                f"adapter {spec.name} ({where}.uri {spec.uri}): file {listed['path']} does not match its digest "
+                f"(sha256 {got['sha256'][:12]}, {got['size']} bytes; {MANIFEST_NAME} says {str(listed.get('sha256'))[:12]}, {listed.get('size')} bytes)"
+            )
+
+
+def _check_base_match(spec: AdapterSpec, where: str, base: BaseModelSpec, base_digest: str | None, lineage: dict[str, Any], peft_base: str | None) -> None:
+    trained_on = lineage.get("baseModel") or {}
+    if trained_on.get("digest") and base_digest:
+        if trained_on["digest"] != base_digest:
+            raise PreflightError(
+                f"adapter {spec.name} ({where}): trained on base {trained_on.get('uri')} ({_short(trained_on['digest'])}), "
+                f"but model.uri {base.uri} is {_short(base_digest)}"
+            )
+        return
+    if peft_base:
+        known = {base.uri, base.name, base.uri.removeprefix("hf://")}
+        if peft_base not in known and Path(peft_base).name not in {Path(k).name for k in known}:
+            raise PreflightError(
+                f"adapter {spec.name} ({where}): adapter_config.json base_model_name_or_path {peft_base!r} "
+                f"is not the served base (model.uri {base.uri}, model.name {base.name})"
+            )
+
+
+def check_adapter(spec: AdapterSpec, index: int, folder: Path, base: BaseModelSpec, base_digest: str | None, max_rank: int | None) -> CheckedAdapter:
+    """Check one fetched adapter folder (see the module docstring)."""
+    where = f"adapters[{index}]"
+    try:
+        peft_cfg = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PreflightError(f"adapter {spec.name} ({where}.uri {spec.uri}): adapter_config.json is missing, not a PEFT adapter folder") from None
+    except (OSError, ValueError) as e:
+        raise PreflightError(f"adapter {spec.name} ({where}.uri {spec.uri}): adapter_config.json is unreadable: {e}") from None
+    try:
+        manifest = read_manifest(folder)
+    except (OSError, ValueError) as e:
+        raise PreflightError(f"adapter {spec.name} ({where}.uri {spec.uri}): {MANIFEST_NAME} is unreadable: {e}") from None
+    actual = file_entries(folder)
+    _check_files(spec, where, manifest, actual)
+    digest = digest_of(actual)
+    expected, source = (spec.digest, f"{where}.digest") if spec.digest else ((manifest or {}).get("digest"), MANIFEST_NAME)
+    if expected is None:
+        raise PreflightError(
+            f"adapter {spec.name} ({where}): no content digest to check it against; set {where}.digest "
+            f"(the FineTuneJob's status.adapter.digest) or serve an adapter with {MANIFEST_NAME}"
+        )
+    if digest != expected:
+        raise PreflightError(f"adapter {spec.name} ({where}.uri {spec.uri}): content digest {_short(digest)} differs from {source} {_short(expected)}")
+    rank = adapter_rank(peft_cfg)
+    if max_rank is not None and rank > max_rank:
+        raise PreflightError(f"adapter {spec.name} ({where}): LoRA rank {rank} is above max_lora_rank {max_rank}")
+    lineage = (manifest or {}).get("lineage") or {}
+    _check_base_match(spec, where, base, base_digest, lineage, peft_cfg.get("base_model_name_or_path"))
+    return CheckedAdapter(name=spec.name, path=folder, rank=rank, digest=digest, lineage=lineage)
+
+
+def _trained_on_digest(folder: Path) -> str | None:
+    try:
+        manifest = read_manifest(folder) or {}
+    except (OSError, ValueError):
+        return None  # check_adapter reports the unreadable manifest with the adapter's name
+    return ((manifest.get("lineage") or {}).get("baseModel") or {}).get("digest")
+
+
+def preflight(cfg: ServerConfig, base_folder: Path, adapter_folders: list[Path]) -> list[CheckedAdapter]:
+    """Check the base and every adapter; raises ``PreflightError`` at the first problem."""
+    need_base_digest = any(_trained_on_digest(f) for f in adapter_folders)
+    base_digest = check_base(cfg.model, base_folder, need_base_digest)
+    return [
+        check_adapter(spec, i, folder, cfg.model, base_digest, cfg.max_lora_rank)
+        for i, (spec, folder) in enumerate(zip(cfg.adapters, adapter_folders, strict=True))
+    ]

@@ -1,0 +1,30 @@
+"""Small fixtures for the server tests: adapter and base folders on disk, without a model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tuneforge_server.digest import folder_digest
+from tuneforge_trainer.lineage import write_manifest
+
+
+def make_base(folder: Path) -> Path:
+    """A tiny stand-in of a Hugging Face model folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (folder / "model.safetensors").write_bytes(b"\x01" * 4096)
+    (folder / "tokenizer.json").write_text("{}")
+    return folder
+
+
+def make_adapter(folder: Path, base: Path | None, rank: int = 16, peft_base: str = "/tmp/cache/base", lineage: dict[str, Any] | None = None) -> str:
+    """A PEFT-shaped adapter folder with the trainer's manifest; returns its digest."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "adapter_config.json").write_text(json.dumps({"r": rank, "lora_alpha": 2 * rank, "base_model_name_or_path": peft_base, "peft_type": "LORA"}))
+    (folder / "adapter_model.safetensors").write_bytes(bytes(range(256)) * 64)
+    (folder / "tokenizer_config.json").write_text("{}")
+    if lineage is None and base is not None:
+        lineage = {"baseModel": {"uri": "s3://models/base", "digest": folder_digest(base)}}
+    return write_manifest(str(folder), lineage or {})
