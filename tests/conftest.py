@@ -7,9 +7,11 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from shared_demo import load_demo
 from tuneforge_localcluster import cluster as lc
 from tuneforge_localcluster import settings as lc_settings
 from tuneforge_localcluster.testing import Cluster, start_or_reuse
@@ -29,6 +31,13 @@ def cluster() -> Iterator[Cluster]:
         if started and os.environ.get("TUNEFORGE_KEEP_CLUSTER") != "1":
             with lc.locked(settings):
                 lc.down(settings)
+
+
+@pytest.fixture(scope="session")
+def demo_finetunejob(cluster: Cluster) -> dict[str, Any]:
+    """The demo's BANKING77 FineTuneJob, trained once per session on the real node through the
+    operator (~15 min on 2 cores); the e2e test checks it and the serving tests serve its adapter."""
+    return dict(load_demo().run(cluster, timeout=3600))
 
 
 @pytest.fixture

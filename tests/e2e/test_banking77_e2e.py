@@ -4,32 +4,22 @@ trainer's acceptance numbers (>= 90 %, >= 60 points above zero-shot)."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
+import json
 from typing import Any
 
 import pytest
 
+from shared_demo import load_demo
 from tuneforge_localcluster.testing import Cluster
-
-ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow
 
 
-def _demo() -> Any:
-    spec = importlib.util.spec_from_file_location("tuneforge_demo", ROOT / "hack" / "demo.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 # Training and scoring take ~15 min on 2 idle cores; allow for a busy machine.
 @pytest.mark.timeout(3600)
-def test_banking77_finetunejob_on_the_real_node(cluster: Cluster) -> None:
-    demo = _demo()
-    ftj = demo.run(cluster, timeout=3600)
+def test_banking77_finetunejob_on_the_real_node(cluster: Cluster, demo_finetunejob: dict[str, Any]) -> None:
+    demo = load_demo()
+    ftj = demo_finetunejob
     st = ftj["status"]
     name, ns = ftj["metadata"]["name"], demo.NAMESPACE
     assert st["phase"] == "Succeeded", st
@@ -45,3 +35,12 @@ def test_banking77_finetunejob_on_the_real_node(cluster: Cluster) -> None:
     assert pods and all(p["spec"]["nodeName"] == cluster.settings.node_name for p in pods)
     card = demo.model_card(cluster.settings, st["artifacts"]["model_card"])
     assert "| fine-tuned adapter |" in card and "zero_shot" in card
+    # The adapter version: its digest is the one in the adapter's own manifest, in kubectl -o wide.
+    adapter = st["adapter"]
+    manifest = json.loads(demo.model_card(cluster.settings, adapter["uri"] + "/tuneforge.json"))
+    assert manifest["digest"] == adapter["digest"] and adapter["digest"].startswith("sha256:")
+    assert manifest["lineage"]["fineTuneJob"] == {"namespace": ns, "name": name, "revision": 1}
+    assert manifest["lineage"]["baseModel"]["digest"] == adapter["baseModel"]["digest"]
+    assert manifest["lineage"]["evaluation"]["accuracy"] == pytest.approx(accuracy)
+    wide = cluster.kubectl("get", "ftj", name, "-n", ns, "-o", "wide").stdout
+    assert adapter["shortDigest"] in wide

@@ -8,6 +8,7 @@ adapter. Heavy libraries are imported here, never by the light modules.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -226,6 +227,16 @@ def _summary_from(
     )
 
 
+def _write_predictions(path: str, rows: list[Example], preds: list[str], cfg: TrainerConfig, labels: list[str]) -> None:
+    """The scored held-out rows, one JSON line each: the chat messages the model saw, the truth
+    and the adapter's prediction (error analysis; the serving tests replay these prompts)."""
+    with open(path, "w", encoding="utf-8") as f:
+        for ex, pred in zip(rows, preds, strict=True):
+            messages = render_prompt(ex, cfg.dataset.prompt_template, labels, cfg.dataset.system_prompt)
+            f.write(json.dumps({"row": ex.row, "source": ex.source, "messages": messages, "target": ex.target, "prediction": pred}, ensure_ascii=False) + "\n")
+    os.chmod(path, 0o644)
+
+
 def _write_lineage(
     cfg: TrainerConfig, adapter_dir: str, model_path: str, data: PreparedData,
     ev: dict[str, Any] | None, baselines: dict[str, dict[str, Any]],
@@ -429,6 +440,8 @@ def train_main(cfg: TrainerConfig) -> int:
         log.info("Adapter held-out accuracy %s (%d rows, %.1f s)", ev.get("accuracy"), len(rows), ev["seconds"])
         progress.emit("eval", accuracy=ev.get("accuracy"), macro_f1=ev.get("macro_f1"), rows=len(rows), seconds=ev["seconds"])
         baselines = run_baselines(cfg, model, tokenizer, data, rows, ev["method"])
+        _write_predictions(os.path.join(art, "predictions.jsonl"), rows, ev["predictions"], cfg, data.labels)
+        artifacts["predictions"] = join_uri(cfg.output.dir, "predictions.jsonl")
 
     if cfg.output.merge and cfg.lora.enabled:
         merged_dir = os.path.join(art, "merged")
