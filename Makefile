@@ -50,4 +50,4 @@ model:
 	$(PY) hack/prepare_model.py
 
 lint:
-	$(PY) -m mypy operator/src/tuneforge trainer-image/src/tuneforge_trainer localcluster/src/tuneforge_localcluster
+	$(PY) -m mypy operator/src/tuneforge trainer-image/src/tuneforge_trainer server-image/src/tuneforge_server localcluster/src/tuneforge_localcluster

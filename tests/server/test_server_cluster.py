@@ -21,13 +21,15 @@ import openai
 import pytest
 from botocore.config import Config
 
-from server_manifests import API_KEY, CONFIG, deployment, pod_spec, secrets, server_config, service
+from server_manifests import API_KEY, local_plan, secrets
+from tuneforge.serve.server import CONFIG_DIR, CONFIG_FILE, AdapterRef, build_config_map, build_deployment, build_service, pod_spec
 from tuneforge_localcluster import components
 from tuneforge_localcluster.testing import Cluster, wait_for
 from tuneforge_trainer.evaluate import match_label
 
 ROOT = Path(__file__).resolve().parents[2]
 NAME = "intents"  # Deployment, Service and ConfigMap
+CONFIG = f"{CONFIG_DIR}/{CONFIG_FILE}"
 ADAPTER = "banking77-intents"  # the served model name clients ask for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
@@ -84,9 +86,9 @@ def server_image(cluster: Cluster) -> str:
 def served(cluster: Cluster, server_image: str, adapter: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """The server Deployment and its Service; what the readiness probe said before and after."""
     ns = cluster.new_namespace("t-server")
-    spec = {"name": ADAPTER, "uri": adapter["uri"], "digest": adapter["digest"]}
-    cluster.apply([*secrets(), server_config(NAME, adapter["baseModel"]["uri"], [spec]), deployment(NAME, server_image, NAME), service(NAME)], ns)
-    selector = f"app.kubernetes.io/name={NAME}"
+    plan = local_plan(NAME, ns, server_image, adapter["baseModel"]["uri"], [AdapterRef(ADAPTER, adapter["uri"], adapter["digest"])])
+    cluster.apply([*secrets(), build_config_map(plan), build_deployment(plan), build_service(plan)], ns)
+    selector = f"app.kubernetes.io/instance={NAME}"
     describe = lambda: cluster.describe("pods", "", ns) + cluster.kubectl("logs", "-n", ns, "-l", selector, "--tail=30", check=False).stdout  # noqa: E731
     pod = wait_for("the server container to run", lambda: next((p for p in cluster.list("pods", ns, selector) if running(p)), None), 900, 2, describe)
     name = pod["metadata"]["name"]
@@ -192,9 +194,9 @@ def test_corrupted_adapter_never_starts(cluster: Cluster, server_image: str, ada
         if obj["Key"].endswith("adapter_model.safetensors"):
             body[len(body) // 2] ^= 0x01  # one flipped bit in the weights
         s3.put_object(Bucket=bucket, Key=obj["Key"].replace(key, corrupt, 1), Body=bytes(body))
-    spec = {"name": "corrupt", "uri": f"s3://{bucket}/{corrupt}", "digest": adapter["digest"]}
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "corrupt"}, "spec": pod_spec(server_image, "corrupt", restart="Never")}
-    cluster.apply([*secrets(), server_config("corrupt", adapter["baseModel"]["uri"], [spec]), pod], namespace)
+    plan = local_plan("corrupt", namespace, server_image, adapter["baseModel"]["uri"], [AdapterRef("corrupt", f"s3://{bucket}/{corrupt}", adapter["digest"])])
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "corrupt"}, "spec": pod_spec(plan, restart_policy="Never")}
+    cluster.apply([*secrets(), build_config_map(plan), pod], namespace)
     wait_for("the pod to fail", lambda: cluster.get("pod", "corrupt", namespace)["status"].get("phase") == "Failed", 600, 2,
              lambda: cluster.describe("pod", "corrupt", namespace))
     logs = cluster.kubectl("logs", "-n", namespace, "corrupt").stdout

@@ -102,8 +102,8 @@ def parse_summary(text: str | None) -> Summary | None:
 def _adapter(raw: Any) -> AdapterVersion | None:
     if not isinstance(raw, dict) or not raw.get("uri") or not str(raw.get("digest", "")).startswith("sha256:"):
         return None
-    base = raw.get("base_model") if isinstance(raw.get("base_model"), dict) else {}
-    data = raw.get("dataset") if isinstance(raw.get("dataset"), dict) else {}
+    base: dict[str, Any] = raw["base_model"] if isinstance(raw.get("base_model"), dict) else {}
+    data: dict[str, Any] = raw["dataset"] if isinstance(raw.get("dataset"), dict) else {}
     return AdapterVersion(
         uri=str(raw["uri"]), digest=str(raw["digest"]),
         base_model_uri=base.get("uri"), base_model_digest=base.get("digest"),

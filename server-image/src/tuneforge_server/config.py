@@ -104,7 +104,7 @@ class ShutdownConfig(_Strict):
 class ServerConfig(_Strict):
     """The whole server config (one YAML document)."""
 
-    api_version: Literal["tuneforge.dev/server-config/v1"] = Field(default=API_VERSION, description="Schema version of this config.")
+    api_version: Literal["tuneforge.dev/server-config/v1"] = Field(default="tuneforge.dev/server-config/v1", description="Schema version of this config.")
     model: BaseModelSpec = Field(description="The base model.")
     adapters: list[AdapterSpec] = Field(default_factory=list, description="LoRA adapters served on the base (several allowed in lora mode).")
     mode: Literal["auto", "lora", "merged"] = Field(

@@ -36,7 +36,7 @@ def _file_sha256(path: str) -> str:
 
 def manifest_files(folder: str) -> list[dict[str, Any]]:
     """The content files of ``folder`` as ``{"path", "sha256", "size"}``, sorted by path."""
-    out = []
+    out: list[dict[str, Any]] = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         for fn in filenames:
@@ -45,7 +45,7 @@ def manifest_files(folder: str) -> list[dict[str, Any]]:
             if fn.startswith(".") or rel == MANIFEST_NAME or not os.path.isfile(full):
                 continue
             out.append({"path": rel, "sha256": _file_sha256(full), "size": os.path.getsize(full)})
-    out.sort(key=lambda e: e["path"])
+    out.sort(key=lambda e: str(e["path"]))
     return out
 
 

@@ -1,0 +1,220 @@
+"""Pure builders for one server (one color of a ModelServe): the launcher's config, its
+Deployment and its Service. No I/O; every input is passed in.
+
+The launcher config is the server image's contract (``tuneforge_server.config.ServerConfig``,
+snake_case YAML); tests/server feeds this module's output through that parser. Pods run the
+image's launcher, which fetches and pre-flights the weights and execs vLLM:
+
+- readiness: ``tuneforge-server probe`` (exec; passes only when every adapter is listed);
+- startup: ``/health`` with a budget for fetching, merging and loading the model;
+- liveness: ``/health``;
+- draining: a preStop sleep (endpoints drop the pod first), then SIGTERM; vLLM refuses new
+  requests and finishes in-flight ones for ``drain_seconds`` (``--shutdown-timeout``);
+- the API key comes from a Secret into an environment variable the config names;
+- ``enableServiceLinks: false``: a Service named ``vllm`` would inject VLLM_* settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import yaml
+
+__all__ = ["AdapterRef", "SecretRef", "ServerPlan", "build_config_map", "build_deployment", "build_service", "render_server_config"]
+
+CONFIG_DIR = "/etc/tuneforge"
+CONFIG_FILE = "server.yaml"
+CACHE_DIR = "/var/cache/tuneforge"
+PVC_ROOT = "/mnt/pvc"
+API_KEY_ENV = "TUNEFORGE_API_KEY"
+PORT = 8000
+RUN_AS = 65532
+CONTAINER = "server"
+
+
+@dataclasses.dataclass(frozen=True)
+class SecretRef:
+    name: str
+    key: str
+
+
+@dataclasses.dataclass(frozen=True)
+class AdapterRef:
+    """One adapter to serve: the name clients ask for, where it is, the digest it must have."""
+
+    name: str
+    uri: str
+    digest: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerPlan:
+    """Everything one server Deployment needs (what a ModelServe color resolves to)."""
+
+    name: str
+    namespace: str
+    image: str
+    base_uri: str
+    base_name: str
+    adapters: tuple[AdapterRef, ...] = ()
+    base_digest: str | None = None
+    mode: str = "auto"
+    replicas: int = 1
+    gpus: int = 1
+    cpu: str | None = None
+    memory: str | None = None
+    max_model_len: int | None = None
+    api_key: SecretRef | None = None
+    s3_endpoint: str | None = None
+    s3_region: str | None = None
+    s3_access_key: SecretRef | None = None
+    s3_secret_key: SecretRef | None = None
+    drain_seconds: int = 30
+    pre_stop_seconds: int = 5
+    startup_budget_seconds: int = 900
+    node_selector: dict[str, str] = dataclasses.field(default_factory=dict)
+    tolerations: tuple[dict[str, Any], ...] = ()
+    labels: dict[str, str] = dataclasses.field(default_factory=dict)
+    owner_references: tuple[dict[str, Any], ...] = ()
+    extra_args: tuple[str, ...] = ()
+
+
+def render_server_config(plan: ServerPlan) -> dict[str, Any]:
+    """The launcher's config (``tuneforge_server.config.ServerConfig``) for ``plan``."""
+    model: dict[str, Any] = {"uri": plan.base_uri, "name": plan.base_name}
+    if plan.base_digest:
+        model["digest"] = plan.base_digest
+    cfg: dict[str, Any] = {
+        "api_version": "tuneforge.dev/server-config/v1",
+        "model": model,
+        "adapters": [{k: v for k, v in dataclasses.asdict(a).items() if v is not None} for a in plan.adapters],
+        "mode": plan.mode,
+        "gpus": plan.gpus,
+        "port": PORT,
+        "cache_dir": CACHE_DIR,
+        "pvc_root": PVC_ROOT,
+        "shutdown": {"drain_seconds": plan.drain_seconds},
+    }
+    if plan.max_model_len:
+        cfg["max_model_len"] = plan.max_model_len
+    if plan.api_key:
+        cfg["api_key_env"] = API_KEY_ENV
+    if plan.extra_args:
+        cfg["extra_args"] = list(plan.extra_args)
+    return cfg
+
+
+def _meta(plan: ServerPlan, name: str) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": plan.namespace, "labels": _labels(plan)}
+    if plan.owner_references:
+        meta["ownerReferences"] = [dict(o) for o in plan.owner_references]
+    return meta
+
+
+def _labels(plan: ServerPlan) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "tuneforge-server", "app.kubernetes.io/instance": plan.name,
+            "app.kubernetes.io/managed-by": "tuneforge", **plan.labels}
+
+
+def build_config_map(plan: ServerPlan) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(plan, plan.name),
+            "data": {CONFIG_FILE: yaml.safe_dump(render_server_config(plan), sort_keys=False)}}
+
+
+def _secret_env(var: str, ref: SecretRef | None) -> list[dict[str, Any]]:
+    return [{"name": var, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}] if ref else []
+
+
+def _env(plan: ServerPlan) -> list[dict[str, Any]]:
+    env = [{"name": "HOME", "value": CACHE_DIR}, {"name": "TMPDIR", "value": "/tmp"}]
+    if plan.s3_endpoint:
+        env.append({"name": "AWS_ENDPOINT_URL", "value": plan.s3_endpoint})
+    if plan.s3_region:
+        env.append({"name": "AWS_REGION", "value": plan.s3_region})
+    return env + _secret_env("AWS_ACCESS_KEY_ID", plan.s3_access_key) + _secret_env("AWS_SECRET_ACCESS_KEY", plan.s3_secret_key) + _secret_env(API_KEY_ENV, plan.api_key)
+
+
+def _pvc_claims(plan: ServerPlan) -> list[str]:
+    uris = [plan.base_uri, *(a.uri for a in plan.adapters)]
+    return sorted({u.removeprefix("pvc://").split("/", 1)[0] for u in uris if u.startswith("pvc://")})
+
+
+def _resources(plan: ServerPlan) -> dict[str, Any]:
+    requests = {k: v for k, v in {"cpu": plan.cpu, "memory": plan.memory}.items() if v}
+    limits: dict[str, Any] = {"nvidia.com/gpu": str(plan.gpus)}
+    if plan.memory:
+        limits["memory"] = plan.memory
+    return {"requests": requests, "limits": limits} if requests else {"limits": limits}
+
+
+def pod_spec(plan: ServerPlan, restart_policy: str = "Always") -> dict[str, Any]:
+    """The server pod (also used bare, with restartPolicy Never, to pre-flight an adapter)."""
+    claims = _pvc_claims(plan)
+    config_path = f"{CONFIG_DIR}/{CONFIG_FILE}"
+    health = {"httpGet": {"path": "/health", "port": "http"}}
+    spec: dict[str, Any] = {
+        "restartPolicy": restart_policy,
+        "enableServiceLinks": False,
+        "automountServiceAccountToken": False,
+        "terminationGracePeriodSeconds": plan.pre_stop_seconds + plan.drain_seconds + 15,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS, "fsGroup": RUN_AS,
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [{
+            "name": CONTAINER, "image": plan.image, "imagePullPolicy": "IfNotPresent",
+            "args": ["launch", "--config", config_path],
+            "env": _env(plan),
+            "ports": [{"name": "http", "containerPort": PORT}],
+            "startupProbe": {**health, "periodSeconds": 5, "failureThreshold": max(1, plan.startup_budget_seconds // 5)},
+            "readinessProbe": {"exec": {"command": ["tuneforge-server", "probe", "--config", config_path]}, "periodSeconds": 3, "timeoutSeconds": 5},
+            "livenessProbe": {**health, "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 6},
+            "lifecycle": {"preStop": {"sleep": {"seconds": plan.pre_stop_seconds}}},
+            "resources": _resources(plan),
+            "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}},
+            "volumeMounts": [
+                {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+                {"name": "cache", "mountPath": CACHE_DIR},
+                {"name": "tmp", "mountPath": "/tmp"},
+                {"name": "shm", "mountPath": "/dev/shm"},
+                *({"name": f"pvc-{c}", "mountPath": f"{PVC_ROOT}/{c}", "readOnly": True} for c in claims),
+            ],
+        }],
+        "volumes": [
+            {"name": "config", "configMap": {"name": plan.name}},
+            {"name": "cache", "emptyDir": {}},
+            {"name": "tmp", "emptyDir": {}},
+            {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}},
+            *({"name": f"pvc-{c}", "persistentVolumeClaim": {"claimName": c, "readOnly": True}} for c in claims),
+        ],
+    }
+    if plan.node_selector:
+        spec["nodeSelector"] = dict(plan.node_selector)
+    tolerations = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}, *plan.tolerations]
+    spec["tolerations"] = tolerations
+    return spec
+
+
+def build_deployment(plan: ServerPlan) -> dict[str, Any]:
+    selector = {"app.kubernetes.io/instance": plan.name}
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(plan, plan.name),
+        "spec": {
+            "replicas": plan.replicas,
+            "selector": {"matchLabels": selector},
+            # A new pod must be ready before an old one goes: GPUs permitting, no gap in serving.
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {
+                "metadata": {"labels": _labels(plan), "annotations": {
+                    "prometheus.io/scrape": "true", "prometheus.io/port": str(PORT), "prometheus.io/path": "/metrics"}},
+                "spec": pod_spec(plan),
+            },
+        },
+    }
+
+
+def build_service(plan: ServerPlan, name: str | None = None) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1", "kind": "Service", "metadata": _meta(plan, name or plan.name),
+        "spec": {"selector": {"app.kubernetes.io/instance": plan.name},
+                 "ports": [{"name": "http", "port": PORT, "targetPort": "http", "appProtocol": "http"}]},
+    }

@@ -1,0 +1,77 @@
+"""The serve room's pure builders for one server color, and the contract with the launcher: what
+the operator renders is what ``tuneforge_server.config`` parses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+
+from tuneforge.serve.server import (
+    API_KEY_ENV, AdapterRef, SecretRef, ServerPlan, build_config_map, build_deployment, build_service, pod_spec,
+    render_server_config,
+)
+from tuneforge_server.config import parse_config
+
+DIGEST = "sha256:" + "a" * 64
+
+
+def plan(**over: Any) -> ServerPlan:
+    base: dict[str, Any] = dict(name="intents-blue", namespace="team-a", image="reg/server:1", base_uri="s3://models/smollm2",
+                                base_name="smollm2", adapters=(AdapterRef("intents", "s3://runs/a/adapter", DIGEST),))
+    base.update(over)
+    return ServerPlan(**base)
+
+
+@pytest.mark.parametrize(
+    "over",
+    [
+        {},
+        {"mode": "lora", "gpus": 4, "max_model_len": 4096, "api_key": SecretRef("k", "key")},
+        {"adapters": (AdapterRef("a", "pvc://runs/a"), AdapterRef("b", "s3://runs/b", DIGEST)), "mode": "lora"},
+        {"mode": "merged", "base_digest": "sha256:" + "b" * 64, "extra_args": ("--max-num-seqs", "32")},
+    ],
+)
+def test_rendered_config_is_what_the_launcher_parses(over: dict[str, Any]) -> None:
+    p = plan(**over)
+    cfg = parse_config(yaml.safe_load(build_config_map(p)["data"]["server.yaml"]))
+    assert cfg.model.uri == p.base_uri and cfg.model.name == p.base_name and cfg.model.digest == p.base_digest
+    assert [(a.name, a.uri, a.digest) for a in cfg.adapters] == [(a.name, a.uri, a.digest) for a in p.adapters]
+    assert (cfg.mode, cfg.gpus, cfg.max_model_len) == (p.mode, p.gpus, p.max_model_len)
+    assert cfg.api_key_env == (API_KEY_ENV if p.api_key else None)
+    assert cfg.extra_args == list(p.extra_args)
+    assert render_server_config(p)["shutdown"] == {"drain_seconds": p.drain_seconds}
+
+
+def test_deployment_probes_drain_and_security() -> None:
+    p = plan(api_key=SecretRef("key", "token"), drain_seconds=40, pre_stop_seconds=5, gpus=2, memory="24Gi",
+             s3_endpoint="http://s3:9000", s3_access_key=SecretRef("s3", "id"), s3_secret_key=SecretRef("s3", "secret"))
+    dep = build_deployment(p)
+    pod = dep["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["readinessProbe"]["exec"]["command"] == ["tuneforge-server", "probe", "--config", "/etc/tuneforge/server.yaml"]
+    assert c["livenessProbe"]["httpGet"]["path"] == "/health" and c["startupProbe"]["httpGet"]["path"] == "/health"
+    assert c["startupProbe"]["periodSeconds"] * c["startupProbe"]["failureThreshold"] >= 600  # model load budget
+    assert c["lifecycle"]["preStop"] == {"sleep": {"seconds": 5}}
+    assert pod["terminationGracePeriodSeconds"] > 5 + 40
+    assert pod["enableServiceLinks"] is False and pod["automountServiceAccountToken"] is False
+    assert c["securityContext"]["readOnlyRootFilesystem"] and pod["securityContext"]["runAsNonRoot"]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "2" and c["resources"]["limits"]["memory"] == "24Gi"
+    env = {e["name"]: e for e in c["env"]}
+    assert env[API_KEY_ENV]["valueFrom"]["secretKeyRef"] == {"name": "key", "key": "token"}
+    assert "value" not in env[API_KEY_ENV]  # never a literal
+    assert env["AWS_ENDPOINT_URL"]["value"] == "http://s3:9000"
+    assert dep["spec"]["template"]["metadata"]["annotations"]["prometheus.io/path"] == "/metrics"
+    assert dep["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/instance": "intents-blue"}
+    assert build_service(p, "intents")["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+
+
+def test_pvc_sources_are_mounted_read_only() -> None:
+    p = plan(base_uri="pvc://models/smollm2", adapters=(AdapterRef("a", "pvc://runs/x/adapter", DIGEST), AdapterRef("b", "pvc://models/b", DIGEST)), mode="lora")
+    spec = pod_spec(p)
+    claims = {v["persistentVolumeClaim"]["claimName"] for v in spec["volumes"] if "persistentVolumeClaim" in v}
+    assert claims == {"models", "runs"}
+    mounts = {m["mountPath"]: m for m in spec["containers"][0]["volumeMounts"]}
+    assert mounts["/mnt/pvc/models"]["readOnly"] and mounts["/mnt/pvc/runs"]["readOnly"]
+    assert pod_spec(p, restart_policy="Never")["restartPolicy"] == "Never"
