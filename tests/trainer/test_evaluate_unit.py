@@ -91,3 +91,19 @@ def test_openai_baseline_against_local_endpoint(monkeypatch: pytest.MonkeyPatch)
         assert _Handler.seen[0]["body"]["model"] == "gpt-x" and _Handler.seen[0]["body"]["temperature"] == 0
     finally:
         server.shutdown()
+
+
+def test_base_model_baselines_never_score_a_model_without_an_adapter() -> None:
+    """A model with no adapter to switch off is recorded as an error, not scored as "the base"."""
+    from tuneforge_trainer.data import PreparedData, DataReport
+    from tuneforge_trainer.train import run_baselines
+
+    cfg = parse_config({
+        "model": {"source": "/m"}, "dataset": {"source": "/d.csv"}, "output": {"dir": "/o"},
+        "eval": {"baselines": {"zero_shot": True, "few_shot": 2, "tfidf_lr": False}},
+    })
+    train = rows({"card": ["my card", "card lost"], "fx": ["rate", "euro"]})
+    data = PreparedData(train=train, eval=train, labels=["card", "fx"], report=DataReport())
+    out = run_baselines(cfg, object(), None, data, train, "loglik")
+    assert set(out) == {"zero_shot", "few_shot_2"}
+    assert all("no LoRA adapter" in v["error"] for v in out.values())

@@ -282,7 +282,10 @@ class QuantizationConfig(_Strict):
     double_quant: bool = Field(default=True, description="Nested (double) quantization for 4-bit.")
     compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto",
-        description="Compute dtype for quantized layers; auto = bfloat16 on CUDA, float32 on CPU.",
+        description=(
+            "Compute dtype for quantized layers; auto = the training precision (bfloat16 on a "
+            "bf16-capable GPU, float16 with training.precision fp16, else float32)."
+        ),
     )
 
 
@@ -382,9 +385,18 @@ class OpenAIBaselineConfig(_Strict):
 class BaselineConfig(_Strict):
     """Baselines scored on exactly the held-out rows the adapter is scored on."""
 
-    zero_shot: bool = Field(default=True, description="The base model with the same prompt.")
+    zero_shot: bool = Field(
+        default=True,
+        description=(
+            "The base model with the same prompt (the trained model with its LoRA adapter switched "
+            "off). Needs lora.enabled: true; off by default when LoRA is off."
+        ),
+    )
     few_shot: int = Field(
-        default=0, ge=0, le=64, description="k examples per prompt for a few-shot base model; 0 = off."
+        default=0,
+        ge=0,
+        le=64,
+        description="k examples per prompt for a few-shot base model; 0 = off. Needs lora.enabled: true.",
     )
     tfidf_lr: bool = Field(
         default=True, description="TF-IDF + logistic regression (classification only)."

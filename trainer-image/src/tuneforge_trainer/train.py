@@ -229,13 +229,17 @@ def run_baselines(
     cfg: TrainerConfig, model: Any, tokenizer: Any, data: PreparedData, rows: list[Example], method: str | None
 ) -> dict[str, dict[str, Any]]:
     """Zero/few-shot base model (adapter disabled), TF-IDF + LR and an optional endpoint."""
-    from contextlib import nullcontext
-
     from tuneforge_trainer.evaluate import few_shot_messages, openai_baseline, pick_shots, score_model, tfidf_baseline
 
     bc = cfg.eval.baselines
     out: dict[str, dict[str, Any]] = {}
-    base_ctx = model.disable_adapter if hasattr(model, "disable_adapter") else nullcontext
+
+    def base_ctx() -> Any:
+        # Without an adapter to switch off, "the base model" would be the fine-tuned model itself
+        # (config load rejects that combination; this guards against a model without adapters).
+        if not hasattr(model, "disable_adapter"):
+            raise RuntimeError("the model has no LoRA adapter to switch off; cannot score the base model")
+        return model.disable_adapter()
 
     def guarded(name: str, fn: Any) -> None:
         try:
