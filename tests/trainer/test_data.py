@@ -246,3 +246,38 @@ def test_prepare_data_subset_caps_and_token_length(tmp_path: Path) -> None:
     assert set(Counter(e.target for e in prep.eval).values()) == {1}
     assert all(v <= 5 for v in Counter(e.target for e in prep.train).values())
     assert not any("long" in e.text for e in prep.train)
+
+
+def test_csv_row_with_more_fields_than_the_header_fails_by_default(tmp_path: Path) -> None:
+    # An unquoted comma cut "hello, world" in two and shifted its label out of the label column.
+    p = tmp_path / "train.csv"
+    p.write_text("text,label\nfine,a\nhello, world,a\nok,b\n\nshort\nx,y,z,b\n")
+    with pytest.raises(DataError) as e:
+        load_rows(str(p), "csv", "text", "label")
+    msg = str(e.value)
+    assert "3 row(s) do not have the header's 2 fields: row 3 has 3, row 5 has 1, row 6 has 4" in msg
+    assert "dataset.csv_bad_rows: drop" in msg and "\n" not in msg
+
+
+def test_csv_bad_rows_drop_names_them(tmp_path: Path) -> None:
+    p = tmp_path / "train.csv"
+    p.write_text("text,label\nfine,a\nhello, world,a\nok,b\n")
+    rows, dropped, _ = load_rows(str(p), "csv", "text", "label", csv_bad_rows="drop")
+    assert [(r.row, r.text, r.target) for r in rows] == [(2, "fine", "a"), (4, "ok", "b")]
+    assert [(d.row, d.reason) for d in dropped] == [(3, "field count differs from the header (3 fields, expected 2)")]
+
+
+def test_csv_bad_rows_through_validate(tmp_path: Path) -> None:
+    """``validate`` stops with the rows named (default), or lists them as dropped rows."""
+    import csv
+    import io
+
+    rows = [(f"text {lab} {i}", lab) for lab in ("a", "b") for i in range(10)]
+    buf = io.StringIO()
+    csv.writer(buf).writerows([("text", "label"), *rows])
+    (tmp_path / "train.csv").write_text(buf.getvalue() + "cut, here,a\n")
+    with pytest.raises(DataError, match="row 22 has 3"):
+        prepare_data(make_cfg(tmp_path))
+    prep = prepare_data(make_cfg(tmp_path, dataset__csv_bad_rows="drop"))
+    assert [(d.row, d.reason.split(" (")[0]) for d in prep.report.dropped] == [(22, "field count differs from the header")]
+    assert prep.report.to_dict()["dropped_by_reason"] == {"field count differs from the header": 1}

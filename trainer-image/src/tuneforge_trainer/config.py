@@ -134,6 +134,16 @@ class DatasetConfig(_Strict):
     label_column: str = Field(
         default="label", description="Target column (csv/hf_dataset): the label or the output."
     )
+    csv_bad_rows: Literal["fail", "drop"] = Field(
+        default="fail",
+        description=(
+            "A CSV row whose field count differs from the header (the usual sign of an unquoted "
+            "comma that cut the text and shifted the label column): fail names every such row "
+            "(row number, expected and found field counts) and stops, as pandas does by default, "
+            "because a shifted label is silently wrong training data; drop drops them and lists "
+            "them with the other dropped rows."
+        ),
+    )
     prompt_template: str = Field(
         default=(
             "Classify the message into one of these categories: {labels}.\n"
@@ -507,6 +517,25 @@ class TrainerConfig(_Strict):
             )
         if self.output.merge and not self.lora.enabled:
             raise ValueError("output.merge needs lora.enabled: true (nothing to merge)")
+        if not self.lora.enabled:
+            # The base-model baselines run the trained model with its adapter switched off; a full
+            # fine-tune has no adapter to switch off, so they would score the fine-tuned model
+            # against itself. Rejected rather than scored on a second copy of the base model,
+            # which would double the GPU memory of exactly the runs that need the most.
+            bl = self.eval.baselines
+            asked = [
+                f"eval.baselines.{name}"
+                for name, on in (("zero_shot", bl.zero_shot), ("few_shot", bl.few_shot > 0))
+                if on and name in bl.model_fields_set
+            ]
+            if asked:
+                raise ValueError(
+                    f"{' and '.join(asked)} need lora.enabled: true (with a full fine-tune there "
+                    "is no adapter to switch off, so the base-model baseline would score the "
+                    "fine-tuned model); turn them off or enable LoRA"
+                )
+            if bl.zero_shot:
+                bl.zero_shot = False  # on by default only where it means something
         if self.task.type == "generation":
             if self.eval.method == "loglik":
                 raise ValueError("eval.method 'loglik' needs task.type: classification")

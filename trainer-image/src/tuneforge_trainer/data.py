@@ -165,8 +165,34 @@ def _from_record(
     return Example(text=str(rec.get(text_col) or "").strip(), target=str(rec.get(label_col) or "").strip(), row=row, source=source)
 
 
-def load_rows(path: str, fmt: str, text_col: str, label_col: str, source: str = "train") -> tuple[list[Example], list[DroppedRow], str]:
-    """Read a local file/folder; returns (rows, dropped rows, resolved format)."""
+def _csv_rows(f: Any, delim: str) -> tuple[list[str], list[tuple[int, dict[str, str]]], list[tuple[int, int]]]:
+    """Header, (row number, record) pairs, and (row number, field count) of the rows whose field
+    count differs from the header's. Row numbers count records with the header as 1, blank lines
+    skipped (as csv.DictReader counts them)."""
+    reader = csv.reader(f, delimiter=delim)
+    header = next(reader, [])
+    good: list[tuple[int, dict[str, str]]] = []
+    bad: list[tuple[int, int]] = []
+    i = 1
+    for fields in reader:
+        if not fields:
+            continue
+        i += 1
+        if len(fields) != len(header):
+            bad.append((i, len(fields)))
+        else:
+            good.append((i, dict(zip(header, fields))))
+    return header, good, bad
+
+
+def load_rows(
+    path: str, fmt: str, text_col: str, label_col: str, source: str = "train", csv_bad_rows: str = "fail"
+) -> tuple[list[Example], list[DroppedRow], str]:
+    """Read a local file/folder; returns (rows, dropped rows, resolved format).
+
+    ``csv_bad_rows`` (``dataset.csv_bad_rows``): what a CSV row whose field count differs from the
+    header does, "fail" (a :class:`DataError` naming the rows) or "drop" (a dropped row).
+    """
     if fmt == "auto":
         fmt = detect_format(path)
     rows: list[Example] = []
@@ -179,14 +205,27 @@ def load_rows(path: str, fmt: str, text_col: str, label_col: str, source: str = 
         if fmt == "csv":
             with open(path, encoding="utf-8", newline="") as f:
                 delim = "\t" if path.lower().endswith(".tsv") else ","
-                reader = csv.DictReader(f, delimiter=delim)
-                cols = reader.fieldnames or []
+                cols, records, bad = _csv_rows(f, delim)
                 for col, name in ((text_col, "dataset.text_column"), (label_col, "dataset.label_column")):
                     if col not in cols:
                         raise DataError(f"{source} data {path}: missing column {col!r} ({name}); columns are {cols}")
-                # Row numbers are file lines: the header is line 1.
-                for i, rec in enumerate(reader, start=2):
+                # More fields than the header is the usual sign of an unquoted comma that cut the
+                # text (the label column then holds a piece of the text); fewer, of a cut row.
+                if bad and csv_bad_rows == "fail":
+                    listed = ", ".join(f"row {r} has {n}" for r, n in bad[:5])
+                    more = f" (and {len(bad) - 5} more rows)" if len(bad) > 5 else ""
+                    raise DataError(
+                        f"{source} data {path}: {len(bad)} row(s) do not have the header's {len(cols)} "
+                        f"fields: {listed}{more}; an unquoted delimiter or quote in the text usually "
+                        "causes this. Quote the text, or set dataset.csv_bad_rows: drop to drop such rows"
+                    )
+                for r, n in bad:
+                    dropped.append(DroppedRow(
+                        source, r, f"field count differs from the header ({n} fields, expected {len(cols)})"
+                    ))
+                for i, rec in records:
                     add(_from_record(rec, fmt, i, source, text_col, label_col))
+                dropped.sort(key=lambda d: d.row)
         elif fmt in ("instruction_jsonl", "chat_jsonl"):
             with open(path, encoding="utf-8") as f:
                 for i, line in enumerate(f, start=1):
@@ -374,13 +413,15 @@ def prepare_data(
     classification = cfg.task.type == "classification"
     report = DataReport()
     path = resolve(ds.source)
-    train, dropped, fmt = load_rows(path, ds.format, ds.text_column, ds.label_column, "train")
+    train, dropped, fmt = load_rows(path, ds.format, ds.text_column, ds.label_column, "train", ds.csv_bad_rows)
     report.format = fmt
     report.loaded = len(train) + len(dropped)
     report.dropped.extend(dropped)
     held: list[Example] = []
     if ds.eval_source:
-        held, d2, _ = load_rows(resolve(ds.eval_source), ds.format, ds.text_column, ds.label_column, "eval")
+        held, d2, _ = load_rows(
+            resolve(ds.eval_source), ds.format, ds.text_column, ds.label_column, "eval", ds.csv_bad_rows
+        )
         report.loaded_eval = len(held) + len(d2)
         report.dropped.extend(d2)
     if not train:
