@@ -8,6 +8,7 @@ huggingface_hub are imported inside the functions that use them.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -20,6 +21,7 @@ __all__ = [
     "join_uri",
     "resolve_hf",
     "resolve_source",
+    "s3_plan",
     "split_s3",
     "upload_dir",
 ]
@@ -66,10 +68,13 @@ def resolve_hf(uri: str, revision: str | None = None, token_env: str = "HF_TOKEN
 
 
 def split_s3(uri: str) -> tuple[str, str]:
-    """('bucket', 'key/prefix') of an s3:// URI."""
+    """('bucket', 'key/prefix') of an s3:// URI; rejects '.' and '..' segments."""
     rest = uri[len("s3://") :]
     bucket, _, key = rest.partition("/")
-    return bucket, key.strip("/")
+    key = key.strip("/")
+    if not bucket or bucket in (".", "..") or any(seg in (".", "..") for seg in key.split("/")):
+        raise StorageError(f"{uri}: an s3:// URI needs a bucket and no '.' or '..' segments")
+    return bucket, key
 
 
 def _s3_client():  # type: ignore[no-untyped-def]
@@ -78,29 +83,65 @@ def _s3_client():  # type: ignore[no-untyped-def]
     return boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
 
 
+def _safe_join(dest: str, rel: str, key: str) -> str:
+    """``dest/rel``, refusing any relative key that would land outside ``dest``."""
+    parts = rel.split("/")
+    if rel.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise StorageError(f"refusing S3 key {key!r}: its path {rel!r} is not a plain relative path")
+    root = os.path.realpath(dest)
+    local = os.path.realpath(os.path.join(root, *parts))
+    if os.path.commonpath([root, local]) != root or local == root:
+        raise StorageError(f"refusing S3 key {key!r}: it would be written outside {dest}")
+    return local
+
+
+def s3_plan(uri: str, keys: list[str], dest: str) -> list[tuple[str, str]]:
+    """Pure: which keys of a listing ``uri`` names, and the local path of each.
+
+    ``s3://b/p`` is the object ``p`` when it exists (never ``p.gz`` beside it), else every object
+    under the folder ``p/`` (never ``p-other/...``: a prefix ends at a ``/``). Folder marker keys
+    (ending in ``/``) are skipped; a key whose path would leave ``dest`` fails the whole copy.
+    """
+    _, key = split_s3(uri)
+    if key and key in keys:
+        name = key.rsplit("/", 1)[-1]
+        return [(key, _safe_join(dest, name, key))]
+    folder = f"{key}/" if key else ""
+    plan = []
+    for k in keys:
+        if not k.startswith(folder) or k.endswith("/"):
+            continue
+        plan.append((k, _safe_join(dest, k[len(folder) :], k)))
+    return plan
+
+
 def download_s3(uri: str, dest: str) -> str:
-    """Copy an object or every object under a prefix to ``dest``; returns the local path."""
+    """Copy the object ``uri`` names, or every object under it as a folder, to ``dest``.
+
+    Returns the local file (an object) or ``dest`` (a folder).
+    """
     bucket, key = split_s3(uri)
     s3 = _s3_client()
-    paginator = s3.get_paginator("list_objects_v2")
-    keys = [
-        o["Key"]
-        for page in paginator.paginate(Bucket=bucket, Prefix=key)
-        for o in page.get("Contents", [])
-    ]
+    keys: list[str] = []
+    if key:
+        # Keys list in byte order, so the object itself (if any) comes before "key.gz" or "key/..."
+        first = s3.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1).get("Contents", [])
+        if first and first[0]["Key"] == key:
+            keys = [key]
     if not keys:
+        paginator = s3.get_paginator("list_objects_v2")
+        keys = [
+            o["Key"]
+            for page in paginator.paginate(Bucket=bucket, Prefix=f"{key}/" if key else "")
+            for o in page.get("Contents", [])
+        ]
+    plan = s3_plan(uri, keys, dest)
+    if not plan:
         raise StorageError(f"{uri}: no such object or prefix")
-    if keys == [key]:
-        os.makedirs(dest, exist_ok=True)
-        local = os.path.join(dest, os.path.basename(key))
-        s3.download_file(bucket, key, local)
-        return local
-    for k in keys:
-        rel = os.path.relpath(k, key) if key else k
-        local = os.path.join(dest, rel)
+    for k, local in plan:
         os.makedirs(os.path.dirname(local), exist_ok=True)
         s3.download_file(bucket, k, local)
-    return dest
+    return plan[0][1] if plan[0][0] == key else dest
 
 
 def upload_dir(local: str, uri: str) -> None:
@@ -127,7 +168,9 @@ def resolve_source(uri: str, cache: str, revision: str | None = None, token_env:
         return resolve_hf(uri, revision, token_env, kind)
     if uri.startswith("s3://"):
         bucket, key = split_s3(uri)
-        dest = os.path.join(cache, "s3", bucket, key.replace("/", "__") or "_root")
+        # One folder per URI, named by its hash: distinct keys never share a folder.
+        digest = hashlib.sha256(f"{bucket}/{key}".encode()).hexdigest()[:16]
+        dest = os.path.join(cache, "s3", bucket, digest)
         marker = dest + ".complete"
         if os.path.exists(marker):
             with open(marker) as f:
