@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -56,17 +57,44 @@ def test_match_label(text: str, expected: str) -> None:
 
 
 class _Handler(BaseHTTPRequestHandler):
+    """A stand-in OpenAI-compatible endpoint: the first request gets a 429, the rest answer."""
+
     seen: list[dict[str, Any]] = []
+    lock = threading.Lock()
+    in_flight = 0
+    max_in_flight = 0
+    throttle_first = True
 
     def do_POST(self) -> None:  # noqa: N802
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        _Handler.seen.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
-        text = body["messages"][-1]["content"].split("Message: ")[1]
-        answer = "card" if "card" in text else "fx."
-        out = json.dumps({"choices": [{"message": {"role": "assistant", "content": answer}}]}).encode()
-        self.send_response(200)
+        cls = _Handler
+        with cls.lock:
+            cls.seen.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+            throttle, cls.throttle_first = cls.throttle_first, False
+            cls.in_flight += 1
+            cls.max_in_flight = max(cls.max_in_flight, cls.in_flight)
+        try:
+            if throttle:
+                self._send(429, {"error": {"message": "Rate limit reached", "type": "rate_limit"}}, {"retry-after-ms": "20"})
+                return
+            time.sleep(0.05)  # long enough for requests to overlap
+            text = body["messages"][-1]["content"].split("Message: ")[1]
+            answer = "card" if "card" in text else "fx."
+            self._send(200, {
+                "id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
+                "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": answer}}],
+            })
+        finally:
+            with cls.lock:
+                cls.in_flight -= 1
+
+    def _send(self, code: int, obj: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+        out = json.dumps(obj).encode()
+        self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(out)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
         self.end_headers()
         self.wfile.write(out)
 
@@ -74,21 +102,48 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
-def test_openai_baseline_against_local_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
-    server = HTTPServer(("127.0.0.1", 0), _Handler)
+def test_openai_baseline_retries_a_429_with_bounded_concurrency(monkeypatch: pytest.MonkeyPatch) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         monkeypatch.setenv("TEST_KEY", "sk-test")
         cfg = parse_config({
             "model": {"source": "/m"}, "dataset": {"source": "/d.csv"}, "output": {"dir": "/o"},
-            "eval": {"baselines": {"openai": {"base_url": f"http://127.0.0.1:{server.server_port}/v1", "model": "gpt-x", "api_key_env": "TEST_KEY"}}},
+            "eval": {"baselines": {"openai": {
+                "base_url": f"http://127.0.0.1:{server.server_port}/v1", "model": "gpt-x", "api_key_env": "TEST_KEY",
+                "concurrency": 3, "max_retries": 2,
+            }}},
         })
-        held = rows({"card": ["my card"], "fx": ["rate", "euro"]})
+        held = rows({"card": [f"my card {i}" for i in range(6)], "fx": [f"rate {i}" for i in range(6)]})
         res = openai_baseline(held, cfg, ["card", "fx"])
-        assert res["accuracy"] == 1.0
-        assert _Handler.seen[0]["path"] == "/v1/chat/completions"
-        assert _Handler.seen[0]["auth"] == "Bearer sk-test"
-        assert _Handler.seen[0]["body"]["model"] == "gpt-x" and _Handler.seen[0]["body"]["temperature"] == 0
+        assert res["accuracy"] == 1.0 and res["n"] == 12
+        assert len(_Handler.seen) == 13  # one 429, retried, then every row once
+        first = _Handler.seen[0]
+        assert first["path"] == "/v1/chat/completions" and first["auth"] == "Bearer sk-test"
+        assert first["body"]["model"] == "gpt-x" and first["body"]["temperature"] == 0
+        assert 1 < _Handler.max_in_flight <= 3
+    finally:
+        server.shutdown()
+
+
+def test_openai_baseline_fails_when_retries_run_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Always429(_Handler):
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self._send(429, {"error": {"message": "Rate limit reached"}}, {"retry-after-ms": "5"})
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Always429)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+        cfg = parse_config({
+            "model": {"source": "/m"}, "dataset": {"source": "/d.csv"}, "output": {"dir": "/o"},
+            "eval": {"baselines": {"openai": {"base_url": f"http://127.0.0.1:{server.server_port}/v1", "model": "m", "max_retries": 1}}},
+        })
+        import openai
+
+        with pytest.raises(openai.RateLimitError):
+            openai_baseline(rows({"card": ["my card"], "fx": ["rate"]}), cfg, ["card", "fx"])
     finally:
         server.shutdown()
 

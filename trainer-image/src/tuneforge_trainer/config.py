@@ -390,6 +390,18 @@ class OpenAIBaselineConfig(_Strict):
     )
     max_rows: int | None = Field(default=None, ge=1, description="Score at most this many rows.")
     timeout_s: float = Field(default=30.0, gt=0, description="Per-request timeout in seconds.")
+    max_retries: int = Field(
+        default=5,
+        ge=0,
+        le=20,
+        description=(
+            "Retries of a request that got a 429, a 5xx or no connection, with exponential backoff "
+            "and jitter (Retry-After honoured), by the official openai client."
+        ),
+    )
+    concurrency: int = Field(
+        default=8, ge=1, le=64, description="Requests in flight at once (bounded by a thread pool)."
+    )
 
 
 class BaselineConfig(_Strict):
