@@ -162,3 +162,41 @@ def test_base_model_baselines_never_score_a_model_without_an_adapter() -> None:
     out = run_baselines(cfg, object(), None, data, train, "loglik")
     assert set(out) == {"zero_shot", "few_shot_2"}
     assert all("no LoRA adapter" in v["error"] for v in out.values())
+
+
+def test_length_normalised_predictions() -> None:
+    # Summed log-likelihood picks the one-token label; per character, the long label wins.
+    from tuneforge_trainer.evaluate import length_normalized_predictions
+
+    labels = ["fx", "card_arrival_delayed"]
+    scores = [[-3.0, -10.0], [-1.0, -30.0]]
+    assert [labels[max(range(2), key=lambda j: s[j])] for s in scores] == ["fx", "fx"]
+    assert length_normalized_predictions(scores, labels) == ["card_arrival_delayed", "fx"]
+
+
+def test_summary_carries_accuracy_norm() -> None:
+    from tuneforge_trainer.summary import parse_summary
+    from tuneforge_trainer.train import _summary_from
+
+    cfg = parse_config({"model": {"source": "/m"}, "dataset": {"source": "/d.csv"}, "output": {"dir": "/o"}})
+    s = _summary_from(
+        cfg, "train", {"accuracy": 0.9, "accuracy_norm": 0.91, "n": 10},
+        {"zero_shot": {"accuracy": 0.1, "accuracy_norm": 0.35}}, status="succeeded",
+    )
+    back = parse_summary(s.to_json())
+    assert back.accuracy_norm == 0.91 and back.baselines[0].accuracy_norm == 0.35
+
+
+def test_score_model_reports_accuracy_norm_beside_accuracy(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tuneforge_trainer import evaluate
+
+    labels = ["fx", "card_arrival_delayed"]
+    held = rows({"card_arrival_delayed": ["late card"], "fx": ["rate"]})
+    monkeypatch.setattr(evaluate, "prompt_texts", lambda tok, rs, cfg, labs, prefix=None: [r.text for r in rs])
+    monkeypatch.setattr(
+        evaluate, "predict_loglik",
+        lambda model, tok, prompts, labs, batch: (["fx", "fx"], [[-3.0, -10.0], [-1.0, -30.0]], [1, 5]),
+    )
+    cfg = parse_config({"model": {"source": "/m"}, "dataset": {"source": "/d.csv"}, "output": {"dir": "/o"}})
+    res = evaluate.score_model(None, None, held, cfg, labels)
+    assert res["method"] == "loglik" and res["accuracy"] == 0.5 and res["accuracy_norm"] == 1.0

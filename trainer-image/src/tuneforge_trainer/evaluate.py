@@ -5,7 +5,10 @@ prompts of a batch run once (left-padded, KV cache kept) and the cache is repeat
 label, so a row costs one prompt pass plus ``len(labels)`` short label passes instead of
 ``len(labels)`` full passes. Generation rows use batched greedy generation. Baselines (the base
 model zero/few-shot, TF-IDF + logistic regression, an OpenAI-compatible endpoint) are scored on
-the same rows. torch is imported inside the functions.
+the same rows. Log-likelihood scoring reports ``accuracy`` (summed over the label's tokens: the
+number the gate uses, for the adapter and the baselines alike) and ``accuracy_norm`` beside it
+(per character of the label, as lm-eval-harness's acc_norm). torch is imported inside the
+functions.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from tuneforge_trainer.metrics import classification_metrics, generation_metrics
 
 __all__ = [
     "few_shot_messages",
+    "length_normalized_predictions",
     "openai_baseline",
     "predict_generate",
     "predict_loglik",
@@ -158,6 +162,16 @@ def predict_loglik(
     return preds, scores, [len(x) for x in lab_ids]
 
 
+def length_normalized_predictions(scores: Sequence[Sequence[float]], labels: Sequence[str]) -> list[str]:
+    """Best label per row by log-likelihood per character of the label (lm-eval-harness acc_norm).
+
+    Summed log-likelihood favours labels of few tokens, which biases an untrained base model
+    against multi-token labels; dividing by the label's length removes most of that bias.
+    """
+    lens = [max(1, len(lab)) for lab in labels]
+    return [labels[max(range(len(labels)), key=lambda j: s[j] / lens[j])] for s in scores]
+
+
 def predict_generate(
     model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int, batch_rows: int = 16
 ) -> list[str]:
@@ -262,6 +276,8 @@ def score_model(
         ntok = sum(lens[idx[t]] for t in truth)
         res = classification_metrics(truth, preds, labels)
         res["label_nll"] = nll / max(1, ntok)
+        norm = length_normalized_predictions(scores, labels)
+        res["accuracy_norm"] = sum(p == t for p, t in zip(norm, truth)) / max(1, len(truth))
     else:
         max_new = cfg.eval.max_new_tokens or (max(len(tokenizer(t, add_special_tokens=False).input_ids) for t in truth + list(labels)) + 8)
         texts = predict_generate(model, tokenizer, prompts, max_new, cfg.eval.batch_size)

@@ -39,21 +39,32 @@ def render_model_card(report: dict[str, Any]) -> str:
         "",
         "## Results on held-out rows",
         "",
-        "| model | accuracy | macro-F1 |",
-        "|---|---|---|",
-        f"| fine-tuned adapter | {_pct(ev.get('accuracy'))} | {_pct(ev.get('macro_f1'))} |",
+        "| model | accuracy | macro-F1 | accuracy (length-normalised) |",
+        "|---|---|---|---|",
+        f"| fine-tuned adapter | {_pct(ev.get('accuracy'))} | {_pct(ev.get('macro_f1'))} | {_pct(ev.get('accuracy_norm'))} |",
     ]
     for name, b in (report.get("baselines") or {}).items():
         if b.get("error"):
-            lines.append(f"| {name} | error: {b['error'][:80]} | |")
+            lines.append(f"| {name} | error: {b['error'][:80]} | | |")
         else:
-            lines.append(f"| {name} | {_pct(b.get('accuracy'))} | {_pct(b.get('macro_f1'))} |")
+            lines.append(
+                f"| {name} | {_pct(b.get('accuracy'))} | {_pct(b.get('macro_f1'))} | {_pct(b.get('accuracy_norm'))} |"
+            )
     lines += [
         "",
         f"Held-out rows: {ev.get('n')}; scoring: {ev.get('method')}; eval loss: "
         f"{tr.get('eval_loss') if tr.get('eval_loss') is not None else '–'}.",
         "",
     ]
+    if ev.get("method") == "loglik":
+        lines += [
+            "Scoring: each row's prediction is the label with the highest summed log-likelihood; "
+            "**the gate uses this accuracy** for the adapter and the baselines alike. Summed scores "
+            "favour labels of few tokens, which biases an untrained base model against multi-token "
+            "labels, so the length-normalised accuracy (log-likelihood per label character, as "
+            "lm-eval-harness's acc_norm) is shown beside it; it is not gated.",
+            "",
+        ]
     per = ev.get("per_class") or {}
     if per:
         lines += ["## Per-class scores", "", "| label | precision | recall | F1 | support |", "|---|---|---|---|---|"]

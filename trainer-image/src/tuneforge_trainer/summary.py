@@ -46,8 +46,15 @@ class BaselineScore(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     name: str = Field(description="zero_shot, few_shot_<k>, tfidf_lr or openai:<model>.")
-    accuracy: float | None = Field(default=None, description="Accuracy (or exact match) 0..1.")
+    accuracy: float | None = Field(
+        default=None,
+        description="Accuracy (or exact match) 0..1; for log-likelihood scoring, by summed label log-likelihood (what the gate compares).",
+    )
     macro_f1: float | None = Field(default=None, description="Macro-F1 0..1 (classification).")
+    accuracy_norm: float | None = Field(
+        default=None,
+        description="Log-likelihood scoring only: accuracy by log-likelihood per label character (lm-eval-harness acc_norm); reported, not gated.",
+    )
     error: str | None = Field(default=None, description="Why the baseline could not be scored.")
 
 
@@ -66,6 +73,10 @@ class TrainerSummary(BaseModel):
     task: Literal["classification", "generation"] | None = Field(default=None, description="Task type.")
     accuracy: float | None = Field(default=None, description="Held-out accuracy (or exact match) 0..1.")
     macro_f1: float | None = Field(default=None, description="Held-out macro-F1 0..1.")
+    accuracy_norm: float | None = Field(
+        default=None,
+        description="Log-likelihood scoring only: length-normalised accuracy (acc_norm); reported beside accuracy, which the gate uses.",
+    )
     exact_match: float | None = Field(default=None, description="Generation: exact match 0..1.")
     field_f1: float | None = Field(default=None, description="Generation with JSON outputs: field F1.")
     eval_loss: float | None = Field(default=None, description="Final eval loss (held-out rows).")

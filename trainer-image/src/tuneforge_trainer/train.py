@@ -207,7 +207,10 @@ def _summary_from(
 
     worst = [ClassScore(**w) for w in worst_classes(ev.get("per_class") or {}, cfg.eval.worst_classes)]
     bl = [
-        BaselineScore(name=k, accuracy=v.get("accuracy"), macro_f1=v.get("macro_f1"), error=v.get("error"))
+        BaselineScore(
+            name=k, accuracy=v.get("accuracy"), macro_f1=v.get("macro_f1"), accuracy_norm=v.get("accuracy_norm"),
+            error=v.get("error"),
+        )
         for k, v in baselines.items()
     ]
     return TrainerSummary(
@@ -215,6 +218,7 @@ def _summary_from(
         task=cfg.task.type,
         accuracy=ev.get("accuracy"),
         macro_f1=ev.get("macro_f1"),
+        accuracy_norm=ev.get("accuracy_norm"),
         exact_match=ev.get("exact_match"),
         field_f1=ev.get("field_f1"),
         worst_classes=worst,
