@@ -281,3 +281,39 @@ def test_csv_bad_rows_through_validate(tmp_path: Path) -> None:
     prep = prepare_data(make_cfg(tmp_path, dataset__csv_bad_rows="drop"))
     assert [(d.row, d.reason.split(" (")[0]) for d in prep.report.dropped] == [(22, "field count differs from the header")]
     assert prep.report.to_dict()["dropped_by_reason"] == {"field count differs from the header": 1}
+
+
+def test_stratified_sample_keeps_each_labels_share() -> None:
+    from tuneforge_trainer.data import stratified_sample
+
+    # Sorted by label, as exported files often are: the first 10 rows would be one label.
+    rows = [Example(text=f"{lab}{i}", target=lab, row=i) for lab, n in (("a", 30), ("b", 15), ("c", 5)) for i in range(n)]
+    got = stratified_sample(rows, 10, seed=1)
+    assert Counter(e.target for e in got) == {"a": 6, "b": 3, "c": 1}
+    assert got == sorted(got, key=rows.index)  # file order kept
+    assert got == stratified_sample(rows, 10, seed=1) and got != stratified_sample(rows, 10, seed=2)
+    assert stratified_sample(rows, None, 0) == rows and stratified_sample(rows, 99, 0) == rows
+    assert len(stratified_sample(rows, 7, 0)) == 7
+
+
+def test_eval_file_gets_the_train_paths_hygiene(tmp_path: Path) -> None:
+    """``evaluate --eval-file`` rows: bad rows dropped, dedup, leak check, seeded stratified sample."""
+    from tuneforge_trainer.data import prepare_eval_rows
+
+    train = [Example(text=f"train {lab} {i}", target=lab, row=i) for lab in ("a", "b") for i in range(10)]
+    held = [(f"held a {i}", "a") for i in range(12)] + [(f"held b {i}", "b") for i in range(12)]
+    held += [("Held A 0!", "a"), ("", "b"), ("train a 3", "a")]  # a duplicate, an empty input, a leak
+    csv_file(tmp_path / "eval.csv", held)
+    cfg = make_cfg(tmp_path, eval__max_rows=8, data__leak_threshold=0.1)
+    rows, report = prepare_eval_rows(cfg, str(tmp_path / "eval.csv"), train, ["a", "b"])
+    assert Counter(e.target for e in rows) == {"a": 4, "b": 4}  # not the first 8 rows (all "a")
+    reasons = sorted(d.reason.split(" (")[0] for d in report.dropped)
+    assert reasons == ["also in training", "duplicate", "empty input"]
+    assert report.leaked == 1 and report.eval_counts == {"a": 4, "b": 4}
+    # Over the leak threshold is fatal, as on the train path.
+    csv_file(tmp_path / "leaky.csv", [(f"train a {i}", "a") for i in range(5)] + [("fresh", "b")])
+    with pytest.raises(DataError, match="data.leak_threshold"):
+        prepare_eval_rows(cfg, str(tmp_path / "leaky.csv"), train, ["a", "b"])
+    csv_file(tmp_path / "unknown.csv", [("x", "zzz")])
+    with pytest.raises(DataError, match="unknown labels"):
+        prepare_eval_rows(cfg, str(tmp_path / "unknown.csv"), train, ["a", "b"])

@@ -35,6 +35,8 @@ __all__ = [
     "load_rows",
     "normalize",
     "prepare_data",
+    "prepare_eval_rows",
+    "stratified_sample",
     "stratified_split",
 ]
 
@@ -321,6 +323,86 @@ def cap_per_label(rows: Sequence[Example], cap: int | None, seed: int) -> list[E
         chosen = rng.sample(range(len(group)), min(cap, len(group)))
         keep.update(id(group[i]) for i in chosen)
     return [ex for ex in rows if id(ex) in keep]
+
+
+def stratified_sample(rows: Sequence[Example], k: int | None, seed: int) -> list[Example]:
+    """At most ``k`` rows, each label keeping its share (largest remainder), seeded, in file order.
+
+    Files are often sorted by label, so the first ``k`` rows would be a few labels only; a plain
+    random sample can miss a small label. Rows without a label set (generation) are one group.
+    """
+    if not k or len(rows) <= k:
+        return list(rows)
+    by_label: dict[str, list[int]] = defaultdict(list)
+    for i, ex in enumerate(rows):
+        by_label[ex.target].append(i)
+    n = len(rows)
+    quota = {lab: len(ix) * k / n for lab, ix in by_label.items()}
+    take = {lab: int(q) for lab, q in quota.items()}
+    # Hand the remaining rows to the largest remainders (ties by label, for determinism).
+    for lab in sorted(quota, key=lambda lab: (-(quota[lab] - take[lab]), lab))[: k - sum(take.values())]:
+        take[lab] += 1
+    rng = random.Random(seed)
+    keep: set[int] = set()
+    for lab in sorted(by_label):
+        keep.update(rng.sample(by_label[lab], take[lab]))
+    return [ex for i, ex in enumerate(rows) if i in keep]
+
+
+def prepare_eval_rows(
+    cfg: TrainerConfig, path: str, train: Sequence[Example], labels: Sequence[str]
+) -> tuple[list[Example], DataReport]:
+    """Held-out rows from a separate file (``evaluate --eval-file``), with the train path's hygiene.
+
+    The same loading, bad-row drops, dedup, label filter and per-label cap as ``dataset.eval_source``
+    rows get; the leak check against ``train`` (over ``data.leak_threshold`` is fatal; below it the
+    leaked rows leave the held-out set, since training is already done); then a seeded stratified
+    sample of ``eval.max_rows``.
+    """
+    ds, dp = cfg.dataset, cfg.data
+    report = DataReport()
+    held, dropped, fmt = load_rows(path, ds.format, ds.text_column, ds.label_column, "eval", ds.csv_bad_rows)
+    report.format = fmt
+    report.loaded_eval = len(held) + len(dropped)
+    report.dropped.extend(dropped)
+    if ds.include_labels is not None:
+        wanted = set(ds.include_labels)
+        held = [e for e in held if e.target in wanted]
+    held, d = _drop_bad(held, dp.max_chars)
+    report.dropped.extend(d)
+    held, d = dedup(held, dp.dedup)
+    report.dropped.extend(d)
+    if cfg.task.type == "classification":
+        unknown = sorted({e.target for e in held} - set(labels))
+        if unknown:
+            raise DataError(f"--eval-file: unknown labels in eval rows: {unknown[:10]}")
+        held = cap_per_label(held, ds.max_eval_rows_per_label, dp.seed)
+    elif ds.max_eval_rows_per_label:
+        held = held[: ds.max_eval_rows_per_label]
+    leaked = leak_check(train, held)
+    if held and leaked:
+        n_leaked = sum(1 for e in held if normalize(f"{e.instruction or ''}\n{e.text}") in leaked)
+        frac = n_leaked / len(held)
+        report.leaked = n_leaked
+        if frac > dp.leak_threshold:
+            raise DataError(
+                f"data.leak_threshold: {n_leaked} of {len(held)} --eval-file rows ({frac:.1%}) also occur "
+                f"in training (limit {dp.leak_threshold:.1%})"
+            )
+        kept = []
+        for e in held:
+            if normalize(f"{e.instruction or ''}\n{e.text}") in leaked:
+                report.dropped.append(DroppedRow("eval", e.row, "also in training (leak)"))
+            else:
+                kept.append(e)
+        held = kept
+        report.warnings.append(f"{n_leaked} --eval-file rows also occurred in training; removed from the held-out rows")
+    held = stratified_sample(held, cfg.eval.max_rows, dp.seed)
+    if not held:
+        raise DataError("--eval-file: no held-out rows left after preparation")
+    classification = cfg.task.type == "classification"
+    report.eval_counts = dict(sorted(Counter(e.target for e in held).items())) if classification else {"rows": len(held)}
+    return held, report
 
 
 def balance(rows: Sequence[Example], mode: str, cap: int | None, seed: int) -> list[Example]:

@@ -16,9 +16,17 @@ import time
 from typing import Any
 
 from tuneforge_trainer.config import TrainerConfig
-from tuneforge_trainer.data import DataError, Example, PreparedData, format_example, load_rows, render_prompt
+from tuneforge_trainer.data import (
+    DataError,
+    Example,
+    PreparedData,
+    format_example,
+    prepare_eval_rows,
+    render_prompt,
+    stratified_sample,
+)
 from tuneforge_trainer.progress import ProgressReporter, is_rank_zero
-from tuneforge_trainer.storage import join_uri, upload_dir
+from tuneforge_trainer.storage import StorageError, join_uri, upload_dir
 from tuneforge_trainer.summary import BaselineScore, ClassScore, TrainerSummary, write_summary
 
 __all__ = ["evaluate_main", "train_main"]
@@ -276,13 +284,8 @@ def run_baselines(
 
 
 def _sample(rows: list[Example], k: int | None, seed: int) -> list[Example]:
-    """At most k rows, a seeded sample in file order (files are often sorted by label)."""
-    if not k or len(rows) <= k:
-        return list(rows)
-    import random
-
-    keep = set(random.Random(seed).sample(range(len(rows)), k))
-    return [r for i, r in enumerate(rows) if i in keep]
+    """At most k rows, a seeded stratified sample in file order (files are often sorted by label)."""
+    return stratified_sample(rows, k, seed)
 
 
 def _eval_rows(cfg: TrainerConfig, data: PreparedData) -> list[Example]:
@@ -512,19 +515,18 @@ def evaluate_main(cfg: TrainerConfig, adapter: str | None = None, eval_file: str
     data = prepare(cfg)
     report_data(data, progress)
     rows = _eval_rows(cfg, data)
+    eval_report = None
     if eval_file:
-        path = resolve_source(eval_file, cache_dir(), kind="dataset")
-        rows, dropped, _ = load_rows(path, cfg.dataset.format, cfg.dataset.text_column, cfg.dataset.label_column, "eval")
-        for d in dropped[:50]:
+        try:
+            path = resolve_source(eval_file, cache_dir(), kind="dataset")
+        except StorageError as e:
+            raise DataError(f"--eval-file: {e}") from None
+        # The same hygiene as the train path: dedup, bad rows, leak check, stratified sample.
+        rows, eval_report = prepare_eval_rows(cfg, path, data.train, data.labels)
+        for d in eval_report.dropped[:50]:
             print(f"dropped eval row {d.row}: {d.reason}", file=sys.stderr)
-        if cfg.dataset.include_labels:
-            rows = [r for r in rows if r.target in set(cfg.dataset.include_labels)]
-        if cfg.task.type == "classification":
-            unknown = sorted({r.target for r in rows} - set(data.labels))
-            if unknown:
-                raise DataError(f"--eval-file: unknown labels in eval rows: {unknown[:10]}")
-        if cfg.eval.max_rows:
-            rows = rows[: cfg.eval.max_rows]
+        for w in eval_report.warnings:
+            log.warning("Data: %s", w)
     if not rows:
         raise DataError("evaluate: no held-out rows")
     adapter_path = adapter or os.path.join(_artifact_dir(cfg), "adapter")
@@ -541,7 +543,10 @@ def evaluate_main(cfg: TrainerConfig, adapter: str | None = None, eval_file: str
     art = _artifact_dir(cfg)
     out = os.path.join(art, "evaluation")
     artifacts = {"adapter": adapter or join_uri(cfg.output.dir, "adapter"), "metrics": join_uri(cfg.output.dir, "evaluation", "metrics.json")}
-    write_json(os.path.join(out, "metrics.json"), {"eval": ev, "baselines": baselines, "adapter": adapter_path, "eval_file": eval_file})
+    write_json(os.path.join(out, "metrics.json"), {
+        "eval": ev, "baselines": baselines, "adapter": adapter_path, "eval_file": eval_file,
+        "eval_file_data": eval_report.to_dict() if eval_report else None,
+    })
     if cfg.output.plots and ev.get("confusion_matrix"):
         plot_confusion(ev["confusion_matrix"], ev["labels"], os.path.join(out, "confusion.png"))
     if cfg.output.dir.startswith("s3://"):
