@@ -24,6 +24,7 @@ __all__ = [
     "s3_plan",
     "split_s3",
     "upload_dir",
+    "upload_file",
 ]
 
 log = logging.getLogger(__name__)
@@ -153,6 +154,12 @@ def upload_dir(local: str, uri: str) -> None:
             path = os.path.join(root, name)
             rel = os.path.relpath(path, local)
             s3.upload_file(path, bucket, f"{prefix}/{rel}" if prefix else rel)
+
+
+def upload_file(local: str, uri: str) -> None:
+    """Upload one file to the object ``s3://bucket/key``."""
+    bucket, key = split_s3(uri)
+    _s3_client().upload_file(local, bucket, key)
 
 
 def join_uri(base: str, *parts: str) -> str:

@@ -2,7 +2,8 @@
 
 The trainer writes one JSON object (at most 4 KiB, the Kubernetes termination-message limit) to
 the container's termination-message path; the operator reads it from the Pod status
-(``state.terminated.message``) with :func:`parse_summary`. No torch import: the operator imports
+(``state.terminated.message``) with :func:`parse_summary`. The whole summary is also saved as
+``summary.json`` beside the artifacts (:func:`save_summary`), for when the pod is gone. No torch import: the operator imports
 this module. The full report (``metrics.json``) lives beside the artifacts.
 """
 
@@ -16,16 +17,22 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "MAX_SUMMARY_BYTES",
+    "SUMMARY_FILE",
     "SUMMARY_VERSION",
     "BaselineScore",
     "ClassScore",
     "TrainerSummary",
     "parse_summary",
+    "remove_saved_summary",
+    "save_summary",
     "write_summary",
 ]
 
 MAX_SUMMARY_BYTES = 4096
 SUMMARY_VERSION = "tuneforge.dev/trainer-summary/v1"
+# The summary's name inside the output location (``<output.dir>/summary.json`` after train,
+# ``<output.dir>/evaluation/summary.json`` after evaluate).
+SUMMARY_FILE = "summary.json"
 
 
 class ClassScore(BaseModel):
@@ -146,6 +153,31 @@ def write_summary(summary: TrainerSummary, path: str | None) -> None:
         with open(path, "w", encoding="utf-8") as f:
             f.write(summary.to_json())
     except OSError:
+        pass
+
+
+def save_summary(summary: TrainerSummary, folder: str) -> str:
+    """Write the whole summary (not trimmed to 4 KiB) as ``folder/summary.json``; returns the path.
+
+    The copy that outlives the pod: the trainer writes it into the artifact folder (uploaded with
+    the artifacts for s3:// outputs), so the operator can read the result when the pod and its
+    termination message are gone.
+    """
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, SUMMARY_FILE)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(summary.model_dump_json(exclude_none=True))
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)  # readers never see half a file
+    return path
+
+
+def remove_saved_summary(folder: str) -> None:
+    """Remove ``folder/summary.json`` if present (a new run starts in a used output folder)."""
+    try:
+        os.remove(os.path.join(folder, SUMMARY_FILE))
+    except FileNotFoundError:
         pass
 
 

@@ -27,7 +27,14 @@ from tuneforge_trainer.data import (
 )
 from tuneforge_trainer.progress import ProgressReporter, is_rank_zero
 from tuneforge_trainer.storage import StorageError, join_uri, upload_dir
-from tuneforge_trainer.summary import BaselineScore, ClassScore, TrainerSummary, write_summary
+from tuneforge_trainer.summary import (
+    BaselineScore,
+    ClassScore,
+    TrainerSummary,
+    remove_saved_summary,
+    save_summary,
+    write_summary,
+)
 
 __all__ = ["evaluate_main", "train_main"]
 
@@ -238,9 +245,13 @@ def _summary_from(
 
 
 def run_baselines(
-    cfg: TrainerConfig, model: Any, tokenizer: Any, data: PreparedData, rows: list[Example], method: str | None
+    cfg: TrainerConfig, model: Any, tokenizer: Any, data: PreparedData, rows: list[Example], method: str | None,
+    progress: ProgressReporter | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Zero/few-shot base model (adapter disabled), TF-IDF + LR and an optional endpoint."""
+    """Zero/few-shot base model (adapter disabled), TF-IDF + LR and an optional endpoint.
+
+    A ``baseline`` progress event follows each one (minutes each on a CPU).
+    """
     from tuneforge_trainer.evaluate import few_shot_messages, openai_baseline, pick_shots, score_model, tfidf_baseline
 
     bc = cfg.eval.baselines
@@ -261,6 +272,12 @@ def run_baselines(
         except Exception as e:  # noqa: BLE001 - a baseline failing must not fail the run
             log.warning("Baseline %s failed: %s", name, e)
             out[name] = {"error": f"{type(e).__name__}: {e}"[:300]}
+        if progress is not None:
+            r = out[name]
+            progress.emit(
+                "baseline", name=name, accuracy=r.get("accuracy"), accuracy_norm=r.get("accuracy_norm"),
+                error=r.get("error"), seconds=r.get("seconds"),
+            )
 
     if bc.zero_shot:
         def zero() -> dict[str, Any]:
@@ -347,6 +364,9 @@ def train_main(cfg: TrainerConfig) -> int:
     if ds.quantization != "none":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=ds.gradient_checkpointing)
     ckpt_dir = os.path.join(work, "checkpoints")
+    if rank0:
+        # A rerun must not leave an earlier run's result looking like this one's.
+        remove_saved_summary(_artifact_dir(cfg))
     args = _training_args(cfg, ds, ckpt_dir, eval_ds is not None, cuda)
     callbacks: list[Any] = [_progress_callback(progress, preempt)]
     if cfg.training.early_stopping_patience:
@@ -408,10 +428,14 @@ def train_main(cfg: TrainerConfig) -> int:
     baselines: dict[str, dict[str, Any]] = {}
     if cfg.eval.enabled and data.eval:
         rows = _eval_rows(cfg, data)
+        progress.emit("eval_start", rows=len(rows))
         ev = score_model(model, tokenizer, rows, cfg, data.labels)
         log.info("Adapter held-out accuracy %s (%d rows, %.1f s)", ev.get("accuracy"), len(rows), ev["seconds"])
-        progress.emit("eval", accuracy=ev.get("accuracy"), macro_f1=ev.get("macro_f1"), rows=len(rows), seconds=ev["seconds"])
-        baselines = run_baselines(cfg, model, tokenizer, data, rows, ev["method"])
+        progress.emit(
+            "eval", accuracy=ev.get("accuracy"), macro_f1=ev.get("macro_f1"), accuracy_norm=ev.get("accuracy_norm"),
+            rows=len(rows), seconds=ev["seconds"],
+        )
+        baselines = run_baselines(cfg, model, tokenizer, data, rows, ev["method"], progress)
 
     if cfg.output.merge and cfg.lora.enabled:
         merged_dir = os.path.join(art, "merged")
@@ -468,9 +492,6 @@ def train_main(cfg: TrainerConfig) -> int:
         with open(os.path.join(art, "README.md"), "w", encoding="utf-8") as f:
             f.write(render_model_card(report))
         os.chmod(os.path.join(art, "README.md"), 0o644)
-    if cfg.output.dir.startswith("s3://"):
-        upload_dir(art, cfg.output.dir)
-
     summary = _summary_from(
         cfg, "train", ev, baselines,
         status="succeeded",
@@ -487,6 +508,11 @@ def train_main(cfg: TrainerConfig) -> int:
         quantization=ds.quantization,
         artifacts=artifacts,
     )
+    # Beside the artifacts too: the operator reads it there when the pod (and its termination
+    # message) is gone.
+    save_summary(summary, art)
+    if cfg.output.dir.startswith("s3://"):
+        upload_dir(art, cfg.output.dir)
     write_summary(summary, cfg.output.termination_message_path)
     progress.emit(
         "done", accuracy=summary.accuracy, macro_f1=summary.macro_f1, eval_loss=eval_loss,
@@ -537,9 +563,13 @@ def evaluate_main(cfg: TrainerConfig, adapter: str | None = None, eval_file: str
     model_path = resolve_model_path(cfg, cache_dir())
     tokenizer = load_tokenizer(model_path, cfg)
     model = PeftModel.from_pretrained(load_model(model_path, cfg, ds), adapter_path)
+    progress.emit("eval_start", rows=len(rows))
     ev = score_model(model, tokenizer, rows, cfg, data.labels)
-    progress.emit("eval", accuracy=ev.get("accuracy"), macro_f1=ev.get("macro_f1"), rows=len(rows), seconds=ev["seconds"])
-    baselines = run_baselines(cfg, model, tokenizer, data, rows, ev["method"])
+    progress.emit(
+        "eval", accuracy=ev.get("accuracy"), macro_f1=ev.get("macro_f1"), accuracy_norm=ev.get("accuracy_norm"),
+        rows=len(rows), seconds=ev["seconds"],
+    )
+    baselines = run_baselines(cfg, model, tokenizer, data, rows, ev["method"], progress)
     art = _artifact_dir(cfg)
     out = os.path.join(art, "evaluation")
     artifacts = {"adapter": adapter or join_uri(cfg.output.dir, "adapter"), "metrics": join_uri(cfg.output.dir, "evaluation", "metrics.json")}
@@ -549,13 +579,14 @@ def evaluate_main(cfg: TrainerConfig, adapter: str | None = None, eval_file: str
     })
     if cfg.output.plots and ev.get("confusion_matrix"):
         plot_confusion(ev["confusion_matrix"], ev["labels"], os.path.join(out, "confusion.png"))
-    if cfg.output.dir.startswith("s3://"):
-        upload_dir(out, join_uri(cfg.output.dir, "evaluation"))
     summary = _summary_from(
         cfg, "evaluate", ev, baselines, status="succeeded", eval_loss=ev.get("label_nll"),
         message=f"held-out accuracy {ev.get('accuracy')} on {len(rows)} rows", artifacts=artifacts,
         device="cuda" if cuda else "cpu", quantization=ds.quantization,
     )
+    save_summary(summary, out)
+    if cfg.output.dir.startswith("s3://"):
+        upload_dir(out, join_uri(cfg.output.dir, "evaluation"))
     write_summary(summary, cfg.output.termination_message_path)
     progress.emit("done", accuracy=summary.accuracy, macro_f1=summary.macro_f1)
     return 0
