@@ -38,11 +38,12 @@ def test_validate_ok_reports_rows_and_summary(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     events = [json.loads(line) for line in r.stdout.splitlines()]
     data = next(e for e in events if e["event"] == "data")
-    assert data["train_rows"] == 16 and data["eval_rows"] == 4 and data["dropped"] == 2
+    # 20 rows: 4 test (eval_fraction 0.2), then 2 validation (validation_fraction 0.1), 14 training
+    assert data["train_rows"] == 14 and data["validation_rows"] == 2 and data["eval_rows"] == 4 and data["dropped"] == 2
     assert "dropped train row 22: empty input" in r.stderr
     assert "dropped train row 23: duplicate (of row 3)" in r.stderr
     s = parse_summary((tmp_path / "term").read_text())
-    assert s.status == "validated" and s.n_train == 16
+    assert s.status == "validated" and s.n_train == 14 and s.n_validation == 2 and s.n_eval == 4
     assert (tmp_path / "out" / "progress.jsonl").is_file()
 
 

@@ -207,7 +207,10 @@ def test_prepare_data_end_to_end(tmp_path: Path) -> None:
     prep = prepare_data(cfg)
     assert prep.labels == ["a", "b", "c"]
     assert Counter(e.target for e in prep.eval) == {"a": 2, "b": 2, "c": 2}
-    assert len(prep.train) == 24
+    # validation rows (data.validation_fraction 0.1) come out of the remaining 8 per label
+    assert Counter(e.target for e in prep.validation) == {"a": 1, "b": 1, "c": 1}
+    assert len(prep.train) == 21
+    assert not {id(e) for e in prep.validation} & ({id(e) for e in prep.train} | {id(e) for e in prep.eval})
     reasons = sorted(d.reason.split(" (")[0] for d in prep.report.dropped)
     assert reasons == ["duplicate", "empty input", "empty target", "over data.max_chars"]
     assert {d.row for d in prep.report.dropped} == {32, 33, 34, 35}
@@ -317,3 +320,26 @@ def test_eval_file_gets_the_train_paths_hygiene(tmp_path: Path) -> None:
     csv_file(tmp_path / "unknown.csv", [("x", "zzz")])
     with pytest.raises(DataError, match="unknown labels"):
         prepare_eval_rows(cfg, str(tmp_path / "unknown.csv"), train, ["a", "b"])
+
+
+def test_three_way_split_validation_before_the_cap(tmp_path: Path) -> None:
+    """Train / validation (selection) / test (reported, gated): disjoint, stratified, and the
+    per-label cap bounds the training rows only; test rows never occur in validation."""
+    rows = [(f"text {lab} {i}", lab) for lab in ("a", "b") for i in range(40)]
+    csv_file(tmp_path / "train.csv", rows)
+    csv_file(tmp_path / "test.csv", [(f"test {lab} {i}", lab) for lab in ("a", "b") for i in range(5)] + [("TEXT a 3", "a")])
+    cfg = make_cfg(tmp_path, dataset__eval_source=str(tmp_path / "test.csv"), dataset__max_rows_per_label=10,
+                   data__validation_fraction=0.25, data__leak_threshold=0.2)
+    prep = prepare_data(cfg)
+    assert Counter(e.target for e in prep.train) == {"a": 10, "b": 10}
+    assert Counter(e.target for e in prep.validation) == {"a": 10, "b": 10}  # 25 % of 40, before the cap
+    assert len(prep.eval) == 11
+    texts = lambda rs: {e.text.lower() for e in rs}  # noqa: E731
+    assert not texts(prep.train) & texts(prep.validation)
+    assert "text a 3" not in texts(prep.validation) | texts(prep.train)  # the leaked row left both
+    assert prep.report.validation_counts == {"a": 10, "b": 10}
+    # No validation rows: nothing to select on, so selection settings are refused at load.
+    prep0 = prepare_data(make_cfg(tmp_path, data__validation_fraction=0))
+    assert prep0.validation == []
+    with pytest.raises(Exception, match="data.validation_fraction"):
+        make_cfg(tmp_path, data__validation_fraction=0, training__load_best_model=True)

@@ -235,7 +235,21 @@ class DataPrepConfig(_Strict):
         default=0.1,
         ge=0.0,
         lt=0.5,
-        description="Stratified held-out fraction when no eval_source is given (10-15 % typical).",
+        description=(
+            "Stratified test fraction when no eval_source is given (10-15 % typical): the rows "
+            "scored once at the end, reported and gated; nothing selects a model on them."
+        ),
+    )
+    validation_fraction: float = Field(
+        default=0.1,
+        ge=0.0,
+        lt=0.5,
+        description=(
+            "Stratified fraction of the training rows held out for model selection: the eval "
+            "loss during training, training.load_best_model and early stopping use these rows "
+            "only, never the test rows. Split off before dataset.max_rows_per_label caps the "
+            "training rows. 0 = no validation rows (no eval loss, no best-model selection)."
+        ),
     )
     min_rows_per_label: int = Field(
         default=2, ge=1, description="Fatal if a label has fewer training rows than this."
@@ -344,7 +358,9 @@ class TrainingConfig(_Strict):
         default="auto", description="Training precision; auto = bf16 on CUDA with support, else fp32."
     )
     eval_steps: int | None = Field(
-        default=None, ge=1, description="Compute eval loss every N steps; None = once per epoch."
+        default=None,
+        ge=1,
+        description="Compute the eval loss (validation rows) every N steps; None = once per epoch.",
     )
     save_steps: int | None = Field(
         default=None, ge=1, description="Checkpoint every N steps; None = once per epoch."
@@ -352,10 +368,10 @@ class TrainingConfig(_Strict):
     logging_steps: int = Field(default=5, ge=1, description="Log (and report progress) every N steps.")
     save_total_limit: int = Field(default=2, ge=1, description="Checkpoints kept on disk.")
     early_stopping_patience: int | None = Field(
-        default=None, ge=1, description="Stop after N evaluations without eval-loss improvement."
+        default=None, ge=1, description="Stop after N evaluations without validation-loss improvement."
     )
     load_best_model: bool = Field(
-        default=False, description="Reload the checkpoint with the lowest eval loss at the end."
+        default=False, description="Reload the checkpoint with the lowest validation loss at the end."
     )
     seed: int = Field(default=42, description="Training seed.")
     resume: bool = Field(
@@ -448,8 +464,8 @@ class EvalConfig(_Strict):
         default=256,
         ge=1,
         description=(
-            "Held-out rows (a seeded sample) for the eval-loss curve during training; a full "
-            "forward pass per row, so it is bounded on CPUs. None = all held-out rows."
+            "Validation rows (a seeded sample) for the eval-loss curve during training; a full "
+            "forward pass per row, so it is bounded on CPUs. None = all validation rows."
         ),
     )
     worst_classes: int = Field(default=5, ge=0, le=20, description="Worst classes listed in the summary.")
@@ -548,6 +564,17 @@ class TrainerConfig(_Strict):
                 )
             if bl.zero_shot:
                 bl.zero_shot = False  # on by default only where it means something
+        if self.data.validation_fraction == 0:
+            for name, on in (
+                ("training.load_best_model", self.training.load_best_model),
+                ("training.early_stopping_patience", self.training.early_stopping_patience is not None),
+            ):
+                if on:
+                    # Selecting on the test rows would make the reported accuracy optimistic.
+                    raise ValueError(
+                        f"{name} selects on validation rows and data.validation_fraction is 0 "
+                        "(the test rows are never used for selection)"
+                    )
         if self.task.type == "generation":
             if self.eval.method == "loglik":
                 raise ValueError("eval.method 'loglik' needs task.type: classification")

@@ -81,6 +81,7 @@ class DataReport:
     leaked: int = 0
     train_counts: dict[str, int] = field(default_factory=dict)
     eval_counts: dict[str, int] = field(default_factory=dict)
+    validation_counts: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -94,18 +95,22 @@ class DataReport:
             "leaked": self.leaked,
             "train_counts": self.train_counts,
             "eval_counts": self.eval_counts,
+            "validation_counts": self.validation_counts,
             "warnings": self.warnings,
         }
 
 
 @dataclass
 class PreparedData:
-    """Training and held-out rows ready to format, the label set, and the report."""
+    """Training, test (``eval``) and validation rows ready to format, the label set, and the report."""
 
     train: list[Example]
     eval: list[Example]
     labels: list[str]
     report: DataReport
+    # Rows for model selection (eval loss, best checkpoint, early stopping); ``eval`` holds the
+    # test rows, scored once at the end.
+    validation: list[Example] = field(default_factory=list)
 
 
 _PUNCT = re.compile(r"[^\w\s]", re.UNICODE)
@@ -279,7 +284,7 @@ def dedup(rows: Sequence[Example], mode: str) -> tuple[list[Example], list[Dropp
 
 
 def stratified_split(
-    rows: Sequence[Example], fraction: float, seed: int, min_rows: int = 2
+    rows: Sequence[Example], fraction: float, seed: int, min_rows: int = 2, field_name: str = "data.eval_fraction"
 ) -> tuple[list[Example], list[Example]]:
     """Split by label so each label keeps its share in the held-out part (at least one row each).
 
@@ -296,7 +301,7 @@ def stratified_split(
         group = list(by_label[label])
         if len(group) < need:
             raise DataError(
-                f"label {label!r} has {len(group)} rows; a held-out split (data.eval_fraction) needs "
+                f"label {label!r} has {len(group)} rows; a held-out split ({field_name}) needs "
                 f"at least {need} (data.min_rows_per_label + 1)"
             )
         rng.shuffle(group)
@@ -555,6 +560,22 @@ def prepare_data(
             held = [e for i, e in enumerate(train) if i in idx]
             train = [e for i, e in enumerate(train) if i not in idx]
 
+    # Validation rows come out of the training pool before the cap, so the cap still bounds the
+    # rows trained on; they select the model, the test rows above only score it.
+    validation: list[Example] = []
+    if dp.validation_fraction > 0:
+        if classification:
+            train, validation = stratified_split(
+                train, dp.validation_fraction, dp.seed + 1, dp.min_rows_per_label, "data.validation_fraction"
+            )
+        else:
+            rng = random.Random(dp.seed + 1)
+            order = list(range(len(train)))
+            rng.shuffle(order)
+            idx = set(order[: max(1, round(len(train) * dp.validation_fraction))])
+            validation = [e for i, e in enumerate(train) if i in idx]
+            train = [e for i, e in enumerate(train) if i not in idx]
+
     if classification:
         train = cap_per_label(train, ds.max_rows_per_label, dp.seed)
     elif ds.max_rows_per_label:
@@ -564,7 +585,8 @@ def prepare_data(
     elif ds.max_eval_rows_per_label:
         held = held[: ds.max_eval_rows_per_label]
 
-    leaked = leak_check(train, held)
+    # Test rows must not occur in the rows that train or select the model.
+    leaked = leak_check(train + validation, held)
     if held and leaked:
         n_leaked_eval = sum(1 for e in held if normalize(f"{e.instruction or ''}\n{e.text}") in leaked)
         frac = n_leaked_eval / len(held)
@@ -581,17 +603,28 @@ def prepare_data(
             else:
                 kept.append(e)
         train = kept
+        kept = []
+        for e in validation:
+            if normalize(f"{e.instruction or ''}\n{e.text}") in leaked:
+                report.dropped.append(DroppedRow("train", e.row, "also in eval (leak)"))
+            else:
+                kept.append(e)
+        validation = kept
         report.warnings.append(f"{n_leaked_eval} eval rows also occurred in training; removed from training")
 
     if token_length is not None:
-        kept = []
-        for e in train:
-            n = token_length(e)
-            if n > cfg.training.max_seq_length and dp.drop_over_length:
-                report.dropped.append(DroppedRow("train", e.row, f"over training.max_seq_length ({n} tokens)"))
-            else:
-                kept.append(e)
-        train = kept
+
+        def fits(rows: list[Example]) -> list[Example]:
+            kept = []
+            for e in rows:
+                n = token_length(e)
+                if n > cfg.training.max_seq_length and dp.drop_over_length:
+                    report.dropped.append(DroppedRow("train", e.row, f"over training.max_seq_length ({n} tokens)"))
+                else:
+                    kept.append(e)
+            return kept
+
+        train, validation = fits(train), fits(validation)
 
     if classification:
         counts = Counter(e.target for e in train)
@@ -608,4 +641,7 @@ def prepare_data(
         raise DataError("dataset: no held-out rows left for evaluation")
     report.train_counts = dict(sorted(Counter(e.target for e in train).items())) if classification else {"rows": len(train)}
     report.eval_counts = dict(sorted(Counter(e.target for e in held).items())) if classification else {"rows": len(held)}
-    return PreparedData(train=train, eval=held, labels=labels, report=report)
+    report.validation_counts = (
+        dict(sorted(Counter(e.target for e in validation).items())) if classification else {"rows": len(validation)}
+    )
+    return PreparedData(train=train, eval=held, labels=labels, report=report, validation=validation)

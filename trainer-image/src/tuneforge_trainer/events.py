@@ -67,7 +67,7 @@ EVENTS = frozenset(STAGE_BY_EVENT)
 FIELDS: Mapping[str, frozenset[str]] = {
     START: frozenset({"command", "run_name"}),
     DATA: frozenset({
-        "train_rows", "eval_rows", "labels", "format", "loaded", "loaded_eval", "dropped",
+        "train_rows", "validation_rows", "eval_rows", "labels", "format", "loaded", "loaded_eval", "dropped",
         "dropped_by_reason", "leaked", "warnings",
     }),
     RESUME: frozenset({"checkpoint", "step"}),

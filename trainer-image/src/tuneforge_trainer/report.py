@@ -37,7 +37,13 @@ def render_model_card(report: dict[str, Any]) -> str:
         f"LoRA adapter for `{cfg.get('model', {}).get('source')}` trained by Tuneforge "
         f"(task: {cfg.get('task', {}).get('type')}).",
         "",
-        "## Results on held-out rows",
+        "## Results on the test rows",
+        "",
+        f"Rows: {sum((data.get('train_counts') or {}).values()) or '–'} training; "
+        f"{sum((data.get('validation_counts') or {}).values()) or 0} validation (the eval loss, the best "
+        f"checkpoint and early stopping: model selection); {ev.get('n') if ev.get('n') is not None else '–'} test "
+        "(scored once after training; the results below and the gate). No model was selected on the "
+        "test rows.",
         "",
         "| model | accuracy | macro-F1 | accuracy (length-normalised) |",
         "|---|---|---|---|",
@@ -52,7 +58,7 @@ def render_model_card(report: dict[str, Any]) -> str:
             )
     lines += [
         "",
-        f"Held-out rows: {ev.get('n')}; scoring: {ev.get('method')}; eval loss: "
+        f"Test rows: {ev.get('n')}; scoring: {ev.get('method')}; eval loss (validation rows): "
         f"{tr.get('eval_loss') if tr.get('eval_loss') is not None else '–'}.",
         "",
     ]
@@ -79,7 +85,8 @@ def render_model_card(report: dict[str, Any]) -> str:
         f"- rows loaded: {data.get('loaded')} (+{data.get('loaded_eval', 0)} eval); dropped: "
         f"{data.get('dropped')} {data.get('dropped_by_reason') or ''}; leaked eval rows: {data.get('leaked')}",
         f"- training rows per label: {data.get('train_counts')}",
-        f"- held-out rows per label: {data.get('eval_counts')}",
+        f"- validation rows per label: {data.get('validation_counts')}",
+        f"- test rows per label: {data.get('eval_counts')}",
         "",
         "## Training",
         "",

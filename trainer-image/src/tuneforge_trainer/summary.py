@@ -86,12 +86,17 @@ class TrainerSummary(BaseModel):
     )
     exact_match: float | None = Field(default=None, description="Generation: exact match 0..1.")
     field_f1: float | None = Field(default=None, description="Generation with JSON outputs: field F1.")
-    eval_loss: float | None = Field(default=None, description="Final eval loss (held-out rows).")
+    eval_loss: float | None = Field(
+        default=None, description="Final eval loss on the validation rows (train); label NLL on the test rows (evaluate)."
+    )
     train_loss: float | None = Field(default=None, description="Final training loss.")
     worst_classes: list[ClassScore] = Field(default_factory=list, description="Lowest-F1 classes.")
     baselines: list[BaselineScore] = Field(default_factory=list, description="Baseline scores.")
     n_train: int | None = Field(default=None, description="Training rows after preparation.")
-    n_eval: int | None = Field(default=None, description="Held-out rows scored.")
+    n_validation: int | None = Field(
+        default=None, description="Validation rows: eval loss and model selection, never scored for the gate."
+    )
+    n_eval: int | None = Field(default=None, description="Test rows scored (reported and gated).")
     n_dropped: int | None = Field(default=None, description="Rows dropped by data preparation.")
     steps: int | None = Field(default=None, description="Optimiser steps completed.")
     resumed_from_step: int | None = Field(default=None, description="Checkpoint step resumed from.")

@@ -348,9 +348,11 @@ def train_main(cfg: TrainerConfig) -> int:
         )
 
     train_ds = to_ds(data.train)
+    # The eval loss, the best checkpoint and early stopping see the validation rows only; the
+    # test rows (data.eval) are scored once, after training.
     eval_ds = None
-    if data.eval and cfg.eval.enabled:
-        loss_rows = _sample(data.eval, cfg.eval.loss_max_rows, cfg.data.seed)
+    if data.validation:
+        loss_rows = _sample(data.validation, cfg.eval.loss_max_rows, cfg.data.seed)
         eval_ds = to_ds(loss_rows)
 
     model: Any = load_model(model_path, cfg, ds)
@@ -499,6 +501,7 @@ def train_main(cfg: TrainerConfig) -> int:
         eval_loss=eval_loss,
         train_loss=train_loss,
         n_train=len(data.train),
+        n_validation=len(data.validation),
         n_dropped=len(data.report.dropped),
         steps=state.global_step,
         resumed_from_step=resumed_step,
@@ -548,7 +551,7 @@ def evaluate_main(cfg: TrainerConfig, adapter: str | None = None, eval_file: str
         except StorageError as e:
             raise DataError(f"--eval-file: {e}") from None
         # The same hygiene as the train path: dedup, bad rows, leak check, stratified sample.
-        rows, eval_report = prepare_eval_rows(cfg, path, data.train, data.labels)
+        rows, eval_report = prepare_eval_rows(cfg, path, data.train + data.validation, data.labels)
         for d in eval_report.dropped[:50]:
             print(f"dropped eval row {d.row}: {d.reason}", file=sys.stderr)
         for w in eval_report.warnings:
