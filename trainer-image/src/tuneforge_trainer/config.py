@@ -27,6 +27,7 @@ __all__ = [
     "DataPrepConfig",
     "DatasetConfig",
     "EvalConfig",
+    "HubConfig",
     "LoraSettings",
     "ModelConfig",
     "OpenAIBaselineConfig",
@@ -64,9 +65,9 @@ class ModelConfig(_Strict):
 
     source: str = Field(
         description=(
-            "Base model: 'hf://org/name' (Hugging Face Hub id, resolved offline against the hub "
-            "cache when HF_HUB_OFFLINE=1), 's3://bucket/prefix' (a Hugging Face model folder in "
-            "S3; endpoint from AWS_ENDPOINT_URL), or a local/PVC folder path."
+            "Base model: 'hf://org/name' (Hugging Face Hub id, downloaded into the hub cache; see "
+            "hub), 's3://bucket/prefix' (a Hugging Face model folder in S3; endpoint from "
+            "AWS_ENDPOINT_URL), or a local/PVC folder path."
         ),
         min_length=1,
     )
@@ -76,7 +77,10 @@ class ModelConfig(_Strict):
     )
     token_env: str = Field(
         default="HF_TOKEN",
-        description="Environment variable that holds the Hugging Face token (fed from a Secret).",
+        description=(
+            "Environment variable that holds the Hugging Face token (fed from a Secret); used for "
+            "hf:// models and datasets."
+        ),
     )
     gguf_file: str | None = Field(
         default=None,
@@ -113,8 +117,9 @@ class DatasetConfig(_Strict):
     source: str = Field(
         description=(
             "Training data: a local path, 's3://bucket/key' or 'hf://datasets/org/name'. A .jsonl "
-            "file (instruction/input/output rows or chat 'messages' rows), a .csv file, or a "
-            "folder saved with datasets.save_to_disk."
+            "file (instruction/input/output rows or chat 'messages' rows), a .csv file, a folder "
+            "saved with datasets.save_to_disk, or a dataset repo of parquet/CSV/JSON(L) files as "
+            "datasets.load_dataset reads it (its train split; test for eval_source when present)."
         ),
         min_length=1,
     )
@@ -474,6 +479,28 @@ class EvalConfig(_Strict):
     )
 
 
+class HubConfig(_Strict):
+    """How hf:// models and datasets are fetched from the Hugging Face Hub."""
+
+    cache_dir: str | None = Field(
+        default=None,
+        description=(
+            "Hub cache folder for hf:// models and datasets. Point it at a mounted PVC so a "
+            "download survives the pod and the next run (or a retry) reuses it. None = "
+            "HF_HUB_CACHE, else HF_HOME/hub (in the trainer image /tmp/hf/hub, lost with the pod)."
+        ),
+    )
+    offline: bool = Field(
+        default=False,
+        description=(
+            "Never contact the hub: hf:// sources must already be in the cache (HF_HUB_OFFLINE=1 "
+            "does the same). Online (the default) the hub is asked which commit a revision names "
+            "and only missing files are downloaded, with the token from model.token_env (HF_TOKEN; "
+            "the operator passes tokenSecretRef as that variable) and the endpoint from HF_ENDPOINT."
+        ),
+    )
+
+
 class OutputConfig(_Strict):
     """Where the artifacts, checkpoints and hand-off files go."""
 
@@ -526,6 +553,7 @@ class TrainerConfig(_Strict):
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="Optimisation.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation and baselines.")
     output: OutputConfig = Field(description="Output location and hand-off files.")
+    hub: HubConfig = Field(default_factory=HubConfig, description="Hugging Face Hub downloads (hf://).")
 
     @field_validator("quantization", mode="before")
     @classmethod

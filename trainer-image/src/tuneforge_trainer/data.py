@@ -247,7 +247,16 @@ def load_rows(
         elif fmt == "hf_dataset":
             import datasets  # heavy: only for saved HF datasets
 
-            ds = datasets.load_from_disk(path)
+            saved = any(os.path.exists(os.path.join(path, f)) for f in ("dataset_dict.json", "state.json"))
+            if saved:  # a folder written by save_to_disk
+                ds = datasets.load_from_disk(path)
+            else:
+                # A dataset repo of parquet/CSV/JSON(L) files (an hf:// snapshot or a folder), read
+                # as load_dataset reads a hub repo: splits from file names, else one train split.
+                try:
+                    ds = datasets.load_dataset(path)
+                except Exception as e:  # noqa: BLE001 - datasets raises many types for bad folders
+                    raise DataError(f"{source} data {path}: not a dataset folder datasets can read ({e})") from None
             if isinstance(ds, datasets.DatasetDict):
                 split = "train" if source == "train" or "test" not in ds else "test"
                 ds = ds[split if split in ds else next(iter(ds))]

@@ -134,10 +134,13 @@ def model_load_kwargs(cfg: TrainerConfig, ds: DeviceSettings) -> dict[str, Any]:
 
 
 def resolve_model_path(cfg: TrainerConfig, cache: str) -> str:
-    """A local folder for ``model.source`` (hf:// from the hub cache, s3:// downloaded once)."""
+    """A local folder for ``model.source`` (hf:// through the hub cache, s3:// downloaded once)."""
     from tuneforge_trainer.storage import resolve_source
 
-    return resolve_source(cfg.model.source, cache, cfg.model.revision, cfg.model.token_env, "model")
+    return resolve_source(
+        cfg.model.source, cache, cfg.model.revision, cfg.model.token_env, "model",
+        hf_cache=cfg.hub.cache_dir, offline=cfg.hub.offline,
+    )
 
 
 def load_tokenizer(path: str, cfg: TrainerConfig) -> Any:

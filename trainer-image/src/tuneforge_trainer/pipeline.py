@@ -34,7 +34,10 @@ def prepare(cfg: TrainerConfig, token_length=None) -> PreparedData:  # type: ign
 
     def resolve(uri: str) -> str:
         try:
-            return resolve_source(uri, cache_dir(), kind="dataset")
+            return resolve_source(
+                uri, cache_dir(), token_env=cfg.model.token_env, kind="dataset",
+                hf_cache=cfg.hub.cache_dir, offline=cfg.hub.offline,
+            )
         except StorageError as e:
             raise DataError(f"dataset: {e}") from None
 

@@ -1,8 +1,9 @@
 """Where models, data and artifacts live: local paths, ``hf://`` ids and ``s3://`` URIs.
 
-``hf://org/name`` resolves against the Hugging Face hub cache laid out as ``huggingface_hub``
-writes it (``models--org--name/{refs,snapshots}``); with ``HF_HUB_OFFLINE=1`` nothing is
-downloaded. ``s3://`` goes through boto3 (endpoint from ``AWS_ENDPOINT_URL``). boto3 and
+``hf://org/name`` resolves through the Hugging Face hub cache laid out as ``huggingface_hub``
+writes it (``models--org--name/{refs,snapshots}``): online by default (token from the
+environment, cache folder configurable so a PVC can hold it), offline only when asked
+(``hub.offline`` or ``HF_HUB_OFFLINE=1``). ``s3://`` goes through boto3 (endpoint from ``AWS_ENDPOINT_URL``). boto3 and
 huggingface_hub are imported inside the functions that use them.
 """
 
@@ -18,6 +19,7 @@ __all__ = [
     "StorageError",
     "download_s3",
     "hf_cache_dir",
+    "hub_offline",
     "join_uri",
     "resolve_hf",
     "resolve_source",
@@ -34,36 +36,62 @@ class StorageError(RuntimeError):
     """A source that cannot be found or fetched."""
 
 
-def hf_cache_dir() -> Path:
-    """The hub cache folder (HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub)."""
+def hf_cache_dir(override: str | None = None) -> Path:
+    """The hub cache folder: ``override`` (hub.cache_dir), else HF_HUB_CACHE, else HF_HOME/hub."""
+    if override:
+        return Path(override)
     if os.environ.get("HF_HUB_CACHE"):
         return Path(os.environ["HF_HUB_CACHE"])
     home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
     return Path(home) / "hub"
 
 
-def resolve_hf(uri: str, revision: str | None = None, token_env: str = "HF_TOKEN", kind: str = "model") -> str:
-    """Local snapshot folder of ``hf://org/name`` (``hf://datasets/org/name`` for datasets)."""
-    repo = uri[len("hf://") :].strip("/")
-    if repo.startswith("datasets/"):
-        kind, repo = "dataset", repo[len("datasets/") :]
-    rev = revision or "main"
-    folder = hf_cache_dir() / f"{kind}s--{repo.replace('/', '--')}"
+def hub_offline(offline: bool = False) -> bool:
+    """Whether the hub may not be contacted: hub.offline, or HF_HUB_OFFLINE in the environment."""
+    return offline or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def _cached_snapshot(folder: Path, rev: str) -> Path | None:
     commit = rev
     ref = folder / "refs" / rev
     if ref.is_file():
         commit = ref.read_text().strip()
     snap = folder / "snapshots" / commit
-    if snap.is_dir():
-        return str(snap)
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-        raise StorageError(f"{uri}@{rev}: not in the hub cache {hf_cache_dir()} and HF_HUB_OFFLINE is set")
+    return snap if snap.is_dir() else None
+
+
+def resolve_hf(
+    uri: str, revision: str | None = None, token_env: str = "HF_TOKEN", kind: str = "model",
+    cache_dir: str | None = None, offline: bool = False,
+) -> str:
+    """Local snapshot folder of ``hf://org/name`` (``hf://datasets/org/name`` for datasets).
+
+    Online (the default) the hub is asked which commit the revision names and only missing files
+    are downloaded (endpoint from HF_ENDPOINT, token from the ``token_env`` variable), into
+    ``cache_dir`` — a mounted PVC keeps them across pods; a cached commit pin needs no request.
+    Offline (``offline`` or HF_HUB_OFFLINE) the snapshot must already be in the cache.
+    """
+    repo = uri[len("hf://") :].strip("/")
+    if repo.startswith("datasets/"):
+        kind, repo = "dataset", repo[len("datasets/") :]
+    rev = revision or "main"
+    cache = hf_cache_dir(cache_dir)
+    cached = _cached_snapshot(cache / f"{kind}s--{repo.replace('/', '--')}", rev)
+    is_commit = len(rev) == 40 and all(c in "0123456789abcdef" for c in rev)
+    if cached is not None and (is_commit or hub_offline(offline)):
+        return str(cached)
+    if hub_offline(offline):
+        raise StorageError(
+            f"{uri}@{rev}: not in the hub cache {cache} and the hub is offline (hub.offline or "
+            "HF_HUB_OFFLINE); download it into that cache first or go online"
+        )
     from huggingface_hub import snapshot_download
 
+    log.info("Fetching %s@%s from the hub into %s", uri, rev, cache)
     return str(
         snapshot_download(
             repo_id=repo, revision=rev, repo_type=kind, token=os.environ.get(token_env) or None,
-            cache_dir=str(hf_cache_dir()),
+            cache_dir=str(cache),
         )
     )
 
@@ -169,10 +197,14 @@ def join_uri(base: str, *parts: str) -> str:
     return os.path.join(base, *parts)
 
 
-def resolve_source(uri: str, cache: str, revision: str | None = None, token_env: str = "HF_TOKEN", kind: str = "model") -> str:
-    """A local path for a model or dataset source (downloading s3:// into ``cache`` once)."""
+def resolve_source(
+    uri: str, cache: str, revision: str | None = None, token_env: str = "HF_TOKEN", kind: str = "model",
+    hf_cache: str | None = None, offline: bool = False,
+) -> str:
+    """A local path for a model or dataset source (downloading s3:// into ``cache`` once;
+    hf:// through the hub cache ``hf_cache``, see :func:`resolve_hf`)."""
     if uri.startswith("hf://"):
-        return resolve_hf(uri, revision, token_env, kind)
+        return resolve_hf(uri, revision, token_env, kind, hf_cache, offline)
     if uri.startswith("s3://"):
         bucket, key = split_s3(uri)
         # One folder per URI, named by its hash: distinct keys never share a folder.

@@ -547,7 +547,10 @@ def evaluate_main(cfg: TrainerConfig, adapter: str | None = None, eval_file: str
     eval_report = None
     if eval_file:
         try:
-            path = resolve_source(eval_file, cache_dir(), kind="dataset")
+            path = resolve_source(
+                eval_file, cache_dir(), token_env=cfg.model.token_env, kind="dataset",
+                hf_cache=cfg.hub.cache_dir, offline=cfg.hub.offline,
+            )
         except StorageError as e:
             raise DataError(f"--eval-file: {e}") from None
         # The same hygiene as the train path: dedup, bad rows, leak check, stratified sample.
