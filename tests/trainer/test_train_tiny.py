@@ -1,0 +1,108 @@
+"""train_main end to end on a tiny random model, in seconds: the wiring between the pieces.
+
+A 2-layer Llama with a word-level tokenizer and a ChatML template, built here from nothing (no
+download, no conversion), trains 2 steps on 24 rows and goes through everything train_main does
+after: validation-only eval loss, test-row scoring, the base-model baselines through the LoRA
+adapter switched off, TF-IDF, metrics.json, the model card, summary.json and the progress events.
+The numbers mean nothing (random weights); what the model learns is the slow tests' business
+(test_training_slow.py, SmolLM2 on BANKING77).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tuneforge_trainer.config import parse_config
+from tuneforge_trainer.events import check_event
+from tuneforge_trainer.summary import parse_summary
+
+SPECIAL = ["<unk>", "<pad>", "<|im_start|>", "<|im_end|>"]
+WORDS = (
+    "classify the message into one of these categories card fx category my is lost euro exchange rate "
+    "system user assistant : . ,"
+).split()
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny") / "model"
+    vocab = {w: i for i, w in enumerate(SPECIAL + sorted(set(WORDS + [str(i) for i in range(20)])))}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tk.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in SPECIAL])
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", pad_token="<pad>", eos_token="<|im_end|>")
+    tok.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    tok.save_pretrained(folder)
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, pad_token_id=vocab["<pad>"],
+        eos_token_id=vocab["<|im_end|>"], tie_word_embeddings=True,
+    )).save_pretrained(folder)
+    return folder
+
+
+def run(tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], **sections: Any) -> tuple[int, list[dict[str, Any]]]:
+    from tuneforge_trainer.train import train_main
+
+    with open(tmp_path / "train.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        for i in range(12):
+            w.writerows([(f"my card is lost {i}", "card"), (f"euro exchange rate {i}", "fx")])
+    raw: dict[str, Any] = {
+        "model": {"source": str(tiny_model)},
+        "dataset": {"source": str(tmp_path / "train.csv")},
+        "data": {"eval_fraction": 0.25, "validation_fraction": 0.25},
+        "training": {"max_steps": 2, "batch_size": 4, "logging_steps": 1, "max_seq_length": 128},
+        "eval": {"loss_max_rows": 4},
+        "output": {"dir": str(tmp_path / "out"), "termination_message_path": str(tmp_path / "term")},
+    }
+    for name, value in sections.items():
+        raw.setdefault(name, {}).update(value)
+    rc = train_main(parse_config(raw))
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    return rc, events
+
+
+def test_train_main_end_to_end(tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, events = run(tiny_model, tmp_path, capsys, eval={"baselines": {"zero_shot": True, "few_shot": 2, "tfidf_lr": True}})
+    assert rc == 0
+    assert [e for e in events if check_event(e)] == []
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "done"
+    assert kinds.index("eval_start") < kinds.index("eval") < kinds.index("baseline")
+    assert [e["name"] for e in events if e["event"] == "baseline"] == ["zero_shot", "few_shot_2", "tfidf_lr"]
+    data = next(e for e in events if e["event"] == "data")
+    assert (data["train_rows"], data["validation_rows"], data["eval_rows"]) == (14, 4, 6)
+
+    out = tmp_path / "out"
+    saved = parse_summary((out / "summary.json").read_text())
+    assert saved == parse_summary((tmp_path / "term").read_text())
+    assert saved.status == "succeeded" and saved.steps == 2 and (saved.n_train, saved.n_validation, saved.n_eval) == (14, 4, 6)
+    # The base-model baselines ran through the adapter switched off, not as errors.
+    assert {b.name: b.error for b in saved.baselines} == {"zero_shot": None, "few_shot_2": None, "tfidf_lr": None}
+    assert saved.baselines[0].accuracy_norm is not None and saved.accuracy_norm is not None
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["data"]["validation_counts"] == {"card": 2, "fx": 2}
+    assert metrics["training"]["eval_loss"] is not None  # measured on the 4 validation rows
+    assert "**the gate uses this accuracy**" in (out / "README.md").read_text()
+
+
+def test_full_fine_tune_has_no_base_model_baseline(tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, events = run(tiny_model, tmp_path, capsys, lora={"enabled": False})
+    assert rc == 0
+    assert [e["name"] for e in events if e["event"] == "baseline"] == ["tfidf_lr"]
+    assert [b.name for b in parse_summary((tmp_path / "out" / "summary.json").read_text()).baselines] == ["tfidf_lr"]
