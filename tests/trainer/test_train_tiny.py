@@ -106,3 +106,30 @@ def test_full_fine_tune_has_no_base_model_baseline(tiny_model: Path, tmp_path: P
     assert rc == 0
     assert [e["name"] for e in events if e["event"] == "baseline"] == ["tfidf_lr"]
     assert [b.name for b in parse_summary((tmp_path / "out" / "summary.json").read_text()).baselines] == ["tfidf_lr"]
+
+
+def test_evaluate_main_with_an_eval_file(tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tuneforge_trainer.train import evaluate_main
+
+    rc, _ = run(tiny_model, tmp_path, capsys, eval={"baselines": {"zero_shot": False, "tfidf_lr": True}})
+    assert rc == 0
+    # Sorted by label, with a duplicate and a row that occurs in training (below the threshold).
+    held = [(f"my card is lost {i} {i}", "card") for i in range(10)] + [(f"euro rate {i} {i}", "fx") for i in range(10)]
+    held += [("my card is lost 3 3", "card"), ("my card is lost 0", "card")]
+    with open(tmp_path / "held.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("text", "label"), *held])
+    cfg = parse_config({
+        "model": {"source": str(tiny_model)}, "dataset": {"source": str(tmp_path / "train.csv")},
+        "data": {"eval_fraction": 0.25, "validation_fraction": 0.25, "leak_threshold": 0.1},
+        "eval": {"max_rows": 6, "baselines": {"zero_shot": True, "tfidf_lr": True}},
+        "output": {"dir": str(tmp_path / "out"), "termination_message_path": str(tmp_path / "term-eval")},
+    })
+    assert evaluate_main(cfg, eval_file=str(tmp_path / "held.csv")) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [e for e in events if check_event(e)] == []
+    s = parse_summary((tmp_path / "out" / "evaluation" / "summary.json").read_text())
+    assert s.command == "evaluate" and s.n_eval == 6
+    metrics = json.loads((tmp_path / "out" / "evaluation" / "metrics.json").read_text())
+    prep = metrics["eval_file_data"]
+    assert prep["eval_counts"] == {"card": 3, "fx": 3}  # a stratified sample, not the first 6 rows
+    assert prep["leaked"] == 1 and prep["dropped_by_reason"] == {"duplicate": 1, "also in training": 1}
