@@ -6,6 +6,7 @@ import csv
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from trainer_helpers import run_cli
@@ -75,3 +76,18 @@ def test_schema_subcommand() -> None:
     r = run_cli("schema")
     assert r.returncode == 0
     assert "learning_rate" in json.loads(r.stdout)["$defs"]["TrainingConfig"]["properties"]
+
+
+def test_a_device_config_error_exits_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # bf16 on a GPU without it is a config error this device finds: exit 2 (not retried), not 1.
+    from tuneforge_trainer import cli, pipeline
+    from tuneforge_trainer.config import ConfigError
+
+    cfg = setup(tmp_path, ROWS)
+
+    def no_bf16(_cfg: object) -> int:
+        raise ConfigError("training.precision bf16: this GPU does not support bfloat16; use fp16 or auto")
+
+    monkeypatch.setattr(pipeline, "run_train", no_bf16)
+    assert cli.main(["train", "--config", str(cfg)]) == cli.EXIT_CONFIG
+    assert "training.precision bf16" in parse_summary((tmp_path / "term").read_text()).message

@@ -343,3 +343,13 @@ def test_three_way_split_validation_before_the_cap(tmp_path: Path) -> None:
     assert prep0.validation == []
     with pytest.raises(Exception, match="data.validation_fraction"):
         make_cfg(tmp_path, data__validation_fraction=0, training__load_best_model=True)
+
+
+def test_a_label_too_small_for_validation_stays_in_training(tmp_path: Path) -> None:
+    # 3 rows of "c": one goes to test, two remain; validation needs none of them to select a model.
+    rows = [(f"text {lab} {i}", lab) for lab, n in (("a", 20), ("b", 20), ("c", 3)) for i in range(n)]
+    csv_file(tmp_path / "train.csv", rows)
+    prep = prepare_data(make_cfg(tmp_path, data__validation_fraction=0.2))
+    assert Counter(e.target for e in prep.eval)["c"] == 1
+    assert Counter(e.target for e in prep.train)["c"] == 2 and "c" not in {e.target for e in prep.validation}
+    assert Counter(e.target for e in prep.validation) == {"a": 4, "b": 4}

@@ -23,21 +23,21 @@ class FakeS3:
         self.objects = objects
         self.page_size = page_size
         self.downloaded: list[str] = []
+        self.listed: list[tuple[str, str]] = []
 
     def _keys(self, prefix: str) -> list[str]:
         return sorted(k for k in self.objects if k.startswith(prefix))
-
-    def list_objects_v2(self, Bucket: str, Prefix: str = "", MaxKeys: int = 1000) -> dict[str, Any]:  # noqa: N803
-        keys = self._keys(Prefix)[:MaxKeys]
-        return {"Contents": [{"Key": k} for k in keys]} if keys else {}
 
     def get_paginator(self, name: str) -> Any:
         assert name == "list_objects_v2"
         fake = self
 
         class Paginator:
-            def paginate(self, Bucket: str, Prefix: str = "") -> Any:  # noqa: N803
+            def paginate(self, Bucket: str, Prefix: str = "", Delimiter: str = "") -> Any:  # noqa: N803
                 keys = fake._keys(Prefix)
+                fake.listed.append((Prefix, Delimiter))
+                if Delimiter:  # keys below a further delimiter collapse into common prefixes
+                    keys = [k for k in keys if Delimiter not in k[len(Prefix) :]]
                 for i in range(0, len(keys), fake.page_size):
                     yield {"Contents": [{"Key": k} for k in keys[i : i + fake.page_size]]}
 
@@ -87,6 +87,16 @@ def test_an_object_is_exactly_that_object(fake: FakeS3, tmp_path: Path) -> None:
     assert out == str(tmp_path / "d" / "train.csv")
     assert fake.downloaded == ["data/train.csv"]
     assert Path(out).read_bytes() == b"text,label\n"
+    # Found without relying on listing order, and without listing what lies below the prefix.
+    assert fake.listed == [("data/train.csv", "/")]
+
+
+def test_the_object_is_found_among_many_siblings(fake: FakeS3, tmp_path: Path) -> None:
+    for i in range(7):
+        fake.objects[f"data/train.csv.{i}.bak"] = b"old"
+    fake.objects = dict(sorted(fake.objects.items(), reverse=True))  # order must not matter
+    out = storage.download_s3("s3://b/data/train.csv", str(tmp_path / "d"))
+    assert fake.downloaded == ["data/train.csv"] and Path(out).name == "train.csv"
 
 
 def test_missing_object_or_prefix(fake: FakeS3, tmp_path: Path) -> None:

@@ -94,7 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - the last line of defence: one line, a summary, non-zero
         from tuneforge_trainer.data import DataError
 
-        code = EXIT_DATA if isinstance(e, DataError) else EXIT_FAILED
+        # A config that only this device can reject (e.g. bf16 on a GPU without it) is still a
+        # config error: retrying on the same node cannot fix it.
+        code = EXIT_DATA if isinstance(e, DataError) else EXIT_CONFIG if isinstance(e, ConfigError) else EXIT_FAILED
         msg = f"{type(e).__name__}: {e}" if code == EXIT_FAILED else str(e)
         print(f"error: {msg}", file=sys.stderr)
         if code == EXIT_FAILED:

@@ -293,11 +293,14 @@ def dedup(rows: Sequence[Example], mode: str) -> tuple[list[Example], list[Dropp
 
 
 def stratified_split(
-    rows: Sequence[Example], fraction: float, seed: int, min_rows: int = 2, field_name: str = "data.eval_fraction"
+    rows: Sequence[Example], fraction: float, seed: int, min_rows: int = 2, field_name: str = "data.eval_fraction",
+    strict: bool = True,
 ) -> tuple[list[Example], list[Example]]:
     """Split by label so each label keeps its share in the held-out part (at least one row each).
 
-    Raises :class:`DataError` naming the label when a label has too few rows to split.
+    Raises :class:`DataError` naming the label when a label has too few rows to split; with
+    ``strict`` False such a label stays whole in the first part instead (validation rows only
+    steer model selection, which does not need every label).
     """
     by_label: dict[str, list[Example]] = defaultdict(list)
     for ex in rows:
@@ -308,6 +311,9 @@ def stratified_split(
     need = max(2, min_rows + 1)
     for label in sorted(by_label):
         group = list(by_label[label])
+        if len(group) < need and not strict:
+            train.extend(group)
+            continue
         if len(group) < need:
             raise DataError(
                 f"label {label!r} has {len(group)} rows; a held-out split ({field_name}) needs "
@@ -575,7 +581,8 @@ def prepare_data(
     if dp.validation_fraction > 0:
         if classification:
             train, validation = stratified_split(
-                train, dp.validation_fraction, dp.seed + 1, dp.min_rows_per_label, "data.validation_fraction"
+                train, dp.validation_fraction, dp.seed + 1, dp.min_rows_per_label, "data.validation_fraction",
+                strict=False,
             )
         else:
             rng = random.Random(dp.seed + 1)

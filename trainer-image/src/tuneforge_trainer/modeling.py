@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from tuneforge_trainer.config import TrainerConfig
+from tuneforge_trainer.config import ConfigError, TrainerConfig
 
 __all__ = [
     "DeviceSettings",
@@ -56,7 +56,7 @@ def device_settings(cfg: TrainerConfig, cuda: bool, bf16_supported: bool = False
         prec = "fp32"
     if cuda and prec == "bf16" and not bf16_supported:
         # Failing here names the field; the Trainer would fail later with a less direct message.
-        raise ValueError("training.precision bf16: this GPU does not support bfloat16; use fp16 or auto")
+        raise ConfigError("training.precision bf16: this GPU does not support bfloat16; use fp16 or auto")
     quant = cfg.effective_quantization(cuda)
     if cfg.quantization.mode == "auto" and not cuda:
         log.warning("Quantization auto: no CUDA device, loading the base model unquantized (float32)")

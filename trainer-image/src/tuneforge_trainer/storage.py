@@ -151,14 +151,19 @@ def download_s3(uri: str, dest: str) -> str:
     """
     bucket, key = split_s3(uri)
     s3 = _s3_client()
+    paginator = s3.get_paginator("list_objects_v2")
     keys: list[str] = []
     if key:
-        # Keys list in byte order, so the object itself (if any) comes before "key.gz" or "key/..."
-        first = s3.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1).get("Contents", [])
-        if first and first[0]["Key"] == key:
+        # With the delimiter, only keys at this level list ("key", "key.gz"; "key/" and
+        # "key-1.7b/" collapse into common prefixes), so this is one short page whatever lies below.
+        level = (
+            o["Key"]
+            for page in paginator.paginate(Bucket=bucket, Prefix=key, Delimiter="/")
+            for o in page.get("Contents", [])
+        )
+        if key in level:
             keys = [key]
     if not keys:
-        paginator = s3.get_paginator("list_objects_v2")
         keys = [
             o["Key"]
             for page in paginator.paginate(Bucket=bucket, Prefix=f"{key}/" if key else "")
