@@ -99,7 +99,9 @@ def test_model_data_and_artifacts_through_s3(cluster: Cluster, model_path: Path,
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="runs/r1/")["Contents"]}
     assert {"runs/r1/adapter/adapter_model.safetensors", "runs/r1/adapter/adapter_config.json",
             "runs/r1/metrics.json", "runs/r1/README.md", "runs/r1/plots/loss.png", "runs/r1/summary.json"} <= keys
-    assert not any("/checkpoints/" in k for k in keys)
+    # Checkpoints persist in the store (a replacement pod resumes from them), under checkpoints/ only.
+    assert "runs/r1/checkpoints/checkpoint-2/.complete" in keys
+    assert all(k.startswith("runs/r1/checkpoints/") for k in keys if "/checkpoint-" in k)
     metrics = json.loads(s3.get_object(Bucket=bucket, Key="runs/r1/metrics.json")["Body"].read())
     assert metrics["training"]["steps"] == 2
     # The model was fetched once into the trainer cache, from S3.

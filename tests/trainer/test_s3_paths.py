@@ -1,52 +1,19 @@
 """s3:// downloads without a server: which keys a URI names and where each lands.
 
-A small in-memory client stands in for boto3 (the listing semantics the trainer relies on:
-keys in byte order, ``Prefix``, ``MaxKeys``, pagination); the real S3-compatible server is
-exercised by test_s3.py on the local cluster.
+A small in-memory client (trainer_helpers.FakeS3) stands in for boto3: ``Prefix``,
+``Delimiter``, pagination; the real S3-compatible server is exercised by test_s3.py on the local
+cluster.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from trainer_helpers import FakeS3
 from tuneforge_trainer import storage
 from tuneforge_trainer.storage import StorageError, resolve_source, s3_plan, split_s3
-
-
-class FakeS3:
-    """The subset of boto3's S3 client that storage.py calls, over a dict of key -> bytes."""
-
-    def __init__(self, objects: dict[str, bytes], page_size: int = 2) -> None:
-        self.objects = objects
-        self.page_size = page_size
-        self.downloaded: list[str] = []
-        self.listed: list[tuple[str, str]] = []
-
-    def _keys(self, prefix: str) -> list[str]:
-        return sorted(k for k in self.objects if k.startswith(prefix))
-
-    def get_paginator(self, name: str) -> Any:
-        assert name == "list_objects_v2"
-        fake = self
-
-        class Paginator:
-            def paginate(self, Bucket: str, Prefix: str = "", Delimiter: str = "") -> Any:  # noqa: N803
-                keys = fake._keys(Prefix)
-                fake.listed.append((Prefix, Delimiter))
-                if Delimiter:  # keys below a further delimiter collapse into common prefixes
-                    keys = [k for k in keys if Delimiter not in k[len(Prefix) :]]
-                for i in range(0, len(keys), fake.page_size):
-                    yield {"Contents": [{"Key": k} for k in keys[i : i + fake.page_size]]}
-
-        return Paginator()
-
-    def download_file(self, bucket: str, key: str, filename: str) -> None:
-        self.downloaded.append(key)
-        Path(filename).write_bytes(self.objects[key])
-
 
 BUCKET = {
     "models/smollm2/config.json": b"{}",

@@ -133,3 +133,30 @@ def test_evaluate_main_with_an_eval_file(tiny_model: Path, tmp_path: Path, capsy
     prep = metrics["eval_file_data"]
     assert prep["eval_counts"] == {"card": 3, "fx": 3}  # a stratified sample, not the first 6 rows
     assert prep["leaked"] == 1 and prep["dropped_by_reason"] == {"duplicate": 1, "also in training": 1}
+
+
+def test_a_replacement_pod_resumes_from_the_checkpoint_store(
+    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """s3:// output: the first pod's checkpoints are uploaded as they are saved; a second pod with
+    an empty work folder (a new emptyDir) fetches the newest and continues from its step."""
+    from trainer_helpers import FakeS3
+    from tuneforge_trainer import storage
+
+    s3 = FakeS3({})
+    monkeypatch.setattr(storage, "_s3_client", lambda: s3)
+    out = {"dir": "s3://b/runs/r1", "termination_message_path": str(tmp_path / "term")}
+    quiet = {"baselines": {"zero_shot": False, "tfidf_lr": True}}
+    rc, _ = run(tiny_model, tmp_path, capsys, training={"save_steps": 1}, eval=quiet,
+                output=out | {"work_dir": str(tmp_path / "pod-1")})
+    assert rc == 0
+    assert {"runs/r1/checkpoints/checkpoint-1/.complete", "runs/r1/checkpoints/checkpoint-2/.complete",
+            "runs/r1/summary.json", "runs/r1/adapter/adapter_model.safetensors"} <= set(s3.objects)
+    rc, events = run(tiny_model, tmp_path, capsys, training={"save_steps": 1, "max_steps": 3}, eval=quiet,
+                     output=out | {"work_dir": str(tmp_path / "pod-2")})
+    assert rc == 0
+    assert next(e for e in events if e["event"] == "resume")["step"] == 2
+    s = parse_summary((tmp_path / "term").read_text())
+    assert s.resumed_from_step == 2 and s.steps == 3
+    steps = sorted(k.split("/")[3] for k in s3.objects if k.endswith("/.complete"))
+    assert steps == ["checkpoint-2", "checkpoint-3"]  # save_total_limit 2 holds in the store too

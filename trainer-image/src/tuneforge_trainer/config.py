@@ -514,6 +514,14 @@ class OutputConfig(_Strict):
             "/tmp/tuneforge-work. Checkpoints are resumed from here."
         ),
     )
+    checkpoint_uri: str | None = Field(
+        default=None,
+        description=(
+            "s3:// prefix where checkpoints persist so a replacement pod resumes (each one is "
+            "uploaded when saved). None = <output.dir>/checkpoints for s3:// outputs; a local/PVC "
+            "output keeps them in work_dir, which persists already."
+        ),
+    )
     merge: bool = Field(default=False, description="Also save the adapter merged into the base model.")
     plots: bool = Field(default=True, description="Write PNG plots (loss curves, confusion matrix).")
     model_card: bool = Field(default=True, description="Write README.md (model card) with the results.")
@@ -530,6 +538,13 @@ class OutputConfig(_Strict):
     def _check_dir(cls, v: str) -> str:
         if "://" in v and not v.startswith("s3://"):
             raise ValueError(f"unsupported scheme in {v!r}; use s3:// or a path")
+        return v
+
+    @field_validator("checkpoint_uri")
+    @classmethod
+    def _check_checkpoint_uri(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith("s3://"):
+            raise ValueError(f"must be an s3:// prefix, got {v!r} (local checkpoints live in output.work_dir)")
         return v
 
 
@@ -635,6 +650,14 @@ class TrainerConfig(_Strict):
         if self.output.dir.startswith("s3://"):
             return "/tmp/tuneforge-work"
         return self.output.dir
+
+    def checkpoint_store(self) -> str | None:
+        """The s3:// prefix checkpoints are mirrored to (None: they persist in work_dir)."""
+        if self.output.checkpoint_uri:
+            return self.output.checkpoint_uri.rstrip("/")
+        if self.output.dir.startswith("s3://"):
+            return self.output.dir.rstrip("/") + "/checkpoints"
+        return None
 
     def progress_path(self) -> str:
         """Where progress JSON lines are appended."""

@@ -96,7 +96,9 @@ def _token_length_fn(tokenizer: Any, cfg: TrainerConfig, labels: list[str]):  # 
     return n_tokens
 
 
-def _progress_callback(progress: ProgressReporter, preempt: _Preemption):  # type: ignore[no-untyped-def]
+def _progress_callback(  # type: ignore[no-untyped-def]
+    progress: ProgressReporter, preempt: _Preemption, store: str | None = None, keep: int = 2
+):
     from transformers import TrainerCallback
 
     class ProgressCallback(TrainerCallback):  # type: ignore[misc]
@@ -158,9 +160,39 @@ def _progress_callback(progress: ProgressReporter, preempt: _Preemption):  # typ
             )
 
         def on_save(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
+            if store and state.is_world_process_zero:
+                from tuneforge_trainer.checkpoints import upload_checkpoint
+
+                local = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+                try:
+                    upload_checkpoint(local, store, keep)
+                except Exception as e:  # noqa: BLE001 - losing a resume point must not fail the run
+                    log.warning("Checkpoint %s not uploaded to %s: %s", local, store, e)
             progress.emit("checkpoint", step=state.global_step)
 
     return ProgressCallback()
+
+
+def _fetch_checkpoint(store: str, ckpt_dir: str, wait_s: float = 1800.0) -> None:
+    """A replacement pod resumes from the store: without a local checkpoint, local rank 0 fetches
+    the newest one; the other ranks of the pod wait until it is done."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    done = os.path.join(ckpt_dir, ".fetched")
+    if os.environ.get("LOCAL_RANK", "0") in ("0", ""):
+        os.makedirs(ckpt_dir, exist_ok=True)
+        if get_last_checkpoint(ckpt_dir) is None:
+            from tuneforge_trainer.checkpoints import fetch_latest
+
+            fetch_latest(store, ckpt_dir)
+        with open(done, "w"):
+            pass
+        return
+    deadline = time.monotonic() + wait_s
+    while not os.path.exists(done):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"local rank 0 did not fetch the checkpoint from {store} within {wait_s:.0f} s")
+        time.sleep(1)
 
 
 def _training_args(cfg: TrainerConfig, ds: Any, out_dir: str, has_eval: bool, cuda: bool) -> Any:
@@ -369,8 +401,11 @@ def train_main(cfg: TrainerConfig) -> int:
     if rank0:
         # A rerun must not leave an earlier run's result looking like this one's.
         remove_saved_summary(_artifact_dir(cfg))
+    store = cfg.checkpoint_store()
+    if store and cfg.training.resume:
+        _fetch_checkpoint(store, ckpt_dir)
     args = _training_args(cfg, ds, ckpt_dir, eval_ds is not None, cuda)
-    callbacks: list[Any] = [_progress_callback(progress, preempt)]
+    callbacks: list[Any] = [_progress_callback(progress, preempt, store, cfg.training.save_total_limit)]
     if cfg.training.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.training.early_stopping_patience))
     trainer = build_trainer(
