@@ -8,7 +8,7 @@ import pytest
 
 from trainer_helpers import FakeS3
 from tuneforge_trainer import storage
-from tuneforge_trainer.checkpoints import MARKER, fetch_latest, remote_steps, upload_checkpoint
+from tuneforge_trainer.checkpoints import MARKER, check_run, fetch_latest, record_run, remote_steps, upload_checkpoint
 from tuneforge_trainer.config import parse_config
 
 STORE = "s3://b/runs/r1/checkpoints"
@@ -59,3 +59,15 @@ def test_where_checkpoints_persist() -> None:
     assert cfg.checkpoint_store() == "s3://c/ck"
     with pytest.raises(Exception, match="output.checkpoint_uri"):
         parse_config(base | {"output": {"dir": "/o", "checkpoint_uri": "/local"}})
+
+
+def test_a_checkpoint_of_another_run_is_refused(tmp_path: Path) -> None:
+    from tuneforge_trainer.config import ConfigError
+
+    ck = checkpoint(tmp_path, 5)
+    check_run(str(ck), "uid-2/r1")  # no record (an older trainer): not checked
+    record_run(str(ck), "uid-1/r1")
+    check_run(str(ck), "uid-1/r1")
+    check_run(str(ck), None)
+    with pytest.raises(ConfigError, match="output.run_id"):
+        check_run(str(ck), "uid-2/r1")

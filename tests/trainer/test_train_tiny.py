@@ -145,7 +145,7 @@ def test_a_replacement_pod_resumes_from_the_checkpoint_store(
 
     s3 = FakeS3({})
     monkeypatch.setattr(storage, "_s3_client", lambda: s3)
-    out = {"dir": "s3://b/runs/r1", "termination_message_path": str(tmp_path / "term")}
+    out = {"dir": "s3://b/runs/r1", "termination_message_path": str(tmp_path / "term"), "run_id": "uid-1/r1"}
     quiet = {"baselines": {"zero_shot": False, "tfidf_lr": True}}
     rc, _ = run(tiny_model, tmp_path, capsys, training={"save_steps": 1}, eval=quiet,
                 output=out | {"work_dir": str(tmp_path / "pod-1")})
@@ -160,3 +160,12 @@ def test_a_replacement_pod_resumes_from_the_checkpoint_store(
     assert s.resumed_from_step == 2 and s.steps == 3
     steps = sorted(k.split("/")[3] for k in s3.objects if k.endswith("/.complete"))
     assert steps == ["checkpoint-2", "checkpoint-3"]  # save_total_limit 2 holds in the store too
+    assert s3.objects["runs/r1/checkpoints/checkpoint-3/tuneforge-run.json"] == b'{"run_id": "uid-1/r1"}'
+
+    # A FineTuneJob deleted and re-created under the same name is another run: it must not
+    # continue this one's training.
+    from tuneforge_trainer.config import ConfigError
+
+    with pytest.raises(ConfigError, match="belongs to run 'uid-1/r1'"):
+        run(tiny_model, tmp_path, capsys, training={"max_steps": 4}, eval=quiet,
+            output=out | {"work_dir": str(tmp_path / "pod-3"), "run_id": "uid-2/r1"})

@@ -10,6 +10,7 @@ complete one before training. boto3 is imported by :mod:`tuneforge_trainer.stora
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -18,11 +19,13 @@ import shutil
 from tuneforge_trainer import storage
 from tuneforge_trainer.storage import download_s3, join_uri, split_s3, upload_dir
 
-__all__ = ["MARKER", "fetch_latest", "remote_steps", "upload_checkpoint"]
+__all__ = ["MARKER", "RUN_FILE", "check_run", "fetch_latest", "record_run", "remote_steps", "upload_checkpoint"]
 
 log = logging.getLogger(__name__)
 
 MARKER = ".complete"
+# Written into every checkpoint folder: which run (output.run_id) saved it.
+RUN_FILE = "tuneforge-run.json"
 _STEP = re.compile(r"(?:^|/)checkpoint-(\d+)/" + re.escape(MARKER) + "$")
 
 
@@ -77,3 +80,32 @@ def fetch_latest(store: str, local_dir: str) -> str | None:
     os.replace(tmp, dest)  # the Trainer only ever sees a whole checkpoint
     log.info("Fetched checkpoint %s from %s", name, store)
     return dest
+
+
+def record_run(checkpoint: str, run_id: str | None) -> None:
+    """Note in a checkpoint folder which run saved it (nothing to note without a run id)."""
+    if run_id and os.path.isdir(checkpoint):
+        with open(os.path.join(checkpoint, RUN_FILE), "w", encoding="utf-8") as f:
+            json.dump({"run_id": run_id}, f)
+
+
+def check_run(checkpoint: str, run_id: str | None) -> None:
+    """Refuse to resume another run's checkpoint: a FineTuneJob deleted and re-created under the
+    same name (a GitOps replace) must not continue the old one's training, perhaps of another spec.
+
+    Raises :class:`~tuneforge_trainer.config.ConfigError` naming both runs; a checkpoint without a
+    record (an older trainer) or a run without an id is not checked.
+    """
+    from tuneforge_trainer.config import ConfigError
+
+    path = os.path.join(checkpoint, RUN_FILE)
+    if not run_id or not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        theirs = json.load(f).get("run_id")
+    if theirs and theirs != run_id:
+        raise ConfigError(
+            f"training.resume: the checkpoint {checkpoint} belongs to run {theirs!r}, not this run "
+            f"{run_id!r} (output.run_id); give this run its own output location or set "
+            "training.resume: false"
+        )

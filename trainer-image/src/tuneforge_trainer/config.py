@@ -514,6 +514,14 @@ class OutputConfig(_Strict):
             "/tmp/tuneforge-work. Checkpoints are resumed from here."
         ),
     )
+    run_id: str | None = Field(
+        default=None,
+        description=(
+            "This run's identity (the operator sets '<FineTuneJob uid>/r<revision>'). Every "
+            "checkpoint records it, and training.resume refuses a checkpoint saved by another run "
+            "(exit 2) rather than continue it. None = not checked."
+        ),
+    )
     checkpoint_uri: str | None = Field(
         default=None,
         description=(

@@ -97,7 +97,8 @@ def _token_length_fn(tokenizer: Any, cfg: TrainerConfig, labels: list[str]):  # 
 
 
 def _progress_callback(  # type: ignore[no-untyped-def]
-    progress: ProgressReporter, preempt: _Preemption, store: str | None = None, keep: int = 2
+    progress: ProgressReporter, preempt: _Preemption, store: str | None = None, keep: int = 2,
+    run_id: str | None = None,
 ):
     from transformers import TrainerCallback
 
@@ -160,10 +161,14 @@ def _progress_callback(  # type: ignore[no-untyped-def]
             )
 
         def on_save(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
+            local = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+            if state.is_world_process_zero:
+                from tuneforge_trainer.checkpoints import record_run
+
+                record_run(local, run_id)
             if store and state.is_world_process_zero:
                 from tuneforge_trainer.checkpoints import upload_checkpoint
 
-                local = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
                 try:
                     upload_checkpoint(local, store, keep)
                 except Exception as e:  # noqa: BLE001 - losing a resume point must not fail the run
@@ -405,7 +410,9 @@ def train_main(cfg: TrainerConfig) -> int:
     if store and cfg.training.resume:
         _fetch_checkpoint(store, ckpt_dir)
     args = _training_args(cfg, ds, ckpt_dir, eval_ds is not None, cuda)
-    callbacks: list[Any] = [_progress_callback(progress, preempt, store, cfg.training.save_total_limit)]
+    callbacks: list[Any] = [
+        _progress_callback(progress, preempt, store, cfg.training.save_total_limit, cfg.output.run_id)
+    ]
     if cfg.training.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.training.early_stopping_patience))
     trainer = build_trainer(
@@ -414,6 +421,10 @@ def train_main(cfg: TrainerConfig) -> int:
     # Our progress events replace the Trainer's printed dicts on stdout.
     trainer.remove_callback(PrinterCallback)
     resume = get_last_checkpoint(ckpt_dir) if cfg.training.resume and os.path.isdir(ckpt_dir) else None
+    if resume:
+        from tuneforge_trainer.checkpoints import check_run
+
+        check_run(resume, cfg.output.run_id)
     resumed_step = int(resume.rsplit("-", 1)[-1]) if resume else None
     if resume:
         log.info("Resuming from checkpoint %s", resume)
