@@ -452,6 +452,10 @@ def train_main(cfg: TrainerConfig) -> int:
         return EXIT_PREEMPTED
     preempt.restore()
 
+    test_rows = _eval_rows(cfg, data) if cfg.eval.enabled and data.eval else []
+    if test_rows:
+        # From here on the run evaluates: the final validation loss, then the test rows and baselines.
+        progress.emit("eval_start", rows=len(test_rows))
     eval_loss = None
     if eval_ds is not None:
         # The schedule often evaluated at the last step already; a second pass costs minutes on a CPU.
@@ -474,9 +478,8 @@ def train_main(cfg: TrainerConfig) -> int:
 
     ev: dict[str, Any] | None = None
     baselines: dict[str, dict[str, Any]] = {}
-    if cfg.eval.enabled and data.eval:
-        rows = _eval_rows(cfg, data)
-        progress.emit("eval_start", rows=len(rows))
+    if test_rows:
+        rows = test_rows
         ev = score_model(model, tokenizer, rows, cfg, data.labels)
         log.info("Adapter held-out accuracy %s (%d rows, %.1f s)", ev.get("accuracy"), len(rows), ev["seconds"])
         progress.emit(
