@@ -6,6 +6,7 @@ import csv
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from trainer_helpers import run_cli
@@ -38,11 +39,12 @@ def test_validate_ok_reports_rows_and_summary(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     events = [json.loads(line) for line in r.stdout.splitlines()]
     data = next(e for e in events if e["event"] == "data")
-    assert data["train_rows"] == 16 and data["eval_rows"] == 4 and data["dropped"] == 2
+    # 20 rows: 4 test (eval_fraction 0.2), then 2 validation (validation_fraction 0.1), 14 training
+    assert data["train_rows"] == 14 and data["validation_rows"] == 2 and data["eval_rows"] == 4 and data["dropped"] == 2
     assert "dropped train row 22: empty input" in r.stderr
     assert "dropped train row 23: duplicate (of row 3)" in r.stderr
     s = parse_summary((tmp_path / "term").read_text())
-    assert s.status == "validated" and s.n_train == 16
+    assert s.status == "validated" and s.n_train == 14 and s.n_validation == 2 and s.n_eval == 4
     assert (tmp_path / "out" / "progress.jsonl").is_file()
 
 
@@ -74,3 +76,18 @@ def test_schema_subcommand() -> None:
     r = run_cli("schema")
     assert r.returncode == 0
     assert "learning_rate" in json.loads(r.stdout)["$defs"]["TrainingConfig"]["properties"]
+
+
+def test_a_device_config_error_exits_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # bf16 on a GPU without it is a config error this device finds: exit 2 (not retried), not 1.
+    from tuneforge_trainer import cli, pipeline
+    from tuneforge_trainer.config import ConfigError
+
+    cfg = setup(tmp_path, ROWS)
+
+    def no_bf16(_cfg: object) -> int:
+        raise ConfigError("training.precision bf16: this GPU does not support bfloat16; use fp16 or auto")
+
+    monkeypatch.setattr(pipeline, "run_train", no_bf16)
+    assert cli.main(["train", "--config", str(cfg)]) == cli.EXIT_CONFIG
+    assert "training.precision bf16" in parse_summary((tmp_path / "term").read_text()).message

@@ -60,6 +60,8 @@ def test_minimal_defaults() -> None:
         ({"quantization__mode": "3bit"}, "quantization.mode"),
         ({"quantization": "4bit", "lora__enabled": False}, "quantization.mode"),
         ({"output__merge": True, "lora__enabled": False}, "output.merge"),
+        ({"lora__enabled": False, "eval__baselines__zero_shot": True}, "eval.baselines.zero_shot"),
+        ({"lora__enabled": False, "eval__baselines__few_shot": 8}, "eval.baselines.few_shot"),
         ({"training__learning_rate": -1}, "training.learning_rate"),
         ({"training__early_stopping_patience": 2}, "training.early_stopping_patience"),
         ({"training__load_best_model": True, "training__eval_steps": 10}, "training.load_best_model"),
@@ -194,3 +196,14 @@ def test_config_module_imports_no_torch() -> None:
 
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env())
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_full_fine_tune_turns_the_default_base_baseline_off() -> None:
+    # zero_shot is on by default; with no adapter to switch off it would score the fine-tuned
+    # model against itself, so without an explicit request it is simply off.
+    cfg = parse_config(with_(lora__enabled=False))
+    assert not cfg.eval.baselines.zero_shot and cfg.eval.baselines.few_shot == 0
+    assert cfg.eval.baselines.tfidf_lr
+    # and a config the trainer wrote back out parses to the same thing
+    assert parse_config(cfg.model_dump(mode="json")) == cfg
+    assert parse_config(with_(lora__enabled=False, eval__baselines__zero_shot=False)) == cfg

@@ -207,7 +207,10 @@ def test_prepare_data_end_to_end(tmp_path: Path) -> None:
     prep = prepare_data(cfg)
     assert prep.labels == ["a", "b", "c"]
     assert Counter(e.target for e in prep.eval) == {"a": 2, "b": 2, "c": 2}
-    assert len(prep.train) == 24
+    # validation rows (data.validation_fraction 0.1) come out of the remaining 8 per label
+    assert Counter(e.target for e in prep.validation) == {"a": 1, "b": 1, "c": 1}
+    assert len(prep.train) == 21
+    assert not {id(e) for e in prep.validation} & ({id(e) for e in prep.train} | {id(e) for e in prep.eval})
     reasons = sorted(d.reason.split(" (")[0] for d in prep.report.dropped)
     assert reasons == ["duplicate", "empty input", "empty target", "over data.max_chars"]
     assert {d.row for d in prep.report.dropped} == {32, 33, 34, 35}
@@ -246,3 +249,107 @@ def test_prepare_data_subset_caps_and_token_length(tmp_path: Path) -> None:
     assert set(Counter(e.target for e in prep.eval).values()) == {1}
     assert all(v <= 5 for v in Counter(e.target for e in prep.train).values())
     assert not any("long" in e.text for e in prep.train)
+
+
+def test_csv_row_with_more_fields_than_the_header_fails_by_default(tmp_path: Path) -> None:
+    # An unquoted comma cut "hello, world" in two and shifted its label out of the label column.
+    p = tmp_path / "train.csv"
+    p.write_text("text,label\nfine,a\nhello, world,a\nok,b\n\nshort\nx,y,z,b\n")
+    with pytest.raises(DataError) as e:
+        load_rows(str(p), "csv", "text", "label")
+    msg = str(e.value)
+    assert "3 row(s) do not have the header's 2 fields: row 3 has 3, row 5 has 1, row 6 has 4" in msg
+    assert "dataset.csv_bad_rows: drop" in msg and "\n" not in msg
+
+
+def test_csv_bad_rows_drop_names_them(tmp_path: Path) -> None:
+    p = tmp_path / "train.csv"
+    p.write_text("text,label\nfine,a\nhello, world,a\nok,b\n")
+    rows, dropped, _ = load_rows(str(p), "csv", "text", "label", csv_bad_rows="drop")
+    assert [(r.row, r.text, r.target) for r in rows] == [(2, "fine", "a"), (4, "ok", "b")]
+    assert [(d.row, d.reason) for d in dropped] == [(3, "field count differs from the header (3 fields, expected 2)")]
+
+
+def test_csv_bad_rows_through_validate(tmp_path: Path) -> None:
+    """``validate`` stops with the rows named (default), or lists them as dropped rows."""
+    import csv
+    import io
+
+    rows = [(f"text {lab} {i}", lab) for lab in ("a", "b") for i in range(10)]
+    buf = io.StringIO()
+    csv.writer(buf).writerows([("text", "label"), *rows])
+    (tmp_path / "train.csv").write_text(buf.getvalue() + "cut, here,a\n")
+    with pytest.raises(DataError, match="row 22 has 3"):
+        prepare_data(make_cfg(tmp_path))
+    prep = prepare_data(make_cfg(tmp_path, dataset__csv_bad_rows="drop"))
+    assert [(d.row, d.reason.split(" (")[0]) for d in prep.report.dropped] == [(22, "field count differs from the header")]
+    assert prep.report.to_dict()["dropped_by_reason"] == {"field count differs from the header": 1}
+
+
+def test_stratified_sample_keeps_each_labels_share() -> None:
+    from tuneforge_trainer.data import stratified_sample
+
+    # Sorted by label, as exported files often are: the first 10 rows would be one label.
+    rows = [Example(text=f"{lab}{i}", target=lab, row=i) for lab, n in (("a", 30), ("b", 15), ("c", 5)) for i in range(n)]
+    got = stratified_sample(rows, 10, seed=1)
+    assert Counter(e.target for e in got) == {"a": 6, "b": 3, "c": 1}
+    assert got == sorted(got, key=rows.index)  # file order kept
+    assert got == stratified_sample(rows, 10, seed=1) and got != stratified_sample(rows, 10, seed=2)
+    assert stratified_sample(rows, None, 0) == rows and stratified_sample(rows, 99, 0) == rows
+    assert len(stratified_sample(rows, 7, 0)) == 7
+
+
+def test_eval_file_gets_the_train_paths_hygiene(tmp_path: Path) -> None:
+    """``evaluate --eval-file`` rows: bad rows dropped, dedup, leak check, seeded stratified sample."""
+    from tuneforge_trainer.data import prepare_eval_rows
+
+    train = [Example(text=f"train {lab} {i}", target=lab, row=i) for lab in ("a", "b") for i in range(10)]
+    held = [(f"held a {i}", "a") for i in range(12)] + [(f"held b {i}", "b") for i in range(12)]
+    held += [("Held A 0!", "a"), ("", "b"), ("train a 3", "a")]  # a duplicate, an empty input, a leak
+    csv_file(tmp_path / "eval.csv", held)
+    cfg = make_cfg(tmp_path, eval__max_rows=8, data__leak_threshold=0.1)
+    rows, report = prepare_eval_rows(cfg, str(tmp_path / "eval.csv"), train, ["a", "b"])
+    assert Counter(e.target for e in rows) == {"a": 4, "b": 4}  # not the first 8 rows (all "a")
+    reasons = sorted(d.reason.split(" (")[0] for d in report.dropped)
+    assert reasons == ["also in training", "duplicate", "empty input"]
+    assert report.leaked == 1 and report.eval_counts == {"a": 4, "b": 4}
+    # Over the leak threshold is fatal, as on the train path.
+    csv_file(tmp_path / "leaky.csv", [(f"train a {i}", "a") for i in range(5)] + [("fresh", "b")])
+    with pytest.raises(DataError, match="data.leak_threshold"):
+        prepare_eval_rows(cfg, str(tmp_path / "leaky.csv"), train, ["a", "b"])
+    csv_file(tmp_path / "unknown.csv", [("x", "zzz")])
+    with pytest.raises(DataError, match="unknown labels"):
+        prepare_eval_rows(cfg, str(tmp_path / "unknown.csv"), train, ["a", "b"])
+
+
+def test_three_way_split_validation_before_the_cap(tmp_path: Path) -> None:
+    """Train / validation (selection) / test (reported, gated): disjoint, stratified, and the
+    per-label cap bounds the training rows only; test rows never occur in validation."""
+    rows = [(f"text {lab} {i}", lab) for lab in ("a", "b") for i in range(40)]
+    csv_file(tmp_path / "train.csv", rows)
+    csv_file(tmp_path / "test.csv", [(f"test {lab} {i}", lab) for lab in ("a", "b") for i in range(5)] + [("TEXT a 3", "a")])
+    cfg = make_cfg(tmp_path, dataset__eval_source=str(tmp_path / "test.csv"), dataset__max_rows_per_label=10,
+                   data__validation_fraction=0.25, data__leak_threshold=0.2)
+    prep = prepare_data(cfg)
+    assert Counter(e.target for e in prep.train) == {"a": 10, "b": 10}
+    assert Counter(e.target for e in prep.validation) == {"a": 10, "b": 10}  # 25 % of 40, before the cap
+    assert len(prep.eval) == 11
+    texts = lambda rs: {e.text.lower() for e in rs}  # noqa: E731
+    assert not texts(prep.train) & texts(prep.validation)
+    assert "text a 3" not in texts(prep.validation) | texts(prep.train)  # the leaked row left both
+    assert prep.report.validation_counts == {"a": 10, "b": 10}
+    # No validation rows: nothing to select on, so selection settings are refused at load.
+    prep0 = prepare_data(make_cfg(tmp_path, data__validation_fraction=0))
+    assert prep0.validation == []
+    with pytest.raises(Exception, match="data.validation_fraction"):
+        make_cfg(tmp_path, data__validation_fraction=0, training__load_best_model=True)
+
+
+def test_a_label_too_small_for_validation_stays_in_training(tmp_path: Path) -> None:
+    # 3 rows of "c": one goes to test, two remain; validation needs none of them to select a model.
+    rows = [(f"text {lab} {i}", lab) for lab, n in (("a", 20), ("b", 20), ("c", 3)) for i in range(n)]
+    csv_file(tmp_path / "train.csv", rows)
+    prep = prepare_data(make_cfg(tmp_path, data__validation_fraction=0.2))
+    assert Counter(e.target for e in prep.eval)["c"] == 1
+    assert Counter(e.target for e in prep.train)["c"] == 2 and "c" not in {e.target for e in prep.validation}
+    assert Counter(e.target for e in prep.validation) == {"a": 4, "b": 4}

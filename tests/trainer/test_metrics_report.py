@@ -49,11 +49,12 @@ def report_fixture() -> dict:
     return {
         "config": {"run_name": "r", "model": {"source": "/m"}, "task": {"type": "classification"},
                    "dataset": {"source": "/d.csv"}, "lora": {"r": 16, "alpha": 32}, "training": {"learning_rate": 1e-3}},
-        "data": {"format": "csv", "loaded": 10, "dropped": 1, "train_counts": {"a": 4}, "eval_counts": {"a": 1}},
+        "data": {"format": "csv", "loaded": 10, "dropped": 1, "train_counts": {"a": 4}, "eval_counts": {"a": 1},
+                 "validation_counts": {"a": 2}},
         "training": {"steps": 5, "train_loss": 0.3, "eval_loss": 0.2, "quantization": "none"},
         "eval": {"accuracy": 0.9, "macro_f1": 0.85, "n": 10, "method": "loglik",
                  "per_class": {"a": {"precision": 1.0, "recall": 0.8, "f1": 0.89, "support": 5}}},
-        "baselines": {"zero_shot": {"accuracy": 0.1, "macro_f1": 0.05}, "tfidf_lr": {"accuracy": 0.95, "macro_f1": 0.95},
+        "baselines": {"zero_shot": {"accuracy": 0.1, "macro_f1": 0.05, "accuracy_norm": 0.4}, "tfidf_lr": {"accuracy": 0.95, "macro_f1": 0.95},
                       "openai:m": {"error": "URLError: refused"}},
         "artifacts": {"loss_plot": "x", "confusion_plot": "y"},
     }
@@ -62,9 +63,13 @@ def report_fixture() -> dict:
 def test_model_card_has_results_baselines_and_per_class() -> None:
     card = render_model_card(report_fixture())
     assert "| fine-tuned adapter | 90.0 % | 85.0 % |" in card
-    assert "| zero_shot | 10.0 % | 5.0 % |" in card
+    assert "| zero_shot | 10.0 % | 5.0 % | 40.0 % |" in card
+    assert "**the gate uses this accuracy**" in card and "acc_norm" in card
     assert "| tfidf_lr | 95.0 % |" in card
     assert "error: URLError" in card
+    # which rows are which: selection on validation rows, the results and the gate on test rows
+    assert "Rows: 4 training; 2 validation (the eval loss, the best checkpoint and early stopping" in card
+    assert "10 test (scored once after training; the results below and the gate)" in card
     assert "| a | 1.000 | 0.800 | 0.890 | 5 |" in card
     assert "LoRA r=16 alpha=32" in card
     assert "![loss](plots/loss.png)" in card

@@ -87,7 +87,9 @@ def test_model_data_and_artifacts_through_s3(cluster: Cluster, model_path: Path,
 
     v = run(["validate", "--config", str(path)], env, tmp_path)
     assert v.returncode == 0, v.stderr[-3000:]
-    assert parse_summary((tmp_path / "term").read_text()).n_train == 36
+    # 12 rows x 4 labels: 3 test rows per label (eval_fraction 0.25), 1 validation, 8 training
+    v_summary = parse_summary((tmp_path / "term").read_text())
+    assert v_summary.n_train == 32 and v_summary.n_validation == 4 and v_summary.n_eval == 12
 
     r = run(["train", "--config", str(path)], env, tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -96,8 +98,10 @@ def test_model_data_and_artifacts_through_s3(cluster: Cluster, model_path: Path,
     assert s.artifacts["adapter"] == f"s3://{bucket}/runs/r1/adapter"
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="runs/r1/")["Contents"]}
     assert {"runs/r1/adapter/adapter_model.safetensors", "runs/r1/adapter/adapter_config.json",
-            "runs/r1/metrics.json", "runs/r1/README.md", "runs/r1/plots/loss.png"} <= keys
-    assert not any("/checkpoints/" in k for k in keys)
+            "runs/r1/metrics.json", "runs/r1/README.md", "runs/r1/plots/loss.png", "runs/r1/summary.json"} <= keys
+    # Checkpoints persist in the store (a replacement pod resumes from them), under checkpoints/ only.
+    assert "runs/r1/checkpoints/checkpoint-2/.complete" in keys
+    assert all(k.startswith("runs/r1/checkpoints/") for k in keys if "/checkpoint-" in k)
     metrics = json.loads(s3.get_object(Bucket=bucket, Key="runs/r1/metrics.json")["Body"].read())
     assert metrics["training"]["steps"] == 2
     # The model was fetched once into the trainer cache, from S3.

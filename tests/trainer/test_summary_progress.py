@@ -88,3 +88,46 @@ def test_progress_silent_on_other_ranks(tmp_path: Path, monkeypatch: pytest.Monk
     rep = ProgressReporter(str(tmp_path / "progress.jsonl"), stream=stream)
     rep.emit("progress", step=1)
     assert stream.getvalue() == "" and not (tmp_path / "progress.jsonl").exists()
+
+
+def test_saved_summary_is_whole_and_replaces_atomically(tmp_path: Path) -> None:
+    from tuneforge_trainer.summary import SUMMARY_FILE, remove_saved_summary, save_summary
+
+    s = full_summary(n_classes=300)  # far over the 4 KiB termination-message limit
+    path = save_summary(s, str(tmp_path / "art"))
+    assert path == str(tmp_path / "art" / SUMMARY_FILE)
+    back = parse_summary(Path(path).read_text())
+    assert back == s and len(back.worst_classes) == 300  # nothing trimmed
+    assert Path(path).stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in (tmp_path / "art").iterdir()] == [SUMMARY_FILE]
+    remove_saved_summary(str(tmp_path / "art"))
+    remove_saved_summary(str(tmp_path / "art"))  # absent is fine
+    assert not Path(path).exists()
+
+
+def test_a_failed_train_leaves_its_summary_beside_the_artifacts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tuneforge_trainer import storage
+    from tuneforge_trainer.cli import _fail_summary
+    from tuneforge_trainer.config import parse_config
+
+    base = {"model": {"source": "/m"}, "dataset": {"source": "/d.csv"}}
+    cfg = parse_config(base | {"output": {"dir": str(tmp_path / "out"), "termination_message_path": str(tmp_path / "term")}})
+    _fail_summary(cfg, "train", "RuntimeError: CUDA out of memory\ntraceback...")
+    saved = parse_summary((tmp_path / "out" / "summary.json").read_text())
+    assert saved.status == "failed" and saved.message == "RuntimeError: CUDA out of memory"
+    assert parse_summary((tmp_path / "term").read_text()) == saved
+
+    uploads: list[tuple[str, str, str]] = []
+
+    class Client:
+        def upload_file(self, local: str, bucket: str, key: str) -> None:
+            uploads.append((Path(local).read_text(), bucket, key))
+
+    monkeypatch.setattr(storage, "_s3_client", lambda: Client())
+    cfg = parse_config(base | {"output": {"dir": "s3://b/runs/r1", "work_dir": str(tmp_path / "w"), "termination_message_path": None}})
+    _fail_summary(cfg, "train", "boom")
+    assert [(b, k) for _, b, k in uploads] == [("b", "runs/r1/summary.json")]
+    assert parse_summary(uploads[0][0]).message == "boom"
+    # validate failures are the validation pod's business, not the run's result
+    _fail_summary(parse_config(base | {"output": {"dir": str(tmp_path / "v")}}), "validate", "bad rows")
+    assert not (tmp_path / "v" / "summary.json").exists()

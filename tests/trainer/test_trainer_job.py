@@ -83,7 +83,7 @@ def test_trainer_job_on_real_node(cluster: Cluster, namespace: str, trainer_imag
     assert s.accuracy is not None and s.accuracy >= 0.5
     assert s.artifacts["adapter"] == "/output/adapter"
     for rel in ("adapter/adapter_model.safetensors", "adapter/adapter_config.json", "metrics.json", "README.md",
-                "plots/loss.png", "plots/confusion.png", "progress.jsonl"):
+                "plots/loss.png", "plots/confusion.png", "progress.jsonl", "summary.json"):
         assert (out / rel).is_file(), rel
     assert json.loads((out / "metrics.json").read_text())["training"]["device"] == "cpu"
     logs = cluster.kubectl("logs", "-n", namespace, pods[0]["metadata"]["name"]).stdout

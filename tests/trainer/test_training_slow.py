@@ -102,7 +102,14 @@ def test_acceptance_banking77_8_intents(acceptance_run: Run) -> None:
     events = [json.loads(line) for line in acceptance_run.stdout.splitlines() if line.startswith("{")]
     events = events or read_progress(str(out / "progress.jsonl"))  # a reused run has no captured stdout
     kinds = {e["event"] for e in events}
-    assert {"start", "data", "progress", "checkpoint", "eval", "done"} <= kinds
+    assert {"start", "data", "progress", "checkpoint", "eval_start", "eval", "baseline", "done"} <= kinds
+    from tuneforge_trainer.events import check_event
+
+    assert [e for e in events if check_event(e)] == []
+    # The whole summary also lies beside the artifacts, for when the pod is gone.
+    saved = parse_summary((out / "summary.json").read_text())
+    assert saved.status == "succeeded" and saved.accuracy == s.accuracy and saved.steps == 100
+    assert zero.accuracy_norm is not None and s.accuracy_norm is not None
     prog = [e for e in events if e["event"] == "progress" and "loss" in e]
     assert prog[-1]["step"] == 100 and prog[-1]["tokens_per_second"] > 0 and "eta_seconds" in prog[-1]
     assert read_progress(str(out / "progress.jsonl"))[-1]["event"] == "done"

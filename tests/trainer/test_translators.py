@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from tuneforge_trainer.config import apply_overrides, parse_config
-from tuneforge_trainer.modeling import device_settings, get_lora_config, get_quantization_config
+from tuneforge_trainer.modeling import device_settings, get_lora_config, get_quantization_config, model_load_kwargs
 
 BASE: dict[str, Any] = {"model": {"source": "/m"}, "dataset": {"source": "/d.csv"}, "output": {"dir": "/o"}}
 
@@ -48,7 +48,8 @@ def test_get_lora_config_disabled() -> None:
     ],
 )
 def test_get_quantization_config(mode: str, cuda: bool, expected: dict[str, Any] | None) -> None:
-    q = get_quantization_config(cfg_with(quantization__mode=mode), cuda=cuda)
+    cfg = cfg_with(quantization__mode=mode)
+    q = get_quantization_config(cfg, device_settings(cfg, cuda=cuda))
     if expected is None:
         assert q is None
         return
@@ -58,8 +59,59 @@ def test_get_quantization_config(mode: str, cuda: bool, expected: dict[str, Any]
 
 
 def test_fp4_without_double_quant() -> None:
-    q = get_quantization_config(cfg_with(quantization__mode="4bit", quantization__quant_type="fp4", quantization__double_quant=False), cuda=False)
+    cfg = cfg_with(quantization__mode="4bit", quantization__quant_type="fp4", quantization__double_quant=False)
+    q = get_quantization_config(cfg, device_settings(cfg, cuda=False))
     assert q.bnb_4bit_quant_type == "fp4" and not q.bnb_4bit_use_double_quant
+
+
+def _dtype(v: Any) -> str:
+    return str(v).removeprefix("torch.")
+
+
+@pytest.mark.parametrize("cuda", [False, True])
+@pytest.mark.parametrize("bf16_ok", [False, True])
+@pytest.mark.parametrize("precision", ["auto", "fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("quant", ["auto", "4bit", "8bit", "none"])
+def test_precision_and_quantization_table(cuda: bool, bf16_ok: bool, precision: str, quant: str) -> None:
+    """Every (cuda, bf16-capable, precision, quantization) combination, through the same calls
+    train_main makes: device_settings with the GPU's capability, then load_model's kwargs."""
+    cfg = cfg_with(training__precision=precision, quantization__mode=quant)
+    bf16_cap = cuda and bf16_ok  # train_main passes cuda and torch.cuda.is_bf16_supported()
+    # What an engineer expects, written out independently of the code.
+    if not cuda:
+        want_prec = "fp32"
+    elif precision == "auto":
+        want_prec = "bf16" if bf16_cap else "fp32"
+    else:
+        want_prec = precision
+    if cuda and want_prec == "bf16" and not bf16_cap:
+        with pytest.raises(ValueError, match="training.precision bf16"):
+            device_settings(cfg, cuda=cuda, bf16_supported=bf16_cap)
+        return
+    want_quant = ("4bit" if cuda else "none") if quant == "auto" else quant
+    want_dtype = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[want_prec]
+
+    ds = device_settings(cfg, cuda=cuda, bf16_supported=bf16_cap)
+    assert (ds.bf16, ds.fp16) == (want_prec == "bf16", want_prec == "fp16")
+    assert ds.quantization == want_quant
+    kw = model_load_kwargs(cfg, ds)
+    assert _dtype(kw["dtype"]) == want_dtype
+    q = kw.get("quantization_config")
+    if want_quant == "none":
+        assert q is None
+    elif want_quant == "8bit":
+        assert q.load_in_8bit and not q.load_in_4bit
+    else:
+        assert q.load_in_4bit
+        # The 4-bit layers compute in the training precision: bf16 on a bf16 GPU (the bug was float32).
+        assert _dtype(q.bnb_4bit_compute_dtype) == want_dtype
+    assert ("device_map" in kw) == (cuda and want_quant != "none")
+
+
+def test_explicit_compute_dtype_wins() -> None:
+    cfg = cfg_with(quantization__mode="4bit", quantization__compute_dtype="float16")
+    q = get_quantization_config(cfg, device_settings(cfg, cuda=True, bf16_supported=True))
+    assert _dtype(q.bnb_4bit_compute_dtype) == "float16"
 
 
 @pytest.mark.parametrize(

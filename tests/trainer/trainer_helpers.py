@@ -92,3 +92,48 @@ def hub_cache_standin(root: Path, repo: str, model: Path, commit: str = "0123456
         if f.is_file() and not f.name.startswith("."):
             (snap / f.name).symlink_to(f)
     return root
+
+
+class FakeS3:
+    """The subset of boto3's S3 client that storage.py calls, over a dict of key -> bytes."""
+
+    def __init__(self, objects: dict[str, bytes], page_size: int = 2) -> None:
+        self.objects = objects
+        self.page_size = page_size
+        self.downloaded: list[str] = []
+        self.listed: list[tuple[str, str]] = []
+
+    def _keys(self, prefix: str) -> list[str]:
+        return sorted(k for k in self.objects if k.startswith(prefix))
+
+    def get_paginator(self, name: str) -> Any:
+        assert name == "list_objects_v2"
+        fake = self
+
+        class Paginator:
+            def paginate(self, Bucket: str, Prefix: str = "", Delimiter: str = "") -> Any:  # noqa: N803
+                keys = fake._keys(Prefix)
+                fake.listed.append((Prefix, Delimiter))
+                if Delimiter:  # keys below a further delimiter collapse into common prefixes
+                    keys = [k for k in keys if Delimiter not in k[len(Prefix) :]]
+                for i in range(0, len(keys), fake.page_size):
+                    yield {"Contents": [{"Key": k} for k in keys[i : i + fake.page_size]]}
+
+        return Paginator()
+
+    def download_file(self, bucket: str, key: str, filename: str) -> None:
+        self.downloaded.append(key)
+        Path(filename).write_bytes(self.objects[key])
+
+    def upload_file(self, filename: str, bucket: str, key: str) -> None:
+        self.objects[key] = Path(filename).read_bytes()
+
+    def put_object(self, Bucket: str, Key: str, Body: bytes = b"") -> None:  # noqa: N803
+        self.objects[Key] = Body
+
+    def delete_object(self, Bucket: str, Key: str) -> None:  # noqa: N803
+        self.objects.pop(Key, None)
+
+    def delete_objects(self, Bucket: str, Delete: dict[str, Any]) -> None:  # noqa: N803
+        for o in Delete["Objects"]:
+            self.objects.pop(o["Key"], None)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -93,7 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - the last line of defence: one line, a summary, non-zero
         from tuneforge_trainer.data import DataError
 
-        code = EXIT_DATA if isinstance(e, DataError) else EXIT_FAILED
+        # A config that only this device can reject (e.g. bf16 on a GPU without it) is still a
+        # config error: retrying on the same node cannot fix it.
+        code = EXIT_DATA if isinstance(e, DataError) else EXIT_CONFIG if isinstance(e, ConfigError) else EXIT_FAILED
         msg = f"{type(e).__name__}: {e}" if code == EXIT_FAILED else str(e)
         print(f"error: {msg}", file=sys.stderr)
         if code == EXIT_FAILED:
@@ -108,14 +111,30 @@ def _fail_summary(cfg: TrainerConfig | None, command: str, message: str) -> None
     if not is_rank_zero():
         return
     path = cfg.output.termination_message_path if cfg else DEFAULT_TERMINATION_PATH
-    write_summary(
-        TrainerSummary(status="failed", command=command, message=message.splitlines()[0][:2000]),  # type: ignore[arg-type]
-        path,
-    )
+    summary = TrainerSummary(status="failed", command=command, message=message.splitlines()[0][:2000])  # type: ignore[arg-type]
+    write_summary(summary, path)
+    if cfg is not None and command == "train":
+        _persist_failure(cfg, summary)
     try:
         ProgressReporter(cfg.progress_path() if cfg else None).emit("error", message=message)
     except OSError:
         pass
+
+
+def _persist_failure(cfg: TrainerConfig, summary: TrainerSummary) -> None:
+    """Best effort: the failed run's summary beside the artifacts, where the operator looks for
+    the result when the pod is gone (an earlier run's summary there would otherwise stand)."""
+    from tuneforge_trainer.storage import join_uri, upload_file
+    from tuneforge_trainer.summary import SUMMARY_FILE, save_summary
+
+    try:
+        if cfg.output.dir.startswith("s3://"):
+            local = save_summary(summary, os.path.join(cfg.work_dir(), "artifacts"))
+            upload_file(local, join_uri(cfg.output.dir, SUMMARY_FILE))
+        else:
+            save_summary(summary, cfg.output.dir)
+    except Exception as e:  # noqa: BLE001 - the run already failed; this must not mask why
+        log.warning("Could not save the failure summary to %s: %s", cfg.output.dir, e)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ __all__ = [
     "DataPrepConfig",
     "DatasetConfig",
     "EvalConfig",
+    "HubConfig",
     "LoraSettings",
     "ModelConfig",
     "OpenAIBaselineConfig",
@@ -65,9 +66,9 @@ class ModelConfig(_Strict):
 
     source: str = Field(
         description=(
-            "Base model: 'hf://org/name' (Hugging Face Hub id, resolved offline against the hub "
-            "cache when HF_HUB_OFFLINE=1), 's3://bucket/prefix' (a Hugging Face model folder in "
-            "S3; endpoint from AWS_ENDPOINT_URL), or a local/PVC folder path."
+            "Base model: 'hf://org/name' (Hugging Face Hub id, downloaded into the hub cache; see "
+            "hub), 's3://bucket/prefix' (a Hugging Face model folder in S3; endpoint from "
+            "AWS_ENDPOINT_URL), or a local/PVC folder path."
         ),
         min_length=1,
     )
@@ -77,7 +78,10 @@ class ModelConfig(_Strict):
     )
     token_env: str = Field(
         default="HF_TOKEN",
-        description="Environment variable that holds the Hugging Face token (fed from a Secret).",
+        description=(
+            "Environment variable that holds the Hugging Face token (fed from a Secret); used for "
+            "hf:// models and datasets."
+        ),
     )
     gguf_file: str | None = Field(
         default=None,
@@ -114,8 +118,9 @@ class DatasetConfig(_Strict):
     source: str = Field(
         description=(
             "Training data: a local path, 's3://bucket/key' or 'hf://datasets/org/name'. A .jsonl "
-            "file (instruction/input/output rows or chat 'messages' rows), a .csv file, or a "
-            "folder saved with datasets.save_to_disk."
+            "file (instruction/input/output rows or chat 'messages' rows), a .csv file, a folder "
+            "saved with datasets.save_to_disk, or a dataset repo of parquet/CSV/JSON(L) files as "
+            "datasets.load_dataset reads it (its train split; test for eval_source when present)."
         ),
         min_length=1,
     )
@@ -134,6 +139,16 @@ class DatasetConfig(_Strict):
     text_column: str = Field(default="text", description="Input text column (csv/hf_dataset).")
     label_column: str = Field(
         default="label", description="Target column (csv/hf_dataset): the label or the output."
+    )
+    csv_bad_rows: Literal["fail", "drop"] = Field(
+        default="fail",
+        description=(
+            "A CSV row whose field count differs from the header (the usual sign of an unquoted "
+            "comma that cut the text and shifted the label column): fail names every such row "
+            "(row number, expected and found field counts) and stops, as pandas does by default, "
+            "because a shifted label is silently wrong training data; drop drops them and lists "
+            "them with the other dropped rows."
+        ),
     )
     prompt_template: str = Field(
         default=(
@@ -226,7 +241,21 @@ class DataPrepConfig(_Strict):
         default=0.1,
         ge=0.0,
         lt=0.5,
-        description="Stratified held-out fraction when no eval_source is given (10-15 % typical).",
+        description=(
+            "Stratified test fraction when no eval_source is given (10-15 % typical): the rows "
+            "scored once at the end, reported and gated; nothing selects a model on them."
+        ),
+    )
+    validation_fraction: float = Field(
+        default=0.1,
+        ge=0.0,
+        lt=0.5,
+        description=(
+            "Stratified fraction of the training rows held out for model selection: the eval "
+            "loss during training, training.load_best_model and early stopping use these rows "
+            "only, never the test rows. Split off before dataset.max_rows_per_label caps the "
+            "training rows. 0 = no validation rows (no eval loss, no best-model selection)."
+        ),
     )
     min_rows_per_label: int = Field(
         default=2, ge=1, description="Fatal if a label has fewer training rows than this."
@@ -283,7 +312,10 @@ class QuantizationConfig(_Strict):
     double_quant: bool = Field(default=True, description="Nested (double) quantization for 4-bit.")
     compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto",
-        description="Compute dtype for quantized layers; auto = bfloat16 on CUDA, float32 on CPU.",
+        description=(
+            "Compute dtype for quantized layers; auto = the training precision (bfloat16 on a "
+            "bf16-capable GPU, float16 with training.precision fp16, else float32)."
+        ),
     )
 
 
@@ -332,7 +364,9 @@ class TrainingConfig(_Strict):
         default="auto", description="Training precision; auto = bf16 on CUDA with support, else fp32."
     )
     eval_steps: int | None = Field(
-        default=None, ge=1, description="Compute eval loss every N steps; None = once per epoch."
+        default=None,
+        ge=1,
+        description="Compute the eval loss (validation rows) every N steps; None = once per epoch.",
     )
     save_steps: int | None = Field(
         default=None, ge=1, description="Checkpoint every N steps; None = once per epoch."
@@ -340,10 +374,10 @@ class TrainingConfig(_Strict):
     logging_steps: int = Field(default=5, ge=1, description="Log (and report progress) every N steps.")
     save_total_limit: int = Field(default=2, ge=1, description="Checkpoints kept on disk.")
     early_stopping_patience: int | None = Field(
-        default=None, ge=1, description="Stop after N evaluations without eval-loss improvement."
+        default=None, ge=1, description="Stop after N evaluations without validation-loss improvement."
     )
     load_best_model: bool = Field(
-        default=False, description="Reload the checkpoint with the lowest eval loss at the end."
+        default=False, description="Reload the checkpoint with the lowest validation loss at the end."
     )
     seed: int = Field(default=42, description="Training seed.")
     resume: bool = Field(
@@ -378,14 +412,35 @@ class OpenAIBaselineConfig(_Strict):
     )
     max_rows: int | None = Field(default=None, ge=1, description="Score at most this many rows.")
     timeout_s: float = Field(default=30.0, gt=0, description="Per-request timeout in seconds.")
+    max_retries: int = Field(
+        default=5,
+        ge=0,
+        le=20,
+        description=(
+            "Retries of a request that got a 429, a 5xx or no connection, with exponential backoff "
+            "and jitter (Retry-After honoured), by the official openai client."
+        ),
+    )
+    concurrency: int = Field(
+        default=8, ge=1, le=64, description="Requests in flight at once (bounded by a thread pool)."
+    )
 
 
 class BaselineConfig(_Strict):
     """Baselines scored on exactly the held-out rows the adapter is scored on."""
 
-    zero_shot: bool = Field(default=True, description="The base model with the same prompt.")
+    zero_shot: bool = Field(
+        default=True,
+        description=(
+            "The base model with the same prompt (the trained model with its LoRA adapter switched "
+            "off). Needs lora.enabled: true; off by default when LoRA is off."
+        ),
+    )
     few_shot: int = Field(
-        default=0, ge=0, le=64, description="k examples per prompt for a few-shot base model; 0 = off."
+        default=0,
+        ge=0,
+        le=64,
+        description="k examples per prompt for a few-shot base model; 0 = off. Needs lora.enabled: true.",
     )
     tfidf_lr: bool = Field(
         default=True, description="TF-IDF + logistic regression (classification only)."
@@ -415,13 +470,35 @@ class EvalConfig(_Strict):
         default=256,
         ge=1,
         description=(
-            "Held-out rows (a seeded sample) for the eval-loss curve during training; a full "
-            "forward pass per row, so it is bounded on CPUs. None = all held-out rows."
+            "Validation rows (a seeded sample) for the eval-loss curve during training; a full "
+            "forward pass per row, so it is bounded on CPUs. None = all validation rows."
         ),
     )
     worst_classes: int = Field(default=5, ge=0, le=20, description="Worst classes listed in the summary.")
     baselines: BaselineConfig = Field(
         default_factory=BaselineConfig, description="Baselines scored on the same rows."
+    )
+
+
+class HubConfig(_Strict):
+    """How hf:// models and datasets are fetched from the Hugging Face Hub."""
+
+    cache_dir: str | None = Field(
+        default=None,
+        description=(
+            "Hub cache folder for hf:// models and datasets. Point it at a mounted PVC so a "
+            "download survives the pod and the next run (or a retry) reuses it. None = "
+            "HF_HUB_CACHE, else HF_HOME/hub (in the trainer image /tmp/hf/hub, lost with the pod)."
+        ),
+    )
+    offline: bool = Field(
+        default=False,
+        description=(
+            "Never contact the hub: hf:// sources must already be in the cache (HF_HUB_OFFLINE=1 "
+            "does the same). Online (the default) the hub is asked which commit a revision names "
+            "and only missing files are downloaded, with the token from model.token_env (HF_TOKEN; "
+            "the operator passes tokenSecretRef as that variable) and the endpoint from HF_ENDPOINT."
+        ),
     )
 
 
@@ -436,6 +513,22 @@ class OutputConfig(_Strict):
         description=(
             "Local folder for checkpoints and staging; None = output.dir when local, else "
             "/tmp/tuneforge-work. Checkpoints are resumed from here."
+        ),
+    )
+    run_id: str | None = Field(
+        default=None,
+        description=(
+            "This run's identity (the operator sets '<FineTuneJob uid>/r<revision>'). Every "
+            "checkpoint records it, and training.resume refuses a checkpoint saved by another run "
+            "(exit 2) rather than continue it. None = not checked."
+        ),
+    )
+    checkpoint_uri: str | None = Field(
+        default=None,
+        description=(
+            "s3:// prefix where checkpoints persist so a replacement pod resumes (each one is "
+            "uploaded when saved). None = <output.dir>/checkpoints for s3:// outputs; a local/PVC "
+            "output keeps them in work_dir, which persists already."
         ),
     )
     merge: bool = Field(default=False, description="Also save the adapter merged into the base model.")
@@ -454,6 +547,13 @@ class OutputConfig(_Strict):
     def _check_dir(cls, v: str) -> str:
         if "://" in v and not v.startswith("s3://"):
             raise ValueError(f"unsupported scheme in {v!r}; use s3:// or a path")
+        return v
+
+    @field_validator("checkpoint_uri")
+    @classmethod
+    def _check_checkpoint_uri(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith("s3://"):
+            raise ValueError(f"must be an s3:// prefix, got {v!r} (local checkpoints live in output.work_dir)")
         return v
 
 
@@ -488,6 +588,7 @@ class TrainerConfig(_Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation and baselines.")
     output: OutputConfig = Field(description="Output location and hand-off files.")
     owner: OwnerConfig | None = Field(default=None, description="The FineTuneJob (and revision) this run trains, for the adapter's lineage.")
+    hub: HubConfig = Field(default_factory=HubConfig, description="Hugging Face Hub downloads (hf://).")
 
     @field_validator("quantization", mode="before")
     @classmethod
@@ -507,6 +608,36 @@ class TrainerConfig(_Strict):
             )
         if self.output.merge and not self.lora.enabled:
             raise ValueError("output.merge needs lora.enabled: true (nothing to merge)")
+        if not self.lora.enabled:
+            # The base-model baselines run the trained model with its adapter switched off; a full
+            # fine-tune has no adapter to switch off, so they would score the fine-tuned model
+            # against itself. Rejected rather than scored on a second copy of the base model,
+            # which would double the GPU memory of exactly the runs that need the most.
+            bl = self.eval.baselines
+            asked = [
+                f"eval.baselines.{name}"
+                for name, on in (("zero_shot", bl.zero_shot), ("few_shot", bl.few_shot > 0))
+                if on and name in bl.model_fields_set
+            ]
+            if asked:
+                raise ValueError(
+                    f"{' and '.join(asked)} need lora.enabled: true (with a full fine-tune there "
+                    "is no adapter to switch off, so the base-model baseline would score the "
+                    "fine-tuned model); turn them off or enable LoRA"
+                )
+            if bl.zero_shot:
+                bl.zero_shot = False  # on by default only where it means something
+        if self.data.validation_fraction == 0:
+            for name, on in (
+                ("training.load_best_model", self.training.load_best_model),
+                ("training.early_stopping_patience", self.training.early_stopping_patience is not None),
+            ):
+                if on:
+                    # Selecting on the test rows would make the reported accuracy optimistic.
+                    raise ValueError(
+                        f"{name} selects on validation rows and data.validation_fraction is 0 "
+                        "(the test rows are never used for selection)"
+                    )
         if self.task.type == "generation":
             if self.eval.method == "loglik":
                 raise ValueError("eval.method 'loglik' needs task.type: classification")
@@ -539,6 +670,14 @@ class TrainerConfig(_Strict):
         if self.output.dir.startswith("s3://"):
             return "/tmp/tuneforge-work"
         return self.output.dir
+
+    def checkpoint_store(self) -> str | None:
+        """The s3:// prefix checkpoints are mirrored to (None: they persist in work_dir)."""
+        if self.output.checkpoint_uri:
+            return self.output.checkpoint_uri.rstrip("/")
+        if self.output.dir.startswith("s3://"):
+            return self.output.dir.rstrip("/") + "/checkpoints"
+        return None
 
     def progress_path(self) -> str:
         """Where progress JSON lines are appended."""

@@ -35,6 +35,8 @@ __all__ = [
     "load_rows",
     "normalize",
     "prepare_data",
+    "prepare_eval_rows",
+    "stratified_sample",
     "stratified_split",
 ]
 
@@ -79,6 +81,7 @@ class DataReport:
     leaked: int = 0
     train_counts: dict[str, int] = field(default_factory=dict)
     eval_counts: dict[str, int] = field(default_factory=dict)
+    validation_counts: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -92,18 +95,22 @@ class DataReport:
             "leaked": self.leaked,
             "train_counts": self.train_counts,
             "eval_counts": self.eval_counts,
+            "validation_counts": self.validation_counts,
             "warnings": self.warnings,
         }
 
 
 @dataclass
 class PreparedData:
-    """Training and held-out rows ready to format, the label set, and the report."""
+    """Training, test (``eval``) and validation rows ready to format, the label set, and the report."""
 
     train: list[Example]
     eval: list[Example]
     labels: list[str]
     report: DataReport
+    # Rows for model selection (eval loss, best checkpoint, early stopping); ``eval`` holds the
+    # test rows, scored once at the end.
+    validation: list[Example] = field(default_factory=list)
 
 
 _PUNCT = re.compile(r"[^\w\s]", re.UNICODE)
@@ -165,8 +172,34 @@ def _from_record(
     return Example(text=str(rec.get(text_col) or "").strip(), target=str(rec.get(label_col) or "").strip(), row=row, source=source)
 
 
-def load_rows(path: str, fmt: str, text_col: str, label_col: str, source: str = "train") -> tuple[list[Example], list[DroppedRow], str]:
-    """Read a local file/folder; returns (rows, dropped rows, resolved format)."""
+def _csv_rows(f: Any, delim: str) -> tuple[list[str], list[tuple[int, dict[str, str]]], list[tuple[int, int]]]:
+    """Header, (row number, record) pairs, and (row number, field count) of the rows whose field
+    count differs from the header's. Row numbers count records with the header as 1, blank lines
+    skipped (as csv.DictReader counts them)."""
+    reader = csv.reader(f, delimiter=delim)
+    header = next(reader, [])
+    good: list[tuple[int, dict[str, str]]] = []
+    bad: list[tuple[int, int]] = []
+    i = 1
+    for fields in reader:
+        if not fields:
+            continue
+        i += 1
+        if len(fields) != len(header):
+            bad.append((i, len(fields)))
+        else:
+            good.append((i, dict(zip(header, fields))))
+    return header, good, bad
+
+
+def load_rows(
+    path: str, fmt: str, text_col: str, label_col: str, source: str = "train", csv_bad_rows: str = "fail"
+) -> tuple[list[Example], list[DroppedRow], str]:
+    """Read a local file/folder; returns (rows, dropped rows, resolved format).
+
+    ``csv_bad_rows`` (``dataset.csv_bad_rows``): what a CSV row whose field count differs from the
+    header does, "fail" (a :class:`DataError` naming the rows) or "drop" (a dropped row).
+    """
     if fmt == "auto":
         fmt = detect_format(path)
     rows: list[Example] = []
@@ -179,14 +212,27 @@ def load_rows(path: str, fmt: str, text_col: str, label_col: str, source: str = 
         if fmt == "csv":
             with open(path, encoding="utf-8", newline="") as f:
                 delim = "\t" if path.lower().endswith(".tsv") else ","
-                reader = csv.DictReader(f, delimiter=delim)
-                cols = reader.fieldnames or []
+                cols, records, bad = _csv_rows(f, delim)
                 for col, name in ((text_col, "dataset.text_column"), (label_col, "dataset.label_column")):
                     if col not in cols:
                         raise DataError(f"{source} data {path}: missing column {col!r} ({name}); columns are {cols}")
-                # Row numbers are file lines: the header is line 1.
-                for i, rec in enumerate(reader, start=2):
+                # More fields than the header is the usual sign of an unquoted comma that cut the
+                # text (the label column then holds a piece of the text); fewer, of a cut row.
+                if bad and csv_bad_rows == "fail":
+                    listed = ", ".join(f"row {r} has {n}" for r, n in bad[:5])
+                    more = f" (and {len(bad) - 5} more rows)" if len(bad) > 5 else ""
+                    raise DataError(
+                        f"{source} data {path}: {len(bad)} row(s) do not have the header's {len(cols)} "
+                        f"fields: {listed}{more}; an unquoted delimiter or quote in the text usually "
+                        "causes this. Quote the text, or set dataset.csv_bad_rows: drop to drop such rows"
+                    )
+                for r, n in bad:
+                    dropped.append(DroppedRow(
+                        source, r, f"field count differs from the header ({n} fields, expected {len(cols)})"
+                    ))
+                for i, rec in records:
                     add(_from_record(rec, fmt, i, source, text_col, label_col))
+                dropped.sort(key=lambda d: d.row)
         elif fmt in ("instruction_jsonl", "chat_jsonl"):
             with open(path, encoding="utf-8") as f:
                 for i, line in enumerate(f, start=1):
@@ -201,7 +247,16 @@ def load_rows(path: str, fmt: str, text_col: str, label_col: str, source: str = 
         elif fmt == "hf_dataset":
             import datasets  # heavy: only for saved HF datasets
 
-            ds = datasets.load_from_disk(path)
+            saved = any(os.path.exists(os.path.join(path, f)) for f in ("dataset_dict.json", "state.json"))
+            if saved:  # a folder written by save_to_disk
+                ds = datasets.load_from_disk(path)
+            else:
+                # A dataset repo of parquet/CSV/JSON(L) files (an hf:// snapshot or a folder), read
+                # as load_dataset reads a hub repo: splits from file names, else one train split.
+                try:
+                    ds = datasets.load_dataset(path)
+                except Exception as e:  # noqa: BLE001 - datasets raises many types for bad folders
+                    raise DataError(f"{source} data {path}: not a dataset folder datasets can read ({e})") from None
             if isinstance(ds, datasets.DatasetDict):
                 split = "train" if source == "train" or "test" not in ds else "test"
                 ds = ds[split if split in ds else next(iter(ds))]
@@ -238,11 +293,14 @@ def dedup(rows: Sequence[Example], mode: str) -> tuple[list[Example], list[Dropp
 
 
 def stratified_split(
-    rows: Sequence[Example], fraction: float, seed: int, min_rows: int = 2
+    rows: Sequence[Example], fraction: float, seed: int, min_rows: int = 2, field_name: str = "data.eval_fraction",
+    strict: bool = True,
 ) -> tuple[list[Example], list[Example]]:
     """Split by label so each label keeps its share in the held-out part (at least one row each).
 
-    Raises :class:`DataError` naming the label when a label has too few rows to split.
+    Raises :class:`DataError` naming the label when a label has too few rows to split; with
+    ``strict`` False such a label stays whole in the first part instead (validation rows only
+    steer model selection, which does not need every label).
     """
     by_label: dict[str, list[Example]] = defaultdict(list)
     for ex in rows:
@@ -253,9 +311,12 @@ def stratified_split(
     need = max(2, min_rows + 1)
     for label in sorted(by_label):
         group = list(by_label[label])
+        if len(group) < need and not strict:
+            train.extend(group)
+            continue
         if len(group) < need:
             raise DataError(
-                f"label {label!r} has {len(group)} rows; a held-out split (data.eval_fraction) needs "
+                f"label {label!r} has {len(group)} rows; a held-out split ({field_name}) needs "
                 f"at least {need} (data.min_rows_per_label + 1)"
             )
         rng.shuffle(group)
@@ -282,6 +343,86 @@ def cap_per_label(rows: Sequence[Example], cap: int | None, seed: int) -> list[E
         chosen = rng.sample(range(len(group)), min(cap, len(group)))
         keep.update(id(group[i]) for i in chosen)
     return [ex for ex in rows if id(ex) in keep]
+
+
+def stratified_sample(rows: Sequence[Example], k: int | None, seed: int) -> list[Example]:
+    """At most ``k`` rows, each label keeping its share (largest remainder), seeded, in file order.
+
+    Files are often sorted by label, so the first ``k`` rows would be a few labels only; a plain
+    random sample can miss a small label. Rows without a label set (generation) are one group.
+    """
+    if not k or len(rows) <= k:
+        return list(rows)
+    by_label: dict[str, list[int]] = defaultdict(list)
+    for i, ex in enumerate(rows):
+        by_label[ex.target].append(i)
+    n = len(rows)
+    quota = {lab: len(ix) * k / n for lab, ix in by_label.items()}
+    take = {lab: int(q) for lab, q in quota.items()}
+    # Hand the remaining rows to the largest remainders (ties by label, for determinism).
+    for lab in sorted(quota, key=lambda lab: (-(quota[lab] - take[lab]), lab))[: k - sum(take.values())]:
+        take[lab] += 1
+    rng = random.Random(seed)
+    keep: set[int] = set()
+    for lab in sorted(by_label):
+        keep.update(rng.sample(by_label[lab], take[lab]))
+    return [ex for i, ex in enumerate(rows) if i in keep]
+
+
+def prepare_eval_rows(
+    cfg: TrainerConfig, path: str, train: Sequence[Example], labels: Sequence[str]
+) -> tuple[list[Example], DataReport]:
+    """Held-out rows from a separate file (``evaluate --eval-file``), with the train path's hygiene.
+
+    The same loading, bad-row drops, dedup, label filter and per-label cap as ``dataset.eval_source``
+    rows get; the leak check against ``train`` (over ``data.leak_threshold`` is fatal; below it the
+    leaked rows leave the held-out set, since training is already done); then a seeded stratified
+    sample of ``eval.max_rows``.
+    """
+    ds, dp = cfg.dataset, cfg.data
+    report = DataReport()
+    held, dropped, fmt = load_rows(path, ds.format, ds.text_column, ds.label_column, "eval", ds.csv_bad_rows)
+    report.format = fmt
+    report.loaded_eval = len(held) + len(dropped)
+    report.dropped.extend(dropped)
+    if ds.include_labels is not None:
+        wanted = set(ds.include_labels)
+        held = [e for e in held if e.target in wanted]
+    held, d = _drop_bad(held, dp.max_chars)
+    report.dropped.extend(d)
+    held, d = dedup(held, dp.dedup)
+    report.dropped.extend(d)
+    if cfg.task.type == "classification":
+        unknown = sorted({e.target for e in held} - set(labels))
+        if unknown:
+            raise DataError(f"--eval-file: unknown labels in eval rows: {unknown[:10]}")
+        held = cap_per_label(held, ds.max_eval_rows_per_label, dp.seed)
+    elif ds.max_eval_rows_per_label:
+        held = held[: ds.max_eval_rows_per_label]
+    leaked = leak_check(train, held)
+    if held and leaked:
+        n_leaked = sum(1 for e in held if normalize(f"{e.instruction or ''}\n{e.text}") in leaked)
+        frac = n_leaked / len(held)
+        report.leaked = n_leaked
+        if frac > dp.leak_threshold:
+            raise DataError(
+                f"data.leak_threshold: {n_leaked} of {len(held)} --eval-file rows ({frac:.1%}) also occur "
+                f"in training (limit {dp.leak_threshold:.1%})"
+            )
+        kept = []
+        for e in held:
+            if normalize(f"{e.instruction or ''}\n{e.text}") in leaked:
+                report.dropped.append(DroppedRow("eval", e.row, "also in training (leak)"))
+            else:
+                kept.append(e)
+        held = kept
+        report.warnings.append(f"{n_leaked} --eval-file rows also occurred in training; removed from the held-out rows")
+    held = stratified_sample(held, cfg.eval.max_rows, dp.seed)
+    if not held:
+        raise DataError("--eval-file: no held-out rows left after preparation")
+    classification = cfg.task.type == "classification"
+    report.eval_counts = dict(sorted(Counter(e.target for e in held).items())) if classification else {"rows": len(held)}
+    return held, report
 
 
 def balance(rows: Sequence[Example], mode: str, cap: int | None, seed: int) -> list[Example]:
@@ -374,13 +515,15 @@ def prepare_data(
     classification = cfg.task.type == "classification"
     report = DataReport()
     path = resolve(ds.source)
-    train, dropped, fmt = load_rows(path, ds.format, ds.text_column, ds.label_column, "train")
+    train, dropped, fmt = load_rows(path, ds.format, ds.text_column, ds.label_column, "train", ds.csv_bad_rows)
     report.format = fmt
     report.loaded = len(train) + len(dropped)
     report.dropped.extend(dropped)
     held: list[Example] = []
     if ds.eval_source:
-        held, d2, _ = load_rows(resolve(ds.eval_source), ds.format, ds.text_column, ds.label_column, "eval")
+        held, d2, _ = load_rows(
+            resolve(ds.eval_source), ds.format, ds.text_column, ds.label_column, "eval", ds.csv_bad_rows
+        )
         report.loaded_eval = len(held) + len(d2)
         report.dropped.extend(d2)
     if not train:
@@ -432,6 +575,23 @@ def prepare_data(
             held = [e for i, e in enumerate(train) if i in idx]
             train = [e for i, e in enumerate(train) if i not in idx]
 
+    # Validation rows come out of the training pool before the cap, so the cap still bounds the
+    # rows trained on; they select the model, the test rows above only score it.
+    validation: list[Example] = []
+    if dp.validation_fraction > 0:
+        if classification:
+            train, validation = stratified_split(
+                train, dp.validation_fraction, dp.seed + 1, dp.min_rows_per_label, "data.validation_fraction",
+                strict=False,
+            )
+        else:
+            rng = random.Random(dp.seed + 1)
+            order = list(range(len(train)))
+            rng.shuffle(order)
+            idx = set(order[: max(1, round(len(train) * dp.validation_fraction))])
+            validation = [e for i, e in enumerate(train) if i in idx]
+            train = [e for i, e in enumerate(train) if i not in idx]
+
     if classification:
         train = cap_per_label(train, ds.max_rows_per_label, dp.seed)
     elif ds.max_rows_per_label:
@@ -441,7 +601,8 @@ def prepare_data(
     elif ds.max_eval_rows_per_label:
         held = held[: ds.max_eval_rows_per_label]
 
-    leaked = leak_check(train, held)
+    # Test rows must not occur in the rows that train or select the model.
+    leaked = leak_check(train + validation, held)
     if held and leaked:
         n_leaked_eval = sum(1 for e in held if normalize(f"{e.instruction or ''}\n{e.text}") in leaked)
         frac = n_leaked_eval / len(held)
@@ -458,17 +619,28 @@ def prepare_data(
             else:
                 kept.append(e)
         train = kept
+        kept = []
+        for e in validation:
+            if normalize(f"{e.instruction or ''}\n{e.text}") in leaked:
+                report.dropped.append(DroppedRow("train", e.row, "also in eval (leak)"))
+            else:
+                kept.append(e)
+        validation = kept
         report.warnings.append(f"{n_leaked_eval} eval rows also occurred in training; removed from training")
 
     if token_length is not None:
-        kept = []
-        for e in train:
-            n = token_length(e)
-            if n > cfg.training.max_seq_length and dp.drop_over_length:
-                report.dropped.append(DroppedRow("train", e.row, f"over training.max_seq_length ({n} tokens)"))
-            else:
-                kept.append(e)
-        train = kept
+
+        def fits(rows: list[Example]) -> list[Example]:
+            kept = []
+            for e in rows:
+                n = token_length(e)
+                if n > cfg.training.max_seq_length and dp.drop_over_length:
+                    report.dropped.append(DroppedRow("train", e.row, f"over training.max_seq_length ({n} tokens)"))
+                else:
+                    kept.append(e)
+            return kept
+
+        train, validation = fits(train), fits(validation)
 
     if classification:
         counts = Counter(e.target for e in train)
@@ -485,4 +657,7 @@ def prepare_data(
         raise DataError("dataset: no held-out rows left for evaluation")
     report.train_counts = dict(sorted(Counter(e.target for e in train).items())) if classification else {"rows": len(train)}
     report.eval_counts = dict(sorted(Counter(e.target for e in held).items())) if classification else {"rows": len(held)}
-    return PreparedData(train=train, eval=held, labels=labels, report=report)
+    report.validation_counts = (
+        dict(sorted(Counter(e.target for e in validation).items())) if classification else {"rows": len(validation)}
+    )
+    return PreparedData(train=train, eval=held, labels=labels, report=report, validation=validation)

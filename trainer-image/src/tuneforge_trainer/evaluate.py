@@ -5,17 +5,18 @@ prompts of a batch run once (left-padded, KV cache kept) and the cache is repeat
 label, so a row costs one prompt pass plus ``len(labels)`` short label passes instead of
 ``len(labels)`` full passes. Generation rows use batched greedy generation. Baselines (the base
 model zero/few-shot, TF-IDF + logistic regression, an OpenAI-compatible endpoint) are scored on
-the same rows. torch is imported inside the functions.
+the same rows. Log-likelihood scoring reports ``accuracy`` (summed over the label's tokens: the
+number the gate uses, for the adapter and the baselines alike) and ``accuracy_norm`` beside it
+(per character of the label, as lm-eval-harness's acc_norm). torch is imported inside the
+functions.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
 import time
-import urllib.request
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -26,6 +27,7 @@ from tuneforge_trainer.metrics import classification_metrics, generation_metrics
 
 __all__ = [
     "few_shot_messages",
+    "length_normalized_predictions",
     "openai_baseline",
     "predict_generate",
     "predict_loglik",
@@ -160,6 +162,16 @@ def predict_loglik(
     return preds, scores, [len(x) for x in lab_ids]
 
 
+def length_normalized_predictions(scores: Sequence[Sequence[float]], labels: Sequence[str]) -> list[str]:
+    """Best label per row by log-likelihood per character of the label (lm-eval-harness acc_norm).
+
+    Summed log-likelihood favours labels of few tokens, which biases an untrained base model
+    against multi-token labels; dividing by the label's length removes most of that bias.
+    """
+    lens = [max(1, len(lab)) for lab in labels]
+    return [labels[max(range(len(labels)), key=lambda j: s[j] / lens[j])] for s in scores]
+
+
 def predict_generate(
     model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int, batch_rows: int = 16
 ) -> list[str]:
@@ -264,6 +276,8 @@ def score_model(
         ntok = sum(lens[idx[t]] for t in truth)
         res = classification_metrics(truth, preds, labels)
         res["label_nll"] = nll / max(1, ntok)
+        norm = length_normalized_predictions(scores, labels)
+        res["accuracy_norm"] = sum(p == t for p, t in zip(norm, truth)) / max(1, len(truth))
     else:
         max_new = cfg.eval.max_new_tokens or (max(len(tokenizer(t, add_special_tokens=False).input_ids) for t in truth + list(labels)) + 8)
         texts = predict_generate(model, tokenizer, prompts, max_new, cfg.eval.batch_size)
@@ -298,29 +312,42 @@ def tfidf_baseline(train: Sequence[Example], rows: Sequence[Example], labels: Se
 
 
 def openai_baseline(rows: Sequence[Example], cfg: TrainerConfig, labels: Sequence[str]) -> dict[str, Any]:
-    """Score an OpenAI-compatible chat endpoint (temperature 0) on the same rows."""
+    """Score an OpenAI-compatible chat endpoint (temperature 0) on the same rows.
+
+    The official client retries 429s, 5xx and connection errors with exponential backoff and
+    jitter (honouring Retry-After), so one rate-limited request does not fail a gate; at most
+    ``concurrency`` requests are in flight. A row that still fails after the retries fails the
+    baseline (recorded as its error), never a silently shorter score.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from openai import OpenAI
+
     oc = cfg.eval.baselines.openai
     assert oc is not None
     t0 = time.monotonic()
-    key = os.environ.get(oc.api_key_env, "")
     use = list(rows)[: oc.max_rows] if oc.max_rows else list(rows)
-    preds = []
     max_tokens = cfg.eval.max_new_tokens or 64
-    for ex in use:
-        body = {
-            "model": oc.model,
-            "messages": render_prompt(ex, cfg.dataset.prompt_template, labels, cfg.dataset.system_prompt),
-            "temperature": 0,
-            "max_tokens": max_tokens,
-        }
-        req = urllib.request.Request(
-            oc.base_url.rstrip("/") + "/chat/completions",
-            data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})},
+    # Endpoints without auth (a vLLM in the cluster) need no key; the client insists on one.
+    client = OpenAI(
+        base_url=oc.base_url, api_key=os.environ.get(oc.api_key_env) or "EMPTY",
+        max_retries=oc.max_retries, timeout=oc.timeout_s,
+    )
+
+    def ask(ex: Example) -> str:
+        resp = client.chat.completions.create(
+            model=oc.model,
+            messages=render_prompt(ex, cfg.dataset.prompt_template, labels, cfg.dataset.system_prompt),  # type: ignore[arg-type]
+            temperature=0,
+            max_tokens=max_tokens,
         )
-        with urllib.request.urlopen(req, timeout=oc.timeout_s) as r:  # noqa: S310 - URL from the config
-            content = json.load(r)["choices"][0]["message"]["content"] or ""
-        preds.append(content)
+        return resp.choices[0].message.content or ""
+
+    try:
+        with ThreadPoolExecutor(max_workers=oc.concurrency, thread_name_prefix="openai-baseline") as pool:
+            preds = list(pool.map(ask, use))
+    finally:
+        client.close()
     truth = [e.target for e in use]
     if cfg.task.type == "classification":
         res = classification_metrics(truth, [match_label(p, labels) for p in preds], labels)

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from tuneforge_trainer.config import TrainerConfig
+from tuneforge_trainer.config import ConfigError, TrainerConfig
 
 __all__ = [
     "DeviceSettings",
@@ -21,6 +21,8 @@ __all__ = [
     "get_quantization_config",
     "load_model",
     "load_tokenizer",
+    "model_dtype",
+    "model_load_kwargs",
     "resolve_model_path",
 ]
 
@@ -40,7 +42,11 @@ class DeviceSettings:
 
 
 def device_settings(cfg: TrainerConfig, cuda: bool, bf16_supported: bool = False) -> DeviceSettings:
-    """Pure: choose precision, checkpointing and quantization for this device."""
+    """Pure: choose precision, checkpointing and quantization for this device.
+
+    ``bf16_supported`` is the device's capability (``torch.cuda.is_bf16_supported()``), passed
+    in so that every (cuda, bf16, precision, quantization) combination is testable on a CPU.
+    """
     t = cfg.training
     prec = t.precision
     if prec == "auto":
@@ -48,14 +54,22 @@ def device_settings(cfg: TrainerConfig, cuda: bool, bf16_supported: bool = False
     if not cuda and prec != "fp32":
         log.warning("Training precision %s is not used on the CPU; using fp32", prec)
         prec = "fp32"
+    if cuda and prec == "bf16" and not bf16_supported:
+        # Failing here names the field; the Trainer would fail later with a less direct message.
+        raise ConfigError("training.precision bf16: this GPU does not support bfloat16; use fp16 or auto")
     quant = cfg.effective_quantization(cuda)
     if cfg.quantization.mode == "auto" and not cuda:
         log.warning("Quantization auto: no CUDA device, loading the base model unquantized (float32)")
     gc = t.gradient_checkpointing if t.gradient_checkpointing is not None else cuda
-    cd = cfg.quantization.compute_dtype
+    cd: str = cfg.quantization.compute_dtype
     if cd == "auto":
-        cd = "bfloat16" if cuda and bf16_supported else "float32"
-    return DeviceSettings(cuda=cuda, bf16=prec == "bf16", fp16=prec == "fp16", gradient_checkpointing=gc, quantization=quant, compute_dtype=cd)
+        # The quantized layers compute in the training precision: bf16 on bf16 GPUs (QLoRA's
+        # recipe), fp16 when asked for, float32 otherwise (and always on the CPU).
+        cd = {"bf16": "bfloat16", "fp16": "float16"}.get(prec, "float32")
+    return DeviceSettings(
+        cuda=cuda, bf16=prec == "bf16", fp16=prec == "fp16", gradient_checkpointing=gc,
+        quantization=quant, compute_dtype=cd,
+    )
 
 
 def get_lora_config(cfg: TrainerConfig) -> Any:
@@ -76,9 +90,13 @@ def get_lora_config(cfg: TrainerConfig) -> Any:
     )
 
 
-def get_quantization_config(cfg: TrainerConfig, cuda: bool) -> Any:
-    """transformers ``BitsAndBytesConfig`` (None for no quantization)."""
-    ds = device_settings(cfg, cuda)
+def get_quantization_config(cfg: TrainerConfig, ds: DeviceSettings) -> Any:
+    """transformers ``BitsAndBytesConfig`` for the device settings (None for no quantization).
+
+    Takes the :class:`DeviceSettings` that ``train_main`` computed (with the GPU's bf16
+    capability) rather than recomputing them, so the 4-bit compute dtype cannot disagree with
+    the training precision.
+    """
     if ds.quantization == "none":
         return None
     import torch
@@ -94,11 +112,35 @@ def get_quantization_config(cfg: TrainerConfig, cuda: bool) -> Any:
     )
 
 
+def model_dtype(ds: DeviceSettings) -> str:
+    """The torch dtype name the (non-quantized parts of the) base model load in."""
+    return "bfloat16" if ds.bf16 else ("float16" if ds.fp16 else "float32")
+
+
+def model_load_kwargs(cfg: TrainerConfig, ds: DeviceSettings) -> dict[str, Any]:
+    """Keyword arguments for ``AutoModelForCausalLM.from_pretrained`` (what ``load_model`` uses)."""
+    import torch
+
+    kw: dict[str, Any] = {"trust_remote_code": cfg.model.trust_remote_code}
+    if cfg.model.gguf_file:
+        kw["gguf_file"] = cfg.model.gguf_file
+    q = get_quantization_config(cfg, ds)
+    if q is not None:
+        kw["quantization_config"] = q
+        if ds.cuda:
+            kw["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
+    kw["dtype"] = getattr(torch, model_dtype(ds))
+    return kw
+
+
 def resolve_model_path(cfg: TrainerConfig, cache: str) -> str:
-    """A local folder for ``model.source`` (hf:// from the hub cache, s3:// downloaded once)."""
+    """A local folder for ``model.source`` (hf:// through the hub cache, s3:// downloaded once)."""
     from tuneforge_trainer.storage import resolve_source
 
-    return resolve_source(cfg.model.source, cache, cfg.model.revision, cfg.model.token_env, "model")
+    return resolve_source(
+        cfg.model.source, cache, cfg.model.revision, cfg.model.token_env, "model",
+        hf_cache=cfg.hub.cache_dir, offline=cfg.hub.offline,
+    )
 
 
 def load_tokenizer(path: str, cfg: TrainerConfig) -> Any:
@@ -115,19 +157,10 @@ def load_tokenizer(path: str, cfg: TrainerConfig) -> Any:
 
 def load_model(path: str, cfg: TrainerConfig, ds: DeviceSettings) -> Any:
     """The base model on its device, quantized as configured (not yet wrapped with LoRA)."""
-    import torch
     from transformers import AutoModelForCausalLM
 
-    kw: dict[str, Any] = {"trust_remote_code": cfg.model.trust_remote_code}
-    if cfg.model.gguf_file:
-        kw["gguf_file"] = cfg.model.gguf_file
-    q = get_quantization_config(cfg, ds.cuda)
-    if q is not None:
-        kw["quantization_config"] = q
-        if ds.cuda:
-            kw["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
-    kw["dtype"] = torch.bfloat16 if ds.bf16 else (torch.float16 if ds.fp16 else torch.float32)
+    kw = model_load_kwargs(cfg, ds)
     model = AutoModelForCausalLM.from_pretrained(path, **kw)
-    if q is None and ds.cuda:
+    if "quantization_config" not in kw and ds.cuda:
         model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")  # type: ignore[arg-type]
     return model

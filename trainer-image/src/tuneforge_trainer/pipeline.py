@@ -34,7 +34,10 @@ def prepare(cfg: TrainerConfig, token_length=None) -> PreparedData:  # type: ign
 
     def resolve(uri: str) -> str:
         try:
-            return resolve_source(uri, cache_dir(), kind="dataset")
+            return resolve_source(
+                uri, cache_dir(), token_env=cfg.model.token_env, kind="dataset",
+                hf_cache=cfg.hub.cache_dir, offline=cfg.hub.offline,
+            )
         except StorageError as e:
             raise DataError(f"dataset: {e}") from None
 
@@ -53,9 +56,10 @@ def report_data(data: PreparedData, progress: ProgressReporter) -> None:
     progress.emit(
         "data",
         train_rows=len(data.train),
+        validation_rows=len(data.validation),
         eval_rows=len(data.eval),
         labels=len(data.labels),
-        **{k: v for k, v in rep.to_dict().items() if k not in ("train_counts", "eval_counts")},
+        **{k: v for k, v in rep.to_dict().items() if k not in ("train_counts", "eval_counts", "validation_counts")},
     )
 
 
@@ -73,9 +77,10 @@ def run_validate(cfg: TrainerConfig) -> int:
                 status="validated",
                 command="validate",
                 task=cfg.task.type,
-                message=f"{len(data.train)} training rows, {len(data.eval)} held-out rows, "
-                f"{len(data.report.dropped)} dropped",
+                message=f"{len(data.train)} training rows, {len(data.validation)} validation rows, "
+                f"{len(data.eval)} test rows, {len(data.report.dropped)} dropped",
                 n_train=len(data.train),
+                n_validation=len(data.validation),
                 n_eval=len(data.eval),
                 n_dropped=len(data.report.dropped),
             ),

@@ -1,10 +1,10 @@
 """Progress reporting: JSON lines on stdout and in a small progress file.
 
-Each event is one JSON object per line with at least ``event`` and ``ts`` (unix seconds). Events:
-``start``, ``data`` (data-prep report), ``progress`` (step, max_steps, epoch, loss, eval_loss,
-learning_rate, tokens_per_second, eta_seconds), ``eval`` (scores), ``checkpoint``, ``preempted``,
-``done`` and ``error``. When stdout is a terminal a one-line progress bar goes to stderr instead
-of the JSON lines (the file still gets them). Only rank 0 reports. No torch import.
+Each event is one JSON object per line with at least ``event`` and ``ts`` (unix seconds). The
+events, their fields and the stage each means are defined once in :mod:`tuneforge_trainer.events`
+(shared with the operator and the test stand-in); :meth:`ProgressReporter.emit` refuses any other
+name. When stdout is a terminal a one-line progress bar goes to stderr instead of the JSON lines
+(the file still gets them). Only rank 0 reports. No torch import.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import os
 import sys
 import time
 from typing import Any, TextIO
+
+from tuneforge_trainer.events import EVENTS
 
 __all__ = ["ProgressReporter", "is_rank_zero", "read_progress"]
 
@@ -46,7 +48,13 @@ class ProgressReporter:
                 os.makedirs(parent, exist_ok=True)
 
     def emit(self, event: str, **fields: Any) -> dict[str, Any]:
-        """Report one event; returns the record written."""
+        """Report one event; returns the record written.
+
+        Raises ``ValueError`` for a name :mod:`tuneforge_trainer.events` does not define: an event
+        the operator does not know would be shown to users as a stage of its own.
+        """
+        if event not in EVENTS:
+            raise ValueError(f"progress event {event!r} is not defined in tuneforge_trainer.events")
         record: dict[str, Any] = {"event": event, "ts": round(time.time(), 3)}
         record.update({k: _clean(v) for k, v in fields.items() if v is not None})
         if not self.enabled:

@@ -37,23 +37,40 @@ def render_model_card(report: dict[str, Any]) -> str:
         f"LoRA adapter for `{cfg.get('model', {}).get('source')}` trained by Tuneforge "
         f"(task: {cfg.get('task', {}).get('type')}).",
         "",
-        "## Results on held-out rows",
+        "## Results on the test rows",
         "",
-        "| model | accuracy | macro-F1 |",
-        "|---|---|---|",
-        f"| fine-tuned adapter | {_pct(ev.get('accuracy'))} | {_pct(ev.get('macro_f1'))} |",
+        f"Rows: {sum((data.get('train_counts') or {}).values()) or '–'} training; "
+        f"{sum((data.get('validation_counts') or {}).values()) or 0} validation (the eval loss, the best "
+        f"checkpoint and early stopping: model selection); {ev.get('n') if ev.get('n') is not None else '–'} test "
+        "(scored once after training; the results below and the gate). No model was selected on the "
+        "test rows.",
+        "",
+        "| model | accuracy | macro-F1 | accuracy (length-normalised) |",
+        "|---|---|---|---|",
+        f"| fine-tuned adapter | {_pct(ev.get('accuracy'))} | {_pct(ev.get('macro_f1'))} | {_pct(ev.get('accuracy_norm'))} |",
     ]
     for name, b in (report.get("baselines") or {}).items():
         if b.get("error"):
-            lines.append(f"| {name} | error: {b['error'][:80]} | |")
+            lines.append(f"| {name} | error: {b['error'][:80]} | | |")
         else:
-            lines.append(f"| {name} | {_pct(b.get('accuracy'))} | {_pct(b.get('macro_f1'))} |")
+            lines.append(
+                f"| {name} | {_pct(b.get('accuracy'))} | {_pct(b.get('macro_f1'))} | {_pct(b.get('accuracy_norm'))} |"
+            )
     lines += [
         "",
-        f"Held-out rows: {ev.get('n')}; scoring: {ev.get('method')}; eval loss: "
+        f"Test rows: {ev.get('n')}; scoring: {ev.get('method')}; eval loss (validation rows): "
         f"{tr.get('eval_loss') if tr.get('eval_loss') is not None else '–'}.",
         "",
     ]
+    if ev.get("method") == "loglik":
+        lines += [
+            "Scoring: each row's prediction is the label with the highest summed log-likelihood; "
+            "**the gate uses this accuracy** for the adapter and the baselines alike. Summed scores "
+            "favour labels of few tokens, which biases an untrained base model against multi-token "
+            "labels, so the length-normalised accuracy (log-likelihood per label character, as "
+            "lm-eval-harness's acc_norm) is shown beside it; it is not gated.",
+            "",
+        ]
     per = ev.get("per_class") or {}
     if per:
         lines += ["## Per-class scores", "", "| label | precision | recall | F1 | support |", "|---|---|---|---|---|"]
@@ -68,7 +85,8 @@ def render_model_card(report: dict[str, Any]) -> str:
         f"- rows loaded: {data.get('loaded')} (+{data.get('loaded_eval', 0)} eval); dropped: "
         f"{data.get('dropped')} {data.get('dropped_by_reason') or ''}; leaked eval rows: {data.get('leaked')}",
         f"- training rows per label: {data.get('train_counts')}",
-        f"- held-out rows per label: {data.get('eval_counts')}",
+        f"- validation rows per label: {data.get('validation_counts')}",
+        f"- test rows per label: {data.get('eval_counts')}",
         "",
         "## Training",
         "",

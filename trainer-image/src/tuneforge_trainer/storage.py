@@ -1,13 +1,15 @@
 """Where models, data and artifacts live: local paths, ``hf://`` ids and ``s3://`` URIs.
 
-``hf://org/name`` resolves against the Hugging Face hub cache laid out as ``huggingface_hub``
-writes it (``models--org--name/{refs,snapshots}``); with ``HF_HUB_OFFLINE=1`` nothing is
-downloaded. ``s3://`` goes through boto3 (endpoint from ``AWS_ENDPOINT_URL``). boto3 and
+``hf://org/name`` resolves through the Hugging Face hub cache laid out as ``huggingface_hub``
+writes it (``models--org--name/{refs,snapshots}``): online by default (token from the
+environment, cache folder configurable so a PVC can hold it), offline only when asked
+(``hub.offline`` or ``HF_HUB_OFFLINE=1``). ``s3://`` goes through boto3 (endpoint from ``AWS_ENDPOINT_URL``). boto3 and
 huggingface_hub are imported inside the functions that use them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -17,11 +19,14 @@ __all__ = [
     "StorageError",
     "download_s3",
     "hf_cache_dir",
+    "hub_offline",
     "join_uri",
     "resolve_hf",
     "resolve_source",
+    "s3_plan",
     "split_s3",
     "upload_dir",
+    "upload_file",
 ]
 
 log = logging.getLogger(__name__)
@@ -31,45 +36,74 @@ class StorageError(RuntimeError):
     """A source that cannot be found or fetched."""
 
 
-def hf_cache_dir() -> Path:
-    """The hub cache folder (HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub)."""
+def hf_cache_dir(override: str | None = None) -> Path:
+    """The hub cache folder: ``override`` (hub.cache_dir), else HF_HUB_CACHE, else HF_HOME/hub."""
+    if override:
+        return Path(override)
     if os.environ.get("HF_HUB_CACHE"):
         return Path(os.environ["HF_HUB_CACHE"])
     home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
     return Path(home) / "hub"
 
 
-def resolve_hf(uri: str, revision: str | None = None, token_env: str = "HF_TOKEN", kind: str = "model") -> str:
-    """Local snapshot folder of ``hf://org/name`` (``hf://datasets/org/name`` for datasets)."""
-    repo = uri[len("hf://") :].strip("/")
-    if repo.startswith("datasets/"):
-        kind, repo = "dataset", repo[len("datasets/") :]
-    rev = revision or "main"
-    folder = hf_cache_dir() / f"{kind}s--{repo.replace('/', '--')}"
+def hub_offline(offline: bool = False) -> bool:
+    """Whether the hub may not be contacted: hub.offline, or HF_HUB_OFFLINE in the environment."""
+    return offline or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def _cached_snapshot(folder: Path, rev: str) -> Path | None:
     commit = rev
     ref = folder / "refs" / rev
     if ref.is_file():
         commit = ref.read_text().strip()
     snap = folder / "snapshots" / commit
-    if snap.is_dir():
-        return str(snap)
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-        raise StorageError(f"{uri}@{rev}: not in the hub cache {hf_cache_dir()} and HF_HUB_OFFLINE is set")
+    return snap if snap.is_dir() else None
+
+
+def resolve_hf(
+    uri: str, revision: str | None = None, token_env: str = "HF_TOKEN", kind: str = "model",
+    cache_dir: str | None = None, offline: bool = False,
+) -> str:
+    """Local snapshot folder of ``hf://org/name`` (``hf://datasets/org/name`` for datasets).
+
+    Online (the default) the hub is asked which commit the revision names and only missing files
+    are downloaded (endpoint from HF_ENDPOINT, token from the ``token_env`` variable), into
+    ``cache_dir`` — a mounted PVC keeps them across pods; a cached commit pin needs no request.
+    Offline (``offline`` or HF_HUB_OFFLINE) the snapshot must already be in the cache.
+    """
+    repo = uri[len("hf://") :].strip("/")
+    if repo.startswith("datasets/"):
+        kind, repo = "dataset", repo[len("datasets/") :]
+    rev = revision or "main"
+    cache = hf_cache_dir(cache_dir)
+    cached = _cached_snapshot(cache / f"{kind}s--{repo.replace('/', '--')}", rev)
+    is_commit = len(rev) == 40 and all(c in "0123456789abcdef" for c in rev)
+    if cached is not None and (is_commit or hub_offline(offline)):
+        return str(cached)
+    if hub_offline(offline):
+        raise StorageError(
+            f"{uri}@{rev}: not in the hub cache {cache} and the hub is offline (hub.offline or "
+            "HF_HUB_OFFLINE); download it into that cache first or go online"
+        )
     from huggingface_hub import snapshot_download
 
+    log.info("Fetching %s@%s from the hub into %s", uri, rev, cache)
     return str(
         snapshot_download(
             repo_id=repo, revision=rev, repo_type=kind, token=os.environ.get(token_env) or None,
-            cache_dir=str(hf_cache_dir()),
+            cache_dir=str(cache),
         )
     )
 
 
 def split_s3(uri: str) -> tuple[str, str]:
-    """('bucket', 'key/prefix') of an s3:// URI."""
+    """('bucket', 'key/prefix') of an s3:// URI; rejects '.' and '..' segments."""
     rest = uri[len("s3://") :]
     bucket, _, key = rest.partition("/")
-    return bucket, key.strip("/")
+    key = key.strip("/")
+    if not bucket or bucket in (".", "..") or any(seg in (".", "..") for seg in key.split("/")):
+        raise StorageError(f"{uri}: an s3:// URI needs a bucket and no '.' or '..' segments")
+    return bucket, key
 
 
 def _s3_client():  # type: ignore[no-untyped-def]
@@ -78,29 +112,70 @@ def _s3_client():  # type: ignore[no-untyped-def]
     return boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
 
 
+def _safe_join(dest: str, rel: str, key: str) -> str:
+    """``dest/rel``, refusing any relative key that would land outside ``dest``."""
+    parts = rel.split("/")
+    if rel.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise StorageError(f"refusing S3 key {key!r}: its path {rel!r} is not a plain relative path")
+    root = os.path.realpath(dest)
+    local = os.path.realpath(os.path.join(root, *parts))
+    if os.path.commonpath([root, local]) != root or local == root:
+        raise StorageError(f"refusing S3 key {key!r}: it would be written outside {dest}")
+    return local
+
+
+def s3_plan(uri: str, keys: list[str], dest: str) -> list[tuple[str, str]]:
+    """Pure: which keys of a listing ``uri`` names, and the local path of each.
+
+    ``s3://b/p`` is the object ``p`` when it exists (never ``p.gz`` beside it), else every object
+    under the folder ``p/`` (never ``p-other/...``: a prefix ends at a ``/``). Folder marker keys
+    (ending in ``/``) are skipped; a key whose path would leave ``dest`` fails the whole copy.
+    """
+    _, key = split_s3(uri)
+    if key and key in keys:
+        name = key.rsplit("/", 1)[-1]
+        return [(key, _safe_join(dest, name, key))]
+    folder = f"{key}/" if key else ""
+    plan = []
+    for k in keys:
+        if not k.startswith(folder) or k.endswith("/"):
+            continue
+        plan.append((k, _safe_join(dest, k[len(folder) :], k)))
+    return plan
+
+
 def download_s3(uri: str, dest: str) -> str:
-    """Copy an object or every object under a prefix to ``dest``; returns the local path."""
+    """Copy the object ``uri`` names, or every object under it as a folder, to ``dest``.
+
+    Returns the local file (an object) or ``dest`` (a folder).
+    """
     bucket, key = split_s3(uri)
     s3 = _s3_client()
     paginator = s3.get_paginator("list_objects_v2")
-    keys = [
-        o["Key"]
-        for page in paginator.paginate(Bucket=bucket, Prefix=key)
-        for o in page.get("Contents", [])
-    ]
+    keys: list[str] = []
+    if key:
+        # With the delimiter, only keys at this level list ("key", "key.gz"; "key/" and
+        # "key-1.7b/" collapse into common prefixes), so this is one short page whatever lies below.
+        level = (
+            o["Key"]
+            for page in paginator.paginate(Bucket=bucket, Prefix=key, Delimiter="/")
+            for o in page.get("Contents", [])
+        )
+        if key in level:
+            keys = [key]
     if not keys:
+        keys = [
+            o["Key"]
+            for page in paginator.paginate(Bucket=bucket, Prefix=f"{key}/" if key else "")
+            for o in page.get("Contents", [])
+        ]
+    plan = s3_plan(uri, keys, dest)
+    if not plan:
         raise StorageError(f"{uri}: no such object or prefix")
-    if keys == [key]:
-        os.makedirs(dest, exist_ok=True)
-        local = os.path.join(dest, os.path.basename(key))
-        s3.download_file(bucket, key, local)
-        return local
-    for k in keys:
-        rel = os.path.relpath(k, key) if key else k
-        local = os.path.join(dest, rel)
+    for k, local in plan:
         os.makedirs(os.path.dirname(local), exist_ok=True)
         s3.download_file(bucket, k, local)
-    return dest
+    return plan[0][1] if plan[0][0] == key else dest
 
 
 def upload_dir(local: str, uri: str) -> None:
@@ -114,6 +189,12 @@ def upload_dir(local: str, uri: str) -> None:
             s3.upload_file(path, bucket, f"{prefix}/{rel}" if prefix else rel)
 
 
+def upload_file(local: str, uri: str) -> None:
+    """Upload one file to the object ``s3://bucket/key``."""
+    bucket, key = split_s3(uri)
+    _s3_client().upload_file(local, bucket, key)
+
+
 def join_uri(base: str, *parts: str) -> str:
     """Join a local path or s3:// URI with more parts."""
     if base.startswith("s3://"):
@@ -121,13 +202,19 @@ def join_uri(base: str, *parts: str) -> str:
     return os.path.join(base, *parts)
 
 
-def resolve_source(uri: str, cache: str, revision: str | None = None, token_env: str = "HF_TOKEN", kind: str = "model") -> str:
-    """A local path for a model or dataset source (downloading s3:// into ``cache`` once)."""
+def resolve_source(
+    uri: str, cache: str, revision: str | None = None, token_env: str = "HF_TOKEN", kind: str = "model",
+    hf_cache: str | None = None, offline: bool = False,
+) -> str:
+    """A local path for a model or dataset source (downloading s3:// into ``cache`` once;
+    hf:// through the hub cache ``hf_cache``, see :func:`resolve_hf`)."""
     if uri.startswith("hf://"):
-        return resolve_hf(uri, revision, token_env, kind)
+        return resolve_hf(uri, revision, token_env, kind, hf_cache, offline)
     if uri.startswith("s3://"):
         bucket, key = split_s3(uri)
-        dest = os.path.join(cache, "s3", bucket, key.replace("/", "__") or "_root")
+        # One folder per URI, named by its hash: distinct keys never share a folder.
+        digest = hashlib.sha256(f"{bucket}/{key}".encode()).hexdigest()[:16]
+        dest = os.path.join(cache, "s3", bucket, digest)
         marker = dest + ".complete"
         if os.path.exists(marker):
             with open(marker) as f:

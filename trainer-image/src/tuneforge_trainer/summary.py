@@ -2,7 +2,8 @@
 
 The trainer writes one JSON object (at most 4 KiB, the Kubernetes termination-message limit) to
 the container's termination-message path; the operator reads it from the Pod status
-(``state.terminated.message``) with :func:`parse_summary`. No torch import: the operator imports
+(``state.terminated.message``) with :func:`parse_summary`. The whole summary is also saved as
+``summary.json`` beside the artifacts (:func:`save_summary`), for when the pod is gone. No torch import: the operator imports
 this module. The full report (``metrics.json``) lives beside the artifacts.
 """
 
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "MAX_SUMMARY_BYTES",
+    "SUMMARY_FILE",
     "SUMMARY_VERSION",
     "AdapterVersion",
     "BaselineScore",
@@ -23,11 +25,16 @@ __all__ = [
     "SourceRef",
     "TrainerSummary",
     "parse_summary",
+    "remove_saved_summary",
+    "save_summary",
     "write_summary",
 ]
 
 MAX_SUMMARY_BYTES = 4096
 SUMMARY_VERSION = "tuneforge.dev/trainer-summary/v1"
+# The summary's name inside the output location (``<output.dir>/summary.json`` after train,
+# ``<output.dir>/evaluation/summary.json`` after evaluate).
+SUMMARY_FILE = "summary.json"
 
 
 class ClassScore(BaseModel):
@@ -48,8 +55,15 @@ class BaselineScore(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     name: str = Field(description="zero_shot, few_shot_<k>, tfidf_lr or openai:<model>.")
-    accuracy: float | None = Field(default=None, description="Accuracy (or exact match) 0..1.")
+    accuracy: float | None = Field(
+        default=None,
+        description="Accuracy (or exact match) 0..1; for log-likelihood scoring, by summed label log-likelihood (what the gate compares).",
+    )
     macro_f1: float | None = Field(default=None, description="Macro-F1 0..1 (classification).")
+    accuracy_norm: float | None = Field(
+        default=None,
+        description="Log-likelihood scoring only: accuracy by log-likelihood per label character (lm-eval-harness acc_norm); reported, not gated.",
+    )
     error: str | None = Field(default=None, description="Why the baseline could not be scored.")
 
 
@@ -88,14 +102,23 @@ class TrainerSummary(BaseModel):
     task: Literal["classification", "generation"] | None = Field(default=None, description="Task type.")
     accuracy: float | None = Field(default=None, description="Held-out accuracy (or exact match) 0..1.")
     macro_f1: float | None = Field(default=None, description="Held-out macro-F1 0..1.")
+    accuracy_norm: float | None = Field(
+        default=None,
+        description="Log-likelihood scoring only: length-normalised accuracy (acc_norm); reported beside accuracy, which the gate uses.",
+    )
     exact_match: float | None = Field(default=None, description="Generation: exact match 0..1.")
     field_f1: float | None = Field(default=None, description="Generation with JSON outputs: field F1.")
-    eval_loss: float | None = Field(default=None, description="Final eval loss (held-out rows).")
+    eval_loss: float | None = Field(
+        default=None, description="Final eval loss on the validation rows (train); label NLL on the test rows (evaluate)."
+    )
     train_loss: float | None = Field(default=None, description="Final training loss.")
     worst_classes: list[ClassScore] = Field(default_factory=list, description="Lowest-F1 classes.")
     baselines: list[BaselineScore] = Field(default_factory=list, description="Baseline scores.")
     n_train: int | None = Field(default=None, description="Training rows after preparation.")
-    n_eval: int | None = Field(default=None, description="Held-out rows scored.")
+    n_validation: int | None = Field(
+        default=None, description="Validation rows: eval loss and model selection, never scored for the gate."
+    )
+    n_eval: int | None = Field(default=None, description="Test rows scored (reported and gated).")
     n_dropped: int | None = Field(default=None, description="Rows dropped by data preparation.")
     steps: int | None = Field(default=None, description="Optimiser steps completed.")
     resumed_from_step: int | None = Field(default=None, description="Checkpoint step resumed from.")
@@ -158,6 +181,31 @@ def write_summary(summary: TrainerSummary, path: str | None) -> None:
         with open(path, "w", encoding="utf-8") as f:
             f.write(summary.to_json())
     except OSError:
+        pass
+
+
+def save_summary(summary: TrainerSummary, folder: str) -> str:
+    """Write the whole summary (not trimmed to 4 KiB) as ``folder/summary.json``; returns the path.
+
+    The copy that outlives the pod: the trainer writes it into the artifact folder (uploaded with
+    the artifacts for s3:// outputs), so the operator can read the result when the pod and its
+    termination message are gone.
+    """
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, SUMMARY_FILE)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(summary.model_dump_json(exclude_none=True))
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)  # readers never see half a file
+    return path
+
+
+def remove_saved_summary(folder: str) -> None:
+    """Remove ``folder/summary.json`` if present (a new run starts in a used output folder)."""
+    try:
+        os.remove(os.path.join(folder, SUMMARY_FILE))
+    except FileNotFoundError:
         pass
 
 

@@ -17,11 +17,28 @@ import time
 from typing import Any
 
 from tuneforge_trainer.config import TrainerConfig
-from tuneforge_trainer.data import DataError, Example, PreparedData, format_example, load_rows, render_prompt
+from tuneforge_trainer.data import (
+    DataError,
+    Example,
+    PreparedData,
+    format_example,
+    prepare_eval_rows,
+    render_prompt,
+    stratified_sample,
+)
 from tuneforge_trainer.lineage import content_digest, digest_rows, manifest_files, write_manifest
 from tuneforge_trainer.progress import ProgressReporter, is_rank_zero
-from tuneforge_trainer.storage import join_uri, upload_dir
-from tuneforge_trainer.summary import AdapterVersion, BaselineScore, ClassScore, SourceRef, TrainerSummary, write_summary
+from tuneforge_trainer.storage import StorageError, join_uri, upload_dir
+from tuneforge_trainer.summary import (
+    AdapterVersion,
+    BaselineScore,
+    ClassScore,
+    SourceRef,
+    TrainerSummary,
+    remove_saved_summary,
+    save_summary,
+    write_summary,
+)
 
 __all__ = ["evaluate_main", "train_main"]
 
@@ -83,7 +100,10 @@ def _token_length_fn(tokenizer: Any, cfg: TrainerConfig, labels: list[str]):  # 
     return n_tokens
 
 
-def _progress_callback(progress: ProgressReporter, preempt: _Preemption):  # type: ignore[no-untyped-def]
+def _progress_callback(  # type: ignore[no-untyped-def]
+    progress: ProgressReporter, preempt: _Preemption, store: str | None = None, keep: int = 2,
+    run_id: str | None = None,
+):
     from transformers import TrainerCallback
 
     class ProgressCallback(TrainerCallback):  # type: ignore[misc]
@@ -145,9 +165,43 @@ def _progress_callback(progress: ProgressReporter, preempt: _Preemption):  # typ
             )
 
         def on_save(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
+            local = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+            if state.is_world_process_zero:
+                from tuneforge_trainer.checkpoints import record_run
+
+                record_run(local, run_id)
+            if store and state.is_world_process_zero:
+                from tuneforge_trainer.checkpoints import upload_checkpoint
+
+                try:
+                    upload_checkpoint(local, store, keep)
+                except Exception as e:  # noqa: BLE001 - losing a resume point must not fail the run
+                    log.warning("Checkpoint %s not uploaded to %s: %s", local, store, e)
             progress.emit("checkpoint", step=state.global_step)
 
     return ProgressCallback()
+
+
+def _fetch_checkpoint(store: str, ckpt_dir: str, wait_s: float = 1800.0) -> None:
+    """A replacement pod resumes from the store: without a local checkpoint, local rank 0 fetches
+    the newest one; the other ranks of the pod wait until it is done."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    done = os.path.join(ckpt_dir, ".fetched")
+    if os.environ.get("LOCAL_RANK", "0") in ("0", ""):
+        os.makedirs(ckpt_dir, exist_ok=True)
+        if get_last_checkpoint(ckpt_dir) is None:
+            from tuneforge_trainer.checkpoints import fetch_latest
+
+            fetch_latest(store, ckpt_dir)
+        with open(done, "w"):
+            pass
+        return
+    deadline = time.monotonic() + wait_s
+    while not os.path.exists(done):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"local rank 0 did not fetch the checkpoint from {store} within {wait_s:.0f} s")
+        time.sleep(1)
 
 
 def _training_args(cfg: TrainerConfig, ds: Any, out_dir: str, has_eval: bool, cuda: bool) -> Any:
@@ -209,7 +263,10 @@ def _summary_from(
 
     worst = [ClassScore(**w) for w in worst_classes(ev.get("per_class") or {}, cfg.eval.worst_classes)]
     bl = [
-        BaselineScore(name=k, accuracy=v.get("accuracy"), macro_f1=v.get("macro_f1"), error=v.get("error"))
+        BaselineScore(
+            name=k, accuracy=v.get("accuracy"), macro_f1=v.get("macro_f1"), accuracy_norm=v.get("accuracy_norm"),
+            error=v.get("error"),
+        )
         for k, v in baselines.items()
     ]
     return TrainerSummary(
@@ -217,6 +274,7 @@ def _summary_from(
         task=cfg.task.type,
         accuracy=ev.get("accuracy"),
         macro_f1=ev.get("macro_f1"),
+        accuracy_norm=ev.get("accuracy_norm"),
         exact_match=ev.get("exact_match"),
         field_f1=ev.get("field_f1"),
         worst_classes=worst,
@@ -243,7 +301,7 @@ def _write_lineage(
 ) -> AdapterVersion:
     """Write the adapter's manifest (files, content digest, lineage); return its version."""
     base = SourceRef(uri=cfg.model.source, digest=content_digest(manifest_files(model_path)) if os.path.isdir(model_path) else None)
-    rows = [{"text": e.text, "target": e.target} for e in (*data.train, *data.eval)]
+    rows = [{"text": e.text, "target": e.target} for e in (*data.train, *data.validation, *data.eval)]
     dataset = SourceRef(uri=cfg.dataset.source, digest=digest_rows(rows))
     evaluation = {
         k: ev.get(k) for k in ("accuracy", "macro_f1", "exact_match", "n", "method") if ev and ev.get(k) is not None
@@ -265,16 +323,24 @@ def _write_lineage(
 
 
 def run_baselines(
-    cfg: TrainerConfig, model: Any, tokenizer: Any, data: PreparedData, rows: list[Example], method: str | None
+    cfg: TrainerConfig, model: Any, tokenizer: Any, data: PreparedData, rows: list[Example], method: str | None,
+    progress: ProgressReporter | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Zero/few-shot base model (adapter disabled), TF-IDF + LR and an optional endpoint."""
-    from contextlib import nullcontext
+    """Zero/few-shot base model (adapter disabled), TF-IDF + LR and an optional endpoint.
 
+    A ``baseline`` progress event follows each one (minutes each on a CPU).
+    """
     from tuneforge_trainer.evaluate import few_shot_messages, openai_baseline, pick_shots, score_model, tfidf_baseline
 
     bc = cfg.eval.baselines
     out: dict[str, dict[str, Any]] = {}
-    base_ctx = model.disable_adapter if hasattr(model, "disable_adapter") else nullcontext
+
+    def base_ctx() -> Any:
+        # Without an adapter to switch off, "the base model" would be the fine-tuned model itself
+        # (config load rejects that combination; this guards against a model without adapters).
+        if not hasattr(model, "disable_adapter"):
+            raise RuntimeError("the model has no LoRA adapter to switch off; cannot score the base model")
+        return model.disable_adapter()
 
     def guarded(name: str, fn: Any) -> None:
         try:
@@ -284,6 +350,12 @@ def run_baselines(
         except Exception as e:  # noqa: BLE001 - a baseline failing must not fail the run
             log.warning("Baseline %s failed: %s", name, e)
             out[name] = {"error": f"{type(e).__name__}: {e}"[:300]}
+        if progress is not None:
+            r = out[name]
+            progress.emit(
+                "baseline", name=name, accuracy=r.get("accuracy"), accuracy_norm=r.get("accuracy_norm"),
+                error=r.get("error"), seconds=r.get("seconds"),
+            )
 
     if bc.zero_shot:
         def zero() -> dict[str, Any]:
@@ -307,13 +379,8 @@ def run_baselines(
 
 
 def _sample(rows: list[Example], k: int | None, seed: int) -> list[Example]:
-    """At most k rows, a seeded sample in file order (files are often sorted by label)."""
-    if not k or len(rows) <= k:
-        return list(rows)
-    import random
-
-    keep = set(random.Random(seed).sample(range(len(rows)), k))
-    return [r for i, r in enumerate(rows) if i in keep]
+    """At most k rows, a seeded stratified sample in file order (files are often sorted by label)."""
+    return stratified_sample(rows, k, seed)
 
 
 def _eval_rows(cfg: TrainerConfig, data: PreparedData) -> list[Example]:
@@ -359,9 +426,11 @@ def train_main(cfg: TrainerConfig) -> int:
         )
 
     train_ds = to_ds(data.train)
+    # The eval loss, the best checkpoint and early stopping see the validation rows only; the
+    # test rows (data.eval) are scored once, after training.
     eval_ds = None
-    if data.eval and cfg.eval.enabled:
-        loss_rows = _sample(data.eval, cfg.eval.loss_max_rows, cfg.data.seed)
+    if data.validation:
+        loss_rows = _sample(data.validation, cfg.eval.loss_max_rows, cfg.data.seed)
         eval_ds = to_ds(loss_rows)
 
     model: Any = load_model(model_path, cfg, ds)
@@ -375,8 +444,16 @@ def train_main(cfg: TrainerConfig) -> int:
     if ds.quantization != "none":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=ds.gradient_checkpointing)
     ckpt_dir = os.path.join(work, "checkpoints")
+    if rank0:
+        # A rerun must not leave an earlier run's result looking like this one's.
+        remove_saved_summary(_artifact_dir(cfg))
+    store = cfg.checkpoint_store()
+    if store and cfg.training.resume:
+        _fetch_checkpoint(store, ckpt_dir)
     args = _training_args(cfg, ds, ckpt_dir, eval_ds is not None, cuda)
-    callbacks: list[Any] = [_progress_callback(progress, preempt)]
+    callbacks: list[Any] = [
+        _progress_callback(progress, preempt, store, cfg.training.save_total_limit, cfg.output.run_id)
+    ]
     if cfg.training.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.training.early_stopping_patience))
     trainer = build_trainer(
@@ -385,6 +462,10 @@ def train_main(cfg: TrainerConfig) -> int:
     # Our progress events replace the Trainer's printed dicts on stdout.
     trainer.remove_callback(PrinterCallback)
     resume = get_last_checkpoint(ckpt_dir) if cfg.training.resume and os.path.isdir(ckpt_dir) else None
+    if resume:
+        from tuneforge_trainer.checkpoints import check_run
+
+        check_run(resume, cfg.output.run_id)
     resumed_step = int(resume.rsplit("-", 1)[-1]) if resume else None
     if resume:
         log.info("Resuming from checkpoint %s", resume)
@@ -412,6 +493,10 @@ def train_main(cfg: TrainerConfig) -> int:
         return EXIT_PREEMPTED
     preempt.restore()
 
+    test_rows = _eval_rows(cfg, data) if cfg.eval.enabled and data.eval else []
+    if test_rows:
+        # From here on the run evaluates: the final validation loss, then the test rows and baselines.
+        progress.emit("eval_start", rows=len(test_rows))
     eval_loss = None
     if eval_ds is not None:
         # The schedule often evaluated at the last step already; a second pass costs minutes on a CPU.
@@ -434,12 +519,15 @@ def train_main(cfg: TrainerConfig) -> int:
 
     ev: dict[str, Any] | None = None
     baselines: dict[str, dict[str, Any]] = {}
-    if cfg.eval.enabled and data.eval:
-        rows = _eval_rows(cfg, data)
+    if test_rows:
+        rows = test_rows
         ev = score_model(model, tokenizer, rows, cfg, data.labels)
         log.info("Adapter held-out accuracy %s (%d rows, %.1f s)", ev.get("accuracy"), len(rows), ev["seconds"])
-        progress.emit("eval", accuracy=ev.get("accuracy"), macro_f1=ev.get("macro_f1"), rows=len(rows), seconds=ev["seconds"])
-        baselines = run_baselines(cfg, model, tokenizer, data, rows, ev["method"])
+        progress.emit(
+            "eval", accuracy=ev.get("accuracy"), macro_f1=ev.get("macro_f1"), accuracy_norm=ev.get("accuracy_norm"),
+            rows=len(rows), seconds=ev["seconds"],
+        )
+        baselines = run_baselines(cfg, model, tokenizer, data, rows, ev["method"], progress)
         _write_predictions(os.path.join(art, "predictions.jsonl"), rows, ev["predictions"], cfg, data.labels)
         artifacts["predictions"] = join_uri(cfg.output.dir, "predictions.jsonl")
 
@@ -499,9 +587,6 @@ def train_main(cfg: TrainerConfig) -> int:
             f.write(render_model_card(report))
         os.chmod(os.path.join(art, "README.md"), 0o644)
     adapter = _write_lineage(cfg, adapter_dir, model_path, data, ev, baselines)
-    if cfg.output.dir.startswith("s3://"):
-        upload_dir(art, cfg.output.dir)
-
     summary = _summary_from(
         cfg, "train", ev, baselines,
         status="succeeded",
@@ -509,6 +594,7 @@ def train_main(cfg: TrainerConfig) -> int:
         eval_loss=eval_loss,
         train_loss=train_loss,
         n_train=len(data.train),
+        n_validation=len(data.validation),
         n_dropped=len(data.report.dropped),
         steps=state.global_step,
         resumed_from_step=resumed_step,
@@ -519,6 +605,11 @@ def train_main(cfg: TrainerConfig) -> int:
         adapter=adapter,
         artifacts=artifacts,
     )
+    # Beside the artifacts too: the operator reads it there when the pod (and its termination
+    # message) is gone.
+    save_summary(summary, art)
+    if cfg.output.dir.startswith("s3://"):
+        upload_dir(art, cfg.output.dir)
     write_summary(summary, cfg.output.termination_message_path)
     progress.emit(
         "done", adapter_digest=adapter.digest, accuracy=summary.accuracy, macro_f1=summary.macro_f1, eval_loss=eval_loss,
@@ -547,19 +638,21 @@ def evaluate_main(cfg: TrainerConfig, adapter: str | None = None, eval_file: str
     data = prepare(cfg)
     report_data(data, progress)
     rows = _eval_rows(cfg, data)
+    eval_report = None
     if eval_file:
-        path = resolve_source(eval_file, cache_dir(), kind="dataset")
-        rows, dropped, _ = load_rows(path, cfg.dataset.format, cfg.dataset.text_column, cfg.dataset.label_column, "eval")
-        for d in dropped[:50]:
+        try:
+            path = resolve_source(
+                eval_file, cache_dir(), token_env=cfg.model.token_env, kind="dataset",
+                hf_cache=cfg.hub.cache_dir, offline=cfg.hub.offline,
+            )
+        except StorageError as e:
+            raise DataError(f"--eval-file: {e}") from None
+        # The same hygiene as the train path: dedup, bad rows, leak check, stratified sample.
+        rows, eval_report = prepare_eval_rows(cfg, path, data.train + data.validation, data.labels)
+        for d in eval_report.dropped[:50]:
             print(f"dropped eval row {d.row}: {d.reason}", file=sys.stderr)
-        if cfg.dataset.include_labels:
-            rows = [r for r in rows if r.target in set(cfg.dataset.include_labels)]
-        if cfg.task.type == "classification":
-            unknown = sorted({r.target for r in rows} - set(data.labels))
-            if unknown:
-                raise DataError(f"--eval-file: unknown labels in eval rows: {unknown[:10]}")
-        if cfg.eval.max_rows:
-            rows = rows[: cfg.eval.max_rows]
+        for w in eval_report.warnings:
+            log.warning("Data: %s", w)
     if not rows:
         raise DataError("evaluate: no held-out rows")
     adapter_path = adapter or os.path.join(_artifact_dir(cfg), "adapter")
@@ -570,22 +663,30 @@ def evaluate_main(cfg: TrainerConfig, adapter: str | None = None, eval_file: str
     model_path = resolve_model_path(cfg, cache_dir())
     tokenizer = load_tokenizer(model_path, cfg)
     model = PeftModel.from_pretrained(load_model(model_path, cfg, ds), adapter_path)
+    progress.emit("eval_start", rows=len(rows))
     ev = score_model(model, tokenizer, rows, cfg, data.labels)
-    progress.emit("eval", accuracy=ev.get("accuracy"), macro_f1=ev.get("macro_f1"), rows=len(rows), seconds=ev["seconds"])
-    baselines = run_baselines(cfg, model, tokenizer, data, rows, ev["method"])
+    progress.emit(
+        "eval", accuracy=ev.get("accuracy"), macro_f1=ev.get("macro_f1"), accuracy_norm=ev.get("accuracy_norm"),
+        rows=len(rows), seconds=ev["seconds"],
+    )
+    baselines = run_baselines(cfg, model, tokenizer, data, rows, ev["method"], progress)
     art = _artifact_dir(cfg)
     out = os.path.join(art, "evaluation")
     artifacts = {"adapter": adapter or join_uri(cfg.output.dir, "adapter"), "metrics": join_uri(cfg.output.dir, "evaluation", "metrics.json")}
-    write_json(os.path.join(out, "metrics.json"), {"eval": ev, "baselines": baselines, "adapter": adapter_path, "eval_file": eval_file})
+    write_json(os.path.join(out, "metrics.json"), {
+        "eval": ev, "baselines": baselines, "adapter": adapter_path, "eval_file": eval_file,
+        "eval_file_data": eval_report.to_dict() if eval_report else None,
+    })
     if cfg.output.plots and ev.get("confusion_matrix"):
         plot_confusion(ev["confusion_matrix"], ev["labels"], os.path.join(out, "confusion.png"))
-    if cfg.output.dir.startswith("s3://"):
-        upload_dir(out, join_uri(cfg.output.dir, "evaluation"))
     summary = _summary_from(
         cfg, "evaluate", ev, baselines, status="succeeded", eval_loss=ev.get("label_nll"),
         message=f"held-out accuracy {ev.get('accuracy')} on {len(rows)} rows", artifacts=artifacts,
         device="cuda" if cuda else "cpu", quantization=ds.quantization,
     )
+    save_summary(summary, out)
+    if cfg.output.dir.startswith("s3://"):
+        upload_dir(out, join_uri(cfg.output.dir, "evaluation"))
     write_summary(summary, cfg.output.termination_message_path)
     progress.emit("done", accuracy=summary.accuracy, macro_f1=summary.macro_f1)
     return 0
