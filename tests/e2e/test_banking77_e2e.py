@@ -33,11 +33,11 @@ def test_banking77_finetunejob_on_the_real_node(cluster: Cluster, demo_finetunej
     # The Job ran the real trainer image on the real node and its artifacts are in S3.
     pods = cluster.list("pods", ns, f"job-name={name}-train-1")
     assert pods and all(p["spec"]["nodeName"] == cluster.settings.node_name for p in pods)
-    card = demo.model_card(cluster.settings, st["artifacts"]["model_card"])
+    card = demo.read_s3(cluster.settings, st["artifacts"]["model_card"])
     assert "| fine-tuned adapter |" in card and "zero_shot" in card
     # The adapter version: its digest is the one in the adapter's own manifest, in kubectl -o wide.
     adapter = st["adapter"]
-    manifest = json.loads(demo.model_card(cluster.settings, adapter["uri"] + "/tuneforge.json"))
+    manifest = json.loads(demo.read_s3(cluster.settings, adapter["uri"] + "/tuneforge.json"))
     assert manifest["digest"] == adapter["digest"] and adapter["digest"].startswith("sha256:")
     assert manifest["lineage"]["fineTuneJob"] == {"namespace": ns, "name": name, "revision": 1}
     assert manifest["lineage"]["baseModel"]["digest"] == adapter["baseModel"]["digest"]
