@@ -145,6 +145,54 @@ def test_served_adapter_answers_like_the_evaluated_one(cluster: Cluster, served:
     assert abs(served_acc - trainer_acc) <= 0.01, (served_acc, trainer_acc, agree)
 
 
+def test_corrupted_adapter_never_starts(cluster: Cluster, server_image: str, adapter: dict[str, Any], namespace: str) -> None:
+    s3 = s3_client(cluster)
+    bucket, key = split(adapter["uri"])
+    corrupt = f"{key}-corrupt-{namespace}"
+    for obj in s3.list_objects_v2(Bucket=bucket, Prefix=key + "/")["Contents"]:
+        body = bytearray(s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read())
+        if obj["Key"].endswith("adapter_model.safetensors"):
+            body[len(body) // 2] ^= 0x01  # one flipped bit in the weights
+        s3.put_object(Bucket=bucket, Key=obj["Key"].replace(key, corrupt, 1), Body=bytes(body))
+    plan = local_plan("corrupt", namespace, server_image, adapter["baseModel"]["uri"], [AdapterRef("corrupt", f"s3://{bucket}/{corrupt}", adapter["digest"])], cpu="100m", memory="1Gi")
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "corrupt"}, "spec": pod_spec(plan, restart_policy="Never")}
+    cluster.apply([*secrets(), build_config_map(plan), pod], namespace)
+    wait_for("the pod to fail", lambda: cluster.get("pod", "corrupt", namespace)["status"].get("phase") == "Failed", 600, 2,
+             lambda: cluster.describe("pod", "corrupt", namespace))
+    logs = cluster.kubectl("logs", "-n", namespace, "corrupt").stdout
+    want = f"pre-flight failed: adapter corrupt (adapters[0].uri s3://{bucket}/{corrupt}): file adapter_model.safetensors does not match its digest"
+    assert want in logs, logs
+    term = cluster.get("pod", "corrupt", namespace)["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert term["exitCode"] == 3 and term["message"].startswith("pre-flight failed: adapter corrupt"), term
+    assert "Serving corrupt" not in logs  # the launcher never got as far as starting vLLM
+
+
+def test_trainer_openai_baseline_scores_the_served_adapter(served: dict[str, Any], adapter: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """``evaluation.baselines: openai`` pointed at this server: "our served model vs another
+    endpoint" end to end, through the trainer's own baseline code."""
+    import csv
+
+    from tuneforge_trainer.config import parse_config
+    from tuneforge_trainer.data import Example
+    from tuneforge_trainer.evaluate import openai_baseline
+
+    labels = sorted(adapter_labels := {"card_arrival", "exchange_rate", "lost_or_stolen_card", "pin_blocked",
+                                       "age_limit", "cancel_transfer", "top_up_limits", "card_not_working"})
+    with open(ROOT.parent / "shared" / "datasets" / "banking77" / "test.csv", newline="", encoding="utf-8") as f:
+        rows = [Example(text=r["text"], target=r["category"], row=i) for i, r in enumerate(csv.DictReader(f)) if r["category"] in adapter_labels]
+    sample = [r for label in labels for r in [x for x in rows if x.target == label][:5]]
+    monkeypatch.setenv("TF_SERVED_KEY", API_KEY)
+    cfg = parse_config({
+        "model": {"source": "/unused"}, "dataset": {"source": "/unused.csv", "format": "csv"},
+        "task": {"type": "classification", "labels": labels}, "output": {"dir": "/tmp/unused"},
+        "eval": {"max_new_tokens": 16, "baselines": {"openai": {"base_url": served["base_url"], "model": ADAPTER, "api_key_env": "TF_SERVED_KEY", "concurrency": 4}}},
+    })
+    res = openai_baseline(sample, cfg, labels)
+    assert res.get("error") is None, res
+    assert res["accuracy"] >= 0.8, res  # the fine-tuned adapter, served: far above the base model's ~0 %
+
+
+# Last: it stops the shared server.
 def test_sigterm_drains_in_flight_requests(cluster: Cluster, served: dict[str, Any]) -> None:
     ns, name = served["ns"], served["pod"]
     pod_ip = cluster.get("pod", name, ns)["status"]["podIP"]
@@ -183,25 +231,3 @@ def test_sigterm_drains_in_flight_requests(cluster: Cluster, served: dict[str, A
     wait_for("the server pod to exit", lambda: not cluster.list("pods", ns, served["selector"]), 120, 1)
     # It exited by itself once drained, well before the grace period would have killed it.
     assert time.monotonic() - stopped < 3 + 30 + 15
-
-
-def test_corrupted_adapter_never_starts(cluster: Cluster, server_image: str, adapter: dict[str, Any], namespace: str) -> None:
-    s3 = s3_client(cluster)
-    bucket, key = split(adapter["uri"])
-    corrupt = f"{key}-corrupt-{namespace}"
-    for obj in s3.list_objects_v2(Bucket=bucket, Prefix=key + "/")["Contents"]:
-        body = bytearray(s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read())
-        if obj["Key"].endswith("adapter_model.safetensors"):
-            body[len(body) // 2] ^= 0x01  # one flipped bit in the weights
-        s3.put_object(Bucket=bucket, Key=obj["Key"].replace(key, corrupt, 1), Body=bytes(body))
-    plan = local_plan("corrupt", namespace, server_image, adapter["baseModel"]["uri"], [AdapterRef("corrupt", f"s3://{bucket}/{corrupt}", adapter["digest"])])
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "corrupt"}, "spec": pod_spec(plan, restart_policy="Never")}
-    cluster.apply([*secrets(), build_config_map(plan), pod], namespace)
-    wait_for("the pod to fail", lambda: cluster.get("pod", "corrupt", namespace)["status"].get("phase") == "Failed", 600, 2,
-             lambda: cluster.describe("pod", "corrupt", namespace))
-    logs = cluster.kubectl("logs", "-n", namespace, "corrupt").stdout
-    want = f"pre-flight failed: adapter corrupt (adapters[0].uri s3://{bucket}/{corrupt}): file adapter_model.safetensors does not match its digest"
-    assert want in logs, logs
-    term = cluster.get("pod", "corrupt", namespace)["status"]["containerStatuses"][0]["state"]["terminated"]
-    assert term["exitCode"] == 3 and term["message"].startswith("pre-flight failed: adapter corrupt"), term
-    assert "Serving corrupt" not in logs  # the launcher never got as far as starting vLLM

@@ -35,6 +35,7 @@ class CheckedAdapter:
     rank: int
     digest: str
     lineage: dict[str, Any] = field(default_factory=dict)
+    peft_base: str | None = None
 
 
 def adapter_rank(adapter_config: dict[str, Any]) -> int:
@@ -93,8 +94,8 @@ def _check_base_match(spec: AdapterSpec, where: str, base: BaseModelSpec, base_d
             )
 
 
-def check_adapter(spec: AdapterSpec, index: int, folder: Path, base: BaseModelSpec, base_digest: str | None, max_rank: int | None) -> CheckedAdapter:
-    """Check one fetched adapter folder (see the module docstring)."""
+def check_adapter(spec: AdapterSpec, index: int, folder: Path, max_rank: int | None) -> CheckedAdapter:
+    """Check one fetched adapter folder on its own: files, digest, rank (see the module docstring)."""
     where = f"adapters[{index}]"
     try:
         peft_cfg = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
@@ -121,23 +122,19 @@ def check_adapter(spec: AdapterSpec, index: int, folder: Path, base: BaseModelSp
     if max_rank is not None and rank > max_rank:
         raise PreflightError(f"adapter {spec.name} ({where}): LoRA rank {rank} is above max_lora_rank {max_rank}")
     lineage = (manifest or {}).get("lineage") or {}
-    _check_base_match(spec, where, base, base_digest, lineage, peft_cfg.get("base_model_name_or_path"))
-    return CheckedAdapter(name=spec.name, path=folder, rank=rank, digest=digest, lineage=lineage)
-
-
-def _trained_on_digest(folder: Path) -> str | None:
-    try:
-        manifest = read_manifest(folder) or {}
-    except (OSError, ValueError):
-        return None  # check_adapter reports the unreadable manifest with the adapter's name
-    return ((manifest.get("lineage") or {}).get("baseModel") or {}).get("digest")
+    return CheckedAdapter(name=spec.name, path=folder, rank=rank, digest=digest, lineage=lineage, peft_base=peft_cfg.get("base_model_name_or_path"))
 
 
 def preflight(cfg: ServerConfig, base_folder: Path, adapter_folders: list[Path]) -> list[CheckedAdapter]:
-    """Check the base and every adapter; raises ``PreflightError`` at the first problem."""
-    need_base_digest = any(_trained_on_digest(f) for f in adapter_folders)
-    base_digest = check_base(cfg.model, base_folder, need_base_digest)
-    return [
-        check_adapter(spec, i, folder, cfg.model, base_digest, cfg.max_lora_rank)
+    """Check every adapter, then the base and that each adapter was trained on it; raises
+    ``PreflightError`` at the first problem. The adapters' own checks come first: they are
+    cheap, while the base's digest reads every byte of its weights."""
+    checked = [
+        check_adapter(spec, i, folder, cfg.max_lora_rank)
         for i, (spec, folder) in enumerate(zip(cfg.adapters, adapter_folders, strict=True))
     ]
+    need_base_digest = any((a.lineage.get("baseModel") or {}).get("digest") for a in checked)
+    base_digest = check_base(cfg.model, base_folder, need_base_digest)
+    for i, (spec, a) in enumerate(zip(cfg.adapters, checked, strict=True)):
+        _check_base_match(spec, f"adapters[{i}]", cfg.model, base_digest, a.lineage, a.peft_base)
+    return checked
