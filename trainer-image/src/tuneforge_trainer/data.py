@@ -401,21 +401,8 @@ def prepare_eval_rows(
         held = held[: ds.max_eval_rows_per_label]
     leaked = leak_check(train, held)
     if held and leaked:
-        n_leaked = sum(1 for e in held if normalize(f"{e.instruction or ''}\n{e.text}") in leaked)
-        frac = n_leaked / len(held)
-        report.leaked = n_leaked
-        if frac > dp.leak_threshold:
-            raise DataError(
-                f"data.leak_threshold: {n_leaked} of {len(held)} --eval-file rows ({frac:.1%}) also occur "
-                f"in training (limit {dp.leak_threshold:.1%})"
-            )
-        kept = []
-        for e in held:
-            if normalize(f"{e.instruction or ''}\n{e.text}") in leaked:
-                report.dropped.append(DroppedRow("eval", e.row, "also in training (leak)"))
-            else:
-                kept.append(e)
-        held = kept
+        n_leaked = _count_leaked(held, leaked, dp.leak_threshold, report, "--eval-file rows")
+        held = _without_leaked(held, leaked, "eval", "also in training (leak)", report)
         report.warnings.append(f"{n_leaked} --eval-file rows also occurred in training; removed from the held-out rows")
     held = stratified_sample(held, cfg.eval.max_rows, dp.seed)
     if not held:
@@ -456,8 +443,33 @@ def balance(rows: Sequence[Example], mode: str, cap: int | None, seed: int) -> l
 
 def leak_check(train: Sequence[Example], held: Sequence[Example]) -> set[str]:
     """Normalised inputs that occur in both training and held-out rows."""
-    train_keys = {normalize(f"{e.instruction or ''}\n{e.text}") for e in train}
-    return {k for e in held if (k := normalize(f"{e.instruction or ''}\n{e.text}")) in train_keys}
+    train_keys = {_leak_key(e) for e in train}
+    return {k for e in held if (k := _leak_key(e)) in train_keys}
+
+
+def _leak_key(e: Example) -> str:
+    return normalize(f"{e.instruction or ''}\n{e.text}")
+
+
+def _count_leaked(held: list[Example], leaked: set[str], threshold: float, report: DataReport, what: str) -> int:
+    """How many held-out rows also occur in training (recorded in the report); fails above the threshold."""
+    n = sum(1 for e in held if _leak_key(e) in leaked)
+    frac = n / len(held)
+    report.leaked = n
+    if frac > threshold:
+        raise DataError(f"data.leak_threshold: {n} of {len(held)} {what} ({frac:.1%}) also occur in training (limit {threshold:.1%})")
+    return n
+
+
+def _without_leaked(rows: list[Example], leaked: set[str], source: str, reason: str, report: DataReport) -> list[Example]:
+    """``rows`` minus the leaked ones, each recorded as dropped with its row number."""
+    kept = []
+    for e in rows:
+        if _leak_key(e) in leaked:
+            report.dropped.append(DroppedRow(source, e.row, reason))
+        else:
+            kept.append(e)
+    return kept
 
 
 def render_prompt(ex: Example, template: str, labels: Sequence[str], system: str | None) -> list[dict[str, str]]:
@@ -604,28 +616,9 @@ def prepare_data(
     # Test rows must not occur in the rows that train or select the model.
     leaked = leak_check(train + validation, held)
     if held and leaked:
-        n_leaked_eval = sum(1 for e in held if normalize(f"{e.instruction or ''}\n{e.text}") in leaked)
-        frac = n_leaked_eval / len(held)
-        report.leaked = n_leaked_eval
-        if frac > dp.leak_threshold:
-            raise DataError(
-                f"data.leak_threshold: {n_leaked_eval} of {len(held)} eval rows ({frac:.1%}) also occur "
-                f"in training (limit {dp.leak_threshold:.1%})"
-            )
-        kept = []
-        for e in train:
-            if normalize(f"{e.instruction or ''}\n{e.text}") in leaked:
-                report.dropped.append(DroppedRow("train", e.row, "also in eval (leak)"))
-            else:
-                kept.append(e)
-        train = kept
-        kept = []
-        for e in validation:
-            if normalize(f"{e.instruction or ''}\n{e.text}") in leaked:
-                report.dropped.append(DroppedRow("train", e.row, "also in eval (leak)"))
-            else:
-                kept.append(e)
-        validation = kept
+        n_leaked_eval = _count_leaked(held, leaked, dp.leak_threshold, report, "eval rows")
+        train = _without_leaked(train, leaked, "train", "also in eval (leak)", report)
+        validation = _without_leaked(validation, leaked, "train", "also in eval (leak)", report)
         report.warnings.append(f"{n_leaked_eval} eval rows also occurred in training; removed from training")
 
     if token_length is not None:
