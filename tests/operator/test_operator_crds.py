@@ -60,6 +60,25 @@ def test_every_field_is_described_and_typed(name: str) -> None:
     assert not untyped, f"non-structural nodes: {untyped}"
 
 
+# JSONSchemaProps keys the apiserver knows (a stray key, e.g. from a comma in a YAML flow
+# mapping, is refused by the apiserver at apply time).
+SCHEMA_KEYS = {
+    "type", "description", "properties", "items", "additionalProperties", "required", "default", "enum",
+    "format", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength",
+    "minItems", "maxItems", "uniqueItems", "pattern", "nullable", "minProperties", "maxProperties",
+    "oneOf", "anyOf", "allOf", "not", "multipleOf", "example", "title",
+    "x-kubernetes-validations", "x-kubernetes-int-or-string", "x-kubernetes-preserve-unknown-fields",
+    "x-kubernetes-list-type", "x-kubernetes-list-map-keys", "x-kubernetes-map-type", "x-kubernetes-embedded-resource",
+}
+
+
+@pytest.mark.parametrize("name", CRDS)
+def test_schema_nodes_have_only_known_keys(name: str) -> None:
+    schema = load_crd(name)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    stray = {path: sorted(set(node) - SCHEMA_KEYS) for path, node in walk(schema) if set(node) - SCHEMA_KEYS}
+    assert not stray, stray
+
+
 @pytest.mark.parametrize("name", CRDS)
 def test_cel_rules_have_messages(name: str) -> None:
     schema = load_crd(name)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
