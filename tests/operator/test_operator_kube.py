@@ -68,3 +68,35 @@ def test_operator_process_never_imports_the_kubernetes_client() -> None:
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
     missing = subprocess.run([operator_python(), "-c", "import kubernetes"], capture_output=True, text=True)
     assert missing.returncode != 0 and "No module named 'kubernetes'" in missing.stderr
+
+
+# --- ownership and retries --------------------------------------------------------------------
+
+def _child(name: str, uid: str, controller: str | None) -> dict[str, object]:
+    return {"metadata": {"name": name, "uid": uid, "controllerUid": controller, "labels": {}}}
+
+
+def test_only_children_controlled_by_this_object_are_read() -> None:
+    from tuneforge.reconcile import owned_children
+    jobs = [_child("intent-train-1", "job-a", "ftj-new"),
+            _child("intent-validate-1", "job-old", "ftj-deleted"),   # a namesake's leftover
+            _child("intent-train-9", "job-orphan", None)]             # orphaned: no controller
+    pods = [_child("intent-train-1-x", "p1", "job-a"), _child("intent-validate-1-y", "p2", "job-old"),
+            _child("intent-train-9-z", "p3", "job-orphan"), _child("stray", "p4", None)]
+    mine, my_pods = owned_children(jobs, pods, "ftj-new")
+    assert [j["metadata"]["name"] for j in mine] == ["intent-train-1"]
+    assert [p["metadata"]["name"] for p in my_pods] == ["intent-train-1-x"]
+
+
+def test_backoff_is_exponential_capped_and_jittered() -> None:
+    from tuneforge.reconcile import backoff_delay
+    top = [backoff_delay(a, 10, 300, rand=lambda: 1.0) for a in range(8)]
+    assert top == [10, 20, 40, 80, 160, 300, 300, 300]
+    assert backoff_delay(3, 10, 300, rand=lambda: 0.0) == 40
+    assert backoff_delay(100, 10, 300) <= 300
+
+
+def test_foreign_child_message_names_it() -> None:
+    from tuneforge.kube import ForeignChild
+    msg = str(ForeignChild("Job", "ns", "intent-train-1", None))
+    assert "Job ns/intent-train-1 already exists and has no controller" in msg and "delete it" in msg
