@@ -145,6 +145,16 @@ def model_card(s: settings.Settings, uri: str) -> str:
     return str(s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode())
 
 
+def _run_seconds(status: dict[str, object]) -> str:
+    """The job's own run time, from its status (startTime to completionTime)."""
+    import datetime as dt
+    try:
+        start, end = (dt.datetime.strptime(str(status[k]), "%Y-%m-%dT%H:%M:%SZ") for k in ("startTime", "completionTime"))
+    except (KeyError, ValueError):
+        return "an unknown time"
+    return f"{(end - start).total_seconds():.0f} s"
+
+
 def main() -> int:
     started = time.monotonic()
     s = settings.load()
@@ -156,10 +166,10 @@ def main() -> int:
     print(c.kubectl("get", "finetunejob", name, "-n", NAMESPACE).stdout)
     st = ftj["status"]
     print(json.dumps({k: st.get(k) for k in ("evaluation", "baselines", "gate", "artifacts", "gpuSeconds")}, indent=2))
-    card = st.get("artifacts", {}).get("model_card")
+    card = st.get("artifacts", {}).get("modelCard")
     if card and card.startswith("s3://"):
         print("\n" + model_card(s, card)[:3000])
-    say(f"FineTuneJob {name} {st.get('phase')} in {time.monotonic() - started:.0f} s; "
+    say(f"FineTuneJob {name} {st.get('phase')} in {_run_seconds(st)} (the demo took {time.monotonic() - started:.0f} s); "
         f"inspect with: kubectl --kubeconfig .cluster/kubeconfig describe ftj {name} -n {NAMESPACE}")
     return 0 if st.get("phase") == "Succeeded" else 1
 

@@ -34,7 +34,7 @@ def test_banking77_finetunejob_on_the_real_node(cluster: Cluster) -> None:
     name, ns = ftj["metadata"]["name"], demo.NAMESPACE
     assert st["phase"] == "Succeeded", st
     accuracy = st["evaluation"]["accuracy"]
-    zero_shot = {b["name"]: b["accuracy"] for b in st["baselines"]}["zero_shot"]
+    zero_shot = {b["name"]: b["accuracy"] for b in st["baselines"]}["zero-shot"]
     assert accuracy >= 0.90, st["evaluation"]
     assert accuracy - zero_shot >= 0.60, st["baselines"]
     assert st["gate"]["outcome"] == "Passed"
@@ -43,5 +43,5 @@ def test_banking77_finetunejob_on_the_real_node(cluster: Cluster) -> None:
     # The Job ran the real trainer image on the real node and its artifacts are in S3.
     pods = cluster.list("pods", ns, f"job-name={name}-train-1")
     assert pods and all(p["spec"]["nodeName"] == cluster.settings.node_name for p in pods)
-    card = demo.model_card(cluster.settings, st["artifacts"]["model_card"])
+    card = demo.model_card(cluster.settings, st["artifacts"]["modelCard"])
     assert "| fine-tuned adapter |" in card and "zero_shot" in card

@@ -109,7 +109,7 @@ def test_succeeded_status_fields() -> None:
     assert st["phase"] == "Succeeded"
     assert st["evaluation"]["accuracy"] == 0.93 and st["evaluation"]["macroF1"] == 0.92
     assert st["evaluation"]["worstClasses"][0] == {"label": "card_arrival", "f1": 0.81}
-    assert {b["name"] for b in st["baselines"]} == {"zero_shot", "tfidf_lr"}
+    assert {b["name"] for b in st["baselines"]} == {"zero-shot", "tfidf-logreg"}  # the spec's spelling
     assert st["gate"]["outcome"] == "Passed"
     assert st["artifacts"]["adapter"].endswith("/adapter") and st["artifacts"]["output"].startswith("pvc://")
     assert st["gpuSeconds"] == 1200.0  # 2 GPUs x 600 s

@@ -472,7 +472,8 @@ def compute_status(
             status["evaluation"] = ev
         if summary.baselines:
             status["baselines"] = [
-                {k: v for k, v in {"name": b.name, "accuracy": b.accuracy, "macroF1": b.macro_f1}.items() if v is not None}
+                {k: v for k, v in {"name": b.name, "shots": b.shots, "model": b.model, "accuracy": b.accuracy,
+                                   "macroF1": b.macro_f1}.items() if v is not None}
                 for b in summary.baselines
             ]
         if summary.artifacts:
