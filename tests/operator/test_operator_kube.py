@@ -100,3 +100,59 @@ def test_foreign_child_message_names_it() -> None:
     from tuneforge.kube import ForeignChild
     msg = str(ForeignChild("Job", "ns", "intent-train-1", None))
     assert "Job ns/intent-train-1 already exists and has no controller" in msg and "delete it" in msg
+
+
+# --- the progress poller and the accuracy gauge -----------------------------------------------
+
+def test_progress_poller_survives_errors_is_restarted_and_probed(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+    import dataclasses
+    from types import SimpleNamespace
+
+    import kopf
+    from tuneforge import handlers
+    from tuneforge.settings import Settings
+
+    class Broken(dict):  # an index that fails every round
+        def items(self):  # type: ignore[override]
+            raise RuntimeError("odd object")
+
+    async def main() -> None:
+        ctx = SimpleNamespace(settings=dataclasses.replace(Settings(), progress_interval=0.01), ftjs=Broken())
+        monkeypatch.setitem(handlers._state, "ctx", ctx)
+        handlers._start_poller(ctx)  # type: ignore[arg-type]
+        first = handlers._state["poller"]
+        await asyncio.sleep(0.1)
+        assert not first.done()  # failing rounds are logged, the loop goes on
+        assert await handlers.poller_alive() < 1
+        first.cancel()
+        await asyncio.sleep(0)
+        # A poller that dies by an exception is started again.
+        calls: list[int] = []
+
+        async def dies_once(_: object) -> None:
+            calls.append(1)
+            if len(calls) == 1:
+                raise RuntimeError("boom")
+            await asyncio.sleep(3600)
+
+        monkeypatch.setattr(handlers, "_poll_progress", dies_once)
+        handlers._start_poller(ctx)  # type: ignore[arg-type]
+        await asyncio.sleep(0.05)
+        assert len(calls) == 2 and not handlers._state["poller"].done()
+        # A stuck poller (no round finished for long) fails the liveness probe.
+        handlers._state["poller_beat"] -= 1000
+        with pytest.raises(kopf.PermanentError):
+            await handlers.poller_alive()
+        handlers._state.pop("poller").cancel()
+
+    asyncio.run(main())
+
+
+def test_accuracy_gauge_restored_from_status() -> None:
+    from tuneforge import metrics
+    from tuneforge.reconcile import _restore_gauge
+    _restore_gauge(("ns-gauge", "old"), {"phase": "Succeeded", "evaluation": {"accuracy": 0.91}})
+    _restore_gauge(("ns-gauge", "running"), {"phase": "Running", "evaluation": {"accuracy": 0.5}})
+    assert metrics.REGISTRY.get_sample_value("tuneforge_eval_accuracy", {"namespace": "ns-gauge", "name": "old"}) == 0.91
+    assert metrics.REGISTRY.get_sample_value("tuneforge_eval_accuracy", {"namespace": "ns-gauge", "name": "running"}) is None
