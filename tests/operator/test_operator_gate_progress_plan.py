@@ -132,6 +132,7 @@ V, T = "x-validate-2", "x-train-2"
     ("validating", {}, "Validating", job(V), None, [], False, []),
     ("validated", {}, "Pending", job(V, complete=True), None, [], False, [Action("create_train_job")]),
     ("running", {}, "Running", job(V, complete=True), job(T), [], False, []),
+    ("result gone: read summary.json", {}, "Evaluating", job(V, complete=True), job(T, complete=True), [], "read", [Action("create_summary_job")]),
     ("user suspends", {"suspend": True}, "Running", job(V, complete=True), job(T), [], False, [Action("set_suspend", T, True)]),
     ("user resumes", {}, "Suspended", job(V, complete=True), job(T, suspend=True), [], False, [Action("set_suspend", T, False)]),
     ("kueue holds", {"scheduling": {"queueName": "q"}}, "Queued", job(V, complete=True), job(T, suspend=True), [], False, []),
@@ -144,9 +145,10 @@ V, T = "x-validate-2", "x-train-2"
     ("failed releases stuck pod", {}, "Failed", job(V), None, [], False, [Action("delete_job", V)]),
     ("succeeded does nothing", {}, "Succeeded", job(V, complete=True), job(T, complete=True), [], False, []),
 ])
-def test_plan(name: str, overrides: dict[str, Any], phase: str, vjob: Any, tjob: Any, stale: list[Any], pre: bool,
+def test_plan(name: str, overrides: dict[str, Any], phase: str, vjob: Any, tjob: Any, stale: list[Any], pre: bool | str,
               expected: list[Action]) -> None:
-    assert plan(spec_of(**overrides), phase, vjob, tjob, stale, pre) == expected
+    # pre == "read": the training result must be read from summary.json (no preflight error).
+    assert plan(spec_of(**overrides), phase, vjob, tjob, stale, pre is True, pre == "read") == expected
 
 
 def test_settings_from_env() -> None:

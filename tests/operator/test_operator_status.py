@@ -17,7 +17,7 @@ from tuneforge.status import (
 )
 
 NOW = dt.datetime(2026, 1, 1, 0, 10, tzinfo=dt.timezone.utc)
-V, T = "intent-validate-1", "intent-train-1"
+V, T, S = "intent-validate-1", "intent-train-1", "intent-summary-1"
 VOK = job(V, complete=True)
 
 
@@ -66,8 +66,8 @@ CASES: list[tuple[str, dict[str, Any], Observed, str, str]] = [
     ("gate failed", {"evaluation": {"baselines": [{"type": "tfidf-logreg"}], "gate": {"mustBeatBaseline": "tfidf-logreg"}}},
      Observed(validate_job=VOK, train_job=job(T, complete=True), train_pods=[
          pod(T, phase="Succeeded", terminated=finished(0, summary()))]), "Failed", "GateFailed"),
-    ("no summary", {}, Observed(validate_job=VOK, train_job=job(T, complete=True), train_pods=[
-        pod(T, phase="Succeeded", terminated=finished(0, None))]), "Failed", "SummaryMissing"),
+    ("no summary: read summary.json", {}, Observed(validate_job=VOK, train_job=job(T, complete=True), train_pods=[
+        pod(T, phase="Succeeded", terminated=finished(0, None))]), "Evaluating", "ReadingSummary"),
     ("backoff exceeded", {}, Observed(validate_job=VOK, train_job=job(T, failed="BackoffLimitExceeded"), train_pods=[
         pod(T, phase="Failed", terminated=finished(1, summary(status="failed", message="RuntimeError: CUDA out of memory")))]),
      "Failed", "TrainingFailed"),
@@ -75,7 +75,16 @@ CASES: list[tuple[str, dict[str, Any], Observed, str, str]] = [
         pod(T, phase="Running", running_since="2026-01-01T00:00:00Z")]), "Evaluating", "CollectingResults"),
     ("validation failed, pod status lagging", {}, Observed(validate_job=job(V, failed="PodFailurePolicy"), validate_pods=[
         pod(V, phase="Running", running_since="2026-01-01T00:00:00Z")]), "Validating", "CollectingResults"),
-    ("complete, pods gone", {}, Observed(validate_job=VOK, train_job=job(T, complete=True)), "Failed", "SummaryMissing"),
+    ("complete, pods gone: read summary.json", {}, Observed(validate_job=VOK, train_job=job(T, complete=True)),
+     "Evaluating", "ReadingSummary"),
+    ("reader running", {}, Observed(validate_job=VOK, train_job=job(T, complete=True), summary_job=job(S)),
+     "Evaluating", "ReadingSummary"),
+    ("reader read it", GATED, Observed(validate_job=VOK, train_job=job(T, complete=True), summary_job=job(S, complete=True),
+                                       summary_pods=[pod(S, phase="Succeeded", terminated=finished(0, summary()))]),
+     "Succeeded", "GatePassed"),
+    ("reader could not", {}, Observed(validate_job=VOK, train_job=job(T, complete=True), summary_job=job(S, failed="BackoffLimitExceeded"),
+                                      summary_pods=[pod(S, phase="Failed", terminated=finished(1, "cannot read s3://b/x/summary.json: NoSuchKey"))]),
+     "Failed", "SummaryMissing"),
     ("deadline", {}, Observed(validate_job=VOK, train_job=job(T, failed="DeadlineExceeded")), "Failed", "DeadlineExceeded"),
 ]
 

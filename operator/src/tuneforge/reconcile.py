@@ -23,12 +23,13 @@ from .kube import ForeignChild, Kube
 from .plan import Action, plan
 from .progress import Progress
 from .resources.configmap import build_config_map
-from .resources.job import build_trainer_job, build_validate_job
-from .resources.names import Owner, config_map_name, train_job_name, validate_job_name
+from .resources.job import build_summary_job, build_trainer_job, build_validate_job
+from .resources.names import Owner, config_map_name, summary_job_name, train_job_name, validate_job_name
 from .settings import Settings
 from .spec import FineTuneJobSpec, parse_spec, pvc_claims, spec_hash
 from .status import (
-    FAILED, PENDING, SUCCEEDED, TERMINAL, Observed, compute_status, decide_revision, job_finished, status_changed,
+    FAILED, PENDING, READING_SUMMARY, SUCCEEDED, TERMINAL, Observed, compute_status, decide_revision, job_finished,
+    status_changed,
 )
 
 from .trainer_config import artifact_uri
@@ -190,15 +191,17 @@ async def _reconcile(ctx: Context, key: Key) -> bool:
     by_name = {j["metadata"]["name"]: j for j in jobs}
     vjob = by_name.get(validate_job_name(name, rev))
     tjob = by_name.get(train_job_name(name, rev))
+    sjob = by_name.get(summary_job_name(name, rev))
     stale = [j for j in jobs if _revision_of(j) != rev]
     vpods = [p for p in pods if _pod_job(p) == validate_job_name(name, rev)]
     tpods = [p for p in pods if _pod_job(p) == train_job_name(name, rev)]
+    spods = [p for p in pods if _pod_job(p) == summary_job_name(name, rev)]
 
     sticky = not revision.is_new and prior.get("phase") in TERMINAL
     pre = None
     if vjob is None and not sticky:
         pre = await preflight(ctx.kube, namespace, spec)
-    observed = Observed(vjob, vpods, tjob, tpods, ctx.progress.get((owner.uid, rev)), pre)
+    observed = Observed(vjob, vpods, tjob, tpods, ctx.progress.get((owner.uid, rev)), pre, sjob, spods)
     children = {"configMap": config_map_name(name, rev), "validateJob": validate_job_name(name, rev),
                 "trainJob": train_job_name(name, rev)}
     now = dt.datetime.now(dt.timezone.utc)
@@ -207,7 +210,8 @@ async def _reconcile(ctx: Context, key: Key) -> bool:
     waiting = status["phase"] not in TERMINAL and any(
         c["type"] == "DependenciesFound" and c["status"] == "False" for c in status.get("conditions") or ())
 
-    actions = plan(spec, status["phase"], vjob, tjob, stale, pre is not None)
+    read_summary = status.get("reason") == READING_SUMMARY and sjob is None
+    actions = plan(spec, status["phase"], vjob, tjob, stale, pre is not None, read_summary)
     conflict: ForeignChild | None = None
     try:
         for action in actions:
@@ -265,6 +269,9 @@ async def _execute(ctx: Context, action: Action, owner: Owner, spec: FineTuneJob
             if started:
                 since = dt.datetime.strptime(started, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
                 metrics.TIME_TO_JOB.observe(max(0.0, (dt.datetime.now(dt.timezone.utc) - since).total_seconds()))
+    elif action.verb == "create_summary_job":
+        if await ctx.kube.create(build_summary_job(owner, spec, rev, s)):
+            log.info("Created summary reader Job %s/%s", owner.namespace, summary_job_name(owner.name, rev))
     elif action.verb == "set_suspend":
         await ctx.kube.set_job_suspend(owner.namespace, action.name, bool(action.value))
         log.info("Set suspend=%s on Job %s/%s", action.value, owner.namespace, action.name)

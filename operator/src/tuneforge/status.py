@@ -54,6 +54,9 @@ class Observed:
     train_pods: Sequence[Obj] = ()
     progress: Progress | None = None
     preflight_error: tuple[str, str] | None = None  # (reason, message naming the field)
+    # The reader of <output>/summary.json, run when the training pods' termination message is gone.
+    summary_job: Obj | None = None
+    summary_pods: Sequence[Obj] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,6 +214,25 @@ def secret_field(spec: FineTuneJobSpec, message: str) -> str:
     return "spec"
 
 
+READING_SUMMARY = "ReadingSummary"
+
+
+def _saved_summary(observed: Observed) -> tuple[Summary | None, PhaseInfo | None]:
+    """The summary from the reader Job of <output>/summary.json, or the phase while there is none."""
+    sjob = observed.summary_job
+    done = job_finished(sjob)
+    if sjob is None or done is None or not results_seen(observed.summary_pods, exit_zero=done == "Complete"):
+        return None, PhaseInfo(EVALUATING, READING_SUMMARY,
+                               "The training pod's result is gone; reading summary.json from the output")
+    raw = termination_message(observed.summary_pods, want_exit_zero=done == "Complete")
+    summary = parse_summary(raw) if done == "Complete" else None
+    if summary is None:
+        detail = _first_line(raw) if raw else "the reader left no message"
+        return None, PhaseInfo(FAILED, "SummaryMissing",
+                               f"The trainer exited 0; its termination message is gone and summary.json could not be read: {detail}")
+    return summary, None
+
+
 def _config_error(spec: FineTuneJobSpec, phase: str, waiting: Obj, waited: float, wait_limit: float) -> PhaseInfo:
     """A pod the kubelet cannot start: a missing Secret (CreateContainerConfigError) may yet
     appear and the kubelet retries it by itself; a bad image name never will."""
@@ -280,7 +302,12 @@ def derive_phase(spec: FineTuneJobSpec, observed: Observed, waited: float = 0.0,
     if tdone == "Complete":
         summary = parse_summary(termination_message(observed.train_pods, want_exit_zero=True))
         if summary is None:
-            return PhaseInfo(FAILED, "SummaryMissing", "The trainer exited 0 without a result summary in its termination message")
+            # The pods are gone (PodGC, node scaled away, operator down) or the message is: read
+            # the copy the trainer saved beside the artifacts.
+            summary, missing = _saved_summary(observed)
+            if missing is not None:
+                return missing
+        assert summary is not None
         if summary.status != "succeeded":
             return PhaseInfo(FAILED, "TrainingFailed", _first_line(summary.message) or f"trainer status {summary.status}", summary=summary)
         outcome = evaluate_gate(spec.gate, summary)
