@@ -31,7 +31,6 @@ from .status import (
     FAILED, PENDING, READING_SUMMARY, SUCCEEDED, TERMINAL, Observed, compute_status, decide_revision, job_finished,
     status_changed,
 )
-
 from .trainer_config import artifact_uri
 
 log = logging.getLogger(__name__)
