@@ -1,9 +1,9 @@
 """FineTuneJob status, computed by pure functions from what exists.
 
 ``decide_revision`` says which revision the spec runs (a user's spec edit — a new generation
-whose hash differs — starts the next one); ``compute_status`` turns the revision's children (Jobs, Pods), the latest log
-progress and the trainer's summary into the whole ``status`` dict. The reconcile layer writes it
-only when it differs from what is stored.
+whose hash differs — starts the next one); ``compute_status`` turns the revision's children
+(Jobs, Pods), the latest log progress and the trainer's summary into the whole ``status`` dict.
+The reconcile layer writes it only when it differs from what is stored.
 """
 
 from __future__ import annotations
@@ -217,20 +217,20 @@ def secret_field(spec: FineTuneJobSpec, message: str) -> str:
 READING_SUMMARY = "ReadingSummary"
 
 
-def _saved_summary(observed: Observed) -> tuple[Summary | None, PhaseInfo | None]:
+def _saved_summary(observed: Observed) -> Summary | PhaseInfo:
     """The summary from the reader Job of <output>/summary.json, or the phase while there is none."""
     sjob = observed.summary_job
     done = job_finished(sjob)
     if sjob is None or done is None or not results_seen(observed.summary_pods, exit_zero=done == "Complete"):
-        return None, PhaseInfo(EVALUATING, READING_SUMMARY,
+        return PhaseInfo(EVALUATING, READING_SUMMARY,
                                "The training pod's result is gone; reading summary.json from the output")
     raw = termination_message(observed.summary_pods, want_exit_zero=done == "Complete")
     summary = parse_summary(raw) if done == "Complete" else None
     if summary is None:
         detail = _first_line(raw) if raw else "the reader left no message"
-        return None, PhaseInfo(FAILED, "SummaryMissing",
+        return PhaseInfo(FAILED, "SummaryMissing",
                                f"The trainer exited 0; its termination message is gone and summary.json could not be read: {detail}")
-    return summary, None
+    return summary
 
 
 def _config_error(spec: FineTuneJobSpec, phase: str, waiting: Obj, waited: float, wait_limit: float) -> PhaseInfo:
@@ -304,10 +304,10 @@ def derive_phase(spec: FineTuneJobSpec, observed: Observed, waited: float = 0.0,
         if summary is None:
             # The pods are gone (PodGC, node scaled away, operator down) or the message is: read
             # the copy the trainer saved beside the artifacts.
-            summary, missing = _saved_summary(observed)
-            if missing is not None:
-                return missing
-        assert summary is not None
+            saved = _saved_summary(observed)
+            if isinstance(saved, PhaseInfo):
+                return saved
+            summary = saved
         if summary.status != "succeeded":
             return PhaseInfo(FAILED, "TrainingFailed", _first_line(summary.message) or f"trainer status {summary.status}", summary=summary)
         outcome = evaluate_gate(spec.gate, summary)
