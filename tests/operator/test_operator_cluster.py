@@ -458,3 +458,36 @@ def test_crd_upgrade_with_a_new_default_restarts_nothing(cluster: Cluster, names
         assert names == ["busy-train-1", "busy-validate-1", "done-train-1", "done-validate-1"], names
     finally:
         cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds" / "finetunejob.yaml"))
+
+
+def test_result_read_from_summary_json_when_the_pod_is_gone(cluster: Cluster, namespace: str, run_operator: Any,
+                                                            standin_image: str) -> None:
+    """The operator is down while the training Job finishes and its pod is cleaned up (PodGC):
+    the termination message is gone, so the result comes from <output>/summary.json (written
+    here by a helper pod, as the trainer writes it beside the artifacts) through a reader Job."""
+    env = {"TUNEFORGE_TRAINER_IMAGE": standin_image}
+    op = run_operator(**env)
+    cluster.apply(pvc_manifest(), namespace)
+    cluster.apply(ftj_manifest("gone", dataset={"uri": "/standin/accuracy=0.93/steps=6/train.jsonl"},
+                               evaluation={"gate": {"minAccuracy": 0.5}}), namespace)
+    wait_for("training Job", lambda: cluster.list("jobs", namespace, "tuneforge.dev/role=train"), 180, 0.5, op.log)
+    op.kill(signal.SIGKILL)
+    cluster.kubectl("wait", "--for=condition=Complete", "job/gone-train-1", "-n", namespace, "--timeout=180s")
+    cluster.kubectl("delete", "pods", "-n", namespace, "-l", "job-name=gone-train-1", "--wait=true")
+    uid = _ftj(cluster, namespace, "gone")["metadata"]["uid"]
+    saved = json.loads(summary_annotation(0.77))["kwok.tuneforge.dev/termination-message"]
+    folder = f"/mnt/runs/{namespace}/gone/{uid}/r1"
+    writer = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "write-summary"}, "spec": {
+        "restartPolicy": "Never", "securityContext": {"runAsUser": 65532, "runAsGroup": 65532, "fsGroup": 65532},
+        "containers": [{"name": "w", "image": standin_image, "command": ["python3", "-c",
+                        f"import os; os.makedirs({folder!r}, exist_ok=True); open({folder!r} + '/summary.json', 'w').write({saved!r})"],
+                        "volumeMounts": [{"name": "out", "mountPath": "/mnt"}]}],
+        "volumes": [{"name": "out", "persistentVolumeClaim": {"claimName": "artifacts"}}]}}
+    cluster.apply(writer, namespace)
+    wait_for("summary.json written", lambda: cluster.get("pod", "write-summary", namespace)["status"].get("phase") == "Succeeded",
+             120, 1)
+    op = run_operator(**env)
+    st = _wait_phase(cluster, namespace, "gone", ("Succeeded", "Failed"), 180, op)["status"]
+    assert st["phase"] == "Succeeded" and st["evaluation"]["accuracy"] == 0.77, st  # the saved copy, not a pod's
+    reader = cluster.get("job", "gone-summary-1", namespace)
+    assert reader["metadata"]["ownerReferences"][0]["uid"] == uid
