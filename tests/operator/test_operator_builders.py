@@ -168,6 +168,9 @@ def test_summary_reader_job_is_cpu_only_and_reads_the_runs_folder() -> None:
     assert {e["name"] for e in c["env"]} == {"HOME", "HF_HOME", "MPLCONFIGDIR", "PYTHONUNBUFFERED", "AWS_ACCESS_KEY_ID",
                                              "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"}
     assert pod(job)["automountServiceAccountToken"] is False
+    pvc = build_summary_job(OWNER, spec_of(), 1, SETTINGS)
+    assert all(v["persistentVolumeClaim"]["readOnly"] for v in pod(pvc)["volumes"] if "persistentVolumeClaim" in v)
+    assert all(m["readOnly"] for m in container(pvc)["volumeMounts"] if m["name"].startswith("pvc-"))
 
 
 def test_summary_reader_script(tmp_path: Any) -> None:

@@ -156,3 +156,45 @@ def test_accuracy_gauge_restored_from_status() -> None:
     _restore_gauge(("ns-gauge", "running"), {"phase": "Running", "evaluation": {"accuracy": 0.5}})
     assert metrics.REGISTRY.get_sample_value("tuneforge_eval_accuracy", {"namespace": "ns-gauge", "name": "old"}) == 0.91
     assert metrics.REGISTRY.get_sample_value("tuneforge_eval_accuracy", {"namespace": "ns-gauge", "name": "running"}) is None
+
+
+def test_any_failed_reconcile_is_retried_with_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A non-transient error (a bug, a forbidden call) used to post one Warning and never retry,
+    leaving the job in a non-terminal phase for good; now it is retried with growing delays, and
+    a reconcile that succeeds resets the backoff."""
+    import asyncio
+    import dataclasses
+    from types import SimpleNamespace
+
+    from tuneforge import handlers
+    from tuneforge.settings import Settings
+
+    key = ("ns", "intent")
+    calls: list[int] = []
+    events: list[tuple[object, ...]] = []
+    fail = [True]
+
+    async def flaky(ctx: object, k: object) -> bool:
+        calls.append(1)
+        if fail[0]:
+            raise ValueError("a bug")
+        return False
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        ctx = SimpleNamespace(
+            busy=set(), dirty=set(), retries={}, attempts={},
+            settings=dataclasses.replace(Settings(), retry_delay=0.01, retry_max_delay=0.04),
+            ftjs={key: [pack({"metadata": {"name": "intent", "uid": "u"}})]},
+            emit=lambda *a: events.append(a), spawn=lambda coro: loop.create_task(coro))
+        monkeypatch.setitem(handlers._state, "ctx", ctx)
+        monkeypatch.setattr(handlers, "reconcile", flaky)
+        await handlers._run(key)
+        await asyncio.sleep(0.3)
+        assert len(calls) >= 5 and ctx.attempts[key] >= 5  # retried again and again, capped delays
+        assert events[0][2] == "ReconcileFailed" and "a bug" in str(events[0][3])
+        fail[0] = False
+        await asyncio.sleep(0.1)
+        assert key not in ctx.attempts and not ctx.retries  # success: backoff reset, nothing pending
+
+    asyncio.run(main())

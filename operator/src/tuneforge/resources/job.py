@@ -266,6 +266,13 @@ def build_summary_job(owner: Owner, spec: FineTuneJobSpec, revision: int, settin
     for when the training pods (and their termination messages) are gone."""
     labels = child_labels(owner, revision, ROLE_SUMMARY)
     volumes, mounts = _volumes(owner, spec, revision, with_shm=False)
+    # It only reads: every claim read-only (the /tmp emptyDir stays writable for boto3).
+    for v in volumes:
+        if "persistentVolumeClaim" in v:
+            v["persistentVolumeClaim"]["readOnly"] = True
+    for m in mounts:
+        if m["name"].startswith("pvc-"):
+            m["readOnly"] = True
     resources = {"requests": {"cpu": settings.validate_cpu, "memory": settings.validate_memory},
                  "limits": {"memory": settings.validate_memory}}
     pod: dict[str, Any] = {
