@@ -174,11 +174,11 @@ def test_any_failed_reconcile_is_retried_with_backoff(monkeypatch: pytest.Monkey
     events: list[tuple[object, ...]] = []
     fail = [True]
 
-    async def flaky(ctx: object, k: object) -> bool:
+    async def flaky(ctx: object, k: object) -> float | None:
         calls.append(1)
         if fail[0]:
             raise ValueError("a bug")
-        return False
+        return None
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -198,3 +198,17 @@ def test_any_failed_reconcile_is_retried_with_backoff(monkeypatch: pytest.Monkey
         assert key not in ctx.attempts and not ctx.retries  # success: backoff reset, nothing pending
 
     asyncio.run(main())
+
+
+def test_a_waiting_job_is_looked_at_when_its_wait_ends() -> None:
+    """The backoff never sleeps past the end of a dependency's bounded wait."""
+    import datetime as dt
+
+    from tuneforge.reconcile import _wait_left
+    now = dt.datetime(2026, 1, 1, 0, 10, tzinfo=dt.timezone.utc)
+    waiting = {"phase": "Pending", "conditions": [
+        {"type": "DependenciesFound", "status": "False", "lastTransitionTime": "2026-01-01T00:05:00Z"}]}
+    assert _wait_left(waiting, now, 600) == 300
+    assert _wait_left(waiting, now, 60) == 0
+    assert _wait_left({**waiting, "phase": "Failed"}, now, 600) is None
+    assert _wait_left({"phase": "Running", "conditions": []}, now, 600) is None

@@ -202,14 +202,16 @@ async def cleanup(**_: Any) -> None:
         await ctx.kube.close()
 
 
-def _retry_later(ctx: Context, key: Key) -> float | None:
-    """Schedule the next reconcile of ``key`` with exponential backoff and jitter; the delay, or
-    None when one is already pending."""
+def _retry_later(ctx: Context, key: Key, at_most: float | None = None) -> float | None:
+    """Schedule the next reconcile of ``key`` with exponential backoff and jitter (no later than
+    ``at_most`` seconds, plus one); the delay, or None when one is already pending."""
     if key in ctx.retries:
         return None
     attempt = ctx.attempts.get(key, 0)
     ctx.attempts[key] = attempt + 1
     delay = backoff_delay(attempt, ctx.settings.retry_delay, ctx.settings.retry_max_delay)
+    if at_most is not None:
+        delay = min(delay, at_most + 1.0)
     schedule_retry(ctx, key, delay, _run)
     return delay
 
@@ -235,7 +237,7 @@ async def _run(key: Key) -> None:
         while True:
             ctx.dirty.discard(key)
             try:
-                waiting = await reconcile(ctx, key)
+                wait_left = await reconcile(ctx, key)
             except Exception as exc:  # noqa: BLE001 - an event handler has no retries of its own
                 metrics.RECONCILE_ERRORS.labels(type(exc).__name__).inc()
                 message = api_error_message(exc)
@@ -250,8 +252,8 @@ async def _run(key: Key) -> None:
                         ctx.emit(body, "Warning", "ReconcileFailed", f"{message[:900]} ({when})")
                 return
             if key not in ctx.dirty:
-                if waiting:
-                    _retry_later(ctx, key)
+                if wait_left is not None:
+                    _retry_later(ctx, key, wait_left)
                 else:
                     ctx.attempts.pop(key, None)
                 return

@@ -158,11 +158,12 @@ async def preflight(kube: Kube, namespace: str, spec: FineTuneJobSpec) -> tuple[
     return None
 
 
-async def reconcile(ctx: Context, key: Key) -> bool:
+async def reconcile(ctx: Context, key: Key) -> float | None:
     """Bring one FineTuneJob one step closer to done; safe to call any time, any number of times.
 
-    True when it waits for something no watch event announces (a missing PVC, Secret or
-    PriorityClass; a child name taken by another object): the caller looks again with backoff.
+    Not None when it waits for something no watch event announces (a missing PVC, Secret or
+    PriorityClass; a child name taken by another object): the caller looks again with backoff,
+    at the latest after the returned seconds (when the bounded wait for a dependency ends).
     """
     async with ctx.lock(key), ctx.slots:
         started = time.monotonic()
@@ -172,10 +173,10 @@ async def reconcile(ctx: Context, key: Key) -> bool:
             metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
 
 
-async def _reconcile(ctx: Context, key: Key) -> bool:
+async def _reconcile(ctx: Context, key: Key) -> float | None:
     body = one(ctx.ftjs.get(key))
     if body is None or body["metadata"].get("deletionTimestamp"):
-        return False
+        return None
     namespace, name = key
     meta = body["metadata"]
     owner = Owner(name=name, namespace=namespace, uid=meta["uid"])
@@ -206,8 +207,7 @@ async def _reconcile(ctx: Context, key: Key) -> bool:
     now = dt.datetime.now(dt.timezone.utc)
     status = compute_status(spec, generation, prior, revision, observed, now, children,
                             artifact_uri(spec, namespace, name, owner.uid, rev), ctx.settings.dependency_wait_seconds)
-    waiting = status["phase"] not in TERMINAL and any(
-        c["type"] == "DependenciesFound" and c["status"] == "False" for c in status.get("conditions") or ())
+    waiting = _wait_left(status, now, ctx.settings.dependency_wait_seconds)
 
     read_summary = status.get("reason") == READING_SUMMARY and sjob is None
     actions = plan(spec, status["phase"], vjob, tjob, stale, pre is not None, read_summary)
@@ -217,7 +217,7 @@ async def _reconcile(ctx: Context, key: Key) -> bool:
             await _execute(ctx, action, owner, spec, rev, status)
     except ForeignChild as exc:
         # Not adopted and not overwritten: the run waits (with backoff) until the name is free.
-        conflict, waiting = exc, True
+        conflict, waiting = exc, ctx.settings.retry_max_delay
         status = {**status, "reason": "ChildConflict", "message": str(exc)}
 
     # "Pending: creating a Job" lasts until the Job's own event arrives a moment later; writing
@@ -238,6 +238,17 @@ async def _reconcile(ctx: Context, key: Key) -> bool:
     ctx.tally.set(owner.uid, status["phase"])
     _restore_gauge(key, status)
     return waiting
+
+
+def _wait_left(status: Obj, now: dt.datetime, limit: float) -> float | None:
+    """Seconds left of the bounded wait for a missing dependency, or None when not waiting."""
+    if status.get("phase") in TERMINAL:
+        return None
+    for c in status.get("conditions") or ():
+        if c["type"] == "DependenciesFound" and c["status"] == "False":
+            since = dt.datetime.strptime(c["lastTransitionTime"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
+            return max(0.0, limit - (now - since).total_seconds())
+    return None
 
 
 def _restore_gauge(key: Key, status: Obj) -> None:
