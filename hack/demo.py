@@ -191,6 +191,16 @@ def serve(c: Cluster, ftj: dict) -> tuple[str, str]:
     return row["messages"][-1]["content"], f"{(out.choices[0].message.content or '').strip()} (truth: {row['target']})"
 
 
+def _run_seconds(status: dict[str, object]) -> str:
+    """The job's own run time, from its status (startTime to completionTime)."""
+    import datetime as dt
+    try:
+        start, end = (dt.datetime.strptime(str(status[k]), "%Y-%m-%dT%H:%M:%SZ") for k in ("startTime", "completionTime"))
+    except (KeyError, ValueError):
+        return "an unknown time"
+    return f"{(end - start).total_seconds():.0f} s"
+
+
 def main() -> int:
     started = time.monotonic()
     s = settings.load()
@@ -202,10 +212,11 @@ def main() -> int:
     print(c.kubectl("get", "finetunejob", name, "-n", NAMESPACE).stdout)
     st = ftj["status"]
     print(json.dumps({k: st.get(k) for k in ("evaluation", "baselines", "gate", "artifacts", "gpuSeconds")}, indent=2))
-    card = st.get("artifacts", {}).get("model_card")
+    card = st.get("artifacts", {}).get("modelCard")
     if card and card.startswith("s3://"):
         print("\n" + read_s3(s, card)[:3000])
-    say(f"FineTuneJob {name} {st.get('phase')}; inspect with: kubectl --kubeconfig .cluster/kubeconfig describe ftj {name} -n {NAMESPACE}")
+    say(f"FineTuneJob {name} {st.get('phase')} in {_run_seconds(st)}; "
+        f"inspect with: kubectl --kubeconfig .cluster/kubeconfig describe ftj {name} -n {NAMESPACE}")
     if st.get("phase") != "Succeeded":
         return 1
     question, answer = serve(c, ftj)

@@ -24,7 +24,7 @@ def test_banking77_finetunejob_on_the_real_node(cluster: Cluster, demo_finetunej
     name, ns = ftj["metadata"]["name"], demo.NAMESPACE
     assert st["phase"] == "Succeeded", st
     accuracy = st["evaluation"]["accuracy"]
-    zero_shot = {b["name"]: b["accuracy"] for b in st["baselines"]}["zero_shot"]
+    zero_shot = {b["name"]: b["accuracy"] for b in st["baselines"]}["zero-shot"]
     assert accuracy >= 0.90, st["evaluation"]
     assert accuracy - zero_shot >= 0.60, st["baselines"]
     assert st["gate"]["outcome"] == "Passed"
@@ -33,13 +33,13 @@ def test_banking77_finetunejob_on_the_real_node(cluster: Cluster, demo_finetunej
     # The Job ran the real trainer image on the real node and its artifacts are in S3.
     pods = cluster.list("pods", ns, f"job-name={name}-train-1")
     assert pods and all(p["spec"]["nodeName"] == cluster.settings.node_name for p in pods)
-    card = demo.read_s3(cluster.settings, st["artifacts"]["model_card"])
+    card = demo.read_s3(cluster.settings, st["artifacts"]["modelCard"])
     assert "| fine-tuned adapter |" in card and "zero_shot" in card
     # The adapter version: its digest is the one in the adapter's own manifest, in kubectl -o wide.
     adapter = st["adapter"]
     manifest = json.loads(demo.read_s3(cluster.settings, adapter["uri"] + "/tuneforge.json"))
     assert manifest["digest"] == adapter["digest"] and adapter["digest"].startswith("sha256:")
-    assert manifest["lineage"]["fineTuneJob"] == {"namespace": ns, "name": name, "revision": 1}
+    assert manifest["lineage"]["fineTuneJob"] == {"namespace": ns, "name": name, "uid": ftj["metadata"]["uid"], "revision": 1}
     assert manifest["lineage"]["baseModel"]["digest"] == adapter["baseModel"]["digest"]
     assert manifest["lineage"]["evaluation"]["accuracy"] == pytest.approx(accuracy)
     wide = cluster.kubectl("get", "ftj", name, "-n", ns, "-o", "wide").stdout

@@ -151,3 +151,47 @@ def test_validate_pool_placement() -> None:
     s = Settings(validate_node_selector='{"pool": "cpu"}', validate_tolerations='[{"key": "pool", "operator": "Exists"}]')
     p = pod(build_validate_job(OWNER, spec_of(), 1, s))
     assert p["nodeSelector"] == {"pool": "cpu"} and p["tolerations"] == [{"key": "pool", "operator": "Exists"}]
+
+
+S3 = {"output": {"uri": "s3://bucket/runs"}, "s3": {"endpoint": "http://s3:9000",
+      "accessKeyIdSecretRef": {"name": "s3", "key": "id"}, "secretAccessKeySecretRef": {"name": "s3", "key": "secret"}}}
+
+
+def test_summary_reader_job_is_cpu_only_and_reads_the_runs_folder() -> None:
+    from tuneforge.resources.job import build_summary_job
+    job = build_summary_job(OWNER, spec_of(**S3), 2, SETTINGS)
+    assert job["metadata"]["name"] == "intent-summary-2" and job["metadata"]["ownerReferences"][0]["uid"] == "uid-7"
+    assert pod(job)["restartPolicy"] == "Never" and job["spec"]["backoffLimit"] == 1
+    c = container(job)
+    assert c["command"][:2] == ["python3", "-c"] and c["command"][3] == "s3://bucket/runs/team-a/intent/uid-7/r2"
+    assert "nvidia.com/gpu" not in str(c["resources"]) and "tolerations" not in pod(job)
+    assert {e["name"] for e in c["env"]} == {"HOME", "HF_HOME", "MPLCONFIGDIR", "PYTHONUNBUFFERED", "AWS_ACCESS_KEY_ID",
+                                             "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"}
+    assert pod(job)["automountServiceAccountToken"] is False
+    pvc = build_summary_job(OWNER, spec_of(), 1, SETTINGS)
+    assert all(v["persistentVolumeClaim"]["readOnly"] for v in pod(pvc)["volumes"] if "persistentVolumeClaim" in v)
+    assert all(m["readOnly"] for m in container(pvc)["volumeMounts"] if m["name"].startswith("pvc-"))
+
+
+def test_summary_reader_script(tmp_path: Any) -> None:
+    """The reader as the pod runs it, on a local folder (a PVC mount): the trainer's summary,
+    trimmed by its own module, becomes the termination message; a missing file exits 1 naming it."""
+    import json
+    import subprocess
+    import sys
+    from tuneforge.resources.job import SUMMARY_READER
+    from k8s_objects import summary
+    out = tmp_path / "termination-log"
+    script = SUMMARY_READER.replace('"/dev/termination-log"', repr(str(out)))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "summary.json").write_text(summary(message="x" * 6000))
+    import os
+    from pathlib import Path
+    # As in the trainer image: the trainer's own summary module trims the message.
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "trainer-image" / "src"))
+    ok = subprocess.run([sys.executable, "-c", script, str(tmp_path / "run") + "/"], capture_output=True, text=True, env=env)
+    assert ok.returncode == 0, ok.stderr
+    text = out.read_text()
+    assert len(text.encode()) <= 4096 and json.loads(text)["accuracy"] == 0.93
+    gone = subprocess.run([sys.executable, "-c", script, str(tmp_path / "nothing")], capture_output=True, text=True)
+    assert gone.returncode == 1 and out.read_text().startswith(f"cannot read {tmp_path}/nothing/summary.json: FileNotFoundError")

@@ -65,6 +65,17 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("revision for non-hf model", _mutate("spec.baseModel", {"uri": "pvc://models/m", "revision": "main"}),
      "spec.baseModel.revision"),
     ("evalFraction too large", _mutate("spec.dataPrep", {"evalFraction": 0.9}), "spec.dataPrep.evalFraction"),
+    # Integers against fractional minimums: the schema's own check truncates 0.01 to 0.
+    ("integer epochs 0", _mutate("spec.training", {"epochs": 0}), "spec.training.epochs: Invalid value"),
+    ("integer evalFraction 0", _mutate("spec.dataPrep", {"evalFraction": 0}), "spec.dataPrep.evalFraction: Invalid value"),
+    ("integer learningRate 0", _mutate("spec.training", {"learningRate": 0}), "spec.training.learningRate"),
+    # A .. segment in any URI could read or write outside the claim, bucket prefix or repository.
+    ("dataset uri with ..", _mutate("spec.dataset", {"uri": "pvc://data/../../etc/passwd"}),
+     "spec.dataset.uri: Invalid value"),
+    ("evalUri with ..", _mutate("spec.dataset", {"uri": "/d.jsonl", "evalUri": "s3://bucket/eval/../../x"}),
+     "spec.dataset.evalUri: Invalid value"),
+    ("model uri with ..", _mutate("spec.baseModel", {"uri": "/../root/model"}), "spec.baseModel.uri: Invalid value"),
+    ("output uri with ..", _mutate("spec.output", {"uri": "pvc://artifacts/runs/.."}), "spec.output.uri: Invalid value"),
 ]
 # Second-level edits that _mutate cannot express in one step.
 INVALID[5][1]["spec"]["quantization"] = "4bit"
@@ -85,6 +96,14 @@ def test_invalid_manifest_rejected(cluster: Cluster, crds: None, mistake: str, m
                           input=json.dumps(manifest), check=False)
     assert res.returncode != 0, f"{mistake}: accepted"
     assert expected in res.stderr, res.stderr
+
+
+def test_near_misses_accepted(cluster: Cluster, crds: None) -> None:
+    """The new rules reject only what they mean to: fractional epochs and dotted names pass."""
+    manifest = _mutate("spec.training", {"epochs": 0.5})
+    manifest["spec"]["dataPrep"] = {"evalFraction": 0.01}
+    manifest["spec"]["dataset"] = {"uri": "pvc://data/v1..2/train..old.jsonl"}
+    cluster.kubectl("create", "--dry-run=server", "--validate=strict", "-n", "default", "-f", "-", input=json.dumps(manifest))
 
 
 # --- the operator ---------------------------------------------------------------------------
@@ -136,7 +155,7 @@ def test_fast_tier_real_node_standin(cluster: Cluster, namespace: str, run_opera
     st = ftj["status"]
     assert st["phase"] == "Succeeded", st
     assert st["evaluation"]["accuracy"] == 0.93 and st["gate"]["outcome"] == "Passed"
-    assert {b["name"] for b in st["baselines"]} == {"zero_shot", "tfidf_lr"}
+    assert {b["name"] for b in st["baselines"]} == {"zero-shot", "tfidf-logreg"}
     assert st["artifacts"]["adapter"].endswith("/team" if False else "/adapter")
     assert st["gpuSeconds"] > 0 and st["completionTime"] and st["observedGeneration"] == 1
     assert {"Validating", "Running"} <= seen["phases"], seen
@@ -170,13 +189,28 @@ def test_data_validation_failure_before_any_gpu_pod(cluster: Cluster, namespace:
     assert conds["Validated"]["status"] == "False"
 
 
-def test_missing_pvc_fails_naming_the_field_and_creates_nothing(cluster: Cluster, namespace: str, run_operator: Any) -> None:
-    op = run_operator(TUNEFORGE_TRAINER_IMAGE="never-pulled:0")
-    cluster.apply(ftj_manifest("no-pvc"), namespace)
+def test_missing_pvc_waits_then_fails_naming_the_field_and_creates_nothing(cluster: Cluster, namespace: str,
+                                                                            run_operator: Any, standin_image: str) -> None:
+    """GitOps applies the PVC moments after the job: a missing claim is waited for (with backoff),
+    and only after the bounded wait is it a Failed naming the field."""
+    op = run_operator(TUNEFORGE_TRAINER_IMAGE=standin_image, TUNEFORGE_DEPENDENCY_WAIT_SECONDS="25",
+                      TUNEFORGE_RETRY_DELAY="1", TUNEFORGE_RETRY_MAX_DELAY="4")
+    cluster.apply(ftj_manifest("no-pvc", output={"uri": "pvc://never/runs"}), namespace)
+    cluster.apply(ftj_manifest("late-pvc"), namespace)
+    for name in ("no-pvc", "late-pvc"):
+        st = _wait_phase(cluster, namespace, name, ("Pending",), 60, op)["status"]
+        wait_for(f"{name} waits for its claim",
+                 lambda: _ftj(cluster, namespace, name)["status"].get("reason") == "PersistentVolumeClaimNotFound", 30, 0.5)
+    st = _ftj(cluster, namespace, "late-pvc")["status"]
+    assert "waiting up to 25 s" in st["message"], st
+    assert {c["type"]: c["status"] for c in st["conditions"]}["DependenciesFound"] == "False"
+    assert cluster.list("jobs", namespace) == [] and cluster.list("configmaps", namespace, "tuneforge.dev/finetunejob") == []
+    cluster.apply(pvc_manifest(), namespace)  # the claim lands late: the waiting job goes on by itself
+    assert _wait_phase(cluster, namespace, "late-pvc", ("Succeeded", "Failed"), 180, op)["status"]["phase"] == "Succeeded"
     st = _wait_phase(cluster, namespace, "no-pvc", ("Failed",), 60, op)["status"]
     assert st["reason"] == "PersistentVolumeClaimNotFound"
-    assert st["message"].startswith("spec.output.uri: PersistentVolumeClaim 'artifacts' not found")
-    assert cluster.list("jobs", namespace) == [] and cluster.list("configmaps", namespace, "tuneforge.dev/finetunejob") == []
+    assert st["message"].startswith("spec.output.uri: PersistentVolumeClaim 'never' not found"), st
+    assert cluster.list("jobs", namespace, "tuneforge.dev/finetunejob=no-pvc") == []
 
 
 H100 = {"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}}
@@ -299,10 +333,16 @@ def test_operator_runs_with_least_privilege_rbac(cluster: Cluster, namespace: st
 
 def test_missing_secret_fails_naming_the_field(cluster: Cluster, namespace: str, run_operator: Any, standin_image: str) -> None:
     """The operator cannot read Secrets (least privilege); the validation pod finds out first."""
-    op = run_operator(TUNEFORGE_TRAINER_IMAGE=standin_image)
+    op = run_operator(TUNEFORGE_TRAINER_IMAGE=standin_image, TUNEFORGE_DEPENDENCY_WAIT_SECONDS="20",
+                      TUNEFORGE_RETRY_DELAY="1", TUNEFORGE_RETRY_MAX_DELAY="4")
     cluster.apply(pvc_manifest(), namespace)
     cluster.apply(ftj_manifest("no-secret", baseModel={"uri": "hf://org/model", "tokenSecretRef": {"name": "hf-token", "key": "token"}}),
                   namespace)
+    wait_for("waiting for the Secret", lambda: _ftj(cluster, namespace, "no-secret").get("status", {}).get("reason")
+             == "CreateContainerConfigError", 120, 0.5, op.log)
+    waiting = _ftj(cluster, namespace, "no-secret")["status"]
+    if waiting["phase"] != "Failed":  # a slow machine may see the wait end before this poll
+        assert waiting["phase"] == "Validating" and "waiting up to 20 s" in waiting["message"], waiting
     st = _wait_phase(cluster, namespace, "no-secret", ("Failed",), 120, op)["status"]
     assert st["reason"] == "CreateContainerConfigError", st
     assert st["message"].startswith("spec.baseModel.tokenSecretRef: ") and "hf-token" in st["message"]
@@ -343,3 +383,111 @@ def test_operator_image_as_deployment(cluster: Cluster, namespace: str, crds: No
         assert op_pod["status"]["containerStatuses"][0]["restartCount"] == 0
     finally:
         cluster.kubectl("delete", "clusterrolebinding,clusterrole", cluster_name, check=False)
+
+
+# --- identity and ownership ------------------------------------------------------------------
+
+def test_leftover_child_is_never_adopted(cluster: Cluster, namespace: str, run_operator: Any, standin_image: str) -> None:
+    """A Job named like this FineTuneJob's child, with its label but another controller (here
+    none: left over by an orphaning delete of a namesake), is neither adopted nor read: the job
+    waits with ChildConflict and a Warning Event until the leftover is gone, then runs."""
+    op = run_operator(TUNEFORGE_TRAINER_IMAGE=standin_image, TUNEFORGE_RETRY_DELAY="1", TUNEFORGE_RETRY_MAX_DELAY="3")
+    cluster.apply(pvc_manifest(), namespace)
+    leftover = {"apiVersion": "batch/v1", "kind": "Job",
+                "metadata": {"name": "reborn-validate-1", "labels": {"tuneforge.dev/finetunejob": "reborn",
+                                                                     "tuneforge.dev/revision": "1"}},
+                "spec": {"suspend": True, "template": {"spec": {"restartPolicy": "Never", "containers": [
+                    {"name": "trainer", "image": standin_image, "command": ["true"]}]}}}}
+    cluster.apply(leftover, namespace)
+    cluster.apply(ftj_manifest("reborn"), namespace)
+    wait_for("ChildConflict", lambda: _ftj(cluster, namespace, "reborn").get("status", {}).get("reason") == "ChildConflict",
+             60, 0.5, op.log)
+    st = _ftj(cluster, namespace, "reborn")["status"]
+    assert "Job " + namespace + "/reborn-validate-1 already exists and has no controller" in st["message"], st
+    assert st["phase"] == "Pending"
+    wait_for("ChildConflict event", lambda: "ChildConflict" in _events(cluster, namespace, "reborn"), 30, 1)
+    assert cluster.get("job", "reborn-validate-1", namespace)["metadata"].get("ownerReferences") is None  # not adopted
+    cluster.kubectl("delete", "job", "reborn-validate-1", "-n", namespace, "--wait=true")
+    st = _wait_phase(cluster, namespace, "reborn", ("Succeeded", "Failed"), 180, op)["status"]
+    assert st["phase"] == "Succeeded", st
+    uid = _ftj(cluster, namespace, "reborn")["metadata"]["uid"]
+    assert st["artifacts"]["output"] == f"pvc://artifacts/runs/{namespace}/reborn/{uid}/r1"  # keyed by uid
+    assert cluster.get("job", "reborn-validate-1", namespace)["metadata"]["ownerReferences"][0]["uid"] == uid
+
+
+def test_crd_upgrade_with_a_new_default_restarts_nothing(cluster: Cluster, namespace: str, run_operator: Any,
+                                                         standin_image: str) -> None:
+    """A CRD upgrade that adds a defaulted field changes every defaulted spec (and so its hash)
+    without a write: neither a finished nor a running job may start a new revision, across an
+    operator restart, and a later suspend-only edit must not either."""
+    import yaml
+    env = {"TUNEFORGE_TRAINER_IMAGE": standin_image}
+    op = run_operator(**env)
+    cluster.apply(pvc_manifest(), namespace)
+    cluster.apply(ftj_manifest("done"), namespace)
+    done = _wait_phase(cluster, namespace, "done", ("Succeeded", "Failed"), 180, op)["status"]
+    assert done["phase"] == "Succeeded", done
+    cluster.apply(ftj_manifest("busy", dataset={"uri": "/standin/accuracy=0.93/steps=45/step_s=1/train.jsonl"}), namespace)
+    wait_for("busy trains", lambda: _ftj(cluster, namespace, "busy").get("status", {}).get("reason") == "Training", 180, 0.5, op.log)
+    busy_job_uid = cluster.get("job", "busy-train-1", namespace)["metadata"]["uid"]
+
+    original = yaml.safe_load((ROOT / "crds" / "finetunejob.yaml").read_text())
+    upgraded = copy.deepcopy(original)
+    training = upgraded["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["training"]
+    training["properties"]["upgradeProbe"] = {"type": "integer", "default": 7, "description": "A field added by an upgrade."}
+    try:
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=json.dumps(upgraded))
+        wait_for("the new default is served", lambda: _ftj(cluster, namespace, "done")["spec"]["training"].get("upgradeProbe") == 7,
+                 60, 1)
+        time.sleep(3)  # the running operator's reconciles of both jobs
+        op.kill(signal.SIGKILL)
+        op = run_operator(**env)  # a startup sees every job with the new default
+        time.sleep(8)
+        op.check_alive()
+        st = _ftj(cluster, namespace, "done")["status"]
+        assert (st["revision"], st["phase"], st["completionTime"]) == (1, "Succeeded", done["completionTime"]), st
+        assert _ftj(cluster, namespace, "busy")["status"]["revision"] == 1
+        assert cluster.get("job", "busy-train-1", namespace)["metadata"]["uid"] == busy_job_uid
+        # Suspend alone, after the upgrade: still no new revision.
+        cluster.kubectl("patch", "ftj", "done", "-n", namespace, "--type=merge", "-p", '{"spec":{"suspend":true}}')
+        time.sleep(3)
+        assert _ftj(cluster, namespace, "done")["status"]["revision"] == 1
+        st = _wait_phase(cluster, namespace, "busy", ("Succeeded", "Failed"), 180, op)["status"]
+        assert st["phase"] == "Succeeded" and st["revision"] == 1, st
+        names = sorted(j["metadata"]["name"] for j in cluster.list("jobs", namespace))
+        assert names == ["busy-train-1", "busy-validate-1", "done-train-1", "done-validate-1"], names
+    finally:
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds" / "finetunejob.yaml"))
+
+
+def test_result_read_from_summary_json_when_the_pod_is_gone(cluster: Cluster, namespace: str, run_operator: Any,
+                                                            standin_image: str) -> None:
+    """The operator is down while the training Job finishes and its pod is cleaned up (PodGC):
+    the termination message is gone, so the result comes from <output>/summary.json (written
+    here by a helper pod, as the trainer writes it beside the artifacts) through a reader Job."""
+    env = {"TUNEFORGE_TRAINER_IMAGE": standin_image}
+    op = run_operator(**env)
+    cluster.apply(pvc_manifest(), namespace)
+    cluster.apply(ftj_manifest("gone", dataset={"uri": "/standin/accuracy=0.93/steps=6/train.jsonl"},
+                               evaluation={"gate": {"minAccuracy": 0.5}}), namespace)
+    wait_for("training Job", lambda: cluster.list("jobs", namespace, "tuneforge.dev/role=train"), 180, 0.5, op.log)
+    op.kill(signal.SIGKILL)
+    cluster.kubectl("wait", "--for=condition=Complete", "job/gone-train-1", "-n", namespace, "--timeout=180s")
+    cluster.kubectl("delete", "pods", "-n", namespace, "-l", "job-name=gone-train-1", "--wait=true")
+    uid = _ftj(cluster, namespace, "gone")["metadata"]["uid"]
+    saved = json.loads(summary_annotation(0.77))["kwok.tuneforge.dev/termination-message"]
+    folder = f"/mnt/runs/{namespace}/gone/{uid}/r1"
+    writer = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "write-summary"}, "spec": {
+        "restartPolicy": "Never", "securityContext": {"runAsUser": 65532, "runAsGroup": 65532, "fsGroup": 65532},
+        "containers": [{"name": "w", "image": standin_image, "command": ["python3", "-c",
+                        f"import os; os.makedirs({folder!r}, exist_ok=True); open({folder!r} + '/summary.json', 'w').write({saved!r})"],
+                        "volumeMounts": [{"name": "out", "mountPath": "/mnt"}]}],
+        "volumes": [{"name": "out", "persistentVolumeClaim": {"claimName": "artifacts"}}]}}
+    cluster.apply(writer, namespace)
+    wait_for("summary.json written", lambda: cluster.get("pod", "write-summary", namespace)["status"].get("phase") == "Succeeded",
+             120, 1)
+    op = run_operator(**env)
+    st = _wait_phase(cluster, namespace, "gone", ("Succeeded", "Failed"), 180, op)["status"]
+    assert st["phase"] == "Succeeded" and st["evaluation"]["accuracy"] == 0.77, st  # the saved copy, not a pod's
+    reader = cluster.get("job", "gone-summary-1", namespace)
+    assert reader["metadata"]["ownerReferences"][0]["uid"] == uid

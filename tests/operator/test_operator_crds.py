@@ -96,3 +96,40 @@ def test_spec_defaults_reach_nested_fields() -> None:
     assert spec["resources"]["gpus"] == 1
     assert spec["evaluation"]["gate"]["baselineMargin"] == 0
     assert spec["scheduling"]["backoffLimit"] == 2
+
+
+def _rules(node: dict[str, Any]) -> list[str]:
+    return [r["rule"] for r in node.get("x-kubernetes-validations") or ()]
+
+
+def test_fractional_minimum_is_enforced_for_integer_values() -> None:
+    """The apiserver checks an integer value against ``minimum`` truncated to an integer, so
+    ``epochs: 0`` passes ``minimum: 0.01``; every positive fractional minimum needs a CEL rule."""
+    schema = load_crd("finetunejob.yaml")["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    found = []
+    for path, node in walk(schema):
+        low = node.get("minimum")
+        if node.get("type") == "number" and low is not None and low > 0 and low != int(low):
+            found.append(path)
+            assert f"self >= {low}" in _rules(node), f"{path}: minimum {low} without a CEL rule"
+    assert {".spec.training.epochs", ".spec.dataPrep.evalFraction"} <= set(found)
+
+
+def test_every_uri_rejects_dot_dot_segments() -> None:
+    schema = load_crd("finetunejob.yaml")["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    uris = [(p, n) for p, n in walk(schema["properties"]["spec"], ".spec")
+            if n.get("type") == "string" and (p.endswith(".uri") or p.endswith("Uri") or p.lower().endswith("path"))]
+    assert {p for p, _ in uris} == {".spec.baseModel.uri", ".spec.dataset.uri", ".spec.dataset.evalUri", ".spec.output.uri"}
+    for path, node in uris:
+        assert "!self.matches('(^|/)[.][.](/|$)')" in _rules(node), path
+
+
+@pytest.mark.parametrize("uri,ok", [
+    ("pvc://data/../../etc/passwd", False), ("/../etc", False), ("s3://bucket/runs/..", False),
+    ("hf://datasets/../x", False), ("pvc://data/a..b/c", True), ("pvc://data/..hidden", True),
+    ("s3://bucket/runs/v1.2/", True),
+])
+def test_dot_dot_rule_matches_segments_only(uri: str, ok: bool) -> None:
+    """The rule's regex, run here with Python's re (RE2 and re agree on this pattern)."""
+    import re
+    assert (re.search("(^|/)[.][.](/|$)", uri) is None) == ok

@@ -50,7 +50,23 @@ def test_parse_summary_tolerates_noise() -> None:
     assert parse_summary("Traceback (most recent call last):") is None
     assert parse_summary("{not json") is None
     s = parse_summary(summary(new_field_from_newer_trainer=1, baselines=[{"name": "few_shot_8", "accuracy": 0.3}]))
-    assert s is not None and s.baselines[0].name == "few_shot_8"
+    assert s is not None and (s.baselines[0].name, s.baselines[0].shots) == ("few-shot", 8)
+
+
+def test_summary_translated_to_the_apis_spelling() -> None:
+    """One name per thing: baselines by the spec's type, artifact keys in camelCase."""
+    s = parse_summary(summary(
+        baselines=[{"name": "zero_shot", "accuracy": 0.1}, {"name": "tfidf_lr", "accuracy": 0.8},
+                   {"name": "few_shot_4", "accuracy": 0.3}, {"name": "openai:gpt-4o-mini", "accuracy": 0.7}],
+        artifacts={"adapter": "/o/adapter", "model_card": "/o/README.md", "confusion_plot": "/o/c.png",
+                   "loss_plot": "/o/l.png", "metrics": "/o/metrics.json"}))
+    assert s is not None
+    assert [(b.name, b.shots, b.model) for b in s.baselines] == [
+        ("zero-shot", None, None), ("tfidf-logreg", None, None), ("few-shot", 4, None), ("openai", None, "gpt-4o-mini")]
+    assert set(s.artifacts) == {"adapter", "modelCard", "confusionPlot", "lossPlot", "metrics"}
+    gate = Gate(must_beat_baseline="tfidf-logreg")
+    outcome = evaluate_gate(gate, s)  # the gate finds the baseline by the spec's type
+    assert outcome.passed and outcome.reasons == ("accuracy 0.9300 beats tfidf-logreg 0.8000",)
 
 
 def test_parse_summary_of_the_trainers_own_writer() -> None:
@@ -59,11 +75,12 @@ def test_parse_summary_of_the_trainers_own_writer() -> None:
         status="succeeded", command="train", accuracy=0.91, macro_f1=0.9,
         worst_classes=[trainer_summary.ClassScore(label="a", f1=0.5)],
         baselines=[trainer_summary.BaselineScore(name="tfidf_lr", accuracy=0.98)],
-        artifacts={"adapter": "/out/adapter"},
+        artifacts={"adapter": "/out/adapter", "model_card": "/out/README.md"},
     ).to_json()
     s = parse_summary(text)
     assert s is not None and s.accuracy == 0.91 and s.worst_classes[0].f1 == 0.5
-    assert s.baselines[0].accuracy == 0.98 and s.artifacts["adapter"] == "/out/adapter"
+    assert s.baselines[0].accuracy == 0.98 and s.baselines[0].name == "tfidf-logreg"
+    assert s.artifacts == {"adapter": "/out/adapter", "modelCard": "/out/README.md"}
 
 
 LOG = "\n".join([
@@ -115,6 +132,7 @@ V, T = "x-validate-2", "x-train-2"
     ("validating", {}, "Validating", job(V), None, [], False, []),
     ("validated", {}, "Pending", job(V, complete=True), None, [], False, [Action("create_train_job")]),
     ("running", {}, "Running", job(V, complete=True), job(T), [], False, []),
+    ("result gone: read summary.json", {}, "Evaluating", job(V, complete=True), job(T, complete=True), [], "read", [Action("create_summary_job")]),
     ("user suspends", {"suspend": True}, "Running", job(V, complete=True), job(T), [], False, [Action("set_suspend", T, True)]),
     ("user resumes", {}, "Suspended", job(V, complete=True), job(T, suspend=True), [], False, [Action("set_suspend", T, False)]),
     ("kueue holds", {"scheduling": {"queueName": "q"}}, "Queued", job(V, complete=True), job(T, suspend=True), [], False, []),
@@ -127,9 +145,10 @@ V, T = "x-validate-2", "x-train-2"
     ("failed releases stuck pod", {}, "Failed", job(V), None, [], False, [Action("delete_job", V)]),
     ("succeeded does nothing", {}, "Succeeded", job(V, complete=True), job(T, complete=True), [], False, []),
 ])
-def test_plan(name: str, overrides: dict[str, Any], phase: str, vjob: Any, tjob: Any, stale: list[Any], pre: bool,
+def test_plan(name: str, overrides: dict[str, Any], phase: str, vjob: Any, tjob: Any, stale: list[Any], pre: bool | str,
               expected: list[Action]) -> None:
-    assert plan(spec_of(**overrides), phase, vjob, tjob, stale, pre) == expected
+    # pre == "read": the training result must be read from summary.json (no preflight error).
+    assert plan(spec_of(**overrides), phase, vjob, tjob, stale, pre is True, pre == "read") == expected
 
 
 def test_settings_from_env() -> None:

@@ -68,3 +68,147 @@ def test_operator_process_never_imports_the_kubernetes_client() -> None:
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
     missing = subprocess.run([operator_python(), "-c", "import kubernetes"], capture_output=True, text=True)
     assert missing.returncode != 0 and "No module named 'kubernetes'" in missing.stderr
+
+
+# --- ownership and retries --------------------------------------------------------------------
+
+def _child(name: str, uid: str, controller: str | None) -> dict[str, object]:
+    return {"metadata": {"name": name, "uid": uid, "controllerUid": controller, "labels": {}}}
+
+
+def test_only_children_controlled_by_this_object_are_read() -> None:
+    from tuneforge.reconcile import owned_children
+    jobs = [_child("intent-train-1", "job-a", "ftj-new"),
+            _child("intent-validate-1", "job-old", "ftj-deleted"),   # a namesake's leftover
+            _child("intent-train-9", "job-orphan", None)]             # orphaned: no controller
+    pods = [_child("intent-train-1-x", "p1", "job-a"), _child("intent-validate-1-y", "p2", "job-old"),
+            _child("intent-train-9-z", "p3", "job-orphan"), _child("stray", "p4", None)]
+    mine, my_pods = owned_children(jobs, pods, "ftj-new")
+    assert [j["metadata"]["name"] for j in mine] == ["intent-train-1"]
+    assert [p["metadata"]["name"] for p in my_pods] == ["intent-train-1-x"]
+
+
+def test_backoff_is_exponential_capped_and_jittered() -> None:
+    from tuneforge.reconcile import backoff_delay
+    top = [backoff_delay(a, 10, 300, rand=lambda: 1.0) for a in range(8)]
+    assert top == [10, 20, 40, 80, 160, 300, 300, 300]
+    assert backoff_delay(3, 10, 300, rand=lambda: 0.0) == 40
+    assert backoff_delay(100, 10, 300) <= 300
+
+
+def test_foreign_child_message_names_it() -> None:
+    from tuneforge.kube import ForeignChild
+    msg = str(ForeignChild("Job", "ns", "intent-train-1", None))
+    assert "Job ns/intent-train-1 already exists and has no controller" in msg and "delete it" in msg
+
+
+# --- the progress poller and the accuracy gauge -----------------------------------------------
+
+def test_progress_poller_survives_errors_is_restarted_and_probed(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+    import dataclasses
+    from types import SimpleNamespace
+
+    import kopf
+    from tuneforge import handlers
+    from tuneforge.settings import Settings
+
+    class Broken(dict):  # an index that fails every round
+        def items(self):  # type: ignore[override]
+            raise RuntimeError("odd object")
+
+    async def main() -> None:
+        ctx = SimpleNamespace(settings=dataclasses.replace(Settings(), progress_interval=0.01), ftjs=Broken())
+        monkeypatch.setitem(handlers._state, "ctx", ctx)
+        handlers._start_poller(ctx)  # type: ignore[arg-type]
+        first = handlers._state["poller"]
+        await asyncio.sleep(0.1)
+        assert not first.done()  # failing rounds are logged, the loop goes on
+        assert await handlers.poller_alive() < 1
+        first.cancel()
+        await asyncio.sleep(0)
+        # A poller that dies by an exception is started again.
+        calls: list[int] = []
+
+        async def dies_once(_: object) -> None:
+            calls.append(1)
+            if len(calls) == 1:
+                raise RuntimeError("boom")
+            await asyncio.sleep(3600)
+
+        monkeypatch.setattr(handlers, "_poll_progress", dies_once)
+        handlers._start_poller(ctx)  # type: ignore[arg-type]
+        await asyncio.sleep(0.05)
+        assert len(calls) == 2 and not handlers._state["poller"].done()
+        # A stuck poller (no round finished for long) fails the liveness probe.
+        handlers._state["poller_beat"] -= 1000
+        with pytest.raises(kopf.PermanentError):
+            await handlers.poller_alive()
+        handlers._state.pop("poller").cancel()
+
+    asyncio.run(main())
+
+
+def test_accuracy_gauge_restored_from_status() -> None:
+    from tuneforge import metrics
+    from tuneforge.reconcile import _restore_gauge
+    _restore_gauge(("ns-gauge", "old"), {"phase": "Succeeded", "evaluation": {"accuracy": 0.91}})
+    _restore_gauge(("ns-gauge", "running"), {"phase": "Running", "evaluation": {"accuracy": 0.5}})
+    assert metrics.REGISTRY.get_sample_value("tuneforge_eval_accuracy", {"namespace": "ns-gauge", "name": "old"}) == 0.91
+    assert metrics.REGISTRY.get_sample_value("tuneforge_eval_accuracy", {"namespace": "ns-gauge", "name": "running"}) is None
+
+
+def test_any_failed_reconcile_is_retried_with_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A non-transient error (a bug, a forbidden call) used to post one Warning and never retry,
+    leaving the job in a non-terminal phase for good; now it is retried with growing delays, and
+    a reconcile that succeeds resets the backoff."""
+    import asyncio
+    import dataclasses
+    from types import SimpleNamespace
+
+    from tuneforge import handlers
+    from tuneforge.settings import Settings
+
+    key = ("ns", "intent")
+    calls: list[int] = []
+    events: list[tuple[object, ...]] = []
+    fail = [True]
+
+    async def flaky(ctx: object, k: object) -> float | None:
+        calls.append(1)
+        if fail[0]:
+            raise ValueError("a bug")
+        return None
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        ctx = SimpleNamespace(
+            busy=set(), dirty=set(), retries={}, attempts={},
+            settings=dataclasses.replace(Settings(), retry_delay=0.01, retry_max_delay=0.04),
+            ftjs={key: [pack({"metadata": {"name": "intent", "uid": "u"}})]},
+            emit=lambda *a: events.append(a), spawn=lambda coro: loop.create_task(coro))
+        monkeypatch.setitem(handlers._state, "ctx", ctx)
+        monkeypatch.setattr(handlers, "reconcile", flaky)
+        await handlers._run(key)
+        await asyncio.sleep(0.3)
+        assert len(calls) >= 5 and ctx.attempts[key] >= 5  # retried again and again, capped delays
+        assert events[0][2] == "ReconcileFailed" and "a bug" in str(events[0][3])
+        fail[0] = False
+        await asyncio.sleep(0.1)
+        assert key not in ctx.attempts and not ctx.retries  # success: backoff reset, nothing pending
+
+    asyncio.run(main())
+
+
+def test_a_waiting_job_is_looked_at_when_its_wait_ends() -> None:
+    """The backoff never sleeps past the end of a dependency's bounded wait."""
+    import datetime as dt
+
+    from tuneforge.reconcile import _wait_left
+    now = dt.datetime(2026, 1, 1, 0, 10, tzinfo=dt.timezone.utc)
+    waiting = {"phase": "Pending", "conditions": [
+        {"type": "DependenciesFound", "status": "False", "lastTransitionTime": "2026-01-01T00:05:00Z"}]}
+    assert _wait_left(waiting, now, 600) == 300
+    assert _wait_left(waiting, now, 60) == 0
+    assert _wait_left({**waiting, "phase": "Failed"}, now, 600) is None
+    assert _wait_left({"phase": "Running", "conditions": []}, now, 600) is None

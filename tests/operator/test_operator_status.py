@@ -17,7 +17,7 @@ from tuneforge.status import (
 )
 
 NOW = dt.datetime(2026, 1, 1, 0, 10, tzinfo=dt.timezone.utc)
-V, T = "intent-validate-1", "intent-train-1"
+V, T, S = "intent-validate-1", "intent-train-1", "intent-summary-1"
 VOK = job(V, complete=True)
 
 
@@ -66,8 +66,8 @@ CASES: list[tuple[str, dict[str, Any], Observed, str, str]] = [
     ("gate failed", {"evaluation": {"baselines": [{"type": "tfidf-logreg"}], "gate": {"mustBeatBaseline": "tfidf-logreg"}}},
      Observed(validate_job=VOK, train_job=job(T, complete=True), train_pods=[
          pod(T, phase="Succeeded", terminated=finished(0, summary()))]), "Failed", "GateFailed"),
-    ("no summary", {}, Observed(validate_job=VOK, train_job=job(T, complete=True), train_pods=[
-        pod(T, phase="Succeeded", terminated=finished(0, None))]), "Failed", "SummaryMissing"),
+    ("no summary: read summary.json", {}, Observed(validate_job=VOK, train_job=job(T, complete=True), train_pods=[
+        pod(T, phase="Succeeded", terminated=finished(0, None))]), "Evaluating", "ReadingSummary"),
     ("backoff exceeded", {}, Observed(validate_job=VOK, train_job=job(T, failed="BackoffLimitExceeded"), train_pods=[
         pod(T, phase="Failed", terminated=finished(1, summary(status="failed", message="RuntimeError: CUDA out of memory")))]),
      "Failed", "TrainingFailed"),
@@ -75,7 +75,16 @@ CASES: list[tuple[str, dict[str, Any], Observed, str, str]] = [
         pod(T, phase="Running", running_since="2026-01-01T00:00:00Z")]), "Evaluating", "CollectingResults"),
     ("validation failed, pod status lagging", {}, Observed(validate_job=job(V, failed="PodFailurePolicy"), validate_pods=[
         pod(V, phase="Running", running_since="2026-01-01T00:00:00Z")]), "Validating", "CollectingResults"),
-    ("complete, pods gone", {}, Observed(validate_job=VOK, train_job=job(T, complete=True)), "Failed", "SummaryMissing"),
+    ("complete, pods gone: read summary.json", {}, Observed(validate_job=VOK, train_job=job(T, complete=True)),
+     "Evaluating", "ReadingSummary"),
+    ("reader running", {}, Observed(validate_job=VOK, train_job=job(T, complete=True), summary_job=job(S)),
+     "Evaluating", "ReadingSummary"),
+    ("reader read it", GATED, Observed(validate_job=VOK, train_job=job(T, complete=True), summary_job=job(S, complete=True),
+                                       summary_pods=[pod(S, phase="Succeeded", terminated=finished(0, summary()))]),
+     "Succeeded", "GatePassed"),
+    ("reader could not", {}, Observed(validate_job=VOK, train_job=job(T, complete=True), summary_job=job(S, failed="BackoffLimitExceeded"),
+                                      summary_pods=[pod(S, phase="Failed", terminated=finished(1, "cannot read s3://b/x/summary.json: NoSuchKey"))]),
+     "Failed", "SummaryMissing"),
     ("deadline", {}, Observed(validate_job=VOK, train_job=job(T, failed="DeadlineExceeded")), "Failed", "DeadlineExceeded"),
 ]
 
@@ -109,7 +118,7 @@ def test_succeeded_status_fields() -> None:
     assert st["phase"] == "Succeeded"
     assert st["evaluation"]["accuracy"] == 0.93 and st["evaluation"]["macroF1"] == 0.92
     assert st["evaluation"]["worstClasses"][0] == {"label": "card_arrival", "f1": 0.81}
-    assert {b["name"] for b in st["baselines"]} == {"zero_shot", "tfidf_lr"}
+    assert {b["name"] for b in st["baselines"]} == {"zero-shot", "tfidf-logreg"}  # the spec's spelling
     assert st["gate"]["outcome"] == "Passed"
     assert st["artifacts"]["adapter"].endswith("/adapter") and st["artifacts"]["output"].startswith("pvc://")
     assert st["gpuSeconds"] == 1200.0  # 2 GPUs x 600 s
@@ -148,19 +157,38 @@ def test_condition_transition_time_kept_when_unchanged() -> None:
 
 
 def test_decide_revision() -> None:
-    assert decide_revision("h1", {}) == Revision(1, "h1", True, ())
-    same = {"revision": 3, "specHash": "h1", "phase": "Running"}
-    assert decide_revision("h1", same) == Revision(3, "h1", False, ())
-    done = {"revision": 3, "specHash": "h1", "phase": "Succeeded", "reason": "GatePassed",
+    assert decide_revision("h1", 1, {}) == Revision(1, "h1", True, ())
+    same = {"revision": 3, "specHash": "h1", "phase": "Running", "observedGeneration": 1}
+    assert decide_revision("h1", 2, same) == Revision(3, "h1", False, ())
+    done = {"revision": 3, "specHash": "h1", "phase": "Succeeded", "reason": "GatePassed", "observedGeneration": 1,
             "evaluation": {"accuracy": 0.9}, "startTime": "a", "completionTime": "b"}
-    nxt = decide_revision("h2", done)
+    nxt = decide_revision("h2", 2, done)
     assert (nxt.number, nxt.is_new) == (4, True)
     assert nxt.history == ({"revision": 3, "specHash": "h1", "phase": "Succeeded", "reason": "GatePassed",
                             "accuracy": 0.9, "startTime": "a", "completionTime": "b"},)
-    running = decide_revision("h2", same)
+    running = decide_revision("h2", 2, same)
     assert running.history[0]["phase"] == "Superseded"
-    capped = decide_revision("h9", {**done, "history": [{"revision": i} for i in range(20)]}, history_limit=20)
+    capped = decide_revision("h9", 2, {**done, "history": [{"revision": i} for i in range(20)]}, history_limit=20)
     assert len(capped.history) == 20 and capped.history[-1]["revision"] == 3
+
+
+@pytest.mark.parametrize("phase", ["Succeeded", "Failed", "Running"])
+def test_crd_default_change_is_not_a_new_revision(phase: str) -> None:
+    """A CRD upgrade adds a defaulted field: every defaulted spec's hash changes, but nobody
+    wrote a spec (the generation stands), so the revision stays — finished or running — and its
+    hash is rebased, so a later suspend-only edit is not taken for a new spec either."""
+    prior = {"phase": phase, "revision": 1, "specHash": "old", "observedGeneration": 4, "reason": "x",
+             "conditions": [], "startTime": "2026-01-01T00:00:00Z"}
+    rev = decide_revision("with-new-default", 4, prior)
+    assert rev == Revision(1, "with-new-default", False, ())
+    obs = Observed(validate_job=VOK, train_job=job(T), train_pods=[pod(T, phase="Running", running_since="2026-01-01T00:05:00Z")])
+    st = compute_status(spec_of(), 4, prior, rev, obs, NOW, {}, "x")
+    assert st["revision"] == 1 and st["specHash"] == "with-new-default"
+    assert st["phase"] == (phase if phase != "Running" else "Running")
+    # The user then toggles suspend: a new generation, the same (rebased) hash.
+    assert decide_revision("with-new-default", 5, st).is_new is False
+    # A real edit still starts the next revision.
+    assert decide_revision("edited", 5, st).number == 2
 
 
 def test_spec_hash_ignores_suspend() -> None:
@@ -172,7 +200,7 @@ def test_spec_hash_ignores_suspend() -> None:
 def test_new_revision_resets_results_and_keeps_history() -> None:
     prior = {"phase": "Succeeded", "revision": 1, "specHash": "h1", "evaluation": {"accuracy": 0.9},
              "completionTime": "2026-01-01T00:00:00Z", "startTime": "2025-12-31T00:00:00Z"}
-    rev = decide_revision("h2", prior)
+    rev = decide_revision("h2", 2, prior)
     st = compute_status(spec_of(), 2, prior, rev, Observed(), NOW, {}, "x")
     assert st["phase"] == "Pending" and st["revision"] == 2
     assert "evaluation" not in st and "completionTime" not in st
@@ -215,5 +243,74 @@ def test_status_adapter_names_the_bytes_a_revision_wrote() -> None:
 def test_history_keeps_each_revision_adapter_digest_and_gate() -> None:
     prior = {"revision": 1, "specHash": "h1", "phase": "Succeeded", "gate": {"outcome": "Passed"},
              "adapter": {"digest": ADAPTER["digest"]}, "evaluation": {"accuracy": 0.93}}
-    rev = decide_revision("h2", prior)
+    rev = decide_revision("h2", 2, {**prior, "observedGeneration": 1})
     assert rev.history[-1]["adapterDigest"] == ADAPTER["digest"] and rev.history[-1]["gate"] == "Passed"
+
+
+# --- waiting for dependencies, phases only forward -------------------------------------------
+
+PVC_MISSING = ("PersistentVolumeClaimNotFound", "spec.output.uri: PersistentVolumeClaim 'artifacts' not found in namespace ns")
+
+
+def _conds(st: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in st["conditions"]}
+
+
+def test_missing_pvc_waits_then_fails_naming_the_field() -> None:
+    obs = Observed(preflight_error=PVC_MISSING)
+    first = compute_status(spec_of(), 1, {}, Revision(1, "h1", True, ()), obs, NOW, {}, "x", wait_limit=600)
+    assert (first["phase"], first["reason"]) == ("Pending", "PersistentVolumeClaimNotFound")
+    assert "waiting up to 600 s" in first["message"] and first["message"].startswith("spec.output.uri: ")
+    found = _conds(first)["DependenciesFound"]
+    assert found["status"] == "False" and found["lastTransitionTime"] == "2026-01-01T00:10:00Z"
+    later = compute_status(spec_of(), 1, first, Revision(1, "h1", False, ()), obs, NOW + dt.timedelta(seconds=599), {}, "x",
+                           wait_limit=600)
+    assert later["phase"] == "Pending"
+    done = compute_status(spec_of(), 1, later, Revision(1, "h1", False, ()), obs, NOW + dt.timedelta(seconds=600), {}, "x",
+                          wait_limit=600)
+    assert (done["phase"], done["reason"]) == ("Failed", "PersistentVolumeClaimNotFound")
+    assert done["message"].startswith("spec.output.uri: PersistentVolumeClaim 'artifacts' not found")
+    # It appeared in time: the wait ends and the run goes on.
+    ok = compute_status(spec_of(), 1, later, Revision(1, "h1", False, ()), Observed(), NOW + dt.timedelta(seconds=30), {}, "x",
+                        wait_limit=600)
+    assert ok["phase"] == "Pending" and ok["reason"] == "Creating" and _conds(ok)["DependenciesFound"]["status"] == "True"
+
+
+@pytest.mark.parametrize("stage", ["validate", "train"])
+def test_missing_secret_waits_then_fails(stage: str) -> None:
+    spec = spec_of(baseModel={"uri": "hf://o/m", "tokenSecretRef": {"name": "hf", "key": "t"}})
+    if stage == "validate":
+        obs = Observed(validate_job=job(V), validate_pods=[pod(V, waiting="CreateContainerConfigError")])
+    else:
+        obs = Observed(validate_job=VOK, train_job=job(T), train_pods=[pod(T, waiting="CreateContainerConfigError")])
+    info = derive_phase(spec, obs, waited=10, wait_limit=600)
+    assert info.phase == ("Validating" if stage == "validate" else "Running") and info.waiting
+    assert info.message.startswith("spec.baseModel.tokenSecretRef: ")
+    final = derive_phase(spec, obs, waited=600, wait_limit=600)
+    assert (final.phase, final.reason) == ("Failed", "CreateContainerConfigError")
+    # A bad image name never fixes itself: no wait.
+    bad = Observed(validate_job=job(V), validate_pods=[pod(V, waiting="InvalidImageName")])
+    assert derive_phase(spec, bad, waited=0, wait_limit=600).phase == "Failed"
+
+
+@pytest.mark.parametrize("name,observed", [
+    # The pod finished before its Job's Complete condition arrived: no active pod, no failure.
+    ("pod done, job not yet", Observed(validate_job=VOK, train_job=job(T), train_pods=[
+        pod(T, phase="Succeeded", terminated=finished(0, summary()))])),
+    # The trainer's last log events after scoring ("done").
+    ("trainer done event", Observed(validate_job=VOK, train_job=job(T), train_pods=[
+        pod(T, phase="Running", running_since="2026-01-01T00:05:00Z")], progress=Progress("done", 50, 50))),
+    # A retry after a failure in evaluation.
+    ("retry", Observed(validate_job=VOK, train_job=job(T, failed_count=1), train_pods=[
+        pod(T, phase="Failed", terminated=finished(1, "boom"))])),
+])
+def test_phase_never_moves_back_from_evaluating(name: str, observed: Observed) -> None:
+    prior = {"phase": "Evaluating", "revision": 1, "specHash": "h1", "observedGeneration": 1, "conditions": []}
+    st = compute_status(spec_of(), 1, prior, Revision(1, "h1", False, ()), observed, NOW, {}, "x")
+    assert st["phase"] == "Evaluating", (name, st["reason"])
+
+
+def test_phase_may_leave_suspended() -> None:
+    prior = {"phase": "Suspended", "revision": 1, "specHash": "h1", "observedGeneration": 1, "conditions": []}
+    obs = Observed(validate_job=VOK, train_job=job(T), train_pods=[pod(T, phase="Running", running_since="2026-01-01T00:05:00Z")])
+    assert compute_status(spec_of(), 1, prior, Revision(1, "h1", False, ()), obs, NOW, {}, "x")["phase"] == "Running"

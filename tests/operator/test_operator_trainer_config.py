@@ -56,9 +56,9 @@ CASES = {
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_trainer_parser_accepts_rendered_config(case: str) -> None:
     spec = parse_spec(defaulted_spec(CASES[case]))
-    rendered = render_trainer_config(spec, "team-a", "intent", 3)
+    rendered = render_trainer_config(spec, "team-a", "intent", "uid-1", 3)
     cfg = trainer_config.parse_config(rendered)
-    assert cfg.output.dir.endswith("/team-a/intent/r3")
+    assert cfg.output.dir.endswith("/team-a/intent/uid-1/r3")  # the uid: a namesake never resumes it
     assert cfg.output.termination_message_path == "/dev/termination-log"
 
 
@@ -73,21 +73,21 @@ def test_config_map_round_trips_through_trainer_loader(tmp_path: Any) -> None:
     assert cfg.dataset.include_labels == ["card_arrival", "lost_or_stolen_card"]
     assert cfg.training.max_steps == 50 and cfg.training.learning_rate == 0.001
     assert cfg.eval.baselines.zero_shot and cfg.eval.baselines.tfidf_lr and cfg.eval.baselines.few_shot == 4
-    assert cfg.output.dir == "/mnt/pvc/artifacts/runs/team-a/intent/r2"
+    assert cfg.output.dir == "/mnt/pvc/artifacts/runs/team-a/intent/u1/r2"
     assert cm["immutable"] is True
 
 
 def test_mapping_details() -> None:
     spec = parse_spec(defaulted_spec(CASES["generation-chat-s3"]))
-    out = render_trainer_config(spec, "ns", "gen", 1)
+    out = render_trainer_config(spec, "ns", "gen", "uid-1", 1)
     assert out["dataset"]["format"] == "chat_jsonl"
-    assert out["output"]["dir"] == "s3://artifacts/runs/ns/gen/r1"
+    assert out["output"]["dir"] == "s3://artifacts/runs/ns/gen/uid-1/r1"
     assert out["eval"]["baselines"] == {
         "zero_shot": False, "few_shot": 0, "tfidf_lr": False,
         "openai": {"base_url": "https://api.example.com/v1", "model": "m", "api_key_env": "OPENAI_API_KEY"},
     }
     # Unset baselines leave the trainer's defaults in force.
-    assert "baselines" not in render_trainer_config(parse_spec(defaulted_spec(MINIMAL_SPEC)), "n", "m", 1)["eval"]
+    assert "baselines" not in render_trainer_config(parse_spec(defaulted_spec(MINIMAL_SPEC)), "n", "m", "uid-1", 1)["eval"]
     assert yaml.safe_load(yaml.safe_dump(out)) == out
 
 

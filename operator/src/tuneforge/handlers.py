@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import time
 from typing import Any
 
 import kopf
@@ -17,7 +18,9 @@ import kopf
 from . import FTJ_PLURAL, GROUP, LABEL_FTJ, VERSION, metrics
 from .kube import Kube, api_error_message, is_transient
 from .progress import parse_progress
-from .reconcile import Context, Key, Packed, one, pack, reconcile, schedule_retry, unpack
+from .reconcile import (
+    Context, Key, Packed, backoff_delay, one, owned_children, pack, reconcile, schedule_retry, unpack,
+)
 from .resources.job import CONTAINER
 from .resources.names import ROLE_TRAIN
 from .settings import Settings
@@ -98,12 +101,14 @@ def _project_status(status: dict[str, Any], is_job: bool) -> dict[str, Any]:
 
 def _project_child(body: kopf.Body, is_job: bool) -> dict[str, Any]:
     m = body["metadata"]
-    owners = [o for o in m.get("ownerReferences") or () if o.get("kind") in ("FineTuneJob", "Job")]
+    # The controller: a FineTuneJob for our Jobs, a Job for their pods. A label alone proves
+    # nothing (a leftover Job of a deleted namesake, or anyone's, can carry it).
+    controller = next((o for o in m.get("ownerReferences") or () if o.get("controller")), None)
     out: dict[str, Any] = {
-        "metadata": {"name": m["name"],
+        "metadata": {"name": m["name"], "uid": m.get("uid"),
                      "labels": {k: v for k, v in (m.get("labels") or {}).items() if k.startswith(_KEPT_LABELS)},
                      "deletionTimestamp": m.get("deletionTimestamp"),
-                     "ownerUid": next((o["uid"] for o in owners if o.get("kind") == "FineTuneJob"), None)},
+                     "controllerUid": controller.get("uid") if controller else None},
         "status": _project_status(body.get("status") or {}, is_job),
     }
     if is_job:
@@ -151,8 +156,40 @@ async def startup(*, settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     ctx = Context(settings=ours, kube=Kube(ours, _state.get("kubeconfig")), ftjs=ftj_index, jobs=job_index,
                   pods=pod_index, emit=_emit)
     _state["ctx"] = ctx
-    _state["poller"] = asyncio.get_running_loop().create_task(_poll_progress(ctx))
+    _start_poller(ctx)
     log.info("Tuneforge operator started with trainer image %s", ours.trainer_image)
+
+
+def _start_poller(ctx: Context) -> None:
+    """Start the progress poller, and start it again should it ever end by an exception."""
+    task = asyncio.get_running_loop().create_task(_poll_progress(ctx))
+    _state["poller"] = task
+    _state["poller_beat"] = time.monotonic()
+
+    def done(t: asyncio.Task[None]) -> None:
+        if t.cancelled() or _state.get("poller") is not t:
+            return
+        exc = t.exception()
+        log.error("Progress poller stopped, restarting it: %s", exc, exc_info=exc)
+        metrics.RECONCILE_ERRORS.labels("ProgressPoller").inc()
+        _start_poller(ctx)
+
+    task.add_done_callback(done)
+
+
+@kopf.on.probe(id="progressPoller")
+async def poller_alive(**_: Any) -> float:
+    """Liveness (/healthz): seconds since the progress poller last finished a round. A poller
+    that is gone or stuck (rounds stopped) fails the probe, so the kubelet restarts the operator
+    instead of /healthz staying green while no progress is read."""
+    ctx: Context | None = _state.get("ctx")
+    task: asyncio.Task[None] | None = _state.get("poller")
+    if ctx is None or task is None:
+        return 0.0
+    age = time.monotonic() - float(_state.get("poller_beat") or 0.0)
+    if task.done() or age > max(120.0, 10 * ctx.settings.progress_interval):
+        raise kopf.PermanentError(f"the progress poller has not finished a round for {age:.0f} s")
+    return round(age, 1)
 
 
 @kopf.on.cleanup()
@@ -165,10 +202,27 @@ async def cleanup(**_: Any) -> None:
         await ctx.kube.close()
 
 
+def _retry_later(ctx: Context, key: Key, at_most: float | None = None) -> float | None:
+    """Schedule the next reconcile of ``key`` with exponential backoff and jitter (no later than
+    ``at_most`` seconds, plus one); the delay, or None when one is already pending."""
+    if key in ctx.retries:
+        return None
+    attempt = ctx.attempts.get(key, 0)
+    ctx.attempts[key] = attempt + 1
+    delay = backoff_delay(attempt, ctx.settings.retry_delay, ctx.settings.retry_max_delay)
+    if at_most is not None:
+        delay = min(delay, at_most + 1.0)
+    schedule_retry(ctx, key, delay, _run)
+    return delay
+
+
 async def _run(key: Key) -> None:
-    """Reconcile from an event or a timer. Transient errors (throttling, conflicts, server and
-    network trouble) schedule a retry; any other error is posted as a Warning Event on the
-    FineTuneJob (``kubectl describe`` shows it) and waits for the next change to retry.
+    """Reconcile from an event or a timer. Every failure is retried with exponential backoff and
+    jitter (``_retry_later``): transient errors (throttling, conflicts, server and network
+    trouble) quietly, any other error also as a Warning Event on the FineTuneJob (``kubectl
+    describe`` shows it) — a bug or a forbidden call must not leave a job in a non-terminal phase
+    forever. A FineTuneJob that waits for something (a missing PVC, say) is looked at again the
+    same way; a reconcile that neither fails nor waits resets the backoff.
 
     Bursts coalesce: while a FineTuneJob is being reconciled, further triggers only mark it
     dirty and it is reconciled once more afterwards (reconcile reads the latest state anyway),
@@ -183,20 +237,25 @@ async def _run(key: Key) -> None:
         while True:
             ctx.dirty.discard(key)
             try:
-                await reconcile(ctx, key)
+                wait_left = await reconcile(ctx, key)
             except Exception as exc:  # noqa: BLE001 - an event handler has no retries of its own
                 metrics.RECONCILE_ERRORS.labels(type(exc).__name__).inc()
                 message = api_error_message(exc)
+                delay = _retry_later(ctx, key)
+                when = f"retrying in {delay:.0f} s" if delay is not None else "a retry is pending"
                 if is_transient(exc):
-                    log.warning("Reconcile of FineTuneJob %s/%s failed, retrying: %s", key[0], key[1], message)
-                    schedule_retry(ctx, key, ctx.settings.retry_delay, _run)
+                    log.warning("Reconcile of FineTuneJob %s/%s failed, %s: %s", key[0], key[1], when, message)
                 else:
-                    log.error("Reconcile of FineTuneJob %s/%s failed: %s", key[0], key[1], message, exc_info=exc)
+                    log.error("Reconcile of FineTuneJob %s/%s failed, %s: %s", key[0], key[1], when, message, exc_info=exc)
                     body = one(ctx.ftjs.get(key))
                     if body is not None:
-                        ctx.emit(body, "Warning", "ReconcileFailed", message[:1000])
+                        ctx.emit(body, "Warning", "ReconcileFailed", f"{message[:900]} ({when})")
                 return
             if key not in ctx.dirty:
+                if wait_left is not None:
+                    _retry_later(ctx, key, wait_left)
+                else:
+                    ctx.attempts.pop(key, None)
                 return
     finally:
         ctx.busy.discard(key)
@@ -266,22 +325,35 @@ async def _poll_progress(ctx: Context) -> None:
 
     while True:
         await asyncio.sleep(ctx.settings.progress_interval)
-        tasks = []
-        for key, store in list(ctx.ftjs.items()):
-            body = one(store)
-            if body is None:
-                continue
-            status = ctx.last_status(body)
-            if status.get("phase") not in (RUNNING, EVALUATING):
-                continue
-            rev = int(status.get("revision") or 0)
-            for pod in map(unpack, ctx.pods.get(key) or ()):
-                labels = pod["metadata"]["labels"]
-                if labels.get("tuneforge.dev/role") == ROLE_TRAIN and labels.get("tuneforge.dev/revision") == str(rev) \
-                        and (pod["status"] or {}).get("phase") == "Running":
-                    tasks.append(poll(key, pod, body["metadata"]["uid"], rev))
-        if tasks:
-            results = await asyncio.gather(*tasks, return_exceptions=True)
-            for r in results:
-                if isinstance(r, Exception):
-                    log.warning("Progress poll failed: %s", api_error_message(r))
+        try:
+            await _poll_round(ctx, poll)
+        except Exception as exc:  # noqa: BLE001 - one bad round (a bug, an odd object) must not end the loop
+            metrics.RECONCILE_ERRORS.labels("ProgressPoller").inc()
+            log.error("Progress poll round failed: %s", exc, exc_info=exc)
+        _state["poller_beat"] = time.monotonic()
+
+
+async def _poll_round(ctx: Context, poll: Any) -> None:
+    """One pass over the running trainers: read each one's log tail (of pods of this
+    FineTuneJob's own Jobs only, as reconcile reads them)."""
+    tasks = []
+    for key, store in list(ctx.ftjs.items()):
+        body = one(store)
+        if body is None:
+            continue
+        status = ctx.last_status(body)
+        if status.get("phase") not in (RUNNING, EVALUATING):
+            continue
+        rev = int(status.get("revision") or 0)
+        _, pods = owned_children(map(unpack, ctx.jobs.get(key) or ()), map(unpack, ctx.pods.get(key) or ()),
+                                 body["metadata"]["uid"])
+        for pod in pods:
+            labels = pod["metadata"]["labels"]
+            if labels.get("tuneforge.dev/role") == ROLE_TRAIN and labels.get("tuneforge.dev/revision") == str(rev) \
+                    and (pod["status"] or {}).get("phase") == "Running":
+                tasks.append(poll(key, pod, body["metadata"]["uid"], rev))
+    if tasks:
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        for r in results:
+            if isinstance(r, Exception):
+                log.warning("Progress poll failed: %s", api_error_message(r))

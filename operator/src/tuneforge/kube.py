@@ -30,6 +30,24 @@ FIELD_MANAGER = "tuneforge-operator"
 FineTuneJob = create_namespaced_resource(GROUP, VERSION, "FineTuneJob", FTJ_PLURAL)
 
 
+class ForeignChild(Exception):
+    """A child's deterministic name is taken by an object this FineTuneJob does not control."""
+
+    def __init__(self, kind: str, namespace: str, name: str, controller_uid: str | None) -> None:
+        self.kind, self.namespace, self.name, self.controller_uid = kind, namespace, name, controller_uid
+        whose = f"is controlled by another object (uid {controller_uid})" if controller_uid else "has no controller"
+        super().__init__(f"{kind} {namespace}/{name} already exists and {whose}, not this FineTuneJob: "
+                         f"delete it (or rename the FineTuneJob) and the run continues")
+
+
+def _controller_uid(owner_references: Any) -> str | None:
+    for ref in owner_references or ():
+        controller = ref.get("controller") if isinstance(ref, dict) else ref.controller
+        if controller:
+            return str(ref["uid"] if isinstance(ref, dict) else ref.uid)
+    return None
+
+
 class Kube:
     """Async wrappers over the few API calls the operator makes."""
 
@@ -48,14 +66,25 @@ class Kube:
         await self._client.close()
 
     async def create(self, obj: dict[str, Any]) -> bool:
-        """Create a ConfigMap or Job; False when it already existed."""
+        """Create a ConfigMap or Job; False when it already existed under the same controller.
+
+        AlreadyExists is success only when the existing object's controller reference is the
+        one ``obj`` carries (the FineTuneJob's uid); otherwise ``ForeignChild`` is raised, so a
+        leftover of a deleted namesake is never adopted.
+        """
+        res = codecs.from_dict(obj)
         try:
-            await self._call(self._client.create, codecs.from_dict(obj))
+            await self._call(self._client.create, res)
             return True
         except ApiError as exc:
-            if exc.status.code == 409:
-                return False
-            raise
+            if exc.status.code != 409:
+                raise
+        meta = obj["metadata"]
+        existing = await self._call(self._client.get, type(res), meta["name"], namespace=meta["namespace"])
+        theirs = _controller_uid(existing.metadata.ownerReferences if existing.metadata else None)
+        if theirs != _controller_uid(meta.get("ownerReferences")):
+            raise ForeignChild(obj["kind"], meta["namespace"], meta["name"], theirs)
+        return False
 
     async def delete_job(self, namespace: str, name: str) -> None:
         """Delete a Job and (in the background) its pods; NotFound is success."""

@@ -18,7 +18,8 @@ Obj = Mapping[str, Any]
 
 @dataclasses.dataclass(frozen=True)
 class Action:
-    verb: Literal["create_config_map", "create_validate_job", "create_train_job", "set_suspend", "delete_job"]
+    verb: Literal["create_config_map", "create_validate_job", "create_train_job", "create_summary_job",
+                  "set_suspend", "delete_job"]
     name: str = ""
     value: bool | None = None
 
@@ -30,8 +31,10 @@ def plan(
     train_job: Obj | None,
     stale_jobs: Sequence[Obj],
     preflight_failed: bool,
+    read_summary: bool = False,
 ) -> list[Action]:
-    """The next actions for the current revision (``phase`` is the freshly computed one)."""
+    """The next actions for the current revision (``phase`` is the freshly computed one;
+    ``read_summary``: the training result must be read from the output store)."""
     actions: list[Action] = []
     # Jobs of earlier revisions that still run hold GPUs for a spec nobody wants any more.
     for job in stale_jobs:
@@ -49,6 +52,8 @@ def plan(
         return actions
     if train_job is None:
         return actions + [Action("create_train_job")]
+    if read_summary:
+        return actions + [Action("create_summary_job")]
     if job_finished(train_job) is None:
         suspended = bool((train_job.get("spec") or {}).get("suspend"))
         if spec.queue_name:

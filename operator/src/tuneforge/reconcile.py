@@ -14,20 +14,22 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import random
 import time
 from typing import Any, Callable, Coroutine, Iterable, Mapping
 
 from . import LABEL_REVISION, metrics
-from .kube import Kube
+from .kube import ForeignChild, Kube
 from .plan import Action, plan
 from .progress import Progress
 from .resources.configmap import build_config_map
-from .resources.job import build_trainer_job, build_validate_job
-from .resources.names import Owner, config_map_name, train_job_name, validate_job_name
+from .resources.job import build_summary_job, build_trainer_job, build_validate_job
+from .resources.names import Owner, config_map_name, summary_job_name, train_job_name, validate_job_name
 from .settings import Settings
 from .spec import FineTuneJobSpec, parse_spec, pvc_claims, spec_hash
 from .status import (
-    FAILED, PENDING, SUCCEEDED, TERMINAL, Observed, compute_status, decide_revision, job_finished, status_changed,
+    FAILED, PENDING, READING_SUMMARY, SUCCEEDED, TERMINAL, Observed, compute_status, decide_revision, job_finished,
+    status_changed,
 )
 from .trainer_config import artifact_uri
 
@@ -70,6 +72,8 @@ class Context:
     progress: dict[tuple[str, int], Progress] = dataclasses.field(default_factory=dict)
     tally: metrics.PhaseTally = dataclasses.field(default_factory=metrics.PhaseTally)
     retries: dict[Key, asyncio.TimerHandle] = dataclasses.field(default_factory=dict)
+    # Consecutive retries per object (failed or still waiting), for the exponential backoff.
+    attempts: dict[Key, int] = dataclasses.field(default_factory=dict)
     busy: set[Key] = dataclasses.field(default_factory=set)
     dirty: set[Key] = dataclasses.field(default_factory=set)
     # Background reconciles (strong references: the event loop keeps only weak ones).
@@ -103,6 +107,10 @@ class Context:
 
     def forget(self, key: Key, uid: str | None) -> None:
         self.locks.pop(key, None)
+        self.attempts.pop(key, None)
+        timer = self.retries.pop(key, None)
+        if timer is not None:
+            timer.cancel()
         if uid:
             self.written.pop(uid, None)
             self.tally.set(uid, None)
@@ -121,9 +129,13 @@ def one(store: Iterable[Packed] | None) -> dict[str, Any] | None:
     return None
 
 
-def _owned(objs: Iterable[Packed], uid: str) -> list[Obj]:
-    decoded = (unpack(o) for o in objs)
-    return [o for o in decoded if (o.get("metadata") or {}).get("ownerUid") in (None, uid)]
+def owned_children(jobs: Iterable[Obj], pods: Iterable[Obj], uid: str) -> tuple[list[Obj], list[Obj]]:
+    """The Jobs whose controller is the FineTuneJob ``uid``, and the pods whose controller is one
+    of those Jobs. A child with the right label and name but another (or no) controller — a
+    leftover of a deleted namesake, say — is never read: it must not supply a summary."""
+    mine = [j for j in jobs if (j.get("metadata") or {}).get("controllerUid") == uid]
+    job_uids = {j["metadata"].get("uid") for j in mine} - {None}
+    return mine, [p for p in pods if (p.get("metadata") or {}).get("controllerUid") in job_uids]
 
 
 def _revision_of(obj: Obj) -> int:
@@ -146,57 +158,74 @@ async def preflight(kube: Kube, namespace: str, spec: FineTuneJobSpec) -> tuple[
     return None
 
 
-async def reconcile(ctx: Context, key: Key) -> None:
-    """Bring one FineTuneJob one step closer to done; safe to call any time, any number of times."""
+async def reconcile(ctx: Context, key: Key) -> float | None:
+    """Bring one FineTuneJob one step closer to done; safe to call any time, any number of times.
+
+    Not None when it waits for something no watch event announces (a missing PVC, Secret or
+    PriorityClass; a child name taken by another object): the caller looks again with backoff,
+    at the latest after the returned seconds (when the bounded wait for a dependency ends).
+    """
     async with ctx.lock(key), ctx.slots:
         started = time.monotonic()
         try:
-            await _reconcile(ctx, key)
+            return await _reconcile(ctx, key)
         finally:
             metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
 
 
-async def _reconcile(ctx: Context, key: Key) -> None:
+async def _reconcile(ctx: Context, key: Key) -> float | None:
     body = one(ctx.ftjs.get(key))
     if body is None or body["metadata"].get("deletionTimestamp"):
-        return
+        return None
     namespace, name = key
     meta = body["metadata"]
     owner = Owner(name=name, namespace=namespace, uid=meta["uid"])
     raw_spec = body.get("spec") or {}
     spec = parse_spec(raw_spec)
     prior = ctx.last_status(body)
-    revision = decide_revision(spec_hash(raw_spec), prior, ctx.settings.history_limit)
+    generation = int(meta.get("generation") or 0)
+    revision = decide_revision(spec_hash(raw_spec), generation, prior, ctx.settings.history_limit)
     rev = revision.number
 
-    jobs = _owned(ctx.jobs.get(key) or (), owner.uid)
-    pods = _owned(ctx.pods.get(key) or (), owner.uid)
+    jobs, pods = owned_children(map(unpack, ctx.jobs.get(key) or ()), map(unpack, ctx.pods.get(key) or ()), owner.uid)
     by_name = {j["metadata"]["name"]: j for j in jobs}
     vjob = by_name.get(validate_job_name(name, rev))
     tjob = by_name.get(train_job_name(name, rev))
+    sjob = by_name.get(summary_job_name(name, rev))
     stale = [j for j in jobs if _revision_of(j) != rev]
     vpods = [p for p in pods if _pod_job(p) == validate_job_name(name, rev)]
     tpods = [p for p in pods if _pod_job(p) == train_job_name(name, rev)]
+    spods = [p for p in pods if _pod_job(p) == summary_job_name(name, rev)]
 
     sticky = not revision.is_new and prior.get("phase") in TERMINAL
     pre = None
     if vjob is None and not sticky:
         pre = await preflight(ctx.kube, namespace, spec)
-    observed = Observed(vjob, vpods, tjob, tpods, ctx.progress.get((owner.uid, rev)), pre)
+    observed = Observed(vjob, vpods, tjob, tpods, ctx.progress.get((owner.uid, rev)), pre, sjob, spods)
     children = {"configMap": config_map_name(name, rev), "validateJob": validate_job_name(name, rev),
                 "trainJob": train_job_name(name, rev)}
     now = dt.datetime.now(dt.timezone.utc)
-    status = compute_status(spec, int(meta.get("generation") or 0), prior, revision, observed, now, children,
-                            artifact_uri(spec, namespace, name, rev))
+    status = compute_status(spec, generation, prior, revision, observed, now, children,
+                            artifact_uri(spec, namespace, name, owner.uid, rev), ctx.settings.dependency_wait_seconds)
+    waiting = _wait_left(status, now, ctx.settings.dependency_wait_seconds)
 
-    actions = plan(spec, status["phase"], vjob, tjob, stale, pre is not None)
-    for action in actions:
-        await _execute(ctx, action, owner, spec, rev, status)
+    read_summary = status.get("reason") == READING_SUMMARY and sjob is None
+    actions = plan(spec, status["phase"], vjob, tjob, stale, pre is not None, read_summary)
+    conflict: ForeignChild | None = None
+    try:
+        for action in actions:
+            await _execute(ctx, action, owner, spec, rev, status)
+    except ForeignChild as exc:
+        # Not adopted and not overwritten: the run waits (with backoff) until the name is free.
+        conflict, waiting = exc, ctx.settings.retry_max_delay
+        status = {**status, "reason": "ChildConflict", "message": str(exc)}
 
     # "Pending: creating a Job" lasts until the Job's own event arrives a moment later; writing
     # it would cost a status patch and an Event per FineTuneJob for a state nobody sees.
     creating = any(a.verb in ("create_validate_job", "create_train_job") for a in actions)
     transient = creating and status["phase"] == PENDING and bool(prior.get("phase")) and prior.get("revision") == rev
+    if conflict is not None:
+        transient = False
     if not transient and status_changed(prior, status):
         patch = dict(status)
         for gone in set(prior) - set(status):
@@ -204,7 +233,31 @@ async def _reconcile(ctx: Context, key: Key) -> None:
         await ctx.kube.patch_status(namespace, name, patch)
         ctx.written[owner.uid] = pack(status)
         _after_write(ctx, body, key, prior, status, tpods, spec.gpus)
+        if conflict is not None:
+            ctx.emit(body, "Warning", "ChildConflict", str(conflict)[:1000])
     ctx.tally.set(owner.uid, status["phase"])
+    _restore_gauge(key, status)
+    return waiting
+
+
+def _wait_left(status: Obj, now: dt.datetime, limit: float) -> float | None:
+    """Seconds left of the bounded wait for a missing dependency, or None when not waiting."""
+    if status.get("phase") in TERMINAL:
+        return None
+    for c in status.get("conditions") or ():
+        if c["type"] == "DependenciesFound" and c["status"] == "False":
+            since = dt.datetime.strptime(c["lastTransitionTime"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
+            return max(0.0, limit - (now - since).total_seconds())
+    return None
+
+
+def _restore_gauge(key: Key, status: Obj) -> None:
+    """The accuracy gauge of a finished revision, set again after an operator restart (the
+    transition that first set it is long past; only the status remembers the value)."""
+    if status.get("phase") in TERMINAL:
+        acc = (status.get("evaluation") or {}).get("accuracy")
+        if isinstance(acc, (int, float)):
+            metrics.EVAL_ACCURACY.labels(*key).set(acc)
 
 
 def _pod_job(pod: Obj) -> str | None:
@@ -226,6 +279,9 @@ async def _execute(ctx: Context, action: Action, owner: Owner, spec: FineTuneJob
             if started:
                 since = dt.datetime.strptime(started, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
                 metrics.TIME_TO_JOB.observe(max(0.0, (dt.datetime.now(dt.timezone.utc) - since).total_seconds()))
+    elif action.verb == "create_summary_job":
+        if await ctx.kube.create(build_summary_job(owner, spec, rev, s)):
+            log.info("Created summary reader Job %s/%s", owner.namespace, summary_job_name(owner.name, rev))
     elif action.verb == "set_suspend":
         await ctx.kube.set_job_suspend(owner.namespace, action.name, bool(action.value))
         log.info("Set suspend=%s on Job %s/%s", action.value, owner.namespace, action.name)
@@ -251,6 +307,13 @@ def _after_write(ctx: Context, body: Obj, key: Key, prior: Obj, status: Obj, tpo
             metrics.TRAINING_SECONDS.observe(float(status.get("gpuSeconds") or 0.0) / gpus)
 
 
+def backoff_delay(attempt: int, base: float, cap: float, rand: Callable[[], float] = random.random) -> float:
+    """Exponential backoff with jitter: base x 2^attempt capped at ``cap``, then a random 50-100 %
+    of that, so objects that failed together (an apiserver outage) do not retry in lockstep."""
+    ceiling = min(cap, base * (2.0 ** min(attempt, 30)))
+    return ceiling * (0.5 + 0.5 * rand())
+
+
 def schedule_retry(ctx: Context, key: Key, delay: float, run: Callable[[Key], Coroutine[Any, Any, None]]) -> None:
     """Reconcile again after ``delay`` seconds (at most one pending retry per object)."""
     if key in ctx.retries:
@@ -262,4 +325,4 @@ def schedule_retry(ctx: Context, key: Key, delay: float, run: Callable[[Key], Co
     ctx.retries[key] = asyncio.get_running_loop().call_later(delay, fire)
 
 
-__all__ = ["Context", "reconcile", "schedule_retry", "preflight", "job_finished"]
+__all__ = ["Context", "reconcile", "schedule_retry", "backoff_delay", "owned_children", "preflight", "job_finished"]

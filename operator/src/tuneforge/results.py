@@ -3,6 +3,11 @@
 The trainer writes one compact JSON object (schema ``tuneforge.dev/trainer-summary/v1``, see
 ``tuneforge_trainer.summary``) to /dev/termination-log. The operator reads it as plain data —
 it does not import the trainer — and tolerates unknown keys so a newer trainer still parses.
+
+Parsing also translates the trainer's Python spelling into the API's: artifact keys become
+camelCase (``model_card`` -> ``modelCard``) and baselines are named by the spec's type
+(``zero_shot`` -> ``zero-shot``, ``few_shot_8`` -> ``few-shot`` with ``shots: 8``,
+``openai:<model>`` -> ``openai`` with ``model``), so status and spec join on one name.
 """
 
 from __future__ import annotations
@@ -20,10 +25,12 @@ class ClassScore:
 
 @dataclasses.dataclass(frozen=True)
 class BaselineScore:
-    name: str
+    name: str  # the spec's baseline type: zero-shot, few-shot, tfidf-logreg, openai
     accuracy: float | None
     macro_f1: float | None
     error: str | None
+    shots: int | None = None  # few-shot
+    model: str | None = None  # openai
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,14 +94,8 @@ def parse_summary(text: str | None) -> Summary | None:
             ClassScore(label=str(c["label"]), f1=float(c["f1"]))
             for c in raw.get("worst_classes") or () if isinstance(c, dict) and _num(c.get("f1")) is not None
         ),
-        baselines=tuple(
-            BaselineScore(
-                name=str(b.get("name", "")), accuracy=_num(b.get("accuracy")),
-                macro_f1=_num(b.get("macro_f1")), error=b.get("error"),
-            )
-            for b in raw.get("baselines") or () if isinstance(b, dict)
-        ),
-        artifacts={str(k): str(v) for k, v in (raw.get("artifacts") or {}).items()},
+        baselines=tuple(_baseline(b) for b in raw.get("baselines") or () if isinstance(b, dict)),
+        artifacts={camel_case(str(k)): str(v) for k, v in (raw.get("artifacts") or {}).items()},
         adapter=_adapter(raw.get("adapter")),
     )
 
@@ -111,14 +112,29 @@ def _adapter(raw: Any) -> AdapterVersion | None:
     )
 
 
-# The summary names baselines zero_shot, few_shot_<k>, tfidf_lr, openai:<model>; the spec by type.
-_BASELINE_PREFIX = {"zero-shot": "zero_shot", "few-shot": "few_shot", "tfidf-logreg": "tfidf_lr", "openai": "openai"}
+def camel_case(key: str) -> str:
+    """``model_card`` -> ``modelCard`` (Kubernetes API conventions); camelCase stays as it is."""
+    head, *rest = key.split("_")
+    return head + "".join(p[:1].upper() + p[1:] for p in rest)
+
+
+# The trainer names baselines zero_shot, few_shot_<k>, tfidf_lr, openai:<model>; the spec by type.
+_BASELINE_TYPE = {"zero_shot": "zero-shot", "few_shot": "few-shot", "tfidf_lr": "tfidf-logreg", "openai": "openai"}
+
+
+def _baseline(raw: Mapping[str, Any]) -> BaselineScore:
+    name = str(raw.get("name", ""))
+    shots: int | None = None
+    model: str | None = None
+    kind = name
+    if name.startswith("openai:"):
+        kind, model = "openai", name[len("openai:"):]
+    elif name.startswith("few_shot_") and name[len("few_shot_"):].isdigit():
+        kind, shots = "few_shot", int(name[len("few_shot_"):])
+    return BaselineScore(name=_BASELINE_TYPE.get(kind, name), accuracy=_num(raw.get("accuracy")),
+                         macro_f1=_num(raw.get("macro_f1")), error=raw.get("error"), shots=shots, model=model)
 
 
 def find_baseline(summary: Summary, baseline_type: str) -> BaselineScore | None:
     """The summary's score of the spec's baseline type, if it was scored."""
-    prefix = _BASELINE_PREFIX[baseline_type]
-    for b in summary.baselines:
-        if b.name == prefix or b.name.startswith(prefix + "_") or b.name.startswith(prefix + ":"):
-            return b
-    return None
+    return next((b for b in summary.baselines if b.name == baseline_type), None)

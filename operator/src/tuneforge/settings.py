@@ -73,7 +73,15 @@ class Settings:
     """How long Kopf waits to see its own patches before handling an object again."""
 
     retry_delay: float = 10.0
-    """Delay of a TemporaryError retry (e.g. an API hiccup while creating children)."""
+    """First delay of a reconcile retry (an API error, or a FineTuneJob waiting on something);
+    each further retry of the same object doubles it, with jitter, up to ``retry_max_delay``."""
+
+    retry_max_delay: float = 300.0
+    """Longest delay between reconcile retries of one object."""
+
+    dependency_wait_seconds: float = 600.0
+    """How long a revision waits for a PersistentVolumeClaim, Secret or PriorityClass it names
+    to appear (GitOps often applies them moments after the FineTuneJob) before it fails."""
 
     metrics_port: int = 8080
     """Port of the Prometheus /metrics endpoint (0 disables it)."""

@@ -1,9 +1,9 @@
 """FineTuneJob status, computed by pure functions from what exists.
 
-``decide_revision`` says which revision the spec runs (a spec edit after the hash changed starts
-the next one); ``compute_status`` turns the revision's children (Jobs, Pods), the latest log
-progress and the trainer's summary into the whole ``status`` dict. The reconcile layer writes it
-only when it differs from what is stored.
+``decide_revision`` says which revision the spec runs (a user's spec edit — a new generation
+whose hash differs — starts the next one); ``compute_status`` turns the revision's children
+(Jobs, Pods), the latest log progress and the trainer's summary into the whole ``status`` dict.
+The reconcile layer writes it only when it differs from what is stored.
 """
 
 from __future__ import annotations
@@ -22,7 +22,14 @@ PENDING, VALIDATING, QUEUED, RUNNING = "Pending", "Validating", "Queued", "Runni
 EVALUATING, SUCCEEDED, FAILED, SUSPENDED = "Evaluating", "Succeeded", "Failed", "Suspended"
 PHASES = (PENDING, VALIDATING, QUEUED, RUNNING, EVALUATING, SUCCEEDED, FAILED, SUSPENDED)
 TERMINAL = (SUCCEEDED, FAILED)
-CONDITION_TYPES = ("Validated", "Admitted", "Trained", "GatePassed", "Succeeded", "Failed")
+CONDITION_TYPES = ("DependenciesFound", "Validated", "Admitted", "Trained", "GatePassed", "Succeeded", "Failed")
+# The phases a run moves through, in order: a revision never moves back along this line (a pod
+# status lagging behind its Job, or a retry, shows in reason and message, not as a phase going
+# backwards). Suspended and the terminal phases stand outside it.
+FORWARD = (PENDING, VALIDATING, QUEUED, RUNNING, EVALUATING)
+# Reasons of a revision that waits for (then fails on) something the spec names but the cluster
+# lacks; all of them can appear moments later with GitOps.
+DEPENDENCY_REASONS = ("PersistentVolumeClaimNotFound", "PriorityClassNotFound", "CreateContainerConfigError")
 
 Obj = Mapping[str, Any]
 
@@ -47,6 +54,9 @@ class Observed:
     train_pods: Sequence[Obj] = ()
     progress: Progress | None = None
     preflight_error: tuple[str, str] | None = None  # (reason, message naming the field)
+    # The reader of <output>/summary.json, run when the training pods' termination message is gone.
+    summary_job: Obj | None = None
+    summary_pods: Sequence[Obj] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +67,7 @@ class PhaseInfo:
     summary: Summary | None = None
     gate_reasons: tuple[str, ...] = ()
     gate_passed: bool | None = None
+    waiting: bool = False  # for a dependency (DEPENDENCY_REASONS) within the bounded wait
 
 
 def now_iso(now: dt.datetime) -> str:
@@ -69,13 +80,24 @@ def _parse_time(value: str | None) -> dt.datetime | None:
     return dt.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
 
 
-def decide_revision(current_hash: str, prior: Obj, history_limit: int = 20) -> Revision:
-    """Keep the revision while the spec hash matches; otherwise start the next one."""
+def decide_revision(current_hash: str, generation: int, prior: Obj, history_limit: int = 20) -> Revision:
+    """Keep the revision unless the user wrote a spec that defines another run.
+
+    A new run needs both a new ``metadata.generation`` (only a write of the spec moves it) and a
+    different hash of the spec (a write of ``suspend`` alone does not count). The hash alone is
+    not enough: the spec the operator sees is defaulted by the apiserver, so a CRD upgrade that
+    adds a defaulted field changes every hash without anyone writing anything. Such a change —
+    same generation, new hash — is taken into the current revision's hash instead, so a later
+    ``suspend`` edit does not look like a new spec.
+    """
     history = tuple(prior.get("history") or ())
     number = prior.get("revision")
     if not number:
         return Revision(1, current_hash, True, history)
     if prior.get("specHash") == current_hash:
+        return Revision(int(number), current_hash, False, history)
+    seen = prior.get("observedGeneration")
+    if isinstance(seen, int) and generation <= seen:
         return Revision(int(number), current_hash, False, history)
     phase = prior.get("phase")
     entry = {k: v for k, v in {
@@ -194,15 +216,52 @@ def secret_field(spec: FineTuneJobSpec, message: str) -> str:
     return "spec"
 
 
+READING_SUMMARY = "ReadingSummary"
+
+
+def _saved_summary(observed: Observed) -> Summary | PhaseInfo:
+    """The summary from the reader Job of <output>/summary.json, or the phase while there is none."""
+    sjob = observed.summary_job
+    done = job_finished(sjob)
+    if sjob is None or done is None or not results_seen(observed.summary_pods, exit_zero=done == "Complete"):
+        return PhaseInfo(EVALUATING, READING_SUMMARY,
+                               "The training pod's result is gone; reading summary.json from the output")
+    raw = termination_message(observed.summary_pods, want_exit_zero=done == "Complete")
+    summary = parse_summary(raw) if done == "Complete" else None
+    if summary is None:
+        detail = _first_line(raw) if raw else "the reader left no message"
+        return PhaseInfo(FAILED, "SummaryMissing",
+                               f"The trainer exited 0; its termination message is gone and summary.json could not be read: {detail}")
+    return summary
+
+
+def _config_error(spec: FineTuneJobSpec, phase: str, waiting: Obj, waited: float, wait_limit: float) -> PhaseInfo:
+    """A pod the kubelet cannot start: a missing Secret (CreateContainerConfigError) may yet
+    appear and the kubelet retries it by itself; a bad image name never will."""
+    msg = waiting.get("message") or waiting["reason"]
+    message = f"{secret_field(spec, msg)}: {msg}"
+    if waiting["reason"] == "CreateContainerConfigError":
+        return _dependency(phase, waiting["reason"], message, waited, wait_limit)
+    return PhaseInfo(FAILED, waiting["reason"], message)
+
+
 def _first_line(text: str, limit: int = 1000) -> str:
     return (text.strip().splitlines() or [""])[0][:limit]
 
 
-def derive_phase(spec: FineTuneJobSpec, observed: Observed) -> PhaseInfo:
-    """The phase, reason and message of the current revision."""
+def _dependency(phase: str, reason: str, message: str, waited: float, wait_limit: float) -> PhaseInfo:
+    """Wait (bounded) for something the spec names; then fail, naming the field."""
+    if waited < wait_limit:
+        return PhaseInfo(phase, reason, f"{message} (waiting up to {wait_limit:g} s for it)", waiting=True)
+    return PhaseInfo(FAILED, reason, f"{message} (waited {waited:.0f} s)")
+
+
+def derive_phase(spec: FineTuneJobSpec, observed: Observed, waited: float = 0.0, wait_limit: float = 0.0) -> PhaseInfo:
+    """The phase, reason and message of the current revision. ``waited``: seconds this revision
+    has been missing a PVC, Secret or PriorityClass; it fails once that reaches ``wait_limit``."""
     if observed.preflight_error:
         reason, message = observed.preflight_error
-        return PhaseInfo(FAILED, reason, message)
+        return _dependency(PENDING, reason, message, waited, wait_limit)
 
     vjob = observed.validate_job
     if vjob is None:
@@ -223,8 +282,7 @@ def derive_phase(spec: FineTuneJobSpec, observed: Observed) -> PhaseInfo:
         for pod in observed.validate_pods:
             waiting = _waiting(pod)
             if waiting and waiting.get("reason") in CONFIG_ERRORS:
-                msg = waiting.get("message") or waiting["reason"]
-                return PhaseInfo(FAILED, waiting["reason"], f"{secret_field(spec, msg)}: {msg}")
+                return _config_error(spec, VALIDATING, waiting, waited, wait_limit)
         return PhaseInfo(VALIDATING, "ValidatingData", "Checking the data on a CPU before a GPU is requested")
 
     tjob = observed.train_job
@@ -246,7 +304,12 @@ def derive_phase(spec: FineTuneJobSpec, observed: Observed) -> PhaseInfo:
     if tdone == "Complete":
         summary = parse_summary(termination_message(observed.train_pods, want_exit_zero=True))
         if summary is None:
-            return PhaseInfo(FAILED, "SummaryMissing", "The trainer exited 0 without a result summary in its termination message")
+            # The pods are gone (PodGC, node scaled away, operator down) or the message is: read
+            # the copy the trainer saved beside the artifacts.
+            saved = _saved_summary(observed)
+            if isinstance(saved, PhaseInfo):
+                return saved
+            summary = saved
         if summary.status != "succeeded":
             return PhaseInfo(FAILED, "TrainingFailed", _first_line(summary.message) or f"trainer status {summary.status}", summary=summary)
         outcome = evaluate_gate(spec.gate, summary)
@@ -274,11 +337,13 @@ def derive_phase(spec: FineTuneJobSpec, observed: Observed) -> PhaseInfo:
             return PhaseInfo(QUEUED, "WaitingForGPU", unscheduled.get("message") or "The training pod is not scheduled yet")
         return PhaseInfo(QUEUED, "Scheduling", "The training pod is being scheduled")
     waiting = _waiting(pod)
+    if waiting and not _is_running(pod) and waiting.get("reason") in CONFIG_ERRORS:
+        return _config_error(spec, RUNNING, waiting, waited, wait_limit)
     if waiting and not _is_running(pod):
         reason = waiting.get("reason") or "ContainerCreating"
         return PhaseInfo(RUNNING, reason, waiting.get("message") or "Starting the trainer")
     progress = observed.progress
-    if progress is not None and progress.stage == "evaluate":
+    if progress is not None and progress.stage in ("evaluate", "done"):
         return PhaseInfo(EVALUATING, "Evaluating", "Scoring the adapter and baselines on held-out rows")
     return PhaseInfo(RUNNING, "Training", "The trainer is running")
 
@@ -312,7 +377,9 @@ def _condition(prior: Mapping[str, Obj], kind: str, status: str, reason: str, me
 def _conditions(info: PhaseInfo, observed: Observed, prior: Sequence[Obj], generation: int, now: str) -> list[dict[str, Any]]:
     old = {c.get("type", ""): c for c in prior or ()}
     p = info.phase
-    if observed.preflight_error or info.reason == "DataValidationFailed" or (info.reason in CONFIG_ERRORS and observed.train_job is None):
+    if info.waiting and observed.train_job is None:
+        validated = ("Unknown", info.reason, info.message)
+    elif observed.preflight_error or info.reason == "DataValidationFailed" or (info.reason in CONFIG_ERRORS and observed.train_job is None):
         validated = ("False", info.reason, info.message)
     elif job_finished(observed.validate_job) == "Complete":
         validated = ("True", "DataValidated", "The data passed validation")
@@ -337,7 +404,12 @@ def _conditions(info: PhaseInfo, observed: Observed, prior: Sequence[Obj], gener
         gate = ("False", "GateFailed", info.message)
     else:
         gate = ("Unknown", "NotEvaluated", "The adapter has not been evaluated")
+    if info.waiting or (p == FAILED and info.reason in DEPENDENCY_REASONS):
+        found = ("False", info.reason, info.message)
+    else:
+        found = ("True", "Found", "Every PersistentVolumeClaim, Secret and PriorityClass named was found (or is not needed yet)")
     rows = [
+        ("DependenciesFound",) + found,
         ("Validated",) + validated, ("Admitted",) + admitted, ("Trained",) + trained, ("GatePassed",) + gate,
         ("Succeeded", "True" if p == SUCCEEDED else "False", info.reason if p == SUCCEEDED else "NotSucceeded",
          info.message if p == SUCCEEDED else f"Phase {p}"),
@@ -397,15 +469,21 @@ def compute_status(
     now: dt.datetime,
     children: Mapping[str, str],
     artifact_uri: str,
+    wait_limit: float = 600.0,
 ) -> dict[str, Any]:
-    """The whole status of a FineTuneJob. Terminal phases stick for their revision."""
+    """The whole status of a FineTuneJob. Terminal phases stick for their revision, and within a
+    revision the phase never moves back along FORWARD."""
     if not revision.is_new and prior.get("phase") in TERMINAL and prior.get("revision") == revision.number:
         kept = dict(prior)
         kept["observedGeneration"] = generation
+        kept["specHash"] = revision.spec_hash
         return kept
     stamp = now_iso(now)
     base = {} if revision.is_new else prior
-    info = derive_phase(spec, observed)
+    info = derive_phase(spec, observed, _waited(base, now), wait_limit)
+    old_phase = base.get("phase")
+    if old_phase in FORWARD and info.phase in FORWARD and FORWARD.index(info.phase) < FORWARD.index(old_phase):
+        info = dataclasses.replace(info, phase=old_phase)
     progress = observed.progress
     if progress is None and not revision.is_new and prior.get("progress") and info.phase in (RUNNING, EVALUATING):
         progress_out: dict[str, Any] | None = dict(prior["progress"])
@@ -436,7 +514,8 @@ def compute_status(
             status["evaluation"] = ev
         if summary.baselines:
             status["baselines"] = [
-                {k: v for k, v in {"name": b.name, "accuracy": b.accuracy, "macroF1": b.macro_f1}.items() if v is not None}
+                {k: v for k, v in {"name": b.name, "shots": b.shots, "model": b.model, "accuracy": b.accuracy,
+                                   "macroF1": b.macro_f1}.items() if v is not None}
                 for b in summary.baselines
             ]
         if summary.artifacts:
@@ -450,6 +529,15 @@ def compute_status(
     if revision.history:
         status["history"] = [dict(h) for h in revision.history]
     return status
+
+
+def _waited(prior: Obj, now: dt.datetime) -> float:
+    """Seconds the revision has been missing a dependency (DependenciesFound False since)."""
+    for c in prior.get("conditions") or ():
+        if c.get("type") == "DependenciesFound" and c.get("status") == "False":
+            since = _parse_time(c.get("lastTransitionTime"))
+            return max(0.0, (now - since).total_seconds()) if since else 0.0
+    return 0.0
 
 
 def status_changed(old: Obj, new: Obj) -> bool:

@@ -34,14 +34,21 @@ def resolve_uri(uri: str) -> str:
     return uri
 
 
-def output_location(spec: FineTuneJobSpec, namespace: str, name: str, revision: int) -> str:
-    """Where a revision's artifacts go, as the trainer sees it."""
-    return f"{resolve_uri(spec.output_uri).rstrip('/')}/{namespace}/{name}/r{revision}"
+def run_path(namespace: str, name: str, uid: str, revision: int) -> str:
+    """``<namespace>/<name>/<uid>/r<revision>``: the uid keeps a re-created namesake (a GitOps
+    replace: delete, then create with the same name) from resuming the old run's checkpoints or
+    overwriting its artifacts — both live under this path."""
+    return f"{namespace}/{name}/{uid}/r{revision}"
 
 
-def artifact_uri(spec: FineTuneJobSpec, namespace: str, name: str, revision: int) -> str:
+def output_location(spec: FineTuneJobSpec, namespace: str, name: str, uid: str, revision: int) -> str:
+    """Where a revision's artifacts (and checkpoints) go, as the trainer sees it."""
+    return f"{resolve_uri(spec.output_uri).rstrip('/')}/{run_path(namespace, name, uid, revision)}"
+
+
+def artifact_uri(spec: FineTuneJobSpec, namespace: str, name: str, uid: str, revision: int) -> str:
     """The same location in the user's terms (pvc:// or s3://), for status."""
-    return f"{spec.output_uri.rstrip('/')}/{namespace}/{name}/r{revision}"
+    return f"{spec.output_uri.rstrip('/')}/{run_path(namespace, name, uid, revision)}"
 
 
 def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
@@ -64,7 +71,7 @@ def _baselines(spec: FineTuneJobSpec) -> dict[str, Any] | None:
     return out
 
 
-def render_trainer_config(spec: FineTuneJobSpec, namespace: str, name: str, revision: int) -> dict[str, Any]:
+def render_trainer_config(spec: FineTuneJobSpec, namespace: str, name: str, uid: str, revision: int) -> dict[str, Any]:
     """The trainer config for one revision of a FineTuneJob."""
     t = spec.training
     training = _drop_none({
@@ -91,7 +98,7 @@ def render_trainer_config(spec: FineTuneJobSpec, namespace: str, name: str, revi
     config: dict[str, Any] = {
         "api_version": API_VERSION,
         "run_name": f"{namespace}/{name}/r{revision}",
-        "owner": {"kind": "FineTuneJob", "namespace": namespace, "name": name, "revision": revision},
+        "owner": {"kind": "FineTuneJob", "namespace": namespace, "name": name, "uid": uid, "revision": revision},
         "model": _drop_none({
             "source": resolve_uri(spec.base_model_uri),
             "revision": spec.base_model_revision,
@@ -139,7 +146,9 @@ def render_trainer_config(spec: FineTuneJobSpec, namespace: str, name: str, revi
             "baselines": _baselines(spec),
         }),
         "output": {
-            "dir": output_location(spec, namespace, name, revision),
+            "dir": output_location(spec, namespace, name, uid, revision),
+            # Checkpoints carry it: a resume never continues another run's (or namesake's) checkpoint.
+            "run_id": f"{uid}/r{revision}",
             "merge": spec.merge_adapter,
             "termination_message_path": TERMINATION_LOG,
         },

@@ -13,7 +13,7 @@ from .names import Owner, child_labels, config_map_name, owner_references
 
 def build_config_map(owner: Owner, spec: FineTuneJobSpec, revision: int) -> dict[str, Any]:
     """An immutable ConfigMap: a revision's config never changes, a spec edit makes a new one."""
-    config = render_trainer_config(spec, owner.namespace, owner.name, revision)
+    config = render_trainer_config(spec, owner.namespace, owner.name, owner.uid, revision)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",

@@ -13,10 +13,10 @@ from typing import Any
 from .. import KUEUE_QUEUE_LABEL
 from ..settings import Settings
 from ..spec import FineTuneJobSpec, SecretKeyRef, pvc_claims
-from ..trainer_config import CONFIG_DIR, CONFIG_PATH, ENV_HF_TOKEN, ENV_OPENAI_KEY, PVC_ROOT
+from ..trainer_config import CONFIG_DIR, CONFIG_PATH, ENV_HF_TOKEN, ENV_OPENAI_KEY, PVC_ROOT, output_location
 from .names import (
-    ROLE_TRAIN, ROLE_VALIDATE, Owner, child_labels, config_map_name, owner_references,
-    train_job_name, validate_job_name,
+    ROLE_SUMMARY, ROLE_TRAIN, ROLE_VALIDATE, Owner, child_labels, config_map_name, owner_references,
+    summary_job_name, train_job_name, validate_job_name,
 )
 
 CONTAINER = "trainer"
@@ -227,4 +227,83 @@ def build_trainer_job(owner: Owner, spec: FineTuneJobSpec, revision: int, settin
         "podFailurePolicy": _pod_failure_policy(),
         "podReplacementPolicy": "Failed",
         "template": {"metadata": _pod_meta(labels, settings), "spec": pod_spec},
+    })
+
+
+# Reads <output>/summary.json (the trainer's copy of its result, beside the artifacts) and hands
+# it over as this container's termination message, trimmed to 4 KiB by the trainer's own
+# summary module. Runs in the trainer image: it has boto3 and the job's S3 credentials, where the
+# operator has neither (no S3 client or SigV4 in the operator; no Secret access either).
+SUMMARY_READER = """\
+import os, sys
+uri = sys.argv[1].rstrip("/") + "/summary.json"
+out = "/dev/termination-log"
+try:
+    if uri.startswith("s3://"):
+        import boto3
+        bucket, _, key = uri[len("s3://"):].partition("/")
+        s3 = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
+        text = s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode("utf-8")
+    else:
+        with open(uri, encoding="utf-8") as f:
+            text = f.read()
+except Exception as exc:
+    with open(out, "w") as f:
+        f.write(f"cannot read {uri}: {type(exc).__name__}: {exc}"[:4000])
+    sys.exit(1)
+try:
+    from tuneforge_trainer.summary import parse_summary
+    text = parse_summary(text).to_json()
+except ImportError:
+    pass
+with open(out, "w", encoding="utf-8") as f:
+    f.write(text)
+"""
+
+
+def build_summary_job(owner: Owner, spec: FineTuneJobSpec, revision: int, settings: Settings) -> dict[str, Any]:
+    """A seconds-long CPU Job that reads a finished run's summary.json from the output store,
+    for when the training pods (and their termination messages) are gone."""
+    labels = child_labels(owner, revision, ROLE_SUMMARY)
+    volumes, mounts = _volumes(owner, spec, revision, with_shm=False)
+    # It only reads: every claim read-only (the /tmp emptyDir stays writable for boto3).
+    for v in volumes:
+        if "persistentVolumeClaim" in v:
+            v["persistentVolumeClaim"]["readOnly"] = True
+    for m in mounts:
+        if m["name"].startswith("pvc-"):
+            m["readOnly"] = True
+    resources = {"requests": {"cpu": settings.validate_cpu, "memory": settings.validate_memory},
+                 "limits": {"memory": settings.validate_memory}}
+    pod: dict[str, Any] = {
+        "metadata": _pod_meta(labels, settings),
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "securityContext": _pod_security(),
+            "containers": [{
+                "name": CONTAINER,
+                "image": settings.trainer_image,
+                "imagePullPolicy": settings.image_pull_policy,
+                "command": ["python3", "-c", SUMMARY_READER,
+                            output_location(spec, owner.namespace, owner.name, owner.uid, revision)],
+                "env": [e for e in _env(spec) if e["name"] != ENV_OPENAI_KEY and e["name"] != ENV_HF_TOKEN],
+                "resources": resources,
+                "volumeMounts": mounts,
+                "securityContext": _container_security(),
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+            }],
+            "volumes": volumes,
+        },
+    }
+    selector, tolerations = settings.validate_placement()
+    if selector:
+        pod["spec"]["nodeSelector"] = selector
+    if tolerations:
+        pod["spec"]["tolerations"] = tolerations
+    return _job(owner, summary_job_name(owner.name, revision), labels, {
+        "backoffLimit": 1,
+        "activeDeadlineSeconds": 300,
+        "template": pod,
     })

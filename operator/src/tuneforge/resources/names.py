@@ -9,6 +9,7 @@ from .. import GROUP, LABEL_FTJ, LABEL_MANAGED_BY, LABEL_REVISION, LABEL_ROLE, V
 
 ROLE_VALIDATE = "validate"
 ROLE_TRAIN = "train"
+ROLE_SUMMARY = "summary"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +36,10 @@ def validate_job_name(ftj: str, revision: int) -> str:
 
 def train_job_name(ftj: str, revision: int) -> str:
     return f"{ftj}-train-{revision}"
+
+
+def summary_job_name(ftj: str, revision: int) -> str:
+    return f"{ftj}-summary-{revision}"
 
 
 def child_labels(owner: Owner, revision: int, role: str | None = None) -> dict[str, str]:
