@@ -218,20 +218,25 @@ def test_sigterm_drains_in_flight_requests(cluster: Cluster, served: dict[str, A
     assert not results, results  # none finished yet: they are in flight
     stopped = time.monotonic()
     cluster.kubectl("scale", "deployment", NAME, "-n", ns, "--replicas=0")  # SIGTERM after the preStop sleep
-    time.sleep(6)  # past the preStop: vLLM is draining
-    with pytest.raises(openai.APIConnectionError):  # the Service has no ready endpoint
-        openai.OpenAI(base_url=served["base_url"], api_key=API_KEY, max_retries=0, timeout=5).models.list()
-    refused_direct: Any = None
-    try:
-        openai.OpenAI(base_url=f"http://{pod_ip}:8000/v1", api_key=API_KEY, max_retries=0, timeout=10).chat.completions.create(
-            model=ADAPTER, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
-    except Exception as e:  # noqa: BLE001
-        refused_direct = e
+    # Once the preStop sleep is over vLLM has SIGTERM and refuses new work, through the Service
+    # (kube-proxy still routes to a serving, terminating endpoint when it is the only one) and
+    # straight to the pod: a 500 "cannot schedule new futures after shutdown", which the openai
+    # client would retry on another replica.
+    def refused(url: str) -> Exception | None:
+        try:
+            openai.OpenAI(base_url=url, api_key=API_KEY, max_retries=0, timeout=10).chat.completions.create(
+                model=ADAPTER, messages=[{"role": "user", "content": "hi"}], max_tokens=1)
+        except (openai.APIStatusError, openai.APIConnectionError) as e:
+            return e
+        return None
+
+    via_service = wait_for("new requests to be refused", lambda: refused(served["base_url"]), 30, 1)
+    direct = refused(f"http://{pod_ip}:8000/v1")
+    assert direct is not None and time.monotonic() - stopped < 20, (via_service, direct)
     for t in threads:
         t.join(DRAIN_SECONDS + 30)
     drained = time.monotonic()
     assert results == [TOKENS] * 4, results  # every in-flight request completed in full
-    assert refused_direct is not None, "a new request straight to the draining pod was served"
     wait_for("the server pod to exit", lambda: not cluster.list("pods", ns, served["selector"]), DRAIN_SECONDS + 30, 1)
     # It exited by itself once drained, not at the end of the drain window or the grace period.
     print(f"SIGTERM drain: {len(results)} requests in flight completed {drained - stopped:.1f} s after the scale-down, "
