@@ -55,11 +55,11 @@ from typing import Any, Mapping, Sequence
 
 from .gate import GateMeasures, judge
 from .names import ANNOTATION_ABORT, ANNOTATION_PROMOTE, ANNOTATION_RETRY, COLORS, other
-from .source import Resolution, ServedVersion, digest_matches, short_digest
+from .source import Resolution, ServedVersion, digest_matches
 from .spec import ModelServeSpec
 
 __all__ = [
-    "ColorState", "Event", "GateJob", "Observed", "Plan", "Requests", "RunGate", "Scale", "SwitchActive",
+    "PHASES", "ColorState", "Event", "GateJob", "Observed", "Plan", "Requests", "RunGate", "Scale", "SwitchActive",
     "SwitchPreview", "plan",
 ]
 
@@ -546,5 +546,3 @@ def plan(spec: ModelServeSpec, generation: int, desired: Resolution, observed: O
     status = _status(s, spec, generation, desired, observed, prior, endpoints or {})
     return Plan(_actions(s, spec, observed), status, tuple(s.events), min(s.requeue) if s.requeue else None)
 
-
-__all__ += ["PHASES", "short_digest"]

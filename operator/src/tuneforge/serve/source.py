@@ -128,9 +128,9 @@ def _passed(entry: Obj) -> bool:
 
 def _candidates(ftj_status: Obj) -> list[dict[str, Any]]:
     """Every revision of the FineTuneJob that may be served, as flat entries, newest first."""
-    out = []
+    out: list[dict[str, Any]] = []
     adapter = ftj_status.get("adapter") or {}
-    current = {
+    current: dict[str, Any] = {
         "revision": adapter.get("revision") or ftj_status.get("revision"), "phase": ftj_status.get("phase"),
         "gate": (ftj_status.get("gate") or {}).get("outcome"), "adapterDigest": adapter.get("digest"),
         "adapterUri": adapter.get("uri"), "baseModel": adapter.get("baseModel") or {},
