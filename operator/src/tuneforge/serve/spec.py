@@ -20,8 +20,8 @@ import re
 from typing import Any, Mapping
 
 __all__ = [
-    "AdapterSource", "GateSpec", "HpaSpec", "InferencePoolSpec", "ModelServeSpec", "RolloutSpec", "SecretKeyRef",
-    "SpecError", "parse_spec",
+    "AdapterSource", "GateSpec", "HpaSpec", "InferencePoolSpec", "ModelServeSpec", "RolloutSpec", "S3Spec",
+    "SecretKeyRef", "SpecError", "parse_spec",
 ]
 
 MODES = ("auto", "lora", "merged")
@@ -110,6 +110,17 @@ class InferencePoolSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class S3Spec:
+    """The object store of every s3:// URI the ModelServe reads (as a FineTuneJob's ``spec.s3``).
+    Unset, s3:// reads use the pods' ambient credentials (an IAM role for the service account)."""
+
+    access_key: SecretKeyRef
+    secret_key: SecretKeyRef
+    endpoint: str | None = None
+    region: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelServeSpec:
     """The whole spec. ``fine_tune_job`` is set, or ``adapters`` is non-empty, never both."""
 
@@ -134,6 +145,10 @@ class ModelServeSpec:
     rollout: RolloutSpec = RolloutSpec()
     hpa: HpaSpec | None = None
     inference_pool: InferencePoolSpec | None = None
+    s3: S3Spec | None = None
+    node_selector: tuple[tuple[str, str], ...] = ()
+    """Node labels the server pods require (pairs, so the spec stays hashable)."""
+    tolerations: tuple[Mapping[str, Any], ...] = ()
 
     @property
     def served_name(self) -> str:
@@ -259,6 +274,31 @@ def _pool(raw: Mapping[str, Any] | None, path: str) -> InferencePoolSpec | None:
     return InferencePoolSpec(picker, _int(raw, "endpointPickerPort", path, 9002, 1, 65535) or 9002)
 
 
+def _s3(raw: Mapping[str, Any] | None, path: str) -> S3Spec | None:
+    if raw is None:
+        return None
+    access = _secret(_obj(raw, "accessKeyIdSecretRef", path), f"{path}.accessKeyIdSecretRef")
+    secret = _secret(_obj(raw, "secretAccessKeySecretRef", path), f"{path}.secretAccessKeySecretRef")
+    if access is None or secret is None:
+        raise SpecError(f"{path}.{'secretAccessKeySecretRef' if access else 'accessKeyIdSecretRef'}", "is required")
+    endpoint = _get(raw, "endpoint", path, str)
+    if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+        raise SpecError(f"{path}.endpoint", f"must start with http:// or https://, not {endpoint!r}")
+    return S3Spec(access, secret, endpoint, _get(raw, "region", path, str))
+
+
+def _scheduling(raw: Mapping[str, Any] | None, path: str) -> tuple[tuple[tuple[str, str], ...], tuple[Mapping[str, Any], ...]]:
+    raw = raw or {}
+    selector = _obj(raw, "nodeSelector", path) or {}
+    if not all(isinstance(v, str) for v in selector.values()):
+        raise SpecError(f"{path}.nodeSelector", "values must be strings")
+    tolerations = _get(raw, "tolerations", path, list, []) or []
+    for i, t in enumerate(tolerations):
+        if not isinstance(t, Mapping):
+            raise SpecError(f"{path}.tolerations[{i}]", "must be an object")
+    return tuple(sorted(selector.items())), tuple(dict(t) for t in tolerations)
+
+
 def _adapters(raw: Any, path: str) -> tuple[AdapterSource, ...]:
     if not isinstance(raw, list) or not raw:
         raise SpecError(path, "must list at least one adapter")
@@ -324,13 +364,16 @@ def parse_spec(raw: Mapping[str, Any]) -> ModelServeSpec:
     resources = _obj(raw, "resources", path) or {}
     api_key = _obj(raw, "apiKey", path)
     follows_job = job is not None
+    rollout = _rollout(_obj(raw, "rollout", path), f"{path}.rollout", follows_job)
+    s3 = _s3(_obj(raw, "s3", path), f"{path}.s3")
+    node_selector, tolerations = _scheduling(_obj(raw, "scheduling", path), f"{path}.scheduling")
     return ModelServeSpec(
         fine_tune_job=job, adapter_name=name, pin_digest=pin, base_model_uri=base_uri, base_model_digest=base_digest,
         adapters=adapters, mode=mode, replicas=replicas, gpus=_int(raw, "gpus", path, 1, 0, 16) or 0,
         cpu=_get(resources, "cpu", f"{path}.resources", str), memory=_get(resources, "memory", f"{path}.resources", str),
         max_model_len=_int(raw, "maxModelLen", path, None, 128, 1_048_576), dtype=dtype,
         api_key=_secret(api_key.get("secretRef") if api_key else None, f"{path}.apiKey.secretRef"),
-        rollout=_rollout(_obj(raw, "rollout", path), f"{path}.rollout", follows_job),
-        hpa=_hpa(_obj(raw, "hpa", path), f"{path}.hpa", replicas),
+        rollout=rollout, hpa=_hpa(_obj(raw, "hpa", path), f"{path}.hpa", replicas),
         inference_pool=_pool(_obj(raw, "inferencePool", path), f"{path}.inferencePool"),
+        s3=s3, node_selector=node_selector, tolerations=tolerations,
     )
