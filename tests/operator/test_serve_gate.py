@@ -145,3 +145,28 @@ def test_main_writes_measures_to_the_termination_log(standin: str, tmp_path: Any
     assert out["rows"] == 4 and out["accuracy"] == 1.0
     assert json.loads(capsys.readouterr().out) == out
     assert main(["--base-url", standin, "--model", "m", "--rows-file", str(tmp_path / "missing.jsonl")]) == 2
+
+
+def test_s3_request_signature_matches_botocore() -> None:
+    """The gate's stdlib SigV4 GET signs exactly as botocore does (path style, custom endpoint)."""
+    import datetime as dt
+    from unittest import mock
+
+    botocore = pytest.importorskip("botocore")
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    from tuneforge.serve.gate import s3_request
+
+    now = dt.datetime(2026, 3, 4, 5, 6, 7, tzinfo=dt.timezone.utc)
+    env = {"AWS_ENDPOINT_URL": "http://s3.local:9000", "AWS_REGION": "eu-west-1",
+           "AWS_ACCESS_KEY_ID": "AKID", "AWS_SECRET_ACCESS_KEY": "secret"}
+    ours = s3_request("s3://runs/team a/r1/predictions.jsonl", env, now)
+    req = AWSRequest(method="GET", url=ours.full_url, headers={"x-amz-content-sha256": ours.headers["X-amz-content-sha256"]})
+    with mock.patch("botocore.auth.get_current_datetime", return_value=now.replace(tzinfo=None)):
+        S3SigV4Auth(Credentials("AKID", "secret"), "s3", "eu-west-1").add_auth(req)
+    assert ours.full_url == "http://s3.local:9000/runs/team%20a/r1/predictions.jsonl"
+    assert ours.headers["Authorization"] == req.headers["Authorization"]
+    assert botocore.__version__
+    assert "Authorization" not in s3_request("s3://b/k", {}, now).headers  # no keys: unsigned

@@ -13,6 +13,10 @@ Where it runs: a short Job per candidate (``<name>-gate-<short digest>``), not t
   its measures in the termination message — so an operator killed mid-gate neither loses the
   gate nor runs it twice.
 
+Rows: ``--rows-uri`` names them as the ModelServe does (``s3://bucket/key``, ``pvc://claim/path``
+mounted under ``/mnt/pvc``, or a path). An s3:// object is read with one SigV4-signed GET from the
+standard library (:func:`s3_request`): the operator image stays free of boto3 for one file.
+
 The Job reports only measures (:class:`GateMeasures`); the operator judges them (:func:`judge`)
 against the spec it holds at that moment. Everything here but :func:`run_gate` and :func:`main`
 is pure.
@@ -23,11 +27,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import datetime as dt
+import hashlib
+import hmac
 import json
 import math
 import random
 import sys
 import time
+import urllib.parse
+import urllib.request
 from collections import defaultdict
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -35,7 +44,7 @@ from .spec import GateSpec
 
 __all__ = [
     "Answer", "GateMeasures", "GateRow", "GateVerdict", "judge", "main", "measure", "normalize_answer", "parse_rows",
-    "percentile", "run_gate", "sample_rows",
+    "percentile", "read_rows_text", "run_gate", "s3_request", "sample_rows",
 ]
 
 
@@ -198,6 +207,63 @@ async def run_gate(base_url: str, model: str, rows: Sequence[GateRow], api_key: 
         await client.close()
 
 
+PVC_ROOT = "/mnt/pvc"
+
+
+def s3_request(uri: str, env: Mapping[str, str], now: dt.datetime) -> urllib.request.Request:
+    """A path-style GET of ``s3://bucket/key``, signed with AWS Signature Version 4 from the
+    ``AWS_*`` variables (endpoint, region, keys, session token); unsigned without keys."""
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    if not bucket or not key:
+        raise ValueError(f"{uri}: needs s3://bucket/key")
+    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
+    endpoint = (env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or f"https://s3.{region}.amazonaws.com").rstrip("/")
+    url = f"{endpoint}/{bucket}/{urllib.parse.quote(key, safe='/~')}"
+    parts = urllib.parse.urlsplit(url)
+    access, secret = env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY")
+    if not access or not secret:
+        return urllib.request.Request(url)
+    amz_date, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
+    payload = hashlib.sha256(b"").hexdigest()
+    headers = {"host": parts.netloc, "x-amz-content-sha256": payload, "x-amz-date": amz_date}
+    if env.get("AWS_SESSION_TOKEN"):
+        headers["x-amz-security-token"] = env["AWS_SESSION_TOKEN"]
+    signed = ";".join(sorted(headers))
+    canonical = "\n".join(["GET", parts.path, "", *(f"{k}:{headers[k]}" for k in sorted(headers)), "", signed, payload])
+    scope = f"{day}/{region}/s3/aws4_request"
+    to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
+    k = ("AWS4" + secret).encode()
+    for part in (day, region, "s3", "aws4_request"):
+        k = hmac.new(k, part.encode(), hashlib.sha256).digest()
+    signature = hmac.new(k, to_sign.encode(), hashlib.sha256).hexdigest()
+    headers["Authorization"] = f"AWS4-HMAC-SHA256 Credential={access}/{scope}, SignedHeaders={signed}, Signature={signature}"
+    return urllib.request.Request(url, headers={k: v for k, v in headers.items() if k != "host"})
+
+
+def read_rows_text(uri: str, env: Mapping[str, str], timeout: float = 60.0) -> str:
+    """The JSONL text at ``uri`` (s3://, pvc:// mounted under /mnt/pvc, or a path)."""
+    if uri.startswith("s3://"):
+        req = s3_request(uri, env, dt.datetime.now(dt.timezone.utc))
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - the scheme is http(s)
+                return str(resp.read().decode("utf-8"))
+        except OSError as exc:
+            raise OSError(f"{uri}: {exc}") from None
+    path = f"{PVC_ROOT}/{uri.removeprefix('pvc://')}" if uri.startswith("pvc://") else uri.removeprefix("file://")
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def _fail(message: str, termination_log: str) -> int:
+    print(message, file=sys.stderr)
+    try:
+        with open(termination_log, "w", encoding="utf-8") as f:
+            f.write(message[:1000])
+    except OSError:
+        pass  # outside a pod
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The gate Job's entry point: rows from a local JSONL file, measures as one JSON line on
     stdout and in the termination message. Exit 0 whenever it measured (pass/fail is the
@@ -207,19 +273,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="tuneforge-gate")
     p.add_argument("--base-url", required=True, help="OpenAI-compatible base URL, e.g. http://<name>-preview:8000/v1")
     p.add_argument("--model", required=True, help="Served model name to ask")
-    p.add_argument("--rows-file", required=True, help="JSONL with messages and target")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--rows-file", help="JSONL with messages and target")
+    src.add_argument("--rows-uri", help="The same as s3://bucket/key, pvc://claim/path or a path ('' when there is none)")
     p.add_argument("--rows", type=int, default=200)
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--timeout", type=float, default=60.0, help="Seconds per request")
     p.add_argument("--api-key-env", default="TUNEFORGE_API_KEY")
     p.add_argument("--termination-log", default="/dev/termination-log")
     args = p.parse_args(argv)
+    where = args.rows_file if args.rows_file is not None else args.rows_uri
+    if not where:
+        return _fail("No held-out rows to ask: set spec.rollout.gate.datasetUri (the FineTuneJob's status names no "
+                     "artifacts.predictions)", args.termination_log)
     try:
-        with open(args.rows_file, encoding="utf-8") as f:
-            rows = sample_rows(parse_rows(f), args.rows)
+        text = read_rows_text(where if args.rows_uri is not None else f"file://{where}", os.environ)
+        rows = sample_rows(parse_rows(text.splitlines()), args.rows)
     except (OSError, ValueError) as exc:
-        print(f"Gate rows {args.rows_file}: {exc}", file=sys.stderr)
-        return 2
+        return _fail(f"Gate rows {where}: {exc}", args.termination_log)
+    if not rows:
+        return _fail(f"Gate rows {where}: no rows", args.termination_log)
     answers = asyncio.run(run_gate(args.base_url, args.model, rows, os.environ.get(args.api_key_env),
                                    args.concurrency, args.timeout))
     line = json.dumps(measure(rows, answers).to_json())
