@@ -11,15 +11,16 @@ from typing import Any
 
 from .names import (
     ANNOTATION_VERSION, COLORS, LABEL_COLOR, LABEL_MODELSERVE, LABEL_NAME, LABEL_VERSION,
-    active_service_name, color_name, config_name, preview_service_name,
+    active_service_name, color_name, config_name, gate_job_name, preview_service_name,
 )
-from .server import PORT, AdapterRef, SecretRef, ServerPlan, build_config_map, build_deployment
+from .server import API_KEY_ENV, PORT, AdapterRef, SecretRef, ServerPlan, build_config_map, build_deployment
 from .source import ServedVersion
 from .spec import ModelServeSpec
 
 __all__ = [
-    "ServeContext", "build_active_service", "build_color_deployment", "build_hpa", "build_inference_pool", "build_pdb",
-    "build_preview_service", "build_version_config_map", "color_plan", "endpoints",
+    "GatePod", "ServeContext", "build_active_service", "build_color_deployment", "build_gate_job", "build_hpa",
+    "build_inference_pool", "build_pdb", "build_preview_service", "build_version_config_map", "color_plan", "endpoints",
+    "serve_context",
 ]
 
 NO_COLOR = "none"
@@ -40,6 +41,21 @@ class ServeContext:
     s3_secret_key: SecretRef | None = None
     node_selector: dict[str, str] = dataclasses.field(default_factory=dict)
     tolerations: tuple[dict[str, Any], ...] = ()
+
+
+def serve_context(body: Any, spec: ModelServeSpec, image: str) -> ServeContext:
+    """The shared part of every child of the ModelServe ``body`` (its metadata and spec)."""
+    meta = body["metadata"]
+    owner = {"apiVersion": body.get("apiVersion", "tuneforge.dev/v1alpha1"), "kind": body.get("kind", "ModelServe"),
+             "name": meta["name"], "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}
+    s3 = spec.s3
+    return ServeContext(
+        name=meta["name"], namespace=meta["namespace"], image=image, owner_references=(owner,),
+        s3_endpoint=s3.endpoint if s3 else None, s3_region=s3.region if s3 else None,
+        s3_access_key=SecretRef(s3.access_key.name, s3.access_key.key) if s3 else None,
+        s3_secret_key=SecretRef(s3.secret_key.name, s3.secret_key.key) if s3 else None,
+        node_selector=dict(spec.node_selector), tolerations=tuple(dict(t) for t in spec.tolerations),
+    )
 
 
 def _meta(ctx: ServeContext, name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
@@ -152,3 +168,83 @@ def endpoints(ctx: ServeContext) -> dict[str, str]:
     host = f"{ctx.namespace}.svc:{PORT}/v1"
     return {"active": f"http://{active_service_name(ctx.name)}.{host}",
             "preview": f"http://{preview_service_name(ctx.name)}.{host}"}
+
+
+@dataclasses.dataclass(frozen=True)
+class GatePod:
+    """Operator settings for gate pods: the operator image and where they run."""
+
+    image: str
+    pull_policy: str = "IfNotPresent"
+    node_selector: dict[str, str] = dataclasses.field(default_factory=dict)
+    tolerations: tuple[dict[str, Any], ...] = ()
+    annotations: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+GATE_TTL_SECONDS = 86_400
+"""A finished gate Job stays a day (its result is in the status by then; a lost one is re-run)."""
+
+
+def _secret_env(var: str, ref: SecretRef | None) -> list[dict[str, Any]]:
+    return [{"name": var, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}] if ref else []
+
+
+def build_gate_job(ctx: ServeContext, spec: ModelServeSpec, version: ServedVersion, pod: GatePod) -> dict[str, Any]:
+    """The gate of one candidate: ``python3 -m tuneforge.serve.gate`` in the operator image asks
+    the held-out rows through the preview Service and leaves its measures in the termination
+    message. Rows: ``spec.rollout.gate.datasetUri``, else the FineTuneJob's predictions (an empty
+    ``--rows-uri`` when neither exists: the Job fails with a message naming the field). It asks
+    the version's first adapter by its served name."""
+    gate = spec.rollout.gate
+    assert gate is not None
+    rows_uri = gate.dataset_uri or version.eval_rows_uri or ""
+    model = version.adapters[0].name if version.adapters else f"{ctx.name}-base"
+    url = f"http://{preview_service_name(ctx.name)}.{ctx.namespace}.svc:{PORT}/v1"
+    env = [{"name": "HOME", "value": "/tmp"}]
+    if ctx.s3_endpoint:
+        env.append({"name": "AWS_ENDPOINT_URL", "value": ctx.s3_endpoint})
+    if ctx.s3_region:
+        env.append({"name": "AWS_REGION", "value": ctx.s3_region})
+    env += _secret_env("AWS_ACCESS_KEY_ID", ctx.s3_access_key) + _secret_env("AWS_SECRET_ACCESS_KEY", ctx.s3_secret_key)
+    env += _secret_env(API_KEY_ENV, SecretRef(spec.api_key.name, spec.api_key.key) if spec.api_key else None)
+    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
+    if rows_uri.startswith("pvc://"):
+        claim = rows_uri.removeprefix("pvc://").split("/", 1)[0]
+        mounts.append({"name": "rows", "mountPath": f"/mnt/pvc/{claim}", "readOnly": True})
+        volumes.append({"name": "rows", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+    labels = {LABEL_VERSION: version.short, "tuneforge.dev/role": "gate"}
+    meta = _meta(ctx, gate_job_name(ctx.name, version.short), labels)
+    meta["labels"][LABEL_NAME] = "tuneforge-gate"
+    meta["annotations"] = {ANNOTATION_VERSION: version.digest}
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never", "enableServiceLinks": False, "automountServiceAccountToken": False,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532,
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [{
+            "name": "gate", "image": pod.image, "imagePullPolicy": pod.pull_policy,
+            "command": ["python3", "-m", "tuneforge.serve.gate", "--base-url", url, "--model", model,
+                        "--rows-uri", rows_uri, "--rows", str(gate.rows), "--concurrency", str(gate.concurrency),
+                        "--timeout", str(min(60, gate.timeout_seconds))],
+            "env": env,
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+            "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
+            "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                "capabilities": {"drop": ["ALL"]}},
+            "volumeMounts": mounts,
+        }],
+        "volumes": volumes,
+    }
+    if pod.node_selector:
+        pod_spec["nodeSelector"] = dict(pod.node_selector)
+    if pod.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in pod.tolerations]
+    return {
+        "apiVersion": "batch/v1", "kind": "Job", "metadata": meta,
+        "spec": {
+            "backoffLimit": 0, "activeDeadlineSeconds": gate.timeout_seconds, "ttlSecondsAfterFinished": GATE_TTL_SECONDS,
+            # The pods carry no modelserve label: the PDB and the Services select by it.
+            "template": {"metadata": {"labels": {k: v for k, v in meta["labels"].items() if k != LABEL_MODELSERVE},
+                                      "annotations": dict(pod.annotations)}, "spec": pod_spec},
+        },
+    }
