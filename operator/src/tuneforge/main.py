@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig  # what Kopf's kubeconfig login reads
     from . import handlers  # registers the handlers
+    from .serve import handlers as _serve_handlers  # noqa: F401 - registers the ModelServe handlers
     from .metrics import REGISTRY
 
     handlers._state["settings"] = settings
