@@ -147,26 +147,39 @@ def test_main_writes_measures_to_the_termination_log(standin: str, tmp_path: Any
     assert main(["--base-url", standin, "--model", "m", "--rows-file", str(tmp_path / "missing.jsonl")]) == 2
 
 
-def test_s3_request_signature_matches_botocore() -> None:
-    """The gate's stdlib SigV4 GET signs exactly as botocore does (path style, custom endpoint)."""
-    import datetime as dt
-    from unittest import mock
+def test_rows_are_read_from_s3_with_the_jobs_aws_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """s3:// rows go through boto3 with the endpoint and keys of the Job's AWS_* variables (path
+    style, as self-hosted stores need); a missing object is an OSError naming the URI."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    botocore = pytest.importorskip("botocore")
-    from botocore.auth import S3SigV4Auth
-    from botocore.awsrequest import AWSRequest
-    from botocore.credentials import Credentials
+    from tuneforge.serve.gate import read_rows_text
 
-    from tuneforge.serve.gate import s3_request
+    seen: list[tuple[str, str]] = []
 
-    now = dt.datetime(2026, 3, 4, 5, 6, 7, tzinfo=dt.timezone.utc)
-    env = {"AWS_ENDPOINT_URL": "http://s3.local:9000", "AWS_REGION": "eu-west-1",
-           "AWS_ACCESS_KEY_ID": "AKID", "AWS_SECRET_ACCESS_KEY": "secret"}
-    ours = s3_request("s3://runs/team a/r1/predictions.jsonl", env, now)
-    req = AWSRequest(method="GET", url=ours.full_url, headers={"x-amz-content-sha256": ours.headers["X-amz-content-sha256"]})
-    with mock.patch("botocore.auth.get_current_datetime", return_value=now.replace(tzinfo=None)):
-        S3SigV4Auth(Credentials("AKID", "secret"), "s3", "eu-west-1").add_auth(req)
-    assert ours.full_url == "http://s3.local:9000/runs/team%20a/r1/predictions.jsonl"
-    assert ours.headers["Authorization"] == req.headers["Authorization"]
-    assert botocore.__version__
-    assert "Authorization" not in s3_request("s3://b/k", {}, now).headers  # no keys: unsigned
+    class Store(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            seen.append((self.path, self.headers.get("Authorization", "")))
+            body = b'{"messages": [], "target": "x"}\n' if self.path == "/runs/team%20a/p.jsonl" else b"<Error><Code>NoSuchKey</Code></Error>"
+            self.send_response(200 if b"messages" in body else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Store)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        for k, v in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{server.server_port}", "AWS_REGION": "eu-west-1",
+                     "AWS_ACCESS_KEY_ID": "AKID", "AWS_SECRET_ACCESS_KEY": "secret"}.items():
+            monkeypatch.setenv(k, v)
+        assert read_rows_text("s3://runs/team a/p.jsonl") == '{"messages": [], "target": "x"}\n'
+        assert seen[0][0] == "/runs/team%20a/p.jsonl" and seen[0][1].startswith("AWS4-HMAC-SHA256 Credential=AKID/")
+        with pytest.raises(OSError, match="s3://runs/missing.jsonl"):
+            read_rows_text("s3://runs/missing.jsonl")
+    finally:
+        server.shutdown()
+
+

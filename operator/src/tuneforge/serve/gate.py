@@ -14,8 +14,7 @@ Where it runs: a short Job per candidate (``<name>-gate-<short digest>``), not t
   gate nor runs it twice.
 
 Rows: ``--rows-uri`` names them as the ModelServe does (``s3://bucket/key``, ``pvc://claim/path``
-mounted under ``/mnt/pvc``, or a path). An s3:// object is read with one SigV4-signed GET from the
-standard library (:func:`s3_request`): the operator image stays free of boto3 for one file.
+mounted under ``/mnt/pvc``, or a path); s3:// through boto3, which the operator process never imports.
 
 The Job reports only measures (:class:`GateMeasures`); the operator judges them (:func:`judge`)
 against the spec it holds at that moment. Everything here but :func:`run_gate` and :func:`main`
@@ -27,16 +26,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import datetime as dt
 import hashlib
-import hmac
 import json
 import math
 import random
 import sys
 import time
-import urllib.parse
-import urllib.request
 from collections import defaultdict
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -44,7 +39,7 @@ from .spec import GateSpec
 
 __all__ = [
     "Answer", "GateMeasures", "GateRow", "GateVerdict", "judge", "main", "measure", "normalize_answer", "parse_rows",
-    "percentile", "read_rows_text", "run_gate", "s3_request", "sample_rows",
+    "percentile", "read_rows_text", "run_gate", "sample_rows",
 ]
 
 
@@ -210,44 +205,25 @@ async def run_gate(base_url: str, model: str, rows: Sequence[GateRow], api_key: 
 PVC_ROOT = "/mnt/pvc"
 
 
-def s3_request(uri: str, env: Mapping[str, str], now: dt.datetime) -> urllib.request.Request:
-    """A path-style GET of ``s3://bucket/key``, signed with AWS Signature Version 4 from the
-    ``AWS_*`` variables (endpoint, region, keys, session token); unsigned without keys."""
-    bucket, _, key = uri.removeprefix("s3://").partition("/")
-    if not bucket or not key:
-        raise ValueError(f"{uri}: needs s3://bucket/key")
-    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
-    endpoint = (env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or f"https://s3.{region}.amazonaws.com").rstrip("/")
-    url = f"{endpoint}/{bucket}/{urllib.parse.quote(key, safe='/~')}"
-    parts = urllib.parse.urlsplit(url)
-    access, secret = env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY")
-    if not access or not secret:
-        return urllib.request.Request(url)
-    amz_date, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
-    payload = hashlib.sha256(b"").hexdigest()
-    headers = {"host": parts.netloc, "x-amz-content-sha256": payload, "x-amz-date": amz_date}
-    if env.get("AWS_SESSION_TOKEN"):
-        headers["x-amz-security-token"] = env["AWS_SESSION_TOKEN"]
-    signed = ";".join(sorted(headers))
-    canonical = "\n".join(["GET", parts.path, "", *(f"{k}:{headers[k]}" for k in sorted(headers)), "", signed, payload])
-    scope = f"{day}/{region}/s3/aws4_request"
-    to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
-    k = ("AWS4" + secret).encode()
-    for part in (day, region, "s3", "aws4_request"):
-        k = hmac.new(k, part.encode(), hashlib.sha256).digest()
-    signature = hmac.new(k, to_sign.encode(), hashlib.sha256).hexdigest()
-    headers["Authorization"] = f"AWS4-HMAC-SHA256 Credential={access}/{scope}, SignedHeaders={signed}, Signature={signature}"
-    return urllib.request.Request(url, headers={k: v for k, v in headers.items() if k != "host"})
+def read_rows_text(uri: str, timeout: float = 60.0) -> str:
+    """The JSONL text at ``uri`` (s3://, pvc:// mounted under /mnt/pvc, or a path).
 
-
-def read_rows_text(uri: str, env: Mapping[str, str], timeout: float = 60.0) -> str:
-    """The JSONL text at ``uri`` (s3://, pvc:// mounted under /mnt/pvc, or a path)."""
+    s3:// goes through boto3 (imported here, never by the operator process), which takes the
+    endpoint, region and keys from the ``AWS_*`` variables the Job gets from ``spec.s3``."""
     if uri.startswith("s3://"):
-        req = s3_request(uri, env, dt.datetime.now(dt.timezone.utc))
+        import boto3
+        from botocore.config import Config
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        bucket, _, key = uri.removeprefix("s3://").partition("/")
+        if not bucket or not key:
+            raise ValueError(f"{uri}: needs s3://bucket/key")
+        config = Config(s3={"addressing_style": "path"}, connect_timeout=timeout, read_timeout=timeout,
+                        retries={"max_attempts": 5, "mode": "standard"})
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - the scheme is http(s)
-                return str(resp.read().decode("utf-8"))
-        except OSError as exc:
+            body = boto3.client("s3", config=config).get_object(Bucket=bucket, Key=key)["Body"]
+            return str(body.read().decode("utf-8"))
+        except (BotoCoreError, ClientError) as exc:
             raise OSError(f"{uri}: {exc}") from None
     path = f"{PVC_ROOT}/{uri.removeprefix('pvc://')}" if uri.startswith("pvc://") else uri.removeprefix("file://")
     with open(path, encoding="utf-8") as f:
@@ -287,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail("No held-out rows to ask: set spec.rollout.gate.datasetUri (the FineTuneJob's status names no "
                      "artifacts.predictions)", args.termination_log)
     try:
-        text = read_rows_text(where if args.rows_uri is not None else f"file://{where}", os.environ)
+        text = read_rows_text(where if args.rows_uri is not None else f"file://{where}")
         rows = sample_rows(parse_rows(text.splitlines()), args.rows)
     except (OSError, ValueError) as exc:
         return _fail(f"Gate rows {where}: {exc}", args.termination_log)
