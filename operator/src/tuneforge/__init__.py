@@ -1,7 +1,9 @@
 """Tuneforge operator: FineTuneJob and ModelServe custom resources reconciled with Kopf.
 
-The package owns the operator side only; it imports nothing from the trainer except its light
-config module (``tuneforge_trainer.config``), in the one test that checks the contract.
+The package owns the operator side only; from the trainer it takes only data definitions: the
+progress events (``trainer_events``, a symlink to ``tuneforge_trainer/events.py``, standard
+library only, copied into the image) and, in the test that checks the contract, the light config
+module (``tuneforge_trainer.config``).
 """
 
 GROUP = "tuneforge.dev"
