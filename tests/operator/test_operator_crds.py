@@ -133,3 +133,23 @@ def test_dot_dot_rule_matches_segments_only(uri: str, ok: bool) -> None:
     """The rule's regex, run here with Python's re (RE2 and re agree on this pattern)."""
     import re
     assert (re.search("(^|/)[.][.](/|$)", uri) is None) == ok
+
+
+def test_status_children_schema_keeps_every_child_the_operator_lists() -> None:
+    """The apiserver prunes status keys the schema lacks: every child name the operator writes
+    must be a property of status.children (the summary reader was pruned once)."""
+    import datetime as dt
+
+    from ftj_helpers import MINIMAL_SPEC, defaulted_spec
+    from k8s_objects import job
+    from tuneforge.spec import parse_spec
+    from tuneforge.status import Observed, Revision, compute_status
+
+    done = Observed(validate_job=job("v", complete=True), train_job=job("t", complete=True), summary_job=job("s"))
+    children = {"configMap": "c", "validateJob": "v", "trainJob": "t"}
+    st = compute_status(parse_spec(defaulted_spec(MINIMAL_SPEC)), 1, {}, Revision(1, "h", True, ()), done,
+                        dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc), children, "x", summary_job="s")
+    schema = load_crd("finetunejob.yaml")["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    listed = set(schema["properties"]["status"]["properties"]["children"]["properties"])
+    assert set(st["children"]) == {"configMap", "validateJob", "trainJob", "summaryJob"}
+    assert set(st["children"]) <= listed

@@ -314,3 +314,20 @@ def test_phase_may_leave_suspended() -> None:
     prior = {"phase": "Suspended", "revision": 1, "specHash": "h1", "observedGeneration": 1, "conditions": []}
     obs = Observed(validate_job=VOK, train_job=job(T), train_pods=[pod(T, phase="Running", running_since="2026-01-01T00:05:00Z")])
     assert compute_status(spec_of(), 1, prior, Revision(1, "h1", False, ()), obs, NOW, {}, "x")["phase"] == "Running"
+
+
+@pytest.mark.parametrize("name,observed,listed", [
+    ("plain run", Observed(validate_job=VOK, train_job=job(T, complete=True), train_pods=[
+        pod(T, phase="Succeeded", terminated=finished(0, summary()))]), False),
+    ("pods gone: reader about to be created", Observed(validate_job=VOK, train_job=job(T, complete=True)), True),
+    ("reader running", Observed(validate_job=VOK, train_job=job(T, complete=True), summary_job=job(S)), True),
+    ("reader read it", Observed(validate_job=VOK, train_job=job(T, complete=True), summary_job=job(S, complete=True),
+                                summary_pods=[pod(S, phase="Succeeded", terminated=finished(0, summary()))]), True),
+    ("reader failed", Observed(validate_job=VOK, train_job=job(T, complete=True), summary_job=job(S, failed="BackoffLimitExceeded"),
+                               summary_pods=[pod(S, phase="Failed", terminated=finished(1, "cannot read"))]), True),
+])
+def test_summary_reader_job_is_listed_among_the_children(name: str, observed: Observed, listed: bool) -> None:
+    children = {"configMap": "intent-config-1", "validateJob": V, "trainJob": T}
+    st = compute_status(spec_of(), 1, {}, Revision(1, "h1", True, ()), observed, NOW, children, "x", summary_job=S)
+    expected = {**children, "summaryJob": S} if listed else children
+    assert st["children"] == expected, name

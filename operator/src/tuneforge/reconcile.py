@@ -206,7 +206,8 @@ async def _reconcile(ctx: Context, key: Key) -> float | None:
                 "trainJob": train_job_name(name, rev)}
     now = dt.datetime.now(dt.timezone.utc)
     status = compute_status(spec, generation, prior, revision, observed, now, children,
-                            artifact_uri(spec, namespace, name, owner.uid, rev), ctx.settings.dependency_wait_seconds)
+                            artifact_uri(spec, namespace, name, owner.uid, rev), ctx.settings.dependency_wait_seconds,
+                            summary_job_name(name, rev))
     waiting = _wait_left(status, now, ctx.settings.dependency_wait_seconds)
 
     read_summary = status.get("reason") == READING_SUMMARY and sjob is None

@@ -470,9 +470,13 @@ def compute_status(
     children: Mapping[str, str],
     artifact_uri: str,
     wait_limit: float = 600.0,
+    summary_job: str | None = None,
 ) -> dict[str, Any]:
     """The whole status of a FineTuneJob. Terminal phases stick for their revision, and within a
-    revision the phase never moves back along FORWARD."""
+    revision the phase never moves back along FORWARD.
+
+    ``children`` are always listed; ``summary_job`` (the reader of <output>/summary.json) joins
+    them once it exists or is about to be created — most runs never need one."""
     if not revision.is_new and prior.get("phase") in TERMINAL and prior.get("revision") == revision.number:
         kept = dict(prior)
         kept["observedGeneration"] = generation
@@ -498,7 +502,7 @@ def compute_status(
         "specHash": revision.spec_hash,
         "startTime": base.get("startTime") or stamp,
         "conditions": _conditions(info, observed, base.get("conditions") or (), generation, stamp),
-        "children": dict(children),
+        "children": _children(children, summary_job, observed, info),
         "artifacts": {"output": artifact_uri},
         "gpuSeconds": gpu_seconds(observed.train_pods, spec.gpus, now),
         "gate": {"outcome": "Pending", "reasons": []},
@@ -529,6 +533,13 @@ def compute_status(
     if revision.history:
         status["history"] = [dict(h) for h in revision.history]
     return status
+
+
+def _children(children: Mapping[str, str], summary_job: str | None, observed: Observed, info: PhaseInfo) -> dict[str, str]:
+    out = dict(children)
+    if summary_job and (observed.summary_job is not None or info.reason == READING_SUMMARY):
+        out["summaryJob"] = summary_job
+    return out
 
 
 def _waited(prior: Obj, now: dt.datetime) -> float:
