@@ -195,3 +195,44 @@ def test_summary_reader_script(tmp_path: Any) -> None:
     assert len(text.encode()) <= 4096 and json.loads(text)["accuracy"] == 0.93
     gone = subprocess.run([sys.executable, "-c", script, str(tmp_path / "nothing")], capture_output=True, text=True)
     assert gone.returncode == 1 and out.read_text().startswith(f"cannot read {tmp_path}/nothing/summary.json: FileNotFoundError")
+
+
+# configmap://name/key sources: (dataset, ConfigMaps mounted, the path the trainer config names for
+# dataset.source and dataset.eval_source).
+CM_CASES = [
+    ({"uri": "configmap://intents-small/train.csv", "format": "csv"}, ["intents-small"],
+     "/mnt/configmap/intents-small/train.csv", None),
+    ({"uri": "configmap://small.v2/train.jsonl", "evalUri": "configmap://small.v2/test.jsonl"}, ["small.v2"],
+     "/mnt/configmap/small.v2/train.jsonl", "/mnt/configmap/small.v2/test.jsonl"),
+    ({"uri": "configmap://train-rows/rows.csv", "evalUri": "configmap://held-out/rows.csv"}, ["held-out", "train-rows"],
+     "/mnt/configmap/train-rows/rows.csv", "/mnt/configmap/held-out/rows.csv"),
+    ({"uri": "pvc://data/train.csv", "evalUri": "configmap://held-out/test.csv"}, ["held-out"],
+     "/mnt/pvc/data/train.csv", "/mnt/configmap/held-out/test.csv"),
+    ({"uri": "pvc://data/train.csv"}, [], "/mnt/pvc/data/train.csv", None),
+]
+
+
+@pytest.mark.parametrize("dataset,config_maps,source,eval_source", CM_CASES)
+def test_config_map_sources_are_mounted_read_only_and_rendered(dataset: dict[str, Any], config_maps: list[str],
+                                                               source: str, eval_source: str | None) -> None:
+    import yaml
+
+    from tuneforge.resources.configmap import build_config_map
+    from tuneforge.resources.job import build_summary_job
+    spec = spec_of(dataset=dataset)
+    for build in (build_validate_job, build_trainer_job):
+        job = build(OWNER, spec, 1, SETTINGS)
+        volumes = {v["name"]: v for v in pod(job)["volumes"]}
+        mounted = {v["configMap"]["name"]: name for name, v in volumes.items()
+                   if "configMap" in v and v["configMap"]["name"] != "intent-config-1"}
+        assert sorted(mounted) == config_maps, build.__name__
+        mounts = {m["name"]: m for m in container(job)["volumeMounts"]}
+        for cm, vol in mounted.items():
+            assert mounts[vol] == {"name": vol, "mountPath": f"/mnt/configmap/{cm}", "readOnly": True}
+            assert "items" not in volumes[vol]["configMap"]  # a missing key is a missing file the trainer names
+    # The summary reader reads no data: a ConfigMap deleted since training cannot keep it waiting.
+    assert not [v for v in pod(build_summary_job(OWNER, spec, 1, SETTINGS))["volumes"]
+                if "configMap" in v and v["configMap"]["name"] != "intent-config-1"]
+    rendered = yaml.safe_load(build_config_map(OWNER, spec, 1)["data"]["config.yaml"])
+    assert rendered["dataset"]["source"] == source
+    assert rendered["dataset"].get("eval_source") == eval_source

@@ -153,3 +153,71 @@ def test_status_children_schema_keeps_every_child_the_operator_lists() -> None:
     listed = set(schema["properties"]["status"]["properties"]["children"]["properties"])
     assert set(st["children"]) == {"configMap", "validateJob", "trainJob", "summaryJob"}
     assert set(st["children"]) <= listed
+
+
+def _cel_string_rule(rule: str, value: str) -> bool:
+    """Evaluate a CEL rule built only from !, ||, &&, parentheses and self.startsWith/endsWith/
+    matches on string literals (the URI rules), with Python's re standing in for RE2 (they agree
+    on these patterns). Anything else in the rule fails the test instead of guessing."""
+    import re
+
+    calls: list[tuple[str, str]] = []
+
+    def call(m: re.Match[str]) -> str:
+        calls.append((m[1], m[2]))
+        return f" C{len(calls) - 1} "
+
+    expr = re.sub(r"self\.(startsWith|endsWith|matches)\('([^']*)'\)", call, rule)
+    assert re.fullmatch(r"[\s()!|&C0-9]*", expr), f"rule beyond the mini evaluator: {rule}"
+    expr = expr.replace("||", " or ").replace("&&", " and ").replace("!", " not ")
+    results = {
+        f"C{i}": (value.startswith(arg) if fn == "startsWith" else value.endswith(arg) if fn == "endsWith"
+                  else re.search(arg, value) is not None)
+        for i, (fn, arg) in enumerate(calls)
+    }
+    return bool(eval(expr, {}, results))  # noqa: S307 - only the names and operators checked above
+
+
+@pytest.mark.parametrize("uri,message", [
+    ("configmap://intents/train.csv", None),
+    ("configmap://intents.v2/train-rows_1.jsonl", None),
+    ("configmap://a/b", None),
+    ("configmap://intents", "configmap://<name>/<key>"),
+    ("configmap://intents/", "configmap://<name>/<key>"),
+    ("configmap://intents/rows/train.csv", "configmap://<name>/<key>"),
+    ("configmap:///train.csv", "configmap://<name>/<key>"),
+    ("configmap://Intents/train.csv", "DNS-1123"),
+    ("configmap://-intents/train.csv", "DNS-1123"),
+    ("configmap://intents_small/train.csv", "DNS-1123"),
+    ("configmap://intents..v2/train.csv", "DNS-1123"),
+    ("configmap://" + "a" * 254 + "/train.csv", "DNS-1123"),
+    ("configmap://intents/train data.csv", "valid key"),
+    ("configmap://intents/.", "valid key"),
+    ("configmap://intents/" + "k" * 254, "valid key"),
+    ("configmap://intents/..", ".. path segment"),
+])
+def test_config_map_uri_rules_name_what_is_wrong(uri: str, message: str | None) -> None:
+    """dataset.uri and evalUri admit configmap://<name>/<key> with a DNS-1123 name and a valid
+    ConfigMap key; each mistake gets the rule whose message says what is wrong."""
+    import re
+    schema = load_crd("finetunejob.yaml")["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    dataset = schema["properties"]["spec"]["properties"]["dataset"]["properties"]
+    for field in ("uri", "evalUri"):
+        node = dataset[field]
+        assert re.search(node["pattern"], uri), f"{field}: the pattern must admit the scheme"
+        failed = [r["message"] for r in node["x-kubernetes-validations"] if not _cel_string_rule(r["rule"], uri)]
+        if message is None:
+            assert failed == [], (field, failed)
+        else:
+            assert failed and any(message in m for m in failed), (field, failed)
+    # Other URIs never trip the ConfigMap rules.
+    for other in ("pvc://data/train.csv", "s3://bucket/k.csv", "/data/x.jsonl"):
+        assert all(_cel_string_rule(r["rule"], other) for r in dataset["uri"]["x-kubernetes-validations"])
+
+
+def test_config_map_sources_only_for_data() -> None:
+    """A model or an output in a ConfigMap makes no sense (1 MiB, read-only): those patterns refuse it."""
+    import re
+    spec = load_crd("finetunejob.yaml")["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    assert not re.search(spec["properties"]["baseModel"]["properties"]["uri"]["pattern"], "configmap://m/model.bin")
+    assert not re.search(spec["properties"]["output"]["properties"]["uri"]["pattern"], "configmap://out/x")

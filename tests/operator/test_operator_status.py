@@ -331,3 +331,54 @@ def test_summary_reader_job_is_listed_among_the_children(name: str, observed: Ob
     st = compute_status(spec_of(), 1, {}, Revision(1, "h1", True, ()), observed, NOW, children, "x", summary_job=S)
     expected = {**children, "summaryJob": S} if listed else children
     assert st["children"] == expected, name
+
+
+class _FakeKube:
+    """The preflight's view of the cluster: which PVCs, ConfigMaps (with keys) and PriorityClasses exist."""
+
+    def __init__(self, pvcs: set[str], config_maps: dict[str, set[str]], priority_classes: frozenset[str] = frozenset()) -> None:
+        self.pvcs, self.config_maps, self.priority_classes = pvcs, config_maps, priority_classes
+
+    async def pvc_exists(self, namespace: str, name: str) -> bool:
+        return name in self.pvcs
+
+    async def config_map_keys(self, namespace: str, name: str) -> set[str] | None:
+        return self.config_maps.get(name)
+
+    async def priority_class_exists(self, name: str) -> bool:
+        return name in self.priority_classes
+
+
+CM_DATA = {"uri": "configmap://intents/train.csv", "evalUri": "configmap://held-out/test.csv", "format": "csv"}
+
+
+@pytest.mark.parametrize("name,dataset,config_maps,expected", [
+    ("all there", CM_DATA, {"intents": {"train.csv"}, "held-out": {"test.csv", "other.csv"}}, None),
+    ("train ConfigMap missing", CM_DATA, {"held-out": {"test.csv"}},
+     ("ConfigMapNotFound", "spec.dataset.uri: ConfigMap 'intents' not found in namespace team-a")),
+    ("eval ConfigMap missing", CM_DATA, {"intents": {"train.csv"}},
+     ("ConfigMapNotFound", "spec.dataset.evalUri: ConfigMap 'held-out' not found in namespace team-a")),
+    ("key missing", CM_DATA, {"intents": {"train.jsonl"}, "held-out": {"test.csv"}},
+     ("ConfigMapKeyNotFound", "spec.dataset.uri: ConfigMap 'intents' has no key 'train.csv'")),
+    ("no ConfigMap source", {"uri": "pvc://data/train.csv"}, {}, None),
+])
+def test_preflight_config_map_sources(name: str, dataset: dict[str, Any], config_maps: dict[str, set[str]],
+                                      expected: tuple[str, str] | None) -> None:
+    import asyncio
+
+    from tuneforge.reconcile import preflight
+    kube = _FakeKube({"data", "artifacts"}, config_maps)
+    assert asyncio.run(preflight(kube, "team-a", spec_of(dataset=dataset))) == expected, name  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("reason", ["ConfigMapNotFound", "ConfigMapKeyNotFound"])
+def test_missing_config_map_waits_then_fails(reason: str) -> None:
+    obs = Observed(preflight_error=(reason, "spec.dataset.uri: ConfigMap 'intents' not found in namespace team-a"))
+    first = compute_status(spec_of(), 1, {}, Revision(1, "h1", True, ()), obs, NOW, {}, "x", wait_limit=600)
+    assert (first["phase"], first["reason"]) == ("Pending", reason) and "waiting up to 600 s" in first["message"]
+    assert _conds(first)["DependenciesFound"]["status"] == "False"
+    done = compute_status(spec_of(), 1, first, Revision(1, "h1", False, ()), obs, NOW + dt.timedelta(seconds=600), {},
+                          "x", wait_limit=600)
+    assert (done["phase"], done["reason"]) == ("Failed", reason)
+    assert done["message"].startswith("spec.dataset.uri: ConfigMap 'intents'")
+    assert _conds(done)["DependenciesFound"]["status"] == "False"

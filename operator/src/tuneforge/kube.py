@@ -17,7 +17,7 @@ import httpx2
 from lightkube import ApiError, AsyncClient, KubeConfig, codecs
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.batch_v1 import Job
-from lightkube.resources.core_v1 import PersistentVolumeClaim
+from lightkube.resources.core_v1 import ConfigMap, PersistentVolumeClaim
 from lightkube.resources.scheduling_v1 import PriorityClass
 from lightkube.types import CascadeType, PatchType
 
@@ -123,6 +123,16 @@ class Kube:
 
     async def pvc_exists(self, namespace: str, name: str) -> bool:
         return await self._exists(PersistentVolumeClaim, name, namespace=namespace)
+
+    async def config_map_keys(self, namespace: str, name: str) -> set[str] | None:
+        """The keys of a ConfigMap (data and binaryData), or None when it does not exist."""
+        try:
+            cm = await self._call(self._client.get, ConfigMap, name, namespace=namespace)
+        except ApiError as exc:
+            if exc.status.code == 404:
+                return None
+            raise
+        return set(cm.data or {}) | set(cm.binaryData or {})
 
     async def priority_class_exists(self, name: str) -> bool:
         return await self._exists(PriorityClass, name)

@@ -26,7 +26,7 @@ from .resources.configmap import build_config_map
 from .resources.job import build_summary_job, build_trainer_job, build_validate_job
 from .resources.names import Owner, config_map_name, summary_job_name, train_job_name, validate_job_name
 from .settings import Settings
-from .spec import FineTuneJobSpec, parse_spec, pvc_claims, spec_hash
+from .spec import FineTuneJobSpec, config_map_sources, parse_spec, pvc_claims, spec_hash
 from .status import (
     FAILED, PENDING, READING_SUMMARY, SUCCEEDED, TERMINAL, Observed, compute_status, decide_revision, job_finished,
     status_changed,
@@ -153,6 +153,12 @@ async def preflight(kube: Kube, namespace: str, spec: FineTuneJobSpec) -> tuple[
         if not await kube.pvc_exists(namespace, claim):
             field = next(f for f, u in fields.items() if u and u.startswith(f"pvc://{claim}"))
             return "PersistentVolumeClaimNotFound", f"{field}: PersistentVolumeClaim {claim!r} not found in namespace {namespace}"
+    for field, name, key in config_map_sources(spec):
+        keys = await kube.config_map_keys(namespace, name)
+        if keys is None:
+            return "ConfigMapNotFound", f"{field}: ConfigMap {name!r} not found in namespace {namespace}"
+        if key not in keys:
+            return "ConfigMapKeyNotFound", f"{field}: ConfigMap {name!r} has no key {key!r}"
     if spec.priority_class_name and not await kube.priority_class_exists(spec.priority_class_name):
         return "PriorityClassNotFound", f"spec.scheduling.priorityClassName: PriorityClass {spec.priority_class_name!r} not found"
     return None

@@ -202,6 +202,16 @@ def spec_hash(spec: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(essence, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
 
 
+def config_map_sources(spec: FineTuneJobSpec) -> list[tuple[str, str, str]]:
+    """(spec field, ConfigMap name, key) of every configmap://name/key data source."""
+    out = []
+    for field, uri in (("spec.dataset.uri", spec.dataset_uri), ("spec.dataset.evalUri", spec.eval_uri)):
+        if uri and uri.startswith("configmap://"):
+            name, _, key = uri[len("configmap://"):].partition("/")
+            out.append((field, name, key))
+    return out
+
+
 def pvc_claims(spec: FineTuneJobSpec) -> dict[str, bool]:
     """PersistentVolumeClaims the spec's URIs name, each mapped to whether it is written to."""
     claims: dict[str, bool] = {}

@@ -29,7 +29,8 @@ CONDITION_TYPES = ("DependenciesFound", "Validated", "Admitted", "Trained", "Gat
 FORWARD = (PENDING, VALIDATING, QUEUED, RUNNING, EVALUATING)
 # Reasons of a revision that waits for (then fails on) something the spec names but the cluster
 # lacks; all of them can appear moments later with GitOps.
-DEPENDENCY_REASONS = ("PersistentVolumeClaimNotFound", "PriorityClassNotFound", "CreateContainerConfigError")
+DEPENDENCY_REASONS = ("PersistentVolumeClaimNotFound", "ConfigMapNotFound", "ConfigMapKeyNotFound",
+                      "PriorityClassNotFound", "CreateContainerConfigError")
 
 Obj = Mapping[str, Any]
 
@@ -407,7 +408,7 @@ def _conditions(info: PhaseInfo, observed: Observed, prior: Sequence[Obj], gener
     if info.waiting or (p == FAILED and info.reason in DEPENDENCY_REASONS):
         found = ("False", info.reason, info.message)
     else:
-        found = ("True", "Found", "Every PersistentVolumeClaim, Secret and PriorityClass named was found (or is not needed yet)")
+        found = ("True", "Found", "Every PersistentVolumeClaim, ConfigMap, Secret and PriorityClass named was found (or is not needed yet)")
     rows = [
         ("DependenciesFound",) + found,
         ("Validated",) + validated, ("Admitted",) + admitted, ("Trained",) + trained, ("GatePassed",) + gate,

@@ -3,7 +3,8 @@
 Pure: spec in, plain dict out. The operator does not import the trainer at run time (its image
 carries no trainer code); tests/operator/test_trainer_config.py feeds this output through the
 trainer's own parser, which is the contract check. Paths here must agree with the pod layout
-built in ``resources/job.py`` (PVC mounts under PVC_ROOT, the config file at CONFIG_PATH).
+built in ``resources/job.py`` (PVC mounts under PVC_ROOT, ConfigMap sources under CONFIG_MAP_ROOT,
+the config file at CONFIG_PATH).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ CONFIG_DIR = "/etc/tuneforge"
 CONFIG_FILE = "config.yaml"
 CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_FILE}"
 PVC_ROOT = "/mnt/pvc"
+CONFIG_MAP_ROOT = "/mnt/configmap"
 TERMINATION_LOG = "/dev/termination-log"
 
 # Environment variables the trainer reads its secrets from (filled by secretKeyRef only).
@@ -27,7 +29,11 @@ _FORMATS = {"auto": "auto", "jsonl": "instruction_jsonl", "csv": "csv", "chat": 
 
 
 def resolve_uri(uri: str) -> str:
-    """Map a spec URI to what the trainer opens: pvc://claim/path becomes its mount path."""
+    """Map a spec URI to what the trainer opens: pvc://claim/path and configmap://name/key become
+    their mount paths (the key is a file of the mounted ConfigMap; its extension tells the format)."""
+    if uri.startswith("configmap://"):
+        name, _, key = uri[len("configmap://"):].partition("/")
+        return f"{CONFIG_MAP_ROOT}/{name}/{key}"
     if uri.startswith("pvc://"):
         claim, _, rest = uri[len("pvc://"):].partition("/")
         return f"{PVC_ROOT}/{claim}" + (f"/{rest.strip('/')}" if rest.strip("/") else "")
