@@ -119,7 +119,8 @@ def test_every_uri_rejects_dot_dot_segments() -> None:
     schema = load_crd("finetunejob.yaml")["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     uris = [(p, n) for p, n in walk(schema["properties"]["spec"], ".spec")
             if n.get("type") == "string" and (p.endswith(".uri") or p.endswith("Uri") or p.lower().endswith("path"))]
-    assert {p for p, _ in uris} == {".spec.baseModel.uri", ".spec.dataset.uri", ".spec.dataset.evalUri", ".spec.output.uri"}
+    assert {p for p, _ in uris} == {".spec.baseModel.uri", ".spec.dataset.uri", ".spec.dataset.evalUri", ".spec.output.uri",
+                                  ".spec.hub.cacheUri"}
     for path, node in uris:
         assert "!self.matches('(^|/)[.][.](/|$)')" in _rules(node), path
 

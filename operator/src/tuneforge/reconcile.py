@@ -148,7 +148,8 @@ def _revision_of(obj: Obj) -> int:
 async def preflight(kube: Kube, namespace: str, spec: FineTuneJobSpec) -> tuple[str, str] | None:
     """Checks that need cluster state (the schema cannot see it): (reason, message) or None."""
     fields = {"spec.baseModel.uri": spec.base_model_uri, "spec.dataset.uri": spec.dataset_uri,
-              "spec.dataset.evalUri": spec.eval_uri, "spec.output.uri": spec.output_uri}
+              "spec.dataset.evalUri": spec.eval_uri, "spec.output.uri": spec.output_uri,
+              "spec.hub.cacheUri": spec.hub_cache_uri}
     for claim in pvc_claims(spec):
         if not await kube.pvc_exists(namespace, claim):
             field = next(f for f, u in fields.items() if u and u.startswith(f"pvc://{claim}"))
