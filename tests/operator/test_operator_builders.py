@@ -236,3 +236,17 @@ def test_config_map_sources_are_mounted_read_only_and_rendered(dataset: dict[str
     rendered = yaml.safe_load(build_config_map(OWNER, spec, 1)["data"]["config.yaml"])
     assert rendered["dataset"]["source"] == source
     assert rendered["dataset"].get("eval_source") == eval_source
+
+
+def test_hub_cache_claim_is_mounted_read_write() -> None:
+    """spec.hub.cacheUri: downloads outlive the pod, so the claim is written to."""
+    import yaml
+
+    from tuneforge.resources.configmap import build_config_map
+    spec = spec_of(hub={"cacheUri": "pvc://hf-cache/hub"})
+    p = pod(build_trainer_job(OWNER, spec, 1, SETTINGS))
+    claims = {v["persistentVolumeClaim"]["claimName"]: v["persistentVolumeClaim"]["readOnly"]
+              for v in p["volumes"] if "persistentVolumeClaim" in v}
+    assert claims["hf-cache"] is False
+    rendered = yaml.safe_load(build_config_map(OWNER, spec, 1)["data"]["config.yaml"])
+    assert rendered["hub"] == {"cache_dir": "/mnt/pvc/hf-cache/hub", "offline": False}

@@ -82,10 +82,13 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("configmap key invalid", _mutate("spec.dataset", {"uri": "/d.csv", "evalUri": "configmap://held-out/test data.csv"}),
      "the ConfigMap key must be a valid key"),
     ("configmap without key", _mutate("spec.dataset", {"uri": "configmap://intents"}), "configmap://<name>/<key>"),
+    ("best model without validation rows", _mutate("spec.dataPrep", {"validationFraction": 0}),
+     "spec.dataPrep.validationFraction"),
 ]
 # Second-level edits that _mutate cannot express in one step.
 INVALID[5][1]["spec"]["quantization"] = "4bit"
 INVALID[16][1]["spec"]["dataset"]["includeLabels"] = ["a", "c"]
+INVALID[-1][1]["spec"].setdefault("training", {})["loadBestModel"] = True
 
 
 def test_valid_manifest_accepted_with_defaults(cluster: Cluster, crds: None) -> None:
