@@ -387,3 +387,20 @@ def test_operator_fallbacks_agree_with_the_crd(raw: dict[str, Any]) -> None:
     """A spec the apiserver has not defaulted renders the same trainer config: whatever fallback
     parse_spec keeps is the CRD's default, not a second opinion (it once said jsonl, the CRD auto)."""
     assert _rendered(raw, defaulted=False) == _rendered(raw)
+
+
+def test_example_tunes_on_validation_rows() -> None:
+    """examples/finetunejob-banking77.yaml: its steps and learning rate are to be chosen on
+    validation rows, so it holds validation rows out of the training pool explicitly, keeps the
+    test rows (evalUri) apart, and says how to choose — not by the test accuracy."""
+    from ftj_helpers import ROOT
+    text = (ROOT / "examples" / "finetunejob-banking77.yaml").read_text()
+    raw = yaml.safe_load(text)["spec"]
+    assert raw["dataPrep"]["validationFraction"] > 0
+    cfg = _rendered(raw)
+    assert cfg.data.validation_fraction == raw["dataPrep"]["validationFraction"]
+    assert cfg.dataset.eval_source and cfg.dataset.eval_source != cfg.dataset.source
+    assert not cfg.training.load_best_model or cfg.data.validation_fraction > 0
+    comments = " ".join(line.split("#", 1)[1] for line in text.splitlines() if "#" in line)
+    assert "validation loss" in comments and "lowest validation loss" in comments
+    assert "lands at" not in comments  # the old justification quoted test accuracy
