@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 
 from ftj_helpers import MINIMAL_SPEC, defaulted_spec
-from tuneforge.resources.job import build_trainer_job, build_validate_job
-from tuneforge.resources.names import Owner
+from tuneforge.finetune.builders.job import build_trainer_job, build_validate_job
+from tuneforge.finetune.builders.names import Owner
 from tuneforge.settings import Settings
-from tuneforge.spec import parse_spec
+from tuneforge.finetune.spec import parse_spec
 
 OWNER = Owner("intent", "team-a", "uid-7")
 SETTINGS = Settings(trainer_image="reg/trainer:1")
@@ -158,7 +158,7 @@ S3 = {"output": {"uri": "s3://bucket/runs"}, "s3": {"endpoint": "http://s3:9000"
 
 
 def test_summary_reader_job_is_cpu_only_and_reads_the_runs_folder() -> None:
-    from tuneforge.resources.job import build_summary_job
+    from tuneforge.finetune.builders.job import build_summary_job
     job = build_summary_job(OWNER, spec_of(**S3), 2, SETTINGS)
     assert job["metadata"]["name"] == "intent-summary-2" and job["metadata"]["ownerReferences"][0]["uid"] == "uid-7"
     assert pod(job)["restartPolicy"] == "Never" and job["spec"]["backoffLimit"] == 1
@@ -179,7 +179,7 @@ def test_summary_reader_script(tmp_path: Any) -> None:
     import json
     import subprocess
     import sys
-    from tuneforge.resources.job import SUMMARY_READER
+    from tuneforge.finetune.builders.job import SUMMARY_READER
     from k8s_objects import summary
     out = tmp_path / "termination-log"
     script = SUMMARY_READER.replace('"/dev/termination-log"', repr(str(out)))
@@ -217,8 +217,8 @@ def test_config_map_sources_are_mounted_read_only_and_rendered(dataset: dict[str
                                                                source: str, eval_source: str | None) -> None:
     import yaml
 
-    from tuneforge.resources.configmap import build_config_map
-    from tuneforge.resources.job import build_summary_job
+    from tuneforge.finetune.builders.configmap import build_config_map
+    from tuneforge.finetune.builders.job import build_summary_job
     spec = spec_of(dataset=dataset)
     for build in (build_validate_job, build_trainer_job):
         job = build(OWNER, spec, 1, SETTINGS)
@@ -242,7 +242,7 @@ def test_hub_cache_claim_is_mounted_read_write() -> None:
     """spec.hub.cacheUri: downloads outlive the pod, so the claim is written to."""
     import yaml
 
-    from tuneforge.resources.configmap import build_config_map
+    from tuneforge.finetune.builders.configmap import build_config_map
     spec = spec_of(hub={"cacheUri": "pvc://hf-cache/hub"})
     p = pod(build_trainer_job(OWNER, spec, 1, SETTINGS))
     claims = {v["persistentVolumeClaim"]["claimName"]: v["persistentVolumeClaim"]["readOnly"]

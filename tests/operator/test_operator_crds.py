@@ -143,8 +143,8 @@ def test_status_children_schema_keeps_every_child_the_operator_lists() -> None:
 
     from ftj_helpers import MINIMAL_SPEC, defaulted_spec
     from k8s_objects import job
-    from tuneforge.spec import parse_spec
-    from tuneforge.status import Observed, Revision, compute_status
+    from tuneforge.finetune.spec import parse_spec
+    from tuneforge.finetune.status import Observed, Revision, compute_status
 
     done = Observed(validate_job=job("v", complete=True), train_job=job("t", complete=True), summary_job=job("s"))
     children = {"configMap": "c", "validateJob": "v", "trainJob": "t"}

@@ -10,12 +10,12 @@ import pytest
 
 from ftj_helpers import MINIMAL_SPEC, defaulted_spec
 from k8s_objects import job, summary
-from tuneforge.gate import evaluate_gate
-from tuneforge.plan import Action, plan
-from tuneforge.progress import Progress, parse_progress
-from tuneforge.results import parse_summary
+from tuneforge.finetune.gate import evaluate_gate
+from tuneforge.finetune.plan import Action, plan
+from tuneforge.finetune.progress import Progress, parse_progress
+from tuneforge.finetune.results import parse_summary
 from tuneforge.settings import Settings
-from tuneforge.spec import Gate, parse_spec
+from tuneforge.finetune.spec import Gate, parse_spec
 
 S = parse_summary(summary())
 assert S is not None
@@ -115,8 +115,8 @@ def test_progress_stages_are_the_trainers_event_definitions() -> None:
     """The operator's side: one definition of the events, the trainer's file (no copy of the map)."""
     import pathlib
 
-    import tuneforge.progress as progress_module
-    import tuneforge.trainer_events as operator_events
+    import tuneforge.finetune.progress as progress_module
+    import tuneforge.finetune.trainer_events as operator_events
     from tuneforge_trainer import events as trainer_events
 
     root = pathlib.Path(__file__).resolve().parents[2]
@@ -141,9 +141,9 @@ def test_operator_image_context_carries_the_event_definitions(tmp_path: Any) -> 
     root = pathlib.Path(__file__).resolve().parents[2]
     ctx = tmp_path / "ctx"
     shutil.copytree(root / "operator", ctx, ignore=shutil.ignore_patterns("__pycache__"))
-    copied = ctx / "src/tuneforge/trainer_events.py"
+    copied = ctx / "src/tuneforge/finetune/trainer_events.py"
     assert copied.is_file() and not copied.is_symlink()
-    code = ("import tuneforge.progress as p, tuneforge.trainer_events as e; "
+    code = ("import tuneforge.finetune.progress as p, tuneforge.finetune.trainer_events as e; "
             "assert p.STAGE_BY_EVENT['eval_start'] == 'evaluate'; print(e.__file__)")
     out = subprocess.run([sys.executable, "-c", code], env={"PYTHONPATH": str(ctx / "src")},
                          capture_output=True, text=True, check=True, cwd=tmp_path)

@@ -10,9 +10,9 @@ import pytest
 
 from ftj_helpers import MINIMAL_SPEC, defaulted_spec
 from k8s_objects import finished, job, pod, summary
-from tuneforge.progress import Progress
-from tuneforge.spec import parse_spec, spec_hash
-from tuneforge.status import (
+from tuneforge.finetune.progress import Progress
+from tuneforge.finetune.spec import parse_spec, spec_hash
+from tuneforge.finetune.status import (
     Observed, Revision, compute_status, decide_revision, derive_phase, gpu_seconds, status_changed,
 )
 
@@ -366,7 +366,7 @@ def test_preflight_config_map_sources(name: str, dataset: dict[str, Any], config
                                       expected: tuple[str, str] | None) -> None:
     import asyncio
 
-    from tuneforge.reconcile import preflight
+    from tuneforge.finetune.reconcile import preflight
     kube = _FakeKube({"data", "artifacts"}, config_maps)
     assert asyncio.run(preflight(kube, "team-a", spec_of(dataset=dataset))) == expected, name  # type: ignore[arg-type]
 

@@ -9,10 +9,10 @@ import pytest
 import yaml
 
 from ftj_helpers import MINIMAL_SPEC, defaulted_spec
-from tuneforge.resources.configmap import build_config_map
-from tuneforge.resources.names import Owner
-from tuneforge.spec import parse_spec
-from tuneforge.trainer_config import render_trainer_config, resolve_uri
+from tuneforge.finetune.builders.configmap import build_config_map
+from tuneforge.finetune.builders.names import Owner
+from tuneforge.finetune.spec import parse_spec
+from tuneforge.finetune.trainer_config import render_trainer_config, resolve_uri
 
 import tuneforge_trainer.config as trainer_config  # noqa: E402
 

@@ -121,7 +121,7 @@ def test_the_standin_speaks_the_trainers_events(tmp_path: Path, command: str, kn
 def test_the_operator_reads_every_emitted_event_as_its_stage() -> None:
     """The trainer's side of the contract: each line its reporter writes is folded by the
     operator's progress parser into the stage events.py gives it."""
-    from tuneforge.progress import parse_progress
+    from tuneforge.finetune.progress import parse_progress
 
     for name in sorted(EVENTS):
         stream = io.StringIO()

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 
 from .gate import evaluate_gate
 from .progress import Progress
-from .resources.job import CONTAINER
+from .builders.job import CONTAINER
 from .results import Summary, parse_summary
 from .spec import FineTuneJobSpec
 

@@ -10,7 +10,7 @@ carries the final summary; the log carries progress.
 
 The stage each event means comes from the trainer's own event definitions
 (``tuneforge_trainer.events``, standard library only). The operator carries that one file as
-``tuneforge.trainer_events`` — a symlink in the source tree, a plain copy in the image (the image
+``tuneforge.finetune.trainer_events`` — a symlink in the source tree, a plain copy in the image (the image
 build copies its context with symlinks followed) — so the two sides cannot name events apart.
 """
 

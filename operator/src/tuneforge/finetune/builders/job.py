@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...settings import Settings
 from .. import KUEUE_QUEUE_LABEL
-from ..settings import Settings
 from ..spec import FineTuneJobSpec, SecretKeyRef, config_map_sources, pvc_claims
 from ..trainer_config import (
     CONFIG_DIR, CONFIG_MAP_ROOT, CONFIG_PATH, ENV_HF_TOKEN, ENV_OPENAI_KEY, PVC_ROOT, output_location,

@@ -4,7 +4,7 @@ Pure: spec in, plain dict out. The operator does not import the trainer's config
 (its image carries only the trainer's event definitions, ``trainer_events``);
 tests/operator/test_operator_trainer_config.py feeds this output through the trainer's own
 parser, which is the contract check. Paths here must agree with the pod layout
-built in ``resources/job.py`` (PVC mounts under PVC_ROOT, ConfigMap sources under CONFIG_MAP_ROOT,
+built in ``builders/job.py`` (PVC mounts under PVC_ROOT, ConfigMap sources under CONFIG_MAP_ROOT,
 the config file at CONFIG_PATH).
 """
 

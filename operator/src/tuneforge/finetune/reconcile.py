@@ -18,18 +18,19 @@ import random
 import time
 from typing import Any, Callable, Coroutine, Iterable, Mapping
 
-from . import LABEL_REVISION, metrics
-from .kube import ForeignChild, Kube
+from .. import metrics
+from ..kube import ForeignChild, Kube
+from ..settings import Settings
+from . import LABEL_REVISION
+from .builders.configmap import build_config_map
+from .builders.job import build_summary_job, build_trainer_job, build_validate_job
+from .builders.names import Owner, config_map_name, summary_job_name, train_job_name, validate_job_name
 from .plan import Action, plan
 from .progress import Progress
-from .resources.configmap import build_config_map
-from .resources.job import build_summary_job, build_trainer_job, build_validate_job
-from .resources.names import Owner, config_map_name, summary_job_name, train_job_name, validate_job_name
-from .settings import Settings
 from .spec import FineTuneJobSpec, config_map_sources, parse_spec, pvc_claims, spec_hash
 from .status import (
-    FAILED, PENDING, READING_SUMMARY, SUCCEEDED, TERMINAL, Observed, compute_status, decide_revision, job_finished,
-    status_changed,
+    FAILED, PENDING, PHASES, READING_SUMMARY, SUCCEEDED, TERMINAL, Observed, compute_status, decide_revision,
+    job_finished, status_changed,
 )
 from .trainer_config import artifact_uri
 
@@ -70,7 +71,7 @@ class Context:
     # deciding a revision from a stale status could start a revision twice.
     written: dict[str, Packed] = dataclasses.field(default_factory=dict)
     progress: dict[tuple[str, int], Progress] = dataclasses.field(default_factory=dict)
-    tally: metrics.PhaseTally = dataclasses.field(default_factory=metrics.PhaseTally)
+    tally: metrics.PhaseTally = dataclasses.field(default_factory=lambda: metrics.PhaseTally(PHASES))
     retries: dict[Key, asyncio.TimerHandle] = dataclasses.field(default_factory=dict)
     # Consecutive retries per object (failed or still waiting), for the exponential backoff.
     attempts: dict[Key, int] = dataclasses.field(default_factory=dict)

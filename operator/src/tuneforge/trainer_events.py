@@ -1,1 +1,0 @@
-../../../trainer-image/src/tuneforge_trainer/events.py
