@@ -30,7 +30,12 @@ if [ ! -f "$venv/.complete" ]; then
   "$venv/bin/python" -m pip install -q -r "$top" >&2
   if [ -n "${nodeps:-}" ]; then "$venv/bin/python" -m pip install -q --no-deps -r "$nodeps" >&2; fi
   touch "$venv/.complete"
-  # Old venvs of earlier pins are removed so the cache stays bounded.
-  find "$dir" -mindepth 1 -maxdepth 1 -type d ! -name "$key" -exec rm -rf {} +
+  # Venvs of other pins unused for 3 days are removed so the cache stays bounded; a recently used
+  # one stays (another checkout, or a test run in progress, may still be using it).
+  for other in "$dir"/*/; do
+    other=${other%/}
+    if [ "$other" != "$venv" ] && [ -z "$(find "$other" "$other/.complete" -maxdepth 0 -mmin -4320 2>/dev/null)" ]; then rm -rf "$other"; fi
+  done
 fi
+touch "$venv/.complete"  # marks it in use
 echo "$venv"
