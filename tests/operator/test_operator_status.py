@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from ftj_helpers import MINIMAL_SPEC, defaulted_spec
+from ftj_helpers import MINIMAL_SPEC, defaulted_spec, load_crd
 from k8s_objects import finished, job, pod, summary
 from tuneforge.finetune.progress import Progress
 from tuneforge.finetune.spec import parse_spec, spec_hash
@@ -240,11 +240,20 @@ def test_status_adapter_names_the_bytes_a_revision_wrote() -> None:
         assert "adapter" not in _status(spec_of(**GATED), obs)
 
 
-def test_history_keeps_each_revision_adapter_digest_and_gate() -> None:
+def test_history_keeps_each_revision_adapter_and_gate() -> None:
+    """A superseded revision stays servable from the history alone: digest, URI, base model."""
+    base = {"uri": "s3://models/smollm2", "digest": "sha256:" + "cd" * 32}
     prior = {"revision": 1, "specHash": "h1", "phase": "Succeeded", "gate": {"outcome": "Passed"},
-             "adapter": {"digest": ADAPTER["digest"]}, "evaluation": {"accuracy": 0.93}}
+             "adapter": {"digest": ADAPTER["digest"], "uri": ADAPTER["uri"], "baseModel": base},
+             "evaluation": {"accuracy": 0.93}}
     rev = decide_revision("h2", 2, {**prior, "observedGeneration": 1})
-    assert rev.history[-1]["adapterDigest"] == ADAPTER["digest"] and rev.history[-1]["gate"] == "Passed"
+    assert rev.history[-1] == {"revision": 1, "specHash": "h1", "phase": "Succeeded", "accuracy": 0.93, "gate": "Passed",
+                               "adapterDigest": ADAPTER["digest"], "adapterUri": ADAPTER["uri"], "baseModel": base}
+    # The CRD's status schema keeps every key of an entry (the apiserver prunes unknown ones).
+    schema = load_crd("finetunejob.yaml")["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    item = schema["properties"]["status"]["properties"]["history"]["items"]
+    assert set(rev.history[-1]) <= set(item["properties"])
+    assert set(base) <= set(item["properties"]["baseModel"]["properties"])
 
 
 # --- waiting for dependencies, phases only forward -------------------------------------------

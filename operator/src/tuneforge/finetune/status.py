@@ -109,6 +109,10 @@ def decide_revision(current_hash: str, generation: int, prior: Obj, history_limi
         "accuracy": (prior.get("evaluation") or {}).get("accuracy"),
         "gate": (prior.get("gate") or {}).get("outcome"),
         "adapterDigest": (prior.get("adapter") or {}).get("digest"),
+        # Where its adapter is and what it was trained on: a ModelServe can roll back to (or
+        # start on) a superseded revision from the history alone.
+        "adapterUri": (prior.get("adapter") or {}).get("uri"),
+        "baseModel": (prior.get("adapter") or {}).get("baseModel"),
         "startTime": prior.get("startTime"),
         "completionTime": prior.get("completionTime"),
     }.items() if v is not None}
