@@ -137,6 +137,16 @@ class Kube:
     async def pvc_exists(self, namespace: str, name: str) -> bool:
         return await self._exists(PersistentVolumeClaim, name, namespace=namespace)
 
+    async def config_map_keys(self, namespace: str, name: str) -> set[str] | None:
+        """The keys of a ConfigMap (data and binaryData), or None when it does not exist."""
+        try:
+            cm = await self._call(self._client.get, ConfigMap, name, namespace=namespace)
+        except ApiError as exc:
+            if exc.status.code == 404:
+                return None
+            raise
+        return set(cm.data or {}) | set(cm.binaryData or {})
+
     async def priority_class_exists(self, name: str) -> bool:
         return await self._exists(PriorityClass, name)
 
