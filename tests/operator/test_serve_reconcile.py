@@ -10,7 +10,6 @@ import datetime as dt
 import json
 from typing import Any
 
-import kopf
 import pytest
 
 from tuneforge.serve.builders import GatePod
@@ -98,10 +97,8 @@ def runtime(kube: FakeKube) -> tuple[Runtime, list[tuple[str, str]]]:
 
 def run(rt: Runtime, b: dict[str, Any], now: dt.datetime) -> dict[str, Any] | float:
     """The status, or the requeue delay when the reconcile says "not yet"."""
-    try:
-        return asyncio.run(reconcile(rt, b, now))
-    except kopf.TemporaryError as exc:
-        return float(exc.delay or 0)
+    status, requeue_after = asyncio.run(reconcile(rt, b, now))
+    return status if requeue_after is None else float(requeue_after)
 
 
 def test_first_deploy_then_rollout_with_gate_and_hpa_following_the_switch() -> None:

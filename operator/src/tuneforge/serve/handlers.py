@@ -4,8 +4,8 @@ runs its reconcile in the background (serialised and coalesced per ModelServe).
 Triggers: the ModelServe's own events (spec, promote/abort/retry annotations), its color
 Deployments and gate Jobs (labelled ``tuneforge.dev/modelserve``), the FineTuneJob it follows
 (the ``modelserves_by_finetunejob`` index maps a FineTuneJob to its followers, so a new passing
-revision rolls out at once), and timers: a reconcile that raises ``kopf.TemporaryError`` is run
-again after its delay; any other failure is retried with backoff and a Warning Event.
+revision rolls out at once), and timers: a reconcile that returns a delay is run
+again after it; any other failure is retried with backoff and a Warning Event.
 """
 
 from __future__ import annotations
@@ -104,11 +104,10 @@ class Runner:
 
     async def _once(self, key: Key, body: dict[str, Any]) -> None:
         try:
-            await reconcile(self.rt, body)
+            _, requeue_after = await reconcile(self.rt, body)
             self.attempts.pop(key, None)
-        except kopf.TemporaryError as exc:  # "not yet": a timer of the rollout
-            self.attempts.pop(key, None)
-            self.later(key, float(exc.delay or self.settings.retry_delay))
+            if requeue_after is not None:  # "not yet": a timer of the rollout
+                self.later(key, float(requeue_after or self.settings.retry_delay))
         except Exception as exc:  # noqa: BLE001 - a background reconcile has no retries of its own
             metrics.RECONCILE_ERRORS.labels(type(exc).__name__).inc()
             attempt = self.attempts.get(key, 0)

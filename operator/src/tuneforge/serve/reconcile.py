@@ -9,8 +9,8 @@ The thin, writing half of the room; every decision is plan.py's. One pass:
    plan; apply the actions in the order given; then the children that follow from the status
    (Services, PDB, HPA on the active color, InferencePools where their CRD is served, old
    version ConfigMaps removed);
-4. write the status only when it changed, post the plan's Events, and raise
-   ``kopf.TemporaryError`` with the plan's delay when a timer needs another look.
+4. write the status only when it changed, post the plan's Events, and return the plan's delay
+   when a timer needs another look (the handlers' runner schedules it).
 
 The status is written only after every action succeeded, so a reconcile that dies half way is
 finished by the next one (the actions are a diff against what is observed).
@@ -24,7 +24,6 @@ import json
 import logging
 from typing import Any, Callable, Mapping
 
-import kopf
 
 from ..kube import Kube
 from .builders import (
@@ -171,9 +170,9 @@ def _templates(deployments: list[dict[str, Any]]) -> dict[str, str | None]:
             for d in deployments}
 
 
-async def reconcile(rt: Runtime, body: Obj, now: dt.datetime | None = None) -> dict[str, Any]:
-    """One pass over ModelServe ``body`` (see the module docstring); returns the status.
-    Raises ``kopf.TemporaryError`` when a timer (deadline, gate poll, scale-down) is pending."""
+async def reconcile(rt: Runtime, body: Obj, now: dt.datetime | None = None) -> tuple[dict[str, Any], float | None]:
+    """One pass over ModelServe ``body`` (see the module docstring); returns the status and the
+    seconds after which a pending timer (deadline, gate poll, scale-down) needs another pass."""
     now = now or dt.datetime.now(dt.timezone.utc)
     meta = body["metadata"]
     ns, name, uid, generation = meta["namespace"], meta["name"], meta["uid"], int(meta.get("generation") or 0)
@@ -185,7 +184,7 @@ async def reconcile(rt: Runtime, body: Obj, now: dt.datetime | None = None) -> d
         if status != prior:
             await _write(rt, body, status)
             rt.emit(body, "Warning", "InvalidSpec", str(exc))
-        return status  # permanent: nothing to retry until the spec changes
+        return status, None  # permanent: nothing to retry until the spec changes
     ctx = serve_context(body, spec, rt.server_image)
     kube = rt.kube
     deployments = _controlled(await kube.list_labelled("Deployment", ns, {LABEL_MODELSERVE: name}), uid)
@@ -209,9 +208,7 @@ async def reconcile(rt: Runtime, body: Obj, now: dt.datetime | None = None) -> d
         await _write(rt, body, p.status)
     for e in p.events:
         rt.emit(body, e.type, e.reason, e.message)
-    if p.requeue_after is not None:
-        raise kopf.TemporaryError(f"ModelServe {ns}/{name}: {p.status.get('reason')}", delay=p.requeue_after)
-    return p.status
+    return p.status, p.requeue_after
 
 
 async def _write(rt: Runtime, body: Obj, status: dict[str, Any]) -> None:
