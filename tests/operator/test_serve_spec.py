@@ -99,3 +99,14 @@ def test_invalid_spec_names_the_field(base: dict[str, Any], path: str, value: An
         parse_spec(_with(base, path, value))
     assert err.value.path == field, str(err.value)
     assert str(err.value).startswith(field + ":") and words in str(err.value)
+
+
+def test_the_example_manifest_parses() -> None:
+    """examples/modelserve-banking77.yaml follows the demo's FineTuneJob with a gate."""
+    from pathlib import Path
+
+    import yaml
+
+    raw = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples" / "modelserve-banking77.yaml").read_text())
+    spec = parse_spec(raw["spec"])
+    assert spec.fine_tune_job == "banking77-intents" and spec.rollout.gate is not None and spec.s3 is not None
