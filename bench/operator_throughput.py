@@ -34,11 +34,11 @@ for sub in ("operator/src", "localcluster/src"):
 
 from kubernetes import client, watch  # noqa: E402
 
-from tuneforge.resources.configmap import build_config_map  # noqa: E402
-from tuneforge.resources.job import build_trainer_job, build_validate_job  # noqa: E402
-from tuneforge.resources.names import Owner  # noqa: E402
+from tuneforge.finetune.builders.configmap import build_config_map  # noqa: E402
+from tuneforge.finetune.builders.job import build_trainer_job, build_validate_job  # noqa: E402
+from tuneforge.finetune.builders.names import Owner  # noqa: E402
 from tuneforge.settings import Settings  # noqa: E402
-from tuneforge.spec import parse_spec  # noqa: E402
+from tuneforge.finetune.spec import parse_spec  # noqa: E402
 from tuneforge_localcluster import settings as lc_settings  # noqa: E402
 from tuneforge_localcluster.testing import operator_python, start_or_reuse  # noqa: E402
 

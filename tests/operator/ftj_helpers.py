@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import pathlib
 from typing import Any
 
@@ -17,6 +18,12 @@ def load_crd(name: str) -> dict[str, Any]:
 
 
 def ftj_schema() -> dict[str, Any]:
+    return copy.deepcopy(_ftj_schema())
+
+
+@functools.lru_cache(maxsize=1)
+def _ftj_schema() -> dict[str, Any]:
+    # Parsed once per test process (PyYAML is slow on the whole CRD); callers get a copy.
     return load_crd("finetunejob.yaml")["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
 
 
@@ -35,7 +42,7 @@ def apply_defaults(schema: dict[str, Any], value: Any) -> Any:
 
 
 def defaulted_spec(spec: dict[str, Any]) -> dict[str, Any]:
-    return apply_defaults(ftj_schema()["properties"]["spec"], copy.deepcopy(spec))
+    return apply_defaults(_ftj_schema()["properties"]["spec"], copy.deepcopy(spec))
 
 
 MINIMAL_SPEC: dict[str, Any] = {

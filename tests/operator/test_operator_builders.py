@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 
 from ftj_helpers import MINIMAL_SPEC, defaulted_spec
-from tuneforge.resources.job import build_trainer_job, build_validate_job
-from tuneforge.resources.names import Owner
+from tuneforge.finetune.builders.job import build_trainer_job, build_validate_job
+from tuneforge.finetune.builders.names import Owner
 from tuneforge.settings import Settings
-from tuneforge.spec import parse_spec
+from tuneforge.finetune.spec import parse_spec
 
 OWNER = Owner("intent", "team-a", "uid-7")
 SETTINGS = Settings(trainer_image="reg/trainer:1")
@@ -158,7 +158,7 @@ S3 = {"output": {"uri": "s3://bucket/runs"}, "s3": {"endpoint": "http://s3:9000"
 
 
 def test_summary_reader_job_is_cpu_only_and_reads_the_runs_folder() -> None:
-    from tuneforge.resources.job import build_summary_job
+    from tuneforge.finetune.builders.job import build_summary_job
     job = build_summary_job(OWNER, spec_of(**S3), 2, SETTINGS)
     assert job["metadata"]["name"] == "intent-summary-2" and job["metadata"]["ownerReferences"][0]["uid"] == "uid-7"
     assert pod(job)["restartPolicy"] == "Never" and job["spec"]["backoffLimit"] == 1
@@ -179,7 +179,7 @@ def test_summary_reader_script(tmp_path: Any) -> None:
     import json
     import subprocess
     import sys
-    from tuneforge.resources.job import SUMMARY_READER
+    from tuneforge.finetune.builders.job import SUMMARY_READER
     from k8s_objects import summary
     out = tmp_path / "termination-log"
     script = SUMMARY_READER.replace('"/dev/termination-log"', repr(str(out)))
@@ -195,3 +195,58 @@ def test_summary_reader_script(tmp_path: Any) -> None:
     assert len(text.encode()) <= 4096 and json.loads(text)["accuracy"] == 0.93
     gone = subprocess.run([sys.executable, "-c", script, str(tmp_path / "nothing")], capture_output=True, text=True)
     assert gone.returncode == 1 and out.read_text().startswith(f"cannot read {tmp_path}/nothing/summary.json: FileNotFoundError")
+
+
+# configmap://name/key sources: (dataset, ConfigMaps mounted, the path the trainer config names for
+# dataset.source and dataset.eval_source).
+CM_CASES = [
+    ({"uri": "configmap://intents-small/train.csv", "format": "csv"}, ["intents-small"],
+     "/mnt/configmap/intents-small/train.csv", None),
+    ({"uri": "configmap://small.v2/train.jsonl", "evalUri": "configmap://small.v2/test.jsonl"}, ["small.v2"],
+     "/mnt/configmap/small.v2/train.jsonl", "/mnt/configmap/small.v2/test.jsonl"),
+    ({"uri": "configmap://train-rows/rows.csv", "evalUri": "configmap://held-out/rows.csv"}, ["held-out", "train-rows"],
+     "/mnt/configmap/train-rows/rows.csv", "/mnt/configmap/held-out/rows.csv"),
+    ({"uri": "pvc://data/train.csv", "evalUri": "configmap://held-out/test.csv"}, ["held-out"],
+     "/mnt/pvc/data/train.csv", "/mnt/configmap/held-out/test.csv"),
+    ({"uri": "pvc://data/train.csv"}, [], "/mnt/pvc/data/train.csv", None),
+]
+
+
+@pytest.mark.parametrize("dataset,config_maps,source,eval_source", CM_CASES)
+def test_config_map_sources_are_mounted_read_only_and_rendered(dataset: dict[str, Any], config_maps: list[str],
+                                                               source: str, eval_source: str | None) -> None:
+    import yaml
+
+    from tuneforge.finetune.builders.configmap import build_config_map
+    from tuneforge.finetune.builders.job import build_summary_job
+    spec = spec_of(dataset=dataset)
+    for build in (build_validate_job, build_trainer_job):
+        job = build(OWNER, spec, 1, SETTINGS)
+        volumes = {v["name"]: v for v in pod(job)["volumes"]}
+        mounted = {v["configMap"]["name"]: name for name, v in volumes.items()
+                   if "configMap" in v and v["configMap"]["name"] != "intent-config-1"}
+        assert sorted(mounted) == config_maps, build.__name__
+        mounts = {m["name"]: m for m in container(job)["volumeMounts"]}
+        for cm, vol in mounted.items():
+            assert mounts[vol] == {"name": vol, "mountPath": f"/mnt/configmap/{cm}", "readOnly": True}
+            assert "items" not in volumes[vol]["configMap"]  # a missing key is a missing file the trainer names
+    # The summary reader reads no data: a ConfigMap deleted since training cannot keep it waiting.
+    assert not [v for v in pod(build_summary_job(OWNER, spec, 1, SETTINGS))["volumes"]
+                if "configMap" in v and v["configMap"]["name"] != "intent-config-1"]
+    rendered = yaml.safe_load(build_config_map(OWNER, spec, 1)["data"]["config.yaml"])
+    assert rendered["dataset"]["source"] == source
+    assert rendered["dataset"].get("eval_source") == eval_source
+
+
+def test_hub_cache_claim_is_mounted_read_write() -> None:
+    """spec.hub.cacheUri: downloads outlive the pod, so the claim is written to."""
+    import yaml
+
+    from tuneforge.finetune.builders.configmap import build_config_map
+    spec = spec_of(hub={"cacheUri": "pvc://hf-cache/hub"})
+    p = pod(build_trainer_job(OWNER, spec, 1, SETTINGS))
+    claims = {v["persistentVolumeClaim"]["claimName"]: v["persistentVolumeClaim"]["readOnly"]
+              for v in p["volumes"] if "persistentVolumeClaim" in v}
+    assert claims["hf-cache"] is False
+    rendered = yaml.safe_load(build_config_map(OWNER, spec, 1)["data"]["config.yaml"])
+    assert rendered["hub"] == {"cache_dir": "/mnt/pvc/hf-cache/hub", "offline": False}

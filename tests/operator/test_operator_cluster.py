@@ -76,10 +76,19 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
      "spec.dataset.evalUri: Invalid value"),
     ("model uri with ..", _mutate("spec.baseModel", {"uri": "/../root/model"}), "spec.baseModel.uri: Invalid value"),
     ("output uri with ..", _mutate("spec.output", {"uri": "pvc://artifacts/runs/.."}), "spec.output.uri: Invalid value"),
+    # configmap://<name>/<key>: each mistake named on its field.
+    ("configmap name not DNS-1123", _mutate("spec.dataset", {"uri": "configmap://Intents/train.csv"}),
+     "the ConfigMap name must be a DNS-1123 subdomain"),
+    ("configmap key invalid", _mutate("spec.dataset", {"uri": "/d.csv", "evalUri": "configmap://held-out/test data.csv"}),
+     "the ConfigMap key must be a valid key"),
+    ("configmap without key", _mutate("spec.dataset", {"uri": "configmap://intents"}), "configmap://<name>/<key>"),
+    ("best model without validation rows", _mutate("spec.dataPrep", {"validationFraction": 0}),
+     "spec.dataPrep.validationFraction"),
 ]
 # Second-level edits that _mutate cannot express in one step.
 INVALID[5][1]["spec"]["quantization"] = "4bit"
 INVALID[16][1]["spec"]["dataset"]["includeLabels"] = ["a", "c"]
+INVALID[-1][1]["spec"].setdefault("training", {})["loadBestModel"] = True
 
 
 def test_valid_manifest_accepted_with_defaults(cluster: Cluster, crds: None) -> None:
@@ -103,6 +112,8 @@ def test_near_misses_accepted(cluster: Cluster, crds: None) -> None:
     manifest = _mutate("spec.training", {"epochs": 0.5})
     manifest["spec"]["dataPrep"] = {"evalFraction": 0.01}
     manifest["spec"]["dataset"] = {"uri": "pvc://data/v1..2/train..old.jsonl"}
+    cluster.kubectl("create", "--dry-run=server", "--validate=strict", "-n", "default", "-f", "-", input=json.dumps(manifest))
+    manifest["spec"]["dataset"] = {"uri": "configmap://intents.v2/train.csv", "evalUri": "configmap://intents.v2/test_1.csv"}
     cluster.kubectl("create", "--dry-run=server", "--validate=strict", "-n", "default", "-f", "-", input=json.dumps(manifest))
 
 

@@ -119,7 +119,8 @@ def test_every_uri_rejects_dot_dot_segments() -> None:
     schema = load_crd("finetunejob.yaml")["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     uris = [(p, n) for p, n in walk(schema["properties"]["spec"], ".spec")
             if n.get("type") == "string" and (p.endswith(".uri") or p.endswith("Uri") or p.lower().endswith("path"))]
-    assert {p for p, _ in uris} == {".spec.baseModel.uri", ".spec.dataset.uri", ".spec.dataset.evalUri", ".spec.output.uri"}
+    assert {p for p, _ in uris} == {".spec.baseModel.uri", ".spec.dataset.uri", ".spec.dataset.evalUri", ".spec.output.uri",
+                                  ".spec.hub.cacheUri"}
     for path, node in uris:
         assert "!self.matches('(^|/)[.][.](/|$)')" in _rules(node), path
 
@@ -133,3 +134,78 @@ def test_dot_dot_rule_matches_segments_only(uri: str, ok: bool) -> None:
     """The rule's regex, run here with Python's re (RE2 and re agree on this pattern)."""
     import re
     assert (re.search("(^|/)[.][.](/|$)", uri) is None) == ok
+
+
+def test_status_children_schema_keeps_every_child_the_operator_lists() -> None:
+    """The apiserver prunes status keys the schema lacks: every child name the operator writes
+    must be a property of status.children (the summary reader was pruned once)."""
+    import datetime as dt
+
+    from ftj_helpers import MINIMAL_SPEC, defaulted_spec
+    from k8s_objects import job
+    from tuneforge.finetune.spec import parse_spec
+    from tuneforge.finetune.status import Observed, Revision, compute_status
+
+    done = Observed(validate_job=job("v", complete=True), train_job=job("t", complete=True), summary_job=job("s"))
+    children = {"configMap": "c", "validateJob": "v", "trainJob": "t"}
+    st = compute_status(parse_spec(defaulted_spec(MINIMAL_SPEC)), 1, {}, Revision(1, "h", True, ()), done,
+                        dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc), children, "x", summary_job="s")
+    schema = load_crd("finetunejob.yaml")["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    listed = set(schema["properties"]["status"]["properties"]["children"]["properties"])
+    assert set(st["children"]) == {"configMap", "validateJob", "trainJob", "summaryJob"}
+    assert set(st["children"]) <= listed
+
+
+def _cel_string_rule(rule: str, value: str) -> bool:
+    """Evaluate one of the CRD's CEL rules on a string ``self`` with cel-python (Google's CEL
+    in Python; the apiserver's cel-go agrees with it on these standard string functions)."""
+    import celpy
+
+    env = celpy.Environment()
+    program = env.program(env.compile(rule))
+    return bool(program.evaluate({"self": celpy.celtypes.StringType(value)}))
+
+
+@pytest.mark.parametrize("uri,message", [
+    ("configmap://intents/train.csv", None),
+    ("configmap://intents.v2/train-rows_1.jsonl", None),
+    ("configmap://a/b", None),
+    ("configmap://intents", "configmap://<name>/<key>"),
+    ("configmap://intents/", "configmap://<name>/<key>"),
+    ("configmap://intents/rows/train.csv", "configmap://<name>/<key>"),
+    ("configmap:///train.csv", "configmap://<name>/<key>"),
+    ("configmap://Intents/train.csv", "DNS-1123"),
+    ("configmap://-intents/train.csv", "DNS-1123"),
+    ("configmap://intents_small/train.csv", "DNS-1123"),
+    ("configmap://intents..v2/train.csv", "DNS-1123"),
+    ("configmap://" + "a" * 254 + "/train.csv", "DNS-1123"),
+    ("configmap://intents/train data.csv", "valid key"),
+    ("configmap://intents/.", "valid key"),
+    ("configmap://intents/" + "k" * 254, "valid key"),
+    ("configmap://intents/..", ".. path segment"),
+])
+def test_config_map_uri_rules_name_what_is_wrong(uri: str, message: str | None) -> None:
+    """dataset.uri and evalUri admit configmap://<name>/<key> with a DNS-1123 name and a valid
+    ConfigMap key; each mistake gets the rule whose message says what is wrong."""
+    import re
+    schema = load_crd("finetunejob.yaml")["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    dataset = schema["properties"]["spec"]["properties"]["dataset"]["properties"]
+    for field in ("uri", "evalUri"):
+        node = dataset[field]
+        assert re.search(node["pattern"], uri), f"{field}: the pattern must admit the scheme"
+        failed = [r["message"] for r in node["x-kubernetes-validations"] if not _cel_string_rule(r["rule"], uri)]
+        if message is None:
+            assert failed == [], (field, failed)
+        else:
+            assert failed and any(message in m for m in failed), (field, failed)
+    # Other URIs never trip the ConfigMap rules.
+    for other in ("pvc://data/train.csv", "s3://bucket/k.csv", "/data/x.jsonl"):
+        assert all(_cel_string_rule(r["rule"], other) for r in dataset["uri"]["x-kubernetes-validations"])
+
+
+def test_config_map_sources_only_for_data() -> None:
+    """A model or an output in a ConfigMap makes no sense (1 MiB, read-only): those patterns refuse it."""
+    import re
+    spec = load_crd("finetunejob.yaml")["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    assert not re.search(spec["properties"]["baseModel"]["properties"]["uri"]["pattern"], "configmap://m/model.bin")
+    assert not re.search(spec["properties"]["output"]["properties"]["uri"]["pattern"], "configmap://out/x")

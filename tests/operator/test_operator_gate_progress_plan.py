@@ -10,12 +10,12 @@ import pytest
 
 from ftj_helpers import MINIMAL_SPEC, defaulted_spec
 from k8s_objects import job, summary
-from tuneforge.gate import evaluate_gate
-from tuneforge.plan import Action, plan
-from tuneforge.progress import Progress, parse_progress
-from tuneforge.results import parse_summary
+from tuneforge.finetune.gate import evaluate_gate
+from tuneforge.finetune.plan import Action, plan
+from tuneforge.finetune.progress import Progress, parse_progress
+from tuneforge.finetune.results import parse_summary
 from tuneforge.settings import Settings
-from tuneforge.spec import Gate, parse_spec
+from tuneforge.finetune.spec import Gate, parse_spec
 
 S = parse_summary(summary())
 assert S is not None
@@ -109,6 +109,45 @@ def test_parse_progress_folds_lines() -> None:
 def test_parse_progress_stage(lines: list[dict[str, Any]], stage: str) -> None:
     p = parse_progress("\n".join(json.dumps(x) for x in lines))
     assert p is not None and p.stage == stage
+
+
+def test_progress_stages_are_the_trainers_event_definitions() -> None:
+    """The operator's side: one definition of the events, the trainer's file (no copy of the map)."""
+    import pathlib
+
+    import tuneforge.finetune.progress as progress_module
+    import tuneforge.finetune.trainer_events as operator_events
+    from tuneforge_trainer import events as trainer_events
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    assert pathlib.Path(operator_events.__file__).resolve() == root / "trainer-image/src/tuneforge_trainer/events.py"
+    assert progress_module.STAGE_BY_EVENT is operator_events.STAGE_BY_EVENT
+    assert dict(operator_events.STAGE_BY_EVENT) == dict(trainer_events.STAGE_BY_EVENT)
+    for name, stage in trainer_events.STAGE_BY_EVENT.items():
+        p = parse_progress(json.dumps({"event": name, "ts": 1.0}))
+        assert p is not None and p.stage == stage, name
+    # Names the old operator-only map invented, which no trainer emits, are no stages of their own.
+    assert not {"evaluating", "baselines", "evaluate"} & set(trainer_events.EVENTS)
+
+
+def test_operator_image_context_carries_the_event_definitions(tmp_path: Any) -> None:
+    """The operator image copies src/tuneforge with symlinks followed (localcluster images.build):
+    from that copy alone, without the trainer's sources, the progress parser imports."""
+    import pathlib
+    import shutil
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    ctx = tmp_path / "ctx"
+    shutil.copytree(root / "operator", ctx, ignore=shutil.ignore_patterns("__pycache__"))
+    copied = ctx / "src/tuneforge/finetune/trainer_events.py"
+    assert copied.is_file() and not copied.is_symlink()
+    code = ("import tuneforge.finetune.progress as p, tuneforge.finetune.trainer_events as e; "
+            "assert p.STAGE_BY_EVENT['eval_start'] == 'evaluate'; print(e.__file__)")
+    out = subprocess.run([sys.executable, "-c", code], env={"PYTHONPATH": str(ctx / "src")},
+                         capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert out.stdout.strip().startswith(str(ctx))
 
 
 def test_parse_progress_empty() -> None:

@@ -10,7 +10,7 @@ import pytest
 from lightkube import ApiError
 from lightkube.models.meta_v1 import Status
 from tuneforge.kube import api_error_message, is_transient
-from tuneforge.reconcile import pack, unpack
+from tuneforge.finetune.reconcile import pack, unpack
 from tuneforge_localcluster.testing import operator_python
 
 from operator_helpers import ROOT
@@ -62,7 +62,7 @@ def test_pack_round_trip_is_compact() -> None:
 def test_operator_process_never_imports_the_kubernetes_client() -> None:
     """The operator's venv is operator/requirements.txt only, and nothing the operator imports
     pulls the official client in (it would cost ~45 MB of RSS, and break in the image)."""
-    code = "import sys, tuneforge.main, tuneforge.handlers; print(sorted(m for m in sys.modules if m.split('.')[0] == 'kubernetes'))"
+    code = "import sys, tuneforge.main, tuneforge.finetune.handlers; print(sorted(m for m in sys.modules if m.split('.')[0] == 'kubernetes'))"
     out = subprocess.run([operator_python(), "-c", code], cwd=ROOT, env={"PYTHONPATH": str(ROOT / "operator" / "src")},
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
@@ -77,7 +77,7 @@ def _child(name: str, uid: str, controller: str | None) -> dict[str, object]:
 
 
 def test_only_children_controlled_by_this_object_are_read() -> None:
-    from tuneforge.reconcile import owned_children
+    from tuneforge.finetune.reconcile import owned_children
     jobs = [_child("intent-train-1", "job-a", "ftj-new"),
             _child("intent-validate-1", "job-old", "ftj-deleted"),   # a namesake's leftover
             _child("intent-train-9", "job-orphan", None)]             # orphaned: no controller
@@ -89,7 +89,7 @@ def test_only_children_controlled_by_this_object_are_read() -> None:
 
 
 def test_backoff_is_exponential_capped_and_jittered() -> None:
-    from tuneforge.reconcile import backoff_delay
+    from tuneforge.finetune.reconcile import backoff_delay
     top = [backoff_delay(a, 10, 300, rand=lambda: 1.0) for a in range(8)]
     assert top == [10, 20, 40, 80, 160, 300, 300, 300]
     assert backoff_delay(3, 10, 300, rand=lambda: 0.0) == 40
@@ -110,7 +110,7 @@ def test_progress_poller_survives_errors_is_restarted_and_probed(monkeypatch: py
     from types import SimpleNamespace
 
     import kopf
-    from tuneforge import handlers
+    from tuneforge.finetune import handlers
     from tuneforge.settings import Settings
 
     class Broken(dict):  # an index that fails every round
@@ -151,7 +151,7 @@ def test_progress_poller_survives_errors_is_restarted_and_probed(monkeypatch: py
 
 def test_accuracy_gauge_restored_from_status() -> None:
     from tuneforge import metrics
-    from tuneforge.reconcile import _restore_gauge
+    from tuneforge.finetune.reconcile import _restore_gauge
     _restore_gauge(("ns-gauge", "old"), {"phase": "Succeeded", "evaluation": {"accuracy": 0.91}})
     _restore_gauge(("ns-gauge", "running"), {"phase": "Running", "evaluation": {"accuracy": 0.5}})
     assert metrics.REGISTRY.get_sample_value("tuneforge_eval_accuracy", {"namespace": "ns-gauge", "name": "old"}) == 0.91
@@ -166,7 +166,7 @@ def test_any_failed_reconcile_is_retried_with_backoff(monkeypatch: pytest.Monkey
     import dataclasses
     from types import SimpleNamespace
 
-    from tuneforge import handlers
+    from tuneforge.finetune import handlers
     from tuneforge.settings import Settings
 
     key = ("ns", "intent")
@@ -204,7 +204,7 @@ def test_a_waiting_job_is_looked_at_when_its_wait_ends() -> None:
     """The backoff never sleeps past the end of a dependency's bounded wait."""
     import datetime as dt
 
-    from tuneforge.reconcile import _wait_left
+    from tuneforge.finetune.reconcile import _wait_left
     now = dt.datetime(2026, 1, 1, 0, 10, tzinfo=dt.timezone.utc)
     waiting = {"phase": "Pending", "conditions": [
         {"type": "DependenciesFound", "status": "False", "lastTransitionTime": "2026-01-01T00:05:00Z"}]}

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from ftj_helpers import MINIMAL_SPEC, defaulted_spec
+from ftj_helpers import MINIMAL_SPEC, defaulted_spec, load_crd
 from k8s_objects import finished, job, pod, summary
-from tuneforge.progress import Progress
-from tuneforge.spec import parse_spec, spec_hash
-from tuneforge.status import (
+from tuneforge.finetune.progress import Progress
+from tuneforge.finetune.spec import parse_spec, spec_hash
+from tuneforge.finetune.status import (
     Observed, Revision, compute_status, decide_revision, derive_phase, gpu_seconds, status_changed,
 )
 
@@ -240,11 +240,20 @@ def test_status_adapter_names_the_bytes_a_revision_wrote() -> None:
         assert "adapter" not in _status(spec_of(**GATED), obs)
 
 
-def test_history_keeps_each_revision_adapter_digest_and_gate() -> None:
+def test_history_keeps_each_revision_adapter_and_gate() -> None:
+    """A superseded revision stays servable from the history alone: digest, URI, base model."""
+    base = {"uri": "s3://models/smollm2", "digest": "sha256:" + "cd" * 32}
     prior = {"revision": 1, "specHash": "h1", "phase": "Succeeded", "gate": {"outcome": "Passed"},
-             "adapter": {"digest": ADAPTER["digest"]}, "evaluation": {"accuracy": 0.93}}
+             "adapter": {"digest": ADAPTER["digest"], "uri": ADAPTER["uri"], "baseModel": base},
+             "evaluation": {"accuracy": 0.93}}
     rev = decide_revision("h2", 2, {**prior, "observedGeneration": 1})
-    assert rev.history[-1]["adapterDigest"] == ADAPTER["digest"] and rev.history[-1]["gate"] == "Passed"
+    assert rev.history[-1] == {"revision": 1, "specHash": "h1", "phase": "Succeeded", "accuracy": 0.93, "gate": "Passed",
+                               "adapterDigest": ADAPTER["digest"], "adapterUri": ADAPTER["uri"], "baseModel": base}
+    # The CRD's status schema keeps every key of an entry (the apiserver prunes unknown ones).
+    schema = load_crd("finetunejob.yaml")["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    item = schema["properties"]["status"]["properties"]["history"]["items"]
+    assert set(rev.history[-1]) <= set(item["properties"])
+    assert set(base) <= set(item["properties"]["baseModel"]["properties"])
 
 
 # --- waiting for dependencies, phases only forward -------------------------------------------
@@ -314,3 +323,71 @@ def test_phase_may_leave_suspended() -> None:
     prior = {"phase": "Suspended", "revision": 1, "specHash": "h1", "observedGeneration": 1, "conditions": []}
     obs = Observed(validate_job=VOK, train_job=job(T), train_pods=[pod(T, phase="Running", running_since="2026-01-01T00:05:00Z")])
     assert compute_status(spec_of(), 1, prior, Revision(1, "h1", False, ()), obs, NOW, {}, "x")["phase"] == "Running"
+
+
+@pytest.mark.parametrize("name,observed,listed", [
+    ("plain run", Observed(validate_job=VOK, train_job=job(T, complete=True), train_pods=[
+        pod(T, phase="Succeeded", terminated=finished(0, summary()))]), False),
+    ("pods gone: reader about to be created", Observed(validate_job=VOK, train_job=job(T, complete=True)), True),
+    ("reader running", Observed(validate_job=VOK, train_job=job(T, complete=True), summary_job=job(S)), True),
+    ("reader read it", Observed(validate_job=VOK, train_job=job(T, complete=True), summary_job=job(S, complete=True),
+                                summary_pods=[pod(S, phase="Succeeded", terminated=finished(0, summary()))]), True),
+    ("reader failed", Observed(validate_job=VOK, train_job=job(T, complete=True), summary_job=job(S, failed="BackoffLimitExceeded"),
+                               summary_pods=[pod(S, phase="Failed", terminated=finished(1, "cannot read"))]), True),
+])
+def test_summary_reader_job_is_listed_among_the_children(name: str, observed: Observed, listed: bool) -> None:
+    children = {"configMap": "intent-config-1", "validateJob": V, "trainJob": T}
+    st = compute_status(spec_of(), 1, {}, Revision(1, "h1", True, ()), observed, NOW, children, "x", summary_job=S)
+    expected = {**children, "summaryJob": S} if listed else children
+    assert st["children"] == expected, name
+
+
+class _FakeKube:
+    """The preflight's view of the cluster: which PVCs, ConfigMaps (with keys) and PriorityClasses exist."""
+
+    def __init__(self, pvcs: set[str], config_maps: dict[str, set[str]], priority_classes: frozenset[str] = frozenset()) -> None:
+        self.pvcs, self.config_maps, self.priority_classes = pvcs, config_maps, priority_classes
+
+    async def pvc_exists(self, namespace: str, name: str) -> bool:
+        return name in self.pvcs
+
+    async def config_map_keys(self, namespace: str, name: str) -> set[str] | None:
+        return self.config_maps.get(name)
+
+    async def priority_class_exists(self, name: str) -> bool:
+        return name in self.priority_classes
+
+
+CM_DATA = {"uri": "configmap://intents/train.csv", "evalUri": "configmap://held-out/test.csv", "format": "csv"}
+
+
+@pytest.mark.parametrize("name,dataset,config_maps,expected", [
+    ("all there", CM_DATA, {"intents": {"train.csv"}, "held-out": {"test.csv", "other.csv"}}, None),
+    ("train ConfigMap missing", CM_DATA, {"held-out": {"test.csv"}},
+     ("ConfigMapNotFound", "spec.dataset.uri: ConfigMap 'intents' not found in namespace team-a")),
+    ("eval ConfigMap missing", CM_DATA, {"intents": {"train.csv"}},
+     ("ConfigMapNotFound", "spec.dataset.evalUri: ConfigMap 'held-out' not found in namespace team-a")),
+    ("key missing", CM_DATA, {"intents": {"train.jsonl"}, "held-out": {"test.csv"}},
+     ("ConfigMapKeyNotFound", "spec.dataset.uri: ConfigMap 'intents' has no key 'train.csv'")),
+    ("no ConfigMap source", {"uri": "pvc://data/train.csv"}, {}, None),
+])
+def test_preflight_config_map_sources(name: str, dataset: dict[str, Any], config_maps: dict[str, set[str]],
+                                      expected: tuple[str, str] | None) -> None:
+    import asyncio
+
+    from tuneforge.finetune.reconcile import preflight
+    kube = _FakeKube({"data", "artifacts"}, config_maps)
+    assert asyncio.run(preflight(kube, "team-a", spec_of(dataset=dataset))) == expected, name  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("reason", ["ConfigMapNotFound", "ConfigMapKeyNotFound"])
+def test_missing_config_map_waits_then_fails(reason: str) -> None:
+    obs = Observed(preflight_error=(reason, "spec.dataset.uri: ConfigMap 'intents' not found in namespace team-a"))
+    first = compute_status(spec_of(), 1, {}, Revision(1, "h1", True, ()), obs, NOW, {}, "x", wait_limit=600)
+    assert (first["phase"], first["reason"]) == ("Pending", reason) and "waiting up to 600 s" in first["message"]
+    assert _conds(first)["DependenciesFound"]["status"] == "False"
+    done = compute_status(spec_of(), 1, first, Revision(1, "h1", False, ()), obs, NOW + dt.timedelta(seconds=600), {},
+                          "x", wait_limit=600)
+    assert (done["phase"], done["reason"]) == ("Failed", reason)
+    assert done["message"].startswith("spec.dataset.uri: ConfigMap 'intents'")
+    assert _conds(done)["DependenciesFound"]["status"] == "False"

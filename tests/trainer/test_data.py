@@ -353,3 +353,31 @@ def test_a_label_too_small_for_validation_stays_in_training(tmp_path: Path) -> N
     assert Counter(e.target for e in prep.eval)["c"] == 1
     assert Counter(e.target for e in prep.train)["c"] == 2 and "c" not in {e.target for e in prep.validation}
     assert Counter(e.target for e in prep.validation) == {"a": 4, "b": 4}
+
+
+def _kubelet_config_map(root: Path, files: dict[str, str]) -> Path:
+    """A ConfigMap volume as the kubelet lays it out: each key is a symlink through ``..data`` to
+    a timestamped folder (swapped atomically on update)."""
+    stamp = root / "..2026_01_01_00_00_00.000000001"
+    stamp.mkdir(parents=True)
+    for key, text in files.items():
+        (stamp / key).write_text(text)
+    (root / "..data").symlink_to(stamp.name)
+    for key in files:
+        (root / key).symlink_to(f"..data/{key}")
+    return root
+
+
+@pytest.mark.parametrize("key,fmt,expected", [
+    ("train.csv", "auto", "csv"),
+    ("train.jsonl", "auto", "instruction_jsonl"),
+    ("rows.txt", "csv", "csv"),  # no telling extension: dataset.format decides
+])
+def test_config_map_key_loads_like_a_file(tmp_path: Path, key: str, fmt: str, expected: str) -> None:
+    """configmap://name/key reaches the trainer as /mnt/configmap/name/key (operator's mount)."""
+    csv_text = "text,label\nwhere is my card,card_arrival\nmy card was stolen,lost_or_stolen_card\n"
+    jsonl_text = json.dumps({"instruction": "Classify", "input": "where is my card", "output": "card_arrival"}) + "\n"
+    folder = _kubelet_config_map(tmp_path / "intents", {key: jsonl_text if key.endswith(".jsonl") else csv_text})
+    rows, dropped, got = load_rows(str(folder / key), fmt, "text", "label")
+    assert got == expected and not dropped
+    assert rows[0].target == "card_arrival"

@@ -116,3 +116,15 @@ def test_the_standin_speaks_the_trainers_events(tmp_path: Path, command: str, kn
     if command == "train":
         saved = json.loads((out / "summary.json").read_text())
         assert saved["status"] == ("succeeded" if code == 0 else "failed")
+
+
+def test_the_operator_reads_every_emitted_event_as_its_stage() -> None:
+    """The trainer's side of the contract: each line its reporter writes is folded by the
+    operator's progress parser into the stage events.py gives it."""
+    from tuneforge.finetune.progress import parse_progress
+
+    for name in sorted(EVENTS):
+        stream = io.StringIO()
+        ProgressReporter(None, stream=stream, enabled=True).emit(name)
+        progress = parse_progress(stream.getvalue())
+        assert progress is not None and progress.stage == STAGE_BY_EVENT[name], name

@@ -1,16 +1,21 @@
 """Tuneforge operator: FineTuneJob and ModelServe custom resources reconciled with Kopf.
 
-The package owns the operator side only; it imports nothing from the trainer except its light
-config module (``tuneforge_trainer.config``), in the one test that checks the contract.
+One room per kind — ``finetune/`` (FineTuneJob) and ``serve/`` (ModelServe), each with its spec,
+status, plan, builders and reconcile — and the parts they share at this level: the API door
+(``kube``, the only module that imports the Kubernetes client), ``settings``, ``metrics`` and the
+entry point (``main``, ``__main__``), which imports each room's Kopf handlers so they register.
+The rooms never import each other (tests/operator/test_operator_layout.py checks it).
+
+The package owns the operator side only; from the trainer it takes only data definitions: the
+progress events (``finetune/trainer_events``, a symlink to ``tuneforge_trainer/events.py``,
+standard library only, copied into the image) and, in the test that checks the contract, the
+light config module (``tuneforge_trainer.config``).
 """
 
+# The API both kinds live in, and their plurals (Kopf's watches and the API door name them).
 GROUP = "tuneforge.dev"
 VERSION = "v1alpha1"
 FTJ_PLURAL = "finetunejobs"
 MS_PLURAL = "modelserves"
 
-LABEL_FTJ = f"{GROUP}/finetunejob"
-LABEL_REVISION = f"{GROUP}/revision"
-LABEL_ROLE = f"{GROUP}/role"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"

@@ -1,4 +1,6 @@
-"""The operator's only door to the Kubernetes API (besides Kopf's own watches and events).
+"""The operator's only door to the Kubernetes API (besides Kopf's own watches and events), for
+both kinds: FineTuneJob children (Jobs, ConfigMaps) and ModelServe children (color Deployments,
+Services, the PDB and HPA, gate Jobs, version ConfigMaps, InferencePools), as plain dicts.
 
 Calls go through lightkube's async client: no thread pool, and its models load per API group,
 where the official ``kubernetes`` client imports every generated model (~45 MB of RSS). At most
@@ -14,20 +16,31 @@ import logging
 from typing import Any, Awaitable, Callable, TypeVar
 
 import httpx2
-from lightkube import ApiError, AsyncClient, KubeConfig, codecs
+from lightkube import ApiError, AsyncClient, KubeConfig, codecs, operators
 from lightkube.generic_resource import create_namespaced_resource
+from lightkube.resources.apps_v1 import Deployment
+from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
 from lightkube.resources.batch_v1 import Job
-from lightkube.resources.core_v1 import PersistentVolumeClaim
+from lightkube.resources.core_v1 import ConfigMap, PersistentVolumeClaim, Pod, Service
+from lightkube.resources.policy_v1 import PodDisruptionBudget
 from lightkube.resources.scheduling_v1 import PriorityClass
 from lightkube.types import CascadeType, PatchType
 
-from . import FTJ_PLURAL, GROUP, VERSION
+from . import FTJ_PLURAL, GROUP, MS_PLURAL, VERSION
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 FIELD_MANAGER = "tuneforge-operator"
 FineTuneJob = create_namespaced_resource(GROUP, VERSION, "FineTuneJob", FTJ_PLURAL)
+ModelServe = create_namespaced_resource(GROUP, VERSION, "ModelServe", MS_PLURAL)
+InferencePool = create_namespaced_resource("inference.networking.k8s.io", "v1", "InferencePool", "inferencepools")
+KINDS: dict[str, Any] = {
+    "Deployment": Deployment, "Service": Service, "Job": Job, "ConfigMap": ConfigMap, "Pod": Pod,
+    "PodDisruptionBudget": PodDisruptionBudget, "HorizontalPodAutoscaler": HorizontalPodAutoscaler,
+    "InferencePool": InferencePool, "FineTuneJob": FineTuneJob,
+}
+"""The kinds the ModelServe room reads and writes, by ``kind``."""
 
 
 class ForeignChild(Exception):
@@ -124,8 +137,89 @@ class Kube:
     async def pvc_exists(self, namespace: str, name: str) -> bool:
         return await self._exists(PersistentVolumeClaim, name, namespace=namespace)
 
+    async def config_map_keys(self, namespace: str, name: str) -> set[str] | None:
+        """The keys of a ConfigMap (data and binaryData), or None when it does not exist."""
+        try:
+            cm = await self._call(self._client.get, ConfigMap, name, namespace=namespace)
+        except ApiError as exc:
+            if exc.status.code == 404:
+                return None
+            raise
+        return set(cm.data or {}) | set(cm.binaryData or {})
+
     async def priority_class_exists(self, name: str) -> bool:
         return await self._exists(PriorityClass, name)
+
+    # --- ModelServe children (plain dicts in and out) --------------------------------------
+
+    async def list_labelled(self, kind: str, namespace: str, labels: dict[str, str | None]) -> list[dict[str, Any]]:
+        """Objects of ``kind`` in ``namespace`` carrying ``labels`` (a None value: the label exists)."""
+        selector: dict[str, Any] = {k: (operators.exists() if v is None else v) for k, v in labels.items()}
+
+        async def collect() -> list[dict[str, Any]]:
+            return [o.to_dict() async for o in self._client.list(KINDS[kind], namespace=namespace, labels=selector)]
+
+        return await self._call(collect)
+
+    async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """One object as a dict; None when it does not exist."""
+        try:
+            obj = await self._call(self._client.get, KINDS[kind], name, namespace=namespace)
+        except ApiError as exc:
+            if exc.status.code == 404:
+                return None
+            raise
+        return obj.to_dict()  # type: ignore[no-any-return]
+
+    async def apply(self, obj: dict[str, Any]) -> None:
+        """Server-side apply of a whole object we own (create or converge it), forcing our fields."""
+        meta = obj["metadata"]
+        await self._call(self._client.patch, KINDS[obj["kind"]], meta["name"], obj, namespace=meta["namespace"],
+                         patch_type=PatchType.APPLY, field_manager=FIELD_MANAGER, force=True)
+
+    async def merge_patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        await self._call(self._client.patch, KINDS[kind], name, patch, namespace=namespace, patch_type=PatchType.MERGE)
+
+    async def delete(self, kind: str, namespace: str, name: str) -> None:
+        """Delete an object (dependents in the background); NotFound is success."""
+        try:
+            await self._call(self._client.delete, KINDS[kind], name, namespace=namespace, cascade=CascadeType.BACKGROUND)
+        except ApiError as exc:
+            if exc.status.code != 404:
+                raise
+
+    async def job_termination_message(self, namespace: str, job: str, container: str) -> str | None:
+        """The termination message of ``container`` in a finished pod of ``job`` (None: none yet)."""
+        for pod in await self.list_labelled("Pod", namespace, {"batch.kubernetes.io/job-name": job}):
+            for cs in (pod.get("status") or {}).get("containerStatuses") or ():
+                message = ((cs.get("state") or {}).get("terminated") or {}).get("message")
+                if cs.get("name") == container and message:
+                    return str(message)
+        return None
+
+    async def served(self, kind: str, namespace: str) -> bool:
+        """Whether the API serves ``kind`` (an optional CRD such as InferencePool is installed)."""
+        try:
+            await self._call(self._list_one, KINDS[kind], namespace)
+            return True
+        except ApiError as exc:
+            if exc.status.code == 404:
+                return False
+            raise
+
+    async def _list_one(self, res: Any, namespace: str) -> None:
+        async for _ in self._client.list(res, namespace=namespace, chunk_size=1):
+            break
+
+    async def replace_modelserve_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        """Replace the ModelServe's whole status (a JSON patch: a merge patch would keep keys the
+        new status dropped, such as a finished rollout's); NotFound is success (deleted)."""
+        try:
+            await self._call(self._client.patch, ModelServe.Status, name, [{"op": "add", "path": "/status", "value": status}],
+                             namespace=namespace, patch_type=PatchType.JSON)
+        except ApiError as exc:
+            if exc.status.code != 404:
+                raise
 
     async def _exists(self, res: Any, name: str, **kwargs: Any) -> bool:
         try:

@@ -46,11 +46,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig  # what Kopf's kubeconfig login reads
-    from . import handlers  # registers the handlers
+    from .finetune import handlers as finetune_handlers  # registers the FineTuneJob handlers
+    from .serve import handlers as _serve_handlers  # noqa: F401 - registers the ModelServe handlers
     from .metrics import REGISTRY
 
-    handlers._state["settings"] = settings
-    handlers._state["kubeconfig"] = args.kubeconfig
+    finetune_handlers._state["settings"] = settings
+    finetune_handlers._state["kubeconfig"] = args.kubeconfig
     if settings.metrics_port:
         start_http_server(settings.metrics_port, registry=REGISTRY)
     namespaces = settings.namespace_list()

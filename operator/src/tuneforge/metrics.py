@@ -1,10 +1,13 @@
-"""Operator metrics (prometheus-client), served on /metrics by ``main``."""
+"""Operator metrics (prometheus-client), served on /metrics by ``main``.
+
+Shared by the rooms, so it imports none of them: a kind's phases are passed in.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from typing import Iterable
 
-from .status import PHASES
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -32,9 +35,9 @@ EVAL_ACCURACY = Gauge(
 class PhaseTally:
     """Phase of every known FineTuneJob, mirrored into the JOBS_BY_PHASE gauge."""
 
-    def __init__(self) -> None:
+    def __init__(self, phases: Iterable[str]) -> None:
         self._phase: dict[str, str] = {}
-        for p in PHASES:
+        for p in phases:
             JOBS_BY_PHASE.labels(p).set(0)
 
     def set(self, uid: str, phase: str | None) -> None:

@@ -96,6 +96,22 @@ class Settings:
     history_limit: int = 20
     """How many earlier revisions are kept in status.history."""
 
+    server_image: str = "tuneforge/server:0.1.0"
+    """Image of the server (the vLLM launcher) the ModelServe color Deployments run."""
+
+    gate_image: str = "tuneforge/operator:0.1.0"
+    """Image of the operator: ModelServe gate Jobs run ``python3 -m tuneforge.serve.gate`` in it."""
+
+    gate_node_selector: str = ""
+    """JSON object: nodeSelector of gate pods (e.g. a CPU pool); empty means anywhere."""
+
+    gate_tolerations: str = ""
+    """JSON list of tolerations of gate pods."""
+
+    gate_pod_annotations: str = ""
+    """JSON object of extra annotations on gate pods (a mesh opt-out, or kwok's simulated outcome
+    in the fast test tier)."""
+
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
         """Build settings from TUNEFORGE_* variables; unknown variables are ignored."""
@@ -113,6 +129,7 @@ class Settings:
         settings = cls(**values)
         settings.pod_annotation_map()
         settings.validate_placement()
+        settings.gate_placement()
         return settings
 
     def pod_annotation_map(self) -> dict[str, str]:
@@ -131,6 +148,18 @@ class Settings:
         if not isinstance(selector, dict) or not isinstance(tolerations, list):
             raise ValueError("TUNEFORGE_VALIDATE_NODE_SELECTOR must be a JSON object, TUNEFORGE_VALIDATE_TOLERATIONS a JSON list")
         return selector, tolerations
+
+    def gate_placement(self) -> tuple[dict[str, str], list[dict[str, object]], dict[str, str]]:
+        """``gate_node_selector``, ``gate_tolerations`` and ``gate_pod_annotations`` parsed."""
+        def load(raw: str, empty: object) -> object:
+            return json.loads(raw) if raw.strip() else empty
+        selector, tolerations, annotations = (load(self.gate_node_selector, {}), load(self.gate_tolerations, []),
+                                              load(self.gate_pod_annotations, {}))
+        if not isinstance(selector, dict) or not isinstance(tolerations, list) or not isinstance(annotations, dict) \
+                or not all(isinstance(v, str) for v in [*selector.values(), *annotations.values()]):
+            raise ValueError("TUNEFORGE_GATE_NODE_SELECTOR and TUNEFORGE_GATE_POD_ANNOTATIONS must be JSON objects of "
+                             "strings, TUNEFORGE_GATE_TOLERATIONS a JSON list")
+        return selector, tolerations, annotations
 
     def namespace_list(self) -> list[str]:
         """The namespaces to watch, or an empty list for cluster-wide."""

@@ -78,6 +78,13 @@ class ServerPlan:
     labels: dict[str, str] = dataclasses.field(default_factory=dict)
     owner_references: tuple[dict[str, Any], ...] = ()
     extra_args: tuple[str, ...] = ()
+    config_name: str | None = None
+    """The launcher ConfigMap the pods mount (default: ``name``); a ModelServe color mounts its
+    version's immutable ConfigMap, so a version change never rewrites a running pod's config."""
+    annotations: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Annotations of the Deployment and its pod template (e.g. the served version's digest)."""
+    selector: dict[str, str] | None = None
+    """The Deployment's selector (default: ``app.kubernetes.io/instance: <name>``)."""
 
 
 def render_server_config(plan: ServerPlan) -> dict[str, Any]:
@@ -107,6 +114,8 @@ def render_server_config(plan: ServerPlan) -> dict[str, Any]:
 
 def _meta(plan: ServerPlan, name: str) -> dict[str, Any]:
     meta: dict[str, Any] = {"name": name, "namespace": plan.namespace, "labels": _labels(plan)}
+    if plan.annotations:
+        meta["annotations"] = dict(plan.annotations)
     if plan.owner_references:
         meta["ownerReferences"] = [dict(o) for o in plan.owner_references]
     return meta
@@ -118,7 +127,7 @@ def _labels(plan: ServerPlan) -> dict[str, str]:
 
 
 def build_config_map(plan: ServerPlan) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(plan, plan.name),
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(plan, plan.config_name or plan.name),
             "data": {CONFIG_FILE: yaml.safe_dump(render_server_config(plan), sort_keys=False)}}
 
 
@@ -180,7 +189,7 @@ def pod_spec(plan: ServerPlan, restart_policy: str = "Always") -> dict[str, Any]
             ],
         }],
         "volumes": [
-            {"name": "config", "configMap": {"name": plan.name}},
+            {"name": "config", "configMap": {"name": plan.config_name or plan.name}},
             {"name": "cache", "emptyDir": {}},
             {"name": "tmp", "emptyDir": {}},
             {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}},
@@ -195,7 +204,7 @@ def pod_spec(plan: ServerPlan, restart_policy: str = "Always") -> dict[str, Any]
 
 
 def build_deployment(plan: ServerPlan) -> dict[str, Any]:
-    selector = {"app.kubernetes.io/instance": plan.name}
+    selector = dict(plan.selector) if plan.selector else {"app.kubernetes.io/instance": plan.name}
     return {
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(plan, plan.name),
         "spec": {
@@ -205,6 +214,7 @@ def build_deployment(plan: ServerPlan) -> dict[str, Any]:
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
             "template": {
                 "metadata": {"labels": _labels(plan), "annotations": {
+                    **plan.annotations,
                     "prometheus.io/scrape": "true", "prometheus.io/port": str(PORT), "prometheus.io/path": "/metrics"}},
                 "spec": pod_spec(plan),
             },

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from .. import GROUP, LABEL_FTJ, LABEL_MANAGED_BY, LABEL_REVISION, LABEL_ROLE, VERSION
+from ... import GROUP, LABEL_MANAGED_BY, VERSION
+from .. import LABEL_FTJ, LABEL_REVISION, LABEL_ROLE
 
 ROLE_VALIDATE = "validate"
 ROLE_TRAIN = "train"

@@ -15,15 +15,16 @@ from typing import Any
 
 import kopf
 
-from . import FTJ_PLURAL, GROUP, LABEL_FTJ, VERSION, metrics
-from .kube import Kube, api_error_message, is_transient
+from .. import FTJ_PLURAL, GROUP, VERSION, metrics
+from ..kube import Kube, api_error_message, is_transient
+from ..settings import Settings
+from . import LABEL_FTJ
 from .progress import parse_progress
 from .reconcile import (
     Context, Key, Packed, backoff_delay, one, owned_children, pack, reconcile, schedule_retry, unpack,
 )
-from .resources.job import CONTAINER
-from .resources.names import ROLE_TRAIN
-from .settings import Settings
+from .builders.job import CONTAINER
+from .builders.names import ROLE_TRAIN
 from .status import EVALUATING, RUNNING
 
 log = logging.getLogger(__name__)

@@ -7,6 +7,11 @@ subresource (``get pods/log`` — read-only) every ``progress_interval`` seconds
 trainers only. The alternative — the trainer patching an annotation on its own Pod — would give
 every training pod a token able to write Pods in the user's namespace. The termination message
 carries the final summary; the log carries progress.
+
+The stage each event means comes from the trainer's own event definitions
+(``tuneforge_trainer.events``, standard library only). The operator carries that one file as
+``tuneforge.finetune.trainer_events`` — a symlink in the source tree, a plain copy in the image (the image
+build copies its context with symlinks followed) — so the two sides cannot name events apart.
 """
 
 from __future__ import annotations
@@ -15,11 +20,7 @@ import dataclasses
 import json
 from typing import Any
 
-_STAGE_BY_EVENT = {
-    "start": "start", "data": "data", "progress": "train", "checkpoint": "train",
-    "eval": "evaluate", "evaluate": "evaluate", "eval_start": "evaluate", "evaluating": "evaluate",
-    "baselines": "evaluate", "done": "done", "error": "error", "preempted": "preempted",
-}
+from .trainer_events import STAGE_BY_EVENT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +61,7 @@ def parse_progress(log_tail: str, previous: Progress | None = None) -> Progress 
             continue
         if not isinstance(rec, dict) or "event" not in rec:
             continue
-        stage = str(rec.get("stage") or _STAGE_BY_EVENT.get(str(rec["event"]), str(rec["event"])))
+        stage = str(rec.get("stage") or STAGE_BY_EVENT.get(str(rec["event"]), str(rec["event"])))
         base = current or Progress(stage=stage)
         step = rec.get("step") if isinstance(rec.get("step"), int) else base.step
         total = rec.get("max_steps", rec.get("total_steps"))

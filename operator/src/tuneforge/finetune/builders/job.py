@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...settings import Settings
 from .. import KUEUE_QUEUE_LABEL
-from ..settings import Settings
-from ..spec import FineTuneJobSpec, SecretKeyRef, pvc_claims
-from ..trainer_config import CONFIG_DIR, CONFIG_PATH, ENV_HF_TOKEN, ENV_OPENAI_KEY, PVC_ROOT, output_location
+from ..spec import FineTuneJobSpec, SecretKeyRef, config_map_sources, pvc_claims
+from ..trainer_config import (
+    CONFIG_DIR, CONFIG_MAP_ROOT, CONFIG_PATH, ENV_HF_TOKEN, ENV_OPENAI_KEY, PVC_ROOT, output_location,
+)
 from .names import (
     ROLE_SUMMARY, ROLE_TRAIN, ROLE_VALIDATE, Owner, child_labels, config_map_name, owner_references,
     summary_job_name, train_job_name, validate_job_name,
@@ -52,7 +54,8 @@ def _env(spec: FineTuneJobSpec) -> list[dict[str, Any]]:
     return env
 
 
-def _volumes(owner: Owner, spec: FineTuneJobSpec, revision: int, with_shm: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _volumes(owner: Owner, spec: FineTuneJobSpec, revision: int, with_shm: bool,
+             with_config_maps: bool = True) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     volumes: list[dict[str, Any]] = [
         {"name": "config", "configMap": {"name": config_map_name(owner.name, revision)}},
         {"name": "tmp", "emptyDir": {}},
@@ -67,6 +70,13 @@ def _volumes(owner: Owner, spec: FineTuneJobSpec, revision: int, with_shm: bool)
     for i, (claim, writable) in enumerate(sorted(pvc_claims(spec).items())):
         volumes.append({"name": f"pvc-{i}", "persistentVolumeClaim": {"claimName": claim, "readOnly": not writable}})
         mounts.append({"name": f"pvc-{i}", "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": not writable})
+    if with_config_maps:
+        # configmap://name/key: the whole ConfigMap, read-only, so the key is a file at
+        # CONFIG_MAP_ROOT/name/key. Not limited to the key with items: a key that is not there
+        # is then a missing file the trainer names, not a mount error that keeps the pod waiting.
+        for i, cm in enumerate(sorted({name for _, name, _ in config_map_sources(spec)})):
+            volumes.append({"name": f"cm-{i}", "configMap": {"name": cm}})
+            mounts.append({"name": f"cm-{i}", "mountPath": f"{CONFIG_MAP_ROOT}/{cm}", "readOnly": True})
     return volumes, mounts
 
 
@@ -265,7 +275,8 @@ def build_summary_job(owner: Owner, spec: FineTuneJobSpec, revision: int, settin
     """A seconds-long CPU Job that reads a finished run's summary.json from the output store,
     for when the training pods (and their termination messages) are gone."""
     labels = child_labels(owner, revision, ROLE_SUMMARY)
-    volumes, mounts = _volumes(owner, spec, revision, with_shm=False)
+    # No ConfigMap sources: it reads no data, and one deleted since training would keep it waiting.
+    volumes, mounts = _volumes(owner, spec, revision, with_shm=False, with_config_maps=False)
     # It only reads: every claim read-only (the /tmp emptyDir stays writable for boto3).
     for v in volumes:
         if "persistentVolumeClaim" in v:

@@ -1,9 +1,11 @@
 """Render the trainer's config (``tuneforge_trainer.config.TrainerConfig``) from a FineTuneJob.
 
-Pure: spec in, plain dict out. The operator does not import the trainer at run time (its image
-carries no trainer code); tests/operator/test_trainer_config.py feeds this output through the
-trainer's own parser, which is the contract check. Paths here must agree with the pod layout
-built in ``resources/job.py`` (PVC mounts under PVC_ROOT, the config file at CONFIG_PATH).
+Pure: spec in, plain dict out. The operator does not import the trainer's config at run time
+(its image carries only the trainer's event definitions, ``trainer_events``);
+tests/operator/test_operator_trainer_config.py feeds this output through the trainer's own
+parser, which is the contract check. Paths here must agree with the pod layout
+built in ``builders/job.py`` (PVC mounts under PVC_ROOT, ConfigMap sources under CONFIG_MAP_ROOT,
+the config file at CONFIG_PATH).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ CONFIG_DIR = "/etc/tuneforge"
 CONFIG_FILE = "config.yaml"
 CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_FILE}"
 PVC_ROOT = "/mnt/pvc"
+CONFIG_MAP_ROOT = "/mnt/configmap"
 TERMINATION_LOG = "/dev/termination-log"
 
 # Environment variables the trainer reads its secrets from (filled by secretKeyRef only).
@@ -27,7 +30,11 @@ _FORMATS = {"auto": "auto", "jsonl": "instruction_jsonl", "csv": "csv", "chat": 
 
 
 def resolve_uri(uri: str) -> str:
-    """Map a spec URI to what the trainer opens: pvc://claim/path becomes its mount path."""
+    """Map a spec URI to what the trainer opens: pvc://claim/path and configmap://name/key become
+    their mount paths (the key is a file of the mounted ConfigMap; its extension tells the format)."""
+    if uri.startswith("configmap://"):
+        name, _, key = uri[len("configmap://"):].partition("/")
+        return f"{CONFIG_MAP_ROOT}/{name}/{key}"
     if uri.startswith("pvc://"):
         claim, _, rest = uri[len("pvc://"):].partition("/")
         return f"{PVC_ROOT}/{claim}" + (f"/{rest.strip('/')}" if rest.strip("/") else "")
@@ -67,34 +74,34 @@ def _baselines(spec: FineTuneJobSpec) -> dict[str, Any] | None:
         elif b.type == "tfidf-logreg":
             out["tfidf_lr"] = True
         elif b.type == "openai":
-            out["openai"] = {"base_url": b.url, "model": b.model, "api_key_env": ENV_OPENAI_KEY}
+            out["openai"] = _drop_none({
+                "base_url": b.url, "model": b.model, "api_key_env": ENV_OPENAI_KEY,
+                "max_retries": b.max_retries, "concurrency": b.concurrency,
+                "timeout_s": float(b.timeout_seconds) if b.timeout_seconds is not None else None,
+                "max_rows": b.max_rows,
+            })
     return out
+
+
+# spec.training key -> trainer training key. No defaults here: the CRD defaults the spec, and a
+# key it lacks leaves the trainer's default (tests/operator/test_operator_trainer_config.py checks
+# the two agree).
+_TRAINING = {
+    "epochs": "epochs", "maxSteps": "max_steps", "learningRate": "learning_rate", "lrScheduler": "lr_scheduler",
+    "warmupRatio": "warmup_ratio", "weightDecay": "weight_decay", "maxGradNorm": "max_grad_norm",
+    "batchSize": "batch_size", "gradientAccumulationSteps": "gradient_accumulation_steps",
+    "maxSeqLength": "max_seq_length", "paddingFree": "padding_free", "completionOnlyLoss": "completion_only_loss",
+    "sharedPrefix": "shared_prefix", "gradientCheckpointing": "gradient_checkpointing", "precision": "precision",
+    "evalSteps": "eval_steps", "saveSteps": "save_steps", "saveTotalLimit": "save_total_limit",
+    "loggingSteps": "logging_steps", "earlyStoppingPatience": "early_stopping_patience",
+    "loadBestModel": "load_best_model", "seed": "seed",
+}
 
 
 def render_trainer_config(spec: FineTuneJobSpec, namespace: str, name: str, uid: str, revision: int) -> dict[str, Any]:
     """The trainer config for one revision of a FineTuneJob."""
     t = spec.training
-    training = _drop_none({
-        "epochs": float(t.get("epochs", 3)),
-        "max_steps": t.get("maxSteps"),
-        "learning_rate": float(t.get("learningRate", 2e-4)),
-        "lr_scheduler": t.get("lrScheduler", "cosine"),
-        "warmup_ratio": float(t.get("warmupRatio", 0.03)),
-        "batch_size": t.get("batchSize", 8),
-        "gradient_accumulation_steps": t.get("gradientAccumulationSteps", 1),
-        "max_seq_length": t.get("maxSeqLength", 512),
-        "padding_free": t.get("paddingFree", False),
-        "completion_only_loss": t.get("completionOnlyLoss", True),
-        "shared_prefix": t.get("sharedPrefix", True),
-        "gradient_checkpointing": t.get("gradientCheckpointing"),
-        "precision": t.get("precision", "auto"),
-        "eval_steps": t.get("evalSteps"),
-        "save_steps": t.get("saveSteps"),
-        "logging_steps": t.get("loggingSteps", 5),
-        "early_stopping_patience": t.get("earlyStoppingPatience"),
-        "load_best_model": t.get("loadBestModel", False),
-        "seed": t.get("seed", 42),
-    })
+    training = _drop_none({ours: t.get(theirs) for theirs, ours in _TRAINING.items()})
     config: dict[str, Any] = {
         "api_version": API_VERSION,
         "run_name": f"{namespace}/{name}/r{revision}",
@@ -110,6 +117,7 @@ def render_trainer_config(spec: FineTuneJobSpec, namespace: str, name: str, uid:
             "eval_source": resolve_uri(spec.eval_uri) if spec.eval_uri else None,
             "text_column": spec.text_column,
             "label_column": spec.label_column,
+            "csv_bad_rows": spec.csv_bad_rows,
             "prompt_template": spec.prompt_template,
             "system_prompt": spec.system_prompt,
             "include_labels": list(spec.include_labels) if spec.include_labels else None,
@@ -123,10 +131,11 @@ def render_trainer_config(spec: FineTuneJobSpec, namespace: str, name: str, uid:
         "data": _drop_none({
             "dedup": spec.dedup,
             "eval_fraction": spec.eval_fraction,
+            "validation_fraction": spec.validation_fraction,
             "balance": spec.balance,
             "balance_cap": spec.balance_cap,
             "leak_threshold": spec.leak_threshold,
-            "seed": t.get("seed", 42),
+            "seed": t.get("seed"),
         }),
         "lora": {
             "enabled": spec.lora_enabled,
@@ -143,6 +152,7 @@ def render_trainer_config(spec: FineTuneJobSpec, namespace: str, name: str, uid:
             "method": spec.eval_method,
             "max_new_tokens": spec.max_new_tokens,
             "max_rows": spec.max_eval_rows,
+            "batch_size": spec.eval_batch_size,
             "baselines": _baselines(spec),
         }),
         "output": {
@@ -152,5 +162,9 @@ def render_trainer_config(spec: FineTuneJobSpec, namespace: str, name: str, uid:
             "merge": spec.merge_adapter,
             "termination_message_path": TERMINATION_LOG,
         },
+        "hub": _drop_none({
+            "cache_dir": resolve_uri(spec.hub_cache_uri) if spec.hub_cache_uri else None,
+            "offline": spec.hub_offline,
+        }),
     }
     return config

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 
 from .gate import evaluate_gate
 from .progress import Progress
-from .resources.job import CONTAINER
+from .builders.job import CONTAINER
 from .results import Summary, parse_summary
 from .spec import FineTuneJobSpec
 
@@ -29,7 +29,8 @@ CONDITION_TYPES = ("DependenciesFound", "Validated", "Admitted", "Trained", "Gat
 FORWARD = (PENDING, VALIDATING, QUEUED, RUNNING, EVALUATING)
 # Reasons of a revision that waits for (then fails on) something the spec names but the cluster
 # lacks; all of them can appear moments later with GitOps.
-DEPENDENCY_REASONS = ("PersistentVolumeClaimNotFound", "PriorityClassNotFound", "CreateContainerConfigError")
+DEPENDENCY_REASONS = ("PersistentVolumeClaimNotFound", "ConfigMapNotFound", "ConfigMapKeyNotFound",
+                      "PriorityClassNotFound", "CreateContainerConfigError")
 
 Obj = Mapping[str, Any]
 
@@ -108,6 +109,10 @@ def decide_revision(current_hash: str, generation: int, prior: Obj, history_limi
         "accuracy": (prior.get("evaluation") or {}).get("accuracy"),
         "gate": (prior.get("gate") or {}).get("outcome"),
         "adapterDigest": (prior.get("adapter") or {}).get("digest"),
+        # Where its adapter is and what it was trained on: a ModelServe can roll back to (or
+        # start on) a superseded revision from the history alone.
+        "adapterUri": (prior.get("adapter") or {}).get("uri"),
+        "baseModel": (prior.get("adapter") or {}).get("baseModel"),
         "startTime": prior.get("startTime"),
         "completionTime": prior.get("completionTime"),
     }.items() if v is not None}
@@ -407,7 +412,7 @@ def _conditions(info: PhaseInfo, observed: Observed, prior: Sequence[Obj], gener
     if info.waiting or (p == FAILED and info.reason in DEPENDENCY_REASONS):
         found = ("False", info.reason, info.message)
     else:
-        found = ("True", "Found", "Every PersistentVolumeClaim, Secret and PriorityClass named was found (or is not needed yet)")
+        found = ("True", "Found", "Every PersistentVolumeClaim, ConfigMap, Secret and PriorityClass named was found (or is not needed yet)")
     rows = [
         ("DependenciesFound",) + found,
         ("Validated",) + validated, ("Admitted",) + admitted, ("Trained",) + trained, ("GatePassed",) + gate,
@@ -470,9 +475,13 @@ def compute_status(
     children: Mapping[str, str],
     artifact_uri: str,
     wait_limit: float = 600.0,
+    summary_job: str | None = None,
 ) -> dict[str, Any]:
     """The whole status of a FineTuneJob. Terminal phases stick for their revision, and within a
-    revision the phase never moves back along FORWARD."""
+    revision the phase never moves back along FORWARD.
+
+    ``children`` are always listed; ``summary_job`` (the reader of <output>/summary.json) joins
+    them once it exists or is about to be created — most runs never need one."""
     if not revision.is_new and prior.get("phase") in TERMINAL and prior.get("revision") == revision.number:
         kept = dict(prior)
         kept["observedGeneration"] = generation
@@ -498,7 +507,7 @@ def compute_status(
         "specHash": revision.spec_hash,
         "startTime": base.get("startTime") or stamp,
         "conditions": _conditions(info, observed, base.get("conditions") or (), generation, stamp),
-        "children": dict(children),
+        "children": _children(children, summary_job, observed, info),
         "artifacts": {"output": artifact_uri},
         "gpuSeconds": gpu_seconds(observed.train_pods, spec.gpus, now),
         "gate": {"outcome": "Pending", "reasons": []},
@@ -529,6 +538,13 @@ def compute_status(
     if revision.history:
         status["history"] = [dict(h) for h in revision.history]
     return status
+
+
+def _children(children: Mapping[str, str], summary_job: str | None, observed: Observed, info: PhaseInfo) -> dict[str, str]:
+    out = dict(children)
+    if summary_job and (observed.summary_job is not None or info.reason == READING_SUMMARY):
+        out["summaryJob"] = summary_job
+    return out
 
 
 def _waited(prior: Obj, now: dt.datetime) -> float:

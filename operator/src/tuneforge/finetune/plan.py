@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal, Mapping, Sequence
 
-from .resources.job import train_job_suspended
+from .builders.job import train_job_suspended
 from .spec import FineTuneJobSpec
 from .status import TERMINAL, job_finished
 

@@ -18,18 +18,19 @@ import random
 import time
 from typing import Any, Callable, Coroutine, Iterable, Mapping
 
-from . import LABEL_REVISION, metrics
-from .kube import ForeignChild, Kube
+from .. import metrics
+from ..kube import ForeignChild, Kube
+from ..settings import Settings
+from . import LABEL_REVISION
+from .builders.configmap import build_config_map
+from .builders.job import build_summary_job, build_trainer_job, build_validate_job
+from .builders.names import Owner, config_map_name, summary_job_name, train_job_name, validate_job_name
 from .plan import Action, plan
 from .progress import Progress
-from .resources.configmap import build_config_map
-from .resources.job import build_summary_job, build_trainer_job, build_validate_job
-from .resources.names import Owner, config_map_name, summary_job_name, train_job_name, validate_job_name
-from .settings import Settings
-from .spec import FineTuneJobSpec, parse_spec, pvc_claims, spec_hash
+from .spec import FineTuneJobSpec, config_map_sources, parse_spec, pvc_claims, spec_hash
 from .status import (
-    FAILED, PENDING, READING_SUMMARY, SUCCEEDED, TERMINAL, Observed, compute_status, decide_revision, job_finished,
-    status_changed,
+    FAILED, PENDING, PHASES, READING_SUMMARY, SUCCEEDED, TERMINAL, Observed, compute_status, decide_revision,
+    job_finished, status_changed,
 )
 from .trainer_config import artifact_uri
 
@@ -70,7 +71,7 @@ class Context:
     # deciding a revision from a stale status could start a revision twice.
     written: dict[str, Packed] = dataclasses.field(default_factory=dict)
     progress: dict[tuple[str, int], Progress] = dataclasses.field(default_factory=dict)
-    tally: metrics.PhaseTally = dataclasses.field(default_factory=metrics.PhaseTally)
+    tally: metrics.PhaseTally = dataclasses.field(default_factory=lambda: metrics.PhaseTally(PHASES))
     retries: dict[Key, asyncio.TimerHandle] = dataclasses.field(default_factory=dict)
     # Consecutive retries per object (failed or still waiting), for the exponential backoff.
     attempts: dict[Key, int] = dataclasses.field(default_factory=dict)
@@ -148,11 +149,18 @@ def _revision_of(obj: Obj) -> int:
 async def preflight(kube: Kube, namespace: str, spec: FineTuneJobSpec) -> tuple[str, str] | None:
     """Checks that need cluster state (the schema cannot see it): (reason, message) or None."""
     fields = {"spec.baseModel.uri": spec.base_model_uri, "spec.dataset.uri": spec.dataset_uri,
-              "spec.dataset.evalUri": spec.eval_uri, "spec.output.uri": spec.output_uri}
+              "spec.dataset.evalUri": spec.eval_uri, "spec.output.uri": spec.output_uri,
+              "spec.hub.cacheUri": spec.hub_cache_uri}
     for claim in pvc_claims(spec):
         if not await kube.pvc_exists(namespace, claim):
             field = next(f for f, u in fields.items() if u and u.startswith(f"pvc://{claim}"))
             return "PersistentVolumeClaimNotFound", f"{field}: PersistentVolumeClaim {claim!r} not found in namespace {namespace}"
+    for field, name, key in config_map_sources(spec):
+        keys = await kube.config_map_keys(namespace, name)
+        if keys is None:
+            return "ConfigMapNotFound", f"{field}: ConfigMap {name!r} not found in namespace {namespace}"
+        if key not in keys:
+            return "ConfigMapKeyNotFound", f"{field}: ConfigMap {name!r} has no key {key!r}"
     if spec.priority_class_name and not await kube.priority_class_exists(spec.priority_class_name):
         return "PriorityClassNotFound", f"spec.scheduling.priorityClassName: PriorityClass {spec.priority_class_name!r} not found"
     return None
@@ -206,7 +214,8 @@ async def _reconcile(ctx: Context, key: Key) -> float | None:
                 "trainJob": train_job_name(name, rev)}
     now = dt.datetime.now(dt.timezone.utc)
     status = compute_status(spec, generation, prior, revision, observed, now, children,
-                            artifact_uri(spec, namespace, name, owner.uid, rev), ctx.settings.dependency_wait_seconds)
+                            artifact_uri(spec, namespace, name, owner.uid, rev), ctx.settings.dependency_wait_seconds,
+                            summary_job_name(name, rev))
     waiting = _wait_left(status, now, ctx.settings.dependency_wait_seconds)
 
     read_summary = status.get("reason") == READING_SUMMARY and sjob is None

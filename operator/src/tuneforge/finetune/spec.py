@@ -2,7 +2,10 @@
 
 The apiserver has already validated and defaulted the spec against crds/finetunejob.yaml, so
 parsing here only gives the dict a shape; it repeats none of the schema's checks. Optional
-fields are ``None`` when unset.
+fields are ``None`` when unset. The CRD is the one source of defaults: the fallbacks below only
+shape a spec the apiserver has not defaulted (tests), and a test checks they agree with the CRD;
+fields added since are ``None`` when absent, which leaves the trainer's default (equal to the
+CRD's, also tested).
 """
 
 from __future__ import annotations
@@ -34,6 +37,11 @@ class Baseline:
     url: str | None = None
     model: str | None = None
     api_key: SecretKeyRef | None = None
+    # openai only; None leaves the trainer's default.
+    max_retries: int | None = None
+    concurrency: int | None = None
+    timeout_seconds: int | None = None
+    max_rows: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +77,7 @@ class FineTuneJobSpec:
     eval_uri: str | None
     text_column: str | None
     label_column: str | None
+    csv_bad_rows: str | None
     prompt_template: str | None
     system_prompt: str | None
     include_labels: tuple[str, ...] | None
@@ -77,6 +86,7 @@ class FineTuneJobSpec:
     task_type: str
     labels: tuple[str, ...] | None
     eval_fraction: float
+    validation_fraction: float | None
     dedup: str
     balance: str
     balance_cap: int | None
@@ -91,6 +101,7 @@ class FineTuneJobSpec:
     eval_method: str
     max_new_tokens: int | None
     max_eval_rows: int | None
+    eval_batch_size: int | None
     baselines: tuple[Baseline, ...] | None
     gate: Gate
     gpus: int
@@ -110,6 +121,8 @@ class FineTuneJobSpec:
     s3_secret_key: SecretKeyRef | None
     output_uri: str
     merge_adapter: bool
+    hub_cache_uri: str | None
+    hub_offline: bool | None
     suspend: bool
 
 
@@ -121,15 +134,17 @@ def parse_spec(spec: Mapping[str, Any]) -> FineTuneJobSpec:
     gate = evaluation.get("gate", {})
     res, sched = spec.get("resources", {}), spec.get("scheduling", {})
     s3 = spec.get("s3") or {}
+    hub = spec.get("hub") or {}
     return FineTuneJobSpec(
         base_model_uri=model["uri"],
         base_model_revision=model.get("revision"),
         hf_token=SecretKeyRef.parse(model.get("tokenSecretRef")),
         dataset_uri=data["uri"],
-        dataset_format=data.get("format", "jsonl"),
+        dataset_format=data.get("format", "auto"),
         eval_uri=data.get("evalUri"),
         text_column=data.get("textColumn"),
         label_column=data.get("labelColumn"),
+        csv_bad_rows=data.get("csvBadRows"),
         prompt_template=data.get("promptTemplate"),
         system_prompt=data.get("systemPrompt"),
         include_labels=_tuple_or_none(data.get("includeLabels")),
@@ -138,6 +153,7 @@ def parse_spec(spec: Mapping[str, Any]) -> FineTuneJobSpec:
         task_type=task.get("type", "classification"),
         labels=_tuple_or_none(task.get("labels")),
         eval_fraction=float(prep.get("evalFraction", 0.1)),
+        validation_fraction=prep.get("validationFraction"),
         dedup=prep.get("dedup", "normalized"),
         balance=prep.get("balance", "none"),
         balance_cap=prep.get("balanceCap"),
@@ -152,10 +168,13 @@ def parse_spec(spec: Mapping[str, Any]) -> FineTuneJobSpec:
         eval_method=evaluation.get("method", "auto"),
         max_new_tokens=evaluation.get("maxNewTokens"),
         max_eval_rows=evaluation.get("maxRows"),
+        eval_batch_size=evaluation.get("batchSize"),
         baselines=None if "baselines" not in evaluation else tuple(
             Baseline(
                 type=b["type"], shots=b.get("shots"), url=b.get("url"),
                 model=b.get("model"), api_key=SecretKeyRef.parse(b.get("apiKeySecretRef")),
+                max_retries=b.get("maxRetries"), concurrency=b.get("concurrency"),
+                timeout_seconds=b.get("timeoutSeconds"), max_rows=b.get("maxRows"),
             )
             for b in evaluation["baselines"]
         ),
@@ -188,6 +207,8 @@ def parse_spec(spec: Mapping[str, Any]) -> FineTuneJobSpec:
         s3_secret_key=SecretKeyRef.parse(s3.get("secretAccessKeySecretRef")),
         output_uri=spec["output"]["uri"],
         merge_adapter=bool(spec["output"].get("mergeAdapter", False)),
+        hub_cache_uri=hub.get("cacheUri"),
+        hub_offline=hub.get("offline"),
         suspend=bool(spec.get("suspend", False)),
     )
 
@@ -202,11 +223,22 @@ def spec_hash(spec: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(essence, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
 
 
+def config_map_sources(spec: FineTuneJobSpec) -> list[tuple[str, str, str]]:
+    """(spec field, ConfigMap name, key) of every configmap://name/key data source."""
+    out = []
+    for field, uri in (("spec.dataset.uri", spec.dataset_uri), ("spec.dataset.evalUri", spec.eval_uri)):
+        if uri and uri.startswith("configmap://"):
+            name, _, key = uri[len("configmap://"):].partition("/")
+            out.append((field, name, key))
+    return out
+
+
 def pvc_claims(spec: FineTuneJobSpec) -> dict[str, bool]:
     """PersistentVolumeClaims the spec's URIs name, each mapped to whether it is written to."""
     claims: dict[str, bool] = {}
     for uri, writable in (
         (spec.base_model_uri, False), (spec.dataset_uri, False), (spec.eval_uri, False), (spec.output_uri, True),
+        (spec.hub_cache_uri, True),
     ):
         if uri and uri.startswith("pvc://"):
             claim = uri[len("pvc://"):].split("/", 1)[0]

@@ -1,0 +1,15 @@
+"""The FineTuneJob room: a fine-tuning run, revision by revision, as validation and training Jobs.
+
+Shape, arrows one way: ``handlers`` (Kopf) → ``reconcile`` (observe, write through the API door)
+→ pure ``status`` / ``plan`` / ``gate`` / ``progress`` / ``results`` → pure ``builders`` and the
+``spec`` types (``trainer_config`` renders the trainer's config; ``trainer_events`` is the
+trainer's own event definitions). It shares only the API door, settings, metrics and the entry
+point with the ModelServe room, and never imports it.
+"""
+
+from .. import GROUP
+
+LABEL_FTJ = f"{GROUP}/finetunejob"
+LABEL_REVISION = f"{GROUP}/revision"
+LABEL_ROLE = f"{GROUP}/role"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"

@@ -1,0 +1,1 @@
+../../../../trainer-image/src/tuneforge_trainer/events.py

@@ -1,0 +1,58 @@
+"""Names, labels and annotations of a ModelServe's children, in one place (the plan, the
+builders and the observer agree on them here).
+
+Children are named from the ModelServe's name, never generated, so a restarted operator finds
+what it created (``metadata.name`` is at most 40 characters, which keeps every name below 63):
+
+- ``<name>-blue`` / ``<name>-green``: the two color Deployments (each its own selector);
+- ``<name>``: the active Service; ``<name>-preview``: the preview Service;
+- ``<name>-<short digest>``: the immutable launcher ConfigMap of one version (both colors share it);
+- ``<name>-gate-<short digest>``: the gate Job of one candidate;
+- ``<name>``: the PodDisruptionBudget and the HorizontalPodAutoscaler;
+- ``<name>-<color>``: the InferencePool of a color.
+"""
+
+from __future__ import annotations
+
+COLORS = ("blue", "green")
+GROUP = "tuneforge.dev"
+
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_MODELSERVE = f"{GROUP}/modelserve"
+LABEL_COLOR = f"{GROUP}/color"
+LABEL_VERSION = f"{GROUP}/version"
+"""The short digest (12 hex digits): a label value stops at 63 characters."""
+
+ANNOTATION_VERSION = f"{GROUP}/version"
+"""The full version digest on a color Deployment (and gate Job): what the observer reads back."""
+
+# The user's requests, as annotations on the ModelServe (see plan.py's docstring).
+ANNOTATION_PROMOTE = f"{GROUP}/promote"
+ANNOTATION_ABORT = f"{GROUP}/abort"
+ANNOTATION_RETRY = f"{GROUP}/retry"
+
+
+def other(color: str | None) -> str:
+    """The idle color: green when blue is active, blue otherwise (also when nothing is)."""
+    return "green" if color == "blue" else "blue"
+
+
+def color_name(name: str, color: str) -> str:
+    return f"{name}-{color}"
+
+
+def active_service_name(name: str) -> str:
+    return name
+
+
+def preview_service_name(name: str) -> str:
+    return f"{name}-preview"
+
+
+def config_name(name: str, short: str) -> str:
+    return f"{name}-{short}"
+
+
+def gate_job_name(name: str, short: str) -> str:
+    return f"{name}-gate-{short}"

@@ -1,0 +1,71 @@
+"""What exists, read from a ModelServe's children (plain dicts as the API returns them) into
+plan.py's :class:`Observed`. Pure: the reconcile lists the objects and passes them in."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any, Iterable, Mapping
+
+from .gate import GateMeasures
+from .names import ANNOTATION_VERSION, COLORS, LABEL_COLOR, active_service_name, color_name, preview_service_name
+from .plan import ColorState, GateJob, Observed
+
+__all__ = ["observe", "observe_color", "observe_gate_job", "service_color"]
+
+Obj = Mapping[str, Any]
+
+
+def _created(meta: Obj) -> dt.datetime | None:
+    ts = meta.get("creationTimestamp")
+    return dt.datetime.strptime(ts, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc) if ts else None
+
+
+def observe_color(deployment: Obj) -> ColorState:
+    meta = deployment.get("metadata") or {}
+    st = deployment.get("status") or {}
+    return ColorState(
+        version=(meta.get("annotations") or {}).get(ANNOTATION_VERSION),
+        replicas=int((deployment.get("spec") or {}).get("replicas", 1)),
+        ready=int(st.get("readyReplicas") or 0), updated=int(st.get("updatedReplicas") or 0),
+        total=int(st.get("replicas") or 0),
+        current=int(st.get("observedGeneration") or 0) >= int(meta.get("generation") or 0),
+        created_at=_created(meta),
+    )
+
+
+def service_color(service: Obj | None) -> str | None:
+    color = (((service or {}).get("spec") or {}).get("selector") or {}).get(LABEL_COLOR)
+    return color if color in COLORS else None
+
+
+def observe_gate_job(job: Obj, termination_message: str | None = None) -> GateJob | None:
+    """A gate Job; ``termination_message``: its pod's, where the measures are (one JSON line)."""
+    digest = ((job.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_VERSION)
+    if not digest:
+        return None
+    conds = {c.get("type"): c for c in (job.get("status") or {}).get("conditions") or () if c.get("status") == "True"}
+    measures, message = None, ""
+    if termination_message:
+        try:
+            measures = GateMeasures.from_json(json.loads(termination_message))
+        except (ValueError, KeyError, TypeError):
+            message = termination_message.strip()[:300]
+    if "Failed" in conds:
+        message = message or f"{conds['Failed'].get('reason', 'Failed')}: {conds['Failed'].get('message', '')}".strip()
+    return GateJob(digest, finished="Complete" in conds, failed="Failed" in conds, measures=measures, message=message)
+
+
+def observe(name: str, deployments: Iterable[Obj], services: Iterable[Obj], gate_jobs: Iterable[tuple[Obj, str | None]]) -> Observed:
+    """The children of ModelServe ``name``: its color Deployments, Services and gate Jobs
+    (each with its pod's termination message, or None)."""
+    by_name = {(d.get("metadata") or {}).get("name"): d for d in deployments}
+    colors = {c: observe_color(by_name[color_name(name, c)]) for c in COLORS if color_name(name, c) in by_name}
+    svcs = {(s.get("metadata") or {}).get("name"): s for s in services}
+    gates = {}
+    for job, message in gate_jobs:
+        g = observe_gate_job(job, message)
+        if g is not None:
+            gates[g.digest] = g
+    return Observed(colors, service_color(svcs.get(active_service_name(name))),
+                    service_color(svcs.get(preview_service_name(name))), gates)

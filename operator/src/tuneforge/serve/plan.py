@@ -1,0 +1,548 @@
+"""The ModelServe rollout as a pure state machine, in Argo Rollouts blue/green terms.
+
+``plan(spec, generation, desired, observed, prior, requests, now)`` decides from the spec, the
+version the spec resolves to (source.py), what exists (observe.py), the last written status and
+the user's requests; it returns the new status and the actions that make the world match it.
+It reads no clock and calls nothing: the reconcile applies the actions in the order given and
+then writes the status. The actions are a diff against what was observed, so a reconcile that
+died half way (operator SIGKILL) is finished by the next one without a duplicate or a wrong
+switch: the status is written only after its actions succeeded.
+
+Steps of a rollout (two colors, an active and a preview Service, as Argo's blue/green):
+
+1. a new desired version goes to the idle color (scaled up with that version; the preview
+   Service selects it) — the active color and its traffic are not touched;
+2. every pod of it ready and rolled out within ``progressDeadlineSeconds``, else rollback;
+3. the gate (gate.py, a Job) asks held-out rows through the preview Service; a failed gate is a
+   rollback; no gate configured: skipped;
+4. promotion — at once with ``autoPromotion``, else the phase is ``Paused`` until the user
+   promotes; the first deploy of a ModelServe is promoted once its gate passes (nothing serves
+   yet; pausing would only delay it, as Argo does for an initial deploy);
+5. the active Service's selector switches to the new color; the old color stays warm for
+   ``scaleDownDelaySeconds`` (a rollback in that window is a selector switch, not a restart),
+   then scales to zero.
+
+A rollback (deadline missed, gate failed, aborted) scales the candidate down and records it as
+``status.rejected``: the same version is not tried again until the user asks (``retry``) or the
+desired version moves on. Traffic never leaves the stable color.
+
+Manual requests are annotations on the ModelServe whose value is the version's digest (full or
+the 12-digit short form ``kubectl get`` shows)::
+
+    kubectl annotate modelserve intents tuneforge.dev/promote=3f1c2ab4c5d6 --overwrite
+    kubectl annotate modelserve intents tuneforge.dev/abort=3f1c2ab4c5d6 --overwrite
+    kubectl annotate modelserve intents tuneforge.dev/retry=3f1c2ab4c5d6 --overwrite
+
+Why annotations carrying a digest: ``kubectl annotate`` drives them by hand and a GitOps tool
+drives them by committing the annotation into the manifest, without the request becoming part
+of the desired state (the spec says *what* to serve; a promote approves one candidate). Because
+the value names the version, a request is idempotent and safe to leave in place: a stale
+``promote`` never approves a later candidate, and a kept ``abort`` keeps that version out while
+it names it (remove it, or ``retry``, to try again). A value naming nothing current is ignored.
+
+Manual rollback through the spec: point it at an earlier version (``adapter.digest`` for a
+FineTuneJob, the URIs and digest for explicit adapters). While the previous color is warm and
+serves that version it is a selector switch; later it is an ordinary rollout. ``abort`` naming
+the active version while the previous color is warm switches back the same way.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import datetime as dt
+from typing import Any, Mapping, Sequence
+
+from .gate import GateMeasures, judge
+from .names import ANNOTATION_ABORT, ANNOTATION_PROMOTE, ANNOTATION_RETRY, COLORS, other
+from .source import Resolution, ServedVersion, digest_matches
+from .spec import ModelServeSpec
+
+__all__ = [
+    "PHASES", "ColorState", "Event", "GateJob", "Observed", "Plan", "Requests", "RunGate", "Scale", "SwitchActive",
+    "SwitchPreview", "plan",
+]
+
+Obj = Mapping[str, Any]
+
+PROGRESSING, HEALTHY, PAUSED, DEGRADED, FAILED = "Progressing", "Healthy", "Paused", "Degraded", "Failed"
+PHASES = (PROGRESSING, HEALTHY, PAUSED, DEGRADED, FAILED)
+GATE_POLL_SECONDS = 15.0
+GATE_SLACK_SECONDS = 120
+"""A gate Job that has neither finished nor failed this long after its own timeout is lost."""
+
+
+# --- inputs ---------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class ColorState:
+    """One color Deployment as observed."""
+
+    version: str | None
+    """Full digest of the version its template serves (its ``tuneforge.dev/version`` annotation)."""
+    replicas: int
+    """spec.replicas."""
+    ready: int = 0
+    updated: int = 0
+    total: int = 0
+    """status.readyReplicas, updatedReplicas, replicas."""
+    current: bool = True
+    """status.observedGeneration has caught up with metadata.generation."""
+    created_at: dt.datetime | None = None
+
+    def serves(self, digest: str, n: int) -> bool:
+        """Every one of ``n`` pods runs ``digest`` and is ready, and no pod of an older template is left."""
+        return (self.version == digest and self.current and self.updated >= n and self.ready >= n
+                and self.total <= self.updated)
+
+
+@dataclasses.dataclass(frozen=True)
+class GateJob:
+    """A gate Job as observed: still running, or done with measures, or failed."""
+
+    digest: str
+    finished: bool = False
+    failed: bool = False
+    measures: GateMeasures | None = None
+    message: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Observed:
+    colors: Mapping[str, ColorState] = dataclasses.field(default_factory=dict)
+    active_selector: str | None = None
+    """The color the active Service selects (None: no Service, or it selects no color yet)."""
+    preview_selector: str | None = None
+    gates: Mapping[str, GateJob] = dataclasses.field(default_factory=dict)
+    """Gate Jobs by the digest they test."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Requests:
+    """The user's promote/abort/retry annotations (values: a digest or a short digest)."""
+
+    promote: str | None = None
+    abort: str | None = None
+    retry: str | None = None
+
+    @classmethod
+    def from_annotations(cls, annotations: Mapping[str, str] | None) -> "Requests":
+        a = annotations or {}
+        return cls(promote=(a.get(ANNOTATION_PROMOTE) or "").strip() or None,
+                   abort=(a.get(ANNOTATION_ABORT) or "").strip() or None,
+                   retry=(a.get(ANNOTATION_RETRY) or "").strip() or None)
+
+
+# --- outputs --------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Scale:
+    """Make color's Deployment serve ``version`` with ``replicas`` pods (create it if absent);
+    ``version`` None keeps its template (a scale down)."""
+
+    color: str
+    version: ServedVersion | None
+    replicas: int
+
+
+@dataclasses.dataclass(frozen=True)
+class RunGate:
+    """Create the gate Job of ``version`` against the preview Service (AlreadyExists is fine)."""
+
+    color: str
+    version: ServedVersion
+
+
+@dataclasses.dataclass(frozen=True)
+class SwitchActive:
+    color: str
+
+
+@dataclasses.dataclass(frozen=True)
+class SwitchPreview:
+    color: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    type: str
+    reason: str
+    message: str
+
+
+Action = Scale | RunGate | SwitchActive | SwitchPreview
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    actions: tuple[Action, ...]
+    """In the order to apply: scale-ups, gate, preview switch, active switch, scale-downs."""
+    status: dict[str, Any]
+    events: tuple[Event, ...] = ()
+    requeue_after: float | None = None
+    """Seconds until a timer (deadline, scale-down, gate poll) needs another look."""
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+def now_iso(now: dt.datetime) -> str:
+    return now.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: str | None) -> dt.datetime | None:
+    if not value:
+        return None
+    return dt.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
+
+
+def _version(raw: Obj | None) -> ServedVersion | None:
+    return ServedVersion.from_status(raw) if raw else None
+
+
+def _version_status(v: ServedVersion, color: str) -> dict[str, Any]:
+    return {"color": color, "display": f"{color} {v.short}", **v.to_status()}
+
+
+def _replicas(spec: ModelServeSpec) -> int:
+    """Pods a color starts with (a candidate needs at least one to be gated)."""
+    return max(1, spec.hpa.min_replicas if spec.hpa else spec.replicas)
+
+
+class _State:
+    """The mutable working copy of the status while one plan is decided."""
+
+    def __init__(self, prior: Obj, now: dt.datetime) -> None:
+        self.now = now
+        self.stamp = now_iso(now)
+        self.active_color: str | None = prior.get("activeColor")
+        self.stable = _version((prior.get("active") or None))
+        self.cand_color: str | None = prior.get("previewColor")
+        self.cand = _version(prior.get("preview") or None)
+        self.rollout: dict[str, Any] = copy.deepcopy(dict(prior.get("rollout") or {}))
+        self.gate: dict[str, Any] = copy.deepcopy(dict(prior.get("gate") or {}))
+        self.rejected: dict[str, Any] | None = copy.deepcopy(prior.get("rejected")) or None
+        self.history: list[dict[str, Any]] = [dict(h) for h in prior.get("history") or ()]
+        self.events: list[Event] = []
+        self.reason = ""
+        self.message = ""
+        self.requeue: list[float] = []
+
+    def event(self, type_: str, reason: str, message: str) -> None:
+        self.events.append(Event(type_, reason, message))
+
+    def record(self, v: ServedVersion, outcome: str, color: str | None, limit: int) -> None:
+        entry = {"digest": v.digest, "shortDigest": v.short, "outcome": outcome, "at": self.stamp, "version": v.to_status()}
+        if color:
+            entry["color"] = color
+        self.history = (self.history + [entry])[-limit:]
+
+    def elapsed(self, since: str | None) -> float:
+        t = parse_time(since)
+        return (self.now - t).total_seconds() if t else 0.0
+
+    def warm_previous(self) -> tuple[str, ServedVersion] | None:
+        """The previous color and version while its scale-down delay runs."""
+        color = self.rollout.get("previousColor")
+        prev = _version(self.rollout.get("previous"))
+        at = parse_time(self.rollout.get("scaleDownAt"))
+        if color and prev and at and self.now < at:
+            return color, prev
+        return None
+
+
+def _reject(s: _State, spec: ModelServeSpec, reason: str, message: str) -> None:
+    """Roll the candidate back: it scales down, the stable color keeps all traffic."""
+    assert s.cand is not None
+    s.rejected = {"digest": s.cand.digest, "shortDigest": s.cand.short, "reason": reason, "message": message, "at": s.stamp}
+    s.record(s.cand, reason, s.cand_color, spec.rollout.revision_history_limit)
+    where = f"stable {s.active_color} {s.stable.short} keeps serving" if s.stable else "nothing serves yet"
+    s.event("Warning", reason, f"Rolled back {s.cand.short}: {message}; {where}")
+    s.cand, s.cand_color = None, None
+    s.rollout = {}
+
+
+def _switch(s: _State, spec: ModelServeSpec, color: str, version: ServedVersion, outcome: str) -> None:
+    """Make ``color`` (serving ``version``) active; the old active color stays warm."""
+    old_color, old = s.active_color, s.stable
+    s.active_color, s.stable = color, version
+    s.cand, s.cand_color = None, None
+    s.rollout = {}
+    if old_color and old and old_color != color:
+        s.rollout = {"previousColor": old_color, "previous": old.to_status(),
+                     "scaleDownAt": now_iso(s.now + dt.timedelta(seconds=spec.rollout.scale_down_delay_seconds))}
+    s.record(version, outcome, color, spec.rollout.revision_history_limit)
+    tail = f"; {old_color} {old.short} stays warm for {spec.rollout.scale_down_delay_seconds}s" if old_color and old else ""
+    s.event("Normal", outcome, f"Active Service switched to {color} serving {version.short}{tail}")
+
+
+def _start(s: _State, spec: ModelServeSpec, version: ServedVersion) -> None:
+    if s.cand is not None:
+        s.event("Normal", "RolloutSuperseded", f"Rollout of {s.cand.short} superseded by {version.short}")
+    color = other(s.active_color)
+    s.cand, s.cand_color = version, color
+    # Starting on the idle color overwrites whatever stayed warm there.
+    s.rollout = {"startedAt": s.stamp}
+    s.gate = {"digest": version.digest, "shortDigest": version.short, "outcome": "Pending"}
+    s.event("Normal", "RolloutStarted", f"Deploying {version.short} to {color} (preview)")
+
+
+def _advance(s: _State, spec: ModelServeSpec, observed: Observed, requests: Requests) -> None:
+    """One step (or several, when they are already due) of the candidate's rollout."""
+    cand, color = s.cand, s.cand_color
+    assert cand is not None and color is not None
+    if requests.abort and digest_matches(requests.abort, cand.digest):
+        _reject(s, spec, "Aborted", f"aborted by the {ANNOTATION_ABORT} annotation")
+        return
+    n = _replicas(spec)
+    obs = observed.colors.get(color)
+    ready = obs is not None and obs.serves(cand.digest, n)
+    outcome = s.gate.get("outcome")
+    if outcome == "Pending":
+        if not ready:
+            waited = s.elapsed(s.rollout.get("startedAt"))
+            deadline = spec.rollout.progress_deadline_seconds
+            if waited > deadline:
+                have = obs.ready if obs is not None and obs.version == cand.digest else 0
+                _reject(s, spec, "ProgressDeadlineExceeded", f"{have}/{n} pods of {color} ready after {deadline}s")
+                return
+            s.reason, s.message = "Deploying", f"Waiting for {color} to serve {cand.short}: {obs.ready if obs else 0}/{n} ready"
+            s.requeue.append(max(1.0, deadline - waited + 1))
+            return
+        s.rollout["readyAt"] = s.stamp
+        if spec.rollout.gate is None:
+            s.gate.update(outcome="Skipped", finishedAt=s.stamp)
+            outcome = "Skipped"
+        else:
+            s.gate.update(outcome="Running", startedAt=s.stamp)
+            s.event("Normal", "GateStarted", f"Gate of {cand.short} asks {spec.rollout.gate.rows} rows through the preview Service")
+            outcome = "Running"
+    if outcome == "Running" and spec.rollout.gate is None:
+        s.gate.update(outcome="Skipped", finishedAt=s.stamp)  # the gate was taken out of the spec
+        outcome = "Skipped"
+    if outcome == "Running":
+        assert spec.rollout.gate is not None
+        job = observed.gates.get(cand.digest)
+        if job is not None and job.finished and job.measures is not None:
+            verdict = judge(job.measures, spec.rollout.gate)
+            s.gate.update(outcome="Passed" if verdict.passed else "Failed", reasons=list(verdict.reasons),
+                          finishedAt=s.stamp, **job.measures.to_json())
+            if not verdict.passed:
+                _reject(s, spec, "GateFailed", "; ".join(verdict.reasons))
+                return
+            s.event("Normal", "GatePassed", f"Gate of {cand.short}: {'; '.join(verdict.reasons)}")
+            outcome = "Passed"
+        elif job is not None and (job.failed or job.finished):
+            s.gate.update(outcome="Failed", reasons=[job.message or "the gate Job failed without measures"], finishedAt=s.stamp)
+            _reject(s, spec, "GateError", job.message or "the gate Job failed without measures")
+            return
+        elif s.elapsed(s.gate.get("startedAt")) > spec.rollout.gate.timeout_seconds + GATE_SLACK_SECONDS:
+            s.gate.update(outcome="Failed", reasons=["the gate did not answer in time"], finishedAt=s.stamp)
+            _reject(s, spec, "GateError", f"the gate did not answer within {spec.rollout.gate.timeout_seconds}s")
+            return
+        else:
+            s.reason, s.message = "Gating", f"Gate of {cand.short} running against {color}"
+            s.requeue.append(GATE_POLL_SECONDS)
+            return
+    # Passed or Skipped: promotion.
+    approved = (spec.rollout.auto_promotion or s.stable is None
+                or (requests.promote is not None and digest_matches(requests.promote, cand.digest)))
+    if not approved:
+        if "pausedAt" not in s.rollout:
+            s.rollout["pausedAt"] = s.stamp
+            s.event("Normal", "Paused", f"{cand.short} passed its gate on {color}; waiting for {ANNOTATION_PROMOTE}")
+        s.reason = "WaitingForPromotion"
+        s.message = (f"{cand.short} passed its gate on {color} (preview); promote with "
+                     f"kubectl annotate modelserve <name> {ANNOTATION_PROMOTE}={cand.short} --overwrite")
+        return
+    if not ready:
+        s.reason, s.message = "CandidateNotReady", f"{cand.short} is approved but {color} is not fully ready"
+        s.requeue.append(GATE_POLL_SECONDS)
+        return
+    _switch(s, spec, color, cand, "Promoted")
+
+
+def _rollback_warm(s: _State, spec: ModelServeSpec, observed: Observed, digest: str) -> bool:
+    """Switch back to the warm previous color when it still serves ``digest``."""
+    warm = s.warm_previous()
+    if warm is None or warm[1].digest != digest:
+        return False
+    color, version = warm
+    obs = observed.colors.get(color)
+    if obs is None or not obs.serves(digest, max(1, min(obs.replicas, _replicas(spec)))):
+        return False
+    if s.cand is not None:
+        s.event("Normal", "RolloutSuperseded", f"Rollout of {s.cand.short} dropped for a rollback to {version.short}")
+    _switch(s, spec, color, version, "RolledBack")
+    return True
+
+
+def _decide(s: _State, spec: ModelServeSpec, desired: Resolution, observed: Observed, requests: Requests) -> None:
+    want = desired.version
+    if s.rejected and requests.retry and digest_matches(requests.retry, s.rejected["digest"]) and not (
+            requests.abort and digest_matches(requests.abort, s.rejected["digest"])):
+        s.event("Normal", "Retry", f"Retrying {s.rejected['shortDigest']} on request")
+        s.rejected = None
+    if s.rejected and want is not None and want.digest != s.rejected["digest"]:
+        s.rejected = None  # the desire moved on; coming back to that version later tries it again
+    # abort naming the active version while the previous one is warm: the rollback action.
+    warm = s.warm_previous()
+    if requests.abort and s.stable and s.cand is None and warm and digest_matches(requests.abort, s.stable.digest):
+        aborted = s.stable
+        if _rollback_warm(s, spec, observed, warm[1].digest):
+            s.rejected = {"digest": aborted.digest, "shortDigest": aborted.short, "reason": "Aborted",
+                          "message": f"rolled back by the {ANNOTATION_ABORT} annotation", "at": s.stamp}
+            return
+    if want is None:
+        if s.cand is not None:
+            s.event("Normal", "RolloutCancelled", f"Rollout of {s.cand.short} cancelled: {desired.message}")
+            s.cand, s.cand_color, s.rollout = None, None, {k: v for k, v in s.rollout.items() if k in ("previousColor", "previous", "scaleDownAt")}
+        return
+    if s.stable is not None and want.digest == s.stable.digest:
+        if s.cand is not None:
+            s.event("Normal", "RolloutCancelled", f"Rollout of {s.cand.short} cancelled: the spec asks for the active {want.short}")
+            s.cand, s.cand_color = None, None
+            s.rollout = {}
+        # The version is its digest: the same bytes under another URI or revision roll nothing out.
+        return
+    if s.rejected and s.rejected["digest"] == want.digest:
+        if s.cand is not None and s.cand.digest == want.digest:
+            s.cand, s.cand_color, s.rollout = None, None, {}
+        return
+    if _rollback_warm(s, spec, observed, want.digest):
+        return
+    if s.cand is None or s.cand.digest != want.digest:
+        _start(s, spec, want)
+    _advance(s, spec, observed, requests)
+
+
+# --- status ---------------------------------------------------------------------------------
+
+def _phase(s: _State, spec: ModelServeSpec, desired: Resolution, observed: Observed) -> tuple[str, str, str]:
+    active_ready = _active_ready(s, observed)
+    if s.cand is not None:
+        if s.reason == "WaitingForPromotion":
+            return PAUSED, s.reason, s.message
+        return PROGRESSING, s.reason or "Progressing", s.message or f"Rolling out {s.cand.short}"
+    if s.rejected and (desired.version is None or desired.version.digest == s.rejected["digest"]):
+        msg = f"{s.rejected['shortDigest']} was rolled back ({s.rejected['message']})"
+        if s.stable is None:
+            return FAILED, s.rejected["reason"], f"{msg}; nothing serves"
+        return DEGRADED, s.rejected["reason"], f"{msg}; {s.active_color} serves {s.stable.short}; retry with {ANNOTATION_RETRY}"
+    if desired.version is None:
+        if s.stable is None:
+            return PROGRESSING, desired.reason, desired.message
+        return DEGRADED, desired.reason, f"{desired.message}; {s.active_color} keeps serving {s.stable.short}"
+    if s.stable is None:
+        return PROGRESSING, "Progressing", "Waiting to deploy"
+    n = spec.replicas
+    if active_ready < n:
+        return DEGRADED, "ActiveNotReady", f"{active_ready}/{n} pods of {s.active_color} ready"
+    return HEALTHY, "Serving", f"{s.active_color} serves {s.stable.short}"
+
+
+def _active_ready(s: _State, observed: Observed) -> int:
+    obs = observed.colors.get(s.active_color or "")
+    return obs.ready if obs is not None and s.stable is not None and obs.version == s.stable.digest else 0
+
+
+def _conditions(prior: Sequence[Obj], new: Sequence[tuple[str, str, str, str]], generation: int, stamp: str) -> list[dict[str, Any]]:
+    old = {c.get("type"): c for c in prior}
+    out = []
+    for type_, status, reason, message in new:
+        was = old.get(type_) or {}
+        since = was.get("lastTransitionTime") if was.get("status") == status and was.get("lastTransitionTime") else stamp
+        out.append({"type": type_, "status": status, "reason": reason, "message": message,
+                    "lastTransitionTime": since, "observedGeneration": generation})
+    return out
+
+
+def _status(s: _State, spec: ModelServeSpec, generation: int, desired: Resolution, observed: Observed, prior: Obj,
+            endpoints: Mapping[str, str]) -> dict[str, Any]:
+    phase, reason, message = _phase(s, spec, desired, observed)
+    active_ready = _active_ready(s, observed)
+    status: dict[str, Any] = {"phase": phase, "reason": reason, "message": message, "observedGeneration": generation,
+                              "readyReplicas": active_ready}
+    if s.active_color and s.stable:
+        status["activeColor"] = s.active_color
+        status["active"] = _version_status(s.stable, s.active_color)
+    if s.cand_color and s.cand:
+        status["previewColor"] = s.cand_color
+        status["preview"] = _version_status(s.cand, s.cand_color)
+    if s.gate:
+        status["gate"] = s.gate
+    if s.rollout:
+        status["rollout"] = s.rollout
+    if s.rejected:
+        status["rejected"] = s.rejected
+    if s.history:
+        status["history"] = s.history
+    if endpoints:
+        status["endpoints"] = dict(endpoints)
+    gate_outcome = s.gate.get("outcome")
+    gate_cond = {"Passed": "True", "Skipped": "True", "Failed": "False"}.get(gate_outcome or "", "Unknown")
+    status["conditions"] = _conditions(prior.get("conditions") or (), [
+        ("Available", "True" if active_ready > 0 else "False", "Serving" if active_ready > 0 else "NoActiveColor",
+         f"{active_ready} pods of {s.active_color} ready" if s.active_color else "No color is active yet"),
+        ("Progressing", "True" if s.cand is not None else "False", reason if s.cand is not None else "Idle", message),
+        ("Paused", "True" if phase == PAUSED else "False", reason if phase == PAUSED else "NotPaused",
+         message if phase == PAUSED else ""),
+        ("GatePassed", gate_cond, f"Gate{gate_outcome}" if gate_outcome else "NoGate",
+         "; ".join(s.gate.get("reasons") or ()) or (f"{s.gate.get('shortDigest')}: {gate_outcome}" if gate_outcome else "")),
+    ], generation, s.stamp)
+    return status
+
+
+# --- actions --------------------------------------------------------------------------------
+
+def _actions(s: _State, spec: ModelServeSpec, observed: Observed) -> tuple[Action, ...]:
+    ups: list[Action] = []
+    downs: list[Action] = []
+    warm = s.warm_previous()
+    n = _replicas(spec)
+    for color in COLORS:
+        obs = observed.colors.get(color)
+        version: ServedVersion | None = None
+        if color == s.active_color and s.stable is not None:
+            version = s.stable
+            # With an HPA the active color's replica count is the HPA's; only a template change
+            # or a scale from zero is ours.
+            if spec.hpa is None:
+                replicas = spec.replicas
+            else:
+                replicas = obs.replicas if obs is not None and obs.replicas > 0 else n
+        elif color == s.cand_color and s.cand is not None:
+            version, replicas = s.cand, n
+        elif warm is not None and color == warm[0]:
+            continue
+        if version is not None:
+            if obs is None or obs.version != version.digest or obs.replicas != replicas:
+                ups.append(Scale(color, version, replicas))
+        elif obs is not None and obs.replicas != 0:
+            downs.append(Scale(color, None, 0))
+    if s.cand is not None and s.cand_color and s.gate.get("outcome") == "Running" and s.cand.digest not in observed.gates:
+        ups.append(RunGate(s.cand_color, s.cand))
+    switches: list[Action] = []
+    preview = s.cand_color or s.active_color
+    if preview and observed.preview_selector != preview:
+        switches.append(SwitchPreview(preview))
+    if s.active_color and observed.active_selector != s.active_color:
+        switches.append(SwitchActive(s.active_color))
+    return tuple(ups + switches + downs)
+
+
+def plan(spec: ModelServeSpec, generation: int, desired: Resolution, observed: Observed, prior: Obj,
+         requests: Requests, now: dt.datetime, endpoints: Mapping[str, str] | None = None) -> Plan:
+    """The next status of a ModelServe and the actions that get there (see the module docstring)."""
+    s = _State(prior, now)
+    _decide(s, spec, desired, observed, requests)
+    warm = s.warm_previous()
+    if s.rollout.get("previousColor") and warm is None:
+        s.event("Normal", "ScaledDown", f"{s.rollout['previousColor']} scaled down after {spec.rollout.scale_down_delay_seconds}s")
+        s.rollout = {k: v for k, v in s.rollout.items() if k not in ("previousColor", "previous", "scaleDownAt")}
+    elif warm is not None:
+        at = parse_time(s.rollout["scaleDownAt"])
+        assert at is not None
+        s.requeue.append(max(1.0, (at - now).total_seconds()))
+    status = _status(s, spec, generation, desired, observed, prior, endpoints or {})
+    return Plan(_actions(s, spec, observed), status, tuple(s.events), min(s.requeue) if s.requeue else None)
+

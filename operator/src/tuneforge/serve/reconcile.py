@@ -1,0 +1,217 @@
+"""Reconcile one ModelServe: list its children, observe, resolve, plan, apply, write status.
+
+The thin, writing half of the room; every decision is plan.py's. One pass:
+
+1. parse the spec (an invalid one is a ``Failed`` status naming the field; nothing is touched);
+2. list the children this ModelServe controls (color Deployments, Services, gate Jobs — with the
+   finished gate pod's termination message) and read the followed FineTuneJob's status as data;
+3. resolve what to serve (the ModelServe's own history counts as already-served versions) and
+   plan; apply the actions in the order given; then the children that follow from the status
+   (Services, PDB, HPA on the active color, InferencePools where their CRD is served, old
+   version ConfigMaps removed);
+4. write the status only when it changed, post the plan's Events, and return the plan's delay
+   when a timer needs another look (the handlers' runner schedules it).
+
+The status is written only after every action succeeded, so a reconcile that dies half way is
+finished by the next one (the actions are a diff against what is observed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+from typing import Any, Callable, Mapping
+
+
+from ..kube import Kube
+from .builders import (
+    GatePod, ServeContext, build_active_service, build_color_deployment, build_gate_job, build_hpa,
+    build_inference_pool, build_pdb, build_preview_service, build_version_config_map, endpoints, serve_context,
+)
+from .names import (
+    ANNOTATION_VERSION, COLORS, LABEL_COLOR, LABEL_MODELSERVE, LABEL_VERSION, active_service_name, color_name,
+    preview_service_name,
+)
+from .observe import observe
+from .plan import FAILED, Plan, Requests, RunGate, Scale, SwitchActive, SwitchPreview, now_iso, plan
+from .source import ServedVersion, resolve
+from .spec import ModelServeSpec, SpecError, parse_spec
+
+__all__ = ["Runtime", "invalid_status", "known_versions", "reconcile"]
+
+log = logging.getLogger(__name__)
+Obj = Mapping[str, Any]
+EmitFn = Callable[[Obj, str, str, str], None]
+GATE_CONTAINER = "gate"
+
+
+@dataclasses.dataclass
+class Runtime:
+    """What a reconcile needs besides the ModelServe: the API door, gate pod settings, Events."""
+
+    kube: Kube
+    server_image: str
+    gate_pod: GatePod
+    emit: EmitFn
+    written: dict[str, str] = dataclasses.field(default_factory=dict)
+    """The status this operator last wrote, by uid (JSON text): the watch may lag behind it."""
+
+    def last_status(self, body: Obj) -> dict[str, Any]:
+        mine = self.written.get(body["metadata"]["uid"])
+        return json.loads(mine) if mine is not None else dict(body.get("status") or {})
+
+
+def known_versions(status: Obj) -> list[ServedVersion]:
+    """Versions this ModelServe served or tried (history, active, preview): source.resolve takes
+    a FineTuneJob revision's URI and base from them when the job's status no longer names them."""
+    raws = [h.get("version") for h in status.get("history") or ()] + [status.get("active"), status.get("preview")]
+    return [ServedVersion.from_status(r) for r in raws if r and r.get("adapters")]
+
+
+def invalid_status(prior: Obj, error: SpecError, generation: int, now: dt.datetime) -> dict[str, Any]:
+    """Phase Failed naming the field; what serves keeps serving (its status is kept)."""
+    stamp = now_iso(now)
+    old = {c.get("type"): c for c in prior.get("conditions") or ()}
+    ready = old.get("Ready") or {}
+    since = ready.get("lastTransitionTime") if ready.get("reason") == "InvalidSpec" else stamp
+    conditions = [c for t, c in old.items() if t != "Ready"] + [
+        {"type": "Ready", "status": "False", "reason": "InvalidSpec", "message": str(error),
+         "lastTransitionTime": since, "observedGeneration": generation}]
+    return {**prior, "phase": FAILED, "reason": "InvalidSpec", "message": str(error), "observedGeneration": generation,
+            "conditions": conditions}
+
+
+def _controlled(objs: list[dict[str, Any]], uid: str) -> list[dict[str, Any]]:
+    """Only children whose controller is this ModelServe (a label proves nothing)."""
+    return [o for o in objs if any(r.get("controller") and r.get("uid") == uid
+                                   for r in (o.get("metadata") or {}).get("ownerReferences") or ())]
+
+
+def _finished(job: Obj) -> bool:
+    return any(c.get("status") == "True" and c.get("type") in ("Complete", "Failed")
+               for c in (job.get("status") or {}).get("conditions") or ())
+
+
+async def _apply(rt: Runtime, ctx: ServeContext, spec: ModelServeSpec, p: Plan, services: dict[str, Obj]) -> None:
+    kube = rt.kube
+    for action in p.actions:
+        if isinstance(action, Scale) and action.version is not None:
+            await kube.create(build_version_config_map(ctx, spec, action.version))
+            await kube.apply(build_color_deployment(ctx, spec, action.color, action.version, action.replicas))
+        elif isinstance(action, Scale):
+            await kube.merge_patch("Deployment", ctx.namespace, color_name(ctx.name, action.color),
+                                   {"spec": {"replicas": action.replicas}})
+        elif isinstance(action, RunGate):
+            await kube.create(build_gate_job(ctx, spec, action.version, rt.gate_pod))
+        elif isinstance(action, (SwitchActive, SwitchPreview)):
+            active = isinstance(action, SwitchActive)
+            name = active_service_name(ctx.name) if active else preview_service_name(ctx.name)
+            if name in services:
+                await kube.merge_patch("Service", ctx.namespace, name, {"spec": {"selector": {LABEL_COLOR: action.color}}})
+            else:
+                await kube.create((build_active_service if active else build_preview_service)(ctx, action.color))
+                services[name] = {}
+
+
+async def _static_children(rt: Runtime, ctx: ServeContext, spec: ModelServeSpec, status: Obj,
+                           services: dict[str, Obj]) -> None:
+    """The children that follow from the status rather than from a rollout step."""
+    kube, ns = rt.kube, ctx.namespace
+    if active_service_name(ctx.name) not in services:
+        # The first reconcile (or a deleted Service): both Services and the PDB.
+        await kube.create(build_active_service(ctx, status.get("activeColor")))
+        await kube.create(build_pdb(ctx))
+    if preview_service_name(ctx.name) not in services:
+        await kube.create(build_preview_service(ctx, status.get("previewColor") or status.get("activeColor")))
+    active = status.get("activeColor")
+    hpa = await kube.get("HorizontalPodAutoscaler", ns, ctx.name)
+    if spec.hpa is not None and active:
+        # The HPA follows the active color: moved on a switch, never pointed at a candidate.
+        want = build_hpa(ctx, spec, active)
+        assert want is not None
+        have = (hpa or {}).get("spec") or {}
+        if {k: have.get(k) for k in ("scaleTargetRef", "minReplicas", "maxReplicas")} != \
+                {k: want["spec"][k] for k in ("scaleTargetRef", "minReplicas", "maxReplicas")}:
+            await kube.apply(want)
+    elif spec.hpa is None and hpa is not None:
+        await kube.delete("HorizontalPodAutoscaler", ns, ctx.name)
+    if spec.inference_pool is not None:
+        # Discovered per reconcile of a ModelServe that asks for them: a CRD installed later is used.
+        if not await kube.served("InferencePool", ns):
+            log.info("ModelServe %s/%s asks for InferencePools but their CRD is not installed: skipped", ns, ctx.name)
+        else:
+            have = {p["metadata"]["name"] for p in await kube.list_labelled("InferencePool", ns, {LABEL_MODELSERVE: ctx.name})}
+            for color in COLORS:
+                if color_name(ctx.name, color) not in have:
+                    pool = build_inference_pool(ctx, spec, color)
+                    assert pool is not None
+                    await kube.apply(pool)
+
+
+async def _drop_old_configs(rt: Runtime, ctx: ServeContext, deployments: list[dict[str, Any]], p: Plan) -> None:
+    """Delete version ConfigMaps no color's template mounts any more (after a scale-down or a
+    new version, the only times that set changes)."""
+    templates = _templates(deployments)
+    for a in p.actions:
+        if isinstance(a, Scale) and a.version is not None:
+            templates[a.color] = a.version.digest
+    keep = set(templates.values())
+    for cm in await rt.kube.list_labelled("ConfigMap", ctx.namespace, {LABEL_MODELSERVE: ctx.name, LABEL_VERSION: None}):
+        digest = (cm["metadata"].get("annotations") or {}).get(ANNOTATION_VERSION)
+        if digest not in keep:
+            await rt.kube.delete("ConfigMap", ctx.namespace, cm["metadata"]["name"])
+
+
+def _templates(deployments: list[dict[str, Any]]) -> dict[str, str | None]:
+    """Color -> the version digest its template serves."""
+    return {(d["metadata"].get("labels") or {}).get(LABEL_COLOR, ""): (d["metadata"].get("annotations") or {}).get(ANNOTATION_VERSION)
+            for d in deployments}
+
+
+async def reconcile(rt: Runtime, body: Obj, now: dt.datetime | None = None) -> tuple[dict[str, Any], float | None]:
+    """One pass over ModelServe ``body`` (see the module docstring); returns the status and the
+    seconds after which a pending timer (deadline, gate poll, scale-down) needs another pass."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    meta = body["metadata"]
+    ns, name, uid, generation = meta["namespace"], meta["name"], meta["uid"], int(meta.get("generation") or 0)
+    prior = rt.last_status(body)
+    try:
+        spec = parse_spec(body.get("spec") or {})
+    except SpecError as exc:
+        status = invalid_status(prior, exc, generation, now)
+        if status != prior:
+            await _write(rt, body, status)
+            rt.emit(body, "Warning", "InvalidSpec", str(exc))
+        return status, None  # permanent: nothing to retry until the spec changes
+    ctx = serve_context(body, spec, rt.server_image)
+    kube = rt.kube
+    deployments = _controlled(await kube.list_labelled("Deployment", ns, {LABEL_MODELSERVE: name}), uid)
+    services: dict[str, Obj] = {s["metadata"]["name"]: s for s in _controlled(await kube.list_labelled("Service", ns, {LABEL_MODELSERVE: name}), uid)}
+    jobs = _controlled(await kube.list_labelled("Job", ns, {LABEL_MODELSERVE: name, "tuneforge.dev/role": "gate"}), uid)
+    gate_jobs = [(j, await kube.job_termination_message(ns, j["metadata"]["name"], GATE_CONTAINER) if _finished(j) else None)
+                 for j in jobs]
+    observed = observe(name, deployments, services.values(), gate_jobs)
+    ftj_status = None
+    if spec.fine_tune_job:
+        ftj = await kube.get("FineTuneJob", ns, spec.fine_tune_job)
+        ftj_status = (ftj.get("status") or {}) if ftj is not None else None
+    desired = resolve(spec, ftj_status, known_versions(prior))
+    p = plan(spec, generation, desired, observed, prior, Requests.from_annotations(meta.get("annotations")), now,
+             endpoints(ctx))
+    await _apply(rt, ctx, spec, p, services)
+    await _static_children(rt, ctx, spec, p.status, services)
+    if any(isinstance(a, Scale) for a in p.actions):
+        await _drop_old_configs(rt, ctx, deployments, p)
+    if p.status != prior:
+        await _write(rt, body, p.status)
+    for e in p.events:
+        rt.emit(body, e.type, e.reason, e.message)
+    return p.status, p.requeue_after
+
+
+async def _write(rt: Runtime, body: Obj, status: dict[str, Any]) -> None:
+    meta = body["metadata"]
+    await rt.kube.replace_modelserve_status(meta["namespace"], meta["name"], status)
+    rt.written[meta["uid"]] = json.dumps(status, separators=(",", ":"))

@@ -1,0 +1,199 @@
+"""What a ModelServe should serve: a :class:`ServedVersion`, resolved from the spec and, when it
+follows a FineTuneJob, from that job's status read as plain data (this room never imports the
+FineTuneJob code; the shape read here is crds/finetunejob.yaml's ``status``).
+
+A FineTuneJob's status carries the current revision's adapter in full (``status.adapter``: URI,
+digest, base model; ``status.gate.outcome``; ``status.evaluation.accuracy``;
+``status.artifacts.predictions``, its scored held-out rows) and earlier revisions as
+``status.history`` entries (revision, phase, gate, accuracy, adapterDigest — no URI). So:
+
+- the candidate is the highest revision that Succeeded with gate ``Passed`` and has a digest; a
+  revision whose gate Failed (or was not evaluated) is never a candidate, whatever its number;
+- an earlier revision's URI comes from the history entry's ``adapterUri`` when the FineTuneJob
+  records one, else from a version this ModelServe served before (its own revision history,
+  passed in as ``known``). A latest passing revision whose URI cannot be found yields no version
+  (reason ``AdapterUnresolved``): the ModelServe keeps serving what it serves rather than falling
+  back to an older revision, which would be a silent rollback.
+
+A version's identity is its ``digest``: the adapter's content digest for one adapter, or a
+digest over the sorted ``name=digest`` lines for several (so the same set in another order is the
+same version).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Any, Iterable, Mapping
+
+from .spec import ModelServeSpec
+
+__all__ = ["Lineage", "Resolution", "ServedAdapter", "ServedVersion", "resolve", "short_digest"]
+
+Obj = Mapping[str, Any]
+
+
+def short_digest(digest: str) -> str:
+    """The 12 hex digits kubectl shows (also the version label's value: labels stop at 63 characters)."""
+    return digest.removeprefix("sha256:")[:12]
+
+
+def digest_matches(pin: str, digest: str) -> bool:
+    """A pin (full digest or its 12-digit short form) names ``digest``."""
+    return pin == digest or (len(pin) == 12 and short_digest(digest) == pin)
+
+
+@dataclasses.dataclass(frozen=True)
+class ServedAdapter:
+    name: str
+    uri: str
+    digest: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Lineage:
+    """Where a FineTuneJob's adapter came from (absent for explicit adapters)."""
+
+    job: str
+    revision: int
+    accuracy: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ServedVersion:
+    """Exactly what one color serves: base, adapters (with digests) and where they came from."""
+
+    base_uri: str
+    adapters: tuple[ServedAdapter, ...]
+    base_digest: str | None = None
+    lineage: Lineage | None = None
+    eval_rows_uri: str | None = None
+    """The FineTuneJob's scored held-out rows (``messages`` + ``target``), the gate's default data."""
+
+    @property
+    def digest(self) -> str:
+        if len(self.adapters) == 1:
+            return self.adapters[0].digest
+        lines = "".join(f"{a.name}={a.digest}\n" for a in sorted(self.adapters, key=lambda a: a.name))
+        return "sha256:" + hashlib.sha256(lines.encode()).hexdigest()
+
+    @property
+    def short(self) -> str:
+        return short_digest(self.digest)
+
+    def to_status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "digest": self.digest, "shortDigest": self.short,
+            "baseModel": {k: v for k, v in {"uri": self.base_uri, "digest": self.base_digest}.items() if v},
+            "adapters": [dataclasses.asdict(a) for a in self.adapters],
+        }
+        if self.lineage:
+            out["lineage"] = {k: v for k, v in {"fineTuneJob": self.lineage.job, "revision": self.lineage.revision,
+                                                "accuracy": self.lineage.accuracy}.items() if v is not None}
+        if self.eval_rows_uri:
+            out["evalRowsUri"] = self.eval_rows_uri
+        return out
+
+    @classmethod
+    def from_status(cls, raw: Obj) -> "ServedVersion":
+        lin = raw.get("lineage")
+        base = raw.get("baseModel") or {}
+        return cls(
+            base_uri=base.get("uri", ""), base_digest=base.get("digest"),
+            adapters=tuple(ServedAdapter(a["name"], a["uri"], a["digest"]) for a in raw.get("adapters") or ()),
+            lineage=Lineage(lin["fineTuneJob"], int(lin["revision"]), lin.get("accuracy")) if lin else None,
+            eval_rows_uri=raw.get("evalRowsUri"),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Resolution:
+    """The version to serve, or why there is none (``reason`` is a condition reason)."""
+
+    version: ServedVersion | None
+    reason: str
+    message: str
+
+
+def _explicit(spec: ModelServeSpec) -> Resolution:
+    assert spec.base_model_uri is not None
+    version = ServedVersion(spec.base_model_uri, tuple(ServedAdapter(a.name, a.uri, a.digest) for a in spec.adapters),
+                            spec.base_model_digest)
+    return Resolution(version, "Explicit", f"Serving {len(spec.adapters)} adapter(s) given in the spec, version {version.short}")
+
+
+def _passed(entry: Obj) -> bool:
+    return entry.get("phase") == "Succeeded" and entry.get("gate") == "Passed" and bool(entry.get("adapterDigest"))
+
+
+def _candidates(ftj_status: Obj) -> list[dict[str, Any]]:
+    """Every revision of the FineTuneJob that may be served, as flat entries, newest first."""
+    out: list[dict[str, Any]] = []
+    adapter = ftj_status.get("adapter") or {}
+    current: dict[str, Any] = {
+        "revision": adapter.get("revision") or ftj_status.get("revision"), "phase": ftj_status.get("phase"),
+        "gate": (ftj_status.get("gate") or {}).get("outcome"), "adapterDigest": adapter.get("digest"),
+        "adapterUri": adapter.get("uri"), "baseModel": adapter.get("baseModel") or {},
+        "accuracy": (ftj_status.get("evaluation") or {}).get("accuracy"),
+        "evalRowsUri": (ftj_status.get("artifacts") or {}).get("predictions"),
+    }
+    if _passed(current) and current["revision"] is not None:
+        out.append(current)
+    for entry in ftj_status.get("history") or ():
+        if _passed(entry) and entry.get("revision") is not None:
+            out.append(dict(entry))
+    # A revision number appears once; the current entry wins over a stale history copy.
+    seen: set[int] = set()
+    unique = []
+    for e in sorted(out, key=lambda e: -int(e["revision"])):
+        if int(e["revision"]) not in seen:
+            seen.add(int(e["revision"]))
+            unique.append(e)
+    return unique
+
+
+def _from_job(spec: ModelServeSpec, ftj_status: Obj | None, known: Iterable[ServedVersion]) -> Resolution:
+    job = spec.fine_tune_job
+    assert job is not None
+    if ftj_status is None:
+        return Resolution(None, "FineTuneJobNotFound", f"FineTuneJob {job} does not exist in this namespace")
+    candidates = _candidates(ftj_status)
+    if spec.pin_digest:
+        candidates = [c for c in candidates if digest_matches(spec.pin_digest, c["adapterDigest"])]
+        if not candidates:
+            return Resolution(None, "PinnedDigestNotFound",
+                              f"No revision of FineTuneJob {job} that passed its gate wrote adapter {spec.pin_digest}")
+    if not candidates:
+        return Resolution(None, "NoPassingRevision", f"FineTuneJob {job} has no revision that passed its gate yet")
+    best = candidates[0]
+    digest = best["adapterDigest"]
+    seen = {v.digest: v for v in known}
+    uri = best.get("adapterUri") or (seen[digest].adapters[0].uri if digest in seen and len(seen[digest].adapters) == 1 else None)
+    if not uri:
+        return Resolution(None, "AdapterUnresolved",
+                          f"FineTuneJob {job} revision {best['revision']} passed its gate but its status no longer names the adapter's URI")
+    # A history entry names no base: the version served for this digest knows it, else the newest
+    # version of the same job does (safe: the server's pre-flight refuses an adapter trained on
+    # another base, so a wrong guess never becomes ready and is rolled back).
+    same_job = [v for v in seen.values() if v.lineage and v.lineage.job == job]
+    prior = seen.get(digest) or (max(same_job, key=lambda v: v.lineage.revision if v.lineage else 0) if same_job else None)
+    base = best.get("baseModel") or {}
+    base_uri = spec.base_model_uri or base.get("uri") or (prior.base_uri if prior else None)
+    if not base_uri:
+        return Resolution(None, "BaseModelUnknown", f"FineTuneJob {job} revision {best['revision']} names no base model; set spec.baseModel.uri")
+    version = ServedVersion(
+        base_uri=base_uri, base_digest=spec.base_model_digest or base.get("digest") or (prior.base_digest if prior else None),
+        adapters=(ServedAdapter(spec.served_name, uri, digest),),
+        lineage=Lineage(job, int(best["revision"]), best.get("accuracy")),
+        eval_rows_uri=best.get("evalRowsUri") or (seen[digest].eval_rows_uri if digest in seen else None),
+    )
+    how = "pinned" if spec.pin_digest else "latest passing"
+    return Resolution(version, "FineTuneJobRevision", f"FineTuneJob {job} revision {best['revision']} ({how}), adapter {version.short}")
+
+
+def resolve(spec: ModelServeSpec, ftj_status: Obj | None = None, known: Iterable[ServedVersion] = ()) -> Resolution:
+    """The version the spec asks for. ``ftj_status``: the followed FineTuneJob's ``status`` (None
+    when it does not exist); ``known``: versions this ModelServe has served (its history)."""
+    if spec.fine_tune_job is None:
+        return _explicit(spec)
+    return _from_job(spec, ftj_status, known)

@@ -1,0 +1,86 @@
+"""The ModelServe's children as pure dicts (color Deployments, version ConfigMaps, Services,
+PDB, HPA, InferencePool) and the observer that reads them back into the plan's inputs."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from tuneforge.serve.builders import (
+    ServeContext, build_active_service, build_color_deployment, build_hpa, build_inference_pool, build_pdb,
+    build_preview_service, build_version_config_map, endpoints,
+)
+from tuneforge.serve.gate import GateMeasures
+from tuneforge.serve.observe import observe, observe_gate_job
+from tuneforge.serve.source import Lineage, ServedAdapter, ServedVersion
+from tuneforge.serve.spec import parse_spec
+from tuneforge_server.config import parse_config
+
+D1 = "sha256:" + "1" * 64
+V1 = ServedVersion("s3://models/base", (ServedAdapter("intents", "s3://runs/r1/adapter", D1),), "sha256:" + "b" * 64, Lineage("intents", 1, 0.9))
+CTX = ServeContext("intents", "team-a", "reg/server:1", owner_references=({"kind": "ModelServe", "name": "intents", "uid": "u", "controller": True},))
+SPEC = parse_spec({"adapter": {"fineTuneJob": "intents"}, "gpus": 2, "dtype": "bfloat16", "apiKey": {"secretRef": {"name": "k", "key": "t"}},
+                   "hpa": {"minReplicas": 1, "maxReplicas": 4}, "inferencePool": {"enabled": True, "endpointPicker": "epp"}})
+
+
+def test_color_deployment_labels_version_and_config() -> None:
+    dep = build_color_deployment(CTX, SPEC, "green", V1, 2)
+    assert dep["metadata"]["name"] == "intents-green" and dep["spec"]["replicas"] == 2
+    assert dep["metadata"]["annotations"]["tuneforge.dev/version"] == D1
+    assert dep["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/instance": "intents-green"}
+    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert {k: pod_labels[k] for k in ("tuneforge.dev/modelserve", "tuneforge.dev/color", "tuneforge.dev/version")} == {
+        "tuneforge.dev/modelserve": "intents", "tuneforge.dev/color": "green", "tuneforge.dev/version": V1.short}
+    assert all(len(v) <= 63 for v in pod_labels.values())
+    assert dep["spec"]["template"]["metadata"]["annotations"]["prometheus.io/path"] == "/metrics"
+    volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["config"]["configMap"]["name"] == f"intents-{V1.short}"
+    assert dep["metadata"]["ownerReferences"][0]["controller"] is True
+
+
+def test_version_config_map_is_immutable_and_what_the_launcher_parses() -> None:
+    cm = build_version_config_map(CTX, SPEC, V1)
+    assert cm["immutable"] is True and cm["metadata"]["name"] == f"intents-{V1.short}"
+    cfg = parse_config(yaml.safe_load(cm["data"]["server.yaml"]))
+    assert [(a.name, a.uri, a.digest) for a in cfg.adapters] == [("intents", "s3://runs/r1/adapter", D1)]
+    assert cfg.model.digest == V1.base_digest and cfg.gpus == 2 and cfg.api_key_env == "TUNEFORGE_API_KEY"
+    assert cfg.extra_args == ["--dtype", "bfloat16"]
+
+
+def test_services_select_by_color_and_select_nothing_before_a_promotion() -> None:
+    assert build_active_service(CTX, "blue")["spec"]["selector"] == {"tuneforge.dev/modelserve": "intents", "tuneforge.dev/color": "blue"}
+    assert build_preview_service(CTX, "green")["metadata"]["name"] == "intents-preview"
+    assert build_active_service(CTX, None)["spec"]["selector"]["tuneforge.dev/color"] == "none"
+    assert endpoints(CTX) == {"active": "http://intents.team-a.svc:8000/v1", "preview": "http://intents-preview.team-a.svc:8000/v1"}
+
+
+def test_pdb_hpa_and_inference_pool() -> None:
+    pdb = build_pdb(CTX)
+    assert pdb["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": {"tuneforge.dev/modelserve": "intents"}}}
+    hpa = build_hpa(CTX, SPEC, "green")
+    assert hpa is not None and hpa["spec"]["scaleTargetRef"]["name"] == "intents-green"
+    assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] == "vllm:num_requests_waiting"
+    pool = build_inference_pool(CTX, SPEC, "blue")
+    assert pool is not None and pool["apiVersion"] == "inference.networking.k8s.io/v1"
+    assert pool["spec"]["selector"]["matchLabels"]["tuneforge.dev/color"] == "blue"
+    assert pool["spec"]["targetPorts"] == [{"number": 8000}] and pool["spec"]["endpointPickerRef"]["name"] == "epp"
+    plain = parse_spec({"adapter": {"fineTuneJob": "intents"}})
+    assert build_hpa(CTX, plain, "blue") is None and build_inference_pool(CTX, plain, "blue") is None
+
+
+def test_observe_reads_the_builders_output_back() -> None:
+    dep = build_color_deployment(CTX, SPEC, "blue", V1, 2)
+    dep["metadata"].update(generation=3, creationTimestamp="2025-06-01T12:00:00Z")
+    dep["status"] = {"observedGeneration": 3, "replicas": 2, "updatedReplicas": 2, "readyReplicas": 2}
+    job = {"metadata": {"name": "intents-gate-x", "annotations": {"tuneforge.dev/version": D1}},
+           "status": {"conditions": [{"type": "Complete", "status": "True"}]}}
+    m = GateMeasures(10, 9, 0, 0.9, 100.0, 300.0)
+    obs = observe("intents", [dep], [build_active_service(CTX, "blue"), build_preview_service(CTX, None)],
+                  [(job, json.dumps(m.to_json()))])
+    assert obs.colors["blue"].serves(D1, 2) and "green" not in obs.colors
+    assert (obs.active_selector, obs.preview_selector) == ("blue", None)
+    assert obs.gates[D1].finished and obs.gates[D1].measures == m
+    failed = observe_gate_job({"metadata": {"annotations": {"tuneforge.dev/version": D1}},
+                               "status": {"conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}]}})
+    assert failed is not None and failed.failed and "DeadlineExceeded" in failed.message

@@ -1,0 +1,117 @@
+"""crds/modelserve.yaml, pure checks: known JSONSchemaProps keys (shared walker and key list with
+test_operator_crds), `..` refused in every URI, printer columns, CEL rules that name their
+field, and the invalid-manifest table the apiserver test will apply: each one is also refused
+by the operator's parser with the same field path."""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from ftj_helpers import load_crd
+from test_operator_crds import SCHEMA_KEYS, walk
+from tuneforge.serve.spec import SpecError, parse_spec
+
+INVALID = yaml.safe_load((Path(__file__).parent / "data" / "modelserve_invalid.yaml").read_text())
+DOT_DOT_RULE = "!self.matches('(^|/)[.][.](/|$)')"
+
+
+def schema() -> dict[str, Any]:
+    return load_crd("modelserve.yaml")["spec"]["versions"][0]["schema"]["openAPIV3Schema"]  # type: ignore[no-any-return]
+
+
+def test_only_known_schema_keys() -> None:
+    stray = {p: sorted(set(n) - SCHEMA_KEYS) for p, n in walk(schema()) if set(n) - SCHEMA_KEYS}
+    assert not stray, stray
+
+
+def test_every_uri_rejects_dot_dot_segments() -> None:
+    uris = [(p, n) for p, n in walk(schema()["properties"]["spec"], ".spec")
+            if n.get("type") == "string" and (p.endswith(".uri") or p.endswith("Uri"))]
+    assert {p for p, _ in uris} == {".spec.baseModel.uri", ".spec.adapters[].uri", ".spec.rollout.gate.datasetUri"}
+    for path, node in uris:
+        assert DOT_DOT_RULE in [r["rule"] for r in node.get("x-kubernetes-validations") or ()], path
+        assert node.get("maxLength"), f"{path}: CEL cost needs a bounded string"
+
+
+def test_no_positive_fractional_minimum_without_a_rule() -> None:
+    """As in finetunejob.yaml: the apiserver truncates a fractional minimum for integer values."""
+    for path, node in walk(schema()):
+        low = node.get("minimum")
+        if node.get("type") == "number" and low is not None and low > 0 and low != int(low):
+            assert f"self >= {low}" in [r["rule"] for r in node.get("x-kubernetes-validations") or ()], path
+    gate = schema()["properties"]["spec"]["properties"]["rollout"]["properties"]["gate"]["properties"]
+    assert (gate["minAccuracy"]["type"], gate["minAccuracy"]["minimum"], gate["minAccuracy"]["maximum"]) == ("number", 0, 1)
+    assert gate["maxP99Ms"]["type"] == "integer" and schema()["properties"]["spec"]["properties"]["replicas"]["type"] == "integer"
+
+
+def test_printer_columns() -> None:
+    version = load_crd("modelserve.yaml")["spec"]["versions"][0]
+    cols = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
+    assert cols == {"Phase": ".status.phase", "Active": ".status.active.display", "Preview": ".status.preview.display",
+                    "Ready": ".status.readyReplicas", "Gate": ".status.gate.outcome", "Reason": ".status.reason",
+                    "Age": ".metadata.creationTimestamp"}
+
+
+def test_cross_field_rules_name_their_field() -> None:
+    spec = schema()["properties"]["spec"]
+    for rule in spec["x-kubernetes-validations"]:
+        assert rule["message"]
+        if "has(self.adapter) != has(self.adapters)" not in rule["rule"]:
+            assert rule.get("fieldPath"), rule
+
+
+def test_status_fields_the_plan_writes_are_in_the_schema() -> None:
+    """The apiserver prunes unknown status fields: every key plan.py writes must be declared."""
+    from test_serve_plan import PASS, V1, V2, World, spec
+    w = World(spec(scaleDownDelaySeconds=300))
+    w.step(V1)
+    w.ready("blue")
+    w.step(V1)
+    w.gate_done(V1, PASS)
+    w.step(V1)
+    w.step(V2)
+    w.ready("green")
+    w.step(V2)
+    w.gate_done(V2, PASS)
+    w.step(V2)
+    status = w.step(V1).status
+    status["rejected"] = {"digest": "d", "shortDigest": "s", "reason": "r", "message": "m", "at": "t"}
+    status["endpoints"] = {"active": "a", "preview": "p"}
+    status["preview"] = status["active"]
+    status["previewColor"] = "blue"
+    props = schema()["properties"]["status"]
+
+    def undeclared(value: Any, node: dict[str, Any], path: str) -> list[str]:
+        if node.get("x-kubernetes-preserve-unknown-fields"):
+            return []
+        if isinstance(value, dict):
+            out = []
+            for k, v in value.items():
+                sub = (node.get("properties") or {}).get(k)
+                out += [f"{path}.{k}"] if sub is None else undeclared(v, sub, f"{path}.{k}")
+            return out
+        if isinstance(value, list):
+            return [p for item in value for p in undeclared(item, node.get("items") or {}, f"{path}[]")]
+        return []
+
+    assert not undeclared(status, props, "status")
+    assert {"active", "rollout", "history", "gate", "conditions"} <= set(status)
+
+
+def test_at_least_ten_invalid_manifests() -> None:
+    assert len(INVALID) >= 10 and len({c["name"] for c in INVALID}) == len(INVALID)
+    for case in INVALID:
+        assert re.match(r"^(spec|metadata)(\.[A-Za-z]+(\[\d+\])?)*$", case["field"]), case["name"]
+
+
+@pytest.mark.parametrize("case", [c for c in INVALID if c.get("parser")], ids=lambda c: c["name"])
+def test_invalid_manifest_is_refused_by_the_parser_at_the_same_field(case: dict[str, Any]) -> None:
+    with pytest.raises(SpecError) as err:
+        parse_spec(copy.deepcopy(case["spec"]))
+    assert err.value.path == case["parser"], str(err.value)

@@ -1,0 +1,185 @@
+"""The pre-promotion gate: scoring, percentiles, the verdict, stratified sampling, and the
+runner through the official openai client against a tiny local stand-in server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from tuneforge.serve.gate import (
+    Answer, GateMeasures, GateRow, judge, main, measure, normalize_answer, parse_rows, percentile, run_gate, sample_rows,
+)
+from tuneforge.serve.spec import GateSpec
+
+
+def row(target: str, text: str = "q") -> GateRow:
+    return GateRow(({"role": "user", "content": text},), target)
+
+
+@pytest.mark.parametrize("text,want", [(" card_lost.\n", "card_lost"), ('"refund"', "refund"), ("a\nb", "a"), ('{"a": 1}', '{"a": 1}')])
+def test_normalize_answer_as_the_trainer_does(text: str, want: str) -> None:
+    assert normalize_answer(text) == want
+
+
+def test_measure_counts_errors_as_wrong_and_their_latency() -> None:
+    rows = [row("a"), row("b"), row("c"), row("d")]
+    answers = [Answer("a", 10), Answer("B.", 20), Answer("x", 30), Answer(None, 1000, "Timeout")]
+    m = measure(rows, answers)
+    assert (m.rows, m.correct, m.errors, m.accuracy) == (4, 2, 1, 0.5)
+    assert (m.p50_ms, m.p99_ms) == (20, 1000)
+    assert GateMeasures.from_json(m.to_json()) == m
+    with pytest.raises(ValueError):
+        measure(rows, answers[:3])
+
+
+def test_percentile_nearest_rank() -> None:
+    values = list(range(1, 101))
+    assert (percentile(values, 50), percentile(values, 99), percentile(values, 100)) == (50, 99, 100)
+    assert percentile([], 99) is None and percentile([7], 99) == 7
+
+
+M = GateMeasures(rows=100, correct=85, errors=0, accuracy=0.85, p50_ms=200, p99_ms=900)
+
+
+@pytest.mark.parametrize("gate,passed", [
+    (GateSpec(min_accuracy=0.8), True),
+    (GateSpec(min_accuracy=0.85), True),
+    (GateSpec(min_accuracy=0.9), False),
+    (GateSpec(max_p99_ms=1000), True),
+    (GateSpec(max_p99_ms=800), False),
+    (GateSpec(min_accuracy=0.8, max_p99_ms=800), False),
+    (GateSpec(min_accuracy=0.8, max_p99_ms=900), True),
+])
+def test_judge(gate: GateSpec, passed: bool) -> None:
+    verdict = judge(M, gate)
+    assert verdict.passed is passed and verdict.reasons
+    assert not judge(GateMeasures(0, 0, 0, 0.0, None, None), GateSpec(min_accuracy=0.0)).passed
+
+
+def test_sample_rows_round_robin_across_targets_and_stable() -> None:
+    rows = [row("a", str(i)) for i in range(50)] + [row("b", str(i)) for i in range(3)] + [row("c", "0")]
+    picked = sample_rows(rows, 7, seed=1)
+    assert len(picked) == 7 and {r.target for r in picked} == {"a", "b", "c"}
+    assert sum(r.target == "b" for r in picked) == 3
+    assert picked == sample_rows(rows, 7, seed=1)
+    assert len(sample_rows(rows, 1000)) == len(rows)
+
+
+def test_parse_rows_reads_predictions_jsonl_and_names_bad_lines() -> None:
+    good = json.dumps({"row": 1, "messages": [{"role": "user", "content": "hi"}], "target": "greet", "prediction": "greet"})
+    assert parse_rows([good, ""]) == [GateRow(({"role": "user", "content": "hi"},), "greet")]
+    with pytest.raises(ValueError, match="line 2"):
+        parse_rows([good, json.dumps({"messages": []})])
+
+
+class _Standin(BaseHTTPRequestHandler):
+    """An OpenAI-compatible chat endpoint that answers the last user message's upper-cased text,
+    slowly for one row, with a 500 for another."""
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        assert self.headers["Authorization"] == "Bearer sekret"
+        text = body["messages"][-1]["content"]
+        if text == "boom":
+            self.send_response(500)
+            self.end_headers()
+            return
+        if text == "slow":
+            time.sleep(0.3)
+        type(self).in_flight += 1
+        type(self).peak = max(type(self).peak, type(self).in_flight)
+        time.sleep(0.02)
+        type(self).in_flight -= 1
+        out = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                          "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text.upper()}}],
+                          "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    in_flight = 0
+    peak = 0
+
+
+@pytest.fixture
+def standin() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Standin)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    _Standin.peak = 0
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()
+
+
+def test_runner_through_the_openai_client_bounded(standin: str) -> None:
+    rows = [row(t.upper(), t) for t in ["a", "b", "c", "d", "e", "f", "slow"]] + [row("X", "boom"), row("WRONG", "g")]
+    answers = asyncio.run(run_gate(standin, "intents", rows, api_key="sekret", concurrency=3, timeout_s=5))
+    assert [a.text for a in answers[:7]] == ["A", "B", "C", "D", "E", "F", "SLOW"]
+    assert answers[7].error and "500" in answers[7].error
+    assert _Standin.peak <= 3
+    m = measure(rows, answers)
+    assert (m.correct, m.errors) == (7, 1) and m.p99_ms is not None and m.p99_ms >= 300
+    assert judge(m, GateSpec(min_accuracy=0.75, max_p99_ms=5000)).passed
+
+
+def test_main_writes_measures_to_the_termination_log(standin: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("\n".join(json.dumps({"messages": [{"role": "user", "content": t}], "target": t.upper()}) for t in "abcd"))
+    term = tmp_path / "termination-log"
+    monkeypatch.setenv("TUNEFORGE_API_KEY", "sekret")
+    assert main(["--base-url", standin, "--model", "m", "--rows-file", str(rows), "--termination-log", str(term)]) == 0
+    out = json.loads(term.read_text())
+    assert out["rows"] == 4 and out["accuracy"] == 1.0
+    assert json.loads(capsys.readouterr().out) == out
+    assert main(["--base-url", standin, "--model", "m", "--rows-file", str(tmp_path / "missing.jsonl")]) == 2
+
+
+def test_rows_are_read_from_s3_with_the_jobs_aws_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """s3:// rows go through boto3 with the endpoint and keys of the Job's AWS_* variables (path
+    style, as self-hosted stores need); a missing object is an OSError naming the URI."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from tuneforge.serve.gate import read_rows_text
+
+    seen: list[tuple[str, str]] = []
+
+    class Store(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            seen.append((self.path, self.headers.get("Authorization", "")))
+            body = b'{"messages": [], "target": "x"}\n' if self.path == "/runs/team%20a/p.jsonl" else b"<Error><Code>NoSuchKey</Code></Error>"
+            self.send_response(200 if b"messages" in body else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Store)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        for k, v in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{server.server_port}", "AWS_REGION": "eu-west-1",
+                     "AWS_ACCESS_KEY_ID": "AKID", "AWS_SECRET_ACCESS_KEY": "secret"}.items():
+            monkeypatch.setenv(k, v)
+        assert read_rows_text("s3://runs/team a/p.jsonl") == '{"messages": [], "target": "x"}\n'
+        assert seen[0][0] == "/runs/team%20a/p.jsonl" and seen[0][1].startswith("AWS4-HMAC-SHA256 Credential=AKID/")
+        with pytest.raises(OSError, match="s3://runs/missing.jsonl"):
+            read_rows_text("s3://runs/missing.jsonl")
+    finally:
+        server.shutdown()
+
+

@@ -1,0 +1,191 @@
+"""serve/reconcile.py against an in-memory API door: the wiring from listed children through the
+plan to applied actions, the status written only when it changed, the gate Job, the HPA following
+the active color, old version ConfigMaps removed and InferencePools skipped without their CRD."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import datetime as dt
+import json
+from typing import Any
+
+import pytest
+
+from tuneforge.serve.builders import GatePod
+from tuneforge.serve.names import LABEL_COLOR
+from tuneforge.serve.reconcile import Runtime, reconcile
+
+D1 = "sha256:" + "1" * 64
+D2 = "sha256:" + "2" * 64
+T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+
+
+class FakeKube:
+    def __init__(self, pools: bool = False) -> None:
+        self.objs: dict[tuple[str, str], dict[str, Any]] = {}
+        self.status_writes: list[dict[str, Any]] = []
+        self.pools = pools
+        self.messages: dict[str, str] = {}
+
+    def _labels_match(self, obj: dict[str, Any], labels: dict[str, str | None]) -> bool:
+        have = obj["metadata"].get("labels") or {}
+        return all(k in have and (v is None or have[k] == v) for k, v in labels.items())
+
+    async def list_labelled(self, kind: str, namespace: str, labels: dict[str, str | None]) -> list[dict[str, Any]]:
+        return [copy.deepcopy(o) for (k, _), o in self.objs.items() if k == kind and self._labels_match(o, labels)]
+
+    async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.objs.get((kind, name)))
+
+    async def create(self, obj: dict[str, Any]) -> bool:
+        key = (obj["kind"], obj["metadata"]["name"])
+        if key in self.objs:
+            return False
+        self.objs[key] = copy.deepcopy(obj)
+        return True
+
+    async def apply(self, obj: dict[str, Any]) -> None:
+        key = (obj["kind"], obj["metadata"]["name"])
+        old = self.objs.get(key, {})
+        self.objs[key] = {**copy.deepcopy(obj), "status": old.get("status", {})}
+
+    async def merge_patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        obj = self.objs[(kind, name)]
+        if "replicas" in patch.get("spec", {}):
+            obj["spec"]["replicas"] = patch["spec"]["replicas"]
+        if "selector" in patch.get("spec", {}):
+            obj["spec"]["selector"].update(patch["spec"]["selector"])
+
+    async def delete(self, kind: str, namespace: str, name: str) -> None:
+        self.objs.pop((kind, name), None)
+
+    async def job_termination_message(self, namespace: str, job: str, container: str) -> str | None:
+        return self.messages.get(job)
+
+    async def served(self, kind: str, namespace: str) -> bool:
+        return self.pools
+
+    async def replace_modelserve_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self.status_writes.append(copy.deepcopy(status))
+
+    # test helpers
+    def ready(self, color: str) -> None:
+        d = self.objs[("Deployment", f"intents-{color}")]
+        n = d["spec"]["replicas"]
+        d["metadata"]["generation"] = 1
+        d["status"] = {"observedGeneration": 1, "readyReplicas": n, "updatedReplicas": n, "replicas": n}
+
+    def selector(self, service: str) -> str:
+        return str(self.objs[("Service", service)]["spec"]["selector"][LABEL_COLOR])
+
+
+def body(digest: str = D1, **spec: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {"baseModel": {"uri": "s3://models/base"},
+                            "adapters": [{"name": "intents", "uri": f"s3://runs/{digest[-4:]}", "digest": digest}]}
+    base.update(spec)
+    return {"apiVersion": "tuneforge.dev/v1alpha1", "kind": "ModelServe",
+            "metadata": {"name": "intents", "namespace": "ns", "uid": "uid-ms", "generation": 1, "annotations": {}},
+            "spec": base, "status": {}}
+
+
+def runtime(kube: FakeKube) -> tuple[Runtime, list[tuple[str, str]]]:
+    events: list[tuple[str, str]] = []
+    rt = Runtime(kube, "server:1", GatePod("operator:1"), lambda b, t, r, m: events.append((t, r)))  # type: ignore[arg-type]
+    return rt, events
+
+
+def run(rt: Runtime, b: dict[str, Any], now: dt.datetime) -> dict[str, Any] | float:
+    """The status, or the requeue delay when the reconcile says "not yet"."""
+    status, requeue_after = asyncio.run(reconcile(rt, b, now))
+    return status if requeue_after is None else float(requeue_after)
+
+
+def test_first_deploy_then_rollout_with_gate_and_hpa_following_the_switch() -> None:
+    kube = FakeKube()
+    rt, events = runtime(kube)
+    b = body(hpa={"maxReplicas": 3}, rollout={"scaleDownDelaySeconds": 30})
+    assert isinstance(run(rt, b, T0), float)  # waiting for blue: a timer
+    assert ("Deployment", "intents-blue") in kube.objs and ("ConfigMap", "intents-111111111111") in kube.objs
+    assert {("Service", "intents"), ("Service", "intents-preview"), ("PodDisruptionBudget", "intents")} <= set(kube.objs)
+    assert kube.selector("intents") == "none" and kube.selector("intents-preview") == "blue"
+    kube.ready("blue")
+    writes = len(kube.status_writes)
+    st = run(rt, b, T0 + dt.timedelta(seconds=5))
+    assert isinstance(st, dict) and st["phase"] == "Healthy" and st["activeColor"] == "blue", st
+    assert kube.selector("intents") == "blue"
+    assert kube.objs[("HorizontalPodAutoscaler", "intents")]["spec"]["scaleTargetRef"]["name"] == "intents-blue"
+    assert len(kube.status_writes) == writes + 1
+    run(rt, b, T0 + dt.timedelta(seconds=6))
+    assert len(kube.status_writes) == writes + 1, "an unchanged status is not written again"
+    # A new version behind a gate.
+    b2 = body(D2, hpa={"maxReplicas": 3}, rollout={"scaleDownDelaySeconds": 30,
+                                                   "gate": {"minAccuracy": 0.8, "datasetUri": "pvc://data/rows.jsonl"}})
+    run(rt, b2, T0 + dt.timedelta(seconds=10))
+    assert kube.selector("intents") == "blue" and kube.selector("intents-preview") == "green"
+    kube.ready("green")
+    run(rt, b2, T0 + dt.timedelta(seconds=12))
+    job = kube.objs[("Job", "intents-gate-222222222222")]
+    cmd = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert cmd[:3] == ["python3", "-m", "tuneforge.serve.gate"] and "pvc://data/rows.jsonl" in cmd
+    assert "http://intents-preview.ns.svc:8000/v1" in cmd
+    job["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
+    kube.messages["intents-gate-222222222222"] = json.dumps(
+        {"rows": 10, "correct": 9, "errors": 0, "accuracy": 0.9, "p50Ms": 5, "p99Ms": 9})
+    st = run(rt, b2, T0 + dt.timedelta(seconds=14))
+    assert isinstance(st, float)  # the old color stays warm: a scale-down timer
+    st2 = kube.status_writes[-1]
+    assert st2["activeColor"] == "green" and st2["gate"]["outcome"] == "Passed", st2
+    assert kube.selector("intents") == "green"
+    assert kube.objs[("HorizontalPodAutoscaler", "intents")]["spec"]["scaleTargetRef"]["name"] == "intents-green"
+    assert kube.objs[("Deployment", "intents-blue")]["spec"]["replicas"] == 1  # warm
+    run(rt, b2, T0 + dt.timedelta(seconds=50))
+    assert kube.objs[("Deployment", "intents-blue")]["spec"]["replicas"] == 0
+    assert ("Normal", "Promoted") in events and ("Normal", "GatePassed") in events
+
+
+def test_old_version_config_maps_are_removed_once_no_template_mounts_them() -> None:
+    kube = FakeKube()
+    rt, _ = runtime(kube)
+    b = body(rollout={"scaleDownDelaySeconds": 0})
+    run(rt, b, T0)
+    kube.ready("blue")
+    run(rt, b, T0 + dt.timedelta(seconds=1))
+    b3 = body("sha256:" + "3" * 64, rollout={"scaleDownDelaySeconds": 0})
+    run(rt, b3, T0 + dt.timedelta(seconds=2))
+    kube.ready("green")
+    run(rt, b3, T0 + dt.timedelta(seconds=3))
+    assert {n for k, n in kube.objs if k == "ConfigMap"} == {"intents-111111111111", "intents-333333333333"}
+    b4 = body("sha256:" + "4" * 64, rollout={"scaleDownDelaySeconds": 0})
+    run(rt, b4, T0 + dt.timedelta(seconds=4))  # blue gets version 4: nothing mounts version 1 any more
+    assert {n for k, n in kube.objs if k == "ConfigMap"} == {"intents-333333333333", "intents-444444444444"}
+
+
+@pytest.mark.parametrize("served", [False, True])
+def test_inference_pools_only_where_their_crd_is_served(served: bool) -> None:
+    kube = FakeKube(pools=served)
+    rt, _ = runtime(kube)
+    run(rt, body(inferencePool={"enabled": True, "endpointPicker": "epp"}), T0)
+    pools = {n for k, n in kube.objs if k == "InferencePool"}
+    assert pools == ({"intents-blue", "intents-green"} if served else set())
+
+
+def test_invalid_spec_fails_naming_the_field_and_touches_nothing() -> None:
+    kube = FakeKube()
+    rt, events = runtime(kube)
+    st = run(rt, body(replicas="two"), T0)
+    assert isinstance(st, dict) and st["phase"] == "Failed" and st["message"].startswith("spec.replicas"), st
+    assert kube.objs == {} and events == [("Warning", "InvalidSpec")]
+    run(rt, body(replicas="two"), T0 + dt.timedelta(seconds=5))
+    assert len(kube.status_writes) == 1 and len(events) == 1
+
+
+def test_a_foreign_deployment_with_our_label_is_not_read() -> None:
+    kube = FakeKube()
+    rt, _ = runtime(kube)
+    kube.objs[("Deployment", "intents-green")] = {
+        "kind": "Deployment", "metadata": {"name": "intents-green", "labels": {"tuneforge.dev/modelserve": "intents"},
+                                           "annotations": {"tuneforge.dev/version": D1}},
+        "spec": {"replicas": 1}, "status": {"readyReplicas": 1, "updatedReplicas": 1, "replicas": 1}}
+    run(rt, body(), T0)
+    assert kube.status_writes[-1]["phase"] == "Progressing" and "activeColor" not in kube.status_writes[-1]
