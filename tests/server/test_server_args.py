@@ -107,6 +107,32 @@ def test_api_key_goes_to_the_environment_never_the_command_line() -> None:
     assert "VLLM_API_KEY" not in build_vllm_env(cfg(), "cuda", {"VLLM_API_KEY": "leftover"})
 
 
+@pytest.mark.parametrize(("reserved", "device", "cpus", "expected"), [
+    (None, "cpu", 2, "0"),      # a small CPU pod: every core computes (vLLM would keep one of two idle)
+    (None, "cpu", 4, "0"),
+    (None, "cpu", 16, None),    # a big one: vLLM's own default
+    (None, "cpu", None, None),  # unknown: vLLM's default
+    (2, "cpu", 2, "2"),         # the config wins
+    (0, "cpu", 64, "0"),
+    (None, "cuda", 2, None),    # GPUs: not a CPU setting
+    (1, "cuda", 2, None),
+])
+def test_cpu_cores_reserved_off_the_compute_threads(reserved: int | None, device: str, cpus: int | None, expected: str | None) -> None:
+    env = build_vllm_env(cfg(cpu_reserved_cores=reserved), device, {}, cpus)
+    assert env.get("VLLM_CPU_NUM_OF_RESERVED_CPU") == expected
+
+
+@pytest.mark.parametrize(("cpu_max", "expected"), [("max 100000", 64), ("200000 100000", 2), ("150000 100000", 2), ("50000 100000", 1), (None, 64)])
+def test_pod_cpus_reads_the_cgroup_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cpu_max: str | None, expected: int) -> None:
+    from tuneforge_server import cli
+
+    monkeypatch.setattr(cli.os, "sched_getaffinity", lambda pid: set(range(64)))
+    f = tmp_path / "cpu.max"
+    if cpu_max is not None:
+        f.write_text(cpu_max + "\n")
+    assert cli.pod_cpus(str(f)) == expected
+
+
 @pytest.mark.parametrize(
     ("data", "field"),
     [

@@ -79,9 +79,14 @@ def build_vllm_args(cfg: ServerConfig, model_path: Path, adapters: Sequence[Serv
     return [*args, *cfg.extra_args]
 
 
-def build_vllm_env(cfg: ServerConfig, device: str, environ: Mapping[str, str]) -> dict[str, str]:
+# At or below this many cores a CPU pod gives all of them to vLLM's compute threads.
+SMALL_CPU_POD = 4
+
+
+def build_vllm_env(cfg: ServerConfig, device: str, environ: Mapping[str, str], cpus: int | None = None) -> dict[str, str]:
     """The environment vLLM runs with: ``environ`` plus the API key, offline hub settings and
-    writable cache folders. Raises ``ValueError`` naming the variable when the key is missing."""
+    writable cache folders; on CPU, the cores reserved off the compute threads (``cpus``: the
+    cores the pod may use). Raises ``ValueError`` naming the variable when the key is missing."""
     env = dict(environ)
     env.pop("VLLM_API_KEY", None)
     if cfg.api_key_env:
@@ -100,4 +105,9 @@ def build_vllm_env(cfg: ServerConfig, device: str, environ: Mapping[str, str]) -
     if device == "cpu":
         env["VLLM_TARGET_DEVICE"] = "cpu"
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        reserved = cfg.cpu_reserved_cores
+        if reserved is None and cpus is not None and cpus <= SMALL_CPU_POD:
+            reserved = 0
+        if reserved is not None:
+            env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(reserved)
     return env

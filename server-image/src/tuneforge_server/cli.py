@@ -62,6 +62,19 @@ def _termination(message: str) -> None:
             pass
 
 
+def pod_cpus(cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
+    """The cores this process may use: the cgroup v2 CPU limit (a pod's ``resources.limits.cpu``),
+    rounded up, within the CPUs it is allowed to run on."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path(cpu_max).read_text().split()[:2]
+    except (OSError, ValueError):
+        return cores
+    if quota == "max":
+        return cores
+    return max(1, min(cores, -(-int(quota) // int(period))))
+
+
 def prepare(cfg: ServerConfig) -> tuple[list[str], dict[str, str]]:
     """Fetch and pre-flight everything; the vLLM argv and environment to exec."""
     from tuneforge_server.fetch import fetch
@@ -69,7 +82,7 @@ def prepare(cfg: ServerConfig) -> tuple[list[str], dict[str, str]]:
 
     device = resolved_device(cfg)
     mode = resolved_mode(cfg, device)
-    env = build_vllm_env(cfg, device, os.environ)
+    env = build_vllm_env(cfg, device, os.environ, pod_cpus())
     base = fetch(cfg.model.uri, cfg)
     folders = [fetch(a.uri, cfg) for a in cfg.adapters]
     checked = preflight(cfg, base, folders)

@@ -124,6 +124,14 @@ class ServerConfig(_Strict):
     gpus: int = Field(default=1, ge=1, le=16, description="GPUs of the pod: vLLM --tensor-parallel-size (one pod uses all of its GPUs).")
     gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1, description="vLLM --gpu-memory-utilization; None = vLLM's default.")
     enforce_eager: bool | None = Field(default=None, description="vLLM --enforce-eager (no CUDA graphs / compilation); None = on for cpu, off for cuda.")
+    cpu_reserved_cores: int | None = Field(
+        default=None, ge=0,
+        description=(
+            "CPU image: cores vLLM keeps off its compute threads for its scheduler process (VLLM_CPU_NUM_OF_RESERVED_CPU). "
+            "None = 0 when the pod has 4 cores or fewer (vLLM's own default reserves one core, half of a 2-core pod: "
+            "measured 4.9 vs 9.4 req/s on 2 cores), vLLM's default otherwise."
+        ),
+    )
     port: int = Field(default=8000, ge=1, le=65535, description="Port of the OpenAI-compatible API, /health and /metrics.")
     api_key_env: str | None = Field(default=None, description="Environment variable holding the API key (fed from a Secret); None = no key required.")
     runtime_lora_updating: bool = Field(default=False, description="Allow /v1/load_lora_adapter and /v1/unload_lora_adapter (lora mode).")
