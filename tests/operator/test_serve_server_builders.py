@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 import yaml
 
+from tuneforge.serve.spec import SecretKeyRef
 from tuneforge.serve.server import (
-    API_KEY_ENV, AdapterRef, SecretRef, ServerPlan, build_config_map, build_deployment, build_service, pod_spec,
+    API_KEY_ENV, AdapterRef, ServerPlan, build_config_map, build_deployment, build_service, pod_spec,
     render_server_config,
 )
 from tuneforge_server.config import parse_config
@@ -28,7 +29,7 @@ def plan(**over: Any) -> ServerPlan:
     "over",
     [
         {},
-        {"mode": "lora", "gpus": 4, "max_model_len": 4096, "api_key": SecretRef("k", "key")},
+        {"mode": "lora", "gpus": 4, "max_model_len": 4096, "api_key": SecretKeyRef("k", "key")},
         {"adapters": (AdapterRef("a", "pvc://runs/a"), AdapterRef("b", "s3://runs/b", DIGEST)), "mode": "lora"},
         {"mode": "merged", "base_digest": "sha256:" + "b" * 64, "extra_args": ("--max-num-seqs", "32")},
     ],
@@ -45,8 +46,8 @@ def test_rendered_config_is_what_the_launcher_parses(over: dict[str, Any]) -> No
 
 
 def test_deployment_probes_drain_and_security() -> None:
-    p = plan(api_key=SecretRef("key", "token"), drain_seconds=40, pre_stop_seconds=5, gpus=2, memory="24Gi",
-             s3_endpoint="http://s3:9000", s3_access_key=SecretRef("s3", "id"), s3_secret_key=SecretRef("s3", "secret"))
+    p = plan(api_key=SecretKeyRef("key", "token"), drain_seconds=40, pre_stop_seconds=5, gpus=2, memory="24Gi",
+             s3_endpoint="http://s3:9000", s3_access_key=SecretKeyRef("s3", "id"), s3_secret_key=SecretKeyRef("s3", "secret"))
     dep = build_deployment(p)
     pod = dep["spec"]["template"]["spec"]
     c = pod["containers"][0]

@@ -13,9 +13,9 @@ from .names import (
     ANNOTATION_VERSION, COLORS, LABEL_COLOR, LABEL_MODELSERVE, LABEL_NAME, LABEL_VERSION,
     active_service_name, color_name, config_name, gate_job_name, preview_service_name,
 )
-from .server import API_KEY_ENV, PORT, AdapterRef, SecretRef, ServerPlan, build_config_map, build_deployment
+from .server import API_KEY_ENV, PORT, AdapterRef, ServerPlan, build_config_map, build_deployment, secret_env
 from .source import ServedVersion
-from .spec import ModelServeSpec
+from .spec import ModelServeSpec, SecretKeyRef
 
 __all__ = [
     "GatePod", "ServeContext", "build_active_service", "build_color_deployment", "build_gate_job", "build_hpa",
@@ -37,8 +37,8 @@ class ServeContext:
     owner_references: tuple[dict[str, Any], ...] = ()
     s3_endpoint: str | None = None
     s3_region: str | None = None
-    s3_access_key: SecretRef | None = None
-    s3_secret_key: SecretRef | None = None
+    s3_access_key: SecretKeyRef | None = None
+    s3_secret_key: SecretKeyRef | None = None
     node_selector: dict[str, str] = dataclasses.field(default_factory=dict)
     tolerations: tuple[dict[str, Any], ...] = ()
 
@@ -52,8 +52,8 @@ def serve_context(body: Any, spec: ModelServeSpec, image: str) -> ServeContext:
     return ServeContext(
         name=meta["name"], namespace=meta["namespace"], image=image, owner_references=(owner,),
         s3_endpoint=s3.endpoint if s3 else None, s3_region=s3.region if s3 else None,
-        s3_access_key=SecretRef(s3.access_key.name, s3.access_key.key) if s3 else None,
-        s3_secret_key=SecretRef(s3.secret_key.name, s3.secret_key.key) if s3 else None,
+        s3_access_key=s3.access_key if s3 else None,
+        s3_secret_key=s3.secret_key if s3 else None,
         node_selector=dict(spec.node_selector), tolerations=tuple(dict(t) for t in spec.tolerations),
     )
 
@@ -75,7 +75,7 @@ def color_plan(ctx: ServeContext, spec: ModelServeSpec, color: str, version: Ser
         adapters=tuple(AdapterRef(a.name, a.uri, a.digest) for a in version.adapters),
         mode=spec.mode, replicas=replicas, gpus=spec.gpus, cpu=spec.cpu, memory=spec.memory,
         max_model_len=spec.max_model_len,
-        api_key=SecretRef(spec.api_key.name, spec.api_key.key) if spec.api_key else None,
+        api_key=spec.api_key,
         s3_endpoint=ctx.s3_endpoint, s3_region=ctx.s3_region, s3_access_key=ctx.s3_access_key,
         s3_secret_key=ctx.s3_secret_key, node_selector=dict(ctx.node_selector), tolerations=ctx.tolerations,
         labels={LABEL_MODELSERVE: ctx.name, LABEL_COLOR: color, LABEL_VERSION: version.short},
@@ -185,10 +185,6 @@ GATE_TTL_SECONDS = 86_400
 """A finished gate Job stays a day (its result is in the status by then; a lost one is re-run)."""
 
 
-def _secret_env(var: str, ref: SecretRef | None) -> list[dict[str, Any]]:
-    return [{"name": var, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}] if ref else []
-
-
 def build_gate_job(ctx: ServeContext, spec: ModelServeSpec, version: ServedVersion, pod: GatePod) -> dict[str, Any]:
     """The gate of one candidate: ``python3 -m tuneforge.serve.gate`` in the operator image asks
     the held-out rows through the preview Service and leaves its measures in the termination
@@ -205,8 +201,8 @@ def build_gate_job(ctx: ServeContext, spec: ModelServeSpec, version: ServedVersi
         env.append({"name": "AWS_ENDPOINT_URL", "value": ctx.s3_endpoint})
     if ctx.s3_region:
         env.append({"name": "AWS_REGION", "value": ctx.s3_region})
-    env += _secret_env("AWS_ACCESS_KEY_ID", ctx.s3_access_key) + _secret_env("AWS_SECRET_ACCESS_KEY", ctx.s3_secret_key)
-    env += _secret_env(API_KEY_ENV, SecretRef(spec.api_key.name, spec.api_key.key) if spec.api_key else None)
+    env += secret_env("AWS_ACCESS_KEY_ID", ctx.s3_access_key) + secret_env("AWS_SECRET_ACCESS_KEY", ctx.s3_secret_key)
+    env += secret_env(API_KEY_ENV, spec.api_key)
     mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
     if rows_uri.startswith("pvc://"):

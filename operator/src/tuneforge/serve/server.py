@@ -21,7 +21,9 @@ from typing import Any
 
 import yaml
 
-__all__ = ["AdapterRef", "SecretRef", "ServerPlan", "build_config_map", "build_deployment", "build_service", "render_server_config"]
+from .spec import SecretKeyRef
+
+__all__ = ["AdapterRef", "ServerPlan", "build_config_map", "build_deployment", "build_service", "render_server_config", "secret_env"]
 
 CONFIG_DIR = "/etc/tuneforge"
 CONFIG_FILE = "server.yaml"
@@ -31,12 +33,6 @@ API_KEY_ENV = "TUNEFORGE_API_KEY"
 PORT = 8000
 RUN_AS = 65532
 CONTAINER = "server"
-
-
-@dataclasses.dataclass(frozen=True)
-class SecretRef:
-    name: str
-    key: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,11 +61,11 @@ class ServerPlan:
     cpu: str | None = None
     memory: str | None = None
     max_model_len: int | None = None
-    api_key: SecretRef | None = None
+    api_key: SecretKeyRef | None = None
     s3_endpoint: str | None = None
     s3_region: str | None = None
-    s3_access_key: SecretRef | None = None
-    s3_secret_key: SecretRef | None = None
+    s3_access_key: SecretKeyRef | None = None
+    s3_secret_key: SecretKeyRef | None = None
     drain_seconds: int = 30
     pre_stop_seconds: int = 5
     startup_budget_seconds: int = 900
@@ -131,7 +127,7 @@ def build_config_map(plan: ServerPlan) -> dict[str, Any]:
             "data": {CONFIG_FILE: yaml.safe_dump(render_server_config(plan), sort_keys=False)}}
 
 
-def _secret_env(var: str, ref: SecretRef | None) -> list[dict[str, Any]]:
+def secret_env(var: str, ref: SecretKeyRef | None) -> list[dict[str, Any]]:
     return [{"name": var, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}] if ref else []
 
 
@@ -141,7 +137,7 @@ def _env(plan: ServerPlan) -> list[dict[str, Any]]:
         env.append({"name": "AWS_ENDPOINT_URL", "value": plan.s3_endpoint})
     if plan.s3_region:
         env.append({"name": "AWS_REGION", "value": plan.s3_region})
-    return env + _secret_env("AWS_ACCESS_KEY_ID", plan.s3_access_key) + _secret_env("AWS_SECRET_ACCESS_KEY", plan.s3_secret_key) + _secret_env(API_KEY_ENV, plan.api_key)
+    return env + secret_env("AWS_ACCESS_KEY_ID", plan.s3_access_key) + secret_env("AWS_SECRET_ACCESS_KEY", plan.s3_secret_key) + secret_env(API_KEY_ENV, plan.api_key)
 
 
 def _pvc_claims(plan: ServerPlan) -> list[str]:

@@ -26,7 +26,11 @@ import dataclasses
 import hashlib
 from typing import Any, Iterable, Mapping
 
-from .spec import ModelServeSpec
+from .spec import AdapterSource, ModelServeSpec
+
+# One adapter of a served version: the name clients ask for, where it is, its digest (the same
+# shape as an explicit adapter of the spec).
+ServedAdapter = AdapterSource
 
 __all__ = ["Lineage", "Resolution", "ServedAdapter", "ServedVersion", "resolve", "short_digest"]
 
@@ -41,13 +45,6 @@ def short_digest(digest: str) -> str:
 def digest_matches(pin: str, digest: str) -> bool:
     """A pin (full digest or its 12-digit short form) names ``digest``."""
     return pin == digest or (len(pin) == 12 and short_digest(digest) == pin)
-
-
-@dataclasses.dataclass(frozen=True)
-class ServedAdapter:
-    name: str
-    uri: str
-    digest: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,7 +114,7 @@ class Resolution:
 
 def _explicit(spec: ModelServeSpec) -> Resolution:
     assert spec.base_model_uri is not None
-    version = ServedVersion(spec.base_model_uri, tuple(ServedAdapter(a.name, a.uri, a.digest) for a in spec.adapters),
+    version = ServedVersion(spec.base_model_uri, spec.adapters,
                             spec.base_model_digest)
     return Resolution(version, "Explicit", f"Serving {len(spec.adapters)} adapter(s) given in the spec, version {version.short}")
 
