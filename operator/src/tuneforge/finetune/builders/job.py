@@ -130,10 +130,10 @@ def _job(owner: Owner, name: str, labels: dict[str, str], job_spec: dict[str, An
     }
 
 
-def build_validate_job(owner: Owner, spec: FineTuneJobSpec, revision: int, settings: Settings) -> dict[str, Any]:
-    """CPU-only pre-flight of the data: no GPU request, no GPU toleration, short deadline."""
-    labels = child_labels(owner, revision, ROLE_VALIDATE)
-    volumes, mounts = _volumes(owner, spec, revision, with_shm=False)
+def _cpu_pod(labels: dict[str, str], settings: Settings, command: list[str], env: list[dict[str, Any]],
+             volumes: list[dict[str, Any]], mounts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The pod template of a short CPU-only Job in the trainer image (validation, summary reader):
+    no GPU request or toleration, placed by ``settings.validate_placement()``."""
     # No CPU limit (throttling only slows a pod that has the CPU to itself); memory is capped.
     resources = {"requests": {"cpu": settings.validate_cpu, "memory": settings.validate_memory},
                  "limits": {"memory": settings.validate_memory}}
@@ -148,8 +148,8 @@ def build_validate_job(owner: Owner, spec: FineTuneJobSpec, revision: int, setti
                 "name": CONTAINER,
                 "image": settings.trainer_image,
                 "imagePullPolicy": settings.image_pull_policy,
-                "command": ["tuneforge-train", "validate", "--config", CONFIG_PATH],
-                "env": _env(spec),
+                "command": command,
+                "env": env,
                 "resources": resources,
                 "volumeMounts": mounts,
                 "securityContext": _container_security(),
@@ -163,6 +163,14 @@ def build_validate_job(owner: Owner, spec: FineTuneJobSpec, revision: int, setti
         pod["spec"]["nodeSelector"] = selector
     if tolerations:
         pod["spec"]["tolerations"] = tolerations
+    return pod
+
+
+def build_validate_job(owner: Owner, spec: FineTuneJobSpec, revision: int, settings: Settings) -> dict[str, Any]:
+    """CPU-only pre-flight of the data: no GPU request, no GPU toleration, short deadline."""
+    labels = child_labels(owner, revision, ROLE_VALIDATE)
+    volumes, mounts = _volumes(owner, spec, revision, with_shm=False)
+    pod = _cpu_pod(labels, settings, ["tuneforge-train", "validate", "--config", CONFIG_PATH], _env(spec), volumes, mounts)
     return _job(owner, validate_job_name(owner.name, revision), labels, {
         "backoffLimit": 0,
         "activeDeadlineSeconds": settings.validate_deadline_seconds,
@@ -284,35 +292,9 @@ def build_summary_job(owner: Owner, spec: FineTuneJobSpec, revision: int, settin
     for m in mounts:
         if m["name"].startswith("pvc-"):
             m["readOnly"] = True
-    resources = {"requests": {"cpu": settings.validate_cpu, "memory": settings.validate_memory},
-                 "limits": {"memory": settings.validate_memory}}
-    pod: dict[str, Any] = {
-        "metadata": _pod_meta(labels, settings),
-        "spec": {
-            "restartPolicy": "Never",
-            "automountServiceAccountToken": False,
-            "enableServiceLinks": False,
-            "securityContext": _pod_security(),
-            "containers": [{
-                "name": CONTAINER,
-                "image": settings.trainer_image,
-                "imagePullPolicy": settings.image_pull_policy,
-                "command": ["python3", "-c", SUMMARY_READER,
-                            output_location(spec, owner.namespace, owner.name, owner.uid, revision)],
-                "env": [e for e in _env(spec) if e["name"] != ENV_OPENAI_KEY and e["name"] != ENV_HF_TOKEN],
-                "resources": resources,
-                "volumeMounts": mounts,
-                "securityContext": _container_security(),
-                "terminationMessagePolicy": "FallbackToLogsOnError",
-            }],
-            "volumes": volumes,
-        },
-    }
-    selector, tolerations = settings.validate_placement()
-    if selector:
-        pod["spec"]["nodeSelector"] = selector
-    if tolerations:
-        pod["spec"]["tolerations"] = tolerations
+    command = ["python3", "-c", SUMMARY_READER, output_location(spec, owner.namespace, owner.name, owner.uid, revision)]
+    env = [e for e in _env(spec) if e["name"] != ENV_OPENAI_KEY and e["name"] != ENV_HF_TOKEN]
+    pod = _cpu_pod(labels, settings, command, env, volumes, mounts)
     return _job(owner, summary_job_name(owner.name, revision), labels, {
         "backoffLimit": 1,
         "activeDeadlineSeconds": 300,
