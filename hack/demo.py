@@ -162,7 +162,8 @@ def serve(c: Cluster, ftj: dict) -> tuple[str, str]:
     """
     from openai import OpenAI
 
-    from tuneforge.serve.server import AdapterRef, SecretRef, ServerPlan, build_config_map, build_deployment, build_service
+    from tuneforge.serve.server import AdapterRef, ServerPlan, build_config_map, build_deployment, build_service
+    from tuneforge.serve.spec import SecretKeyRef
     from tuneforge_localcluster.testing import wait_for
 
     st = ftj["status"]
@@ -173,9 +174,9 @@ def serve(c: Cluster, ftj: dict) -> tuple[str, str]:
     plan = ServerPlan(
         name=SERVER, namespace=NAMESPACE, image=image, base_uri=adapter["baseModel"]["uri"], base_name="smollm2-135m",
         adapters=(AdapterRef(SERVED_NAME, adapter["uri"], adapter["digest"]),), max_model_len=1024,
-        api_key=SecretRef("tuneforge-demo-api-key", "key"), s3_endpoint="http://s3.tuneforge-system.svc.cluster.local:9000",
-        s3_region="us-east-1", s3_access_key=SecretRef("tuneforge-demo-s3", "access-key-id"),
-        s3_secret_key=SecretRef("tuneforge-demo-s3", "secret-access-key"), cpu="1", memory="8Gi",
+        api_key=SecretKeyRef("tuneforge-demo-api-key", "key"), s3_endpoint="http://s3.tuneforge-system.svc.cluster.local:9000",
+        s3_region="us-east-1", s3_access_key=SecretKeyRef("tuneforge-demo-s3", "access-key-id"),
+        s3_secret_key=SecretKeyRef("tuneforge-demo-s3", "secret-access-key"), cpu="1", memory="8Gi",
         node_selector={"tuneforge.dev/node-kind": "real"},
     )
     c.apply([build_config_map(plan), build_deployment(plan), build_service(plan)], NAMESPACE)

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tuneforge.serve.server import AdapterRef, SecretRef, ServerPlan
+from tuneforge.serve.server import AdapterRef, ServerPlan
+from tuneforge.serve.spec import SecretKeyRef
 from tuneforge_localcluster import components
 
 S3_ENDPOINT = "http://s3.tuneforge-system.svc.cluster.local:9000"
@@ -24,9 +25,9 @@ def secrets() -> list[dict[str, Any]]:
 def local_plan(name: str, namespace: str, image: str, base_uri: str, adapters: list[AdapterRef], **over: Any) -> ServerPlan:
     fields: dict[str, Any] = dict(
         name=name, namespace=namespace, image=image, base_uri=base_uri, base_name="smollm2-135m",
-        adapters=tuple(adapters), max_model_len=1024, api_key=SecretRef("api-key", "key"),
+        adapters=tuple(adapters), max_model_len=1024, api_key=SecretKeyRef("api-key", "key"),
         s3_endpoint=S3_ENDPOINT, s3_region="us-east-1",
-        s3_access_key=SecretRef("s3", "access-key-id"), s3_secret_key=SecretRef("s3", "secret-access-key"),
+        s3_access_key=SecretKeyRef("s3", "access-key-id"), s3_secret_key=SecretKeyRef("s3", "secret-access-key"),
         cpu="1", memory="8Gi", node_selector={"tuneforge.dev/node-kind": "real"}, pre_stop_seconds=3,
     )
     return ServerPlan(**{**fields, **over})

@@ -61,6 +61,8 @@ def build_vllm_args(cfg: ServerConfig, model_path: Path, adapters: Sequence[Serv
         "--shutdown-timeout", str(cfg.shutdown.drain_seconds),
         # Weights are in the pod already; never reach for a hub or remote code.
         "--load-format", "safetensors",
+        # Every response names the adapter digests that answered it (tuneforge_server.headers).
+        "--middleware", "tuneforge_server.headers.AdapterDigestHeader",
     ]
     if cfg.max_model_len is not None:
         args += ["--max-model-len", str(cfg.max_model_len)]

@@ -77,6 +77,7 @@ def pod_cpus(cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
 
 def prepare(cfg: ServerConfig) -> tuple[list[str], dict[str, str]]:
     """Fetch and pre-flight everything; the vLLM argv and environment to exec."""
+    from tuneforge_server import headers
     from tuneforge_server.fetch import fetch
     from tuneforge_server.preflight import preflight
 
@@ -92,6 +93,7 @@ def prepare(cfg: ServerConfig) -> tuple[list[str], dict[str, str]]:
             "Adapter %s passed pre-flight: digest %s, rank %d%s", a.name, a.digest[:19], a.rank,
             f", from FineTuneJob {job.get('namespace')}/{job.get('name')} revision {job.get('revision')}" if job else "",
         )
+    env[headers.ENV] = headers.header_value({a.name: a.digest for a in checked})
     model_path = base
     if mode == "merged":
         from tuneforge_server.merge import merge
