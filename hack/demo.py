@@ -205,7 +205,7 @@ def serve(c: Cluster, ftj: dict) -> tuple[str, str]:
         operator.wait(30)
     print(c.kubectl("get", "modelserve", name, "-n", NAMESPACE, "-o", "wide").stdout)
     gate = ms.get("gate") or {}
-    say(f"Gate through the preview Service: accuracy {gate.get('accuracy')} on {gate.get('rows')} rows, p99 {gate.get('p99Ms')} ms")
+    say(f"Gate through the preview Service: accuracy {gate.get('accuracy')} on {gate.get('rows')} rows, p99 {float(gate.get('p99Ms') or 0):.0f} ms")
     ip = c.get("service", name, NAMESPACE)["spec"]["clusterIP"]
     client = OpenAI(base_url=f"http://{ip}:8000/v1", api_key=API_KEY, timeout=120)
     rows = [json.loads(line) for line in read_s3(c.settings, st["artifacts"]["predictions"]).splitlines() if line.strip()]
