@@ -8,6 +8,8 @@ import os
 import signal
 import socket
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -97,3 +99,35 @@ def summary_annotation(accuracy: float = 0.95) -> str:
                "artifacts": {"adapter": "/mnt/pvc/artifacts/runs/adapter"}}
     return json.dumps({"kwok.tuneforge.dev/termination-message": json.dumps(summary),
                        "pod-complete.stage.kwok.x-k8s.io/delay": "3s"})
+
+
+@contextmanager
+def least_privilege_kubeconfig(cluster: Any, namespace: str, folder: Path) -> Iterator[Path]:
+    """A kubeconfig for a ServiceAccount bound to exactly the ClusterRole of
+    operator/deploy/operator.yaml (the role and binding are removed afterwards)."""
+    import yaml
+
+    docs = list(yaml.safe_load_all((ROOT / "operator" / "deploy" / "operator.yaml").read_text()))
+    role = next(d for d in docs if d["kind"] == "ClusterRole")
+    role["metadata"]["name"] = f"tuneforge-operator-{namespace}"
+    binding: dict[str, Any] = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+               "metadata": {"name": f"tuneforge-operator-{namespace}"},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role["metadata"]["name"]},
+               "subjects": [{"kind": "ServiceAccount", "name": "operator", "namespace": namespace}]}
+    cluster.kubectl("create", "serviceaccount", "operator", "-n", namespace)
+    cluster.apply([role, binding])
+    try:
+        token = cluster.kubectl("create", "token", "operator", "-n", namespace, "--duration=1h").stdout.strip()
+        admin: dict[str, Any] = yaml.safe_load(open(cluster.kubeconfig).read())
+        ctx = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])["context"]
+        clu = next(c for c in admin["clusters"] if c["name"] == ctx["cluster"])
+        kubeconfig = folder / "operator.kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "op",
+            "clusters": [clu], "users": [{"name": "op", "user": {"token": token}}],
+            "contexts": [{"name": "op", "context": {"cluster": clu["name"], "user": "op"}}],
+        }))
+        yield kubeconfig
+    finally:
+        cluster.kubectl("delete", "clusterrolebinding", binding["metadata"]["name"], check=False)
+        cluster.kubectl("delete", "clusterrole", role["metadata"]["name"], check=False)

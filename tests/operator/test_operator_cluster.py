@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from operator_helpers import ROOT, OperatorProcess, ftj_manifest, pvc_manifest, summary_annotation
+from operator_helpers import ROOT, OperatorProcess, ftj_manifest, least_privilege_kubeconfig, pvc_manifest, summary_annotation
 from tuneforge_localcluster.testing import Cluster, wait_for
 
 pytestmark = pytest.mark.cluster
@@ -308,27 +308,7 @@ def test_operator_sigkill_restart_no_duplicates(cluster: Cluster, namespace: str
 def test_operator_runs_with_least_privilege_rbac(cluster: Cluster, namespace: str, run_operator: Any, standin_image: str,
                                                  tmp_path: Any) -> None:
     """The operator works with exactly the ClusterRole in operator/deploy/operator.yaml."""
-    import yaml
-    docs = list(yaml.safe_load_all((ROOT / "operator" / "deploy" / "operator.yaml").read_text()))
-    role = next(d for d in docs if d["kind"] == "ClusterRole")
-    role["metadata"]["name"] = f"tuneforge-operator-{namespace}"
-    binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-               "metadata": {"name": f"tuneforge-operator-{namespace}"},
-               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role["metadata"]["name"]},
-               "subjects": [{"kind": "ServiceAccount", "name": "operator", "namespace": namespace}]}
-    cluster.kubectl("create", "serviceaccount", "operator", "-n", namespace)
-    cluster.apply([role, binding])
-    try:
-        token = cluster.kubectl("create", "token", "operator", "-n", namespace, "--duration=1h").stdout.strip()
-        admin = yaml.safe_load(open(cluster.kubeconfig).read())
-        ctx = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])["context"]
-        clu = next(c for c in admin["clusters"] if c["name"] == ctx["cluster"])
-        kubeconfig = tmp_path / "operator.kubeconfig"
-        kubeconfig.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "op",
-            "clusters": [clu], "users": [{"name": "op", "user": {"token": token}}],
-            "contexts": [{"name": "op", "context": {"cluster": clu["name"], "user": "op"}}],
-        }))
+    with least_privilege_kubeconfig(cluster, namespace, tmp_path) as kubeconfig:
         denied = cluster.kubectl("--kubeconfig", str(kubeconfig), "get", "secrets", "-n", namespace, check=False)
         assert denied.returncode != 0 and "forbidden" in denied.stderr
         op = run_operator(TUNEFORGE_TRAINER_IMAGE=standin_image, KUBECONFIG_OVERRIDE=str(kubeconfig))
@@ -337,9 +317,6 @@ def test_operator_runs_with_least_privilege_rbac(cluster: Cluster, namespace: st
         st = _wait_phase(cluster, namespace, "least-priv", ("Succeeded", "Failed"), 180, op)["status"]
         assert st["phase"] == "Succeeded", st
         assert "Forbidden" not in op.log() and "403" not in op.log()
-    finally:
-        cluster.kubectl("delete", "clusterrolebinding", binding["metadata"]["name"], check=False)
-        cluster.kubectl("delete", "clusterrole", role["metadata"]["name"], check=False)
 
 
 def test_missing_secret_fails_naming_the_field(cluster: Cluster, namespace: str, run_operator: Any, standin_image: str) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
-from operator_helpers import OperatorProcess
+from operator_helpers import OperatorProcess, least_privilege_kubeconfig
 from tuneforge_localcluster.testing import Cluster, wait_for
 
 pytestmark = pytest.mark.cluster
@@ -261,3 +261,17 @@ def test_operator_sigkill_mid_rollout_converges(cluster: Cluster, namespace: str
     third = run_operator(**OPERATOR_ENV)
     wait_for("blue scaled down", lambda: _deployments(cluster, namespace)["crash-blue"]["spec"]["replicas"] == 0, 60, 0.5, third.log)
     assert _status(cluster, namespace, "crash")["activeColor"] == "green" and _selector(cluster, namespace, "crash") == "green"
+
+
+def test_rollout_under_least_privilege_rbac(cluster: Cluster, namespace: str, run_operator: Any, tmp_path: Path) -> None:
+    """A first deploy and a blue/green rollout with exactly the ClusterRole of
+    operator/deploy/operator.yaml: every child (Deployments, Services, PDB, HPA, ConfigMaps, the
+    gate Job and its pod's termination message, Events, the status) within the role."""
+    with least_privilege_kubeconfig(cluster, namespace, tmp_path) as kubeconfig:
+        op = run_operator(**OPERATOR_ENV, KUBECONFIG_OVERRIDE=str(kubeconfig))
+        _first_deploy(cluster, namespace, "least-priv", op, hpa={"maxReplicas": 2})
+        cluster.apply(ms_manifest("least-priv", 2, hpa={"maxReplicas": 2}), namespace)
+        _wait(cluster, namespace, "least-priv", "green serves v2", _serving("green", 2), op)
+        hpa = cluster.get("hpa", "least-priv", namespace)
+        assert hpa["spec"]["scaleTargetRef"]["name"] == "least-priv-green", hpa["spec"]
+        assert "Forbidden" not in op.log() and "403" not in op.log(), op.log()[-3000:]
