@@ -36,6 +36,17 @@ def _mutate(path: str, value: Any) -> dict[str, Any]:
 
 _DELETE = object()
 
+
+def _edits(changes: dict[str, Any]) -> dict[str, Any]:
+    obj = copy.deepcopy(VALID)
+    for path, value in changes.items():
+        node = obj
+        *parents, last = path.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return obj
+
 # (mistake, manifest, what the apiserver's answer must contain)
 INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("missing baseModel", _mutate("spec.baseModel", _DELETE), "spec.baseModel: Required value"),
@@ -82,6 +93,18 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("configmap key invalid", _mutate("spec.dataset", {"uri": "/d.csv", "evalUri": "configmap://held-out/test data.csv"}),
      "the ConfigMap key must be a valid key"),
     ("configmap without key", _mutate("spec.dataset", {"uri": "configmap://intents"}), "configmap://<name>/<key>"),
+    # Distributed training: the combinations the libraries do not support, on their fields.
+    ("fsdp with one process", _mutate("spec.training", {"strategy": "fsdp"}), "spec.training.strategy"),
+    ("fsdp with 8-bit weights", _edits({"spec.training": {"strategy": "fsdp"}, "spec.resources": {"gpus": 2},
+                                        "spec.quantization": "8bit"}), "cannot shard bitsandbytes 8-bit"),
+    ("fsdp on CPU processes", _edits({"spec.training": {"strategy": "fsdp"}, "spec.resources": {"gpus": 0, "nodes": 2}}),
+     "fsdp needs GPUs"),
+    ("fsdp fp16 with 4-bit weights", _edits({"spec.training": {"strategy": "fsdp", "precision": "fp16"},
+                                             "spec.resources": {"gpus": 2}, "spec.quantization": "4bit"}),
+     "spec.training.precision"),
+    ("zero nodes", _mutate("spec.resources", {"nodes": 0}), "spec.resources.nodes"),
+    ("multi-node name not a DNS label", _edits({"metadata.name": "7b-intents", "spec.resources": {"nodes": 2}}),
+     "must start with a letter"),
     ("best model without validation rows", _mutate("spec.dataPrep", {"validationFraction": 0}),
      "spec.dataPrep.validationFraction"),
 ]
@@ -115,6 +138,11 @@ def test_near_misses_accepted(cluster: Cluster, crds: None) -> None:
     cluster.kubectl("create", "--dry-run=server", "--validate=strict", "-n", "default", "-f", "-", input=json.dumps(manifest))
     manifest["spec"]["dataset"] = {"uri": "configmap://intents.v2/train.csv", "evalUri": "configmap://intents.v2/test_1.csv"}
     cluster.kubectl("create", "--dry-run=server", "--validate=strict", "-n", "default", "-f", "-", input=json.dumps(manifest))
+    # What the distributed rules allow: QLoRA with FSDP over 2 GPUs, a DDP gang of 2 x 8 GPUs.
+    for changes in ({"spec.training": {"strategy": "fsdp"}, "spec.resources": {"gpus": 2}, "spec.quantization": "4bit"},
+                    {"spec.resources": {"gpus": 8, "nodes": 2}, "metadata.name": "intents-7b"}):
+        cluster.kubectl("create", "--dry-run=server", "--validate=strict", "-n", "default", "-f", "-",
+                        input=json.dumps(_edits(changes)))
 
 
 # --- the operator ---------------------------------------------------------------------------

@@ -131,3 +131,59 @@ def test_device_settings(changes: dict[str, Any], cuda: bool, bf16_ok: bool, exp
     ds = device_settings(cfg_with(**changes), cuda=cuda, bf16_supported=bf16_ok)
     for key, value in expected.items():
         assert getattr(ds, key) == value, key
+
+
+# --- several processes: ddp, or fsdp on GPU processes ------------------------------------------
+
+@pytest.mark.parametrize(("strategy", "cuda", "world", "sharded"), [
+    ("ddp", True, 8, False),
+    ("fsdp", True, 8, True),
+    ("fsdp", True, 1, False),  # one process: nothing to shard
+    ("fsdp", False, 2, False),  # CPU processes: accelerate enables FSDP on accelerators only
+])
+def test_fsdp_only_for_several_gpu_processes(strategy: str, cuda: bool, world: int, sharded: bool) -> None:
+    ds = device_settings(cfg_with(training__strategy=strategy), cuda=cuda, bf16_supported=True, world_size=world)
+    assert ds.sharded is sharded
+
+
+def test_qlora_with_fsdp_stores_4bit_weights_in_the_compute_dtype_and_has_no_device_map() -> None:
+    import torch
+
+    cfg = cfg_with(training__strategy="fsdp", quantization__mode="4bit")
+    sharded = device_settings(cfg, cuda=True, bf16_supported=True, world_size=2)
+    kw = model_load_kwargs(cfg, sharded)
+    assert kw["quantization_config"].bnb_4bit_quant_storage == torch.bfloat16 == kw["dtype"]
+    assert "device_map" not in kw  # FSDP places the shards
+    single = device_settings(cfg_with(quantization__mode="4bit"), cuda=True, bf16_supported=True, world_size=2)
+    kw = model_load_kwargs(cfg, single)
+    assert kw["quantization_config"].bnb_4bit_quant_storage == torch.uint8  # bitsandbytes' default
+    assert kw["device_map"] == {"": 0}
+
+
+def test_trainer_fsdp_arguments() -> None:
+    from tuneforge_trainer.train import _fsdp_args
+
+    cfg = cfg_with(training__strategy="fsdp")
+    assert _fsdp_args(device_settings(cfg, cuda=True, bf16_supported=True, world_size=1)) == {}
+    args = _fsdp_args(device_settings(cfg, cuda=True, bf16_supported=True, world_size=4))
+    assert args["fsdp"] == "full_shard auto_wrap"
+    assert args["fsdp_config"]["use_orig_params"] is False and args["fsdp_config"]["cpu_ram_efficient_loading"] is True
+
+
+def test_fsdp_with_8bit_is_a_config_error() -> None:
+    from tuneforge_trainer.config import ConfigError
+
+    with pytest.raises(ConfigError, match="training.strategy fsdp cannot shard bitsandbytes 8-bit"):
+        cfg_with(training__strategy="fsdp", quantization__mode="8bit")
+
+
+@pytest.mark.parametrize(("env", "cpus", "threads"), [
+    ({}, 2, 2),
+    ({"LOCAL_WORLD_SIZE": "2"}, 2, 1),
+    ({"LOCAL_WORLD_SIZE": "4"}, 2, 1),
+    ({"LOCAL_WORLD_SIZE": "2", "TUNEFORGE_THREADS": "8"}, 2, 4),
+])
+def test_cpu_threads_are_shared_by_the_pods_processes(env: dict[str, str], cpus: int, threads: int) -> None:
+    from tuneforge_trainer.train import cpu_threads
+
+    assert cpu_threads(env, cpus) == threads

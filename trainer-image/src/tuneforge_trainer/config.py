@@ -360,6 +360,14 @@ class TrainingConfig(_Strict):
     gradient_checkpointing: bool | None = Field(
         default=None, description="Recompute activations to save memory; None = on for CUDA, off for CPU."
     )
+    strategy: Literal["ddp", "fsdp"] = Field(
+        default="ddp",
+        description=(
+            "Several processes (torchrun): ddp replicates the model and averages gradients; fsdp "
+            "shards weights, gradients and optimizer state (GPU processes only; with 4-bit QLoRA "
+            "the quantized weights are stored in the compute dtype). One process ignores it."
+        ),
+    )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         default="auto", description="Training precision; auto = bf16 on CUDA with support, else fp32."
     )
@@ -601,6 +609,11 @@ class TrainerConfig(_Strict):
     @model_validator(mode="after")
     def _cross_checks(self) -> TrainerConfig:
         q = self.quantization.mode
+        if self.training.strategy == "fsdp" and q == "8bit":
+            raise ValueError(
+                "training.strategy fsdp cannot shard bitsandbytes 8-bit weights: use quantization.mode "
+                "4bit or none, or strategy ddp"
+            )
         if q in ("4bit", "8bit") and not self.lora.enabled:
             raise ValueError(
                 f"quantization.mode {q!r} needs lora.enabled: true (quantized weights cannot be "

@@ -39,9 +39,11 @@ class DeviceSettings:
     gradient_checkpointing: bool
     quantization: str
     compute_dtype: str
+    # FSDP shards the model over the processes (training.strategy fsdp, several CUDA processes).
+    sharded: bool = False
 
 
-def device_settings(cfg: TrainerConfig, cuda: bool, bf16_supported: bool = False) -> DeviceSettings:
+def device_settings(cfg: TrainerConfig, cuda: bool, bf16_supported: bool = False, world_size: int = 1) -> DeviceSettings:
     """Pure: choose precision, checkpointing and quantization for this device.
 
     ``bf16_supported`` is the device's capability (``torch.cuda.is_bf16_supported()``), passed
@@ -66,9 +68,12 @@ def device_settings(cfg: TrainerConfig, cuda: bool, bf16_supported: bool = False
         # The quantized layers compute in the training precision: bf16 on bf16 GPUs (QLoRA's
         # recipe), fp16 when asked for, float32 otherwise (and always on the CPU).
         cd = {"bf16": "bfloat16", "fp16": "float16"}.get(prec, "float32")
+    # FSDP is an accelerator feature (accelerate enables it only for GPU processes; the CRD
+    # refuses strategy fsdp without GPUs): on CPU processes the strategy falls back to DDP.
+    sharded = cuda and world_size > 1 and t.strategy == "fsdp"
     return DeviceSettings(
         cuda=cuda, bf16=prec == "bf16", fp16=prec == "fp16", gradient_checkpointing=gc,
-        quantization=quant, compute_dtype=cd,
+        quantization=quant, compute_dtype=cd, sharded=sharded,
     )
 
 
@@ -104,11 +109,17 @@ def get_quantization_config(cfg: TrainerConfig, ds: DeviceSettings) -> Any:
 
     if ds.quantization == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
+    extra: dict[str, Any] = {}
+    if ds.sharded:
+        # QLoRA with FSDP: the packed 4-bit weights are stored in the dtype of the other
+        # parameters, so FSDP can flatten and shard them together (peft's FSDP+QLoRA recipe).
+        extra["bnb_4bit_quant_storage"] = getattr(torch, model_dtype(ds))
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=cfg.quantization.quant_type,
         bnb_4bit_use_double_quant=cfg.quantization.double_quant,
         bnb_4bit_compute_dtype=getattr(torch, ds.compute_dtype),
+        **extra,
     )
 
 
@@ -127,7 +138,8 @@ def model_load_kwargs(cfg: TrainerConfig, ds: DeviceSettings) -> dict[str, Any]:
     q = get_quantization_config(cfg, ds)
     if q is not None:
         kw["quantization_config"] = q
-        if ds.cuda:
+        if ds.cuda and not ds.sharded:
+            # Under FSDP no device_map: the wrapper places the shards on each process's GPU.
             kw["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
     kw["dtype"] = getattr(torch, model_dtype(ds))
     return kw
@@ -161,6 +173,6 @@ def load_model(path: str, cfg: TrainerConfig, ds: DeviceSettings) -> Any:
 
     kw = model_load_kwargs(cfg, ds)
     model = AutoModelForCausalLM.from_pretrained(path, **kw)
-    if "quantization_config" not in kw and ds.cuda:
+    if "quantization_config" not in kw and ds.cuda and not ds.sharded:
         model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")  # type: ignore[arg-type]
     return model

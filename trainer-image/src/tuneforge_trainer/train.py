@@ -8,13 +8,14 @@ adapter. Heavy libraries are imported here, never by the light modules.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import signal
 import sys
 import time
-from typing import Any
+from typing import Any, Mapping
 
 from tuneforge_trainer.config import TrainerConfig
 from tuneforge_trainer.data import (
@@ -251,8 +252,26 @@ def _training_args(cfg: TrainerConfig, ds: Any, out_dir: str, has_eval: bool, cu
         include_num_input_tokens_seen="all" if t.padding_free else "non_padding",
         ddp_backend=("nccl" if cuda else "gloo") if multi else None,
         ddp_find_unused_parameters=False if multi else None,
+        **_fsdp_args(ds),
         save_only_model=False,
     )
+
+
+def _fsdp_args(ds: Any) -> dict[str, Any]:
+    """The Trainer's FSDP settings under training.strategy fsdp (peft's FSDP + (Q)LoRA recipe:
+    full shard, one wrap unit per decoder layer, the original parameters not kept, the base
+    weights loaded once on rank 0 and broadcast)."""
+    if not ds.sharded:
+        return {}
+    return {
+        "fsdp": "full_shard auto_wrap",
+        "fsdp_config": {
+            "use_orig_params": False,
+            "cpu_ram_efficient_loading": True,
+            "sync_module_states": True,
+            "activation_checkpointing": False,
+        },
+    }
 
 
 def _summary_from(
@@ -387,6 +406,13 @@ def _eval_rows(cfg: TrainerConfig, data: PreparedData) -> list[Example]:
     return _sample(data.eval, cfg.eval.max_rows, cfg.data.seed)
 
 
+def cpu_threads(env: Mapping[str, str] = os.environ, cpus: int | None = None) -> int:
+    """Compute threads of this process on a CPU: TUNEFORGE_THREADS (or every CPU) shared by
+    the processes torchrun started in this pod, so two processes on two cores do not run four."""
+    total = int(env.get("TUNEFORGE_THREADS") or cpus or os.cpu_count() or 1)
+    return max(1, total // max(1, int(env.get("LOCAL_WORLD_SIZE") or 1)))
+
+
 def train_main(cfg: TrainerConfig) -> int:
     """The ``train`` subcommand; returns the exit code."""
     import torch
@@ -406,9 +432,10 @@ def train_main(cfg: TrainerConfig) -> int:
     progress.emit("start", command="train", run_name=cfg.run_name)
 
     cuda = torch.cuda.is_available()
-    ds = device_settings(cfg, cuda, bf16_supported=cuda and torch.cuda.is_bf16_supported())
+    ds = device_settings(cfg, cuda, bf16_supported=cuda and torch.cuda.is_bf16_supported(),
+                         world_size=int(os.environ.get("WORLD_SIZE", "1")))
     if not cuda:
-        torch.set_num_threads(max(1, int(os.environ.get("TUNEFORGE_THREADS", os.cpu_count() or 1))))
+        torch.set_num_threads(cpu_threads())
     _seed_all(cfg.training.seed)
 
     model_path = resolve_model_path(cfg, cache_dir())
@@ -505,14 +532,29 @@ def train_main(cfg: TrainerConfig) -> int:
             eval_loss = last[-1]["eval_loss"]
         else:
             eval_loss = trainer.evaluate().get("eval_loss")
+    art = _artifact_dir(cfg)
+    adapter_dir = os.path.join(art, "adapter")
+    if ds.sharded:
+        # Every rank takes part in gathering the sharded weights into one state dict; rank 0 writes.
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+        trainer.save_model(adapter_dir)
     if not trainer.is_world_process_zero():
         return 0
 
-    art = _artifact_dir(cfg)
     os.makedirs(art, exist_ok=True)
-    adapter_dir = os.path.join(art, "adapter")
-    model = trainer.model  # the PeftModel (unwrapped from DDP)
-    model.save_pretrained(adapter_dir)
+    if ds.sharded:
+        # A forward pass of the FSDP-wrapped model needs every rank: rank 0 scores its own copy,
+        # the base model with the adapter just written.
+        from peft import PeftModel
+
+        one = dataclasses.replace(ds, sharded=False)
+        if cfg.lora.enabled:
+            model = PeftModel.from_pretrained(load_model(model_path, cfg, one), adapter_dir)
+        else:  # a full fine-tune: save_model wrote the whole model
+            model = load_model(adapter_dir, cfg, one)
+    else:
+        model = trainer.model  # the PeftModel (unwrapped from DDP)
+        model.save_pretrained(adapter_dir)
     tokenizer.save_pretrained(adapter_dir)
     _make_readable(adapter_dir)
     artifacts = {"adapter": join_uri(cfg.output.dir, "adapter")}

@@ -23,9 +23,9 @@ from .progress import parse_progress
 from .reconcile import (
     Context, Key, Packed, backoff_delay, one, owned_children, pack, reconcile, schedule_retry, unpack,
 )
-from .builders.job import CONTAINER
+from .builders.job import COMPLETION_INDEX_ANNOTATION, CONTAINER
 from .builders.names import ROLE_TRAIN
-from .status import EVALUATING, RUNNING
+from .status import EVALUATING, RUNNING, pod_rank
 
 log = logging.getLogger(__name__)
 CHILD = {LABEL_FTJ: kopf.PRESENT}
@@ -114,6 +114,13 @@ def _project_child(body: kopf.Body, is_job: bool) -> dict[str, Any]:
     }
     if is_job:
         out["spec"] = {"suspend": (body.get("spec") or {}).get("suspend")}
+        return out
+    # A gang's worker: its node rank, where it runs and which of its pods is the newest.
+    index = (m.get("annotations") or {}).get(COMPLETION_INDEX_ANNOTATION)
+    if index is not None:
+        out["metadata"]["annotations"] = {COMPLETION_INDEX_ANNOTATION: index}
+        out["metadata"]["creationTimestamp"] = m.get("creationTimestamp")
+        out["spec"] = {"nodeName": (body.get("spec") or {}).get("nodeName")}
     return out
 
 
@@ -351,7 +358,8 @@ async def _poll_round(ctx: Context, poll: Any) -> None:
         for pod in pods:
             labels = pod["metadata"]["labels"]
             if labels.get("tuneforge.dev/role") == ROLE_TRAIN and labels.get("tuneforge.dev/revision") == str(rev) \
-                    and (pod["status"] or {}).get("phase") == "Running":
+                    and (pod["status"] or {}).get("phase") == "Running" and pod_rank(pod) == 0:
+                # Rank 0 alone reports progress (the ranks step in lockstep).
                 tasks.append(poll(key, pod, body["metadata"]["uid"], rev))
     if tasks:
         results = await asyncio.gather(*tasks, return_exceptions=True)

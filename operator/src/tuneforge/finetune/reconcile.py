@@ -23,7 +23,7 @@ from ..kube import ForeignChild, Kube
 from ..settings import Settings
 from . import LABEL_REVISION
 from .builders.configmap import build_config_map
-from .builders.job import build_summary_job, build_trainer_job, build_validate_job
+from .builders.job import build_summary_job, build_trainer_job, build_validate_job, build_workers_service
 from .builders.names import Owner, config_map_name, summary_job_name, train_job_name, validate_job_name
 from .plan import Action, plan
 from .progress import Progress
@@ -282,6 +282,9 @@ async def _execute(ctx: Context, action: Action, owner: Owner, spec: FineTuneJob
         if await ctx.kube.create(build_validate_job(owner, spec, rev, s)):
             log.info("Created validation Job %s/%s", owner.namespace, validate_job_name(owner.name, rev))
     elif action.verb == "create_train_job":
+        if spec.nodes > 1:
+            # Before the Job: pod 0's DNS name must resolve when the workers start.
+            await ctx.kube.create(build_workers_service(owner, spec, rev))
         if await ctx.kube.create(build_trainer_job(owner, spec, rev, s)):
             log.info("Created training Job %s/%s", owner.namespace, train_job_name(owner.name, rev))
             started = status.get("startTime")

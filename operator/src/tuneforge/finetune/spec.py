@@ -106,6 +106,7 @@ class FineTuneJobSpec:
     gate: Gate
     gpus: int
     gpu_resource_name: str
+    nodes: int
     cpu: str
     memory: str
     shared_memory: str
@@ -124,6 +125,19 @@ class FineTuneJobSpec:
     hub_cache_uri: str | None
     hub_offline: bool | None
     suspend: bool
+
+    @property
+    def procs_per_node(self) -> int:
+        """Training processes in each pod: one per GPU (one on a CPU)."""
+        return max(self.gpus, 1)
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.procs_per_node
+
+    @property
+    def strategy(self) -> str:
+        return str(self.training.get("strategy", "ddp"))
 
 
 def parse_spec(spec: Mapping[str, Any]) -> FineTuneJobSpec:
@@ -185,6 +199,7 @@ def parse_spec(spec: Mapping[str, Any]) -> FineTuneJobSpec:
             baseline_margin=float(gate.get("baselineMargin", 0.0)),
         ),
         gpus=int(res.get("gpus", 1)),
+        nodes=int(res.get("nodes", 1)),
         gpu_resource_name=res.get("gpuResourceName", "nvidia.com/gpu"),
         cpu=str(res.get("cpu", "2")),
         memory=str(res.get("memory", "8Gi")),

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 
 from .gate import evaluate_gate
 from .progress import Progress
-from .builders.job import CONTAINER
+from .builders.job import COMPLETION_INDEX_ANNOTATION as COMPLETION_INDEX, CONTAINER
 from .results import Summary, parse_summary
 from .spec import FineTuneJobSpec
 
@@ -176,6 +176,60 @@ def results_seen(pods: Sequence[Obj], exit_zero: bool) -> bool:
     return False
 
 
+def pod_rank(pod: Obj) -> int:
+    """A training pod's node rank: its Indexed Job completion index (0 for a one-pod Job)."""
+    meta = pod.get("metadata") or {}
+    value = (meta.get("annotations") or {}).get(COMPLETION_INDEX) or (meta.get("labels") or {}).get(COMPLETION_INDEX)
+    try:
+        return int(value) if value is not None else 0
+    except ValueError:
+        return 0
+
+
+def _worker_failure(pods: Sequence[Obj], world: int) -> str | None:
+    """Which worker of a gang failed first, where, and how (None when no pod shows a failure)."""
+    first: tuple[str, Obj, Obj] | None = None
+    for pod in pods:
+        term = ((_container_status(pod) or {}).get("state") or {}).get("terminated") or {}
+        failed = term.get("exitCode") not in (None, 0) or (pod.get("status") or {}).get("phase") == "Failed"
+        if failed and (first is None or (term.get("finishedAt") or "") < first[0]):
+            first = (term.get("finishedAt") or "", pod, term)
+    if first is None:
+        return None
+    _, pod, term = first
+    where = (pod.get("spec") or {}).get("nodeName")
+    detail = term.get("message") or term.get("reason") or (pod.get("status") or {}).get("reason") or "failed"
+    summary = parse_summary(detail) if term.get("message") else None
+    if summary and summary.message:
+        detail = summary.message
+    code = f"exit code {term['exitCode']}: " if term.get("exitCode") not in (None, 0) else ""
+    return (f"worker rank {pod_rank(pod)} of {world} (pod {pod['metadata']['name']}"
+            f"{f' on node {where}' if where else ''}) failed: {code}{_first_line(detail)}")
+
+
+def workers(pods: Sequence[Obj]) -> list[dict[str, Any]]:
+    """status.workers: the newest pod of each node rank."""
+    newest: dict[int, Obj] = {}
+    for pod in pods:
+        r = pod_rank(pod)
+        stamp = (pod.get("metadata") or {}).get("creationTimestamp") or ""
+        if r not in newest or stamp >= ((newest[r].get("metadata") or {}).get("creationTimestamp") or ""):
+            newest[r] = pod
+    out = []
+    for r, pod in sorted(newest.items()):
+        st = pod.get("status") or {}
+        entry: dict[str, Any] = {"rank": r, "pod": pod["metadata"]["name"], "phase": st.get("phase") or "Pending"}
+        if (pod.get("spec") or {}).get("nodeName"):
+            entry["node"] = pod["spec"]["nodeName"]
+        waiting, unscheduled = _waiting(pod), _unscheduled(pod)
+        term = ((_container_status(pod) or {}).get("state") or {}).get("terminated")
+        reason = (unscheduled or {}).get("reason") or (waiting or {}).get("reason") or (term or {}).get("reason")
+        if reason:
+            entry["reason"] = reason
+        out.append(entry)
+    return out
+
+
 def _pod_active(pod: Obj) -> bool:
     return (pod.get("status") or {}).get("phase") in (None, "Pending", "Running") and not pod.get("metadata", {}).get("deletionTimestamp")
 
@@ -294,12 +348,19 @@ def derive_phase(spec: FineTuneJobSpec, observed: Observed, waited: float = 0.0,
     if tjob is None:
         return PhaseInfo(PENDING, "DataValidated", "Creating the training Job")
     tdone = job_finished(tjob)
-    if tdone is not None and not results_seen(observed.train_pods, exit_zero=tdone == "Complete"):
+    # Rank 0 alone writes the result (a one-pod Job's pod is rank 0).
+    rank0 = [p for p in observed.train_pods if pod_rank(p) == 0]
+    if spec.nodes > 1 and tdone == "Failed":
+        failure = _worker_failure(observed.train_pods, spec.world_size)
+        if failure:
+            return PhaseInfo(FAILED, "WorkerFailed", failure, summary=parse_summary(
+                termination_message(rank0, want_exit_zero=False)))
+    if tdone is not None and not results_seen(rank0, exit_zero=tdone == "Complete"):
         return PhaseInfo(EVALUATING if tdone == "Complete" else RUNNING, "CollectingResults",
                          "The training Job finished; reading its pod's result")
     if tdone == "Failed":
         cond = job_condition(tjob, "Failed") or {}
-        raw = termination_message(observed.train_pods, want_exit_zero=False)
+        raw = termination_message(rank0, want_exit_zero=False)
         summary = parse_summary(raw)
         detail = _first_line(summary.message if summary and summary.message else (raw or ""))
         reason = cond.get("reason") or "TrainingFailed"
@@ -307,7 +368,7 @@ def derive_phase(spec: FineTuneJobSpec, observed: Observed, waited: float = 0.0,
         message = detail or cond.get("message") or "the training Job failed"
         return PhaseInfo(FAILED, reason, message, summary=summary)
     if tdone == "Complete":
-        summary = parse_summary(termination_message(observed.train_pods, want_exit_zero=True))
+        summary = parse_summary(termination_message(rank0, want_exit_zero=True))
         if summary is None:
             # The pods are gone (PodGC, node scaled away, operator down) or the message is: read
             # the copy the trainer saved beside the artifacts.
@@ -335,12 +396,17 @@ def derive_phase(spec: FineTuneJobSpec, observed: Observed, waited: float = 0.0,
         if failed:
             return PhaseInfo(RUNNING, "Retrying", f"Training pod failed {failed} time(s); the Job retries")
         return PhaseInfo(QUEUED, "CreatingPod", "Waiting for the training pod")
-    pod = active[0]
-    if not _scheduled(pod):
-        unscheduled = _unscheduled(pod)
-        if unscheduled:
-            return PhaseInfo(QUEUED, "WaitingForGPU", unscheduled.get("message") or "The training pod is not scheduled yet")
-        return PhaseInfo(QUEUED, "Scheduling", "The training pod is being scheduled")
+    # A gang is as far as its least advanced worker: queued while any pod waits for a node.
+    active.sort(key=pod_rank)
+    gang = f"worker rank {{}} of {spec.world_size}: " if spec.nodes > 1 else ""
+    for pod in active:
+        if not _scheduled(pod):
+            unscheduled = _unscheduled(pod)
+            if unscheduled:
+                return PhaseInfo(QUEUED, "WaitingForGPU", gang.format(pod_rank(pod)) + (
+                    unscheduled.get("message") or "The training pod is not scheduled yet"))
+            return PhaseInfo(QUEUED, "Scheduling", "The training pod is being scheduled")
+    pod = next((p for p in active if _waiting(p) and not _is_running(p)), active[0])
     waiting = _waiting(pod)
     if waiting and not _is_running(pod) and waiting.get("reason") in CONFIG_ERRORS:
         return _config_error(spec, RUNNING, waiting, waited, wait_limit)
@@ -510,10 +576,13 @@ def compute_status(
         "children": _children(children, summary_job, observed, info),
         "artifacts": {"output": artifact_uri},
         "gpuSeconds": gpu_seconds(observed.train_pods, spec.gpus, now),
+        "worldSize": spec.world_size,
         "gate": {"outcome": "Pending", "reasons": []},
     }
     if info.phase in TERMINAL:
         status["completionTime"] = stamp
+    if spec.nodes > 1 and observed.train_pods:
+        status["workers"] = workers(observed.train_pods)
     if progress_out:
         status["progress"] = progress_out
     summary = info.summary

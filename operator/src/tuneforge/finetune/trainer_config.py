@@ -94,7 +94,7 @@ _TRAINING = {
     "sharedPrefix": "shared_prefix", "gradientCheckpointing": "gradient_checkpointing", "precision": "precision",
     "evalSteps": "eval_steps", "saveSteps": "save_steps", "saveTotalLimit": "save_total_limit",
     "loggingSteps": "logging_steps", "earlyStoppingPatience": "early_stopping_patience",
-    "loadBestModel": "load_best_model", "seed": "seed",
+    "loadBestModel": "load_best_model", "seed": "seed", "strategy": "strategy",
 }
 
 

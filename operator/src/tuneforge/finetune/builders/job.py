@@ -18,13 +18,16 @@ from ..trainer_config import (
 )
 from .names import (
     ROLE_SUMMARY, ROLE_TRAIN, ROLE_VALIDATE, Owner, child_labels, config_map_name, owner_references,
-    summary_job_name, train_job_name, validate_job_name,
+    summary_job_name, train_job_name, validate_job_name, workers_service_name,
 )
 
 CONTAINER = "trainer"
 RUN_AS = 65532
 # tuneforge_trainer.cli exit codes that no retry can fix: a bad config (2) or bad data (3).
 FATAL_EXIT_CODES = [2, 3]
+# torchrun's static rendezvous: every node dials pod 0's TCPStore on this port.
+RENDEZVOUS_PORT = 29500
+COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 
 
 def _secret_env(name: str, ref: SecretKeyRef | None) -> list[dict[str, Any]]:
@@ -98,7 +101,15 @@ def _container_security() -> dict[str, Any]:
     }
 
 
-def _pod_failure_policy() -> dict[str, Any]:
+def _pod_failure_policy(gang: bool = False) -> dict[str, Any]:
+    if gang:
+        # A gang trains only whole: one worker that fails (or is evicted) fails the Job, and the
+        # Job controller then removes the other workers' pods. A lone replacement pod could
+        # never rejoin the running collective; the FineTuneJob reports the worker by rank.
+        return {"rules": [
+            {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "NotIn", "values": [0]}},
+            {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget"}]},
+        ]}
     return {"rules": [
         # Bad config or data fails the Job at once instead of burning backoffLimit retries.
         {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": FATAL_EXIT_CODES}},
@@ -222,8 +233,8 @@ def build_trainer_job(owner: Owner, spec: FineTuneJobSpec, revision: int, settin
             "name": CONTAINER,
             "image": settings.trainer_image,
             "imagePullPolicy": settings.image_pull_policy,
-            "command": ["tuneforge-train", "train", "--config", CONFIG_PATH],
-            "env": _env(spec),
+            "command": trainer_command(spec, owner, revision),
+            "env": _env(spec) + _distributed_env(spec),
             "resources": {"requests": requests, "limits": limits},
             "volumeMounts": mounts,
             "securityContext": _container_security(),
@@ -238,14 +249,78 @@ def build_trainer_job(owner: Owner, spec: FineTuneJobSpec, revision: int, settin
         pod_spec["tolerations"] = tolerations
     if spec.priority_class_name:
         pod_spec["priorityClassName"] = spec.priority_class_name
-    return _job(owner, train_job_name(owner.name, revision), job_labels, {
+    job_spec: dict[str, Any] = {
         "backoffLimit": spec.backoff_limit,
         "activeDeadlineSeconds": spec.active_deadline_seconds,
         "suspend": train_job_suspended(spec),
-        "podFailurePolicy": _pod_failure_policy(),
+        "podFailurePolicy": _pod_failure_policy(gang=spec.nodes > 1),
         "podReplacementPolicy": "Failed",
         "template": {"metadata": _pod_meta(labels, settings), "spec": pod_spec},
-    })
+    }
+    if spec.nodes > 1:
+        # One pod per node; pod i is <job>-<i> under the headless Service <job> (its subdomain).
+        pod_spec["subdomain"] = workers_service_name(owner.name, revision)
+        pod_spec["containers"][0]["ports"] = [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT}]
+        job_spec.update({
+            "completionMode": "Indexed",
+            "completions": spec.nodes,
+            "parallelism": spec.nodes,
+            # Every failure fails the gang at once (the pod failure policy); no retries of a worker.
+            "backoffLimit": 0,
+        })
+    return _job(owner, train_job_name(owner.name, revision), job_labels, job_spec)
+
+
+def trainer_command(spec: FineTuneJobSpec, owner: Owner, revision: int) -> list[str]:
+    """One process for one GPU (or the CPU); torchrun with one process per GPU above that, and
+    across the pods of an Indexed Job when ``nodes`` > 1 (static rendezvous at pod 0)."""
+    train = ["train", "--config", CONFIG_PATH]
+    if spec.world_size == 1:
+        return ["tuneforge-train", *train]
+    # torchrun is torch.distributed.run; run as a module it needs nothing on PATH.
+    run = ["python3", "-m", "torch.distributed.run", f"--nproc-per-node={spec.procs_per_node}"]
+    if spec.nodes == 1:
+        run.append("--standalone")
+    else:
+        job = train_job_name(owner.name, revision)
+        run += [
+            f"--nnodes={spec.nodes}",
+            # The node rank comes from the pod's completion index (PET_NODE_RANK, set below).
+            f"--master-addr={job}-0.{workers_service_name(owner.name, revision)}",
+            f"--master-port={RENDEZVOUS_PORT}",
+        ]
+    return [*run, "-m", "tuneforge_trainer", *train]
+
+
+def _distributed_env(spec: FineTuneJobSpec) -> list[dict[str, Any]]:
+    if spec.nodes == 1:
+        return []
+    # torchrun reads every option from PET_<OPTION> as well: the rank is the pod's own index.
+    return [{"name": "PET_NODE_RANK", "valueFrom": {"fieldRef": {
+        "fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}}}]
+
+
+def build_workers_service(owner: Owner, spec: FineTuneJobSpec, revision: int) -> dict[str, Any]:
+    """The headless Service that gives each worker of a multi-node Job a stable DNS name
+    (``<job>-<rank>.<job>``): the rendezvous address is pod 0's. Not-ready addresses are
+    published, so the workers find each other while they start."""
+    labels = child_labels(owner, revision, ROLE_TRAIN)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": workers_service_name(owner.name, revision),
+            "namespace": owner.namespace,
+            "labels": labels,
+            "ownerReferences": owner_references(owner),
+        },
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": labels,
+            "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT, "targetPort": RENDEZVOUS_PORT}],
+        },
+    }
 
 
 # Reads <output>/summary.json (the trainer's copy of its result, beside the artifacts) and hands

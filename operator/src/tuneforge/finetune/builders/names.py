@@ -39,6 +39,12 @@ def train_job_name(ftj: str, revision: int) -> str:
     return f"{ftj}-train-{revision}"
 
 
+def workers_service_name(ftj: str, revision: int) -> str:
+    """The headless Service of a multi-node training Job: the Job's own name, so pod i resolves
+    as ``<job>-<i>.<job>`` (the Indexed Job's hostname under this subdomain)."""
+    return train_job_name(ftj, revision)
+
+
 def summary_job_name(ftj: str, revision: int) -> str:
     return f"{ftj}-summary-{revision}"
 

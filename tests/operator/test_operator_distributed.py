@@ -1,0 +1,232 @@
+"""Beyond one GPU, pure: the training Job's shape for 1x1, 1xN and MxN (nodes x GPUs per node),
+the workers' headless Service, the gang's status, and the CRD rules for the strategy."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+from typing import Any
+
+import pytest
+
+from ftj_helpers import MINIMAL_SPEC, defaulted_spec, load_crd
+from tuneforge.finetune.builders.job import build_trainer_job, build_workers_service
+from tuneforge.finetune.builders.names import Owner
+from tuneforge.finetune.spec import parse_spec
+from tuneforge.finetune.status import Observed, Revision, compute_status, derive_phase, pod_rank, workers
+from tuneforge.settings import Settings
+
+OWNER = Owner("intent", "team-a", "uid-7")
+SETTINGS = Settings(trainer_image="reg/trainer:1")
+NOW = dt.datetime(2026, 12, 5, tzinfo=dt.timezone.utc)
+INDEX = "batch.kubernetes.io/job-completion-index"
+
+
+def spec_of(nodes: int = 1, gpus: int = 1, **training: Any) -> Any:
+    raw = copy.deepcopy(MINIMAL_SPEC)
+    raw["resources"] = {"nodes": nodes, "gpus": gpus}
+    if training:
+        raw["training"] = training
+    return parse_spec(defaulted_spec(raw))
+
+
+# (nodes, gpus) -> command, Job shape, what the pods get
+SHAPES = [
+    pytest.param(1, 1, ["tuneforge-train", "train", "--config", "/etc/tuneforge/config.yaml"], None, id="1x1"),
+    pytest.param(1, 0, ["tuneforge-train", "train", "--config", "/etc/tuneforge/config.yaml"], None, id="1x1-cpu"),
+    pytest.param(1, 4, ["python3", "-m", "torch.distributed.run", "--nproc-per-node=4", "--standalone",
+                        "-m", "tuneforge_trainer", "train", "--config", "/etc/tuneforge/config.yaml"], None, id="1x4"),
+    pytest.param(2, 8, ["python3", "-m", "torch.distributed.run", "--nproc-per-node=8", "--nnodes=2",
+                        "--master-addr=intent-train-3-0.intent-train-3", "--master-port=29500",
+                        "-m", "tuneforge_trainer", "train", "--config", "/etc/tuneforge/config.yaml"], 2, id="2x8"),
+    pytest.param(4, 0, ["python3", "-m", "torch.distributed.run", "--nproc-per-node=1", "--nnodes=4",
+                        "--master-addr=intent-train-3-0.intent-train-3", "--master-port=29500",
+                        "-m", "tuneforge_trainer", "train", "--config", "/etc/tuneforge/config.yaml"], 4, id="4x1-cpu"),
+]
+
+
+@pytest.mark.parametrize("nodes,gpus,command,indexed", SHAPES)
+def test_training_job_shape(nodes: int, gpus: int, command: list[str], indexed: int | None) -> None:
+    spec = spec_of(nodes, gpus)
+    job = build_trainer_job(OWNER, spec, 3, SETTINGS)
+    js, pod = job["spec"], job["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["command"] == command
+    assert spec.world_size == nodes * max(gpus, 1)
+    # GPUs are per pod, as resources.gpus says.
+    if gpus:
+        assert c["resources"]["limits"]["nvidia.com/gpu"] == str(gpus)
+    else:
+        assert "nvidia.com/gpu" not in c["resources"]["limits"]
+    env = {e["name"]: e for e in c["env"]}
+    rules = js["podFailurePolicy"]["rules"]
+    if indexed is None:
+        assert "completionMode" not in js and "parallelism" not in js and "subdomain" not in pod
+        assert "PET_NODE_RANK" not in env and "ports" not in c
+        assert js["backoffLimit"] == spec.backoff_limit
+        # One pod: an eviction is retried from the checkpoint, not counted.
+        assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]} in rules
+        return
+    assert js["completionMode"] == "Indexed"
+    assert js["completions"] == js["parallelism"] == indexed
+    assert pod["subdomain"] == "intent-train-3"
+    assert env["PET_NODE_RANK"]["valueFrom"]["fieldRef"]["fieldPath"] == f"metadata.annotations['{INDEX}']"
+    assert c["ports"] == [{"name": "rendezvous", "containerPort": 29500}]
+    # A gang trains whole or not at all: any failure or eviction of a worker fails the Job.
+    assert js["backoffLimit"] == 0
+    assert rules == [
+        {"action": "FailJob", "onExitCodes": {"containerName": "trainer", "operator": "NotIn", "values": [0]}},
+        {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget"}]},
+    ]
+
+
+def test_workers_service_is_headless_and_selects_only_this_revisions_workers() -> None:
+    spec = spec_of(2, 8)
+    svc = build_workers_service(OWNER, spec, 3)
+    job = build_trainer_job(OWNER, spec, 3, SETTINGS)
+    assert svc["metadata"]["name"] == job["spec"]["template"]["spec"]["subdomain"] == "intent-train-3"
+    assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True
+    assert svc["spec"]["ports"] == [{"name": "rendezvous", "port": 29500, "targetPort": 29500}]
+    pod_labels = job["spec"]["template"]["metadata"]["labels"]
+    assert svc["spec"]["selector"].items() <= pod_labels.items()
+    assert svc["spec"]["selector"]["tuneforge.dev/revision"] == "3"
+    assert svc["spec"]["selector"]["tuneforge.dev/role"] == "train"
+    assert svc["metadata"]["ownerReferences"][0]["uid"] == "uid-7"
+    # The master address is pod 0's hostname under that subdomain.
+    command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert "--master-addr=intent-train-3-0.intent-train-3" in command
+
+
+def test_queue_name_suspends_the_whole_gang() -> None:
+    raw = copy.deepcopy(MINIMAL_SPEC)
+    raw["resources"] = {"nodes": 2, "gpus": 8}
+    raw["scheduling"] = {"queueName": "gpu-queue"}
+    job = build_trainer_job(OWNER, parse_spec(defaulted_spec(raw)), 1, SETTINGS)
+    # Kueue admits the Job (all its pods, one podset of parallelism 2) as one workload.
+    assert job["spec"]["suspend"] is True and job["spec"]["parallelism"] == 2
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+
+
+# --- status of a gang --------------------------------------------------------------------------
+
+def _pod(rank: int, phase: str = "Running", node: str | None = "gpu-a", exit_code: int | None = None,
+         message: str | None = None, scheduled: bool = True, finished: str = "2026-12-05T00:00:10Z") -> dict[str, Any]:
+    state: dict[str, Any] = {"running": {}} if phase == "Running" else {}
+    if exit_code is not None:
+        state = {"terminated": {"exitCode": exit_code, "finishedAt": finished, "reason": "Error" if exit_code else "Completed",
+                                **({"message": message} if message else {})}}
+    cond = {"type": "PodScheduled", "status": "True" if scheduled else "False", "reason": "Unschedulable",
+            "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}
+    pod: dict[str, Any] = {
+        "metadata": {"name": f"intent-train-1-{rank}-x", "annotations": {INDEX: str(rank)},
+                     "labels": {"batch.kubernetes.io/job-name": "intent-train-1"},
+                     "creationTimestamp": "2026-12-05T00:00:00Z"},
+        "spec": {"nodeName": node} if node else {},
+        "status": {"phase": phase, "conditions": [cond],
+                   "containerStatuses": [{"name": "trainer", "state": state}]},
+    }
+    return pod
+
+
+DONE = {"status": {"conditions": [{"type": "Complete", "status": "True"}]}}
+FAILED_JOB = {"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "PodFailurePolicy",
+                                          "message": "Container trainer for pod team-a/intent-train-1-1-x failed"}]}}
+SUMMARY = json.dumps({"version": "tuneforge.dev/trainer-summary/v1", "status": "succeeded", "command": "train",
+                      "accuracy": 0.93, "macro_f1": 0.92, "n_eval": 80})
+
+
+def _observed(tjob: dict[str, Any] | None, pods: list[dict[str, Any]]) -> Observed:
+    return Observed(validate_job=DONE, train_job=tjob or {"status": {}}, train_pods=pods)
+
+
+def test_pod_rank_reads_the_completion_index() -> None:
+    assert pod_rank(_pod(3)) == 3
+    assert pod_rank({"metadata": {"name": "one-pod"}}) == 0
+
+
+def test_the_result_is_rank_zeros() -> None:
+    # Rank 1 exits 0 with no message; rank 0 writes the summary.
+    pods = [_pod(1, "Succeeded", exit_code=0), _pod(0, "Succeeded", exit_code=0, message=SUMMARY)]
+    info = derive_phase(spec_of(2, 8), _observed(DONE, pods))
+    assert info.phase == "Succeeded" and info.summary is not None and info.summary.accuracy == 0.93
+
+
+def test_one_failed_worker_fails_the_gang_naming_it() -> None:
+    pods = [_pod(0, "Failed", exit_code=137, finished="2026-12-05T00:00:20Z"),
+            _pod(1, "Failed", node="gpu-b", exit_code=1, message="RuntimeError: NCCL timeout",
+                 finished="2026-12-05T00:00:12Z")]
+    info = derive_phase(spec_of(2, 8), _observed(FAILED_JOB, pods))
+    assert info.phase == "Failed" and info.reason == "WorkerFailed"
+    assert info.message.startswith("worker rank 1 of 16 (pod intent-train-1-1-x on node gpu-b) failed: exit code 1")
+    assert "NCCL timeout" in info.message
+
+
+def test_a_gang_is_queued_while_any_worker_waits_for_gpus() -> None:
+    pods = [_pod(0), _pod(1, "Pending", node=None, scheduled=False)]
+    info = derive_phase(spec_of(2, 8), _observed(None, pods))
+    assert info.phase == "Queued" and info.reason == "WaitingForGPU"
+    assert info.message.startswith("worker rank 1 of 16: 0/3 nodes are available")
+
+
+def test_status_world_size_and_workers() -> None:
+    spec = spec_of(2, 8)
+    pods = [_pod(1, node="gpu-b"), _pod(0)]
+    st = compute_status(spec, 1, {}, Revision(1, "h", True, ()), _observed(None, pods), NOW,
+                        {"trainJob": "intent-train-1"}, "s3://b/runs")
+    assert st["worldSize"] == 16 and st["phase"] == "Running"
+    assert st["workers"] == [
+        {"rank": 0, "pod": "intent-train-1-0-x", "phase": "Running", "node": "gpu-a"},
+        {"rank": 1, "pod": "intent-train-1-1-x", "phase": "Running", "node": "gpu-b"},
+    ]
+    # GPU-seconds count every pod's GPUs.
+    one = compute_status(spec_of(1, 4), 1, {}, Revision(1, "h", True, ()), _observed(None, [_pod(0)]), NOW,
+                         {"trainJob": "intent-train-1"}, "s3://b/runs")
+    assert one["worldSize"] == 4 and "workers" not in one
+
+
+def test_workers_keep_the_newest_pod_per_rank() -> None:
+    old, new = _pod(0, "Failed", exit_code=1), _pod(0)
+    new["metadata"]["name"], new["metadata"]["creationTimestamp"] = "intent-train-1-0-y", "2026-12-05T00:01:00Z"
+    assert [w["pod"] for w in workers([new, old])] == ["intent-train-1-0-y"]
+
+
+def test_status_schema_has_the_gang_fields_and_printer_column() -> None:
+    version = load_crd("finetunejob.yaml")["spec"]["versions"][0]
+    status = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+    assert {"worldSize", "workers"} <= set(status)
+    assert set(status["workers"]["items"]["properties"]) == {"rank", "pod", "node", "phase", "reason"}
+    cols = {c["name"]: c for c in version["additionalPrinterColumns"]}
+    assert cols["World"]["jsonPath"] == ".status.worldSize" and cols["World"]["priority"] == 1
+
+
+# --- the CRD's rules for the strategy, evaluated with cel-python -------------------------------
+
+def _spec_rules() -> list[dict[str, str]]:
+    schema = load_crd("finetunejob.yaml")["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return [r for r in schema["properties"]["spec"]["x-kubernetes-validations"] if "strategy" in r["rule"]]
+
+
+def _failed(raw: dict[str, Any]) -> list[str]:
+    import celpy
+
+    env = celpy.Environment()
+    spec = celpy.json_to_cel(defaulted_spec(raw))
+    return [r["fieldPath"] for r in _spec_rules() if not env.program(env.compile(r["rule"])).evaluate({"self": spec})]
+
+
+@pytest.mark.parametrize("resources,training,quantization,failed", [
+    ({"gpus": 2}, {"strategy": "fsdp"}, "4bit", []),
+    ({"gpus": 8, "nodes": 2}, {"strategy": "fsdp", "precision": "bf16"}, "auto", []),
+    ({"gpus": 8, "nodes": 2}, {}, "auto", []),
+    ({"gpus": 0, "nodes": 2}, {"strategy": "ddp"}, "none", []),
+    ({"gpus": 1}, {"strategy": "fsdp"}, "auto", [".training.strategy"]),
+    ({"gpus": 0}, {"strategy": "fsdp"}, "none", [".training.strategy", ".training.strategy"]),
+    ({"gpus": 0, "nodes": 2}, {"strategy": "fsdp"}, "none", [".training.strategy"]),
+    ({"gpus": 2}, {"strategy": "fsdp"}, "8bit", [".training.strategy"]),
+    ({"gpus": 2}, {"strategy": "fsdp", "precision": "fp16"}, "4bit", [".training.precision"]),
+    ({"gpus": 2}, {"strategy": "fsdp", "precision": "fp16"}, "none", []),
+])
+def test_strategy_rules(resources: dict[str, Any], training: dict[str, Any], quantization: str, failed: list[str]) -> None:
+    raw = copy.deepcopy(MINIMAL_SPEC) | {"resources": resources, "training": training, "quantization": quantization}
+    assert _failed(raw) == failed
