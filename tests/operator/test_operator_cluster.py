@@ -283,6 +283,67 @@ def test_fake_gpu_nodes_scheduling_and_queueing(cluster: Cluster, namespace: str
     assert big["status"]["gate"]["outcome"] == "Pending"
 
 
+def test_two_by_eight_gang_on_fake_gpu_nodes(cluster: Cluster, namespace: str, run_operator: Any, standin_image: str) -> None:
+    """resources 2 nodes x 8 GPUs: an Indexed Job with its headless Service, one worker on each
+    fake 8-GPU node, world size 16; then worker 1 fails: the whole gang fails with the worker
+    named, and no worker is left running."""
+    # The kwok workers stay Running (a long simulated run) until the test fails one.
+    op = run_operator(TUNEFORGE_TRAINER_IMAGE=standin_image,
+                      TUNEFORGE_POD_ANNOTATIONS=json.dumps({
+                          # kwok draws the delay between the two (the jitter bound defaults to 2 s).
+                          "pod-complete.stage.kwok.x-k8s.io/delay": "900s",
+                          "pod-complete.stage.kwok.x-k8s.io/jitter-delay": "901s"}))
+    cluster.apply(S3_SECRET, namespace)
+    cluster.apply(kwok_ftj("gang", resources={"nodes": 2, "gpus": 8, "cpu": "8", "memory": "64Gi"}), namespace)
+
+    def both_running() -> bool:
+        st = _ftj(cluster, namespace, "gang").get("status") or {}
+        return st.get("phase") == "Running" and [w.get("phase") for w in st.get("workers") or ()] == ["Running", "Running"]
+
+    wait_for("both workers running", both_running, 180, 1, describe=lambda: json.dumps(
+        _ftj(cluster, namespace, "gang").get("status"), indent=1)[:3000] + "\n" + op.log())
+    st = _ftj(cluster, namespace, "gang")["status"]
+    assert st["worldSize"] == 16 and [w["rank"] for w in st["workers"]] == [0, 1]
+    nodes = {w["node"] for w in st["workers"]}
+    assert len(nodes) == 2 and all(n.startswith("kwok-gpu-") for n in nodes), st["workers"]
+
+    job = cluster.get("job", "gang-train-1", namespace)
+    assert job["spec"]["completionMode"] == "Indexed" and job["spec"]["parallelism"] == job["spec"]["completions"] == 2
+    svc = cluster.get("service", "gang-train-1", namespace)
+    assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True
+    pods = {p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"]: p
+            for p in cluster.list("pods", namespace, "tuneforge.dev/finetunejob=gang,tuneforge.dev/role=train")}
+    assert set(pods) == {"0", "1"}
+    for index, p in pods.items():
+        # The Job controller names each worker's host <job>-<index> under the Service's subdomain.
+        assert p["spec"]["hostname"] == f"gang-train-1-{index}" and p["spec"]["subdomain"] == "gang-train-1"
+        assert p["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "8"
+    slices = cluster.list("endpointslices", namespace, "kubernetes.io/service-name=gang-train-1")
+    assert sorted(e.get("hostname") for s in slices for e in s.get("endpoints") or ()) == ["gang-train-1-0", "gang-train-1-1"]
+
+    # Worker 1's trainer dies (as a kubelet reports it: the container terminated with exit code 1).
+    worker = pods["1"]
+    status = {"status": {"phase": "Failed", "containerStatuses": [{
+        "name": "trainer", "image": worker["spec"]["containers"][0]["image"], "imageID": "", "ready": False,
+        "restartCount": 0, "state": {"terminated": {
+            "exitCode": 1, "reason": "Error", "message": "RuntimeError: Connection closed by peer",
+            "startedAt": worker["status"]["startTime"], "finishedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }}}]}}
+    cluster.kubectl("patch", "pod", worker["metadata"]["name"], "-n", namespace, "--subresource=status",
+                    "--type=merge", "-p", json.dumps(status))
+    st = _wait_phase(cluster, namespace, "gang", ("Failed", "Succeeded"), 120, op)["status"]
+    assert st["phase"] == "Failed" and st["reason"] == "WorkerFailed", st
+    assert st["message"].startswith(f"worker rank 1 of 16 (pod {worker['metadata']['name']} on node "), st["message"]
+    assert "Connection closed by peer" in st["message"]
+
+    def none_running() -> bool:
+        return not [p for p in cluster.list("pods", namespace, "tuneforge.dev/finetunejob=gang,tuneforge.dev/role=train")
+                    if p["status"].get("phase") in ("Pending", "Running") and not p["metadata"].get("deletionTimestamp")]
+
+    wait_for("no worker left running", none_running, 60, 1)
+    assert "WorkerFailed" in cluster.describe("finetunejob", "gang", namespace)
+
+
 def test_kueue_queue_name_suspends_and_resumes(cluster: Cluster, namespace: str, run_operator: Any, standin_image: str) -> None:
     op = run_operator(TUNEFORGE_TRAINER_IMAGE=standin_image, TUNEFORGE_POD_ANNOTATIONS=summary_annotation())
     cluster.apply(S3_SECRET, namespace)
