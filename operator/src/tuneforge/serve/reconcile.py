@@ -10,7 +10,7 @@ The thin, writing half of the room; every decision is plan.py's. One pass:
    (Services, PDB, HPA on the active color, InferencePools where their CRD is served, old
    version ConfigMaps removed);
 4. write the status only when it changed, post the plan's Events, and return the plan's delay
-   when a timer needs another look (the handlers' runner schedules it).
+   when a timer needs another look (the handlers' work queue schedules it).
 
 The status is written only after every action succeeded, so a reconcile that dies half way is
 finished by the next one (the actions are a diff against what is observed).
