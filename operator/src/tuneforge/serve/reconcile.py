@@ -26,6 +26,7 @@ from typing import Any, Callable, Mapping
 
 
 from ..kube import Kube
+from ..labels import LABEL_ROLE
 from .builders import (
     GatePod, ServeContext, build_active_service, build_color_deployment, build_gate_job, build_hpa,
     build_inference_pool, build_pdb, build_preview_service, build_version_config_map, endpoints, serve_context,
@@ -189,7 +190,7 @@ async def reconcile(rt: Runtime, body: Obj, now: dt.datetime | None = None) -> t
     kube = rt.kube
     deployments = _controlled(await kube.list_labelled("Deployment", ns, {LABEL_MODELSERVE: name}), uid)
     services: dict[str, Obj] = {s["metadata"]["name"]: s for s in _controlled(await kube.list_labelled("Service", ns, {LABEL_MODELSERVE: name}), uid)}
-    jobs = _controlled(await kube.list_labelled("Job", ns, {LABEL_MODELSERVE: name, "tuneforge.dev/role": "gate"}), uid)
+    jobs = _controlled(await kube.list_labelled("Job", ns, {LABEL_MODELSERVE: name, LABEL_ROLE: "gate"}), uid)
     gate_jobs = [(j, await kube.job_termination_message(ns, j["metadata"]["name"], GATE_CONTAINER) if _finished(j) else None)
                  for j in jobs]
     observed = observe(name, deployments, services.values(), gate_jobs)

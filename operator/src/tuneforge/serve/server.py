@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from ..labels import LABEL_INSTANCE, child_labels
 from .spec import SecretKeyRef
 
 __all__ = ["AdapterRef", "ServerPlan", "build_config_map", "build_deployment", "build_service", "render_server_config", "secret_env"]
@@ -118,8 +119,7 @@ def _meta(plan: ServerPlan, name: str) -> dict[str, Any]:
 
 
 def _labels(plan: ServerPlan) -> dict[str, str]:
-    return {"app.kubernetes.io/name": "tuneforge-server", "app.kubernetes.io/instance": plan.name,
-            "app.kubernetes.io/managed-by": "tuneforge", **plan.labels}
+    return child_labels("tuneforge-server", {LABEL_INSTANCE: plan.name, **plan.labels})
 
 
 def build_config_map(plan: ServerPlan) -> dict[str, Any]:
@@ -200,7 +200,7 @@ def pod_spec(plan: ServerPlan, restart_policy: str = "Always") -> dict[str, Any]
 
 
 def build_deployment(plan: ServerPlan) -> dict[str, Any]:
-    selector = dict(plan.selector) if plan.selector else {"app.kubernetes.io/instance": plan.name}
+    selector = dict(plan.selector) if plan.selector else {LABEL_INSTANCE: plan.name}
     return {
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(plan, plan.name),
         "spec": {
@@ -221,6 +221,6 @@ def build_deployment(plan: ServerPlan) -> dict[str, Any]:
 def build_service(plan: ServerPlan, name: str | None = None) -> dict[str, Any]:
     return {
         "apiVersion": "v1", "kind": "Service", "metadata": _meta(plan, name or plan.name),
-        "spec": {"selector": {"app.kubernetes.io/instance": plan.name},
+        "spec": {"selector": {LABEL_INSTANCE: plan.name},
                  "ports": [{"name": "http", "port": PORT, "targetPort": "http", "appProtocol": "http"}]},
     }
