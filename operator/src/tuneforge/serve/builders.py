@@ -14,7 +14,7 @@ from .names import (
     ANNOTATION_VERSION, COLORS, LABEL_COLOR, LABEL_MODELSERVE, LABEL_VERSION,
     active_service_name, color_name, config_name, gate_job_name, preview_service_name,
 )
-from .server import API_KEY_ENV, PORT, AdapterRef, ServerPlan, build_config_map, build_deployment, secret_env
+from .server import API_KEY_ENV, PORT, ServerPlan, build_config_map, build_deployment, secret_env
 from .source import ServedVersion
 from .spec import ModelServeSpec, SecretKeyRef
 
@@ -73,7 +73,7 @@ def color_plan(ctx: ServeContext, spec: ModelServeSpec, color: str, version: Ser
     return ServerPlan(
         name=color_name(ctx.name, color), namespace=ctx.namespace, image=ctx.image,
         base_uri=version.base_uri, base_name=f"{ctx.name}-base", base_digest=version.base_digest,
-        adapters=tuple(AdapterRef(a.name, a.uri, a.digest) for a in version.adapters),
+        adapters=version.adapters,
         mode=spec.mode, replicas=replicas, gpus=spec.gpus, cpu=spec.cpu, memory=spec.memory,
         max_model_len=spec.max_model_len,
         api_key=spec.api_key,

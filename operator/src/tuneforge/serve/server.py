@@ -22,9 +22,9 @@ from typing import Any
 import yaml
 
 from ..labels import LABEL_INSTANCE, child_labels
-from .spec import SecretKeyRef
+from .spec import AdapterSource, SecretKeyRef
 
-__all__ = ["AdapterRef", "ServerPlan", "build_config_map", "build_deployment", "build_service", "render_server_config", "secret_env"]
+__all__ = ["ServerPlan", "build_config_map", "build_deployment", "build_service", "render_server_config", "secret_env"]
 
 CONFIG_DIR = "/etc/tuneforge"
 CONFIG_FILE = "server.yaml"
@@ -37,15 +37,6 @@ CONTAINER = "server"
 
 
 @dataclasses.dataclass(frozen=True)
-class AdapterRef:
-    """One adapter to serve: the name clients ask for, where it is, the digest it must have."""
-
-    name: str
-    uri: str
-    digest: str | None = None
-
-
-@dataclasses.dataclass(frozen=True)
 class ServerPlan:
     """Everything one server Deployment needs (what a ModelServe color resolves to)."""
 
@@ -54,7 +45,7 @@ class ServerPlan:
     image: str
     base_uri: str
     base_name: str
-    adapters: tuple[AdapterRef, ...] = ()
+    adapters: tuple[AdapterSource, ...] = ()
     base_digest: str | None = None
     mode: str = "auto"
     replicas: int = 1
