@@ -6,6 +6,11 @@ Deployments and gate Jobs (labelled ``tuneforge.dev/modelserve``), the FineTuneJ
 (the ``modelserves_by_finetunejob`` index maps a FineTuneJob to its followers, so a new passing
 revision rolls out at once), and timers: a reconcile that returns a delay is run
 again after it; any other failure is retried with backoff and a Warning Event.
+
+Indexes (filled before any handler runs) hold the ModelServes and projections of their children
+(color Deployments, Services, gate Jobs; ``observe.project_child``), so a reconcile — the no-op
+pass after its own status write included — lists nothing, and an operator restart sees every
+existing child before it acts.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from ..settings import Settings
 from ..workqueue import Outcome, WorkQueue
 from .builders import GatePod
 from .names import ANNOTATION_ABORT, ANNOTATION_PROMOTE, ANNOTATION_RETRY, LABEL_MODELSERVE
-from .reconcile import Runtime, reconcile
+from .observe import project_child
+from .reconcile import ChildrenFn, Runtime, reconcile
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]
@@ -80,6 +86,34 @@ async def modelserves_by_finetunejob(*, namespace: str | None, name: str, spec: 
     return {(namespace or "", job): name} if job else None
 
 
+def _child(kind: str, namespace: str | None, labels: kopf.Labels, body: kopf.Body) -> dict[Key, str]:
+    return {(namespace or "", labels[LABEL_MODELSERVE]): json.dumps(project_child(kind, body), separators=(",", ":"))}
+
+
+# Named apart from the FineTuneJob room's job_index: Kopf passes every index by its name.
+@kopf.index("apps", "v1", "deployments", labels=CHILD)
+async def modelserve_deployments(*, namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, str]:
+    return _child("Deployment", namespace, labels, body)
+
+
+@kopf.index("", "v1", "services", labels=CHILD)
+async def modelserve_services(*, namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, str]:
+    return _child("Service", namespace, labels, body)
+
+
+@kopf.index("batch", "v1", "jobs", labels=CHILD)
+async def modelserve_jobs(*, namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, str]:
+    return _child("Job", namespace, labels, body)
+
+
+def children_from(indexes: dict[str, Any]) -> ChildrenFn:
+    """``Runtime.children`` over Kopf's indexes of the children, by kind."""
+    def children(kind: str, namespace: str, name: str) -> list[dict[str, Any]]:
+        return [json.loads(text) for text in indexes[kind].get((namespace, name)) or ()]
+
+    return children
+
+
 def _emit(body: Any, type_: str, reason: str, message: str) -> None:
     kopf.event(body, type=type_, reason=reason, message=message)
 
@@ -88,10 +122,12 @@ def _emit(body: Any, type_: str, reason: str, message: str) -> None:
 async def serve_startup(**kwargs: Any) -> None:
     # Kopf passes every index to every handler by its function's name.
     modelserves_index = kwargs["modelserves"]
+    children = children_from({"Deployment": kwargs["modelserve_deployments"], "Service": kwargs["modelserve_services"],
+                              "Job": kwargs["modelserve_jobs"]})
     settings = Settings.from_env()
     selector, tolerations, annotations = settings.gate_placement()
     gate = GatePod(settings.gate_image, settings.image_pull_policy, selector, tuple(tolerations), annotations)
-    rt = Runtime(Kube(settings), settings.server_image, gate, _emit)
+    rt = Runtime(Kube(settings), settings.server_image, gate, _emit, children)
     _state["rt"] = rt
     _state["queue"] = work_queue(rt, modelserves_index, settings)
     log.info("ModelServe controller started with server image %s, gate image %s", settings.server_image, settings.gate_image)
@@ -111,7 +147,7 @@ async def modelserve_event(*, type: str | None, namespace: str | None, name: str
     queue: WorkQueue[Key] = _state["queue"]
     if type == "DELETED":
         queue.forget((namespace or "", name))  # children go by owner-reference GC
-        _state["rt"].written.pop(uid, None)
+        _state["rt"].forget(namespace or "", name, uid)
         return
     queue.kick((namespace or "", name))
 
