@@ -33,18 +33,11 @@ for sub in ("operator/src", "localcluster/src"):
         sys.path.insert(0, str(ROOT / sub))
 
 from tuneforge_localcluster import settings as lc_settings  # noqa: E402
-from tuneforge_localcluster.testing import Cluster, operator_python, start_or_reuse  # noqa: E402
+from tuneforge_localcluster.testing import (  # noqa: E402
+    KWOK_TOLERATION, Cluster, kwok_serve_env, operator_python, start_or_reuse,
+)
 
-MEASURES = {"rows": 20, "correct": 18, "errors": 0, "accuracy": 0.9, "p50Ms": 20.0, "p99Ms": 40.0}
-ENV = {
-    "TUNEFORGE_SERVER_IMAGE": "tuneforge/server:bench-never-pulled",
-    "TUNEFORGE_GATE_IMAGE": "tuneforge/operator:bench-never-pulled",
-    "TUNEFORGE_GATE_NODE_SELECTOR": json.dumps({"kubernetes.io/hostname": "kwok-cpu-0"}),
-    "TUNEFORGE_GATE_TOLERATIONS": json.dumps([{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}]),
-    "TUNEFORGE_GATE_POD_ANNOTATIONS": json.dumps({"kwok.tuneforge.dev/termination-message": json.dumps(MEASURES),
-                                                  "pod-complete.stage.kwok.x-k8s.io/delay": "1s"}),
-    "TUNEFORGE_PROGRESS_INTERVAL": "30",
-}
+ENV = {**kwok_serve_env("bench-never-pulled", gate_delay="1s"), "TUNEFORGE_PROGRESS_INTERVAL": "30"}
 DEADLINE = 1800.0
 
 
@@ -60,7 +53,7 @@ def manifest(i: int, version: int) -> dict[str, Any]:
             "adapters": [{"name": "intents", "uri": f"s3://runs/{i}/v{version}/adapter", "digest": digest(version, i)}],
             "gpus": 0, "resources": {"cpu": "100m", "memory": "128Mi"},
             "scheduling": {"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
-                           "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}]},
+                           "tolerations": [KWOK_TOLERATION]},
             "rollout": {"progressDeadlineSeconds": 600, "scaleDownDelaySeconds": 5,
                         "gate": {"minAccuracy": 0.8, "rows": 20, "datasetUri": "s3://gate/rows.jsonl"}},
         },

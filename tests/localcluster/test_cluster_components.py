@@ -83,3 +83,21 @@ def test_host_services_route_to_the_node() -> None:
 def test_bootstrap_has_default_storage_class() -> None:
     classes = [o for o in manifests.bootstrap(S) if o["kind"] == "StorageClass"]
     assert [c["metadata"]["annotations"]["storageclass.kubernetes.io/is-default-class"] for c in classes] == ["true"]
+
+
+def test_kwok_serve_env_puts_the_gate_pod_on_the_kwok_cpu_node() -> None:
+    """The fast tier's operator environment (tests and bench/rollout.py share it) names the
+    node and taint that fake_nodes creates, and the measures the pod-complete stage writes."""
+    import json
+
+    from tuneforge_localcluster.testing import GATE_MEASURES, KWOK_CPU_NODE, KWOK_TOLERATION, kwok_serve_env
+    cpu = next(n for n in components.fake_nodes(S) if n["metadata"]["name"] == KWOK_CPU_NODE)
+    (taint,) = cpu["spec"]["taints"]
+    assert (KWOK_TOLERATION["key"], KWOK_TOLERATION["effect"]) == (taint["key"], taint["effect"])
+    env = kwok_serve_env("bench", gate_delay="1s")
+    assert env["TUNEFORGE_SERVER_IMAGE"] == "tuneforge/server:bench"
+    assert json.loads(env["TUNEFORGE_GATE_NODE_SELECTOR"]) == {"kubernetes.io/hostname": KWOK_CPU_NODE}
+    assert json.loads(env["TUNEFORGE_GATE_TOLERATIONS"]) == [KWOK_TOLERATION]
+    annotations = json.loads(env["TUNEFORGE_GATE_POD_ANNOTATIONS"])
+    assert json.loads(annotations["kwok.tuneforge.dev/termination-message"]) == GATE_MEASURES
+    assert annotations["pod-complete.stage.kwok.x-k8s.io/delay"] == "1s"

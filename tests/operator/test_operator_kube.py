@@ -89,7 +89,7 @@ def test_only_children_controlled_by_this_object_are_read() -> None:
 
 
 def test_backoff_is_exponential_capped_and_jittered() -> None:
-    from tuneforge.finetune.reconcile import backoff_delay
+    from tuneforge.workqueue import backoff_delay
     top = [backoff_delay(a, 10, 300, rand=lambda: 1.0) for a in range(8)]
     assert top == [10, 20, 40, 80, 160, 300, 300, 300]
     assert backoff_delay(3, 10, 300, rand=lambda: 0.0) == 40
@@ -181,21 +181,19 @@ def test_any_failed_reconcile_is_retried_with_backoff(monkeypatch: pytest.Monkey
         return None
 
     async def main() -> None:
-        loop = asyncio.get_running_loop()
         ctx = SimpleNamespace(
-            busy=set(), dirty=set(), retries={}, attempts={},
             settings=dataclasses.replace(Settings(), retry_delay=0.01, retry_max_delay=0.04),
             ftjs={key: [pack({"metadata": {"name": "intent", "uid": "u"}})]},
-            emit=lambda *a: events.append(a), spawn=lambda coro: loop.create_task(coro))
-        monkeypatch.setitem(handlers._state, "ctx", ctx)
+            emit=lambda *a: events.append(a))
         monkeypatch.setattr(handlers, "reconcile", flaky)
-        await handlers._run(key)
+        queue = handlers.work_queue(ctx)  # type: ignore[arg-type]
+        await queue.run(key)
         await asyncio.sleep(0.3)
-        assert len(calls) >= 5 and ctx.attempts[key] >= 5  # retried again and again, capped delays
+        assert len(calls) >= 5 and queue.attempts[key] >= 5  # retried again and again, capped delays
         assert events[0][2] == "ReconcileFailed" and "a bug" in str(events[0][3])
         fail[0] = False
         await asyncio.sleep(0.1)
-        assert key not in ctx.attempts and not ctx.retries  # success: backoff reset, nothing pending
+        assert key not in queue.attempts and not queue.timers  # success: backoff reset, nothing pending
 
     asyncio.run(main())
 

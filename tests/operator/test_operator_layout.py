@@ -118,3 +118,8 @@ def test_trainer_events_is_a_symlink_to_the_trainers_definitions() -> None:
     assert link.is_symlink()
     root = SRC.parents[1]
     assert link.resolve() == root / "trainer-image" / "src" / "tuneforge_trainer" / "events.py"
+
+
+@pytest.mark.parametrize("room", ROOMS)
+def test_both_rooms_reconcile_through_the_shared_work_queue(room: str) -> None:
+    assert "tuneforge.workqueue" in IMPORTS[f"{room}.handlers"]

@@ -25,23 +25,13 @@ import pytest
 import yaml
 
 from operator_helpers import OperatorProcess, least_privilege_kubeconfig
-from tuneforge_localcluster.testing import Cluster, wait_for
+from tuneforge_localcluster.testing import Cluster, kwok_serve_env, wait_for
 
 pytestmark = pytest.mark.cluster
 
 INVALID = yaml.safe_load((Path(__file__).parent / "data" / "modelserve_invalid.yaml").read_text())
 H100 = {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
-MEASURES = {"rows": 20, "correct": 18, "errors": 0, "accuracy": 0.9, "p50Ms": 20.0, "p99Ms": 40.0}
-OPERATOR_ENV = {
-    "TUNEFORGE_SERVER_IMAGE": "tuneforge/server:kwok-never-pulled",
-    "TUNEFORGE_GATE_IMAGE": "tuneforge/operator:kwok-never-pulled",
-    "TUNEFORGE_GATE_NODE_SELECTOR": json.dumps({"kubernetes.io/hostname": "kwok-cpu-0"}),
-    "TUNEFORGE_GATE_TOLERATIONS": json.dumps([{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}]),
-    "TUNEFORGE_GATE_POD_ANNOTATIONS": json.dumps({"kwok.tuneforge.dev/termination-message": json.dumps(MEASURES),
-                                                  "pod-complete.stage.kwok.x-k8s.io/delay": "2s"}),
-    "TUNEFORGE_RETRY_DELAY": "1",
-    "TUNEFORGE_RETRY_MAX_DELAY": "5",
-}
+OPERATOR_ENV = {**kwok_serve_env(), "TUNEFORGE_RETRY_DELAY": "1", "TUNEFORGE_RETRY_MAX_DELAY": "5"}
 
 
 def digest(n: int) -> str:

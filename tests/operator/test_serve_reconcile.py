@@ -1,6 +1,7 @@
-"""serve/reconcile.py against an in-memory API door: the wiring from listed children through the
-plan to applied actions, the status written only when it changed, the gate Job, the HPA following
-the active color, old version ConfigMaps removed and InferencePools skipped without their CRD."""
+"""serve/reconcile.py against an in-memory API door: the wiring from the children (read as the
+operator's indexes keep them, never listed) through the plan to applied actions, the status
+written only when it changed, the gate Job, the HPA following the active color, old version
+ConfigMaps removed and InferencePools skipped without their CRD."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from typing import Any
 import pytest
 
 from tuneforge.serve.builders import GatePod
-from tuneforge.serve.names import LABEL_COLOR
+from tuneforge.serve.names import LABEL_COLOR, LABEL_MODELSERVE
+from tuneforge.serve.observe import project_child
 from tuneforge.serve.reconcile import Runtime, reconcile
 
 D1 = "sha256:" + "1" * 64
@@ -27,12 +29,19 @@ class FakeKube:
         self.status_writes: list[dict[str, Any]] = []
         self.pools = pools
         self.messages: dict[str, str] = {}
+        self.listed: list[str] = []
+        self.message_reads = 0
 
     def _labels_match(self, obj: dict[str, Any], labels: dict[str, str | None]) -> bool:
         have = obj["metadata"].get("labels") or {}
         return all(k in have and (v is None or have[k] == v) for k, v in labels.items())
 
+    def children(self, kind: str, namespace: str, name: str) -> list[dict[str, Any]]:
+        """What the operator's indexes hold: the children labelled with the ModelServe, projected."""
+        return [project_child(kind, o) for (k, _), o in self.objs.items() if k == kind and self._labels_match(o, {LABEL_MODELSERVE: name})]
+
     async def list_labelled(self, kind: str, namespace: str, labels: dict[str, str | None]) -> list[dict[str, Any]]:
+        self.listed.append(kind)
         return [copy.deepcopy(o) for (k, _), o in self.objs.items() if k == kind and self._labels_match(o, labels)]
 
     async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
@@ -61,6 +70,7 @@ class FakeKube:
         self.objs.pop((kind, name), None)
 
     async def job_termination_message(self, namespace: str, job: str, container: str) -> str | None:
+        self.message_reads += 1
         return self.messages.get(job)
 
     async def served(self, kind: str, namespace: str) -> bool:
@@ -91,7 +101,7 @@ def body(digest: str = D1, **spec: Any) -> dict[str, Any]:
 
 def runtime(kube: FakeKube) -> tuple[Runtime, list[tuple[str, str]]]:
     events: list[tuple[str, str]] = []
-    rt = Runtime(kube, "server:1", GatePod("operator:1"), lambda b, t, r, m: events.append((t, r)))  # type: ignore[arg-type]
+    rt = Runtime(kube, "server:1", GatePod("operator:1"), lambda b, t, r, m: events.append((t, r)), kube.children)  # type: ignore[arg-type]
     return rt, events
 
 
@@ -142,6 +152,9 @@ def test_first_deploy_then_rollout_with_gate_and_hpa_following_the_switch() -> N
     run(rt, b2, T0 + dt.timedelta(seconds=50))
     assert kube.objs[("Deployment", "intents-blue")]["spec"]["replicas"] == 0
     assert ("Normal", "Promoted") in events and ("Normal", "GatePassed") in events
+    # Children come from the indexes: nothing but old version ConfigMaps is ever listed, and the
+    # finished gate's termination message was read once, not on every later pass.
+    assert set(kube.listed) == {"ConfigMap"} and kube.message_reads == 1
 
 
 def test_old_version_config_maps_are_removed_once_no_template_mounts_them() -> None:
@@ -189,3 +202,32 @@ def test_a_foreign_deployment_with_our_label_is_not_read() -> None:
         "spec": {"replicas": 1}, "status": {"readyReplicas": 1, "updatedReplicas": 1, "replicas": 1}}
     run(rt, body(), T0)
     assert kube.status_writes[-1]["phase"] == "Progressing" and "activeColor" not in kube.status_writes[-1]
+
+
+def test_a_switch_reaches_a_service_the_index_has_not_seen_yet() -> None:
+    """Indexes lag behind our own writes: a Service created a moment ago and not indexed yet is
+    found by creating it, and its selector is patched all the same."""
+    kube = FakeKube()
+    rt, _ = runtime(kube)
+    b = body()
+    run(rt, b, T0)
+    kube.ready("blue")
+    rt.children = lambda kind, ns, name: [] if kind == "Service" else kube.children(kind, ns, name)
+    st = run(rt, b, T0 + dt.timedelta(seconds=5))
+    assert isinstance(st, dict) and st["activeColor"] == "blue", st
+    assert kube.selector("intents") == "blue"
+
+
+def test_the_index_keeps_what_reconcile_reads_of_a_child_and_little_else() -> None:
+    from tuneforge.serve.handlers import children_from
+    kube = FakeKube()
+    rt, _ = runtime(kube)
+    run(rt, body(), T0)
+    full = kube.objs[("Deployment", "intents-blue")]
+    kept = project_child("Deployment", full)
+    assert kept["metadata"]["ownerReferences"] == [{"uid": "uid-ms", "controller": True}]
+    assert kept["metadata"]["annotations"] == {"tuneforge.dev/version": D1} and kept["spec"] == {"replicas": 1}
+    assert len(json.dumps(kept)) * 4 < len(json.dumps(full))
+    index = {"Deployment": {("ns", "intents"): [json.dumps(kept)]}, "Service": {}, "Job": {}}
+    assert children_from(index)("Deployment", "ns", "intents") == [kept]
+    assert children_from(index)("Service", "ns", "intents") == []

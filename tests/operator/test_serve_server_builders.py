@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tuneforge.serve.spec import SecretKeyRef
+from tuneforge.serve.spec import AdapterSource, SecretKeyRef
 from tuneforge.serve.server import (
-    API_KEY_ENV, AdapterRef, ServerPlan, build_config_map, build_deployment, build_service, pod_spec,
+    API_KEY_ENV, ServerPlan, build_config_map, build_deployment, build_service, pod_spec,
     render_server_config,
 )
 from tuneforge_server.config import parse_config
@@ -20,7 +20,7 @@ DIGEST = "sha256:" + "a" * 64
 
 def plan(**over: Any) -> ServerPlan:
     base: dict[str, Any] = dict(name="intents-blue", namespace="team-a", image="reg/server:1", base_uri="s3://models/smollm2",
-                                base_name="smollm2", adapters=(AdapterRef("intents", "s3://runs/a/adapter", DIGEST),))
+                                base_name="smollm2", adapters=(AdapterSource("intents", "s3://runs/a/adapter", DIGEST),))
     base.update(over)
     return ServerPlan(**base)
 
@@ -30,7 +30,7 @@ def plan(**over: Any) -> ServerPlan:
     [
         {},
         {"mode": "lora", "gpus": 4, "max_model_len": 4096, "api_key": SecretKeyRef("k", "key")},
-        {"adapters": (AdapterRef("a", "pvc://runs/a"), AdapterRef("b", "s3://runs/b", DIGEST)), "mode": "lora"},
+        {"adapters": (AdapterSource("a", "pvc://runs/a"), AdapterSource("b", "s3://runs/b", DIGEST)), "mode": "lora"},
         {"mode": "merged", "base_digest": "sha256:" + "b" * 64, "extra_args": ("--max-num-seqs", "32")},
     ],
 )
@@ -69,7 +69,7 @@ def test_deployment_probes_drain_and_security() -> None:
 
 
 def test_pvc_sources_are_mounted_read_only() -> None:
-    p = plan(base_uri="pvc://models/smollm2", adapters=(AdapterRef("a", "pvc://runs/x/adapter", DIGEST), AdapterRef("b", "pvc://models/b", DIGEST)), mode="lora")
+    p = plan(base_uri="pvc://models/smollm2", adapters=(AdapterSource("a", "pvc://runs/x/adapter", DIGEST), AdapterSource("b", "pvc://models/b", DIGEST)), mode="lora")
     spec = pod_spec(p)
     claims = {v["persistentVolumeClaim"]["claimName"] for v in spec["volumes"] if "persistentVolumeClaim" in v}
     assert claims == {"models", "runs"}

@@ -102,3 +102,14 @@ def test_explicit_adapters_version_is_order_independent() -> None:
     single = resolve(parse_spec({"baseModel": {"uri": "s3://m"}, "adapters": [a]})).version
     assert one is not None and two is not None and single is not None
     assert one.digest == two.digest and one.digest not in (D1, D2) and single.digest == D1
+
+
+def test_one_adapter_shape_and_a_served_version_needs_every_digest() -> None:
+    """The spec, a resolved version and a server plan share one adapter type; only a hand-built
+    server plan may leave the digest out, never a version (its identity is the digests)."""
+    from tuneforge.serve.server import ServerPlan
+    from tuneforge.serve.spec import AdapterSource
+    assert ServedAdapter is AdapterSource
+    ServerPlan("n", "ns", "img", "s3://b", "b", adapters=(AdapterSource("a", "pvc://runs/a"),))
+    with pytest.raises(ValueError, match="adapters need digests, b has none"):
+        ServedVersion("s3://b", (ServedAdapter("a", "s3://r/a", D1), ServedAdapter("b", "s3://r/b")))

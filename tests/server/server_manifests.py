@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tuneforge.serve.server import AdapterRef, ServerPlan
-from tuneforge.serve.spec import SecretKeyRef
+from tuneforge.serve.server import ServerPlan
+from tuneforge.serve.spec import AdapterSource, SecretKeyRef
 from tuneforge_localcluster import components
 
 S3_ENDPOINT = "http://s3.tuneforge-system.svc.cluster.local:9000"
@@ -22,7 +22,7 @@ def secrets() -> list[dict[str, Any]]:
     ]
 
 
-def local_plan(name: str, namespace: str, image: str, base_uri: str, adapters: list[AdapterRef], **over: Any) -> ServerPlan:
+def local_plan(name: str, namespace: str, image: str, base_uri: str, adapters: list[AdapterSource], **over: Any) -> ServerPlan:
     fields: dict[str, Any] = dict(
         name=name, namespace=namespace, image=image, base_uri=base_uri, base_name="smollm2-135m",
         adapters=tuple(adapters), max_model_len=1024, api_key=SecretKeyRef("api-key", "key"),

@@ -22,7 +22,8 @@ import pytest
 from botocore.config import Config
 
 from server_manifests import API_KEY, local_plan, secrets
-from tuneforge.serve.server import CONFIG_DIR, CONFIG_FILE, AdapterRef, build_config_map, build_deployment, build_service, pod_spec
+from tuneforge.serve.server import CONFIG_DIR, CONFIG_FILE, build_config_map, build_deployment, build_service, pod_spec
+from tuneforge.serve.spec import AdapterSource
 from tuneforge_localcluster import components
 from tuneforge_localcluster.testing import Cluster, wait_for
 from tuneforge_trainer.evaluate import match_label
@@ -88,7 +89,7 @@ def server_image(cluster: Cluster) -> str:
 def served(cluster: Cluster, server_image: str, adapter: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """The server Deployment and its Service; what the readiness probe said before and after."""
     ns = cluster.new_namespace("t-server")
-    plan = local_plan(NAME, ns, server_image, adapter["baseModel"]["uri"], [AdapterRef(ADAPTER, adapter["uri"], adapter["digest"])],
+    plan = local_plan(NAME, ns, server_image, adapter["baseModel"]["uri"], [AdapterSource(ADAPTER, adapter["uri"], adapter["digest"])],
                       drain_seconds=DRAIN_SECONDS)
     cluster.apply([*secrets(), build_config_map(plan), build_deployment(plan), build_service(plan)], ns)
     selector = f"app.kubernetes.io/instance={NAME}"
@@ -157,7 +158,7 @@ def test_corrupted_adapter_never_starts(cluster: Cluster, server_image: str, ada
         if obj["Key"].endswith("adapter_model.safetensors"):
             body[len(body) // 2] ^= 0x01  # one flipped bit in the weights
         s3.put_object(Bucket=bucket, Key=obj["Key"].replace(key, corrupt, 1), Body=bytes(body))
-    plan = local_plan("corrupt", namespace, server_image, adapter["baseModel"]["uri"], [AdapterRef("corrupt", f"s3://{bucket}/{corrupt}", adapter["digest"])], cpu="100m", memory="1Gi")
+    plan = local_plan("corrupt", namespace, server_image, adapter["baseModel"]["uri"], [AdapterSource("corrupt", f"s3://{bucket}/{corrupt}", adapter["digest"])], cpu="100m", memory="1Gi")
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "corrupt"}, "spec": pod_spec(plan, restart_policy="Never")}
     cluster.apply([*secrets(), build_config_map(plan), pod], namespace)
     wait_for("the pod to fail", lambda: cluster.get("pod", "corrupt", namespace)["status"].get("phase") == "Failed", 600, 2,

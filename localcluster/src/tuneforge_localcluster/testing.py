@@ -1,5 +1,6 @@
-"""Helpers that tests and the demo use against the local cluster: a handle with kubectl,
-a Kubernetes API client, image builds, fresh namespaces and waits that explain themselves."""
+"""Helpers that tests, benches and the demo use against the local cluster: a handle with kubectl,
+a Kubernetes API client, image builds, fresh namespaces, waits that explain themselves, and the
+operator environment of the kwok fast tier (``kwok_serve_env``)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tuneforge_localcluster import cluster, images
+from tuneforge_localcluster import cluster, components, images
 from tuneforge_localcluster.settings import REPO_ROOT, Settings
 
 T = TypeVar("T")
@@ -161,6 +162,30 @@ def real_node_pod_spec(image: str, args: list[str], **extra: object) -> dict:
     }
     spec.update(extra)
     return spec
+
+
+KWOK_CPU_NODE = "kwok-cpu-0"
+KWOK_TOLERATION = {"key": components.FAKE_NODE_ANNOTATION, "operator": "Exists", "effect": "NoSchedule"}
+"""Lets a pod onto the kwok nodes (``components.fake_nodes`` taints the CPU node with it)."""
+GATE_MEASURES = {"rows": 20, "correct": 18, "errors": 0, "accuracy": 0.9, "p50Ms": 20.0, "p99Ms": 40.0}
+"""What the stand-in gate reports: a gate with ``minAccuracy: 0.8`` passes, one with 0.95 fails."""
+
+
+def kwok_serve_env(tag: str = "kwok-never-pulled", gate_delay: str = "2s",
+                   measures: dict[str, Any] = GATE_MEASURES) -> dict[str, str]:
+    """The operator's environment for ModelServes on kwok nodes (nothing real runs; what is
+    exercised is the controller): server and gate images under ``tag`` that kwok never pulls, the
+    gate Job's pod on the kwok CPU node, ended by our kwok pod-complete stage after
+    ``gate_delay`` with ``measures`` as its termination message, as the real gate writes them.
+    The operator reads them from the pod and judges them against the spec."""
+    return {
+        "TUNEFORGE_SERVER_IMAGE": f"tuneforge/server:{tag}",
+        "TUNEFORGE_GATE_IMAGE": f"tuneforge/operator:{tag}",
+        "TUNEFORGE_GATE_NODE_SELECTOR": json.dumps({"kubernetes.io/hostname": KWOK_CPU_NODE}),
+        "TUNEFORGE_GATE_TOLERATIONS": json.dumps([KWOK_TOLERATION]),
+        "TUNEFORGE_GATE_POD_ANNOTATIONS": json.dumps({"kwok.tuneforge.dev/termination-message": json.dumps(measures),
+                                                      "pod-complete.stage.kwok.x-k8s.io/delay": gate_delay}),
+    }
 
 
 def start_or_reuse(settings: Settings) -> tuple[Cluster, bool]:

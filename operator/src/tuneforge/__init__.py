@@ -17,5 +17,3 @@ GROUP = "tuneforge.dev"
 VERSION = "v1alpha1"
 FTJ_PLURAL = "finetunejobs"
 MS_PLURAL = "modelserves"
-
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"

@@ -8,8 +8,8 @@ point with the ModelServe room, and never imports it.
 """
 
 from .. import GROUP
+from ..labels import LABEL_ROLE
 
 LABEL_FTJ = f"{GROUP}/finetunejob"
 LABEL_REVISION = f"{GROUP}/revision"
-LABEL_ROLE = f"{GROUP}/role"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"

@@ -8,7 +8,6 @@ operator restart sees every existing child before it acts.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import time
 from typing import Any
@@ -16,13 +15,12 @@ from typing import Any
 import kopf
 
 from .. import FTJ_PLURAL, GROUP, VERSION, metrics
-from ..kube import Kube, api_error_message, is_transient
+from ..kube import Kube, api_error_message
 from ..settings import Settings
+from ..workqueue import Backoff, Outcome, WorkQueue
 from . import LABEL_FTJ
 from .progress import parse_progress
-from .reconcile import (
-    Context, Key, Packed, backoff_delay, one, owned_children, pack, reconcile, schedule_retry, unpack,
-)
+from .reconcile import Context, Key, Packed, one, owned_children, pack, reconcile, unpack
 from .builders.job import COMPLETION_INDEX_ANNOTATION, CONTAINER
 from .builders.names import ROLE_TRAIN
 from .status import EVALUATING, RUNNING, pod_rank
@@ -164,6 +162,7 @@ async def startup(*, settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     ctx = Context(settings=ours, kube=Kube(ours, _state.get("kubeconfig")), ftjs=ftj_index, jobs=job_index,
                   pods=pod_index, emit=_emit)
     _state["ctx"] = ctx
+    _state["queue"] = work_queue(ctx)
     _start_poller(ctx)
     log.info("Tuneforge operator started with trainer image %s", ours.trainer_image)
 
@@ -210,75 +209,36 @@ async def cleanup(**_: Any) -> None:
         await ctx.kube.close()
 
 
-def _retry_later(ctx: Context, key: Key, at_most: float | None = None) -> float | None:
-    """Schedule the next reconcile of ``key`` with exponential backoff and jitter (no later than
-    ``at_most`` seconds, plus one); the delay, or None when one is already pending."""
-    if key in ctx.retries:
-        return None
-    attempt = ctx.attempts.get(key, 0)
-    ctx.attempts[key] = attempt + 1
-    delay = backoff_delay(attempt, ctx.settings.retry_delay, ctx.settings.retry_max_delay)
-    if at_most is not None:
-        delay = min(delay, at_most + 1.0)
-    schedule_retry(ctx, key, delay, _run)
-    return delay
+def work_queue(ctx: Context) -> WorkQueue[Key]:
+    """The FineTuneJobs' work queue: every trigger (an event, a timer, the progress poller) runs
+    ``reconcile`` through it, serialised and coalesced per FineTuneJob.
 
-
-async def _run(key: Key) -> None:
-    """Reconcile from an event or a timer. Every failure is retried with exponential backoff and
-    jitter (``_retry_later``): transient errors (throttling, conflicts, server and network
-    trouble) quietly, any other error also as a Warning Event on the FineTuneJob (``kubectl
-    describe`` shows it) — a bug or a forbidden call must not leave a job in a non-terminal phase
-    forever. A FineTuneJob that waits for something (a missing PVC, say) is looked at again the
-    same way; a reconcile that neither fails nor waits resets the backoff.
-
-    Bursts coalesce: while a FineTuneJob is being reconciled, further triggers only mark it
-    dirty and it is reconciled once more afterwards (reconcile reads the latest state anyway),
-    so a pod's ten status updates cost one or two reconciles, not ten queued ones.
+    Every failure is retried with exponential backoff and jitter: transient errors (throttling,
+    conflicts, server and network trouble) quietly, any other error also as a Warning Event on the
+    FineTuneJob (``kubectl describe`` shows it) — a bug or a forbidden call must not leave a job in
+    a non-terminal phase forever. A FineTuneJob that waits for something (a missing PVC, say) is
+    looked at again the same way; a reconcile that neither fails nor waits resets the backoff.
     """
-    ctx: Context = _state["ctx"]
-    if key in ctx.busy:
-        ctx.dirty.add(key)
-        return
-    ctx.busy.add(key)
-    try:
-        while True:
-            ctx.dirty.discard(key)
-            try:
-                wait_left = await reconcile(ctx, key)
-            except Exception as exc:  # noqa: BLE001 - an event handler has no retries of its own
-                metrics.RECONCILE_ERRORS.labels(type(exc).__name__).inc()
-                message = api_error_message(exc)
-                delay = _retry_later(ctx, key)
-                when = f"retrying in {delay:.0f} s" if delay is not None else "a retry is pending"
-                if is_transient(exc):
-                    log.warning("Reconcile of FineTuneJob %s/%s failed, %s: %s", key[0], key[1], when, message)
-                else:
-                    log.error("Reconcile of FineTuneJob %s/%s failed, %s: %s", key[0], key[1], when, message, exc_info=exc)
-                    body = one(ctx.ftjs.get(key))
-                    if body is not None:
-                        ctx.emit(body, "Warning", "ReconcileFailed", f"{message[:900]} ({when})")
-                return
-            if key not in ctx.dirty:
-                if wait_left is not None:
-                    _retry_later(ctx, key, wait_left)
-                else:
-                    ctx.attempts.pop(key, None)
-                return
-    finally:
-        ctx.busy.discard(key)
+    async def work(key: Key) -> Outcome:
+        wait_left = await reconcile(ctx, key)
+        return None if wait_left is None else Backoff(wait_left)
+
+    def failed(key: Key, text: str) -> None:
+        body = one(ctx.ftjs.get(key))
+        if body is not None:
+            ctx.emit(body, "Warning", "ReconcileFailed", text)
+
+    return WorkQueue("FineTuneJob", work, retry_delay=ctx.settings.retry_delay,
+                     retry_max_delay=ctx.settings.retry_max_delay, on_failure=failed)
 
 
 def _kick(key: Key) -> None:
-    """Reconcile in the background (``_run`` coalesces it with one in progress), so an event
-    handler returns at once: Kopf's per-object worker then drops the event's body and frees its
-    slot instead of holding both while the reconcile waits for the API. In a burst of thousands
-    of events that backlog, not the reconciles, is what fills the memory.
+    """Reconcile in the background (coalesced with one in progress), so an event handler returns
+    at once: Kopf's per-object worker then drops the event's body and frees its slot instead of
+    holding both while the reconcile waits for the API. In a burst of thousands of events that
+    backlog, not the reconciles, is what fills the memory.
     """
-    ctx: Context = _state["ctx"]
-    if ctx.task_context is None:
-        ctx.task_context = contextvars.copy_context()
-    ctx.spawn(_run(key))
+    _state["queue"].kick(key)
 
 
 @kopf.on.event(GROUP, VERSION, FTJ_PLURAL)
@@ -299,6 +259,7 @@ async def ftj_event(*, type: str | None, namespace: str | None, name: str, uid: 
         # Children go by owner-reference GC; the operator only drops its in-memory state. (No
         # on.delete handler: it would put a finalizer on every FineTuneJob for no benefit.)
         ctx.forget(key, uid)
+        _state["queue"].forget(key)
         return
     if type in (None, "ADDED") or body.meta.get("generation") != body.status.get("observedGeneration"):
         _kick(key)
@@ -328,8 +289,8 @@ async def _poll_progress(ctx: Context) -> None:
         progress = parse_progress(text, ctx.progress.get((uid, rev)))
         if progress is not None and progress != ctx.progress.get((uid, rev)):
             ctx.progress[(uid, rev)] = progress
-            # Spawned, not awaited: the poller's own context (from startup) cannot post Events.
-            ctx.spawn(_run(key))
+            # Kicked, not awaited: the poller's own context (from startup) cannot post Events.
+            _state["queue"].kick(key, take_context=False)
 
     while True:
         await asyncio.sleep(ctx.settings.progress_interval)

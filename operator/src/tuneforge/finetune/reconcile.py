@@ -9,14 +9,12 @@ through ``kube.Kube``.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import dataclasses
 import datetime as dt
 import json
 import logging
-import random
 import time
-from typing import Any, Callable, Coroutine, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from .. import metrics
 from ..kube import ForeignChild, Kube
@@ -72,18 +70,6 @@ class Context:
     written: dict[str, Packed] = dataclasses.field(default_factory=dict)
     progress: dict[tuple[str, int], Progress] = dataclasses.field(default_factory=dict)
     tally: metrics.PhaseTally = dataclasses.field(default_factory=lambda: metrics.PhaseTally(PHASES))
-    retries: dict[Key, asyncio.TimerHandle] = dataclasses.field(default_factory=dict)
-    # Consecutive retries per object (failed or still waiting), for the exponential backoff.
-    attempts: dict[Key, int] = dataclasses.field(default_factory=dict)
-    busy: set[Key] = dataclasses.field(default_factory=set)
-    dirty: set[Key] = dataclasses.field(default_factory=set)
-    # Background reconciles (strong references: the event loop keeps only weak ones).
-    tasks: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
-    # The context variables background reconciles run with, taken in the first child-event
-    # handler: it has Kopf's event-posting queue (kopf.event needs it; the startup handler's
-    # context, which the progress poller runs in, lacks it). One shared context also keeps a task
-    # from holding its creator's Kopf cause (the raw event body) while it waits for a slot.
-    task_context: contextvars.Context | None = None
     # Reconciles in flight at once (the rest wait here holding nothing but their key): each one
     # builds its children's bodies, so this bounds the memory of a burst, not only the threads.
     slots: asyncio.Semaphore = dataclasses.field(init=False)
@@ -99,19 +85,8 @@ class Context:
     def lock(self, key: Key) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
 
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Run a coroutine in the background, keeping it referenced until it ends."""
-        context = self.task_context.copy() if self.task_context is not None else None
-        task = asyncio.get_running_loop().create_task(coro, context=context)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
     def forget(self, key: Key, uid: str | None) -> None:
         self.locks.pop(key, None)
-        self.attempts.pop(key, None)
-        timer = self.retries.pop(key, None)
-        if timer is not None:
-            timer.cancel()
         if uid:
             self.written.pop(uid, None)
             self.tally.set(uid, None)
@@ -319,22 +294,4 @@ def _after_write(ctx: Context, body: Obj, key: Key, prior: Obj, status: Obj, tpo
             metrics.TRAINING_SECONDS.observe(float(status.get("gpuSeconds") or 0.0) / gpus)
 
 
-def backoff_delay(attempt: int, base: float, cap: float, rand: Callable[[], float] = random.random) -> float:
-    """Exponential backoff with jitter: base x 2^attempt capped at ``cap``, then a random 50-100 %
-    of that, so objects that failed together (an apiserver outage) do not retry in lockstep."""
-    ceiling = min(cap, base * (2.0 ** min(attempt, 30)))
-    return ceiling * (0.5 + 0.5 * rand())
-
-
-def schedule_retry(ctx: Context, key: Key, delay: float, run: Callable[[Key], Coroutine[Any, Any, None]]) -> None:
-    """Reconcile again after ``delay`` seconds (at most one pending retry per object)."""
-    if key in ctx.retries:
-        return
-    def fire() -> None:
-        ctx.retries.pop(key, None)
-        ctx.spawn(run(key))
-
-    ctx.retries[key] = asyncio.get_running_loop().call_later(delay, fire)
-
-
-__all__ = ["Context", "reconcile", "schedule_retry", "backoff_delay", "owned_children", "preflight", "job_finished"]
+__all__ = ["Context", "reconcile", "owned_children", "preflight", "job_finished"]

@@ -9,11 +9,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from ..labels import child_labels
 from .names import (
-    ANNOTATION_VERSION, COLORS, LABEL_COLOR, LABEL_MODELSERVE, LABEL_NAME, LABEL_VERSION,
+    ANNOTATION_VERSION, COLORS, LABEL_COLOR, LABEL_MODELSERVE, LABEL_VERSION,
     active_service_name, color_name, config_name, gate_job_name, preview_service_name,
 )
-from .server import API_KEY_ENV, PORT, AdapterRef, ServerPlan, build_config_map, build_deployment, secret_env
+from .server import API_KEY_ENV, PORT, ServerPlan, build_config_map, build_deployment, secret_env
 from .source import ServedVersion
 from .spec import ModelServeSpec, SecretKeyRef
 
@@ -58,10 +59,10 @@ def serve_context(body: Any, spec: ModelServeSpec, image: str) -> ServeContext:
     )
 
 
-def _meta(ctx: ServeContext, name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
+def _meta(ctx: ServeContext, name: str, labels: dict[str, str] | None = None, app: str = "tuneforge-server",
+          role: str | None = None) -> dict[str, Any]:
     meta: dict[str, Any] = {"name": name, "namespace": ctx.namespace,
-                            "labels": {LABEL_NAME: "tuneforge-server", LABEL_MODELSERVE: ctx.name,
-                                       "app.kubernetes.io/managed-by": "tuneforge", **(labels or {})}}
+                            "labels": child_labels(app, {LABEL_MODELSERVE: ctx.name, **(labels or {})}, role)}
     if ctx.owner_references:
         meta["ownerReferences"] = [dict(o) for o in ctx.owner_references]
     return meta
@@ -72,7 +73,7 @@ def color_plan(ctx: ServeContext, spec: ModelServeSpec, color: str, version: Ser
     return ServerPlan(
         name=color_name(ctx.name, color), namespace=ctx.namespace, image=ctx.image,
         base_uri=version.base_uri, base_name=f"{ctx.name}-base", base_digest=version.base_digest,
-        adapters=tuple(AdapterRef(a.name, a.uri, a.digest) for a in version.adapters),
+        adapters=version.adapters,
         mode=spec.mode, replicas=replicas, gpus=spec.gpus, cpu=spec.cpu, memory=spec.memory,
         max_model_len=spec.max_model_len,
         api_key=spec.api_key,
@@ -103,7 +104,7 @@ def build_color_deployment(ctx: ServeContext, spec: ModelServeSpec, color: str, 
 
 def _service(ctx: ServeContext, name: str, color: str | None, role: str) -> dict[str, Any]:
     return {
-        "apiVersion": "v1", "kind": "Service", "metadata": _meta(ctx, name, {"tuneforge.dev/role": role}),
+        "apiVersion": "v1", "kind": "Service", "metadata": _meta(ctx, name, role=role),
         "spec": {"selector": {LABEL_MODELSERVE: ctx.name, LABEL_COLOR: color or NO_COLOR},
                  "ports": [{"name": "http", "port": PORT, "targetPort": "http", "appProtocol": "http"}]},
     }
@@ -209,9 +210,7 @@ def build_gate_job(ctx: ServeContext, spec: ModelServeSpec, version: ServedVersi
         claim = rows_uri.removeprefix("pvc://").split("/", 1)[0]
         mounts.append({"name": "rows", "mountPath": f"/mnt/pvc/{claim}", "readOnly": True})
         volumes.append({"name": "rows", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
-    labels = {LABEL_VERSION: version.short, "tuneforge.dev/role": "gate"}
-    meta = _meta(ctx, gate_job_name(ctx.name, version.short), labels)
-    meta["labels"][LABEL_NAME] = "tuneforge-gate"
+    meta = _meta(ctx, gate_job_name(ctx.name, version.short), {LABEL_VERSION: version.short}, "tuneforge-gate", "gate")
     meta["annotations"] = {ANNOTATION_VERSION: version.digest}
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never", "enableServiceLinks": False, "automountServiceAccountToken": False,

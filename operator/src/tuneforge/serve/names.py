@@ -14,11 +14,11 @@ what it created (``metadata.name`` is at most 40 characters, which keeps every n
 
 from __future__ import annotations
 
-COLORS = ("blue", "green")
-GROUP = "tuneforge.dev"
+from .. import GROUP
+from ..labels import LABEL_INSTANCE, LABEL_NAME
 
-LABEL_NAME = "app.kubernetes.io/name"
-LABEL_INSTANCE = "app.kubernetes.io/instance"
+COLORS = ("blue", "green")
+
 LABEL_MODELSERVE = f"{GROUP}/modelserve"
 LABEL_COLOR = f"{GROUP}/color"
 LABEL_VERSION = f"{GROUP}/version"

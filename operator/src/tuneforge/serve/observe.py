@@ -1,5 +1,6 @@
 """What exists, read from a ModelServe's children (plain dicts as the API returns them) into
-plan.py's :class:`Observed`. Pure: the reconcile lists the objects and passes them in."""
+plan.py's :class:`Observed`. Pure: the reconcile passes the objects in (the operator keeps them
+in Kopf indexes, as ``project_child`` projects them)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,40 @@ from .gate import GateMeasures
 from .names import ANNOTATION_VERSION, COLORS, LABEL_COLOR, active_service_name, color_name, preview_service_name
 from .plan import ColorState, GateJob, Observed
 
-__all__ = ["observe", "observe_color", "observe_gate_job", "service_color"]
+__all__ = ["observe", "observe_color", "observe_gate_job", "project_child", "service_color"]
 
 Obj = Mapping[str, Any]
+
+
+_KEPT_CONDITION = ("type", "status", "reason", "message")
+_KEPT_DEPLOYMENT_STATUS = ("readyReplicas", "updatedReplicas", "replicas", "observedGeneration")
+
+
+def project_child(kind: str, body: Obj) -> dict[str, Any]:
+    """What the operator's index keeps of a ModelServe's child (a color Deployment, a Service or a
+    gate Job), in the API's shape: what ``reconcile`` and ``observe`` read, nothing more (a full
+    Deployment with its pod template is many times this). ``kind`` is given: Kopf's initial
+    listing need not name it on each object."""
+    m = body.get("metadata") or {}
+    meta: dict[str, Any] = {
+        "name": m.get("name"), "uid": m.get("uid"), "labels": dict(m.get("labels") or {}),
+        "generation": m.get("generation"), "creationTimestamp": m.get("creationTimestamp"),
+        # The controller only: a label proves nothing (reconcile reads only children it controls).
+        "ownerReferences": [{"uid": o.get("uid"), "controller": True} for o in m.get("ownerReferences") or () if o.get("controller")],
+    }
+    version = (m.get("annotations") or {}).get(ANNOTATION_VERSION)
+    if version:
+        meta["annotations"] = {ANNOTATION_VERSION: version}
+    spec, status = body.get("spec") or {}, body.get("status") or {}
+    out: dict[str, Any] = {"kind": kind, "metadata": meta}
+    if kind == "Deployment":
+        out["spec"] = {"replicas": spec["replicas"]} if "replicas" in spec else {}
+        out["status"] = {k: status[k] for k in _KEPT_DEPLOYMENT_STATUS if k in status}
+    elif kind == "Service":
+        out["spec"] = {"selector": dict(spec.get("selector") or {})}
+    elif kind == "Job":
+        out["status"] = {"conditions": [{k: c[k] for k in _KEPT_CONDITION if k in c} for c in status.get("conditions") or ()]}
+    return out
 
 
 def _created(meta: Obj) -> dt.datetime | None:

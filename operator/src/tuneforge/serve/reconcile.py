@@ -3,14 +3,16 @@
 The thin, writing half of the room; every decision is plan.py's. One pass:
 
 1. parse the spec (an invalid one is a ``Failed`` status naming the field; nothing is touched);
-2. list the children this ModelServe controls (color Deployments, Services, gate Jobs — with the
-   finished gate pod's termination message) and read the followed FineTuneJob's status as data;
+2. read the children this ModelServe controls (color Deployments, Services, gate Jobs) from
+   ``Runtime.children`` — Kopf's indexes in the operator, no list calls — with a finished gate
+   pod's termination message (read once per gate Job), and the followed FineTuneJob's status as
+   data;
 3. resolve what to serve (the ModelServe's own history counts as already-served versions) and
    plan; apply the actions in the order given; then the children that follow from the status
    (Services, PDB, HPA on the active color, InferencePools where their CRD is served, old
    version ConfigMaps removed);
 4. write the status only when it changed, post the plan's Events, and return the plan's delay
-   when a timer needs another look (the handlers' runner schedules it).
+   when a timer needs another look (the handlers' work queue schedules it).
 
 The status is written only after every action succeeded, so a reconcile that dies half way is
 finished by the next one (the actions are a diff against what is observed).
@@ -22,10 +24,11 @@ import dataclasses
 import datetime as dt
 import json
 import logging
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 
 from ..kube import Kube
+from ..labels import LABEL_ROLE
 from .builders import (
     GatePod, ServeContext, build_active_service, build_color_deployment, build_gate_job, build_hpa,
     build_inference_pool, build_pdb, build_preview_service, build_version_config_map, endpoints, serve_context,
@@ -44,6 +47,9 @@ __all__ = ["Runtime", "invalid_status", "known_versions", "reconcile"]
 log = logging.getLogger(__name__)
 Obj = Mapping[str, Any]
 EmitFn = Callable[[Obj, str, str, str], None]
+ChildrenFn = Callable[[str, str, str], Iterable[Obj]]
+"""(kind, namespace, ModelServe name) -> its children of that kind (``Deployment``, ``Service``,
+``Job``: those labelled with the ModelServe, as ``observe.project_child`` keeps them)."""
 GATE_CONTAINER = "gate"
 
 
@@ -55,8 +61,17 @@ class Runtime:
     server_image: str
     gate_pod: GatePod
     emit: EmitFn
+    children: ChildrenFn
     written: dict[str, str] = dataclasses.field(default_factory=dict)
     """The status this operator last wrote, by uid (JSON text): the watch may lag behind it."""
+    gate_messages: dict[tuple[str, str], dict[str, str]] = dataclasses.field(default_factory=dict)
+    """Per ModelServe, its finished gate Jobs' termination messages by Job uid (a finished pod's
+    message does not change, so it is read once, not on every pass)."""
+
+    def forget(self, namespace: str, name: str, uid: str | None) -> None:
+        self.gate_messages.pop((namespace, name), None)
+        if uid:
+            self.written.pop(uid, None)
 
     def last_status(self, body: Obj) -> dict[str, Any]:
         mine = self.written.get(body["metadata"]["uid"])
@@ -83,7 +98,7 @@ def invalid_status(prior: Obj, error: SpecError, generation: int, now: dt.dateti
             "conditions": conditions}
 
 
-def _controlled(objs: list[dict[str, Any]], uid: str) -> list[dict[str, Any]]:
+def _controlled(objs: Iterable[Obj], uid: str) -> list[Obj]:
     """Only children whose controller is this ModelServe (a label proves nothing)."""
     return [o for o in objs if any(r.get("controller") and r.get("uid") == uid
                                    for r in (o.get("metadata") or {}).get("ownerReferences") or ())]
@@ -108,11 +123,10 @@ async def _apply(rt: Runtime, ctx: ServeContext, spec: ModelServeSpec, p: Plan, 
         elif isinstance(action, (SwitchActive, SwitchPreview)):
             active = isinstance(action, SwitchActive)
             name = active_service_name(ctx.name) if active else preview_service_name(ctx.name)
-            if name in services:
+            # Not indexed yet (created a moment ago): creating it finds it, and it is patched.
+            if name in services or not await kube.create((build_active_service if active else build_preview_service)(ctx, action.color)):
                 await kube.merge_patch("Service", ctx.namespace, name, {"spec": {"selector": {LABEL_COLOR: action.color}}})
-            else:
-                await kube.create((build_active_service if active else build_preview_service)(ctx, action.color))
-                services[name] = {}
+            services[name] = {}
 
 
 async def _static_children(rt: Runtime, ctx: ServeContext, spec: ModelServeSpec, status: Obj,
@@ -150,7 +164,7 @@ async def _static_children(rt: Runtime, ctx: ServeContext, spec: ModelServeSpec,
                     await kube.apply(pool)
 
 
-async def _drop_old_configs(rt: Runtime, ctx: ServeContext, deployments: list[dict[str, Any]], p: Plan) -> None:
+async def _drop_old_configs(rt: Runtime, ctx: ServeContext, deployments: list[Obj], p: Plan) -> None:
     """Delete version ConfigMaps no color's template mounts any more (after a scale-down or a
     new version, the only times that set changes)."""
     templates = _templates(deployments)
@@ -164,10 +178,25 @@ async def _drop_old_configs(rt: Runtime, ctx: ServeContext, deployments: list[di
             await rt.kube.delete("ConfigMap", ctx.namespace, cm["metadata"]["name"])
 
 
-def _templates(deployments: list[dict[str, Any]]) -> dict[str, str | None]:
+def _templates(deployments: list[Obj]) -> dict[str, str | None]:
     """Color -> the version digest its template serves."""
     return {(d["metadata"].get("labels") or {}).get(LABEL_COLOR, ""): (d["metadata"].get("annotations") or {}).get(ANNOTATION_VERSION)
             for d in deployments}
+
+
+async def _gate_messages(rt: Runtime, ns: str, name: str, jobs: list[Obj]) -> list[tuple[Obj, str | None]]:
+    """The gate Jobs with their finished pod's termination message (None while running)."""
+    known = rt.gate_messages.get((ns, name), {})
+    out: list[tuple[Obj, str | None]] = []
+    for job in jobs:
+        uid = job["metadata"].get("uid") or ""
+        message = known.get(uid)
+        if message is None and _finished(job):
+            message = await rt.kube.job_termination_message(ns, job["metadata"]["name"], GATE_CONTAINER)
+        out.append((job, message))
+    # Only the Jobs that still exist are remembered.
+    rt.gate_messages[(ns, name)] = {j["metadata"].get("uid") or "": m for j, m in out if m is not None}
+    return out
 
 
 async def reconcile(rt: Runtime, body: Obj, now: dt.datetime | None = None) -> tuple[dict[str, Any], float | None]:
@@ -187,12 +216,11 @@ async def reconcile(rt: Runtime, body: Obj, now: dt.datetime | None = None) -> t
         return status, None  # permanent: nothing to retry until the spec changes
     ctx = serve_context(body, spec, rt.server_image)
     kube = rt.kube
-    deployments = _controlled(await kube.list_labelled("Deployment", ns, {LABEL_MODELSERVE: name}), uid)
-    services: dict[str, Obj] = {s["metadata"]["name"]: s for s in _controlled(await kube.list_labelled("Service", ns, {LABEL_MODELSERVE: name}), uid)}
-    jobs = _controlled(await kube.list_labelled("Job", ns, {LABEL_MODELSERVE: name, "tuneforge.dev/role": "gate"}), uid)
-    gate_jobs = [(j, await kube.job_termination_message(ns, j["metadata"]["name"], GATE_CONTAINER) if _finished(j) else None)
-                 for j in jobs]
-    observed = observe(name, deployments, services.values(), gate_jobs)
+    deployments = _controlled(rt.children("Deployment", ns, name), uid)
+    services: dict[str, Obj] = {s["metadata"]["name"]: s for s in _controlled(rt.children("Service", ns, name), uid)}
+    jobs = [j for j in _controlled(rt.children("Job", ns, name), uid)
+            if (j["metadata"].get("labels") or {}).get(LABEL_ROLE) == "gate"]
+    observed = observe(name, deployments, services.values(), await _gate_messages(rt, ns, name, jobs))
     ftj_status = None
     if spec.fine_tune_job:
         ftj = await kube.get("FineTuneJob", ns, spec.fine_tune_job)

@@ -21,9 +21,10 @@ from typing import Any
 
 import yaml
 
-from .spec import SecretKeyRef
+from ..labels import LABEL_INSTANCE, child_labels
+from .spec import AdapterSource, SecretKeyRef
 
-__all__ = ["AdapterRef", "ServerPlan", "build_config_map", "build_deployment", "build_service", "render_server_config", "secret_env"]
+__all__ = ["ServerPlan", "build_config_map", "build_deployment", "build_service", "render_server_config", "secret_env"]
 
 CONFIG_DIR = "/etc/tuneforge"
 CONFIG_FILE = "server.yaml"
@@ -36,15 +37,6 @@ CONTAINER = "server"
 
 
 @dataclasses.dataclass(frozen=True)
-class AdapterRef:
-    """One adapter to serve: the name clients ask for, where it is, the digest it must have."""
-
-    name: str
-    uri: str
-    digest: str | None = None
-
-
-@dataclasses.dataclass(frozen=True)
 class ServerPlan:
     """Everything one server Deployment needs (what a ModelServe color resolves to)."""
 
@@ -53,7 +45,7 @@ class ServerPlan:
     image: str
     base_uri: str
     base_name: str
-    adapters: tuple[AdapterRef, ...] = ()
+    adapters: tuple[AdapterSource, ...] = ()
     base_digest: str | None = None
     mode: str = "auto"
     replicas: int = 1
@@ -118,8 +110,7 @@ def _meta(plan: ServerPlan, name: str) -> dict[str, Any]:
 
 
 def _labels(plan: ServerPlan) -> dict[str, str]:
-    return {"app.kubernetes.io/name": "tuneforge-server", "app.kubernetes.io/instance": plan.name,
-            "app.kubernetes.io/managed-by": "tuneforge", **plan.labels}
+    return child_labels("tuneforge-server", {LABEL_INSTANCE: plan.name, **plan.labels})
 
 
 def build_config_map(plan: ServerPlan) -> dict[str, Any]:
@@ -200,7 +191,7 @@ def pod_spec(plan: ServerPlan, restart_policy: str = "Always") -> dict[str, Any]
 
 
 def build_deployment(plan: ServerPlan) -> dict[str, Any]:
-    selector = dict(plan.selector) if plan.selector else {"app.kubernetes.io/instance": plan.name}
+    selector = dict(plan.selector) if plan.selector else {LABEL_INSTANCE: plan.name}
     return {
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(plan, plan.name),
         "spec": {
@@ -221,6 +212,6 @@ def build_deployment(plan: ServerPlan) -> dict[str, Any]:
 def build_service(plan: ServerPlan, name: str | None = None) -> dict[str, Any]:
     return {
         "apiVersion": "v1", "kind": "Service", "metadata": _meta(plan, name or plan.name),
-        "spec": {"selector": {"app.kubernetes.io/instance": plan.name},
+        "spec": {"selector": {LABEL_INSTANCE: plan.name},
                  "ports": [{"name": "http", "port": PORT, "targetPort": "http", "appProtocol": "http"}]},
     }

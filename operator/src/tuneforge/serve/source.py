@@ -28,8 +28,8 @@ from typing import Any, Iterable, Mapping
 
 from .spec import AdapterSource, ModelServeSpec
 
-# One adapter of a served version: the name clients ask for, where it is, its digest (the same
-# shape as an explicit adapter of the spec).
+# One adapter of a served version: the name clients ask for, where it is, its digest (the
+# room's one adapter shape: an explicit adapter of the spec, and what the server builders take).
 ServedAdapter = AdapterSource
 
 __all__ = ["Lineage", "Resolution", "ServedAdapter", "ServedVersion", "resolve", "short_digest"]
@@ -67,10 +67,16 @@ class ServedVersion:
     eval_rows_uri: str | None = None
     """The FineTuneJob's scored held-out rows (``messages`` + ``target``), the gate's default data."""
 
+    def __post_init__(self) -> None:
+        # A version is identified by its adapters' digests, and the server pre-flights each one.
+        missing = [a.name for a in self.adapters if not a.digest]
+        if missing:
+            raise ValueError(f"a served version's adapters need digests, {', '.join(missing)} has none")
+
     @property
     def digest(self) -> str:
         if len(self.adapters) == 1:
-            return self.adapters[0].digest
+            return str(self.adapters[0].digest)
         lines = "".join(f"{a.name}={a.digest}\n" for a in sorted(self.adapters, key=lambda a: a.name))
         return "sha256:" + hashlib.sha256(lines.encode()).hexdigest()
 

@@ -55,11 +55,17 @@ class SecretKeyRef:
 
 @dataclasses.dataclass(frozen=True)
 class AdapterSource:
-    """One explicitly given adapter: the name clients put in ``model``, where it is, its digest."""
+    """One adapter to serve: the name clients put in ``model``, where it is, its digest (the
+    server pre-flights the bytes against it). The one adapter shape of the room: an explicit
+    adapter of the spec, an adapter of a resolved version, an adapter of a server plan.
+
+    ``digest`` is optional only for a server plan built by hand (the server builders' tests):
+    ``parse_spec`` requires one on every explicit adapter, as the CRD does, and a resolved
+    version's adapters always carry theirs."""
 
     name: str
     uri: str
-    digest: str
+    digest: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from ... import GROUP, LABEL_MANAGED_BY, VERSION
-from .. import LABEL_FTJ, LABEL_REVISION, LABEL_ROLE
+from ... import GROUP, VERSION
+from ...labels import child_labels as _labels
+from .. import LABEL_FTJ, LABEL_REVISION
 
 ROLE_VALIDATE = "validate"
 ROLE_TRAIN = "train"
@@ -50,15 +51,7 @@ def summary_job_name(ftj: str, revision: int) -> str:
 
 
 def child_labels(owner: Owner, revision: int, role: str | None = None) -> dict[str, str]:
-    labels = {
-        LABEL_MANAGED_BY: "tuneforge",
-        "app.kubernetes.io/name": "tuneforge-trainer",
-        LABEL_FTJ: owner.name,
-        LABEL_REVISION: str(revision),
-    }
-    if role:
-        labels[LABEL_ROLE] = role
-    return labels
+    return _labels("tuneforge-trainer", {LABEL_FTJ: owner.name, LABEL_REVISION: str(revision)}, role)
 
 
 def owner_references(owner: Owner) -> list[dict[str, Any]]:
