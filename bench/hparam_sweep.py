@@ -5,8 +5,10 @@ Reads examples/finetunejob-banking77.yaml (labels, rows per label, validation fr
 rank/alpha, batch size, warmup) and trains it once per (maxSteps, learningRate) of the grid on
 the local files, with ``eval.enabled: false`` and no eval source: the test rows of test.csv are
 never loaded. Each run reports its final validation loss (the eval loss on the validation rows
-split off train.csv) and the grid's best setting is the one with the lowest. Prints the table,
-the choice and whether it is the example's.
+split off train.csv) and its accuracy on those validation rows (scored as the gate scores the
+test rows). The choice: the highest validation accuracy — the measure the gate applies — and on a
+tie the fewest steps (the cheaper run), then the lower validation loss. Prints the table, the
+choice and whether it is the example's.
 
     python bench/hparam_sweep.py [--steps 50,100,150] [--lrs 5e-4,1e-3,2e-3]
 """
@@ -59,13 +61,29 @@ def run(model: Path, spec: dict, steps: int, lr: float, out: Path) -> dict:
     code = train_main(cfg)
     if code != 0:
         raise SystemExit(f"training {steps} steps at {lr:g} failed with exit code {code}")
+    seconds = time.monotonic() - t0
     m = json.loads((out / "metrics.json").read_text())
+    accuracy = validation_accuracy(model, cfg, out / "adapter")
     curve = [(h["step"], h["eval_loss"]) for h in m["training"]["log_history"] if "eval_loss" in h]
     return {
         "steps": steps, "lr": lr, "validation_loss": m["training"]["eval_loss"], "curve": curve,
         "train_loss": m["training"]["train_loss"], "n_validation": sum(m["data"]["validation_counts"].values()),
-        "seconds": time.monotonic() - t0,
+        "seconds": seconds, "validation_accuracy": accuracy,
     }
+
+
+def validation_accuracy(model: Path, cfg: object, adapter: Path) -> float:
+    """The adapter's accuracy on the run's own validation rows (the same seeded split)."""
+    from peft import PeftModel
+    from tuneforge_trainer.evaluate import score_model
+    from tuneforge_trainer.modeling import device_settings, load_model, load_tokenizer
+    from tuneforge_trainer.pipeline import prepare
+
+    data = prepare(cfg)  # type: ignore[arg-type]
+    tokenizer = load_tokenizer(str(model), cfg)  # type: ignore[arg-type]
+    base = load_model(str(model), cfg, device_settings(cfg, cuda=False))  # type: ignore[arg-type]
+    scored = score_model(PeftModel.from_pretrained(base, str(adapter)), tokenizer, data.validation, cfg, data.labels)  # type: ignore[arg-type]
+    return float(scored["accuracy"])
 
 
 def main() -> int:
@@ -85,18 +103,20 @@ def main() -> int:
             for n in steps:
                 results.append(run(model, spec, n, lr, Path(tmp) / f"{n}-{lr:g}"))
                 r = results[-1]
-                print(f"  ran {n} steps at lr {lr:g}: validation loss {r['validation_loss']:.4f} ({r['seconds']:.0f} s)",
-                      flush=True)
-    best = min(results, key=lambda r: r["validation_loss"])
+                print(f"  ran {n} steps at lr {lr:g}: validation accuracy {r['validation_accuracy']:.4f}, "
+                      f"loss {r['validation_loss']:.4f} ({r['seconds']:.0f} s)", flush=True)
+    best = min(results, key=lambda r: (-r["validation_accuracy"], r["steps"], r["validation_loss"]))
     print(f"\n{EXAMPLE.relative_to(ROOT)}: {len(spec['dataset'].get('includeLabels') or [])} labels, "
           f"{spec['dataset'].get('maxRowsPerLabel')} training rows/label, batch {spec['training']['batchSize']}, "
           f"validation fraction {spec['dataPrep']['validationFraction']} "
           f"({results[0]['n_validation']} validation rows); test rows never loaded")
-    print(f"{'maxSteps':>8} {'learningRate':>12} {'train loss':>10} {'val loss':>9}  {'val loss curve':<28} {'s':>5}")
+    print(f"{'maxSteps':>8} {'learningRate':>12} {'train loss':>10} {'val acc':>8} {'val loss':>9}  "
+          f"{'val loss curve':<28} {'s':>5}")
     for r in results:
         curve = " ".join(f"{s}:{v:.3f}" for s, v in r["curve"])
-        mark = "  <- lowest" if r is best else ""
-        print(f"{r['steps']:>8} {r['lr']:>12g} {r['train_loss']:>10.4f} {r['validation_loss']:>9.4f}  "
+        mark = "  <- chosen" if r is best else ""
+        print(f"{r['steps']:>8} {r['lr']:>12g} {r['train_loss']:>10.4f} {r['validation_accuracy']:>8.4f} "
+              f"{r['validation_loss']:>9.4f}  "
               f"{curve:<28} {r['seconds']:>5.0f}{mark}")
     ex_steps, ex_lr = spec["training"]["maxSteps"], float(spec["training"]["learningRate"])
     same = best["steps"] == ex_steps and abs(best["lr"] - ex_lr) < 1e-12

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import boto3
 import yaml
@@ -103,13 +104,18 @@ def start_operator(c: Cluster, trainer_image: str, **images: str) -> subprocess.
                             env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT, cwd=ROOT)
 
 
-def follow(c: Cluster, name: str, operator: subprocess.Popen[bytes], timeout: float = 3600) -> dict:
+def follow(c: Cluster, name: str, operator: subprocess.Popen[bytes], timeout: float = 3600,
+           on_poll: Callable[[dict], None] | None = None) -> dict:
+    """Print the FineTuneJob's phase and progress as they change until it ends (``on_poll`` sees
+    every status read); fails when the operator exits or the time is up."""
     last = ""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if operator.poll() is not None:
             raise SystemExit(f"The operator exited with {operator.returncode}; see .cluster/logs/operator-demo.log")
         ftj = c.get("finetunejob", name, NAMESPACE)
+        if on_poll is not None:
+            on_poll(ftj)
         st = ftj.get("status", {})
         prog = st.get("progress", {})
         line = f"phase={st.get('phase', '-')}"

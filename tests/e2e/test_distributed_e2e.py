@@ -11,7 +11,6 @@ is the reference, so the two runs cost their training and one scoring pass each.
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import pytest
@@ -55,14 +54,13 @@ def test_two_gloo_processes_match_the_single_process_run(cluster: Cluster, demo_
     manifest = distributed_manifest(demo, name, nodes, gpus)
     try:
         cluster.apply(manifest, ns)
-        deadline = time.monotonic() + 2000
-        while (ftj := cluster.get("finetunejob", name, ns)).get("status", {}).get("phase") not in ("Succeeded", "Failed"):
-            assert time.monotonic() < deadline, ftj.get("status")
-            assert operator.poll() is None, "the operator exited; see .cluster/logs/operator-demo.log"
+
+        def watch_workers(ftj: dict[str, Any]) -> None:
             running = [w for w in ftj.get("status", {}).get("workers") or () if w.get("phase") == "Running"]
             if len(running) > len(workers_seen):
-                workers_seen = running
-            time.sleep(3)
+                workers_seen[:] = running
+
+        ftj = demo.follow(cluster, name, operator, timeout=2000, on_poll=watch_workers)
     finally:
         operator.terminate()
         operator.wait(30)

@@ -9,7 +9,6 @@ it costs a few minutes on top of the demo's own run, whose staged inputs and ima
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import pytest
@@ -69,11 +68,7 @@ def test_an_evicted_training_pod_resumes_from_its_last_checkpoint(cluster: Clust
         wait_for("the evicted pod to go", lambda: all(p["metadata"]["uid"] != uid for p in cluster.list("pods", ns, f"job-name={job}")),
                  timeout=300, interval=2)
 
-        deadline = time.monotonic() + 1500
-        while (ftj := cluster.get("finetunejob", NAME, ns)).get("status", {}).get("phase") not in ("Succeeded", "Failed"):
-            assert time.monotonic() < deadline, ftj.get("status")
-            assert operator.poll() is None, "the operator exited; see .cluster/logs/operator-demo.log"
-            time.sleep(3)
+        ftj = demo.follow(cluster, NAME, operator, timeout=1500)
     finally:
         operator.terminate()
         operator.wait(30)
