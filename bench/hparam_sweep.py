@@ -6,9 +6,11 @@ rank/alpha, batch size, warmup) and trains it once per (maxSteps, learningRate) 
 the local files, with ``eval.enabled: false`` and no eval source: the test rows of test.csv are
 never loaded. Each run reports its final validation loss (the eval loss on the validation rows
 split off train.csv) and its accuracy on those validation rows (scored as the gate scores the
-test rows). The choice: the highest validation accuracy — the measure the gate applies — and on a
-tie the fewest steps (the cheaper run), then the lower validation loss. Prints the table, the
-choice and whether it is the example's.
+test rows). The choice follows the one-standard-error rule (Breiman et al., CART): among the
+settings whose validation accuracy — the measure the gate applies — is within one standard error
+of the best (a few dozen validation rows cannot tell them apart), the fewest steps (the cheaper
+run), then the higher accuracy, then the lower validation loss. Prints the table, the choice and
+whether it is the example's.
 
     python bench/hparam_sweep.py [--steps 50,100,150] [--lrs 5e-4,1e-3,2e-3]
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 import time
@@ -86,6 +89,15 @@ def validation_accuracy(model: Path, cfg: object, adapter: Path) -> float:
     return float(scored["accuracy"])
 
 
+def choose(results: list[dict]) -> dict:
+    """The one-standard-error rule over validation accuracy, cheapest first (see the module doc)."""
+    top = max(results, key=lambda r: r["validation_accuracy"])
+    n = max(top["n_validation"], 1)
+    se = math.sqrt(top["validation_accuracy"] * (1 - top["validation_accuracy"]) / n)
+    close = [r for r in results if r["validation_accuracy"] >= top["validation_accuracy"] - se]
+    return min(close, key=lambda r: (r["steps"], -r["validation_accuracy"], r["validation_loss"]))
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", default="50,100,150", help="maxSteps values, comma-separated")
@@ -105,7 +117,7 @@ def main() -> int:
                 r = results[-1]
                 print(f"  ran {n} steps at lr {lr:g}: validation accuracy {r['validation_accuracy']:.4f}, "
                       f"loss {r['validation_loss']:.4f} ({r['seconds']:.0f} s)", flush=True)
-    best = min(results, key=lambda r: (-r["validation_accuracy"], r["steps"], r["validation_loss"]))
+    best = choose(results)
     print(f"\n{EXAMPLE.relative_to(ROOT)}: {len(spec['dataset'].get('includeLabels') or [])} labels, "
           f"{spec['dataset'].get('maxRowsPerLabel')} training rows/label, batch {spec['training']['batchSize']}, "
           f"validation fraction {spec['dataPrep']['validationFraction']} "

@@ -63,7 +63,7 @@ def test_training_job_shape(nodes: int, gpus: int, command: list[str], indexed: 
     rules = js["podFailurePolicy"]["rules"]
     if indexed is None:
         assert "completionMode" not in js and "parallelism" not in js and "subdomain" not in pod
-        assert "PET_NODE_RANK" not in env and "ports" not in c
+        assert "PET_NODE_RANK" not in env and "TUNEFORGE_THREADS" not in env and "ports" not in c
         assert js["backoffLimit"] == spec.backoff_limit
         # One pod: an eviction is retried from the checkpoint, not counted.
         assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]} in rules
@@ -72,6 +72,7 @@ def test_training_job_shape(nodes: int, gpus: int, command: list[str], indexed: 
     assert js["completions"] == js["parallelism"] == indexed
     assert pod["subdomain"] == "intent-train-3"
     assert env["PET_NODE_RANK"]["valueFrom"]["fieldRef"]["fieldPath"] == f"metadata.annotations['{INDEX}']"
+    assert env["TUNEFORGE_THREADS"]["value"] == "2"  # the default CPU request, shared by the pod's processes
     assert c["ports"] == [{"name": "rendezvous", "containerPort": 29500}]
     # A gang trains whole or not at all: any failure or eviction of a worker fails the Job.
     assert js["backoffLimit"] == 0
@@ -79,6 +80,13 @@ def test_training_job_shape(nodes: int, gpus: int, command: list[str], indexed: 
         {"action": "FailJob", "onExitCodes": {"containerName": "trainer", "operator": "NotIn", "values": [0]}},
         {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget"}]},
     ]
+
+
+@pytest.mark.parametrize("cpu,cores", [("500m", 1), ("1", 1), ("2", 2), ("2.5", 2), ("1500m", 1), ("16", 16), ("2Ki", None)])
+def test_cpu_request_cores(cpu: str, cores: int | None) -> None:
+    from tuneforge.finetune.builders.job import cpu_request_cores
+
+    assert cpu_request_cores(cpu) == cores
 
 
 def test_workers_service_is_headless_and_selects_only_this_revisions_workers() -> None:

@@ -292,12 +292,28 @@ def trainer_command(spec: FineTuneJobSpec, owner: Owner, revision: int) -> list[
     return [*run, "-m", "tuneforge_trainer", *train]
 
 
+def cpu_request_cores(cpu: str) -> int | None:
+    """Whole cores of a CPU quantity ("500m" -> 1, "2" -> 2, "2.5" -> 2); None if not a plain
+    count of cores or millicores."""
+    try:
+        cores = int(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)
+    except ValueError:
+        return None
+    return max(1, int(cores))
+
+
 def _distributed_env(spec: FineTuneJobSpec) -> list[dict[str, Any]]:
     if spec.nodes == 1:
         return []
     # torchrun reads every option from PET_<OPTION> as well: the rank is the pod's own index.
-    return [{"name": "PET_NODE_RANK", "valueFrom": {"fieldRef": {
+    env: list[dict[str, Any]] = [{"name": "PET_NODE_RANK", "valueFrom": {"fieldRef": {
         "fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}}}]
+    cores = cpu_request_cores(spec.cpu)
+    if cores is not None:
+        # Every step waits for the slowest worker, and workers often share a node: each pod's
+        # processes keep to its CPU request (the trainer splits it among them) instead of all cores.
+        env.append({"name": "TUNEFORGE_THREADS", "value": str(cores)})
+    return env
 
 
 def build_workers_service(owner: Owner, spec: FineTuneJobSpec, revision: int) -> dict[str, Any]:
