@@ -49,7 +49,9 @@ def run(model: Path, spec: dict, steps: int, lr: float, out: Path) -> dict:
             "text_column": ds.get("textColumn", "text"), "label_column": ds["labelColumn"],
             "include_labels": ds.get("includeLabels"), "max_rows_per_label": ds.get("maxRowsPerLabel"),
         },
-        "data": {"validation_fraction": spec["dataPrep"]["validationFraction"]},
+        # Like the example (its test rows come from evalUri), no test split is cut from train.csv:
+        # validation rows are drawn from the same training pool the FineTuneJob draws them from.
+        "data": {"validation_fraction": spec["dataPrep"]["validationFraction"], "eval_fraction": 0},
         "lora": {"r": lora.get("r", 16), "alpha": lora.get("alpha", 32)},
         "training": {
             "max_steps": steps, "learning_rate": lr, "batch_size": tr["batchSize"],

@@ -145,8 +145,11 @@ def test_modelserve_follows_the_finetunejob_and_switches_with_zero_failed_reques
 
         # A second revision trains (a spec edit); once it passes its gate it rolls out, and a
         # request loop runs from then on, through the switch and the old color's scale-down.
-        cluster.kubectl("patch", "finetunejob", ftj_name, "-n", ns, "--type=merge", "-p",
-                        json.dumps({"spec": {"training": {"maxSteps": 110}}}))
+        # Its baselines are dropped (revision 1 scored them; serving does not read them), which
+        # keeps the edit's cost to training and scoring the adapter.
+        cluster.kubectl("patch", "finetunejob", ftj_name, "-n", ns, "--type=merge", "-p", json.dumps({"spec": {
+            "training": {"maxSteps": 110},
+            "evaluation": {"baselines": [], "gate": {"mustBeatBaseline": None}}}}))
 
         def revision_2() -> dict[str, Any] | None:
             f = cluster.get("finetunejob", ftj_name, ns)
