@@ -18,7 +18,7 @@ import pytest
 
 from trainer_helpers import BANKING77, INTENTS8, SRC_PATH, write_config
 from tuneforge_localcluster import components
-from tuneforge_localcluster.testing import Cluster
+from tuneforge_localcluster.testing import Cluster, wait_for
 from tuneforge_trainer.summary import parse_summary
 
 
@@ -106,3 +106,36 @@ def test_model_data_and_artifacts_through_s3(cluster: Cluster, model_path: Path,
     assert metrics["training"]["steps"] == 2
     # The model was fetched once into the trainer cache, from S3.
     assert any((tmp_path / "cache" / "s3" / bucket).iterdir())
+
+
+def test_processes_of_one_pod_share_one_download(cluster: Cluster, tmp_path: Path) -> None:
+    """torchrun starts several processes in one pod, each resolving the same s3:// model into
+    the pod's one cache: one downloads, the others wait and get the same complete folder."""
+    import subprocess
+    import sys
+
+    s3 = s3_client(cluster)
+    bucket = f"t-{uuid.uuid4().hex[:10]}"
+    s3.create_bucket(Bucket=bucket)
+    blobs = {f"part-{i}.bin": os.urandom(8 << 20) for i in range(12)}  # 96 MiB: a download takes a while
+    for name, data in blobs.items():
+        s3.put_object(Bucket=bucket, Key=f"models/m/{name}", Body=data)
+    code = ("import sys; from tuneforge_trainer.storage import resolve_source; "
+            "print(resolve_source(sys.argv[1], sys.argv[2]))")
+    env = dict(os.environ, PYTHONPATH=SRC_PATH, **s3_env(cluster))
+
+    def start() -> subprocess.Popen[str]:
+        return subprocess.Popen([sys.executable, "-c", code, f"s3://{bucket}/models/m", str(tmp_path / "cache")],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+    # The others start while the first one's download is under way (as torchrun's processes do:
+    # one is a moment ahead of the next).
+    procs = [start()]
+    wait_for("the first download to begin", lambda: list((tmp_path / "cache").glob("s3/*/*/part-*")), 120, 0.01)
+    procs += [start() for _ in range(3)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outs]
+    folders = {out.strip() for out, _ in outs}
+    assert len(folders) == 1
+    folder = Path(folders.pop())
+    assert {f.name: f.read_bytes() for f in folder.iterdir()} == blobs

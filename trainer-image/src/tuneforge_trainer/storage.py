@@ -9,6 +9,7 @@ huggingface_hub are imported inside the functions that use them.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
@@ -216,16 +217,21 @@ def resolve_source(
         digest = hashlib.sha256(f"{bucket}/{key}".encode()).hexdigest()[:16]
         dest = os.path.join(cache, "s3", bucket, digest)
         marker = dest + ".complete"
-        if os.path.exists(marker):
-            with open(marker) as f:
-                return f.read().strip()
-        if os.path.isdir(dest):
-            shutil.rmtree(dest)
-        log.info("Downloading %s to %s", uri, dest)
-        local = download_s3(uri, dest)
-        with open(marker, "w") as f:
-            f.write(local)
-        return local
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        # torchrun's processes in one pod share this cache: one downloads, the others wait for
+        # it and read its marker (without the lock, one would delete the other's half-done copy).
+        with open(dest + ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if os.path.exists(marker):
+                with open(marker) as f:
+                    return f.read().strip()
+            if os.path.isdir(dest):
+                shutil.rmtree(dest)
+            log.info("Downloading %s to %s", uri, dest)
+            local = download_s3(uri, dest)
+            with open(marker, "w") as f:
+                f.write(local)
+            return local
     path = os.path.expanduser(uri)
     if not os.path.exists(path):
         raise StorageError(f"{uri}: no such file or folder")
