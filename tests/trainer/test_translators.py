@@ -187,3 +187,19 @@ def test_cpu_threads_are_shared_by_the_pods_processes(env: dict[str, str], cpus:
     from tuneforge_trainer.train import cpu_threads
 
     assert cpu_threads(env, cpus) == threads
+
+
+def test_cpu_threads_are_announced_to_openmp_before_accelerate_starts() -> None:
+    """accelerate resets torch's threads to every core when OMP_NUM_THREADS is unset (MULTI_CPU):
+    the trainer sets it to its own share first."""
+    from tuneforge_trainer.train import use_cpu_threads
+
+    class Torch:
+        threads = 0
+
+        def set_num_threads(self, n: int) -> None:
+            self.threads = n
+
+    torch, env = Torch(), {"TUNEFORGE_THREADS": "4", "LOCAL_WORLD_SIZE": "2"}
+    assert use_cpu_threads(torch, env) == 2
+    assert torch.threads == 2 and env["OMP_NUM_THREADS"] == "2"

@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, MutableMapping
 
 from tuneforge_trainer.config import TrainerConfig
 from tuneforge_trainer.data import (
@@ -413,6 +413,17 @@ def cpu_threads(env: Mapping[str, str] = os.environ, cpus: int | None = None) ->
     return max(1, total // max(1, int(env.get("LOCAL_WORLD_SIZE") or 1)))
 
 
+def use_cpu_threads(torch: Any, env: MutableMapping[str, str] = os.environ) -> int:
+    """Set this process's compute threads (``cpu_threads``) and say so in OMP_NUM_THREADS: under
+    torchrun on CPUs accelerate otherwise resets a process whose OMP_NUM_THREADS is unset to all
+    the machine's cores (`accelerate/state.py`), so two gang pods on one node ran four threads on
+    two cores, four times slower."""
+    n = cpu_threads(env)
+    env["OMP_NUM_THREADS"] = str(n)
+    torch.set_num_threads(n)
+    return n
+
+
 def train_main(cfg: TrainerConfig) -> int:
     """The ``train`` subcommand; returns the exit code."""
     import torch
@@ -435,7 +446,7 @@ def train_main(cfg: TrainerConfig) -> int:
     ds = device_settings(cfg, cuda, bf16_supported=cuda and torch.cuda.is_bf16_supported(),
                          world_size=int(os.environ.get("WORLD_SIZE", "1")))
     if not cuda:
-        torch.set_num_threads(cpu_threads())
+        use_cpu_threads(torch)
     _seed_all(cfg.training.seed)
 
     model_path = resolve_model_path(cfg, cache_dir())
