@@ -170,10 +170,15 @@ def results_seen(pods: Sequence[Obj], exit_zero: bool) -> bool:
     if not pods:
         return True
     for pod in pods:
-        term = ((_container_status(pod) or {}).get("state") or {}).get("terminated")
+        term = _terminated(pod)
         if term and (term.get("exitCode") == 0) == exit_zero:
             return True
     return False
+
+
+def _terminated(pod: Obj) -> Obj | None:
+    """The trainer container's terminated state, if it has ended."""
+    return ((_container_status(pod) or {}).get("state") or {}).get("terminated")
 
 
 def pod_rank(pod: Obj) -> int:
@@ -190,7 +195,7 @@ def _worker_failure(pods: Sequence[Obj], world: int) -> str | None:
     """Which worker of a gang failed first, where, and how (None when no pod shows a failure)."""
     first: tuple[str, Obj, Obj] | None = None
     for pod in pods:
-        term = ((_container_status(pod) or {}).get("state") or {}).get("terminated") or {}
+        term = _terminated(pod) or {}
         failed = term.get("exitCode") not in (None, 0) or (pod.get("status") or {}).get("phase") == "Failed"
         if failed and (first is None or (term.get("finishedAt") or "") < first[0]):
             first = (term.get("finishedAt") or "", pod, term)
@@ -222,7 +227,7 @@ def workers(pods: Sequence[Obj]) -> list[dict[str, Any]]:
         if (pod.get("spec") or {}).get("nodeName"):
             entry["node"] = pod["spec"]["nodeName"]
         waiting, unscheduled = _waiting(pod), _unscheduled(pod)
-        term = ((_container_status(pod) or {}).get("state") or {}).get("terminated")
+        term = _terminated(pod)
         reason = (unscheduled or {}).get("reason") or (waiting or {}).get("reason") or (term or {}).get("reason")
         if reason:
             entry["reason"] = reason
