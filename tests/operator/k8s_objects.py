@@ -41,6 +41,7 @@ def summary(**fields: Any) -> str:
             "accuracy": 0.93, "macro_f1": 0.92, "eval_loss": 0.21, "n_eval": 80,
             "worst_classes": [{"label": "card_arrival", "f1": 0.81}, {"label": "pin_blocked", "f1": 0.86}],
             "baselines": [{"name": "zero_shot", "accuracy": 0.0}, {"name": "tfidf_lr", "accuracy": 0.96}],
+            # As the trainer writes it: the mount path it opened (status maps it back to pvc://).
             "artifacts": {"adapter": "/mnt/pvc/artifacts/runs/ns/x/r1/adapter"}}
     base.update(fields)
     return json.dumps(base)

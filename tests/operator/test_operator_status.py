@@ -120,7 +120,8 @@ def test_succeeded_status_fields() -> None:
     assert st["evaluation"]["worstClasses"][0] == {"label": "card_arrival", "f1": 0.81}
     assert {b["name"] for b in st["baselines"]} == {"zero-shot", "tfidf-logreg"}  # the spec's spelling
     assert st["gate"]["outcome"] == "Passed"
-    assert st["artifacts"]["adapter"].endswith("/adapter") and st["artifacts"]["output"].startswith("pvc://")
+    # The trainer reports the mount path it wrote to; status names it as the user does (MS-3).
+    assert st["artifacts"]["adapter"] == "pvc://artifacts/runs/ns/x/r1/adapter" and st["artifacts"]["output"].startswith("pvc://")
     assert st["gpuSeconds"] == 1200.0  # 2 GPUs x 600 s
     assert st["progress"]["display"] == "100%"
     assert st["completionTime"] == "2026-01-01T00:10:00Z"

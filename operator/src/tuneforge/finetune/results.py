@@ -7,7 +7,10 @@ it does not import the trainer — and tolerates unknown keys so a newer trainer
 Parsing also translates the trainer's Python spelling into the API's: artifact keys become
 camelCase (``model_card`` -> ``modelCard``) and baselines are named by the spec's type
 (``zero_shot`` -> ``zero-shot``, ``few_shot_8`` -> ``few-shot`` with ``shots: 8``,
-``openai:<model>`` -> ``openai`` with ``model``), so status and spec join on one name.
+``openai:<model>`` -> ``openai`` with ``model``), so status and spec join on one name. The
+trainer names its outputs and sources by the mount paths it opened (``/mnt/pvc/<claim>/...``);
+they become the URIs the user wrote (``pvc://<claim>/...``, see ``trainer_config.user_uri``),
+which is what a ModelServe or a person outside the trainer pod can open.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from __future__ import annotations
 import dataclasses
 import json
 from typing import Any, Mapping
+
+from .trainer_config import user_uri
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +100,7 @@ def parse_summary(text: str | None) -> Summary | None:
             for c in raw.get("worst_classes") or () if isinstance(c, dict) and _num(c.get("f1")) is not None
         ),
         baselines=tuple(_baseline(b) for b in raw.get("baselines") or () if isinstance(b, dict)),
-        artifacts={camel_case(str(k)): str(v) for k, v in (raw.get("artifacts") or {}).items()},
+        artifacts={camel_case(str(k)): user_uri(str(v)) for k, v in (raw.get("artifacts") or {}).items()},
         adapter=_adapter(raw.get("adapter")),
     )
 
@@ -106,10 +111,14 @@ def _adapter(raw: Any) -> AdapterVersion | None:
     base: dict[str, Any] = raw["base_model"] if isinstance(raw.get("base_model"), dict) else {}
     data: dict[str, Any] = raw["dataset"] if isinstance(raw.get("dataset"), dict) else {}
     return AdapterVersion(
-        uri=str(raw["uri"]), digest=str(raw["digest"]),
-        base_model_uri=base.get("uri"), base_model_digest=base.get("digest"),
-        dataset_uri=data.get("uri"), dataset_digest=data.get("digest"),
+        uri=user_uri(str(raw["uri"])), digest=str(raw["digest"]),
+        base_model_uri=_user_uri(base.get("uri")), base_model_digest=base.get("digest"),
+        dataset_uri=_user_uri(data.get("uri")), dataset_digest=data.get("digest"),
     )
+
+
+def _user_uri(value: Any) -> str | None:
+    return user_uri(str(value)) if value else None
 
 
 def camel_case(key: str) -> str:

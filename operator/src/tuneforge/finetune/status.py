@@ -113,6 +113,8 @@ def decide_revision(current_hash: str, generation: int, prior: Obj, history_limi
         # start on) a superseded revision from the history alone.
         "adapterUri": (prior.get("adapter") or {}).get("uri"),
         "baseModel": (prior.get("adapter") or {}).get("baseModel"),
+        # Its scored held-out rows: a ModelServe's gate for that revision asks them again.
+        "evalRowsUri": (prior.get("artifacts") or {}).get("predictions"),
         "startTime": prior.get("startTime"),
         "completionTime": prior.get("completionTime"),
     }.items() if v is not None}

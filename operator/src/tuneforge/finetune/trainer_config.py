@@ -41,6 +41,19 @@ def resolve_uri(uri: str) -> str:
     return uri
 
 
+def user_uri(path: str) -> str:
+    """The inverse of :func:`resolve_uri`: a path the trainer reports under a mount root becomes
+    the URI the user wrote (``/mnt/pvc/<claim>/rest`` -> ``pvc://<claim>/rest``,
+    ``/mnt/configmap/<name>/<key>`` -> ``configmap://<name>/<key>``); anything else (s3://, hf://,
+    a path of the image) is already in the user's terms. The trainer only ever sees mount paths,
+    so status — which ModelServes and people read, outside the trainer pod — is mapped back here,
+    next to the one definition of the mount layout."""
+    for root, scheme in ((PVC_ROOT, "pvc://"), (CONFIG_MAP_ROOT, "configmap://")):
+        if path.startswith(f"{root}/") and path[len(root) + 1:].strip("/"):
+            return scheme + path[len(root) + 1:].rstrip("/")
+    return path
+
+
 def run_path(namespace: str, name: str, uid: str, revision: int) -> str:
     """``<namespace>/<name>/<uid>/r<revision>``: the uid keeps a re-created namesake (a GitOps
     replace: delete, then create with the same name) from resuming the old run's checkpoints or

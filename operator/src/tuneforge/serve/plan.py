@@ -430,7 +430,7 @@ def _phase(s: _State, spec: ModelServeSpec, desired: Resolution, observed: Obser
         return DEGRADED, s.rejected["reason"], f"{msg}; {s.active_color} serves {s.stable.short}; retry with {ANNOTATION_RETRY}"
     if desired.version is None:
         if s.stable is None:
-            return PROGRESSING, desired.reason, desired.message
+            return FAILED if desired.blocked else PROGRESSING, desired.reason, desired.message
         return DEGRADED, desired.reason, f"{desired.message}; {s.active_color} keeps serving {s.stable.short}"
     if s.stable is None:
         return PROGRESSING, "Progressing", "Waiting to deploy"

@@ -5,15 +5,21 @@ FineTuneJob code; the shape read here is crds/finetunejob.yaml's ``status``).
 A FineTuneJob's status carries the current revision's adapter in full (``status.adapter``: URI,
 digest, base model; ``status.gate.outcome``; ``status.evaluation.accuracy``;
 ``status.artifacts.predictions``, its scored held-out rows) and earlier revisions as
-``status.history`` entries (revision, phase, gate, accuracy, adapterDigest — no URI). So:
+``status.history`` entries (revision, phase, gate, accuracy, adapterDigest, and — written by
+current operators — adapterUri, baseModel with its digest, evalRowsUri). So:
 
 - the candidate is the highest revision that Succeeded with gate ``Passed`` and has a digest; a
   revision whose gate Failed (or was not evaluated) is never a candidate, whatever its number;
-- an earlier revision's URI comes from the history entry's ``adapterUri`` when the FineTuneJob
-  records one, else from a version this ModelServe served before (its own revision history,
-  passed in as ``known``). A latest passing revision whose URI cannot be found yields no version
-  (reason ``AdapterUnresolved``): the ModelServe keeps serving what it serves rather than falling
-  back to an older revision, which would be a silent rollback.
+- an earlier revision's URI, base and rows come from its history entry, else from a version this
+  ModelServe served before (its own revision history, passed in as ``known``). A latest passing
+  revision whose URI cannot be found yields no version (reason ``AdapterUnresolved``): the
+  ModelServe keeps serving what it serves rather than falling back to an older revision, which
+  would be a silent rollback;
+- a version the pods could not read or the gate could not judge yields no version either, with
+  the reason in status before any pod starts (``NotServable``: an adapter or lineage base that is
+  not ``s3://`` or ``pvc://`` — a path inside the trainer pod, a hub id; ``NoGateRows``: a gate
+  with neither ``gate.datasetUri`` nor the revision's scored rows). Such a resolution is
+  ``blocked``: no wait fixes it, the spec or the FineTuneJob has to change.
 
 A version's identity is its ``digest``: the adapter's content digest for one adapter, or a
 digest over the sorted ``name=digest`` lines for several (so the same set in another order is the
@@ -116,6 +122,8 @@ class Resolution:
     version: ServedVersion | None
     reason: str
     message: str
+    blocked: bool = False
+    """No version, and none comes by waiting: the spec (or the FineTuneJob) has to change."""
 
 
 def _explicit(spec: ModelServeSpec) -> Resolution:
@@ -123,6 +131,39 @@ def _explicit(spec: ModelServeSpec) -> Resolution:
     version = ServedVersion(spec.base_model_uri, spec.adapters,
                             spec.base_model_digest)
     return Resolution(version, "Explicit", f"Serving {len(spec.adapters)} adapter(s) given in the spec, version {version.short}")
+
+
+# What a server or gate pod can open that means the same there as where it was written: a
+# FineTuneJob's paths are the trainer pod's, and nothing downloads from a hub at start.
+READABLE = ("s3://", "pvc://")
+
+
+def _unservable(spec: ModelServeSpec, job: str, best: Obj, version: ServedVersion) -> Resolution | None:
+    """Why the pods could not serve, or the gate could not judge, ``version`` (None: they can)."""
+    what = f"FineTuneJob {job} revision {best['revision']}"
+    field = "status.adapter.uri" if best.get("current") else f"status.history[revision={best['revision']}].adapterUri"
+    uri = version.adapters[0].uri
+    if not uri.startswith(READABLE):
+        return Resolution(None, "NotServable", (
+            f"{what}: {field} {uri!r} is not s3:// or pvc://, so a server pod cannot read it (a path inside the "
+            "trainer pod, written by an older operator, or a hub id); run the revision again or name the adapter "
+            "in spec.adapters"), blocked=True)
+    if not spec.base_model_uri and not version.base_uri.startswith(READABLE):
+        return Resolution(None, "NotServable", (
+            f"{what} was trained on base {version.base_uri!r}, which a server pod cannot read (nothing downloads "
+            "from a hub at start); mirror it to s3:// or pvc:// and name it in spec.baseModel.uri"), blocked=True)
+    gate = spec.rollout.gate
+    if gate is not None and not gate.dataset_uri:
+        rows = version.eval_rows_uri
+        if not rows:
+            return Resolution(None, "NoGateRows", (
+                f"{what} records no scored held-out rows (status.artifacts.predictions) for the gate; "
+                "set spec.rollout.gate.datasetUri"), blocked=True)
+        if not rows.startswith(READABLE):
+            return Resolution(None, "NoGateRows", (
+                f"{what}: its scored rows {rows!r} are not s3:// or pvc://, so the gate pod cannot read them; "
+                "set spec.rollout.gate.datasetUri"), blocked=True)
+    return None
 
 
 def _passed(entry: Obj) -> bool:
@@ -138,7 +179,7 @@ def _candidates(ftj_status: Obj) -> list[dict[str, Any]]:
         "gate": (ftj_status.get("gate") or {}).get("outcome"), "adapterDigest": adapter.get("digest"),
         "adapterUri": adapter.get("uri"), "baseModel": adapter.get("baseModel") or {},
         "accuracy": (ftj_status.get("evaluation") or {}).get("accuracy"),
-        "evalRowsUri": (ftj_status.get("artifacts") or {}).get("predictions"),
+        "evalRowsUri": (ftj_status.get("artifacts") or {}).get("predictions"), "current": True,
     }
     if _passed(current) and current["revision"] is not None:
         out.append(current)
@@ -190,6 +231,9 @@ def _from_job(spec: ModelServeSpec, ftj_status: Obj | None, known: Iterable[Serv
         lineage=Lineage(job, int(best["revision"]), best.get("accuracy")),
         eval_rows_uri=best.get("evalRowsUri") or (seen[digest].eval_rows_uri if digest in seen else None),
     )
+    refused = _unservable(spec, job, best, version)
+    if refused is not None:
+        return refused
     how = "pinned" if spec.pin_digest else "latest passing"
     return Resolution(version, "FineTuneJobRevision", f"FineTuneJob {job} revision {best['revision']} ({how}), adapter {version.short}")
 
