@@ -32,6 +32,7 @@ def plan(**over: Any) -> ServerPlan:
         {"mode": "lora", "gpus": 4, "max_model_len": 4096, "api_key": SecretKeyRef("k", "key")},
         {"adapters": (AdapterSource("a", "pvc://runs/a"), AdapterSource("b", "s3://runs/b", DIGEST)), "mode": "lora"},
         {"mode": "merged", "base_digest": "sha256:" + "b" * 64, "extra_args": ("--max-num-seqs", "32")},
+        {"gpus": 0, "cpu": "4", "memory": "8Gi"},
     ],
 )
 def test_rendered_config_is_what_the_launcher_parses(over: dict[str, Any]) -> None:
@@ -66,6 +67,24 @@ def test_deployment_probes_drain_and_security() -> None:
     assert dep["spec"]["template"]["metadata"]["annotations"]["prometheus.io/path"] == "/metrics"
     assert dep["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/instance": "intents-blue"}
     assert build_service(p, "intents")["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+
+
+def test_cpu_servers_ask_for_no_gpu_and_tolerate_no_gpu_taint() -> None:
+    """SRV-1: ``gpus: 0`` (CPU serving) parses in the launcher, its vLLM command line has no
+    tensor parallelism, and its pods neither request nor tolerate ``nvidia.com/gpu``."""
+    from tuneforge_server.args import build_vllm_args
+
+    p = plan(gpus=0, cpu="4", memory="8Gi", tolerations=({"key": "dedicated", "operator": "Exists"},))
+    cfg = parse_config(yaml.safe_load(build_config_map(p)["data"]["server.yaml"]))
+    assert cfg.gpus == 0
+    assert "--tensor-parallel-size" not in build_vllm_args(cfg, cfg.model.uri, [], "cpu", "merged")  # type: ignore[arg-type]
+    pod = pod_spec(p)
+    res = pod["containers"][0]["resources"]
+    assert "nvidia.com/gpu" not in res.get("limits", {}) and res["requests"] == {"cpu": "4", "memory": "8Gi"}
+    assert [t["key"] for t in pod["tolerations"]] == ["dedicated"]
+    gpu_pod = pod_spec(plan(gpus=1))
+    assert gpu_pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert [t["key"] for t in gpu_pod["tolerations"]] == ["nvidia.com/gpu"]
 
 
 def test_pvc_sources_are_mounted_read_only() -> None:

@@ -121,7 +121,10 @@ class ServerConfig(_Strict):
     max_model_len: int | None = Field(default=None, ge=16, description="vLLM --max-model-len; None = the model's own.")
     max_lora_rank: int | None = Field(default=None, ge=1, le=512, description="Largest adapter rank allowed; None = the largest rank among the adapters (rounded up to one vLLM supports).")
     max_loras: int | None = Field(default=None, ge=1, description="Adapters resident per batch; None = the number of adapters.")
-    gpus: int = Field(default=1, ge=1, le=16, description="GPUs of the pod: vLLM --tensor-parallel-size (one pod uses all of its GPUs).")
+    gpus: int = Field(
+        default=1, ge=0, le=16,
+        description="GPUs of the pod: vLLM --tensor-parallel-size on cuda (one pod uses all of its GPUs); 0 serves on CPU (the cpu image), where tensor parallelism is not used.",
+    )
     gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1, description="vLLM --gpu-memory-utilization; None = vLLM's default.")
     enforce_eager: bool | None = Field(default=None, description="vLLM --enforce-eager (no CUDA graphs / compilation); None = on for cpu, off for cuda.")
     cpu_reserved_cores: int | None = Field(

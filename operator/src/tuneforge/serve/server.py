@@ -34,6 +34,7 @@ API_KEY_ENV = "TUNEFORGE_API_KEY"
 PORT = 8000
 RUN_AS = 65532
 CONTAINER = "server"
+GPU_RESOURCE = "nvidia.com/gpu"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,10 +139,11 @@ def _pvc_claims(plan: ServerPlan) -> list[str]:
 
 def _resources(plan: ServerPlan) -> dict[str, Any]:
     requests = {k: v for k, v in {"cpu": plan.cpu, "memory": plan.memory}.items() if v}
-    limits: dict[str, Any] = {"nvidia.com/gpu": str(plan.gpus)}
+    # gpus: 0 is CPU serving: no GPU limit, so the pod never waits for (or holds) a GPU.
+    limits: dict[str, Any] = {GPU_RESOURCE: str(plan.gpus)} if plan.gpus else {}
     if plan.memory:
         limits["memory"] = plan.memory
-    return {"requests": requests, "limits": limits} if requests else {"limits": limits}
+    return {k: v for k, v in {"requests": requests, "limits": limits}.items() if v}
 
 
 def pod_spec(plan: ServerPlan, restart_policy: str = "Always") -> dict[str, Any]:
@@ -185,8 +187,10 @@ def pod_spec(plan: ServerPlan, restart_policy: str = "Always") -> dict[str, Any]
     }
     if plan.node_selector:
         spec["nodeSelector"] = dict(plan.node_selector)
-    tolerations = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}, *plan.tolerations]
-    spec["tolerations"] = tolerations
+    # Only GPU servers tolerate the GPU taint: a CPU server must not take a GPU node's CPUs.
+    gpu = [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}] if plan.gpus else []
+    if gpu or plan.tolerations:
+        spec["tolerations"] = [*gpu, *plan.tolerations]
     return spec
 
 
