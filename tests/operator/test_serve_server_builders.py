@@ -52,7 +52,11 @@ def test_deployment_probes_drain_and_security() -> None:
     dep = build_deployment(p)
     pod = dep["spec"]["template"]["spec"]
     c = pod["containers"][0]
-    assert c["readinessProbe"]["exec"]["command"] == ["tuneforge-server", "probe", "--config", "/etc/tuneforge/server.yaml"]
+    ready = c["readinessProbe"]
+    # SRV-4: a stdlib-only check (python -S: no site-packages, no pydantic or YAML) with a budget
+    # that a saturated CPU does not blow: 10 s per try and three misses before NotReady.
+    assert ready["exec"]["command"][:4] == ["python", "-S", "-m", "tuneforge_server.probe"]
+    assert ready["timeoutSeconds"] >= 10 and ready["failureThreshold"] >= 3 and ready["periodSeconds"] >= 5
     assert c["livenessProbe"]["httpGet"]["path"] == "/health" and c["startupProbe"]["httpGet"]["path"] == "/health"
     assert c["startupProbe"]["periodSeconds"] * c["startupProbe"]["failureThreshold"] >= 600  # model load budget
     assert c["lifecycle"]["preStop"] == {"sleep": {"seconds": 5}}

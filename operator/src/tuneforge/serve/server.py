@@ -5,7 +5,9 @@ The launcher config is the server image's contract (``tuneforge_server.config.Se
 snake_case YAML); tests/server feeds this module's output through that parser. Pods run the
 image's launcher, which fetches and pre-flights the weights and execs vLLM:
 
-- readiness: ``tuneforge-server probe`` (exec; passes only when every adapter is listed);
+- readiness: ``python -S -m tuneforge_server.probe`` (exec, standard library only: passes only
+  when every adapter is listed; 10 s per try and three misses, so a busy CPU server is not
+  marked NotReady exactly when it is busiest);
 - startup: ``/health`` with a budget for fetching, merging and loading the model;
 - liveness: ``/health``;
 - draining: a preStop sleep (endpoints drop the pod first), then SIGTERM; vLLM refuses new
@@ -164,7 +166,8 @@ def pod_spec(plan: ServerPlan, restart_policy: str = "Always") -> dict[str, Any]
             "env": _env(plan),
             "ports": [{"name": "http", "containerPort": PORT}],
             "startupProbe": {**health, "periodSeconds": 5, "failureThreshold": max(1, plan.startup_budget_seconds // 5)},
-            "readinessProbe": {"exec": {"command": ["tuneforge-server", "probe", "--config", config_path]}, "periodSeconds": 3, "timeoutSeconds": 5},
+            "readinessProbe": {"exec": {"command": ["python", "-S", "-m", "tuneforge_server.probe", "--timeout", "8"]},
+                               "periodSeconds": 5, "timeoutSeconds": 10, "failureThreshold": 3},
             "livenessProbe": {**health, "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 6},
             "lifecycle": {"preStop": {"sleep": {"seconds": plan.pre_stop_seconds}}},
             "resources": _resources(plan),
