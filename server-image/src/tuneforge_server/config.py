@@ -54,8 +54,8 @@ def _valid_uri(v: str) -> str:
     return v
 
 
-class BaseModelSpec(_Strict):
-    """The base model every adapter runs on."""
+class _Source(_Strict):
+    """A folder to serve: where it is, its served name, its expected digest."""
 
     uri: str = Field(min_length=1, description="Hugging Face model folder: s3://bucket/prefix, pvc://claim/path, or a path in the pod.")
     name: str = Field(description="Served model name of the base (what clients put in 'model').")
@@ -81,7 +81,20 @@ class BaseModelSpec(_Strict):
         return v
 
 
-class AdapterSpec(BaseModelSpec):
+class BaseModelSpec(_Source):
+    """The base model every adapter runs on."""
+
+    accept_lineage_mismatch: bool = Field(
+        default=False,
+        description=(
+            "Serve adapters whose lineage names a different base (its digest over config, tokenizer and weights differs "
+            "from this folder's) with a warning instead of refusing them. The adapter then runs on weights it was not "
+            "trained on: its answers may be wrong without any error. For a base re-saved in another format or dtype."
+        ),
+    )
+
+
+class AdapterSpec(_Source):
     """One LoRA adapter served on the base (its served name is what clients ask for)."""
 
     uri: str = Field(min_length=1, description="PEFT adapter folder: s3://bucket/prefix, pvc://claim/path, or a path in the pod.")

@@ -8,16 +8,30 @@ the launcher recomputes it before vLLM starts; tests/server checks that the two 
 written ``sha256:<hex>``. Paths are POSIX and relative to the folder; the manifest file
 (``tuneforge.json``) itself is not part of it, so the manifest can carry the digest, and neither
 are hidden files (``.complete`` markers, ``.cache/`` folders of hub downloads): they are not content.
+
+A base model's digest (``base_digest``, what an adapter's lineage records) is the same format
+over the files that define the model only: the top-level config, generation config, tokenizer
+files and weights (``*.safetensors`` and their index; ``pytorch_model*.bin`` when there is no
+safetensors file). A mirror without the Hub snapshot's README, ``original/*.pth`` or ``onnx/``
+is the same base. The trainer computes it by the same rule (``tuneforge_trainer.lineage``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MANIFEST_NAME", "FileEntry", "digest_of", "file_entries", "folder_digest", "read_manifest"]
+__all__ = ["MANIFEST_NAME", "FileEntry", "base_digest", "base_entries", "digest_of", "file_entries", "folder_digest", "read_manifest"]
+
+BASE_MODEL_PATTERNS = (
+    "config.json", "generation_config.json", "tokenizer*", "special_tokens_map.json", "added_tokens.json",
+    "vocab.*", "merges.txt", "chat_template.*",
+)
+SAFETENSORS_PATTERNS = ("*.safetensors", "*.safetensors.index.json")
+TORCH_WEIGHT_PATTERNS = ("pytorch_model*.bin", "pytorch_model*.bin.index.json")
 
 MANIFEST_NAME = "tuneforge.json"
 _CHUNK = 1 << 20
@@ -47,6 +61,21 @@ def file_entries(folder: str | Path) -> list[FileEntry]:
         ({"path": p.relative_to(root).as_posix(), "sha256": _sha256_file(p), "size": p.stat().st_size} for p in found),
         key=lambda e: e["path"],
     )
+
+
+def base_entries(folder: str | Path) -> list[FileEntry]:
+    """The files that define the base model in ``folder`` (see the module docstring)."""
+    root = Path(folder)
+    names = [p.name for p in root.iterdir() if not p.name.startswith(".") and p.is_file()]
+    weights = SAFETENSORS_PATTERNS if any(fnmatch(n, "*.safetensors") for n in names) else TORCH_WEIGHT_PATTERNS
+    patterns = (*BASE_MODEL_PATTERNS, *weights)
+    chosen = sorted(n for n in names if any(fnmatch(n, p) for p in patterns))
+    return [{"path": n, "sha256": _sha256_file(root / n), "size": (root / n).stat().st_size} for n in chosen]
+
+
+def base_digest(folder: str | Path) -> str:
+    """The base model's digest (what an adapter's lineage records)."""
+    return digest_of(base_entries(folder))
 
 
 def digest_of(entries: list[FileEntry]) -> str:
