@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from ..labels import LABEL_INSTANCE, child_labels
-from .spec import AdapterSource, SecretKeyRef
+from .spec import AdapterSource, CacheSpec, SecretKeyRef
 
 __all__ = ["ServerPlan", "build_config_map", "build_deployment", "build_service", "render_server_config", "secret_env"]
 
@@ -50,6 +50,7 @@ class ServerPlan:
     base_name: str
     adapters: tuple[AdapterSource, ...] = ()
     base_digest: str | None = None
+    accept_lineage_mismatch: bool = False
     mode: str = "auto"
     replicas: int = 1
     gpus: int = 1
@@ -64,6 +65,7 @@ class ServerPlan:
     drain_seconds: int = 30
     pre_stop_seconds: int = 5
     startup_budget_seconds: int = 900
+    cache: CacheSpec = CacheSpec()
     node_selector: dict[str, str] = dataclasses.field(default_factory=dict)
     tolerations: tuple[dict[str, Any], ...] = ()
     labels: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -83,6 +85,8 @@ def render_server_config(plan: ServerPlan) -> dict[str, Any]:
     model: dict[str, Any] = {"uri": plan.base_uri, "name": plan.base_name}
     if plan.base_digest:
         model["digest"] = plan.base_digest
+    if plan.accept_lineage_mismatch:
+        model["accept_lineage_mismatch"] = True
     cfg: dict[str, Any] = {
         "api_version": "tuneforge.dev/server-config/v1",
         "model": model,
@@ -140,12 +144,23 @@ def _pvc_claims(plan: ServerPlan) -> list[str]:
 
 
 def _resources(plan: ServerPlan) -> dict[str, Any]:
-    requests = {k: v for k, v in {"cpu": plan.cpu, "memory": plan.memory}.items() if v}
+    # An emptyDir cache of a known size is node disk the scheduler must count.
+    disk = plan.cache.size if plan.cache.volume == "emptyDir" else None
+    requests = {k: v for k, v in {"cpu": plan.cpu, "memory": plan.memory, "ephemeral-storage": disk}.items() if v}
     # gpus: 0 is CPU serving: no GPU limit, so the pod never waits for (or holds) a GPU.
     limits: dict[str, Any] = {GPU_RESOURCE: str(plan.gpus)} if plan.gpus else {}
     if plan.memory:
         limits["memory"] = plan.memory
     return {k: v for k, v in {"requests": requests, "limits": limits}.items() if v}
+
+
+def _cache_volume(cache: CacheSpec) -> dict[str, Any]:
+    if cache.volume == "ephemeral":
+        claim: dict[str, Any] = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": cache.size}}}
+        if cache.storage_class:
+            claim["storageClassName"] = cache.storage_class
+        return {"name": "cache", "ephemeral": {"volumeClaimTemplate": {"spec": claim}}}
+    return {"name": "cache", "emptyDir": {"sizeLimit": cache.size} if cache.size else {}}
 
 
 def pod_spec(plan: ServerPlan, restart_policy: str = "Always") -> dict[str, Any]:
@@ -182,7 +197,7 @@ def pod_spec(plan: ServerPlan, restart_policy: str = "Always") -> dict[str, Any]
         }],
         "volumes": [
             {"name": "config", "configMap": {"name": plan.config_name or plan.name}},
-            {"name": "cache", "emptyDir": {}},
+            _cache_volume(plan.cache),
             {"name": "tmp", "emptyDir": {}},
             {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}},
             *({"name": f"pvc-{c}", "persistentVolumeClaim": {"claimName": c, "readOnly": True}} for c in claims),
