@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import shutil
 
@@ -92,3 +93,26 @@ def test_the_trainer_downloads_what_the_base_digest_covers() -> None:
              "special_tokens_map.json", "model-00001-of-00002.safetensors", "model.safetensors.index.json", "vocab.json", "merges.txt"]
     assert all(any(fnmatch(n, p) for p in storage.HUB_MODEL_PATTERNS) for n in names)
     assert not any(fnmatch(n, p) for p in storage.HUB_MODEL_PATTERNS for n in ("README.md", "original/consolidated.00.pth", "onnx/model.onnx"))
+
+
+def test_a_restarted_container_reuses_the_verified_base_digest(tmp_path: Path, monkeypatch: Any) -> None:
+    """SRV-2: the base digest is remembered in the cache keyed by the files' sizes and mtimes,
+    so a container restart (same emptyDir) does not read every byte of the weights again; a
+    changed file is hashed again."""
+    from tuneforge_server import digest as server_digest
+
+    base = add_hub_extras(make_base(tmp_path / "base"))
+    memo = tmp_path / "cache"
+    first = base_digest(base, memo)
+    assert first == base_digest(base)
+
+    def no_hashing(path: Path) -> str:
+        raise AssertionError(f"hashed {path} again")
+
+    monkeypatch.setattr(server_digest, "_sha256_file", no_hashing)
+    assert base_digest(base, memo) == first
+    monkeypatch.undo()
+    weights = base / "model.safetensors"
+    weights.write_bytes(b"\x03" * 4096)  # same size, new content and mtime
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 1_000_000_000))
+    assert base_digest(base, memo) == base_digest(base) != first

@@ -20,7 +20,7 @@ def setup(tmp_path: Path, **over: Any) -> tuple[Any, Path, Path, str]:
     base = make_base(tmp_path / "base")
     digest = make_adapter(tmp_path / "a", base, rank=over.pop("rank", 16))
     adapter = {"name": "intents", "uri": str(tmp_path / "a"), "digest": digest, **over.pop("adapter", {})}
-    cfg = parse_config({"model": {"uri": str(base), "name": "smollm2"}, "adapters": [adapter], **over})
+    cfg = parse_config({"cache_dir": str(tmp_path / "cache"), "model": {"uri": str(base), "name": "smollm2"}, "adapters": [adapter], **over})
     return cfg, base, tmp_path / "a", digest
 
 
@@ -37,7 +37,7 @@ def test_an_adapter_trained_on_the_full_snapshot_passes_on_a_filtered_mirror(tmp
     snapshot = add_hub_extras(make_base(tmp_path / "snapshot"))
     digest = make_adapter(tmp_path / "a", snapshot)
     mirror = make_base(tmp_path / "mirror")
-    cfg = parse_config({"model": {"uri": str(mirror), "name": "smollm2"}, "adapters": [{"name": "intents", "uri": str(tmp_path / "a"), "digest": digest}]})
+    cfg = parse_config({"cache_dir": str(tmp_path / "cache"), "model": {"uri": str(mirror), "name": "smollm2"}, "adapters": [{"name": "intents", "uri": str(tmp_path / "a"), "digest": digest}]})
     assert preflight(cfg, mirror, [tmp_path / "a"])[0].digest == digest
 
 
@@ -47,7 +47,7 @@ def test_adapters_written_before_the_model_file_digest_still_pass(tmp_path: Path
     base = add_hub_extras(make_base(tmp_path / "base"))
     old = folder_digest(base)
     digest = make_adapter(tmp_path / "a", None, lineage={"baseModel": {"uri": "s3://models/base", "digest": old}})
-    cfg = parse_config({"model": {"uri": str(base), "name": "smollm2", "digest": old},
+    cfg = parse_config({"cache_dir": str(tmp_path / "cache"), "model": {"uri": str(base), "name": "smollm2", "digest": old},
                         "adapters": [{"name": "intents", "uri": str(tmp_path / "a"), "digest": digest}]})
     assert preflight(cfg, base, [tmp_path / "a"])[0].digest == digest
 
@@ -125,9 +125,9 @@ def test_foreign_adapter_is_matched_by_peft_base_name(tmp_path: Path) -> None:
     good = make_adapter(tmp_path / "good", None, peft_base="HuggingFaceTB/SmolLM2-135M-Instruct", lineage={})
     bad = make_adapter(tmp_path / "bad", None, peft_base="meta-llama/Llama-3-8B", lineage={})
     model = {"uri": "pvc://models/HuggingFaceTB/SmolLM2-135M-Instruct", "name": "smollm2"}
-    ok = parse_config({"model": model, "adapters": [{"name": "g", "uri": str(tmp_path / "good"), "digest": good}]})
+    ok = parse_config({"cache_dir": str(tmp_path / "cache"), "model": model, "adapters": [{"name": "g", "uri": str(tmp_path / "good"), "digest": good}]})
     assert preflight(ok, base, [tmp_path / "good"])[0].digest == good
-    no = parse_config({"model": model, "adapters": [{"name": "b", "uri": str(tmp_path / "bad"), "digest": bad}]})
+    no = parse_config({"cache_dir": str(tmp_path / "cache"), "model": model, "adapters": [{"name": "b", "uri": str(tmp_path / "bad"), "digest": bad}]})
     with pytest.raises(PreflightError, match=r"base_model_name_or_path 'meta-llama/Llama-3-8B' is not the served base"):
         preflight(no, base, [tmp_path / "bad"])
 

@@ -63,19 +63,47 @@ def file_entries(folder: str | Path) -> list[FileEntry]:
     )
 
 
-def base_entries(folder: str | Path) -> list[FileEntry]:
-    """The files that define the base model in ``folder`` (see the module docstring)."""
-    root = Path(folder)
+def _base_names(root: Path) -> list[str]:
     names = [p.name for p in root.iterdir() if not p.name.startswith(".") and p.is_file()]
     weights = SAFETENSORS_PATTERNS if any(fnmatch(n, "*.safetensors") for n in names) else TORCH_WEIGHT_PATTERNS
     patterns = (*BASE_MODEL_PATTERNS, *weights)
-    chosen = sorted(n for n in names if any(fnmatch(n, p) for p in patterns))
-    return [{"path": n, "sha256": _sha256_file(root / n), "size": (root / n).stat().st_size} for n in chosen]
+    return sorted(n for n in names if any(fnmatch(n, p) for p in patterns))
 
 
-def base_digest(folder: str | Path) -> str:
-    """The base model's digest (what an adapter's lineage records)."""
-    return digest_of(base_entries(folder))
+def base_entries(folder: str | Path) -> list[FileEntry]:
+    """The files that define the base model in ``folder`` (see the module docstring)."""
+    root = Path(folder)
+    return [{"path": n, "sha256": _sha256_file(root / n), "size": (root / n).stat().st_size} for n in _base_names(root)]
+
+
+def base_digest(folder: str | Path, memo_dir: str | Path | None = None) -> str:
+    """The base model's digest (what an adapter's lineage records).
+
+    With ``memo_dir`` (the pod's cache) the digest is remembered under the files' names, sizes
+    and mtimes: a restarted container whose weights are still in its cache volume does not read
+    every byte again (hundreds of GB for a large model). A changed file changes its mtime. Only
+    the server process writes there, and a process that could rewrite the memo could rewrite the
+    weights beside it."""
+    root = Path(folder)
+    if memo_dir is None:
+        return digest_of(base_entries(root))
+    stats = [[n, (root / n).stat().st_size, (root / n).stat().st_mtime_ns] for n in _base_names(root)]
+    memo = Path(memo_dir) / ".digests" / (hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:32] + ".json")
+    try:
+        known = json.loads(memo.read_text(encoding="utf-8"))
+        if known.get("files") == stats and isinstance(known.get("digest"), str):
+            return str(known["digest"])
+    except (OSError, ValueError):
+        pass
+    digest = digest_of(base_entries(root))
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        part = memo.with_suffix(".part")
+        part.write_text(json.dumps({"files": stats, "digest": digest}), encoding="utf-8")
+        part.replace(memo)
+    except OSError:
+        pass  # a read-only or full cache only costs the next start a re-hash
+    return digest
 
 
 def digest_of(entries: list[FileEntry]) -> str:

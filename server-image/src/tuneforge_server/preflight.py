@@ -61,9 +61,9 @@ class BaseDigest:
     """The served base's digest (over the files that define the model) and, computed only when a
     digest does not match it, the whole-folder digest earlier trainers recorded."""
 
-    def __init__(self, folder: Path, digest: str | None = None) -> None:
+    def __init__(self, folder: Path, memo_dir: Path | None = None) -> None:
         self.folder = folder
-        self.digest = digest if digest is not None else base_digest(folder)
+        self.digest = base_digest(folder, memo_dir)
         self._whole: str | None = None
 
     def matches(self, expected: str) -> bool:
@@ -74,14 +74,14 @@ class BaseDigest:
         return expected == self._whole
 
 
-def check_base(spec: BaseModelSpec, folder: Path, need_digest: bool) -> BaseDigest | None:
-    """The served base's digest (computed when it is to be compared), checked against
-    ``model.digest`` when set."""
+def check_base(spec: BaseModelSpec, folder: Path, need_digest: bool, memo_dir: Path | None = None) -> BaseDigest | None:
+    """The served base's digest (computed when it is to be compared; remembered in ``memo_dir``
+    across container restarts), checked against ``model.digest`` when set."""
     if not (folder / "config.json").is_file():
         raise PreflightError(f"base model {spec.name} (model.uri {spec.uri}): no config.json in {folder}, not a Hugging Face model folder")
     if not (need_digest or spec.digest):
         return None
-    digest = BaseDigest(folder)
+    digest = BaseDigest(folder, memo_dir)
     if spec.digest and not digest.matches(spec.digest):
         raise PreflightError(f"base model {spec.name}: content digest {_short(digest.digest)} differs from model.digest {_short(spec.digest)}")
     return digest
@@ -162,7 +162,7 @@ def preflight(cfg: ServerConfig, base_folder: Path, adapter_folders: list[Path])
         for i, (spec, folder) in enumerate(zip(cfg.adapters, adapter_folders, strict=True))
     ]
     need_base_digest = any((a.lineage.get("baseModel") or {}).get("digest") for a in checked)
-    served = check_base(cfg.model, base_folder, need_base_digest)
+    served = check_base(cfg.model, base_folder, need_base_digest, Path(cfg.cache_dir))
     for i, (spec, a) in enumerate(zip(cfg.adapters, checked, strict=True)):
         _check_base_match(spec, f"adapters[{i}]", cfg.model, served, a.lineage, a.peft_base)
     return checked
