@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -156,3 +157,40 @@ def test_readiness_probe_command_is_stdlib_only_and_checks_every_adapter(standin
     assert not imported & {"pydantic", "yaml", "pydantic_core", "typing_extensions"}, imported & {"pydantic", "yaml"}
     # The probe's own HTTP timeout ends before the kubelet's, so a slow answer is a clean failure.
     assert float(command[command.index("--timeout") + 1]) < probe["timeoutSeconds"]
+
+
+def test_s3_files_download_in_parallel_and_a_restart_skips_fetched_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SRV-2: a sharded base's files come down several at a time (not one after another), and
+    files already in the cache (a restarted container) are not fetched again."""
+    import time
+
+    from tuneforge_server import fetch as fetch_mod
+
+    keys = {f"models/big/model-0000{i}-of-00008.safetensors": 1000 + i for i in range(8)} | {"models/big/config.json": 2}
+    state = {"now": 0, "peak": 0, "calls": 0}
+    lock = threading.Lock()
+
+    class Client:
+        def get_paginator(self, name: str) -> Any:
+            return self
+
+        def paginate(self, **kw: Any) -> list[dict[str, Any]]:
+            return [{"Contents": [{"Key": k, "Size": n} for k, n in keys.items()]}]
+
+        def download_file(self, bucket: str, key: str, dest: str) -> None:
+            with lock:
+                state["now"] += 1
+                state["calls"] += 1
+                state["peak"] = max(state["peak"], state["now"])
+            time.sleep(0.05)
+            Path(dest).write_bytes(b"w" * keys[key])
+            with lock:
+                state["now"] -= 1
+
+    monkeypatch.setattr(fetch_mod, "_s3_client", Client)
+    cfg = parse_config({"model": {"uri": "s3://bucket/models/big", "name": "big"}, "cache_dir": str(tmp_path)})
+    folder = fetch("s3://bucket/models/big", cfg)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(k.rsplit("/", 1)[1] for k in keys)
+    assert state["peak"] > 1 and state["calls"] == len(keys)
+    fetch("s3://bucket/models/big", cfg)
+    assert state["calls"] == len(keys)  # nothing fetched twice
