@@ -129,3 +129,4 @@ def test_the_example_manifest_parses() -> None:
     raw = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples" / "modelserve-banking77.yaml").read_text())
     spec = parse_spec(raw["spec"])
     assert spec.fine_tune_job == "banking77-intents" and spec.rollout.gate is not None and spec.s3 is not None
+    assert spec.gpus == 0  # the local node serves on its CPU
