@@ -52,8 +52,10 @@ def manifest(i: int, version: int) -> dict[str, Any]:
             "baseModel": {"uri": "s3://models/base"},
             "adapters": [{"name": "intents", "uri": f"s3://runs/{i}/v{version}/adapter", "digest": digest(version, i)}],
             "gpus": 0, "resources": {"cpu": "100m", "memory": "128Mi"},
+            # CPU servers (gpus: 0) packed onto kwok's GPU nodes: they tolerate the GPU taint
+            # themselves (the operator adds it only for pods that request GPUs).
             "scheduling": {"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
-                           "tolerations": [KWOK_TOLERATION]},
+                           "tolerations": [KWOK_TOLERATION, {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
             "rollout": {"progressDeadlineSeconds": 600, "scaleDownDelaySeconds": 5,
                         "gate": {"minAccuracy": 0.8, "rows": 20, "datasetUri": "s3://gate/rows.jsonl"}},
         },

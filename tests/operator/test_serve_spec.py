@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tuneforge.serve.spec import AdapterSource, SecretKeyRef, SpecError, parse_spec
+from tuneforge.serve.spec import AdapterSource, CacheSpec, SecretKeyRef, SpecError, parse_spec
 
 D1 = "sha256:" + "1" * 64
 D2 = "sha256:" + "2" * 64
@@ -44,6 +44,20 @@ def test_explicit_source_and_every_field() -> None:
     assert spec.rollout.gate is not None and (spec.rollout.gate.min_accuracy, spec.rollout.gate.max_p99_ms, spec.rollout.gate.rows) == (0.8, 3000, 50)
     assert spec.hpa is not None and (spec.hpa.min_replicas, spec.hpa.max_replicas, spec.hpa.metric) == (2, 6, "vllm:num_requests_waiting")
     assert spec.inference_pool is not None and spec.inference_pool.endpoint_picker == "intents-epp"
+
+
+def test_cache_volume_startup_budget_and_lineage_override() -> None:
+    """SRV-2/SRV-3: the weights' cache volume and the startup budget are in the spec, and the
+    base-lineage override is explicit (off by default)."""
+    spec = parse_spec(FTJ)
+    assert (spec.cache, spec.startup_budget_seconds, spec.accept_lineage_mismatch) == (CacheSpec(), 900, False)
+    raw = copy.deepcopy(EXPLICIT)
+    raw["baseModel"]["acceptLineageMismatch"] = True
+    raw.update(cache={"volume": "ephemeral", "size": "300Gi", "storageClassName": "local-nvme"}, startupBudgetSeconds=3600)
+    spec = parse_spec(raw)
+    assert spec.cache == CacheSpec("ephemeral", "300Gi", "local-nvme")
+    assert (spec.startup_budget_seconds, spec.accept_lineage_mismatch) == (3600, True)
+    assert parse_spec({**FTJ, "cache": {"size": "50Gi"}}).cache == CacheSpec("emptyDir", "50Gi")
 
 
 def test_a_pin_takes_a_short_digest() -> None:
@@ -90,6 +104,11 @@ INVALID = [
     (FTJ, "adapter.fineTuneJob", "Not_A_Name", "spec.adapter.fineTuneJob", "FineTuneJob name"),
     (FTJ, "adapter.digest", "latest", "spec.adapter.digest", "12 hex"),
     (FTJ, "rollout.gate", {"maxP99Ms": 0}, "spec.rollout.gate.maxP99Ms", "at least 1"),
+    (FTJ, "cache", {"volume": "hostPath"}, "spec.cache.volume", "emptyDir"),
+    (FTJ, "cache", {"volume": "ephemeral"}, "spec.cache.size", "required"),
+    (FTJ, "cache", {"size": "lots"}, "spec.cache.size", "quantity"),
+    (FTJ, "cache", {"size": "50Gi", "storageClassName": "fast"}, "spec.cache.storageClassName", "ephemeral"),
+    (FTJ, "startupBudgetSeconds", 10, "spec.startupBudgetSeconds", "between"),
 ]
 
 
@@ -110,3 +129,4 @@ def test_the_example_manifest_parses() -> None:
     raw = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples" / "modelserve-banking77.yaml").read_text())
     spec = parse_spec(raw["spec"])
     assert spec.fine_tune_job == "banking77-intents" and spec.rollout.gate is not None and spec.s3 is not None
+    assert spec.gpus == 0  # the local node serves on its CPU

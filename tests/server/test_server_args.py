@@ -143,7 +143,7 @@ def test_pod_cpus_reads_the_cgroup_limit(tmp_path: Path, monkeypatch: pytest.Mon
         ({"model": BASE, "adapters": [A1, {**A2, "name": "intents"}]}, "served names must be unique"),
         ({"model": BASE, "adapters": [A1, A2], "mode": "merged"}, "exactly one adapter"),
         ({"model": BASE, "extra_args": ["--api-key=x"]}, "--api-key is refused"),
-        ({"model": BASE, "gpus": 0}, "gpus"),
+        ({"model": BASE, "gpus": -1}, "gpus"),
         ({"model": BASE, "port": 70000}, "port"),
         ({"model": BASE, "shutdown": {"drain_seconds": -1}}, "shutdown.drain_seconds"),
         ({"model": BASE, "surprise": 1}, "surprise"),

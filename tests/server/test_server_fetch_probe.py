@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -121,3 +122,75 @@ def test_launch_with_a_corrupt_adapter_exits_with_the_preflight_message(tmp_path
     assert "pre-flight failed: adapter intents (adapters[0].uri" in err and "does not match its digest" in err
     assert term.read_text().startswith("pre-flight failed: adapter intents")
     assert main(["launch", "--config", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_readiness_probe_command_is_stdlib_only_and_checks_every_adapter(standin: int, tmp_path: Path) -> None:
+    """SRV-4: the pod's readiness command (as the operator renders it) runs without pydantic or
+    PyYAML, reads what the launcher wrote at start, and passes only when every name is listed."""
+    import os
+    import subprocess
+    import sys
+
+    from tuneforge.serve.server import ServerPlan, pod_spec
+    from tuneforge_server.cli import write_ready_file
+
+    probe = pod_spec(ServerPlan(name="s", namespace="n", image="i", base_uri="/m", base_name="smollm2"))["containers"][0]["readinessProbe"]
+    command = probe["exec"]["command"]
+    assert command[0] == "python"
+    cfg = parse_config({"model": {"uri": "/m", "name": "smollm2"}, "adapters": [{"name": "intents", "uri": "/a", "digest": "sha256:" + "a" * 64}],
+                        "mode": "lora", "port": standin, "api_key_env": "TF_KEY"})
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(Path(__file__).parents[2] / "server-image" / "src"), "TMPDIR": str(tmp_path), "TF_KEY": "k1"}
+
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-X", "importtime", *command[1:]], env=env, capture_output=True, text=True, timeout=30)
+
+    missing = run()
+    assert missing.returncode == 1 and "not started" in missing.stdout  # the launcher has not written its file yet
+    write_ready_file(cfg, "lora", tmp_path)
+    _StandIn.models = ["smollm2"]
+    partial = run()
+    assert partial.returncode == 1 and "not served yet: intents" in partial.stdout
+    _StandIn.models = ["smollm2", "intents"]
+    ok = run()
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    imported = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in ok.stderr.splitlines() if "|" in line}
+    assert not imported & {"pydantic", "yaml", "pydantic_core", "typing_extensions"}, imported & {"pydantic", "yaml"}
+    # The probe's own HTTP timeout ends before the kubelet's, so a slow answer is a clean failure.
+    assert float(command[command.index("--timeout") + 1]) < probe["timeoutSeconds"]
+
+
+def test_s3_files_download_in_parallel_and_a_restart_skips_fetched_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SRV-2: a sharded base's files come down several at a time (not one after another), and
+    files already in the cache (a restarted container) are not fetched again."""
+    import time
+
+    from tuneforge_server import fetch as fetch_mod
+
+    keys = {f"models/big/model-0000{i}-of-00008.safetensors": 1000 + i for i in range(8)} | {"models/big/config.json": 2}
+    state = {"now": 0, "peak": 0, "calls": 0}
+    lock = threading.Lock()
+
+    class Client:
+        def get_paginator(self, name: str) -> Any:
+            return self
+
+        def paginate(self, **kw: Any) -> list[dict[str, Any]]:
+            return [{"Contents": [{"Key": k, "Size": n} for k, n in keys.items()]}]
+
+        def download_file(self, bucket: str, key: str, dest: str) -> None:
+            with lock:
+                state["now"] += 1
+                state["calls"] += 1
+                state["peak"] = max(state["peak"], state["now"])
+            time.sleep(0.05)
+            Path(dest).write_bytes(b"w" * keys[key])
+            with lock:
+                state["now"] -= 1
+
+    monkeypatch.setattr(fetch_mod, "_s3_client", Client)
+    cfg = parse_config({"model": {"uri": "s3://bucket/models/big", "name": "big"}, "cache_dir": str(tmp_path)})
+    folder = fetch("s3://bucket/models/big", cfg)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(k.rsplit("/", 1)[1] for k in keys)
+    assert state["peak"] > 1 and state["calls"] == len(keys)
+    fetch("s3://bucket/models/big", cfg)
+    assert state["calls"] == len(keys)  # nothing fetched twice

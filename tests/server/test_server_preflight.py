@@ -10,17 +10,17 @@ from typing import Any
 import pytest
 
 from tuneforge_server.config import parse_config
-from tuneforge_server.digest import MANIFEST_NAME, folder_digest
+from tuneforge_server.digest import MANIFEST_NAME, base_digest, folder_digest
 from tuneforge_server.preflight import PreflightError, adapter_rank, preflight
 
-from server_helpers import make_adapter, make_base
+from server_helpers import add_hub_extras, make_adapter, make_base
 
 
 def setup(tmp_path: Path, **over: Any) -> tuple[Any, Path, Path, str]:
     base = make_base(tmp_path / "base")
     digest = make_adapter(tmp_path / "a", base, rank=over.pop("rank", 16))
     adapter = {"name": "intents", "uri": str(tmp_path / "a"), "digest": digest, **over.pop("adapter", {})}
-    cfg = parse_config({"model": {"uri": str(base), "name": "smollm2"}, "adapters": [adapter], **over})
+    cfg = parse_config({"cache_dir": str(tmp_path / "cache"), "model": {"uri": str(base), "name": "smollm2"}, "adapters": [adapter], **over})
     return cfg, base, tmp_path / "a", digest
 
 
@@ -28,7 +28,41 @@ def test_a_good_adapter_passes_with_its_rank_digest_and_lineage(tmp_path: Path) 
     cfg, base, folder, digest = setup(tmp_path)
     [checked] = preflight(cfg, base, [folder])
     assert (checked.name, checked.rank, checked.digest) == ("intents", 16, digest)
-    assert checked.lineage["baseModel"]["digest"] == folder_digest(base)
+    assert checked.lineage["baseModel"]["digest"] == base_digest(base)
+
+
+def test_an_adapter_trained_on_the_full_snapshot_passes_on_a_filtered_mirror(tmp_path: Path) -> None:
+    """SRV-3: the trainer had the Hub snapshot (README, original/*.pth); the server has a mirror
+    with only the model's files. Same base: served."""
+    snapshot = add_hub_extras(make_base(tmp_path / "snapshot"))
+    digest = make_adapter(tmp_path / "a", snapshot)
+    mirror = make_base(tmp_path / "mirror")
+    cfg = parse_config({"cache_dir": str(tmp_path / "cache"), "model": {"uri": str(mirror), "name": "smollm2"}, "adapters": [{"name": "intents", "uri": str(tmp_path / "a"), "digest": digest}]})
+    assert preflight(cfg, mirror, [tmp_path / "a"])[0].digest == digest
+
+
+def test_adapters_written_before_the_model_file_digest_still_pass(tmp_path: Path) -> None:
+    """Earlier trainers put the digest of every file of the base in the lineage (and the
+    ModelServe may pin that in model.digest): the served folder is checked against it too."""
+    base = add_hub_extras(make_base(tmp_path / "base"))
+    old = folder_digest(base)
+    digest = make_adapter(tmp_path / "a", None, lineage={"baseModel": {"uri": "s3://models/base", "digest": old}})
+    cfg = parse_config({"cache_dir": str(tmp_path / "cache"), "model": {"uri": str(base), "name": "smollm2", "digest": old},
+                        "adapters": [{"name": "intents", "uri": str(tmp_path / "a"), "digest": digest}]})
+    assert preflight(cfg, base, [tmp_path / "a"])[0].digest == digest
+
+
+def test_accept_lineage_mismatch_serves_an_adapter_of_another_base_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cfg, base, folder, _ = setup(tmp_path)
+    other_base(tmp_path, folder)
+    digest = folder_digest(folder)
+    cfg = cfg.model_copy(update={"adapters": [cfg.adapters[0].model_copy(update={"digest": digest})]})
+    with pytest.raises(PreflightError, match="accept_lineage_mismatch"):  # the refusal names the way out
+        preflight(cfg, base, [folder])
+    accepting = parse_config({**cfg.model_dump(), "model": {**cfg.model.model_dump(), "accept_lineage_mismatch": True}})
+    with caplog.at_level("WARNING"):
+        assert preflight(accepting, base, [folder])[0].digest == digest
+    assert "trained on base s3://models/base" in caplog.text and "accept_lineage_mismatch" in caplog.text
 
 
 def flip_byte(folder: Path) -> None:
@@ -91,9 +125,9 @@ def test_foreign_adapter_is_matched_by_peft_base_name(tmp_path: Path) -> None:
     good = make_adapter(tmp_path / "good", None, peft_base="HuggingFaceTB/SmolLM2-135M-Instruct", lineage={})
     bad = make_adapter(tmp_path / "bad", None, peft_base="meta-llama/Llama-3-8B", lineage={})
     model = {"uri": "pvc://models/HuggingFaceTB/SmolLM2-135M-Instruct", "name": "smollm2"}
-    ok = parse_config({"model": model, "adapters": [{"name": "g", "uri": str(tmp_path / "good"), "digest": good}]})
+    ok = parse_config({"cache_dir": str(tmp_path / "cache"), "model": model, "adapters": [{"name": "g", "uri": str(tmp_path / "good"), "digest": good}]})
     assert preflight(ok, base, [tmp_path / "good"])[0].digest == good
-    no = parse_config({"model": model, "adapters": [{"name": "b", "uri": str(tmp_path / "bad"), "digest": bad}]})
+    no = parse_config({"cache_dir": str(tmp_path / "cache"), "model": model, "adapters": [{"name": "b", "uri": str(tmp_path / "bad"), "digest": bad}]})
     with pytest.raises(PreflightError, match=r"base_model_name_or_path 'meta-llama/Llama-3-8B' is not the served base"):
         preflight(no, base, [tmp_path / "bad"])
 

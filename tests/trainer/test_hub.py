@@ -184,3 +184,37 @@ def test_the_model_resolves_through_the_configured_cache(tmp_path: Path, monkeyp
                         "output": {"dir": "/o"}, "hub": {"cache_dir": str(tmp_path / "pvc")}})
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # any import would fail
     assert resolve_model_path(cfg, "/unused") == str(folder / "snapshots" / COMMIT)
+
+
+def test_a_hub_model_downloads_only_the_files_that_define_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SRV-3: no README, original/*.pth or onnx/ (Llama's original/ is 16 GB): allow_patterns
+    names the model's files; a repo without safetensors is fetched again for its PyTorch weights."""
+    import types
+
+    from tuneforge_trainer.storage import resolve_hf
+
+    calls: list[dict[str, Any]] = []
+
+    def snapshot_download(**kw: Any) -> str:
+        calls.append(kw)
+        snap = Path(kw["cache_dir"]) / "snap"
+        snap.mkdir(parents=True, exist_ok=True)
+        (snap / "config.json").write_text("{}")
+        if has_safetensors:
+            (snap / "model.safetensors").write_bytes(b"x")
+        return str(snap)
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setitem(sys.modules, "huggingface_hub", types.SimpleNamespace(snapshot_download=snapshot_download))
+    has_safetensors = True
+    resolve_hf("hf://org/m", cache_dir=str(tmp_path / "cache"))
+    [call] = calls
+    assert "*.safetensors" in call["allow_patterns"] and "config.json" in call["allow_patterns"]
+    assert not any(p in call["allow_patterns"] for p in ("*", "*.pth", "*.bin", "original/*"))
+    calls.clear()
+    has_safetensors = False
+    resolve_hf("hf://org/m", cache_dir=str(tmp_path / "cache2"))
+    assert len(calls) == 2 and "pytorch_model*.bin" in calls[1]["allow_patterns"]
+    calls.clear()
+    resolve_hf(f"hf://datasets/{REPO}", kind="dataset", cache_dir=str(tmp_path / "cache3"))
+    assert calls[0].get("allow_patterns") is None  # a dataset repo is all data

@@ -19,7 +19,7 @@ import pytest
 
 from tuneforge_trainer.config import parse_config
 from tuneforge_trainer.events import check_event
-from tuneforge_trainer.lineage import content_digest, manifest_files
+from tuneforge_trainer.lineage import base_model_digest, content_digest, manifest_files
 from tuneforge_trainer.summary import parse_summary
 
 SPECIAL = ["<unk>", "<pad>", "<|im_start|>", "<|im_end|>"]
@@ -105,7 +105,7 @@ def test_train_main_end_to_end(tiny_model: Path, tmp_path: Path, capsys: pytest.
     manifest = json.loads((out / "adapter" / "tuneforge.json").read_text())
     assert saved.adapter is not None and saved.adapter.digest == manifest["digest"]
     assert manifest["digest"] == content_digest(manifest_files(str(out / "adapter")))
-    assert saved.adapter.base_model.digest == content_digest(manifest_files(str(tiny_model)))
+    assert saved.adapter.base_model.digest == base_model_digest(str(tiny_model))
     assert manifest["lineage"]["baseModel"]["digest"] == saved.adapter.base_model.digest
     assert manifest["lineage"]["evaluation"]["accuracy"] == saved.accuracy
     assert saved.adapter.dataset is not None and saved.adapter.dataset.digest.startswith("sha256:")

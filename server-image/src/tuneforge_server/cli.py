@@ -2,7 +2,8 @@
 
     tuneforge-server launch    --config FILE   fetch, pre-flight, (merge,) then exec vLLM's OpenAI server
     tuneforge-server preflight --config FILE   fetch and pre-flight only
-    tuneforge-server probe     --config FILE   readiness: every configured model is listed (exec probe)
+    tuneforge-server probe     --config FILE   readiness: every configured model is listed (by hand; the
+                                               pod's probe is the lighter ``python -S -m tuneforge_server.probe``)
     tuneforge-server probe     --config FILE --liveness   /health answers
     tuneforge-server args      --config FILE   print the vLLM command line (paths as configured)
 
@@ -75,6 +76,13 @@ def pod_cpus(cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
     return max(1, min(cores, -(-int(quota) // int(period))))
 
 
+def write_ready_file(cfg: ServerConfig, mode: str, tmp: str | Path | None = None) -> Path:
+    """Tell the readiness probe what to check (see ``tuneforge_server.probe``)."""
+    from tuneforge_server import probe
+
+    return probe.write(cfg.port, served_names(cfg, mode), cfg.api_key_env, tmp)
+
+
 def prepare(cfg: ServerConfig) -> tuple[list[str], dict[str, str]]:
     """Fetch and pre-flight everything; the vLLM argv and environment to exec."""
     from tuneforge_server import headers
@@ -103,6 +111,7 @@ def prepare(cfg: ServerConfig) -> tuple[list[str], dict[str, str]]:
         Path(env[var]).mkdir(parents=True, exist_ok=True)
     served = [ServedAdapter(a.name, a.path, a.rank) for a in checked]
     argv = [sys.executable, "-m", VLLM_MODULE, *build_vllm_args(cfg, model_path, served, device, mode)]
+    write_ready_file(cfg, mode)
     log.info("Serving %s in %s mode on %s: %s", ", ".join(served_names(cfg, mode)), mode, device, " ".join(argv[3:]))
     return argv, env
 

@@ -54,8 +54,8 @@ def _valid_uri(v: str) -> str:
     return v
 
 
-class BaseModelSpec(_Strict):
-    """The base model every adapter runs on."""
+class _Source(_Strict):
+    """A folder to serve: where it is, its served name, its expected digest."""
 
     uri: str = Field(min_length=1, description="Hugging Face model folder: s3://bucket/prefix, pvc://claim/path, or a path in the pod.")
     name: str = Field(description="Served model name of the base (what clients put in 'model').")
@@ -81,7 +81,20 @@ class BaseModelSpec(_Strict):
         return v
 
 
-class AdapterSpec(BaseModelSpec):
+class BaseModelSpec(_Source):
+    """The base model every adapter runs on."""
+
+    accept_lineage_mismatch: bool = Field(
+        default=False,
+        description=(
+            "Serve adapters whose lineage names a different base (its digest over config, tokenizer and weights differs "
+            "from this folder's) with a warning instead of refusing them. The adapter then runs on weights it was not "
+            "trained on: its answers may be wrong without any error. For a base re-saved in another format or dtype."
+        ),
+    )
+
+
+class AdapterSpec(_Source):
     """One LoRA adapter served on the base (its served name is what clients ask for)."""
 
     uri: str = Field(min_length=1, description="PEFT adapter folder: s3://bucket/prefix, pvc://claim/path, or a path in the pod.")
@@ -121,7 +134,10 @@ class ServerConfig(_Strict):
     max_model_len: int | None = Field(default=None, ge=16, description="vLLM --max-model-len; None = the model's own.")
     max_lora_rank: int | None = Field(default=None, ge=1, le=512, description="Largest adapter rank allowed; None = the largest rank among the adapters (rounded up to one vLLM supports).")
     max_loras: int | None = Field(default=None, ge=1, description="Adapters resident per batch; None = the number of adapters.")
-    gpus: int = Field(default=1, ge=1, le=16, description="GPUs of the pod: vLLM --tensor-parallel-size (one pod uses all of its GPUs).")
+    gpus: int = Field(
+        default=1, ge=0, le=16,
+        description="GPUs of the pod: vLLM --tensor-parallel-size on cuda (one pod uses all of its GPUs); 0 serves on CPU (the cpu image), where tensor parallelism is not used.",
+    )
     gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1, description="vLLM --gpu-memory-utilization; None = vLLM's default.")
     enforce_eager: bool | None = Field(default=None, description="vLLM --enforce-eager (no CUDA graphs / compilation); None = on for cpu, off for cuda.")
     cpu_reserved_cores: int | None = Field(

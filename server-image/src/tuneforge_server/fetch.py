@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 
 from tuneforge_server.config import ServerConfig
@@ -19,6 +20,8 @@ from tuneforge_server.config import ServerConfig
 __all__ = ["FetchError", "fetch", "local_path", "s3_destination"]
 
 log = logging.getLogger(__name__)
+
+PARALLEL_FILES = 8
 
 
 class FetchError(RuntimeError):
@@ -59,6 +62,7 @@ def _fetch_s3(uri: str, dest: Path) -> Path:
     if not bucket or not prefix.strip("/"):
         raise FetchError(f"{uri}: needs s3://bucket/folder")
     client = _s3_client()
+    todo: list[tuple[str, Path]] = []
     count = 0
     try:
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix.rstrip("/") + "/"):
@@ -68,11 +72,20 @@ def _fetch_s3(uri: str, dest: Path) -> Path:
                     continue
                 count += 1
                 if target.is_file() and target.stat().st_size == obj["Size"]:
-                    continue  # already fetched (a restarted container keeps its emptyDir)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                part = target.with_name(target.name + ".part")
-                client.download_file(bucket, obj["Key"], str(part))
-                os.replace(part, target)
+                    continue  # already fetched (a restarted container keeps its cache volume)
+                todo.append((obj["Key"], target))
+
+        def download(key: str, target: Path) -> None:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            part = target.with_name(target.name + ".part")
+            client.download_file(bucket, key, str(part))
+            os.replace(part, target)
+
+        # A large model is many shards: several at a time (boto3 clients are thread-safe, and each
+        # file is itself a multipart download), not one after another.
+        with ThreadPoolExecutor(max_workers=PARALLEL_FILES) as pool:
+            for done in [pool.submit(download, key, target) for key, target in todo]:
+                done.result()
     except FetchError:
         raise
     except Exception as e:  # noqa: BLE001 - botocore's errors have no common base worth naming

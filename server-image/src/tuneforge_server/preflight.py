@@ -7,19 +7,28 @@ equals the expected one (``adapters[i].digest``, else the manifest's own); its r
 ``max_lora_rank``; and it was trained on this base (the manifest's lineage base digest against
 the served base's digest, or, for adapters without lineage, PEFT's ``base_model_name_or_path``
 against the base's URI and name). Each failure is one line naming the adapter and the field.
+
+The base's digest covers the files that define the model (``digest.base_digest``), so a mirror
+without the Hub snapshot's extras is the same base. Adapters from earlier trainers recorded the
+digest of every file of the base; a lineage (or ``model.digest``) that matches that instead is
+accepted too (computed only then). ``model.accept_lineage_mismatch`` turns a lineage mismatch
+into a warning, for a platform engineer who knows the base was only re-saved.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tuneforge_server.config import AdapterSpec, BaseModelSpec, ServerConfig
-from tuneforge_server.digest import MANIFEST_NAME, digest_of, file_entries, folder_digest, read_manifest
+from tuneforge_server.digest import MANIFEST_NAME, base_digest, digest_of, file_entries, folder_digest, read_manifest
 
-__all__ = ["CheckedAdapter", "PreflightError", "adapter_rank", "check_adapter", "check_base", "preflight"]
+__all__ = ["BaseDigest", "CheckedAdapter", "PreflightError", "adapter_rank", "check_adapter", "check_base", "preflight"]
+
+log = logging.getLogger(__name__)
 
 
 class PreflightError(RuntimeError):
@@ -48,16 +57,33 @@ def _short(digest: str | None) -> str:
     return (digest or "none")[:19]
 
 
-def check_base(spec: BaseModelSpec, folder: Path, need_digest: bool) -> str | None:
-    """The served base's content digest (computed when it is to be compared), checked against
-    ``model.digest`` when set."""
+class BaseDigest:
+    """The served base's digest (over the files that define the model) and, computed only when a
+    digest does not match it, the whole-folder digest earlier trainers recorded."""
+
+    def __init__(self, folder: Path, memo_dir: Path | None = None) -> None:
+        self.folder = folder
+        self.digest = base_digest(folder, memo_dir)
+        self._whole: str | None = None
+
+    def matches(self, expected: str) -> bool:
+        if expected == self.digest:
+            return True
+        if self._whole is None:
+            self._whole = folder_digest(self.folder)
+        return expected == self._whole
+
+
+def check_base(spec: BaseModelSpec, folder: Path, need_digest: bool, memo_dir: Path | None = None) -> BaseDigest | None:
+    """The served base's digest (computed when it is to be compared; remembered in ``memo_dir``
+    across container restarts), checked against ``model.digest`` when set."""
     if not (folder / "config.json").is_file():
         raise PreflightError(f"base model {spec.name} (model.uri {spec.uri}): no config.json in {folder}, not a Hugging Face model folder")
     if not (need_digest or spec.digest):
         return None
-    digest = folder_digest(folder)
-    if spec.digest and digest != spec.digest:
-        raise PreflightError(f"base model {spec.name}: content digest {_short(digest)} differs from model.digest {_short(spec.digest)}")
+    digest = BaseDigest(folder, memo_dir)
+    if spec.digest and not digest.matches(spec.digest):
+        raise PreflightError(f"base model {spec.name}: content digest {_short(digest.digest)} differs from model.digest {_short(spec.digest)}")
     return digest
 
 
@@ -76,22 +102,24 @@ def _check_files(spec: AdapterSpec, where: str, manifest: dict[str, Any] | None,
             )
 
 
-def _check_base_match(spec: AdapterSpec, where: str, base: BaseModelSpec, base_digest: str | None, lineage: dict[str, Any], peft_base: str | None) -> None:
+def _check_base_match(spec: AdapterSpec, where: str, base: BaseModelSpec, served: BaseDigest | None, lineage: dict[str, Any], peft_base: str | None) -> None:
     trained_on = lineage.get("baseModel") or {}
-    if trained_on.get("digest") and base_digest:
-        if trained_on["digest"] != base_digest:
-            raise PreflightError(
-                f"adapter {spec.name} ({where}): trained on base {trained_on.get('uri')} ({_short(trained_on['digest'])}), "
-                f"but model.uri {base.uri} is {_short(base_digest)}"
-            )
-        return
-    if peft_base:
+    problem = None
+    if trained_on.get("digest") and served is not None:
+        if not served.matches(trained_on["digest"]):
+            problem = (f"adapter {spec.name} ({where}): trained on base {trained_on.get('uri')} ({_short(trained_on['digest'])}), "
+                       f"but model.uri {base.uri} is {_short(served.digest)}")
+    elif peft_base:
         known = {base.uri, base.name, base.uri.removeprefix("hf://")}
         if peft_base not in known and Path(peft_base).name not in {Path(k).name for k in known}:
-            raise PreflightError(
-                f"adapter {spec.name} ({where}): adapter_config.json base_model_name_or_path {peft_base!r} "
-                f"is not the served base (model.uri {base.uri}, model.name {base.name})"
-            )
+            problem = (f"adapter {spec.name} ({where}): adapter_config.json base_model_name_or_path {peft_base!r} "
+                       f"is not the served base (model.uri {base.uri}, model.name {base.name})")
+    if problem is None:
+        return
+    if base.accept_lineage_mismatch:
+        log.warning("Serving %s anyway: model.accept_lineage_mismatch is set (the adapter runs on weights it was not trained on)", problem)
+        return
+    raise PreflightError(f"{problem}; if this base is the same model re-saved, set model.accept_lineage_mismatch (ModelServe spec.baseModel.acceptLineageMismatch)")
 
 
 def check_adapter(spec: AdapterSpec, index: int, folder: Path, max_rank: int | None) -> CheckedAdapter:
@@ -134,7 +162,7 @@ def preflight(cfg: ServerConfig, base_folder: Path, adapter_folders: list[Path])
         for i, (spec, folder) in enumerate(zip(cfg.adapters, adapter_folders, strict=True))
     ]
     need_base_digest = any((a.lineage.get("baseModel") or {}).get("digest") for a in checked)
-    base_digest = check_base(cfg.model, base_folder, need_base_digest)
+    served = check_base(cfg.model, base_folder, need_base_digest, Path(cfg.cache_dir))
     for i, (spec, a) in enumerate(zip(cfg.adapters, checked, strict=True)):
-        _check_base_match(spec, f"adapters[{i}]", cfg.model, base_digest, a.lineage, a.peft_base)
+        _check_base_match(spec, f"adapters[{i}]", cfg.model, served, a.lineage, a.peft_base)
     return checked

@@ -8,8 +8,13 @@ code; tests/server/test_digest.py checks that both compute the same digest):
 
     digest = "sha256:" + sha256(canonical JSON of [{"path", "sha256", "size"}, ...] sorted by path)
 
-over every regular file of the folder except the manifest itself and hidden files. No torch
-import: the operator may import this module.
+over every regular file of the folder except the manifest itself and hidden files. The base
+model's digest in the lineage (``base_model_digest``) is the same format over the files that
+define the model only: the top-level config, generation config, tokenizer files and weights
+(``*.safetensors`` and their index; ``pytorch_model*.bin`` when there is no safetensors file).
+A mirror of the base without the Hub snapshot's README, ``original/*.pth`` or ``onnx/`` is the
+same base; the server computes it by the same rule (tests/server/test_server_digest.py). No
+torch import: the operator may import this module.
 """
 
 from __future__ import annotations
@@ -18,12 +23,23 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable
+from fnmatch import fnmatch
 from typing import Any
 
-__all__ = ["MANIFEST_API_VERSION", "MANIFEST_NAME", "content_digest", "digest_rows", "manifest_files", "write_manifest"]
+__all__ = [
+    "BASE_MODEL_PATTERNS", "MANIFEST_API_VERSION", "MANIFEST_NAME", "SAFETENSORS_PATTERNS", "TORCH_WEIGHT_PATTERNS",
+    "base_model_digest", "base_model_files", "content_digest", "digest_rows", "manifest_files", "write_manifest",
+]
 
 MANIFEST_NAME = "tuneforge.json"
 MANIFEST_API_VERSION = "tuneforge.dev/adapter-manifest/v1"
+# The files that define a base model besides its weights (top-level names, fnmatch patterns).
+BASE_MODEL_PATTERNS = (
+    "config.json", "generation_config.json", "tokenizer*", "special_tokens_map.json", "added_tokens.json",
+    "vocab.*", "merges.txt", "chat_template.*",
+)
+SAFETENSORS_PATTERNS = ("*.safetensors", "*.safetensors.index.json")
+TORCH_WEIGHT_PATTERNS = ("pytorch_model*.bin", "pytorch_model*.bin.index.json")
 
 
 def _file_sha256(path: str) -> str:
@@ -47,6 +63,21 @@ def manifest_files(folder: str) -> list[dict[str, Any]]:
             out.append({"path": rel, "sha256": _file_sha256(full), "size": os.path.getsize(full)})
     out.sort(key=lambda e: str(e["path"]))
     return out
+
+
+def base_model_files(folder: str) -> list[dict[str, Any]]:
+    """The files that define the base model in ``folder`` (see the module docstring), as
+    ``manifest_files`` lists them."""
+    names = [n for n in os.listdir(folder) if not n.startswith(".") and os.path.isfile(os.path.join(folder, n))]
+    weights = SAFETENSORS_PATTERNS if any(fnmatch(n, "*.safetensors") for n in names) else TORCH_WEIGHT_PATTERNS
+    patterns = (*BASE_MODEL_PATTERNS, *weights)
+    chosen = sorted(n for n in names if any(fnmatch(n, p) for p in patterns))
+    return [{"path": n, "sha256": _file_sha256(os.path.join(folder, n)), "size": os.path.getsize(os.path.join(folder, n))} for n in chosen]
+
+
+def base_model_digest(folder: str) -> str:
+    """The base model's digest recorded in an adapter's lineage."""
+    return content_digest(base_model_files(folder))
 
 
 def content_digest(files: list[dict[str, Any]]) -> str:

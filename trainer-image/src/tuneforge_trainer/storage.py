@@ -16,7 +16,10 @@ import os
 import shutil
 from pathlib import Path
 
+from tuneforge_trainer.lineage import BASE_MODEL_PATTERNS, SAFETENSORS_PATTERNS, TORCH_WEIGHT_PATTERNS
+
 __all__ = [
+    "HUB_MODEL_PATTERNS",
     "StorageError",
     "download_s3",
     "hf_cache_dir",
@@ -31,6 +34,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# What a model repo download takes: the files its lineage digest covers (safetensors weights).
+HUB_MODEL_PATTERNS = (*BASE_MODEL_PATTERNS, *SAFETENSORS_PATTERNS)
 
 
 class StorageError(RuntimeError):
@@ -89,12 +95,16 @@ def resolve_hf(
     from huggingface_hub import snapshot_download
 
     log.info("Fetching %s@%s from the hub into %s", uri, rev, cache)
-    return str(
-        snapshot_download(
-            repo_id=repo, revision=rev, repo_type=kind, token=os.environ.get(token_env) or None,
-            cache_dir=str(cache),
-        )
-    )
+    token = os.environ.get(token_env) or None
+    # A model repo: only the files that define the model (a Llama repo's original/*.pth alone is
+    # 16 GB); a dataset repo is all data.
+    patterns = list(HUB_MODEL_PATTERNS) if kind == "model" else None
+    snap = snapshot_download(repo_id=repo, revision=rev, repo_type=kind, token=token, cache_dir=str(cache), allow_patterns=patterns)
+    if patterns and not any(p.suffix == ".safetensors" for p in Path(snap).iterdir()):
+        log.info("%s has no safetensors weights; fetching its PyTorch weights", uri)
+        snap = snapshot_download(repo_id=repo, revision=rev, repo_type=kind, token=token, cache_dir=str(cache),
+                                 allow_patterns=[*BASE_MODEL_PATTERNS, *TORCH_WEIGHT_PATTERNS])
+    return str(snap)
 
 
 def split_s3(uri: str) -> tuple[str, str]:

@@ -27,7 +27,7 @@ from tuneforge_trainer.data import (
     render_prompt,
     stratified_sample,
 )
-from tuneforge_trainer.lineage import content_digest, digest_rows, manifest_files, write_manifest
+from tuneforge_trainer.lineage import base_model_digest, digest_rows, write_manifest
 from tuneforge_trainer.progress import ProgressReporter, is_rank_zero
 from tuneforge_trainer.storage import StorageError, join_uri, upload_dir
 from tuneforge_trainer.summary import (
@@ -319,7 +319,7 @@ def _write_lineage(
     ev: dict[str, Any] | None, baselines: dict[str, dict[str, Any]],
 ) -> AdapterVersion:
     """Write the adapter's manifest (files, content digest, lineage); return its version."""
-    base = SourceRef(uri=cfg.model.source, digest=content_digest(manifest_files(model_path)) if os.path.isdir(model_path) else None)
+    base = SourceRef(uri=cfg.model.source, digest=base_model_digest(model_path) if os.path.isdir(model_path) else None)
     rows = [{"text": e.text, "target": e.target} for e in (*data.train, *data.validation, *data.eval)]
     dataset = SourceRef(uri=cfg.dataset.source, digest=digest_rows(rows))
     evaluation = {

@@ -73,7 +73,8 @@ def color_plan(ctx: ServeContext, spec: ModelServeSpec, color: str, version: Ser
     return ServerPlan(
         name=color_name(ctx.name, color), namespace=ctx.namespace, image=ctx.image,
         base_uri=version.base_uri, base_name=f"{ctx.name}-base", base_digest=version.base_digest,
-        adapters=version.adapters,
+        accept_lineage_mismatch=spec.accept_lineage_mismatch, adapters=version.adapters,
+        cache=spec.cache, startup_budget_seconds=spec.startup_budget_seconds,
         mode=spec.mode, replicas=replicas, gpus=spec.gpus, cpu=spec.cpu, memory=spec.memory,
         max_model_len=spec.max_model_len,
         api_key=spec.api_key,

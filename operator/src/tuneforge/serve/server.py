@@ -5,7 +5,9 @@ The launcher config is the server image's contract (``tuneforge_server.config.Se
 snake_case YAML); tests/server feeds this module's output through that parser. Pods run the
 image's launcher, which fetches and pre-flights the weights and execs vLLM:
 
-- readiness: ``tuneforge-server probe`` (exec; passes only when every adapter is listed);
+- readiness: ``python -S -m tuneforge_server.probe`` (exec, standard library only: passes only
+  when every adapter is listed; 10 s per try and three misses, so a busy CPU server is not
+  marked NotReady exactly when it is busiest);
 - startup: ``/health`` with a budget for fetching, merging and loading the model;
 - liveness: ``/health``;
 - draining: a preStop sleep (endpoints drop the pod first), then SIGTERM; vLLM refuses new
@@ -22,7 +24,7 @@ from typing import Any
 import yaml
 
 from ..labels import LABEL_INSTANCE, child_labels
-from .spec import AdapterSource, SecretKeyRef
+from .spec import AdapterSource, CacheSpec, SecretKeyRef
 
 __all__ = ["ServerPlan", "build_config_map", "build_deployment", "build_service", "render_server_config", "secret_env"]
 
@@ -34,6 +36,7 @@ API_KEY_ENV = "TUNEFORGE_API_KEY"
 PORT = 8000
 RUN_AS = 65532
 CONTAINER = "server"
+GPU_RESOURCE = "nvidia.com/gpu"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +50,7 @@ class ServerPlan:
     base_name: str
     adapters: tuple[AdapterSource, ...] = ()
     base_digest: str | None = None
+    accept_lineage_mismatch: bool = False
     mode: str = "auto"
     replicas: int = 1
     gpus: int = 1
@@ -61,6 +65,7 @@ class ServerPlan:
     drain_seconds: int = 30
     pre_stop_seconds: int = 5
     startup_budget_seconds: int = 900
+    cache: CacheSpec = CacheSpec()
     node_selector: dict[str, str] = dataclasses.field(default_factory=dict)
     tolerations: tuple[dict[str, Any], ...] = ()
     labels: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -80,6 +85,8 @@ def render_server_config(plan: ServerPlan) -> dict[str, Any]:
     model: dict[str, Any] = {"uri": plan.base_uri, "name": plan.base_name}
     if plan.base_digest:
         model["digest"] = plan.base_digest
+    if plan.accept_lineage_mismatch:
+        model["accept_lineage_mismatch"] = True
     cfg: dict[str, Any] = {
         "api_version": "tuneforge.dev/server-config/v1",
         "model": model,
@@ -137,11 +144,23 @@ def _pvc_claims(plan: ServerPlan) -> list[str]:
 
 
 def _resources(plan: ServerPlan) -> dict[str, Any]:
-    requests = {k: v for k, v in {"cpu": plan.cpu, "memory": plan.memory}.items() if v}
-    limits: dict[str, Any] = {"nvidia.com/gpu": str(plan.gpus)}
+    # An emptyDir cache of a known size is node disk the scheduler must count.
+    disk = plan.cache.size if plan.cache.volume == "emptyDir" else None
+    requests = {k: v for k, v in {"cpu": plan.cpu, "memory": plan.memory, "ephemeral-storage": disk}.items() if v}
+    # gpus: 0 is CPU serving: no GPU limit, so the pod never waits for (or holds) a GPU.
+    limits: dict[str, Any] = {GPU_RESOURCE: str(plan.gpus)} if plan.gpus else {}
     if plan.memory:
         limits["memory"] = plan.memory
-    return {"requests": requests, "limits": limits} if requests else {"limits": limits}
+    return {k: v for k, v in {"requests": requests, "limits": limits}.items() if v}
+
+
+def _cache_volume(cache: CacheSpec) -> dict[str, Any]:
+    if cache.volume == "ephemeral":
+        claim: dict[str, Any] = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": cache.size}}}
+        if cache.storage_class:
+            claim["storageClassName"] = cache.storage_class
+        return {"name": "cache", "ephemeral": {"volumeClaimTemplate": {"spec": claim}}}
+    return {"name": "cache", "emptyDir": {"sizeLimit": cache.size} if cache.size else {}}
 
 
 def pod_spec(plan: ServerPlan, restart_policy: str = "Always") -> dict[str, Any]:
@@ -162,7 +181,8 @@ def pod_spec(plan: ServerPlan, restart_policy: str = "Always") -> dict[str, Any]
             "env": _env(plan),
             "ports": [{"name": "http", "containerPort": PORT}],
             "startupProbe": {**health, "periodSeconds": 5, "failureThreshold": max(1, plan.startup_budget_seconds // 5)},
-            "readinessProbe": {"exec": {"command": ["tuneforge-server", "probe", "--config", config_path]}, "periodSeconds": 3, "timeoutSeconds": 5},
+            "readinessProbe": {"exec": {"command": ["python", "-S", "-m", "tuneforge_server.probe", "--timeout", "8"]},
+                               "periodSeconds": 5, "timeoutSeconds": 10, "failureThreshold": 3},
             "livenessProbe": {**health, "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 6},
             "lifecycle": {"preStop": {"sleep": {"seconds": plan.pre_stop_seconds}}},
             "resources": _resources(plan),
@@ -177,7 +197,7 @@ def pod_spec(plan: ServerPlan, restart_policy: str = "Always") -> dict[str, Any]
         }],
         "volumes": [
             {"name": "config", "configMap": {"name": plan.config_name or plan.name}},
-            {"name": "cache", "emptyDir": {}},
+            _cache_volume(plan.cache),
             {"name": "tmp", "emptyDir": {}},
             {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}},
             *({"name": f"pvc-{c}", "persistentVolumeClaim": {"claimName": c, "readOnly": True}} for c in claims),
@@ -185,8 +205,10 @@ def pod_spec(plan: ServerPlan, restart_policy: str = "Always") -> dict[str, Any]
     }
     if plan.node_selector:
         spec["nodeSelector"] = dict(plan.node_selector)
-    tolerations = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}, *plan.tolerations]
-    spec["tolerations"] = tolerations
+    # Only GPU servers tolerate the GPU taint: a CPU server must not take a GPU node's CPUs.
+    gpu = [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}] if plan.gpus else []
+    if gpu or plan.tolerations:
+        spec["tolerations"] = [*gpu, *plan.tolerations]
     return spec
 
 

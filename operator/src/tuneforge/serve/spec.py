@@ -20,7 +20,7 @@ import re
 from typing import Any, Mapping
 
 __all__ = [
-    "AdapterSource", "GateSpec", "HpaSpec", "InferencePoolSpec", "ModelServeSpec", "RolloutSpec", "S3Spec",
+    "AdapterSource", "CacheSpec", "GateSpec", "HpaSpec", "InferencePoolSpec", "ModelServeSpec", "RolloutSpec", "S3Spec",
     "SecretKeyRef", "SpecError", "parse_spec",
 ]
 
@@ -34,6 +34,9 @@ K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 BASE_SCHEMES = ("s3://", "pvc://", "/")
 ADAPTER_SCHEMES = ("s3://", "pvc://", "/")
 DOT_DOT = re.compile(r"(^|/)[.][.](/|$)")
+# A positive Kubernetes quantity in bytes (the CRD's isQuantity rule is the authority).
+QUANTITY = re.compile(r"^([0-9]+(\.[0-9]+)?|\.[0-9]+)([EPTGMK]i?|[kmun]|[eE][0-9]+)?$")
+CACHE_VOLUMES = ("emptyDir", "ephemeral")
 
 
 class SpecError(ValueError):
@@ -116,6 +119,21 @@ class InferencePoolSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class CacheSpec:
+    """Where a server pod keeps the fetched (and merged) weights.
+
+    ``emptyDir`` is the node's disk: ``size`` becomes its sizeLimit and the pod's
+    ``ephemeral-storage`` request, so the scheduler counts the weights. ``ephemeral`` is a
+    generic ephemeral volume: a PersistentVolumeClaim of ``size`` per pod (``storage_class``),
+    created and deleted with the pod. Not a claim shared by pods: their launchers would write the
+    same folders at once."""
+
+    volume: str = "emptyDir"
+    size: str | None = None
+    storage_class: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class S3Spec:
     """The object store of every s3:// URI the ModelServe reads (as a FineTuneJob's ``spec.s3``).
     Unset, s3:// reads use the pods' ambient credentials (an IAM role for the service account)."""
@@ -139,6 +157,8 @@ class ModelServeSpec:
     """With a FineTuneJob: where to fetch the base from instead of its lineage's URI (a hf:// base
     must be mirrored: nothing downloads from a hub at start); with explicit adapters: required."""
     base_model_digest: str | None = None
+    accept_lineage_mismatch: bool = False
+    """Serve adapters whose lineage names another base (a warning, not a refusal)."""
     adapters: tuple[AdapterSource, ...] = ()
     mode: str = "auto"
     replicas: int = 1
@@ -155,6 +175,9 @@ class ModelServeSpec:
     node_selector: tuple[tuple[str, str], ...] = ()
     """Node labels the server pods require (pairs, so the spec stays hashable)."""
     tolerations: tuple[Mapping[str, Any], ...] = ()
+    cache: CacheSpec = CacheSpec()
+    startup_budget_seconds: int = 900
+    """How long a pod may take to fetch, check, merge and load the model before it is restarted."""
 
     @property
     def served_name(self) -> str:
@@ -293,6 +316,23 @@ def _s3(raw: Mapping[str, Any] | None, path: str) -> S3Spec | None:
     return S3Spec(access, secret, endpoint, _get(raw, "region", path, str))
 
 
+def _cache(raw: Mapping[str, Any] | None, path: str) -> CacheSpec:
+    if raw is None:
+        return CacheSpec()
+    volume = _get(raw, "volume", path, str, "emptyDir")
+    if volume not in CACHE_VOLUMES:
+        raise SpecError(f"{path}.volume", f"must be one of {', '.join(CACHE_VOLUMES)}, not {volume!r}")
+    size = _get(raw, "size", path, str)
+    if size is None and volume == "ephemeral":
+        raise SpecError(f"{path}.size", "is required for an ephemeral volume (the claim's storage request)")
+    if size is not None and not QUANTITY.match(size):
+        raise SpecError(f"{path}.size", f"must be a Kubernetes quantity, e.g. 200Gi, not {size!r}")
+    storage_class = _get(raw, "storageClassName", path, str)
+    if storage_class is not None and volume != "ephemeral":
+        raise SpecError(f"{path}.storageClassName", "applies to volume: ephemeral only")
+    return CacheSpec(volume, size, storage_class)
+
+
 def _scheduling(raw: Mapping[str, Any] | None, path: str) -> tuple[tuple[tuple[str, str], ...], tuple[Mapping[str, Any], ...]]:
     raw = raw or {}
     selector = _obj(raw, "nodeSelector", path) or {}
@@ -382,4 +422,7 @@ def parse_spec(raw: Mapping[str, Any]) -> ModelServeSpec:
         rollout=rollout, hpa=_hpa(_obj(raw, "hpa", path), f"{path}.hpa", replicas),
         inference_pool=_pool(_obj(raw, "inferencePool", path), f"{path}.inferencePool"),
         s3=s3, node_selector=node_selector, tolerations=tolerations,
+        accept_lineage_mismatch=bool(_get(base, "acceptLineageMismatch", f"{path}.baseModel", bool, False)) if base is not None else False,
+        cache=_cache(_obj(raw, "cache", path), f"{path}.cache"),
+        startup_budget_seconds=_int(raw, "startupBudgetSeconds", path, 900, 60, 86_400) or 900,
     )
