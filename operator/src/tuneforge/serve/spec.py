@@ -19,9 +19,11 @@ import dataclasses
 import re
 from typing import Any, Mapping
 
+from ..endpoint_secrets import EndpointSecret
+
 __all__ = [
     "AdapterSource", "GateSpec", "HpaSpec", "InferencePoolSpec", "ModelServeSpec", "RolloutSpec", "S3Spec",
-    "SecretKeyRef", "SpecError", "parse_spec",
+    "SecretKeyRef", "SpecError", "endpoint_secrets", "parse_spec",
 ]
 
 MODES = ("auto", "lora", "merged")
@@ -383,3 +385,11 @@ def parse_spec(raw: Mapping[str, Any]) -> ModelServeSpec:
         inference_pool=_pool(_obj(raw, "inferencePool", path), f"{path}.inferencePool"),
         s3=s3, node_selector=node_selector, tolerations=tolerations,
     )
+
+
+def endpoint_secrets(spec: ModelServeSpec) -> list[EndpointSecret]:
+    """The Secrets the spec sends to an endpoint the user chose (they must opt in for it)."""
+    if spec.s3 is None or not spec.s3.endpoint:
+        return []
+    return [EndpointSecret(f"spec.s3.{field}", ref.name, "spec.s3.endpoint", spec.s3.endpoint)
+            for field, ref in (("accessKeyIdSecretRef", spec.s3.access_key), ("secretAccessKeySecretRef", spec.s3.secret_key))]
