@@ -85,3 +85,35 @@ def test_blocking_owner_reference_needs_finalizers_update(cluster: Any, namespac
     finally:
         for sa in roles:
             cluster.kubectl("delete", "clusterrole", f"t-{namespace}-{sa}"[:63], check=False)
+
+
+def test_secret_not_opted_in_is_never_sent_to_a_user_chosen_endpoint(cluster: Any, namespace: str, run_operator: Any,
+                                                                     standin_image: str, tmp_path: Any) -> None:
+    """Review OP-2 on the apiserver, with exactly the operator's ClusterRole: a FineTuneJob that
+    sends a Secret to its own openai url waits with SecretNotAllowed (condition and Event) and
+    creates no Job; once the Secret's owner opts it in for that host, the run starts."""
+    from operator_helpers import least_privilege_kubeconfig, pvc_manifest
+    from test_operator_cluster import _events, _ftj
+    from tuneforge_localcluster.testing import wait_for
+
+    with least_privilege_kubeconfig(cluster, namespace, tmp_path) as kubeconfig:
+        op = run_operator(TUNEFORGE_TRAINER_IMAGE=standin_image, KUBECONFIG_OVERRIDE=str(kubeconfig),
+                          TUNEFORGE_RETRY_DELAY="1", TUNEFORGE_RETRY_MAX_DELAY="2")
+        cluster.apply([pvc_manifest(), {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db-password"},
+                                        "stringData": {"password": "hunter2"}}], namespace)
+        cluster.apply(ftj_manifest("deputy", evaluation={"baselines": [
+            {"type": "openai", "url": "https://attacker.example/v1", "model": "m",
+             "apiKeySecretRef": {"name": "db-password", "key": "password"}}]}), namespace)
+        wait_for("SecretNotAllowed", lambda: (_ftj(cluster, namespace, "deputy").get("status") or {}).get("reason")
+                 == "SecretNotAllowed", 60, 0.5, op.log)
+        st = _ftj(cluster, namespace, "deputy")["status"]
+        found = {c["type"]: c for c in st["conditions"]}["DependenciesFound"]
+        assert found["status"] == "False" and "'db-password'" in found["message"] and "attacker.example" in found["message"]
+        assert st["message"].startswith("spec.evaluation.baselines[openai].apiKeySecretRef: Secret 'db-password'"), st
+        wait_for("the Event", lambda: "Pending" in _events(cluster, namespace, "deputy"), 30, 1)
+        assert "SecretNotAllowed" in cluster.describe("finetunejob", "deputy", namespace)
+        assert cluster.list("jobs", namespace) == [] and cluster.list("pods", namespace) == []
+        cluster.kubectl("annotate", "secret", "db-password", "-n", namespace,
+                        "tuneforge.dev/allowed-endpoints=attacker.example")
+        wait_for("validation Job once opted in", lambda: cluster.list("jobs", namespace), 60, 0.5, op.log)
+        assert "Forbidden" not in op.log() and "403" not in op.log()

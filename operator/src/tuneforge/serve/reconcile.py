@@ -2,7 +2,8 @@
 
 The thin, writing half of the room; every decision is plan.py's. One pass:
 
-1. parse the spec (an invalid one is a ``Failed`` status naming the field; nothing is touched);
+1. parse the spec (an invalid one is a ``Failed`` status naming the field; nothing is touched;
+   so is an ``s3.endpoint`` whose key Secrets have not opted in for it, see endpoint_secrets);
 2. read the children this ModelServe controls (color Deployments, Services, gate Jobs) from
    ``Runtime.children`` — Kopf's indexes in the operator, no list calls — with a finished gate
    pod's termination message (read once per gate Job), and the followed FineTuneJob's status as
