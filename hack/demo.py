@@ -142,6 +142,9 @@ def run(c: Cluster, manifest: Path = MANIFEST, timeout: float = 3600) -> dict:
     c.kubectl("create", "secret", "generic", "tuneforge-demo-s3", "-n", NAMESPACE,
               f"--from-literal=access-key-id={components.S3_ACCESS_KEY}",
               f"--from-literal=secret-access-key={components.S3_SECRET_KEY}", check=False)
+    # The examples send it to the local S3 endpoint: the Secret opts in for that host (README: Secrets).
+    c.kubectl("annotate", "--overwrite", "secret", "tuneforge-demo-s3", "-n", NAMESPACE,
+              "tuneforge.dev/allowed-endpoints=s3.tuneforge-system.svc.cluster.local")
     name = yaml.safe_load(manifest.read_text())["metadata"]["name"]
     # A fresh run each time: a finished job is only re-run by a spec change (a new revision).
     c.kubectl("delete", "finetunejob", name, "-n", NAMESPACE, "--ignore-not-found", "--wait=true", timeout=120)

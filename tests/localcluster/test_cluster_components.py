@@ -24,7 +24,7 @@ def _flags(args: list[str]) -> dict[str, str]:
     ("builder", "flag", "value"),
     [
         (components.apiserver_args, "authorization-mode", "Node,RBAC"),
-        (components.apiserver_args, "enable-admission-plugins", "NodeRestriction"),
+        (components.apiserver_args, "enable-admission-plugins", "NodeRestriction,OwnerReferencesPermissionEnforcement"),
         (components.apiserver_args, "kubelet-preferred-address-types", "InternalIP"),
         (components.apiserver_args, "advertise-address", "192.0.2.2"),
         (components.apiserver_args, "anonymous-auth", "false"),

@@ -16,7 +16,8 @@ API_KEY = "tuneforge-test-key"
 
 def secrets() -> list[dict[str, Any]]:
     return [
-        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3"},
+        {"apiVersion": "v1", "kind": "Secret",
+         "metadata": {"name": "s3", "annotations": {"tuneforge.dev/allowed-endpoints": "s3.tuneforge-system.svc.cluster.local"}},
          "stringData": {"access-key-id": components.S3_ACCESS_KEY, "secret-access-key": components.S3_SECRET_KEY}},
         {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "api-key"}, "stringData": {"key": API_KEY}},
     ]

@@ -58,7 +58,9 @@ def apiserver_args(s: Settings, bins: dict[str, Path]) -> list[str]:
         f"--service-account-signing-key-file={pki / 'sa.key'}",
         "--authorization-mode=Node,RBAC",
         "--anonymous-auth=false",
-        "--enable-admission-plugins=NodeRestriction",
+        # As OpenShift and hardened clusters: setting blockOwnerDeletion needs update on the
+        # owner's finalizers, so a missing RBAC rule for it shows here, not only in production.
+        "--enable-admission-plugins=NodeRestriction,OwnerReferencesPermissionEnforcement",
         f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
         f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
         f"--kubelet-certificate-authority={pki / 'ca.crt'}",

@@ -21,7 +21,7 @@ from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
 from lightkube.resources.batch_v1 import Job
-from lightkube.resources.core_v1 import ConfigMap, PersistentVolumeClaim, Pod, Service
+from lightkube.resources.core_v1 import ConfigMap, PersistentVolumeClaim, Pod, Secret, Service
 from lightkube.resources.policy_v1 import PodDisruptionBudget
 from lightkube.resources.scheduling_v1 import PriorityClass
 from lightkube.types import CascadeType, PatchType
@@ -146,6 +146,17 @@ class Kube:
                 return None
             raise
         return set(cm.data or {}) | set(cm.binaryData or {})
+
+    async def secret_annotations(self, namespace: str, name: str) -> dict[str, str] | None:
+        """A Secret's annotations (its opt-in for user-chosen endpoints), or None when it does
+        not exist. Only the annotations leave this method; the values are never kept or logged."""
+        try:
+            secret = await self._call(self._client.get, Secret, name, namespace=namespace)
+        except ApiError as exc:
+            if exc.status.code == 404:
+                return None
+            raise
+        return dict((secret.metadata.annotations if secret.metadata else None) or {})
 
     async def priority_class_exists(self, name: str) -> bool:
         return await self._exists(PriorityClass, name)

@@ -25,7 +25,8 @@ from .builders.job import build_summary_job, build_trainer_job, build_validate_j
 from .builders.names import Owner, config_map_name, summary_job_name, train_job_name, validate_job_name
 from .plan import Action, plan
 from .progress import Progress
-from .spec import FineTuneJobSpec, config_map_sources, parse_spec, pvc_claims, spec_hash
+from ..endpoint_secrets import refusal
+from .spec import FineTuneJobSpec, config_map_sources, endpoint_secrets, parse_spec, pvc_claims, spec_hash
 from .status import (
     FAILED, PENDING, PHASES, READING_SUMMARY, SUCCEEDED, TERMINAL, Observed, compute_status, decide_revision,
     job_finished, status_changed,
@@ -136,6 +137,11 @@ async def preflight(kube: Kube, namespace: str, spec: FineTuneJobSpec) -> tuple[
             return "ConfigMapNotFound", f"{field}: ConfigMap {name!r} not found in namespace {namespace}"
         if key not in keys:
             return "ConfigMapKeyNotFound", f"{field}: ConfigMap {name!r} has no key {key!r}"
+    for ref in endpoint_secrets(spec):
+        # Before any pod exists: a pod would send the value to the endpoint (review OP-2).
+        refused = refusal(ref, await kube.secret_annotations(namespace, ref.secret), namespace)
+        if refused:
+            return refused
     if spec.priority_class_name and not await kube.priority_class_exists(spec.priority_class_name):
         return "PriorityClassNotFound", f"spec.scheduling.priorityClassName: PriorityClass {spec.priority_class_name!r} not found"
     return None

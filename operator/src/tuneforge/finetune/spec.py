@@ -15,6 +15,8 @@ import hashlib
 import json
 from typing import Any, Mapping
 
+from ..endpoint_secrets import EndpointSecret
+
 
 @dataclasses.dataclass(frozen=True)
 class SecretKeyRef:
@@ -245,6 +247,18 @@ def config_map_sources(spec: FineTuneJobSpec) -> list[tuple[str, str, str]]:
         if uri and uri.startswith("configmap://"):
             name, _, key = uri[len("configmap://"):].partition("/")
             out.append((field, name, key))
+    return out
+
+
+def endpoint_secrets(spec: FineTuneJobSpec) -> list[EndpointSecret]:
+    """The Secrets the spec sends to an endpoint the user chose (they must opt in for it)."""
+    out = [EndpointSecret("spec.evaluation.baselines[openai].apiKeySecretRef", b.api_key.name,
+                          "spec.evaluation.baselines[openai].url", b.url)
+           for b in spec.baselines or () if b.api_key and b.url]
+    if spec.s3_endpoint:
+        out += [EndpointSecret(f"spec.s3.{field}", ref.name, "spec.s3.endpoint", spec.s3_endpoint)
+                for field, ref in (("accessKeyIdSecretRef", spec.s3_access_key), ("secretAccessKeySecretRef", spec.s3_secret_key))
+                if ref]
     return out
 
 

@@ -12,6 +12,7 @@ import dataclasses
 import datetime as dt
 from typing import Any, Mapping, Sequence
 
+from ..endpoint_secrets import SECRET_NOT_ALLOWED, SECRET_NOT_FOUND
 from .gate import evaluate_gate
 from .progress import Progress
 from .builders.job import COMPLETION_INDEX_ANNOTATION as COMPLETION_INDEX, CONTAINER
@@ -30,7 +31,7 @@ FORWARD = (PENDING, VALIDATING, QUEUED, RUNNING, EVALUATING)
 # Reasons of a revision that waits for (then fails on) something the spec names but the cluster
 # lacks; all of them can appear moments later with GitOps.
 DEPENDENCY_REASONS = ("PersistentVolumeClaimNotFound", "ConfigMapNotFound", "ConfigMapKeyNotFound",
-                      "PriorityClassNotFound", "CreateContainerConfigError")
+                      "PriorityClassNotFound", "CreateContainerConfigError", SECRET_NOT_FOUND, SECRET_NOT_ALLOWED)
 
 Obj = Mapping[str, Any]
 

@@ -2,7 +2,8 @@
 
 The thin, writing half of the room; every decision is plan.py's. One pass:
 
-1. parse the spec (an invalid one is a ``Failed`` status naming the field; nothing is touched);
+1. parse the spec (an invalid one is a ``Failed`` status naming the field; nothing is touched;
+   so is an ``s3.endpoint`` whose key Secrets have not opted in for it, see endpoint_secrets);
 2. read the children this ModelServe controls (color Deployments, Services, gate Jobs) from
    ``Runtime.children`` — Kopf's indexes in the operator, no list calls — with a finished gate
    pod's termination message (read once per gate Job), and the followed FineTuneJob's status as
@@ -27,6 +28,7 @@ import logging
 from typing import Any, Callable, Iterable, Mapping
 
 
+from ..endpoint_secrets import refusal
 from ..kube import Kube
 from ..labels import LABEL_ROLE
 from .builders import (
@@ -40,9 +42,9 @@ from .names import (
 from .observe import observe
 from .plan import FAILED, Plan, Requests, RunGate, Scale, SwitchActive, SwitchPreview, now_iso, plan
 from .source import ServedVersion, resolve
-from .spec import ModelServeSpec, SpecError, parse_spec
+from .spec import ModelServeSpec, SpecError, endpoint_secrets, parse_spec
 
-__all__ = ["Runtime", "invalid_status", "known_versions", "reconcile"]
+__all__ = ["Runtime", "invalid_status", "known_versions", "reconcile", "secrets_refused"]
 
 log = logging.getLogger(__name__)
 Obj = Mapping[str, Any]
@@ -51,6 +53,7 @@ ChildrenFn = Callable[[str, str, str], Iterable[Obj]]
 """(kind, namespace, ModelServe name) -> its children of that kind (``Deployment``, ``Service``,
 ``Job``: those labelled with the ModelServe, as ``observe.project_child`` keeps them)."""
 GATE_CONTAINER = "gate"
+SECRET_RECHECK_SECONDS = 30.0
 
 
 @dataclasses.dataclass
@@ -85,17 +88,29 @@ def known_versions(status: Obj) -> list[ServedVersion]:
     return [ServedVersion.from_status(r) for r in raws if r and r.get("adapters")]
 
 
-def invalid_status(prior: Obj, error: SpecError, generation: int, now: dt.datetime) -> dict[str, Any]:
-    """Phase Failed naming the field; what serves keeps serving (its status is kept)."""
+def invalid_status(prior: Obj, error: SpecError | str, generation: int, now: dt.datetime,
+                   reason: str = "InvalidSpec") -> dict[str, Any]:
+    """Phase Failed naming the field; what serves keeps serving (its status is kept). Also a
+    Secret refused for a user-chosen endpoint (``reason`` SecretNotAllowed / SecretNotFound)."""
     stamp = now_iso(now)
     old = {c.get("type"): c for c in prior.get("conditions") or ()}
     ready = old.get("Ready") or {}
-    since = ready.get("lastTransitionTime") if ready.get("reason") == "InvalidSpec" else stamp
+    since = ready.get("lastTransitionTime") if ready.get("reason") == reason else stamp
     conditions = [c for t, c in old.items() if t != "Ready"] + [
-        {"type": "Ready", "status": "False", "reason": "InvalidSpec", "message": str(error),
+        {"type": "Ready", "status": "False", "reason": reason, "message": str(error),
          "lastTransitionTime": since, "observedGeneration": generation}]
-    return {**prior, "phase": FAILED, "reason": "InvalidSpec", "message": str(error), "observedGeneration": generation,
+    return {**prior, "phase": FAILED, "reason": reason, "message": str(error), "observedGeneration": generation,
             "conditions": conditions}
+
+
+async def secrets_refused(kube: Kube, namespace: str, spec: ModelServeSpec) -> tuple[str, str] | None:
+    """(reason, message) when a Secret the spec sends to a user-chosen endpoint has not opted in
+    for it (review OP-2): checked before any child is written, on every pass."""
+    for ref in endpoint_secrets(spec):
+        refused = refusal(ref, await kube.secret_annotations(namespace, ref.secret), namespace)
+        if refused:
+            return refused
+    return None
 
 
 def _controlled(objs: Iterable[Obj], uid: str) -> list[Obj]:
@@ -214,6 +229,14 @@ async def reconcile(rt: Runtime, body: Obj, now: dt.datetime | None = None) -> t
             await _write(rt, body, status)
             rt.emit(body, "Warning", "InvalidSpec", str(exc))
         return status, None  # permanent: nothing to retry until the spec changes
+    refused = await secrets_refused(rt.kube, ns, spec)
+    if refused is not None:
+        # No watch announces a Secret's annotation: looked at again after SECRET_RECHECK_SECONDS.
+        status = invalid_status(prior, refused[1], generation, now, reason=refused[0])
+        if status != prior:
+            await _write(rt, body, status)
+            rt.emit(body, "Warning", refused[0], refused[1])
+        return status, SECRET_RECHECK_SECONDS
     ctx = serve_context(body, spec, rt.server_image)
     kube = rt.kube
     deployments = _controlled(rt.children("Deployment", ns, name), uid)

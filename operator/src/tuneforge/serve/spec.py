@@ -19,9 +19,11 @@ import dataclasses
 import re
 from typing import Any, Mapping
 
+from ..endpoint_secrets import EndpointSecret
+
 __all__ = [
     "AdapterSource", "CacheSpec", "GateSpec", "HpaSpec", "InferencePoolSpec", "ModelServeSpec", "RolloutSpec", "S3Spec",
-    "SecretKeyRef", "SpecError", "parse_spec",
+    "SecretKeyRef", "SpecError", "endpoint_secrets", "parse_spec",
 ]
 
 MODES = ("auto", "lora", "merged")
@@ -426,3 +428,11 @@ def parse_spec(raw: Mapping[str, Any]) -> ModelServeSpec:
         cache=_cache(_obj(raw, "cache", path), f"{path}.cache"),
         startup_budget_seconds=_int(raw, "startupBudgetSeconds", path, 900, 60, 86_400) or 900,
     )
+
+
+def endpoint_secrets(spec: ModelServeSpec) -> list[EndpointSecret]:
+    """The Secrets the spec sends to an endpoint the user chose (they must opt in for it)."""
+    if spec.s3 is None or not spec.s3.endpoint:
+        return []
+    return [EndpointSecret(f"spec.s3.{field}", ref.name, "spec.s3.endpoint", spec.s3.endpoint)
+            for field, ref in (("accessKeyIdSecretRef", spec.s3.access_key), ("secretAccessKeySecretRef", spec.s3.secret_key))]
