@@ -102,6 +102,14 @@ def test_foreign_child_message_names_it() -> None:
     assert "Job ns/intent-train-1 already exists and has no controller" in msg and "delete it" in msg
 
 
+def test_foreign_child_message_names_the_owner_kind() -> None:
+    """A ModelServe's conflicting Service is not reported as a FineTuneJob's (MS-11)."""
+    from tuneforge.kube import ForeignChild
+    msg = str(ForeignChild("Service", "ns", "chat", "uid-x", "ModelServe"))
+    assert "is controlled by another object (uid uid-x), not this ModelServe" in msg and "rename the ModelServe" in msg
+    assert "FineTuneJob" not in msg
+
+
 # --- the progress poller and the accuracy gauge -----------------------------------------------
 
 def test_progress_poller_survives_errors_is_restarted_and_probed(monkeypatch: pytest.MonkeyPatch) -> None:

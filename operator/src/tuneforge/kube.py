@@ -44,13 +44,15 @@ KINDS: dict[str, Any] = {
 
 
 class ForeignChild(Exception):
-    """A child's deterministic name is taken by an object this FineTuneJob does not control."""
+    """A child's deterministic name is taken by an object its owner (a FineTuneJob or a
+    ModelServe) does not control."""
 
-    def __init__(self, kind: str, namespace: str, name: str, controller_uid: str | None) -> None:
+    def __init__(self, kind: str, namespace: str, name: str, controller_uid: str | None,
+                 owner_kind: str = "owner") -> None:
         self.kind, self.namespace, self.name, self.controller_uid = kind, namespace, name, controller_uid
         whose = f"is controlled by another object (uid {controller_uid})" if controller_uid else "has no controller"
-        super().__init__(f"{kind} {namespace}/{name} already exists and {whose}, not this FineTuneJob: "
-                         f"delete it (or rename the FineTuneJob) and the run continues")
+        super().__init__(f"{kind} {namespace}/{name} already exists and {whose}, not this {owner_kind}: "
+                         f"delete it (or rename the {owner_kind}) and it continues")
 
 
 def _controller_uid(owner_references: Any) -> str | None:
@@ -96,7 +98,8 @@ class Kube:
         existing = await self._call(self._client.get, type(res), meta["name"], namespace=meta["namespace"])
         theirs = _controller_uid(existing.metadata.ownerReferences if existing.metadata else None)
         if theirs != _controller_uid(meta.get("ownerReferences")):
-            raise ForeignChild(obj["kind"], meta["namespace"], meta["name"], theirs)
+            mine = next((r for r in meta.get("ownerReferences") or () if r.get("controller")), {})
+            raise ForeignChild(obj["kind"], meta["namespace"], meta["name"], theirs, mine.get("kind") or "owner")
         return False
 
     async def delete_job(self, namespace: str, name: str) -> None:
