@@ -231,3 +231,32 @@ def test_the_index_keeps_what_reconcile_reads_of_a_child_and_little_else() -> No
     index = {"Deployment": {("ns", "intents"): [json.dumps(kept)]}, "Service": {}, "Job": {}}
     assert children_from(index)("Deployment", "ns", "intents") == [kept]
     assert children_from(index)("Service", "ns", "intents") == []
+
+
+def test_a_conflicting_child_is_in_the_status_and_the_deadline_still_runs() -> None:
+    """A Service named like the ModelServe that it does not control (common when migrating):
+    every pass fails at it, yet the status says why, and the progress deadline counts from the
+    first pass (startedAt is written, not restarted by each failed pass) (MS-11)."""
+    from tuneforge.kube import ForeignChild
+
+    class Conflicting(FakeKube):
+        async def create(self, obj: dict[str, Any]) -> bool:
+            if obj["kind"] == "Service" and obj["metadata"]["name"] == "intents":
+                raise ForeignChild("Service", "ns", "intents", "uid-other", "ModelServe")
+            return await super().create(obj)
+
+    kube = Conflicting()
+    rt, events = runtime(kube)
+    b = body(rollout={"progressDeadlineSeconds": 600})
+    with pytest.raises(ForeignChild):
+        run(rt, b, T0)
+    first = kube.status_writes[-1]
+    assert first["reason"] == "ChildConflict" and "not this ModelServe" in first["message"]
+    assert first["rollout"]["startedAt"] == "2026-01-01T00:00:00Z"
+    assert ("Normal", "RolloutStarted") in events and ("Deployment", "intents-blue") in kube.objs
+    with pytest.raises(ForeignChild):
+        run(rt, b, T0 + dt.timedelta(seconds=60))
+    assert kube.status_writes[-1]["rollout"]["startedAt"] == "2026-01-01T00:00:00Z"
+    with pytest.raises(ForeignChild):
+        run(rt, b, T0 + dt.timedelta(seconds=700))
+    assert ("Warning", "ProgressDeadlineExceeded") in events or kube.status_writes[-1].get("rejected"), kube.status_writes[-1]

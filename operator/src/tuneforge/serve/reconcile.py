@@ -14,8 +14,11 @@ The thin, writing half of the room; every decision is plan.py's. One pass:
 4. write the status only when it changed, post the plan's Events, and return the plan's delay
    when a timer needs another look (the handlers' work queue schedules it).
 
-The status is written only after every action succeeded, so a reconcile that dies half way is
-finished by the next one (the actions are a diff against what is observed).
+The actions are a diff against what is observed, so a reconcile that dies half way is finished
+by the next one. A transient API error leaves the status unwritten (the pass is retried at
+once); a child that cannot be applied (its name taken by a foreign object: ``ChildConflict``;
+refused by the apiserver: ``ApplyFailed``) is written into the status with the plan's state, so
+the user sees why and the progress deadline keeps counting from the rollout's start.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import logging
 from typing import Any, Callable, Iterable, Mapping
 
 
-from ..kube import Kube
+from ..kube import ForeignChild, Kube, api_error_message, is_transient
 from ..labels import LABEL_ROLE
 from .builders import (
     GatePod, ServeContext, build_active_service, build_color_deployment, build_gate_job, build_hpa,
@@ -228,15 +231,29 @@ async def reconcile(rt: Runtime, body: Obj, now: dt.datetime | None = None) -> t
     desired = resolve(spec, ftj_status, known_versions(prior))
     p = plan(spec, generation, desired, observed, prior, Requests.from_annotations(meta.get("annotations")), now,
              endpoints(ctx))
-    await _apply(rt, ctx, spec, p, services)
-    await _static_children(rt, ctx, spec, p.status, services)
+    try:
+        await _apply(rt, ctx, spec, p, services)
+        await _static_children(rt, ctx, spec, p.status, services)
+    except Exception as exc:
+        if is_transient(exc) and not isinstance(exc, ForeignChild):
+            raise  # retried at once with backoff: the next pass redoes the same diff
+        # A name taken by a foreign object, or a child the apiserver refuses: every pass would
+        # fail here, so the status says why (and keeps startedAt, so the progress deadline runs).
+        # The plan's actions are a diff against what is observed: what failed is planned again.
+        reason = "ChildConflict" if isinstance(exc, ForeignChild) else "ApplyFailed"
+        await _finish(rt, body, prior, {**p.status, "reason": reason, "message": api_error_message(exc)[:1000]}, p)
+        raise
     if any(isinstance(a, Scale) for a in p.actions):
         await _drop_old_configs(rt, ctx, deployments, p)
-    if p.status != prior:
-        await _write(rt, body, p.status)
+    await _finish(rt, body, prior, p.status, p)
+    return p.status, p.requeue_after
+
+
+async def _finish(rt: Runtime, body: Obj, prior: Obj, status: dict[str, Any], p: Plan) -> None:
+    if status != prior:
+        await _write(rt, body, status)
     for e in p.events:
         rt.emit(body, e.type, e.reason, e.message)
-    return p.status, p.requeue_after
 
 
 async def _write(rt: Runtime, body: Obj, status: dict[str, Any]) -> None:
