@@ -98,7 +98,7 @@ class Kube:
         existing = await self._call(self._client.get, type(res), meta["name"], namespace=meta["namespace"])
         theirs = _controller_uid(existing.metadata.ownerReferences if existing.metadata else None)
         if theirs != _controller_uid(meta.get("ownerReferences")):
-            mine = next((r for r in meta.get("ownerReferences") or () if r.get("controller")), {})
+            mine: dict[str, Any] = next((r for r in meta.get("ownerReferences") or () if r.get("controller")), {})
             raise ForeignChild(obj["kind"], meta["namespace"], meta["name"], theirs, mine.get("kind") or "owner")
         return False
 
