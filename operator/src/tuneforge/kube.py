@@ -200,19 +200,15 @@ class Kube:
                     return str(message)
         return None
 
-    async def served(self, kind: str, namespace: str) -> bool:
-        """Whether the API serves ``kind`` (an optional CRD such as InferencePool is installed)."""
+    async def list_if_served(self, kind: str, namespace: str, labels: dict[str, str | None]) -> list[dict[str, Any]] | None:
+        """As ``list_labelled``, or None when the API does not serve ``kind`` (an optional CRD
+        such as InferencePool is not installed): one call answers both."""
         try:
-            await self._call(self._list_one, KINDS[kind], namespace)
-            return True
+            return await self.list_labelled(kind, namespace, labels)
         except ApiError as exc:
             if exc.status.code == 404:
-                return False
+                return None
             raise
-
-    async def _list_one(self, res: Any, namespace: str) -> None:
-        async for _ in self._client.list(res, namespace=namespace, chunk_size=1):
-            break
 
     async def replace_modelserve_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         """Replace the ModelServe's whole status (a JSON patch: a merge patch would keep keys the

@@ -134,37 +134,59 @@ async def _apply(rt: Runtime, ctx: ServeContext, spec: ModelServeSpec, p: Plan, 
 
 async def _static_children(rt: Runtime, ctx: ServeContext, spec: ModelServeSpec, status: Obj,
                            services: dict[str, Obj]) -> None:
-    """The children that follow from the status rather than from a rollout step."""
+    """The children that follow from the status rather than from a rollout step, converged on
+    every pass: Services (when missing), the PDBs, the HPA and the InferencePools. The last
+    three are listed (not indexed) and compared in full with what is wanted: drift and edited
+    fields are applied, a deleted one is recreated, one no longer wanted is deleted."""
     kube, ns = rt.kube, ctx.namespace
+    active, preview = status.get("activeColor"), status.get("previewColor") or status.get("activeColor")
     if active_service_name(ctx.name) not in services:
-        # The first reconcile (or a deleted Service): both Services and the PDB.
-        await kube.create(build_active_service(ctx, status.get("activeColor")))
-        await kube.create(build_pdb(ctx))
+        await kube.create(build_active_service(ctx, active))
     if preview_service_name(ctx.name) not in services:
-        await kube.create(build_preview_service(ctx, status.get("previewColor") or status.get("activeColor")))
-    active = status.get("activeColor")
-    hpa = await kube.get("HorizontalPodAutoscaler", ns, ctx.name)
-    if spec.hpa is not None and active:
+        await kube.create(build_preview_service(ctx, preview))
+    mine: dict[str, str | None] = {LABEL_MODELSERVE: ctx.name}
+    uid = ctx.owner_references[0]["uid"] if ctx.owner_references else ""
+    await _converge(kube, "PodDisruptionBudget", ns, uid, await kube.list_labelled("PodDisruptionBudget", ns, mine),
+                    [build_pdb(ctx, color) for color in COLORS])
+    hpas = await kube.list_labelled("HorizontalPodAutoscaler", ns, mine)
+    if spec.hpa is None:
+        await _converge(kube, "HorizontalPodAutoscaler", ns, uid, hpas, [])
+    elif active:
         # The HPA follows the active color: moved on a switch, never pointed at a candidate.
-        want = build_hpa(ctx, spec, active)
-        assert want is not None
-        have = (hpa or {}).get("spec") or {}
-        if {k: have.get(k) for k in ("scaleTargetRef", "minReplicas", "maxReplicas")} != \
-                {k: want["spec"][k] for k in ("scaleTargetRef", "minReplicas", "maxReplicas")}:
-            await kube.apply(want)
-    elif spec.hpa is None and hpa is not None:
-        await kube.delete("HorizontalPodAutoscaler", ns, ctx.name)
-    if spec.inference_pool is not None:
-        # Discovered per reconcile of a ModelServe that asks for them: a CRD installed later is used.
-        if not await kube.served("InferencePool", ns):
+        await _converge(kube, "HorizontalPodAutoscaler", ns, uid, hpas, [build_hpa(ctx, spec, active)])
+    # One list call tells whether the InferencePool CRD is served (installed later: used then).
+    pools = await kube.list_if_served("InferencePool", ns, mine)
+    if pools is None:
+        if spec.inference_pool is not None:
             log.info("ModelServe %s/%s asks for InferencePools but their CRD is not installed: skipped", ns, ctx.name)
-        else:
-            have = {p["metadata"]["name"] for p in await kube.list_labelled("InferencePool", ns, {LABEL_MODELSERVE: ctx.name})}
-            for color in COLORS:
-                if color_name(ctx.name, color) not in have:
-                    pool = build_inference_pool(ctx, spec, color)
-                    assert pool is not None
-                    await kube.apply(pool)
+        return
+    # The pools take their colors from the same status as the Services' switches in this pass.
+    await _converge(kube, "InferencePool", ns, uid, pools, [build_inference_pool(ctx, spec, "active", active),
+                                                            build_inference_pool(ctx, spec, "preview", preview)])
+
+
+async def _converge(kube: Kube, kind: str, ns: str, uid: str, have: Iterable[Obj], want: list[dict[str, Any] | None]) -> None:
+    """Apply each wanted object whose spec or labels differ from what exists (server-side apply
+    of the whole object), and delete the ones this ModelServe controls that are not wanted."""
+    existing = {o["metadata"]["name"]: o for o in _controlled(have, uid)}
+    wanted = [w for w in want if w is not None]
+    for w in wanted:
+        old = existing.get(w["metadata"]["name"])
+        if old is None or not _covers(old.get("spec"), w["spec"]) or \
+                not _covers(old["metadata"].get("labels"), w["metadata"]["labels"]):
+            await kube.apply(w)
+    for name in set(existing) - {w["metadata"]["name"] for w in wanted}:
+        await kube.delete(kind, ns, name)
+
+
+def _covers(have: Any, want: Any) -> bool:
+    """Whether ``have`` holds every field of ``want`` with its value (the apiserver adds defaults,
+    such as an HPA's scale-up policies, that are not drift)."""
+    if isinstance(want, Mapping):
+        return isinstance(have, Mapping) and all(_covers(have.get(k), v) for k, v in want.items())
+    if isinstance(want, list):
+        return isinstance(have, list) and len(have) == len(want) and all(_covers(h, w) for h, w in zip(have, want))
+    return bool(have == want)
 
 
 async def _drop_old_configs(rt: Runtime, ctx: ServeContext, deployments: list[Obj], p: Plan) -> None:
