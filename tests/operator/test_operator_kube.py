@@ -218,3 +218,22 @@ def test_a_waiting_job_is_looked_at_when_its_wait_ends() -> None:
     assert _wait_left(waiting, now, 60) == 0
     assert _wait_left({**waiting, "phase": "Failed"}, now, 600) is None
     assert _wait_left({"phase": "Running", "conditions": []}, now, 600) is None
+
+
+def test_a_retried_gate_jobs_message_comes_from_its_succeeded_pod() -> None:
+    """A gate pod evicted by a drain leaves its log tail as its message (FallbackToLogsOnError);
+    the Job retries it, and the measures are the Succeeded pod's (MS-8)."""
+    import asyncio
+    from tuneforge.kube import Kube
+
+    def pod(phase: str, message: str) -> dict[str, object]:
+        return {"status": {"phase": phase, "containerStatuses": [
+            {"name": "gate", "state": {"terminated": {"message": message}}}]}}
+
+    kube = Kube.__new__(Kube)
+
+    async def list_labelled(kind: str, namespace: str, labels: dict[str, str | None]) -> list[dict[str, object]]:
+        return [pod("Failed", "Terminated by SIGTERM"), pod("Succeeded", '{"rows": 1}')]
+
+    kube.list_labelled = list_labelled  # type: ignore[method-assign]
+    assert asyncio.run(kube.job_termination_message("ns", "g", "gate")) == '{"rows": 1}'

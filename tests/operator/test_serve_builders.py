@@ -96,3 +96,17 @@ def test_observe_reads_the_builders_output_back() -> None:
     failed = observe_gate_job({"metadata": {"annotations": {"tuneforge.dev/version": D1}},
                                "status": {"conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}]}})
     assert failed is not None and failed.failed and "DeadlineExceeded" in failed.message
+
+
+def test_gate_job_retries_a_disrupted_pod_and_not_a_failed_one() -> None:
+    """A gate pod evicted by a drain or preempted is retried (DisruptionTarget: Ignore) rather than
+    failing the Job, which the plan would read as a GateError rejection; unusable rows (exit 2)
+    fail at once (MS-8)."""
+    from tuneforge.serve.builders import GatePod, build_gate_job
+    gated = parse_spec({"adapter": {"fineTuneJob": "intents"}, "rollout": {"gate": {"minAccuracy": 0.8}}})
+    job = build_gate_job(CTX, gated, V1, GatePod("op:1"))
+    assert job["spec"]["backoffLimit"] == 1
+    assert job["spec"]["podFailurePolicy"] == {"rules": [
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        {"action": "FailJob", "onExitCodes": {"containerName": "gate", "operator": "In", "values": [2]}}]}
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"

@@ -192,8 +192,10 @@ class Kube:
                 raise
 
     async def job_termination_message(self, namespace: str, job: str, container: str) -> str | None:
-        """The termination message of ``container`` in a finished pod of ``job`` (None: none yet)."""
-        for pod in await self.list_labelled("Pod", namespace, {"batch.kubernetes.io/job-name": job}):
+        """The termination message of ``container`` in a finished pod of ``job`` (None: none yet);
+        a Succeeded pod's first (a retried Job's disrupted pod left its log tail as its message)."""
+        pods = await self.list_labelled("Pod", namespace, {"batch.kubernetes.io/job-name": job})
+        for pod in sorted(pods, key=lambda p: (p.get("status") or {}).get("phase") != "Succeeded"):
             for cs in (pod.get("status") or {}).get("containerStatuses") or ():
                 message = ((cs.get("state") or {}).get("terminated") or {}).get("message")
                 if cs.get("name") == container and message:

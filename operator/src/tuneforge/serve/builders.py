@@ -243,7 +243,13 @@ def build_gate_job(ctx: ServeContext, spec: ModelServeSpec, version: ServedVersi
     return {
         "apiVersion": "batch/v1", "kind": "Job", "metadata": meta,
         "spec": {
-            "backoffLimit": 0, "activeDeadlineSeconds": gate.timeout_seconds, "ttlSecondsAfterFinished": GATE_TTL_SECONDS,
+            # A pod evicted by a drain or preempted is retried (not counted against backoffLimit);
+            # unusable rows (exit 2) fail at once; any other failure is retried once.
+            "backoffLimit": 1,
+            "podFailurePolicy": {"rules": [
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+                {"action": "FailJob", "onExitCodes": {"containerName": "gate", "operator": "In", "values": [2]}}]},
+            "activeDeadlineSeconds": gate.timeout_seconds, "ttlSecondsAfterFinished": GATE_TTL_SECONDS,
             # The pods carry no modelserve label: the PDB and the Services select by it.
             "template": {"metadata": {"labels": {k: v for k, v in meta["labels"].items() if k != LABEL_MODELSERVE},
                                       "annotations": dict(pod.annotations)}, "spec": pod_spec},
