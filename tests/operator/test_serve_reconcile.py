@@ -304,4 +304,5 @@ def test_a_conflicting_child_is_in_the_status_and_the_deadline_still_runs() -> N
     assert kube.status_writes[-1]["rollout"]["startedAt"] == "2026-01-01T00:00:00Z"
     with pytest.raises(ForeignChild):
         run(rt, b, T0 + dt.timedelta(seconds=700))
-    assert ("Warning", "ProgressDeadlineExceeded") in events or kube.status_writes[-1].get("rejected"), kube.status_writes[-1]
+    assert kube.status_writes[-1]["rejected"], kube.status_writes[-1]
+    assert kube.status_writes[-1]["reason"] == "ChildConflict"
