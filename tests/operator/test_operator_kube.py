@@ -102,6 +102,14 @@ def test_foreign_child_message_names_it() -> None:
     assert "Job ns/intent-train-1 already exists and has no controller" in msg and "delete it" in msg
 
 
+def test_foreign_child_message_names_the_owner_kind() -> None:
+    """A ModelServe's conflicting Service is not reported as a FineTuneJob's (MS-11)."""
+    from tuneforge.kube import ForeignChild
+    msg = str(ForeignChild("Service", "ns", "chat", "uid-x", "ModelServe"))
+    assert "is controlled by another object (uid uid-x), not this ModelServe" in msg and "rename the ModelServe" in msg
+    assert "FineTuneJob" not in msg
+
+
 # --- the progress poller and the accuracy gauge -----------------------------------------------
 
 def test_progress_poller_survives_errors_is_restarted_and_probed(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -210,3 +218,22 @@ def test_a_waiting_job_is_looked_at_when_its_wait_ends() -> None:
     assert _wait_left(waiting, now, 60) == 0
     assert _wait_left({**waiting, "phase": "Failed"}, now, 600) is None
     assert _wait_left({"phase": "Running", "conditions": []}, now, 600) is None
+
+
+def test_a_retried_gate_jobs_message_comes_from_its_succeeded_pod() -> None:
+    """A gate pod evicted by a drain leaves its log tail as its message (FallbackToLogsOnError);
+    the Job retries it, and the measures are the Succeeded pod's (MS-8)."""
+    import asyncio
+    from tuneforge.kube import Kube
+
+    def pod(phase: str, message: str) -> dict[str, object]:
+        return {"status": {"phase": phase, "containerStatuses": [
+            {"name": "gate", "state": {"terminated": {"message": message}}}]}}
+
+    kube = Kube.__new__(Kube)
+
+    async def list_labelled(kind: str, namespace: str, labels: dict[str, str | None]) -> list[dict[str, object]]:
+        return [pod("Failed", "Terminated by SIGTERM"), pod("Succeeded", '{"rows": 1}')]
+
+    kube.list_labelled = list_labelled  # type: ignore[method-assign]
+    assert asyncio.run(kube.job_termination_message("ns", "g", "gate")) == '{"rows": 1}'

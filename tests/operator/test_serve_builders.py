@@ -56,17 +56,29 @@ def test_services_select_by_color_and_select_nothing_before_a_promotion() -> Non
 
 
 def test_pdb_hpa_and_inference_pool() -> None:
-    pdb = build_pdb(CTX)
-    assert pdb["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": {"tuneforge.dev/modelserve": "intents"}}}
+    # One PDB per color, unhealthy pods always evictable: a Pending or crash-looping candidate
+    # neither uses up the active color's budget nor blocks a drain (MS-10).
+    pdb = build_pdb(CTX, "green")
+    assert pdb["metadata"]["name"] == "intents-green"
+    assert pdb["spec"] == {"maxUnavailable": 1, "unhealthyPodEvictionPolicy": "AlwaysAllow",
+                           "selector": {"matchLabels": {"tuneforge.dev/modelserve": "intents", "tuneforge.dev/color": "green"}}}
     hpa = build_hpa(CTX, SPEC, "green")
     assert hpa is not None and hpa["spec"]["scaleTargetRef"]["name"] == "intents-green"
     assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] == "vllm:num_requests_waiting"
-    pool = build_inference_pool(CTX, SPEC, "blue")
-    assert pool is not None and pool["apiVersion"] == "inference.networking.k8s.io/v1"
-    assert pool["spec"]["selector"]["matchLabels"]["tuneforge.dev/color"] == "blue"
-    assert pool["spec"]["targetPorts"] == [{"number": 8000}] and pool["spec"]["endpointPickerRef"]["name"] == "epp"
+    # The pools follow the Services: "<name>" selects the active color, "<name>-preview" the
+    # candidate's (MS-6); before a promotion the active pool selects no pod.
+    active = build_inference_pool(CTX, SPEC, "active", "blue")
+    assert active is not None and active["apiVersion"] == "inference.networking.k8s.io/v1"
+    assert active["metadata"]["name"] == "intents"
+    assert active["spec"]["selector"]["matchLabels"] == {"tuneforge.dev/modelserve": "intents", "tuneforge.dev/color": "blue"}
+    assert active["spec"]["targetPorts"] == [{"number": 8000}] and active["spec"]["endpointPickerRef"]["name"] == "epp"
+    preview = build_inference_pool(CTX, SPEC, "preview", "green")
+    assert preview is not None and preview["metadata"]["name"] == "intents-preview"
+    assert preview["spec"]["selector"]["matchLabels"]["tuneforge.dev/color"] == "green"
+    none = build_inference_pool(CTX, SPEC, "active", None)
+    assert none is not None and none["spec"]["selector"]["matchLabels"]["tuneforge.dev/color"] == "none"
     plain = parse_spec({"adapter": {"fineTuneJob": "intents"}})
-    assert build_hpa(CTX, plain, "blue") is None and build_inference_pool(CTX, plain, "blue") is None
+    assert build_hpa(CTX, plain, "blue") is None and build_inference_pool(CTX, plain, "active", "blue") is None
 
 
 def test_observe_reads_the_builders_output_back() -> None:
@@ -84,3 +96,17 @@ def test_observe_reads_the_builders_output_back() -> None:
     failed = observe_gate_job({"metadata": {"annotations": {"tuneforge.dev/version": D1}},
                                "status": {"conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}]}})
     assert failed is not None and failed.failed and "DeadlineExceeded" in failed.message
+
+
+def test_gate_job_retries_a_disrupted_pod_and_not_a_failed_one() -> None:
+    """A gate pod evicted by a drain or preempted is retried (DisruptionTarget: Ignore) rather than
+    failing the Job, which the plan would read as a GateError rejection; unusable rows (exit 2)
+    fail at once (MS-8)."""
+    from tuneforge.serve.builders import GatePod, build_gate_job
+    gated = parse_spec({"adapter": {"fineTuneJob": "intents"}, "rollout": {"gate": {"minAccuracy": 0.8}}})
+    job = build_gate_job(CTX, gated, V1, GatePod("op:1"))
+    assert job["spec"]["backoffLimit"] == 1
+    assert job["spec"]["podFailurePolicy"] == {"rules": [
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        {"action": "FailJob", "onExitCodes": {"containerName": "gate", "operator": "In", "values": [2]}}]}
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"

@@ -115,3 +115,17 @@ def test_invalid_manifest_is_refused_by_the_parser_at_the_same_field(case: dict[
     with pytest.raises(SpecError) as err:
         parse_spec(copy.deepcopy(case["spec"]))
     assert err.value.path == case["parser"], str(err.value)
+
+
+NAME_RULE = "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')"
+
+
+@pytest.mark.parametrize("name, ok", [("intents", True), ("chat-v2", True), ("7b-chat", False), ("chat.v2", False),
+                                      ("-x", False)])
+def test_name_must_be_a_dns_1035_label(name: str, ok: bool) -> None:
+    """The active and preview Services are named <name> and <name>-preview: a name the apiserver
+    takes (a DNS-1123 subdomain: a leading digit, dots) but a Service refuses is refused here."""
+    rules = [r for r in schema()["x-kubernetes-validations"] if "metadata.name.matches" in r["rule"]]
+    assert [r["rule"] for r in rules] == [NAME_RULE] and "metadata.name" in rules[0]["message"]
+    pattern = re.search(r"matches\('(.*)'\)", NAME_RULE)
+    assert pattern is not None and bool(re.match(pattern.group(1), name)) is ok

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from tuneforge.serve.gate import (
-    Answer, GateMeasures, GateRow, judge, main, measure, normalize_answer, parse_rows, percentile, run_gate, sample_rows,
+    Answer, GateMeasures, GateRow, answer_budget, judge, main, measure, normalize_answer, parse_rows, percentile, run_gate,
+    sample_rows,
 )
 from tuneforge.serve.spec import GateSpec
 
@@ -33,16 +34,23 @@ def test_measure_counts_errors_as_wrong_and_their_latency() -> None:
     answers = [Answer("a", 10), Answer("B.", 20), Answer("x", 30), Answer(None, 1000, "Timeout")]
     m = measure(rows, answers)
     assert (m.rows, m.correct, m.errors, m.accuracy) == (4, 2, 1, 0.5)
-    assert (m.p50_ms, m.p99_ms) == (20, 1000)
+    assert m.p50_ms == 25 and m.p99_ms == pytest.approx(30 + 0.97 * 970)
     assert GateMeasures.from_json(m.to_json()) == m
     with pytest.raises(ValueError):
         measure(rows, answers[:3])
 
 
-def test_percentile_nearest_rank() -> None:
+def test_percentile_is_interpolated_so_p99_is_not_the_slowest_request() -> None:
+    """With the example's 80 rows nearest-rank p99 was the maximum: one slow request failed
+    maxP99Ms. Interpolated (linear, as numpy's default), the slowest request weighs (101 - n)%
+    of p99 for n <= 101 rows and nothing from 101 rows on (MS-8)."""
     values = list(range(1, 101))
-    assert (percentile(values, 50), percentile(values, 99), percentile(values, 100)) == (50, 99, 100)
+    assert (percentile(values, 50), percentile(values, 99), percentile(values, 100)) == (50.5, 99.01, 100)
     assert percentile([], 99) is None and percentile([7], 99) == 7
+    eighty = [100.0] * 79 + [5000.0]
+    p99 = percentile(eighty, 99)
+    assert p99 is not None and abs(p99 - (100 + 0.21 * 4900)) < 1e-6
+    assert percentile([100.0] * 100 + [5000.0], 99) == 100.0
 
 
 M = GateMeasures(rows=100, correct=85, errors=0, accuracy=0.85, p50_ms=200, p99_ms=900)
@@ -63,13 +71,28 @@ def test_judge(gate: GateSpec, passed: bool) -> None:
     assert not judge(GateMeasures(0, 0, 0, 0.0, None, None), GateSpec(min_accuracy=0.0)).passed
 
 
-def test_sample_rows_round_robin_across_targets_and_stable() -> None:
+def test_sample_rows_proportional_as_the_fine_tune_jobs_evaluation() -> None:
+    """Each target keeps its share (largest remainder), the trainer's stratified_sample, so the
+    same minAccuracy means the same thing at the FineTuneJob's gate and at the ModelServe's (MS-8)."""
+    from tuneforge_trainer.data import stratified_sample
     rows = [row("a", str(i)) for i in range(50)] + [row("b", str(i)) for i in range(3)] + [row("c", "0")]
     picked = sample_rows(rows, 7, seed=1)
-    assert len(picked) == 7 and {r.target for r in picked} == {"a", "b", "c"}
-    assert sum(r.target == "b" for r in picked) == 3
+    # 50/54 of 7 rows is 6.48: "a" takes 6 and the largest remainder; b (0.39) and c (0.13) none.
+    assert len(picked) == 7 and {r.target for r in picked} == {"a"}, picked
+    assert [r.target for r in sample_rows(rows, 27, seed=1)].count("b") == 2
     assert picked == sample_rows(rows, 7, seed=1)
     assert len(sample_rows(rows, 1000)) == len(rows)
+    for n, seed in [(7, 1), (20, 3), (53, 0)]:
+        assert sample_rows(rows, n, seed) == stratified_sample(rows, n, seed)  # type: ignore[arg-type]
+
+
+def test_answer_budget_follows_the_longest_target() -> None:
+    """At least the trainer's "longest target + 8 tokens" (a token is at least one byte), so a
+    long generation target is never cut at a fixed 32 tokens; capped for the context window."""
+    assert answer_budget([row("card_lost"), row("refund")]) == 9 + 8
+    long = "x" * 300
+    assert answer_budget([row(long)]) == 308 and answer_budget([row("é" * 10)]) == 28
+    assert answer_budget([row("x" * 5000)]) == 1024
 
 
 def test_parse_rows_reads_predictions_jsonl_and_names_bad_lines() -> None:
@@ -87,6 +110,7 @@ class _Standin(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         assert self.headers["Authorization"] == "Bearer sekret"
         text = body["messages"][-1]["content"]
+        type(self).seen.append((text, body.get("max_tokens")))
         if text == "boom":
             self.send_response(500)
             self.end_headers()
@@ -111,6 +135,7 @@ class _Standin(BaseHTTPRequestHandler):
 
     in_flight = 0
     peak = 0
+    seen: list[tuple[str, int | None]] = []
 
 
 @pytest.fixture
@@ -119,6 +144,7 @@ def standin() -> Iterator[str]:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     _Standin.peak = 0
+    _Standin.seen = []
     yield f"http://127.0.0.1:{server.server_address[1]}/v1"
     server.shutdown()
     server.server_close()
@@ -135,6 +161,16 @@ def test_runner_through_the_openai_client_bounded(standin: str) -> None:
     assert judge(m, GateSpec(min_accuracy=0.75, max_p99_ms=5000)).passed
 
 
+def test_warm_up_requests_are_sent_first_and_not_scored(standin: str) -> None:
+    """The first requests (a LoRA slot loaded, CUDA graphs captured) are asked and dropped (MS-8)."""
+    rows = [row("SLOW", "slow")] + [row(t.upper(), t) for t in "abc"]
+    answers = asyncio.run(run_gate(standin, "intents", rows, api_key="sekret", concurrency=2, timeout_s=5,
+                                   max_tokens=17, warmup=2))
+    assert [t for t, _ in _Standin.seen[:2]] == ["slow", "a"] and len(_Standin.seen) == 6
+    assert {mt for _, mt in _Standin.seen} == {17}
+    assert len(answers) == 4 and [a.text for a in answers] == ["SLOW", "A", "B", "C"]
+
+
 def test_main_writes_measures_to_the_termination_log(standin: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     rows = tmp_path / "rows.jsonl"
     rows.write_text("\n".join(json.dumps({"messages": [{"role": "user", "content": t}], "target": t.upper()}) for t in "abcd"))
@@ -143,6 +179,7 @@ def test_main_writes_measures_to_the_termination_log(standin: str, tmp_path: Any
     assert main(["--base-url", standin, "--model", "m", "--rows-file", str(rows), "--termination-log", str(term)]) == 0
     out = json.loads(term.read_text())
     assert out["rows"] == 4 and out["accuracy"] == 1.0
+    assert len(_Standin.seen) == 4 + 3 and {mt for _, mt in _Standin.seen} == {1 + 8}  # 3 warm-ups, budget from "A"
     assert json.loads(capsys.readouterr().out) == out
     assert main(["--base-url", standin, "--model", "m", "--rows-file", str(tmp_path / "missing.jsonl")]) == 2
 

@@ -73,8 +73,8 @@ class FakeKube:
         self.message_reads += 1
         return self.messages.get(job)
 
-    async def served(self, kind: str, namespace: str) -> bool:
-        return self.pools
+    async def list_if_served(self, kind: str, namespace: str, labels: dict[str, str | None]) -> list[dict[str, Any]] | None:
+        return await self.list_labelled(kind, namespace, labels) if self.pools else None
 
     async def replace_modelserve_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         self.status_writes.append(copy.deepcopy(status))
@@ -117,7 +117,8 @@ def test_first_deploy_then_rollout_with_gate_and_hpa_following_the_switch() -> N
     b = body(hpa={"maxReplicas": 3}, rollout={"scaleDownDelaySeconds": 30})
     assert isinstance(run(rt, b, T0), float)  # waiting for blue: a timer
     assert ("Deployment", "intents-blue") in kube.objs and ("ConfigMap", "intents-111111111111") in kube.objs
-    assert {("Service", "intents"), ("Service", "intents-preview"), ("PodDisruptionBudget", "intents")} <= set(kube.objs)
+    assert {("Service", "intents"), ("Service", "intents-preview"), ("PodDisruptionBudget", "intents-blue"),
+            ("PodDisruptionBudget", "intents-green")} <= set(kube.objs)
     assert kube.selector("intents") == "none" and kube.selector("intents-preview") == "blue"
     kube.ready("blue")
     writes = len(kube.status_writes)
@@ -152,9 +153,10 @@ def test_first_deploy_then_rollout_with_gate_and_hpa_following_the_switch() -> N
     run(rt, b2, T0 + dt.timedelta(seconds=50))
     assert kube.objs[("Deployment", "intents-blue")]["spec"]["replicas"] == 0
     assert ("Normal", "Promoted") in events and ("Normal", "GatePassed") in events
-    # Children come from the indexes: nothing but old version ConfigMaps is ever listed, and the
-    # finished gate's termination message was read once, not on every later pass.
-    assert set(kube.listed) == {"ConfigMap"} and kube.message_reads == 1
+    # Deployments, Services and gate Jobs come from the indexes: only old version ConfigMaps and
+    # the converged PDBs and HPA are listed, and the finished gate's termination message was
+    # read once, not on every later pass.
+    assert set(kube.listed) == {"ConfigMap", "PodDisruptionBudget", "HorizontalPodAutoscaler"} and kube.message_reads == 1
 
 
 def test_old_version_config_maps_are_removed_once_no_template_mounts_them() -> None:
@@ -180,7 +182,50 @@ def test_inference_pools_only_where_their_crd_is_served(served: bool) -> None:
     rt, _ = runtime(kube)
     run(rt, body(inferencePool={"enabled": True, "endpointPicker": "epp"}), T0)
     pools = {n for k, n in kube.objs if k == "InferencePool"}
-    assert pools == ({"intents-blue", "intents-green"} if served else set())
+    assert pools == ({"intents", "intents-preview"} if served else set())
+
+
+def _pool_color(kube: FakeKube, name: str) -> str:
+    return str(kube.objs[("InferencePool", name)]["spec"]["selector"]["matchLabels"][LABEL_COLOR])
+
+
+def test_pools_follow_the_switch_and_hpa_pdb_pools_converge_every_pass() -> None:
+    """MS-6: the active pool switches with the active Service (Gateway traffic is blue/green too);
+    MS-9: an edited HPA metric or target, a deleted PDB and disabled pools are converged on the
+    next pass; MS-10: the PDB of one color only (a single PDB over both colors is removed)."""
+    kube = FakeKube(pools=True)
+    rt, _ = runtime(kube)
+    # What an older operator left: one PDB across both colors and one pool per color.
+    for kind, name in (("PodDisruptionBudget", "intents"), ("InferencePool", "intents-blue"), ("InferencePool", "intents-green")):
+        kube.objs[(kind, name)] = {"kind": kind, "metadata": {
+            "name": name, "labels": {LABEL_MODELSERVE: "intents"},
+            "ownerReferences": [{"kind": "ModelServe", "name": "intents", "uid": "uid-ms", "controller": True}]}, "spec": {}}
+    spec = {"hpa": {"maxReplicas": 3}, "inferencePool": {"enabled": True, "endpointPicker": "epp"},
+            "rollout": {"scaleDownDelaySeconds": 30}}
+    run(rt, body(**spec), T0)
+    assert {n for k, n in kube.objs if k == "PodDisruptionBudget"} == {"intents-blue", "intents-green"}
+    assert {n for k, n in kube.objs if k == "InferencePool"} == {"intents", "intents-preview"}
+    assert _pool_color(kube, "intents") == "none" and _pool_color(kube, "intents-preview") == "blue"
+    kube.ready("blue")
+    run(rt, body(**spec), T0 + dt.timedelta(seconds=5))
+    assert _pool_color(kube, "intents") == "blue" == kube.selector("intents")
+    # A new version: the preview pool follows the candidate, the active pool stays on blue
+    # until the promotion, then both move with the Services in the same pass.
+    run(rt, body(D2, **spec), T0 + dt.timedelta(seconds=10))
+    assert _pool_color(kube, "intents") == "blue" and _pool_color(kube, "intents-preview") == "green"
+    kube.ready("green")
+    run(rt, body(D2, **spec), T0 + dt.timedelta(seconds=12))
+    assert kube.selector("intents") == "green" == _pool_color(kube, "intents")
+    # Drift: the HPA's metric and target edited in the spec, a PDB deleted by hand.
+    edited = {**spec, "hpa": {"maxReplicas": 3, "targetWaitingRequests": 9, "metric": "vllm:num_requests_running"}}
+    del kube.objs[("PodDisruptionBudget", "intents-blue")]
+    run(rt, body(D2, **edited), T0 + dt.timedelta(seconds=13))
+    metric = kube.objs[("HorizontalPodAutoscaler", "intents")]["spec"]["metrics"][0]["pods"]
+    assert metric == {"metric": {"name": "vllm:num_requests_running"}, "target": {"type": "AverageValue", "averageValue": "9"}}
+    assert ("PodDisruptionBudget", "intents-blue") in kube.objs
+    # Pools and HPA disabled: removed.
+    run(rt, body(D2, rollout={"scaleDownDelaySeconds": 30}), T0 + dt.timedelta(seconds=14))
+    assert not {k for k, _ in kube.objs if k in ("InferencePool", "HorizontalPodAutoscaler")}
 
 
 def test_invalid_spec_fails_naming_the_field_and_touches_nothing() -> None:
@@ -231,3 +276,33 @@ def test_the_index_keeps_what_reconcile_reads_of_a_child_and_little_else() -> No
     index = {"Deployment": {("ns", "intents"): [json.dumps(kept)]}, "Service": {}, "Job": {}}
     assert children_from(index)("Deployment", "ns", "intents") == [kept]
     assert children_from(index)("Service", "ns", "intents") == []
+
+
+def test_a_conflicting_child_is_in_the_status_and_the_deadline_still_runs() -> None:
+    """A Service named like the ModelServe that it does not control (common when migrating):
+    every pass fails at it, yet the status says why, and the progress deadline counts from the
+    first pass (startedAt is written, not restarted by each failed pass) (MS-11)."""
+    from tuneforge.kube import ForeignChild
+
+    class Conflicting(FakeKube):
+        async def create(self, obj: dict[str, Any]) -> bool:
+            if obj["kind"] == "Service" and obj["metadata"]["name"] == "intents":
+                raise ForeignChild("Service", "ns", "intents", "uid-other", "ModelServe")
+            return await super().create(obj)
+
+    kube = Conflicting()
+    rt, events = runtime(kube)
+    b = body(rollout={"progressDeadlineSeconds": 600})
+    with pytest.raises(ForeignChild):
+        run(rt, b, T0)
+    first = kube.status_writes[-1]
+    assert first["reason"] == "ChildConflict" and "not this ModelServe" in first["message"]
+    assert first["rollout"]["startedAt"] == "2026-01-01T00:00:00Z"
+    assert ("Normal", "RolloutStarted") in events and ("Deployment", "intents-blue") in kube.objs
+    with pytest.raises(ForeignChild):
+        run(rt, b, T0 + dt.timedelta(seconds=60))
+    assert kube.status_writes[-1]["rollout"]["startedAt"] == "2026-01-01T00:00:00Z"
+    with pytest.raises(ForeignChild):
+        run(rt, b, T0 + dt.timedelta(seconds=700))
+    assert kube.status_writes[-1]["rejected"], kube.status_writes[-1]
+    assert kube.status_writes[-1]["reason"] == "ChildConflict"

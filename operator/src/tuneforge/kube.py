@@ -44,13 +44,15 @@ KINDS: dict[str, Any] = {
 
 
 class ForeignChild(Exception):
-    """A child's deterministic name is taken by an object this FineTuneJob does not control."""
+    """A child's deterministic name is taken by an object its owner (a FineTuneJob or a
+    ModelServe) does not control."""
 
-    def __init__(self, kind: str, namespace: str, name: str, controller_uid: str | None) -> None:
+    def __init__(self, kind: str, namespace: str, name: str, controller_uid: str | None,
+                 owner_kind: str = "owner") -> None:
         self.kind, self.namespace, self.name, self.controller_uid = kind, namespace, name, controller_uid
         whose = f"is controlled by another object (uid {controller_uid})" if controller_uid else "has no controller"
-        super().__init__(f"{kind} {namespace}/{name} already exists and {whose}, not this FineTuneJob: "
-                         f"delete it (or rename the FineTuneJob) and the run continues")
+        super().__init__(f"{kind} {namespace}/{name} already exists and {whose}, not this {owner_kind}: "
+                         f"delete it (or rename the {owner_kind}) and it continues")
 
 
 def _controller_uid(owner_references: Any) -> str | None:
@@ -96,7 +98,8 @@ class Kube:
         existing = await self._call(self._client.get, type(res), meta["name"], namespace=meta["namespace"])
         theirs = _controller_uid(existing.metadata.ownerReferences if existing.metadata else None)
         if theirs != _controller_uid(meta.get("ownerReferences")):
-            raise ForeignChild(obj["kind"], meta["namespace"], meta["name"], theirs)
+            mine: dict[str, Any] = next((r for r in meta.get("ownerReferences") or () if r.get("controller")), {})
+            raise ForeignChild(obj["kind"], meta["namespace"], meta["name"], theirs, mine.get("kind") or "owner")
         return False
 
     async def delete_job(self, namespace: str, name: str) -> None:
@@ -200,27 +203,25 @@ class Kube:
                 raise
 
     async def job_termination_message(self, namespace: str, job: str, container: str) -> str | None:
-        """The termination message of ``container`` in a finished pod of ``job`` (None: none yet)."""
-        for pod in await self.list_labelled("Pod", namespace, {"batch.kubernetes.io/job-name": job}):
+        """The termination message of ``container`` in a finished pod of ``job`` (None: none yet);
+        a Succeeded pod's first (a retried Job's disrupted pod left its log tail as its message)."""
+        pods = await self.list_labelled("Pod", namespace, {"batch.kubernetes.io/job-name": job})
+        for pod in sorted(pods, key=lambda p: (p.get("status") or {}).get("phase") != "Succeeded"):
             for cs in (pod.get("status") or {}).get("containerStatuses") or ():
                 message = ((cs.get("state") or {}).get("terminated") or {}).get("message")
                 if cs.get("name") == container and message:
                     return str(message)
         return None
 
-    async def served(self, kind: str, namespace: str) -> bool:
-        """Whether the API serves ``kind`` (an optional CRD such as InferencePool is installed)."""
+    async def list_if_served(self, kind: str, namespace: str, labels: dict[str, str | None]) -> list[dict[str, Any]] | None:
+        """As ``list_labelled``, or None when the API does not serve ``kind`` (an optional CRD
+        such as InferencePool is not installed): one call answers both."""
         try:
-            await self._call(self._list_one, KINDS[kind], namespace)
-            return True
+            return await self.list_labelled(kind, namespace, labels)
         except ApiError as exc:
             if exc.status.code == 404:
-                return False
+                return None
             raise
-
-    async def _list_one(self, res: Any, namespace: str) -> None:
-        async for _ in self._client.list(res, namespace=namespace, chunk_size=1):
-            break
 
     async def replace_modelserve_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         """Replace the ModelServe's whole status (a JSON patch: a merge patch would keep keys the

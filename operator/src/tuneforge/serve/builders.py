@@ -1,6 +1,6 @@
 """Pure builders for a ModelServe's children, on top of server.py's one-server builders: the two
-color Deployments and their version ConfigMaps, the active and preview Services, the
-PodDisruptionBudget, the optional HPA and InferencePools. No I/O; everything is passed in
+color Deployments and their version ConfigMaps, the active and preview Services, a
+PodDisruptionBudget per color, the optional HPA and the active and preview InferencePools. No I/O; everything is passed in
 (names and labels: names.py).
 """
 
@@ -121,11 +121,14 @@ def build_preview_service(ctx: ServeContext, color: str | None) -> dict[str, Any
     return _service(ctx, preview_service_name(ctx.name), color, "preview")
 
 
-def build_pdb(ctx: ServeContext) -> dict[str, Any]:
-    """At most one server pod of the ModelServe evicted at a time (both colors): a node drain
-    goes one pod at a time and is never blocked for good, even with one replica."""
-    return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": _meta(ctx, ctx.name),
-            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {LABEL_MODELSERVE: ctx.name}}}}
+def build_pdb(ctx: ServeContext, color: str) -> dict[str, Any]:
+    """At most one pod of one color evicted at a time. Per color, so a candidate's Pending or
+    crash-looping pods never use up the active color's budget; unhealthy (not Ready) pods are
+    always evictable, so a drain is never blocked by pods that serve nothing."""
+    return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+            "metadata": _meta(ctx, color_name(ctx.name, color), {LABEL_COLOR: color}),
+            "spec": {"maxUnavailable": 1, "unhealthyPodEvictionPolicy": "AlwaysAllow",
+                     "selector": {"matchLabels": {LABEL_MODELSERVE: ctx.name, LABEL_COLOR: color}}}}
 
 
 def build_hpa(ctx: ServeContext, spec: ModelServeSpec, color: str) -> dict[str, Any] | None:
@@ -148,16 +151,19 @@ def build_hpa(ctx: ServeContext, spec: ModelServeSpec, color: str) -> dict[str, 
     }
 
 
-def build_inference_pool(ctx: ServeContext, spec: ModelServeSpec, color: str) -> dict[str, Any] | None:
-    """One color as a Gateway API Inference Extension InferencePool (v1); None unless enabled.
-    The reconcile skips it when the CRD is not installed."""
+def build_inference_pool(ctx: ServeContext, spec: ModelServeSpec, role: str, color: str | None) -> dict[str, Any] | None:
+    """A Gateway API Inference Extension InferencePool (v1) named as the Service of ``role``
+    (``active``: ``<name>``, ``preview``: ``<name>-preview``) selecting ``color``, as that
+    Service does: an HTTPRoute to ``<name>`` follows promotions and rollbacks. None unless
+    enabled; the reconcile skips it when the CRD is not installed."""
     if spec.inference_pool is None:
         return None
+    name = active_service_name(ctx.name) if role == "active" else preview_service_name(ctx.name)
     return {
         "apiVersion": "inference.networking.k8s.io/v1", "kind": "InferencePool",
-        "metadata": _meta(ctx, color_name(ctx.name, color), {LABEL_COLOR: color}),
+        "metadata": _meta(ctx, name, role=role),
         "spec": {
-            "selector": {"matchLabels": {LABEL_MODELSERVE: ctx.name, LABEL_COLOR: color}},
+            "selector": {"matchLabels": {LABEL_MODELSERVE: ctx.name, LABEL_COLOR: color or NO_COLOR}},
             "targetPorts": [{"number": PORT}],
             "endpointPickerRef": {"kind": "Service", "name": spec.inference_pool.endpoint_picker,
                                   "port": {"number": spec.inference_pool.endpoint_picker_port}},
@@ -238,7 +244,13 @@ def build_gate_job(ctx: ServeContext, spec: ModelServeSpec, version: ServedVersi
     return {
         "apiVersion": "batch/v1", "kind": "Job", "metadata": meta,
         "spec": {
-            "backoffLimit": 0, "activeDeadlineSeconds": gate.timeout_seconds, "ttlSecondsAfterFinished": GATE_TTL_SECONDS,
+            # A pod evicted by a drain or preempted is retried (not counted against backoffLimit);
+            # unusable rows (exit 2) fail at once; any other failure is retried once.
+            "backoffLimit": 1,
+            "podFailurePolicy": {"rules": [
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+                {"action": "FailJob", "onExitCodes": {"containerName": "gate", "operator": "In", "values": [2]}}]},
+            "activeDeadlineSeconds": gate.timeout_seconds, "ttlSecondsAfterFinished": GATE_TTL_SECONDS,
             # The pods carry no modelserve label: the PDB and the Services select by it.
             "template": {"metadata": {"labels": {k: v for k, v in meta["labels"].items() if k != LABEL_MODELSERVE},
                                       "annotations": dict(pod.annotations)}, "spec": pod_spec},

@@ -38,9 +38,17 @@ from typing import Any, Iterable, Mapping, Sequence
 from .spec import GateSpec
 
 __all__ = [
-    "Answer", "GateMeasures", "GateRow", "GateVerdict", "judge", "main", "measure", "normalize_answer", "parse_rows",
-    "percentile", "read_rows_text", "run_gate", "sample_rows",
+    "Answer", "GateMeasures", "GateRow", "GateVerdict", "answer_budget", "judge", "main", "measure", "normalize_answer",
+    "parse_rows", "percentile", "read_rows_text", "run_gate", "sample_rows",
 ]
+
+WARMUP_REQUESTS = 3
+"""Unscored requests sent one by one before the measured ones: the first requests to a fresh
+server pay for loading the LoRA slot and capturing CUDA graphs, which no user sees twice."""
+ANSWER_MARGIN_TOKENS = 8
+"""As the trainer's generation budget: the longest target plus this many tokens."""
+MAX_ANSWER_TOKENS = 1024
+"""The budget's cap, so a long target never asks past the context window."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,28 +128,45 @@ def parse_rows(lines: Iterable[str]) -> list[GateRow]:
 
 
 def sample_rows(rows: Sequence[GateRow], n: int, seed: int = 0) -> list[GateRow]:
-    """Up to ``n`` rows, round-robin across targets (eval files are often grouped by label), in a
-    seeded order so a re-run gate asks the same rows."""
-    by_target: dict[str, list[GateRow]] = defaultdict(list)
-    for row in rows:
-        by_target[row.target].append(row)
+    """Up to ``n`` rows, each target keeping its share (largest remainder, ties by target),
+    seeded, in file order: the trainer's ``data.stratified_sample``, so the ModelServe's gate
+    scores the same kind of sample as the FineTuneJob's evaluation (the gate may not import the
+    trainer; a test checks both pick the same rows)."""
+    if not n or len(rows) <= n:
+        return list(rows)
+    by_target: dict[str, list[int]] = defaultdict(list)
+    for i, r in enumerate(rows):
+        by_target[r.target].append(i)
+    quota = {t: len(ix) * n / len(rows) for t, ix in by_target.items()}
+    take = {t: int(q) for t, q in quota.items()}
+    for t in sorted(quota, key=lambda t: (-(quota[t] - take[t]), t))[: n - sum(take.values())]:
+        take[t] += 1
     rng = random.Random(seed)
-    queues = [rng.sample(group, len(group)) for _, group in sorted(by_target.items())]
-    out: list[GateRow] = []
-    while len(out) < n and any(queues):
-        for q in queues:
-            if q and len(out) < n:
-                out.append(q.pop())
-    return out
+    keep: set[int] = set()
+    for t in sorted(by_target):
+        keep.update(rng.sample(by_target[t], take[t]))
+    return [r for i, r in enumerate(rows) if i in keep]
+
+
+def answer_budget(rows: Sequence[GateRow]) -> int:
+    """``max_tokens`` for the rows: the longest target in UTF-8 bytes (a token is at least one
+    byte, so never fewer tokens than the trainer's tokenizer count) plus the trainer's margin,
+    capped at ``MAX_ANSWER_TOKENS``."""
+    longest = max((len(r.target.encode("utf-8")) for r in rows), default=0)
+    return min(MAX_ANSWER_TOKENS, longest + ANSWER_MARGIN_TOKENS)
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
-    """Nearest-rank percentile (q in 0..100); None for no values."""
+    """Linearly interpolated percentile (q in 0..100; numpy's default method); None for no
+    values. Unlike nearest rank, p99 of fewer than 101 values is not simply the maximum: the
+    slowest value weighs (101 - n)% of it, and nothing from 101 values on."""
     if not values:
         return None
     ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return ordered[rank - 1]
+    pos = q / 100 * (len(ordered) - 1)
+    low = math.floor(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
 def measure(rows: Sequence[GateRow], answers: Sequence[Answer]) -> GateMeasures:
@@ -176,9 +201,13 @@ def judge(m: GateMeasures, gate: GateSpec) -> GateVerdict:
 
 
 async def run_gate(base_url: str, model: str, rows: Sequence[GateRow], api_key: str | None = None,
-                   concurrency: int = 8, timeout_s: float = 60.0, max_tokens: int = 32) -> list[Answer]:
+                   concurrency: int = 8, timeout_s: float = 60.0, max_tokens: int | None = None,
+                   warmup: int = WARMUP_REQUESTS) -> list[Answer]:
     """Ask every row through the official ``openai`` client with at most ``concurrency`` requests
-    in flight; answers come back in row order. No retries: a request that fails counts."""
+    in flight; answers come back in row order. First the first ``warmup`` rows are asked one by
+    one and their answers dropped. ``max_tokens`` defaults to :func:`answer_budget`. No
+    retries: a measured request that fails counts."""
+    budget = answer_budget(rows) if max_tokens is None else max_tokens
     from openai import AsyncOpenAI  # the operator process never imports it
 
     client = AsyncOpenAI(base_url=base_url, api_key=api_key or "EMPTY", max_retries=0, timeout=timeout_s)
@@ -190,13 +219,15 @@ async def run_gate(base_url: str, model: str, rows: Sequence[GateRow], api_key: 
             try:
                 resp = await client.chat.completions.create(
                     model=model, messages=[dict(m) for m in row.messages],  # type: ignore[misc]
-                    temperature=0, max_tokens=max_tokens)
+                    temperature=0, max_tokens=budget)
                 text = resp.choices[0].message.content or ""
                 return Answer(text, (time.perf_counter() - start) * 1000)
             except Exception as exc:  # noqa: BLE001 - any failure is a wrong answer, recorded
                 return Answer(None, (time.perf_counter() - start) * 1000, f"{type(exc).__name__}: {exc}"[:200])
 
     try:
+        for r in rows[:warmup]:
+            await ask(r)
         return list(await asyncio.gather(*(ask(r) for r in rows)))
     finally:
         await client.close()
@@ -255,6 +286,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rows", type=int, default=200)
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--timeout", type=float, default=60.0, help="Seconds per request")
+    p.add_argument("--warmup", type=int, default=WARMUP_REQUESTS, help="Unscored requests sent first")
+    p.add_argument("--max-tokens", type=int, default=None, help="Answer budget (default: the longest target + 8)")
     p.add_argument("--api-key-env", default="TUNEFORGE_API_KEY")
     p.add_argument("--termination-log", default="/dev/termination-log")
     args = p.parse_args(argv)
@@ -270,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not rows:
         return _fail(f"Gate rows {where}: no rows", args.termination_log)
     answers = asyncio.run(run_gate(args.base_url, args.model, rows, os.environ.get(args.api_key_env),
-                                   args.concurrency, args.timeout))
+                                   args.concurrency, args.timeout, args.max_tokens, args.warmup))
     line = json.dumps(measure(rows, answers).to_json())
     print(line)
     try:

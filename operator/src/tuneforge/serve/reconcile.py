@@ -15,8 +15,11 @@ The thin, writing half of the room; every decision is plan.py's. One pass:
 4. write the status only when it changed, post the plan's Events, and return the plan's delay
    when a timer needs another look (the handlers' work queue schedules it).
 
-The status is written only after every action succeeded, so a reconcile that dies half way is
-finished by the next one (the actions are a diff against what is observed).
+The actions are a diff against what is observed, so a reconcile that dies half way is finished
+by the next one. A transient API error leaves the status unwritten (the pass is retried at
+once); a child that cannot be applied (its name taken by a foreign object: ``ChildConflict``;
+refused by the apiserver: ``ApplyFailed``) is written into the status with the plan's state, so
+the user sees why and the progress deadline keeps counting from the rollout's start.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 
 from ..endpoint_secrets import refusal
-from ..kube import Kube
+from ..kube import ForeignChild, Kube, api_error_message, is_transient
 from ..labels import LABEL_ROLE
 from .builders import (
     GatePod, ServeContext, build_active_service, build_color_deployment, build_gate_job, build_hpa,
@@ -146,37 +149,59 @@ async def _apply(rt: Runtime, ctx: ServeContext, spec: ModelServeSpec, p: Plan, 
 
 async def _static_children(rt: Runtime, ctx: ServeContext, spec: ModelServeSpec, status: Obj,
                            services: dict[str, Obj]) -> None:
-    """The children that follow from the status rather than from a rollout step."""
+    """The children that follow from the status rather than from a rollout step, converged on
+    every pass: Services (when missing), the PDBs, the HPA and the InferencePools. The last
+    three are listed (not indexed) and compared in full with what is wanted: drift and edited
+    fields are applied, a deleted one is recreated, one no longer wanted is deleted."""
     kube, ns = rt.kube, ctx.namespace
+    active, preview = status.get("activeColor"), status.get("previewColor") or status.get("activeColor")
     if active_service_name(ctx.name) not in services:
-        # The first reconcile (or a deleted Service): both Services and the PDB.
-        await kube.create(build_active_service(ctx, status.get("activeColor")))
-        await kube.create(build_pdb(ctx))
+        await kube.create(build_active_service(ctx, active))
     if preview_service_name(ctx.name) not in services:
-        await kube.create(build_preview_service(ctx, status.get("previewColor") or status.get("activeColor")))
-    active = status.get("activeColor")
-    hpa = await kube.get("HorizontalPodAutoscaler", ns, ctx.name)
-    if spec.hpa is not None and active:
+        await kube.create(build_preview_service(ctx, preview))
+    mine: dict[str, str | None] = {LABEL_MODELSERVE: ctx.name}
+    uid = ctx.owner_references[0]["uid"] if ctx.owner_references else ""
+    await _converge(kube, "PodDisruptionBudget", ns, uid, await kube.list_labelled("PodDisruptionBudget", ns, mine),
+                    [build_pdb(ctx, color) for color in COLORS])
+    hpas = await kube.list_labelled("HorizontalPodAutoscaler", ns, mine)
+    if spec.hpa is None:
+        await _converge(kube, "HorizontalPodAutoscaler", ns, uid, hpas, [])
+    elif active:
         # The HPA follows the active color: moved on a switch, never pointed at a candidate.
-        want = build_hpa(ctx, spec, active)
-        assert want is not None
-        have = (hpa or {}).get("spec") or {}
-        if {k: have.get(k) for k in ("scaleTargetRef", "minReplicas", "maxReplicas")} != \
-                {k: want["spec"][k] for k in ("scaleTargetRef", "minReplicas", "maxReplicas")}:
-            await kube.apply(want)
-    elif spec.hpa is None and hpa is not None:
-        await kube.delete("HorizontalPodAutoscaler", ns, ctx.name)
-    if spec.inference_pool is not None:
-        # Discovered per reconcile of a ModelServe that asks for them: a CRD installed later is used.
-        if not await kube.served("InferencePool", ns):
+        await _converge(kube, "HorizontalPodAutoscaler", ns, uid, hpas, [build_hpa(ctx, spec, active)])
+    # One list call tells whether the InferencePool CRD is served (installed later: used then).
+    pools = await kube.list_if_served("InferencePool", ns, mine)
+    if pools is None:
+        if spec.inference_pool is not None:
             log.info("ModelServe %s/%s asks for InferencePools but their CRD is not installed: skipped", ns, ctx.name)
-        else:
-            have = {p["metadata"]["name"] for p in await kube.list_labelled("InferencePool", ns, {LABEL_MODELSERVE: ctx.name})}
-            for color in COLORS:
-                if color_name(ctx.name, color) not in have:
-                    pool = build_inference_pool(ctx, spec, color)
-                    assert pool is not None
-                    await kube.apply(pool)
+        return
+    # The pools take their colors from the same status as the Services' switches in this pass.
+    await _converge(kube, "InferencePool", ns, uid, pools, [build_inference_pool(ctx, spec, "active", active),
+                                                            build_inference_pool(ctx, spec, "preview", preview)])
+
+
+async def _converge(kube: Kube, kind: str, ns: str, uid: str, have: Iterable[Obj], want: list[dict[str, Any] | None]) -> None:
+    """Apply each wanted object whose spec or labels differ from what exists (server-side apply
+    of the whole object), and delete the ones this ModelServe controls that are not wanted."""
+    existing = {o["metadata"]["name"]: o for o in _controlled(have, uid)}
+    wanted = [w for w in want if w is not None]
+    for w in wanted:
+        old = existing.get(w["metadata"]["name"])
+        if old is None or not _covers(old.get("spec"), w["spec"]) or \
+                not _covers(old["metadata"].get("labels"), w["metadata"]["labels"]):
+            await kube.apply(w)
+    for name in set(existing) - {w["metadata"]["name"] for w in wanted}:
+        await kube.delete(kind, ns, name)
+
+
+def _covers(have: Any, want: Any) -> bool:
+    """Whether ``have`` holds every field of ``want`` with its value (the apiserver adds defaults,
+    such as an HPA's scale-up policies, that are not drift)."""
+    if isinstance(want, Mapping):
+        return isinstance(have, Mapping) and all(_covers(have.get(k), v) for k, v in want.items())
+    if isinstance(want, list):
+        return isinstance(have, list) and len(have) == len(want) and all(_covers(h, w) for h, w in zip(have, want))
+    return bool(have == want)
 
 
 async def _drop_old_configs(rt: Runtime, ctx: ServeContext, deployments: list[Obj], p: Plan) -> None:
@@ -251,15 +276,29 @@ async def reconcile(rt: Runtime, body: Obj, now: dt.datetime | None = None) -> t
     desired = resolve(spec, ftj_status, known_versions(prior))
     p = plan(spec, generation, desired, observed, prior, Requests.from_annotations(meta.get("annotations")), now,
              endpoints(ctx))
-    await _apply(rt, ctx, spec, p, services)
-    await _static_children(rt, ctx, spec, p.status, services)
+    try:
+        await _apply(rt, ctx, spec, p, services)
+        await _static_children(rt, ctx, spec, p.status, services)
+    except Exception as exc:
+        if is_transient(exc) and not isinstance(exc, ForeignChild):
+            raise  # retried at once with backoff: the next pass redoes the same diff
+        # A name taken by a foreign object, or a child the apiserver refuses: every pass would
+        # fail here, so the status says why (and keeps startedAt, so the progress deadline runs).
+        # The plan's actions are a diff against what is observed: what failed is planned again.
+        reason = "ChildConflict" if isinstance(exc, ForeignChild) else "ApplyFailed"
+        await _finish(rt, body, prior, {**p.status, "reason": reason, "message": api_error_message(exc)[:1000]}, p)
+        raise
     if any(isinstance(a, Scale) for a in p.actions):
         await _drop_old_configs(rt, ctx, deployments, p)
-    if p.status != prior:
-        await _write(rt, body, p.status)
+    await _finish(rt, body, prior, p.status, p)
+    return p.status, p.requeue_after
+
+
+async def _finish(rt: Runtime, body: Obj, prior: Obj, status: dict[str, Any], p: Plan) -> None:
+    if status != prior:
+        await _write(rt, body, status)
     for e in p.events:
         rt.emit(body, e.type, e.reason, e.message)
-    return p.status, p.requeue_after
 
 
 async def _write(rt: Runtime, body: Obj, status: dict[str, Any]) -> None:
