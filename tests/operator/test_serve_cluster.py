@@ -149,12 +149,16 @@ def test_full_promotion_sequence(cluster: Cluster, namespace: str, run_operator:
     deps = _deployments(cluster, namespace)
     assert sorted(deps) == ["intents-blue", "intents-green"] and deps["intents-blue"]["metadata"]["uid"] == blue_uid
     assert deps["intents-green"]["metadata"]["annotations"]["tuneforge.dev/version"] == digest(2)
-    jobs = sorted(j["metadata"]["name"] for j in cluster.list("jobs", namespace))
-    assert jobs == [f"intents-gate-{short(1)}", f"intents-gate-{short(2)}"], jobs
+    # A gate Job belongs to one rollout attempt: v1's went when v2's rollout began; v2's (the last) stays.
+    wait_for("only the last attempt's gate Job", lambda: sorted(j["metadata"]["name"] for j in cluster.list("jobs", namespace))
+             == [f"intents-gate-{short(2)}-{st['gate']['attempt']}"], 30, 1)
     assert {"PodDisruptionBudget"} <= {o["kind"] for o in cluster.list("pdb", namespace)}
-    wait_for("version ConfigMaps", lambda: {c["metadata"]["name"] for c in cluster.list("configmaps", namespace, "tuneforge.dev/version")}
-             == {f"intents-{short(1)}", f"intents-{short(2)}"}, 30, 1)
     st = _status(cluster, namespace, "intents")
+    hashes = [h["version"]["templateHash"] for h in st["history"]]
+    assert st["active"]["templateHash"] == hashes[-1] and len(set(hashes)) == 2
+    wait_for("version ConfigMaps (named by template hash)",
+             lambda: {c["metadata"]["name"] for c in cluster.list("configmaps", namespace, "tuneforge.dev/version")}
+             == {f"intents-{h}" for h in hashes}, 30, 1)
     assert [h["outcome"] for h in st["history"]] == ["Promoted", "Promoted"]
     assert {c["type"]: c["status"] for c in st["conditions"]}["Available"] == "True"
     assert all(c["observedGeneration"] == 2 for c in st["conditions"])
