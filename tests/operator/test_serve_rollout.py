@@ -11,7 +11,7 @@ import datetime as dt
 import json
 from typing import Any
 
-from test_serve_plan import PASS, V1, V2, World, healthy_on, kinds, spec
+from test_serve_plan import FAIL, PASS, V1, V2, World, healthy_on, kinds, spec
 from test_serve_reconcile import D1, D2, T0, FakeKube, body, run, runtime
 
 from tuneforge.serve.plan import Requests, Scale
@@ -203,3 +203,29 @@ def test_an_approved_candidate_that_loses_readiness_is_rolled_back_after_the_dea
     p = w.step(V2, after=61)
     assert (p.status["phase"], p.status["reason"]) == ("Degraded", "ProgressDeadlineExceeded")
     assert w.active == "blue" and w.colors["green"].replicas == 0
+
+
+# --- MS-2: observedGeneration says when the spec is really served (kstatus) ---------------------
+
+def test_observed_generation_advances_only_when_the_rollout_for_it_has_ended() -> None:
+    """A spec edit that reshapes the color (same digest, another template hash) at generation 2:
+    until the candidate is promoted or rolled back, status.observedGeneration stays behind and
+    kstatus' Reconciling condition is True, so Argo CD / Flux see Progressing, not Healthy."""
+    def conds(p: Any) -> dict[str, str]:
+        return {c["type"]: c["status"] for c in p.status["conditions"]}
+
+    reshaped = dataclasses.replace(V1, template_hash="b0b0b0b0b0")
+    for outcome in ("promoted", "rolled back"):
+        w = healthy_on(World(spec()), V1)
+        w.generation = 2
+        p = w.step(reshaped)
+        assert p.status["phase"] == "Progressing" and p.status["preview"]["templateHash"] == "b0b0b0b0b0"
+        assert p.status["observedGeneration"] == 1 and conds(p)["Reconciling"] == "True"
+        w.ready("green")
+        w.step(reshaped)
+        w.gate_done(reshaped, PASS if outcome == "promoted" else FAIL)
+        p = w.step(reshaped)
+        assert p.status["observedGeneration"] == 2 and conds(p)["Reconciling"] == "False", outcome
+        assert conds(p)["Stalled"] == ("True" if outcome == "rolled back" else "False"), outcome
+    w = World(spec())
+    assert w.step(V1).status["observedGeneration"] == 0  # a first deploy in flight reflects no generation yet

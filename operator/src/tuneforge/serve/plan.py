@@ -551,8 +551,15 @@ def _status(s: _State, spec: ModelServeSpec, generation: int, desired: Resolutio
             endpoints: Mapping[str, str]) -> dict[str, Any]:
     phase, reason, message = _phase(s, spec, desired, observed)
     active_ready = _active_ready(s, observed)
-    status: dict[str, Any] = {"phase": phase, "reason": reason, "message": message, "observedGeneration": generation,
-                              "readyReplicas": active_ready}
+    # kstatus: the generation is observed once the object reflects it, i.e. no rollout is in
+    # flight (its candidate promoted or rolled back). Until then the last such generation stays
+    # (0 before the first), so Argo CD and Flux see the edit as in progress, not as served.
+    in_flight = s.cand is not None
+    # Pods of the active color not ready (a scale-up, a crash) may mend on their own: not stalled.
+    stalled = phase in (DEGRADED, FAILED) and not in_flight and reason != "ActiveNotReady"
+    observed_generation = min(int(prior.get("observedGeneration") or 0), generation) if in_flight else generation
+    status: dict[str, Any] = {"phase": phase, "reason": reason, "message": message,
+                              "observedGeneration": observed_generation, "readyReplicas": active_ready}
     if s.active_color and s.stable:
         status["activeColor"] = s.active_color
         status["active"] = _version_status(s.stable, s.active_color)
@@ -578,6 +585,10 @@ def _status(s: _State, spec: ModelServeSpec, generation: int, desired: Resolutio
         ("Available", "True" if active_ready > 0 else "False", "Serving" if active_ready > 0 else "NoActiveColor",
          f"{active_ready} pods of {s.active_color} ready" if s.active_color else "No color is active yet"),
         ("Progressing", "True" if s.cand is not None else "False", reason if s.cand is not None else "Idle", message),
+        # kstatus' own pair (Flux, kpt, cli-utils): Reconciling while a rollout is in flight,
+        # Stalled when nothing more happens without the user (a rollback, an invalid source).
+        ("Reconciling", "True" if in_flight else "False", reason if in_flight else "Idle", message if in_flight else ""),
+        ("Stalled", "True" if stalled else "False", reason if stalled else "NotStalled", message if stalled else ""),
         ("Paused", "True" if phase == PAUSED else "False", reason if phase == PAUSED else "NotPaused",
          message if phase == PAUSED else ""),
         ("GatePassed", gate_cond, f"Gate{gate_outcome}" if gate_outcome else "NoGate",
