@@ -85,9 +85,10 @@ def test_status_fields_the_plan_writes_are_in_the_schema() -> None:
     w.gate_done(V2, PASS)
     w.step(V2)
     status = w.step(V1).status
-    status["rejected"] = {"digest": "d", "shortDigest": "s", "reason": "r", "message": "m", "at": "t", "templateHash": "h"}
+    status["rejected"] = {"digest": "d", "shortDigest": "s", "reason": "r", "message": "m", "at": "t", "templateHash": "h",
+                          "retriedBy": "r"}
     status["abortNotApplied"] = {"value": "v", "message": "m", "at": "t"}
-    status["rollout"].update(attempt=2, notReadySince="t")
+    status["rollout"].update(attempt=2, notReadySince="t", retriedBy="r")
     assert status["gate"]["attempt"] and status["active"]["templateHash"]
     status["endpoints"] = {"active": "a", "preview": "p"}
     status["preview"] = status["active"]

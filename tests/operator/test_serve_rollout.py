@@ -229,3 +229,27 @@ def test_observed_generation_advances_only_when_the_rollout_for_it_has_ended() -
         assert conds(p)["Stalled"] == ("True" if outcome == "rolled back" else "False"), outcome
     w = World(spec())
     assert w.step(V1).status["observedGeneration"] == 0  # a first deploy in flight reflects no generation yet
+
+
+def test_a_retry_left_in_place_is_one_attempt_not_a_loop() -> None:
+    """Requests are safe to leave in place: a kept retry retries once; after that attempt is
+    rejected again, nothing starts until the annotation is taken away and set again."""
+    w = healthy_on(World(spec()), V1)
+    w.step(V2)
+    w.ready("green")
+    w.step(V2)
+    w.gate_done(V2, FAIL)
+    assert w.step(V2).status["reason"] == "GateFailed"
+    retry = Requests(retry=V2.short)
+    w.step(V2, retry)
+    w.ready("green")
+    w.step(V2, retry)
+    w.gate_done(V2, FAIL)
+    p = w.step(V2, retry)
+    assert (p.status["reason"], p.status["gate"]["attempt"]) == ("GateFailed", 3)
+    for _ in range(3):
+        p = w.step(V2, retry, after=5)
+        assert "previewColor" not in p.status and p.status["gate"]["attempt"] == 3, "a kept retry loops"
+    w.step(V2, after=5)  # the annotation removed
+    p = w.step(V2, retry, after=5)  # and set again
+    assert p.status["gate"]["attempt"] == 4 and p.status["phase"] == "Progressing"

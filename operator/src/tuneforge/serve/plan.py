@@ -38,7 +38,16 @@ drives them by committing the annotation into the manifest, without the request 
 of the desired state (the spec says *what* to serve; a promote approves one candidate). Because
 the value names the version, a request is idempotent and safe to leave in place: a stale
 ``promote`` never approves a later candidate, and a kept ``abort`` keeps that version out while
-it names it (remove it, or ``retry``, to try again). A value naming nothing current is ignored.
+it names it (remove it, or ``retry``, to try again). A kept ``retry`` retries once: should that
+attempt be rejected too, nothing starts until the annotation is removed and set again. A value
+naming nothing current is ignored; an ``abort`` naming the active version that cannot be
+applied (no warm previous color) is said once, as a Warning and ``status.abortNotApplied``.
+
+A version here is a rollout identity: the digest the requests name plus the hash of the
+template it renders (source.py), so a spec edit that reshapes a color is rolled out like a new
+adapter. Each rollout (a new identity, or a retry) is an *attempt* with its own number: its
+gate Job carries it, only that Job is read, and every other gate Job is deleted. The candidate
+is scaled to the active color's current count (the HPA's, capped by its maximum).
 
 Manual rollback through the spec: point it at an earlier version (``adapter.digest`` for a
 FineTuneJob, the URIs and digest for explicit adapters). While the previous color is warm and
@@ -298,6 +307,8 @@ def _reject(s: _State, spec: ModelServeSpec, reason: str, message: str) -> None:
     assert s.cand is not None
     _end_gate(s, "Aborted" if reason == "Aborted" else "Cancelled")
     s.rejected = {"digest": s.cand.digest, "shortDigest": s.cand.short, "reason": reason, "message": message, "at": s.stamp}
+    if s.rollout.get("retriedBy"):
+        s.rejected["retriedBy"] = s.rollout["retriedBy"]
     if s.cand.template_hash:
         s.rejected["templateHash"] = s.cand.template_hash
     s.record(s.cand, reason, s.cand_color, spec.rollout.revision_history_limit)
@@ -473,10 +484,14 @@ def _abort_active(s: _State, spec: ModelServeSpec, observed: Observed, requests:
 
 def _decide(s: _State, spec: ModelServeSpec, desired: Resolution, observed: Observed, requests: Requests) -> None:
     want = desired.version
+    retried_by = None
+    if s.rejected and not requests.retry:
+        s.rejected.pop("retriedBy", None)  # the annotation was taken away: setting it again retries again
     if s.rejected and requests.retry and digest_matches(requests.retry, s.rejected["digest"]) and not (
-            requests.abort and digest_matches(requests.abort, s.rejected["digest"])):
+            requests.abort and digest_matches(requests.abort, s.rejected["digest"])) and (
+            s.rejected.get("retriedBy") != requests.retry):
         s.event("Normal", "Retry", f"Retrying {s.rejected['shortDigest']} on request")
-        s.rejected = None
+        s.rejected, retried_by = None, requests.retry
     if s.rejected and want is not None and not _is_rejected(s, want):
         s.rejected = None  # the desire moved on; coming back to that version later tries it again
     _abort_active(s, spec, observed, requests)
@@ -503,6 +518,10 @@ def _decide(s: _State, spec: ModelServeSpec, desired: Resolution, observed: Obse
         return
     if s.cand is None or not s.cand.same(want):
         _start(s, spec, want)
+        if retried_by:
+            # One retry per annotation value: should this attempt be rejected too, the kept
+            # annotation does not start another (no loop of gate Jobs).
+            s.rollout["retriedBy"] = retried_by
     _advance(s, spec, observed, requests)
 
 
