@@ -14,7 +14,9 @@ from typing import Any
 from test_serve_plan import FAIL, PASS, V1, V2, World, healthy_on, kinds, spec
 from test_serve_reconcile import D1, D2, T0, FakeKube, body, run, runtime
 
+from tuneforge.serve.builders import ServeContext, template_hash
 from tuneforge.serve.plan import Requests, Scale
+from tuneforge.serve.source import Lineage
 from tuneforge.serve.spec import parse_spec
 
 GATE = {"minAccuracy": 0.8, "datasetUri": "pvc://data/rows.jsonl"}
@@ -253,3 +255,43 @@ def test_a_retry_left_in_place_is_one_attempt_not_a_loop() -> None:
     w.step(V2, after=5)  # the annotation removed
     p = w.step(V2, retry, after=5)  # and set again
     assert p.status["gate"]["attempt"] == 4 and p.status["phase"] == "Progressing"
+
+
+# --- MS-2: what the template hash covers ---------------------------------------------------------
+
+CTX = ServeContext("intents", "ns", "reg/server:1")
+BASE_SPEC: dict[str, Any] = {"adapter": {"fineTuneJob": "intents"}}
+RESHAPES: dict[str, dict[str, Any]] = {
+    "apiKey": {"apiKey": {"secretRef": {"name": "k", "key": "t"}}},
+    "mode": {"mode": "lora"},
+    "gpus": {"gpus": 2},
+    "maxModelLen": {"maxModelLen": 4096},
+    "dtype": {"dtype": "bfloat16"},
+    "resources": {"resources": {"cpu": "4", "memory": "32Gi"}},
+    "scheduling": {"scheduling": {"nodeSelector": {"gpu": "h100"}}},
+}
+
+
+def _hash(raw: dict[str, Any], version: Any = V1, ctx: ServeContext = CTX) -> str:
+    s = parse_spec(raw)
+    return template_hash(dataclasses.replace(ctx, node_selector=dict(s.node_selector)), s, version)
+
+
+def test_the_template_hash_changes_with_everything_that_shapes_a_color_and_nothing_else() -> None:
+    base = _hash(BASE_SPEC)
+    assert len(base) == 10 and base == _hash(BASE_SPEC)
+    changed = {k: _hash({**BASE_SPEC, **v}) for k, v in RESHAPES.items()}
+    changed["server image"] = _hash(BASE_SPEC, ctx=dataclasses.replace(CTX, image="reg/server:2"))
+    # What source.resolve puts in the version from spec.baseModel / adapter.name / the job's status.
+    a = V1.adapters[0]
+    changed["base uri"] = _hash(BASE_SPEC, dataclasses.replace(V1, base_uri="s3://models/other"))
+    changed["base digest"] = _hash(BASE_SPEC, dataclasses.replace(V1, base_digest="sha256:" + "b" * 64))
+    changed["adapter name"] = _hash(BASE_SPEC, dataclasses.replace(V1, adapters=(dataclasses.replace(a, name="renamed"),)))
+    changed["adapter uri"] = _hash(BASE_SPEC, dataclasses.replace(V1, adapters=(dataclasses.replace(a, uri="s3://elsewhere"),)))
+    assert base not in changed.values() and len(set(changed.values())) == len(changed), changed
+    # Not the replica count, the HPA, the gate, the rollout timers, nor where the version came from.
+    same = [{**BASE_SPEC, "replicas": 3}, {**BASE_SPEC, "hpa": {"minReplicas": 2, "maxReplicas": 4}},
+            {**BASE_SPEC, "rollout": {"gate": {"minAccuracy": 0.5}, "scaleDownDelaySeconds": 5}}]
+    assert {_hash(r) for r in same} == {base}
+    relabelled = dataclasses.replace(V1, lineage=Lineage("intents", 7, 0.5), eval_rows_uri="s3://rows")
+    assert _hash(BASE_SPEC, relabelled) == base
