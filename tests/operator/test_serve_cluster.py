@@ -196,7 +196,8 @@ def test_failing_gate_rolls_back(cluster: Cluster, namespace: str, run_operator:
     assert _selector(cluster, namespace, "strict") == "blue"
     assert {c["type"]: c for c in st["conditions"]}["GatePassed"]["status"] == "False"
     time.sleep(3)  # a rejected version is not tried again by itself
-    assert len([j for j in cluster.list("jobs", namespace) if j["metadata"]["name"] == f"strict-gate-{short(2)}"]) == 1
+    # The failed attempt's Job stays (the last attempt's, for its logs); no other one is created.
+    assert [j["metadata"]["name"] for j in cluster.list("jobs", namespace)] == [f"strict-gate-{short(2)}-{st['gate']['attempt']}"]
     assert _status(cluster, namespace, "strict")["activeColor"] == "blue"
 
 
@@ -249,7 +250,7 @@ def test_operator_sigkill_mid_rollout_converges(cluster: Cluster, namespace: str
     assert [h["shortDigest"] for h in st["history"]] == [short(1), short(2)], st["history"]
     assert [h["outcome"] for h in st["history"]] == ["Promoted", "Promoted"]
     gates = sorted(j["metadata"]["name"] for j in cluster.list("jobs", namespace))
-    assert gates == [f"crash-gate-{short(1)}", f"crash-gate-{short(2)}"], gates
+    assert gates == [f"crash-gate-{short(2)}-{st['gate']['attempt']}"], gates  # v1's attempt's Job went with it
     # Killed again right after a switch, before the old color's scale-down: nothing switches back.
     second.kill(signal.SIGKILL)
     third = run_operator(**OPERATOR_ENV)

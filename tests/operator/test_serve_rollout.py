@@ -295,3 +295,21 @@ def test_the_template_hash_changes_with_everything_that_shapes_a_color_and_nothi
     assert {_hash(r) for r in same} == {base}
     relabelled = dataclasses.replace(V1, lineage=Lineage("intents", 7, 0.5), eval_rows_uri="s3://rows")
     assert _hash(BASE_SPEC, relabelled) == base
+
+
+def test_a_status_without_attempts_runs_its_gate_once_not_in_a_churn() -> None:
+    """Status written before attempts (or pruned by a CRD not yet upgraded) while gating: the
+    gate is attempt 0 throughout; older, unnumbered Jobs (attempt -1) are deleted."""
+    from tuneforge.serve.plan import GateJob
+    w = healthy_on(World(spec()), V1)
+    w.step(V2)
+    w.ready("green")
+    w.step(V2)
+    for key in ("gate", "rollout"):
+        w.status[key].pop("attempt")
+    w.gates = {"old": GateJob(V2.digest, attempt=-1, name="old")}
+    p = w.step(V2)
+    assert kinds(p) == [("DeleteGate", "old", None), ("RunGate", "green", V2.short)]
+    assert w.step(V2).actions == () and list(w.gates) == [f"gate-{V2.short}-0"]
+    w.gate_done(V2, PASS)
+    assert w.step(V2).status["activeColor"] == "green"

@@ -297,6 +297,12 @@ def _end_gate(s: _State, outcome: str) -> None:
         s.gate.update(outcome=outcome, finishedAt=s.stamp)
 
 
+def _attempt(s: _State) -> int:
+    """The current rollout attempt; 0 when the status has none (written before attempts, or
+    pruned by an older CRD): one number throughout, so such a gate is run once, not churned."""
+    return int(s.gate.get("attempt") or 0)
+
+
 def _is_rejected(s: _State, v: ServedVersion) -> bool:
     r = s.rejected
     return r is not None and r["digest"] == v.digest and r.get("templateHash") == v.template_hash
@@ -339,7 +345,7 @@ def _start(s: _State, spec: ModelServeSpec, version: ServedVersion) -> None:
     s.cand, s.cand_color = version, color
     # Each rollout attempt (a new version, a new template, a retry) gets a number of its own: its
     # gate Job carries it and only a Job of this attempt is ever read.
-    attempt = int(s.gate.get("attempt", 0)) + 1
+    attempt = _attempt(s) + 1
     # Starting on the idle color overwrites whatever stayed warm there.
     s.rollout = {"startedAt": s.stamp, "attempt": attempt}
     s.gate = {"digest": version.digest, "shortDigest": version.short, "outcome": "Pending", "attempt": attempt}
@@ -433,7 +439,7 @@ def _advance(s: _State, spec: ModelServeSpec, observed: Observed, requests: Requ
 
 def _gate_job(s: _State, observed: Observed) -> GateJob | None:
     """The gate Job of the current attempt (never an older attempt's, whatever it measured)."""
-    attempt = s.gate.get("attempt")
+    attempt = _attempt(s)
     return next((g for g in observed.gates.values()
                  if s.cand is not None and g.attempt == attempt and g.digest == s.cand.digest), None)
 
@@ -625,7 +631,7 @@ def _actions(s: _State, spec: ModelServeSpec, observed: Observed) -> tuple[Actio
     n = _replicas(spec)
     # Every gate Job but the last attempt's goes (that one stays while it runs for a rollout in
     # flight, or once finished, for its logs, until its TTL).
-    attempt = s.gate.get("attempt")
+    attempt = _attempt(s)
     in_flight = s.cand is not None and s.gate.get("outcome") == "Running"
     deletes: list[Action] = [DeleteGate(name) for name, g in sorted(observed.gates.items())
                              if not (g.attempt == attempt and g.digest == s.gate.get("digest")
@@ -654,7 +660,7 @@ def _actions(s: _State, spec: ModelServeSpec, observed: Observed) -> tuple[Actio
         elif obs is not None and obs.replicas != 0:
             downs.append(Scale(color, None, 0))
     if s.cand is not None and s.cand_color and in_flight and _gate_job(s, observed) is None:
-        ups.append(RunGate(s.cand_color, s.cand, int(attempt or 0)))
+        ups.append(RunGate(s.cand_color, s.cand, attempt))
     switches: list[Action] = []
     preview = s.cand_color or s.active_color
     if preview and observed.preview_selector != preview:
