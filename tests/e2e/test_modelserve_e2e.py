@@ -1,7 +1,8 @@
 """ModelServe on the real node with the real CPU server image: it follows the demo's FineTuneJob
 and serves its adapter (the official `openai` client through the active Service gets the right
 labels); then a second revision of the FineTuneJob trains, passes its gate and rolls out
-blue/green while a bounded request loop runs through the switch — no request fails, and once
+blue/green while a bounded request loop runs through the switch — no request fails (also through
+a second switch for a spec edit that is not a new adapter, maxModelLen, gated too), and once
 the switch has happened every answer comes from the new adapter digest (each response names
 its digest in ``X-Tuneforge-Adapter-Digest``).
 
@@ -166,6 +167,20 @@ def test_modelserve_follows_the_finetunejob_and_switches_with_zero_failed_reques
                 (d.get("status") or {}).get("replicas") for d in cluster.list("deployments", ns, f"tuneforge.dev/modelserve={name}")
                 if (d["metadata"].get("labels") or {}).get("tuneforge.dev/color") != st["activeColor"]), 300, 2, describe)
             time.sleep(10)
+
+        # A change that is not a new adapter (maxModelLen) is a new rollout identity (same digest,
+        # another template hash): a candidate color, a gate attempt of its own, then the switch,
+        # again with no failed request; the live color is never re-templated in place.
+        shaped, attempt = st["active"]["templateHash"], st["gate"]["attempt"]
+        cluster.kubectl("patch", "modelserve", name, "-n", ns, "--type=merge", "-p", json.dumps({"spec": {"maxModelLen": 768}}))
+
+        def reshaped() -> dict[str, Any] | None:
+            s = healthy_on(cluster, ns, name, v2)
+            return s if s is not None and s["active"].get("templateHash") != shaped else None
+
+        with RequestLoop(client, ftj_name, sample) as loop2:
+            st2 = wait_for("the ModelServe to switch to maxModelLen 768", reshaped, 1500, 2, describe)
+            time.sleep(10)
     finally:
         operator.terminate()
         operator.wait(30)
@@ -186,3 +201,10 @@ def test_modelserve_follows_the_finetunejob_and_switches_with_zero_failed_reques
     assert before and all(r["digest"] == f"{ftj_name}={v1}" for r in before)
     assert after and all(r["digest"] == f"{ftj_name}={v2}" for r in after), [r for r in after if r["digest"] != f"{ftj_name}={v2}"][:5]
     assert st["active"]["lineage"]["revision"] == 2
+
+    failed2 = [r for r in loop2.results if not r["ok"]]
+    print(f"{len(loop2.results)} requests through the maxModelLen switch, {len(failed2)} failed; gate {st2['gate']}")
+    assert not failed2, failed2[:5]
+    assert all(r["digest"] == f"{ftj_name}={v2}" for r in loop2.results if r["ok"])
+    assert st2["gate"]["outcome"] == "Passed" and st2["gate"]["attempt"] > attempt, st2["gate"]
+    assert st2["activeColor"] != st["activeColor"] and st2["history"][-1]["outcome"] == "Promoted"

@@ -85,17 +85,19 @@ def test_observe_reads_the_builders_output_back() -> None:
     dep = build_color_deployment(CTX, SPEC, "blue", V1, 2)
     dep["metadata"].update(generation=3, creationTimestamp="2025-06-01T12:00:00Z")
     dep["status"] = {"observedGeneration": 3, "replicas": 2, "updatedReplicas": 2, "readyReplicas": 2}
-    job = {"metadata": {"name": "intents-gate-x", "annotations": {"tuneforge.dev/version": D1}},
+    job = {"metadata": {"name": "intents-gate-x", "annotations": {"tuneforge.dev/version": D1, "tuneforge.dev/attempt": "4"}},
            "status": {"conditions": [{"type": "Complete", "status": "True"}]}}
     m = GateMeasures(10, 9, 0, 0.9, 100.0, 300.0)
     obs = observe("intents", [dep], [build_active_service(CTX, "blue"), build_preview_service(CTX, None)],
                   [(job, json.dumps(m.to_json()))])
-    assert obs.colors["blue"].serves(D1, 2) and "green" not in obs.colors
+    assert obs.colors["blue"].serves(V1, 2) and "green" not in obs.colors
     assert (obs.active_selector, obs.preview_selector) == ("blue", None)
-    assert obs.gates[D1].finished and obs.gates[D1].measures == m
+    assert obs.gates["intents-gate-x"].finished and obs.gates["intents-gate-x"].measures == m
+    assert obs.gates["intents-gate-x"].attempt == 4
     failed = observe_gate_job({"metadata": {"annotations": {"tuneforge.dev/version": D1}},
                                "status": {"conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}]}})
     assert failed is not None and failed.failed and "DeadlineExceeded" in failed.message
+    assert failed.attempt == -1  # from before attempts: no attempt reads it
 
 
 def test_gate_job_retries_a_disrupted_pod_and_not_a_failed_one() -> None:

@@ -149,12 +149,16 @@ def test_full_promotion_sequence(cluster: Cluster, namespace: str, run_operator:
     deps = _deployments(cluster, namespace)
     assert sorted(deps) == ["intents-blue", "intents-green"] and deps["intents-blue"]["metadata"]["uid"] == blue_uid
     assert deps["intents-green"]["metadata"]["annotations"]["tuneforge.dev/version"] == digest(2)
-    jobs = sorted(j["metadata"]["name"] for j in cluster.list("jobs", namespace))
-    assert jobs == [f"intents-gate-{short(1)}", f"intents-gate-{short(2)}"], jobs
+    # A gate Job belongs to one rollout attempt: v1's went when v2's rollout began; v2's (the last) stays.
+    wait_for("only the last attempt's gate Job", lambda: sorted(j["metadata"]["name"] for j in cluster.list("jobs", namespace))
+             == [f"intents-gate-{short(2)}-{st['gate']['attempt']}"], 30, 1)
     assert {"PodDisruptionBudget"} <= {o["kind"] for o in cluster.list("pdb", namespace)}
-    wait_for("version ConfigMaps", lambda: {c["metadata"]["name"] for c in cluster.list("configmaps", namespace, "tuneforge.dev/version")}
-             == {f"intents-{short(1)}", f"intents-{short(2)}"}, 30, 1)
     st = _status(cluster, namespace, "intents")
+    hashes = [h["version"]["templateHash"] for h in st["history"]]
+    assert st["active"]["templateHash"] == hashes[-1] and len(set(hashes)) == 2
+    wait_for("version ConfigMaps (named by template hash)",
+             lambda: {c["metadata"]["name"] for c in cluster.list("configmaps", namespace, "tuneforge.dev/version")}
+             == {f"intents-{h}" for h in hashes}, 30, 1)
     assert [h["outcome"] for h in st["history"]] == ["Promoted", "Promoted"]
     assert {c["type"]: c["status"] for c in st["conditions"]}["Available"] == "True"
     assert all(c["observedGeneration"] == 2 for c in st["conditions"])
@@ -192,7 +196,8 @@ def test_failing_gate_rolls_back(cluster: Cluster, namespace: str, run_operator:
     assert _selector(cluster, namespace, "strict") == "blue"
     assert {c["type"]: c for c in st["conditions"]}["GatePassed"]["status"] == "False"
     time.sleep(3)  # a rejected version is not tried again by itself
-    assert len([j for j in cluster.list("jobs", namespace) if j["metadata"]["name"] == f"strict-gate-{short(2)}"]) == 1
+    # The failed attempt's Job stays (the last attempt's, for its logs); no other one is created.
+    assert [j["metadata"]["name"] for j in cluster.list("jobs", namespace)] == [f"strict-gate-{short(2)}-{st['gate']['attempt']}"]
     assert _status(cluster, namespace, "strict")["activeColor"] == "blue"
 
 
@@ -245,7 +250,7 @@ def test_operator_sigkill_mid_rollout_converges(cluster: Cluster, namespace: str
     assert [h["shortDigest"] for h in st["history"]] == [short(1), short(2)], st["history"]
     assert [h["outcome"] for h in st["history"]] == ["Promoted", "Promoted"]
     gates = sorted(j["metadata"]["name"] for j in cluster.list("jobs", namespace))
-    assert gates == [f"crash-gate-{short(1)}", f"crash-gate-{short(2)}"], gates
+    assert gates == [f"crash-gate-{short(2)}-{st['gate']['attempt']}"], gates  # v1's attempt's Job went with it
     # Killed again right after a switch, before the old color's scale-down: nothing switches back.
     second.kill(signal.SIGKILL)
     third = run_operator(**OPERATOR_ENV)

@@ -68,7 +68,11 @@ def test_cross_field_rules_name_their_field() -> None:
 
 def test_status_fields_the_plan_writes_are_in_the_schema() -> None:
     """The apiserver prunes unknown status fields: every key plan.py writes must be declared."""
-    from test_serve_plan import PASS, V1, V2, World, spec
+    import dataclasses
+
+    from test_serve_plan import PASS, World, spec
+    from test_serve_plan import V1 as P1, V2 as P2
+    V1, V2 = dataclasses.replace(P1, template_hash="a1b2c3d4e5"), dataclasses.replace(P2, template_hash="f6a7b8c9d0")
     w = World(spec(scaleDownDelaySeconds=300))
     w.step(V1)
     w.ready("blue")
@@ -81,7 +85,11 @@ def test_status_fields_the_plan_writes_are_in_the_schema() -> None:
     w.gate_done(V2, PASS)
     w.step(V2)
     status = w.step(V1).status
-    status["rejected"] = {"digest": "d", "shortDigest": "s", "reason": "r", "message": "m", "at": "t"}
+    status["rejected"] = {"digest": "d", "shortDigest": "s", "reason": "r", "message": "m", "at": "t", "templateHash": "h",
+                          "retriedBy": "r"}
+    status["abortNotApplied"] = {"value": "v", "message": "m", "at": "t"}
+    status["rollout"].update(attempt=2, notReadySince="t", retriedBy="r")
+    assert status["gate"]["attempt"] and status["active"]["templateHash"]
     status["endpoints"] = {"active": "a", "preview": "p"}
     status["preview"] = status["active"]
     status["previewColor"] = "blue"

@@ -15,7 +15,7 @@ import pytest
 
 from tuneforge.serve.gate import GateMeasures
 from tuneforge.serve.plan import (
-    ColorState, GateJob, Observed, Plan, Requests, RunGate, Scale, SwitchActive, SwitchPreview, plan,
+    ColorState, DeleteGate, GateJob, Observed, Plan, Requests, RunGate, Scale, SwitchActive, SwitchPreview, plan,
 )
 from tuneforge.serve.source import Resolution, ServedAdapter, ServedVersion
 from tuneforge.serve.spec import ModelServeSpec, parse_spec
@@ -41,6 +41,7 @@ class World:
     active: str | None = None
     preview: str | None = None
     gates: dict[str, GateJob] = dataclasses.field(default_factory=dict)
+    """Gate Jobs by name."""
     status: dict[str, Any] = dataclasses.field(default_factory=dict)
     now: dt.datetime = T0
     generation: int = 1
@@ -62,16 +63,21 @@ class World:
         for a in p.actions:
             if isinstance(a, Scale):
                 old = self.colors.get(a.color)
-                if a.version is None:
+                if a.version is None:  # the count only: pods beyond it go, new ones start unready
                     assert old is not None
-                    self.colors[a.color] = dataclasses.replace(old, replicas=a.replicas, ready=0, updated=0, total=0)
-                elif old is not None and old.version == a.version.digest:
+                    keep = min(old.ready, a.replicas)
+                    self.colors[a.color] = dataclasses.replace(old, replicas=a.replicas, ready=keep, updated=keep, total=keep)
+                elif old is not None and old.holds(a.version):
                     self.colors[a.color] = dataclasses.replace(old, replicas=a.replicas)
                 else:  # a new template: pods start unready
-                    self.colors[a.color] = ColorState(a.version.digest, a.replicas, 0, 0, 0, True, self.now)
+                    self.colors[a.color] = ColorState(a.version.digest, a.replicas, 0, 0, 0, True, self.now,
+                                                      a.version.template_hash)
             elif isinstance(a, RunGate):
                 assert self.preview == a.color or any(isinstance(x, SwitchPreview) and x.color == a.color for x in p.actions)
-                self.gates[a.version.digest] = GateJob(a.version.digest)
+                name = f"gate-{a.version.short}-{a.attempt}"
+                self.gates[name] = GateJob(a.version.digest, attempt=a.attempt, name=name)
+            elif isinstance(a, DeleteGate):
+                self.gates.pop(a.name)
             elif isinstance(a, SwitchActive):
                 assert self.colors[a.color].ready > 0, "traffic switched to a color with no ready pod"
                 self.active = a.color
@@ -84,13 +90,18 @@ class World:
         self.colors[color] = dataclasses.replace(c, ready=c.replicas, updated=c.replicas, total=c.replicas)
 
     def gate_done(self, v: ServedVersion, m: GateMeasures | None, failed: bool = False, message: str = "") -> None:
-        self.gates[v.digest] = GateJob(v.digest, finished=not failed, failed=failed, measures=m, message=message)
+        """The newest gate Job of ``v`` finishes (or fails)."""
+        name, job = max(((n, g) for n, g in self.gates.items() if g.digest == v.digest), key=lambda ng: ng[1].attempt)
+        self.gates[name] = dataclasses.replace(job, finished=not failed, failed=failed, measures=m, message=message)
 
 
 def kinds(p: Plan) -> list[tuple[str, str, str | None]]:
-    """Actions as (kind, color, short digest)."""
+    """Actions as (kind, color, short digest) (a DeleteGate: its Job name)."""
     out = []
     for a in p.actions:
+        if isinstance(a, DeleteGate):
+            out.append(("DeleteGate", a.name, None))
+            continue
         v = getattr(a, "version", None)
         out.append((type(a).__name__, a.color, v.short if v else (str(a.replicas) if isinstance(a, Scale) else None)))
     return out
@@ -146,7 +157,8 @@ def test_without_a_gate_the_ready_candidate_is_promoted() -> None:
 def test_new_version_rolls_out_blue_green_and_scales_the_old_color_down_after_the_delay() -> None:
     w = healthy_on(World(spec(scaleDownDelaySeconds=300)), V1)
     p = w.step(V2, after=60)
-    assert kinds(p) == [("Scale", "green", V2.short), ("SwitchPreview", "green", None)]
+    # V1's finished gate Job belongs to an earlier attempt: it goes.
+    assert kinds(p) == [("DeleteGate", f"gate-{V1.short}-1", None), ("Scale", "green", V2.short), ("SwitchPreview", "green", None)]
     assert p.status["phase"] == "Progressing" and p.status["activeColor"] == "blue" and w.active == "blue"
     assert p.status["preview"]["display"] == f"green {V2.short}"
     w.ready("green")
@@ -167,7 +179,7 @@ def test_a_newer_version_during_a_rollout_supersedes_it_on_the_same_color() -> N
     w.step(V2)
     p = w.step(V3, after=10)
     assert kinds(p) == [("Scale", "green", V3.short)] and p.status["preview"]["digest"] == V3.digest
-    assert p.status["gate"] == {"digest": V3.digest, "shortDigest": V3.short, "outcome": "Pending"}
+    assert p.status["gate"] == {"digest": V3.digest, "shortDigest": V3.short, "outcome": "Pending", "attempt": 3}
     assert "RolloutSuperseded" in [e.reason for e in p.events]
 
 
@@ -267,12 +279,15 @@ def test_abort_rolls_the_candidate_back_and_retry_tries_again(stage: str) -> Non
         w.gate_done(V2, PASS)
         w.step(V2)
     p = w.step(V2, Requests(abort=V2.short))
-    assert kinds(p) == [("SwitchPreview", "blue", None), ("Scale", "green", "0")]
+    running = [("DeleteGate", f"gate-{V2.short}-2", None)] if stage == "gating" else []  # it would go on asking
+    assert kinds(p) == running + [("SwitchPreview", "blue", None), ("Scale", "green", "0")]
     assert (p.status["phase"], p.status["reason"]) == ("Degraded", "Aborted") and w.active == "blue"
     # while the abort names it, a retry does not bring it back
     assert w.step(V2, Requests(abort=V2.short, retry=V2.short)).actions == ()
     p = w.step(V2, Requests(retry=V2.short))
-    assert ("Scale", "green", V2.short) in kinds(p) and p.status["phase"] == "Progressing" and "rejected" not in p.status
+    # green still holds V2's template: only its count changes; a retry is a new attempt
+    assert ("Scale", "green", "1") in kinds(p) and p.status["phase"] == "Progressing" and "rejected" not in p.status
+    assert p.status["gate"]["attempt"] == 3 and not [g for g in w.gates.values() if g.attempt != 3]
 
 
 # --- manual rollback ----------------------------------------------------------------------------
@@ -303,7 +318,9 @@ def test_rollback_after_the_old_color_scaled_down_is_a_gated_rollout() -> None:
     w.step(V2, after=31)
     assert w.colors["blue"].replicas == 0
     p = w.step(V1, after=10)
-    assert kinds(p) == [("Scale", "blue", V1.short), ("SwitchPreview", "blue", None)] and p.status["phase"] == "Progressing"
+    # blue kept V1's template at zero pods: only its count changes
+    assert kinds(p) == [("DeleteGate", f"gate-{V2.short}-2", None), ("Scale", "blue", "1"),
+                        ("SwitchPreview", "blue", None)] and p.status["phase"] == "Progressing"
 
 
 def test_abort_of_the_active_version_while_warm_switches_back() -> None:

@@ -52,6 +52,7 @@ class FakeKube:
         if key in self.objs:
             return False
         self.objs[key] = copy.deepcopy(obj)
+        self.objs[key]["metadata"].setdefault("uid", f"uid-{obj['kind']}-{obj['metadata']['name']}")
         return True
 
     async def apply(self, obj: dict[str, Any]) -> None:
@@ -62,7 +63,9 @@ class FakeKube:
     async def merge_patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> None:
         obj = self.objs[(kind, name)]
         if "replicas" in patch.get("spec", {}):
-            obj["spec"]["replicas"] = patch["spec"]["replicas"]
+            n = obj["spec"]["replicas"] = patch["spec"]["replicas"]
+            st = obj.get("status") or {}  # pods beyond the count go; new ones start unready
+            obj["status"] = {k: min(v, n) if k != "observedGeneration" else v for k, v in st.items()}
         if "selector" in patch.get("spec", {}):
             obj["spec"]["selector"].update(patch["spec"]["selector"])
 
@@ -105,6 +108,16 @@ def runtime(kube: FakeKube) -> tuple[Runtime, list[tuple[str, str]]]:
     return rt, events
 
 
+def configs(kube: FakeKube) -> set[str]:
+    return {n for k, n in kube.objs if k == "ConfigMap"}
+
+
+def config_of(kube: FakeKube, color: str) -> str:
+    """The version ConfigMap a color's pods mount (named by its template hash)."""
+    d = kube.objs[("Deployment", f"intents-{color}")]
+    return str(next(v["configMap"]["name"] for v in d["spec"]["template"]["spec"]["volumes"] if "configMap" in v))
+
+
 def run(rt: Runtime, b: dict[str, Any], now: dt.datetime) -> dict[str, Any] | float:
     """The status, or the requeue delay when the reconcile says "not yet"."""
     status, requeue_after = asyncio.run(reconcile(rt, b, now))
@@ -116,7 +129,9 @@ def test_first_deploy_then_rollout_with_gate_and_hpa_following_the_switch() -> N
     rt, events = runtime(kube)
     b = body(hpa={"maxReplicas": 3}, rollout={"scaleDownDelaySeconds": 30})
     assert isinstance(run(rt, b, T0), float)  # waiting for blue: a timer
-    assert ("Deployment", "intents-blue") in kube.objs and ("ConfigMap", "intents-111111111111") in kube.objs
+    assert ("Deployment", "intents-blue") in kube.objs
+    st0 = kube.status_writes[-1]
+    assert configs(kube) == {config_of(kube, "blue")} == {f"intents-{st0['preview']['templateHash']}"}
     assert {("Service", "intents"), ("Service", "intents-preview"), ("PodDisruptionBudget", "intents-blue"),
             ("PodDisruptionBudget", "intents-green")} <= set(kube.objs)
     assert kube.selector("intents") == "none" and kube.selector("intents-preview") == "blue"
@@ -136,12 +151,13 @@ def test_first_deploy_then_rollout_with_gate_and_hpa_following_the_switch() -> N
     assert kube.selector("intents") == "blue" and kube.selector("intents-preview") == "green"
     kube.ready("green")
     run(rt, b2, T0 + dt.timedelta(seconds=12))
-    job = kube.objs[("Job", "intents-gate-222222222222")]
+    job = kube.objs[("Job", "intents-gate-222222222222-2")]
+    assert job["metadata"]["annotations"]["tuneforge.dev/attempt"] == "2"
     cmd = job["spec"]["template"]["spec"]["containers"][0]["command"]
     assert cmd[:3] == ["python3", "-m", "tuneforge.serve.gate"] and "pvc://data/rows.jsonl" in cmd
     assert "http://intents-preview.ns.svc:8000/v1" in cmd
     job["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
-    kube.messages["intents-gate-222222222222"] = json.dumps(
+    kube.messages["intents-gate-222222222222-2"] = json.dumps(
         {"rows": 10, "correct": 9, "errors": 0, "accuracy": 0.9, "p50Ms": 5, "p99Ms": 9})
     st = run(rt, b2, T0 + dt.timedelta(seconds=14))
     assert isinstance(st, float)  # the old color stays warm: a scale-down timer
@@ -170,10 +186,11 @@ def test_old_version_config_maps_are_removed_once_no_template_mounts_them() -> N
     run(rt, b3, T0 + dt.timedelta(seconds=2))
     kube.ready("green")
     run(rt, b3, T0 + dt.timedelta(seconds=3))
-    assert {n for k, n in kube.objs if k == "ConfigMap"} == {"intents-111111111111", "intents-333333333333"}
+    v1, v3 = config_of(kube, "blue"), config_of(kube, "green")
+    assert configs(kube) == {v1, v3} and v1 != v3
     b4 = body("sha256:" + "4" * 64, rollout={"scaleDownDelaySeconds": 0})
     run(rt, b4, T0 + dt.timedelta(seconds=4))  # blue gets version 4: nothing mounts version 1 any more
-    assert {n for k, n in kube.objs if k == "ConfigMap"} == {"intents-333333333333", "intents-444444444444"}
+    assert configs(kube) == {v3, config_of(kube, "blue")} and v1 not in configs(kube)
 
 
 @pytest.mark.parametrize("served", [False, True])
@@ -271,7 +288,9 @@ def test_the_index_keeps_what_reconcile_reads_of_a_child_and_little_else() -> No
     full = kube.objs[("Deployment", "intents-blue")]
     kept = project_child("Deployment", full)
     assert kept["metadata"]["ownerReferences"] == [{"uid": "uid-ms", "controller": True}]
-    assert kept["metadata"]["annotations"] == {"tuneforge.dev/version": D1} and kept["spec"] == {"replicas": 1}
+    assert kept["metadata"]["annotations"] == {"tuneforge.dev/version": D1,
+                                               "tuneforge.dev/template-hash": kube.status_writes[-1]["preview"]["templateHash"]}
+    assert kept["spec"] == {"replicas": 1}
     assert len(json.dumps(kept)) * 4 < len(json.dumps(full))
     index = {"Deployment": {("ns", "intents"): [json.dumps(kept)]}, "Service": {}, "Job": {}}
     assert children_from(index)("Deployment", "ns", "intents") == [kept]

@@ -7,11 +7,13 @@ PodDisruptionBudget per color, the optional HPA and the active and preview Infer
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from typing import Any
 
 from ..labels import child_labels
 from .names import (
-    ANNOTATION_VERSION, COLORS, LABEL_COLOR, LABEL_MODELSERVE, LABEL_VERSION,
+    ANNOTATION_ATTEMPT, ANNOTATION_TEMPLATE, ANNOTATION_VERSION, COLORS, LABEL_COLOR, LABEL_MODELSERVE, LABEL_VERSION,
     active_service_name, color_name, config_name, gate_job_name, preview_service_name,
 )
 from .server import API_KEY_ENV, PORT, ServerPlan, build_config_map, build_deployment, secret_env
@@ -21,7 +23,7 @@ from .spec import ModelServeSpec, SecretKeyRef
 __all__ = [
     "GatePod", "ServeContext", "build_active_service", "build_color_deployment", "build_gate_job", "build_hpa",
     "build_inference_pool", "build_pdb", "build_preview_service", "build_version_config_map", "color_plan", "endpoints",
-    "serve_context",
+    "serve_context", "template_hash",
 ]
 
 NO_COLOR = "none"
@@ -81,10 +83,28 @@ def color_plan(ctx: ServeContext, spec: ModelServeSpec, color: str, version: Ser
         s3_endpoint=ctx.s3_endpoint, s3_region=ctx.s3_region, s3_access_key=ctx.s3_access_key,
         s3_secret_key=ctx.s3_secret_key, node_selector=dict(ctx.node_selector), tolerations=ctx.tolerations,
         labels={LABEL_MODELSERVE: ctx.name, LABEL_COLOR: color, LABEL_VERSION: version.short},
-        owner_references=ctx.owner_references, config_name=config_name(ctx.name, version.short),
-        annotations={ANNOTATION_VERSION: version.digest},
+        owner_references=ctx.owner_references, config_name=config_name(ctx.name, version.template_hash or version.short),
+        annotations=_version_annotations(version),
         extra_args=("--dtype", spec.dtype) if spec.dtype != "auto" else (),
     )
+
+
+def _version_annotations(version: ServedVersion) -> dict[str, str]:
+    out = {ANNOTATION_VERSION: version.digest}
+    if version.template_hash:
+        out[ANNOTATION_TEMPLATE] = version.template_hash
+    return out
+
+
+def template_hash(ctx: ServeContext, spec: ModelServeSpec, version: ServedVersion) -> str:
+    """10 hex digits over the launcher config and the pod template a color serving ``version``
+    renders (Argo's pod-template-hash): with the digest, the rollout's identity. The color,
+    the replica count and the hash itself are left out, so both colors agree and the hash is
+    stable; anything else that reaches a pod (spec fields, operator settings such as the server
+    image, the builders' own output) changes it."""
+    p = color_plan(ctx, spec, COLORS[0], dataclasses.replace(version, template_hash=None), 0)
+    rendered = {"config": build_config_map(p).get("data"), "template": build_deployment(p)["spec"]["template"]}
+    return hashlib.sha256(json.dumps(rendered, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:10]
 
 
 def build_version_config_map(ctx: ServeContext, spec: ModelServeSpec, version: ServedVersion) -> dict[str, Any]:
@@ -92,7 +112,7 @@ def build_version_config_map(ctx: ServeContext, spec: ModelServeSpec, version: S
     that changes the config is a new version's ConfigMap, never an edit under a running pod)."""
     cm = build_config_map(color_plan(ctx, spec, COLORS[0], version, 0))
     cm["metadata"]["labels"] = _meta(ctx, "", {LABEL_VERSION: version.short})["labels"]
-    cm["metadata"]["annotations"] = {ANNOTATION_VERSION: version.digest}
+    cm["metadata"]["annotations"] = _version_annotations(version)
     cm["immutable"] = True
     return cm
 
@@ -193,8 +213,9 @@ GATE_TTL_SECONDS = 86_400
 """A finished gate Job stays a day (its result is in the status by then; a lost one is re-run)."""
 
 
-def build_gate_job(ctx: ServeContext, spec: ModelServeSpec, version: ServedVersion, pod: GatePod) -> dict[str, Any]:
-    """The gate of one candidate: ``python3 -m tuneforge.serve.gate`` in the operator image asks
+def build_gate_job(ctx: ServeContext, spec: ModelServeSpec, version: ServedVersion, pod: GatePod,
+                   attempt: int = 0) -> dict[str, Any]:
+    """The gate of one rollout attempt (named and annotated with it: a retry is a new Job): ``python3 -m tuneforge.serve.gate`` in the operator image asks
     the held-out rows through the preview Service and leaves its measures in the termination
     message. Rows: ``spec.rollout.gate.datasetUri``, else the FineTuneJob's predictions (an empty
     ``--rows-uri`` when neither exists: the Job fails with a message naming the field). It asks
@@ -217,8 +238,8 @@ def build_gate_job(ctx: ServeContext, spec: ModelServeSpec, version: ServedVersi
         claim = rows_uri.removeprefix("pvc://").split("/", 1)[0]
         mounts.append({"name": "rows", "mountPath": f"/mnt/pvc/{claim}", "readOnly": True})
         volumes.append({"name": "rows", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
-    meta = _meta(ctx, gate_job_name(ctx.name, version.short), {LABEL_VERSION: version.short}, "tuneforge-gate", "gate")
-    meta["annotations"] = {ANNOTATION_VERSION: version.digest}
+    meta = _meta(ctx, gate_job_name(ctx.name, version.short, attempt), {LABEL_VERSION: version.short}, "tuneforge-gate", "gate")
+    meta["annotations"] = {ANNOTATION_VERSION: version.digest, ANNOTATION_ATTEMPT: str(attempt)}
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never", "enableServiceLinks": False, "automountServiceAccountToken": False,
         "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532,

@@ -6,8 +6,10 @@ what it created (``metadata.name`` is at most 40 characters, which keeps every n
 
 - ``<name>-blue`` / ``<name>-green``: the two color Deployments (each its own selector);
 - ``<name>``: the active Service; ``<name>-preview``: the preview Service;
-- ``<name>-<short digest>``: the immutable launcher ConfigMap of one version (both colors share it);
-- ``<name>-gate-<short digest>``: the gate Job of one candidate;
+- ``<name>-<template hash>``: the immutable launcher ConfigMap of one rollout identity (digest plus
+  rendered template, source.py; both colors may share it);
+- ``<name>-gate-<short digest>-<attempt>``: the gate Job of one rollout attempt (a retry or a new
+  rollout of the same digest is a new attempt, so a new Job);
 - ``<name>``: the PodDisruptionBudget and the HorizontalPodAutoscaler;
 - ``<name>-<color>``: the InferencePool of a color.
 """
@@ -26,6 +28,11 @@ LABEL_VERSION = f"{GROUP}/version"
 
 ANNOTATION_VERSION = f"{GROUP}/version"
 """The full version digest on a color Deployment (and gate Job): what the observer reads back."""
+
+ANNOTATION_TEMPLATE = f"{GROUP}/template-hash"
+"""The rollout identity's template hash on a color Deployment and its ConfigMap."""
+ANNOTATION_ATTEMPT = f"{GROUP}/attempt"
+"""The rollout attempt a gate Job measures (status.gate.attempt): only that attempt reads it."""
 
 # The user's requests, as annotations on the ModelServe (see plan.py's docstring).
 ANNOTATION_PROMOTE = f"{GROUP}/promote"
@@ -50,9 +57,10 @@ def preview_service_name(name: str) -> str:
     return f"{name}-preview"
 
 
-def config_name(name: str, short: str) -> str:
-    return f"{name}-{short}"
+def config_name(name: str, template_hash: str) -> str:
+    return f"{name}-{template_hash}"
 
 
-def gate_job_name(name: str, short: str) -> str:
-    return f"{name}-gate-{short}"
+def gate_job_name(name: str, short: str, attempt: int) -> str:
+    # Four digits keep the name within 63 characters; the annotation carries the full number.
+    return f"{name}-gate-{short}-{attempt % 10_000}"

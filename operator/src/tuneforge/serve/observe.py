@@ -9,7 +9,7 @@ import json
 from typing import Any, Iterable, Mapping
 
 from .gate import GateMeasures
-from .names import ANNOTATION_VERSION, COLORS, LABEL_COLOR, active_service_name, color_name, preview_service_name
+from .names import ANNOTATION_ATTEMPT, ANNOTATION_TEMPLATE, ANNOTATION_VERSION, COLORS, LABEL_COLOR, active_service_name, color_name, preview_service_name
 from .plan import ColorState, GateJob, Observed
 
 __all__ = ["observe", "observe_color", "observe_gate_job", "project_child", "service_color"]
@@ -33,9 +33,10 @@ def project_child(kind: str, body: Obj) -> dict[str, Any]:
         # The controller only: a label proves nothing (reconcile reads only children it controls).
         "ownerReferences": [{"uid": o.get("uid"), "controller": True} for o in m.get("ownerReferences") or () if o.get("controller")],
     }
-    version = (m.get("annotations") or {}).get(ANNOTATION_VERSION)
-    if version:
-        meta["annotations"] = {ANNOTATION_VERSION: version}
+    kept = {k: v for k, v in (m.get("annotations") or {}).items()
+            if k in (ANNOTATION_VERSION, ANNOTATION_TEMPLATE, ANNOTATION_ATTEMPT)}
+    if kept:
+        meta["annotations"] = kept
     spec, status = body.get("spec") or {}, body.get("status") or {}
     out: dict[str, Any] = {"kind": kind, "metadata": meta}
     if kind == "Deployment":
@@ -58,6 +59,7 @@ def observe_color(deployment: Obj) -> ColorState:
     st = deployment.get("status") or {}
     return ColorState(
         version=(meta.get("annotations") or {}).get(ANNOTATION_VERSION),
+        template=(meta.get("annotations") or {}).get(ANNOTATION_TEMPLATE),
         replicas=int((deployment.get("spec") or {}).get("replicas", 1)),
         ready=int(st.get("readyReplicas") or 0), updated=int(st.get("updatedReplicas") or 0),
         total=int(st.get("replicas") or 0),
@@ -72,10 +74,17 @@ def service_color(service: Obj | None) -> str | None:
 
 
 def observe_gate_job(job: Obj, termination_message: str | None = None) -> GateJob | None:
-    """A gate Job; ``termination_message``: its pod's, where the measures are (one JSON line)."""
-    digest = ((job.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_VERSION)
+    """A gate Job; ``termination_message``: its pod's, where the measures are (one JSON line).
+    A Job from before attempts were recorded is attempt -1: no attempt reads it, so it is deleted."""
+    meta = job.get("metadata") or {}
+    annotations = meta.get("annotations") or {}
+    digest = annotations.get(ANNOTATION_VERSION)
     if not digest:
         return None
+    try:
+        attempt = int(annotations.get(ANNOTATION_ATTEMPT, -1))
+    except ValueError:
+        attempt = -1
     conds = {c.get("type"): c for c in (job.get("status") or {}).get("conditions") or () if c.get("status") == "True"}
     measures, message = None, ""
     if termination_message:
@@ -85,7 +94,8 @@ def observe_gate_job(job: Obj, termination_message: str | None = None) -> GateJo
             message = termination_message.strip()[:300]
     if "Failed" in conds:
         message = message or f"{conds['Failed'].get('reason', 'Failed')}: {conds['Failed'].get('message', '')}".strip()
-    return GateJob(digest, finished="Complete" in conds, failed="Failed" in conds, measures=measures, message=message)
+    return GateJob(digest, finished="Complete" in conds, failed="Failed" in conds, measures=measures, message=message,
+                   attempt=attempt, name=str(meta.get("name") or ""))
 
 
 def observe(name: str, deployments: Iterable[Obj], services: Iterable[Obj], gate_jobs: Iterable[tuple[Obj, str | None]]) -> Observed:
@@ -98,6 +108,6 @@ def observe(name: str, deployments: Iterable[Obj], services: Iterable[Obj], gate
     for job, message in gate_jobs:
         g = observe_gate_job(job, message)
         if g is not None:
-            gates[g.digest] = g
+            gates[g.name] = g
     return Observed(colors, service_color(svcs.get(active_service_name(name))),
                     service_color(svcs.get(preview_service_name(name))), gates)

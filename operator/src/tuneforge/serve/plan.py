@@ -38,7 +38,16 @@ drives them by committing the annotation into the manifest, without the request 
 of the desired state (the spec says *what* to serve; a promote approves one candidate). Because
 the value names the version, a request is idempotent and safe to leave in place: a stale
 ``promote`` never approves a later candidate, and a kept ``abort`` keeps that version out while
-it names it (remove it, or ``retry``, to try again). A value naming nothing current is ignored.
+it names it (remove it, or ``retry``, to try again). A kept ``retry`` retries once: should that
+attempt be rejected too, nothing starts until the annotation is removed and set again. A value
+naming nothing current is ignored; an ``abort`` naming the active version that cannot be
+applied (no warm previous color) is said once, as a Warning and ``status.abortNotApplied``.
+
+A version here is a rollout identity: the digest the requests name plus the hash of the
+template it renders (source.py), so a spec edit that reshapes a color is rolled out like a new
+adapter. Each rollout (a new identity, or a retry) is an *attempt* with its own number: its
+gate Job carries it, only that Job is read, and every other gate Job is deleted. The candidate
+is scaled to the active color's current count (the HPA's, capped by its maximum).
 
 Manual rollback through the spec: point it at an earlier version (``adapter.digest`` for a
 FineTuneJob, the URIs and digest for explicit adapters). While the previous color is warm and
@@ -59,8 +68,8 @@ from .source import Resolution, ServedVersion, digest_matches
 from .spec import ModelServeSpec
 
 __all__ = [
-    "PHASES", "ColorState", "Event", "GateJob", "Observed", "Plan", "Requests", "RunGate", "Scale", "SwitchActive",
-    "SwitchPreview", "plan",
+    "PHASES", "ColorState", "DeleteGate", "Event", "GateJob", "Observed", "Plan", "Requests", "RunGate", "Scale",
+    "SwitchActive", "SwitchPreview", "plan",
 ]
 
 Obj = Mapping[str, Any]
@@ -89,10 +98,16 @@ class ColorState:
     current: bool = True
     """status.observedGeneration has caught up with metadata.generation."""
     created_at: dt.datetime | None = None
+    template: str | None = None
+    """The template hash its template was rendered with (its ``tuneforge.dev/template-hash`` annotation)."""
 
-    def serves(self, digest: str, n: int) -> bool:
-        """Every one of ``n`` pods runs ``digest`` and is ready, and no pod of an older template is left."""
-        return (self.version == digest and self.current and self.updated >= n and self.ready >= n
+    def holds(self, version: ServedVersion) -> bool:
+        """Its template is ``version``'s rollout identity (digest and template hash)."""
+        return self.version == version.digest and self.template == version.template_hash
+
+    def serves(self, version: ServedVersion, n: int) -> bool:
+        """Every one of ``n`` pods runs ``version`` and is ready, and no pod of an older template is left."""
+        return (self.holds(version) and self.current and self.updated >= n and self.ready >= n
                 and self.total <= self.updated)
 
 
@@ -105,6 +120,9 @@ class GateJob:
     failed: bool = False
     measures: GateMeasures | None = None
     message: str = ""
+    attempt: int = 0
+    """The rollout attempt it measures (status.gate.attempt when it was created)."""
+    name: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +132,8 @@ class Observed:
     """The color the active Service selects (None: no Service, or it selects no color yet)."""
     preview_selector: str | None = None
     gates: Mapping[str, GateJob] = dataclasses.field(default_factory=dict)
-    """Gate Jobs by the digest they test."""
+    """Every gate Job of the ModelServe, by Job name (only the current attempt's is read; the
+    others are deleted)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,10 +166,20 @@ class Scale:
 
 @dataclasses.dataclass(frozen=True)
 class RunGate:
-    """Create the gate Job of ``version`` against the preview Service (AlreadyExists is fine)."""
+    """Create the gate Job of rollout attempt ``attempt`` of ``version`` against the preview
+    Service (AlreadyExists is fine)."""
 
     color: str
     version: ServedVersion
+    attempt: int
+
+
+@dataclasses.dataclass(frozen=True)
+class DeleteGate:
+    """Delete a gate Job that belongs to no current attempt (aborted, superseded, retried, or
+    from before attempts; its pods with it): it would otherwise go on asking the preview Service."""
+
+    name: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,13 +199,13 @@ class Event:
     message: str
 
 
-Action = Scale | RunGate | SwitchActive | SwitchPreview
+Action = Scale | RunGate | DeleteGate | SwitchActive | SwitchPreview
 
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
     actions: tuple[Action, ...]
-    """In the order to apply: scale-ups, gate, preview switch, active switch, scale-downs."""
+    """In the order to apply: gate deletions, scale-ups, gate, preview switch, active switch, scale-downs."""
     status: dict[str, Any]
     events: tuple[Event, ...] = ()
     requeue_after: float | None = None
@@ -208,6 +237,17 @@ def _replicas(spec: ModelServeSpec) -> int:
     return max(1, spec.hpa.min_replicas if spec.hpa else spec.replicas)
 
 
+def _cand_replicas(s: "_State", spec: ModelServeSpec, observed: Observed) -> int:
+    """Pods the candidate is scaled to and must have ready before the switch: the load it will
+    take, i.e. the active color's current count (the HPA's), capped by ``hpa.maxReplicas`` and at
+    least the spec's floor (Argo's default without ``previewReplicaCount``)."""
+    n = _replicas(spec)
+    obs = observed.colors.get(s.active_color or "")
+    if spec.hpa is None or obs is None or s.stable is None or obs.version != s.stable.digest:
+        return n
+    return max(n, min(obs.replicas, spec.hpa.max_replicas))
+
+
 class _State:
     """The mutable working copy of the status while one plan is decided."""
 
@@ -221,6 +261,7 @@ class _State:
         self.rollout: dict[str, Any] = copy.deepcopy(dict(prior.get("rollout") or {}))
         self.gate: dict[str, Any] = copy.deepcopy(dict(prior.get("gate") or {}))
         self.rejected: dict[str, Any] | None = copy.deepcopy(prior.get("rejected")) or None
+        self.abort_not_applied: dict[str, Any] | None = copy.deepcopy(prior.get("abortNotApplied")) or None
         self.history: list[dict[str, Any]] = [dict(h) for h in prior.get("history") or ()]
         self.events: list[Event] = []
         self.reason = ""
@@ -250,10 +291,32 @@ class _State:
         return None
 
 
+def _end_gate(s: _State, outcome: str) -> None:
+    """The attempt ended before its gate did: status.gate says so (its Job is deleted)."""
+    if s.gate.get("outcome") in ("Pending", "Running"):
+        s.gate.update(outcome=outcome, finishedAt=s.stamp)
+
+
+def _attempt(s: _State) -> int:
+    """The current rollout attempt; 0 when the status has none (written before attempts, or
+    pruned by an older CRD): one number throughout, so such a gate is run once, not churned."""
+    return int(s.gate.get("attempt") or 0)
+
+
+def _is_rejected(s: _State, v: ServedVersion) -> bool:
+    r = s.rejected
+    return r is not None and r["digest"] == v.digest and r.get("templateHash") == v.template_hash
+
+
 def _reject(s: _State, spec: ModelServeSpec, reason: str, message: str) -> None:
     """Roll the candidate back: it scales down, the stable color keeps all traffic."""
     assert s.cand is not None
+    _end_gate(s, "Aborted" if reason == "Aborted" else "Cancelled")
     s.rejected = {"digest": s.cand.digest, "shortDigest": s.cand.short, "reason": reason, "message": message, "at": s.stamp}
+    if s.rollout.get("retriedBy"):
+        s.rejected["retriedBy"] = s.rollout["retriedBy"]
+    if s.cand.template_hash:
+        s.rejected["templateHash"] = s.cand.template_hash
     s.record(s.cand, reason, s.cand_color, spec.rollout.revision_history_limit)
     where = f"stable {s.active_color} {s.stable.short} keeps serving" if s.stable else "nothing serves yet"
     s.event("Warning", reason, f"Rolled back {s.cand.short}: {message}; {where}")
@@ -277,13 +340,16 @@ def _switch(s: _State, spec: ModelServeSpec, color: str, version: ServedVersion,
 
 def _start(s: _State, spec: ModelServeSpec, version: ServedVersion) -> None:
     if s.cand is not None:
-        s.event("Normal", "RolloutSuperseded", f"Rollout of {s.cand.short} superseded by {version.short}")
+        s.event("Normal", "RolloutSuperseded", f"Rollout of {s.cand.display} superseded by {version.display}")
     color = other(s.active_color)
     s.cand, s.cand_color = version, color
+    # Each rollout attempt (a new version, a new template, a retry) gets a number of its own: its
+    # gate Job carries it and only a Job of this attempt is ever read.
+    attempt = _attempt(s) + 1
     # Starting on the idle color overwrites whatever stayed warm there.
-    s.rollout = {"startedAt": s.stamp}
-    s.gate = {"digest": version.digest, "shortDigest": version.short, "outcome": "Pending"}
-    s.event("Normal", "RolloutStarted", f"Deploying {version.short} to {color} (preview)")
+    s.rollout = {"startedAt": s.stamp, "attempt": attempt}
+    s.gate = {"digest": version.digest, "shortDigest": version.short, "outcome": "Pending", "attempt": attempt}
+    s.event("Normal", "RolloutStarted", f"Deploying {version.display} to {color} (preview)")
 
 
 def _advance(s: _State, spec: ModelServeSpec, observed: Observed, requests: Requests) -> None:
@@ -293,16 +359,16 @@ def _advance(s: _State, spec: ModelServeSpec, observed: Observed, requests: Requ
     if requests.abort and digest_matches(requests.abort, cand.digest):
         _reject(s, spec, "Aborted", f"aborted by the {ANNOTATION_ABORT} annotation")
         return
-    n = _replicas(spec)
+    n = _cand_replicas(s, spec, observed)
     obs = observed.colors.get(color)
-    ready = obs is not None and obs.serves(cand.digest, n)
+    ready = obs is not None and obs.serves(cand, n)
     outcome = s.gate.get("outcome")
     if outcome == "Pending":
         if not ready:
             waited = s.elapsed(s.rollout.get("startedAt"))
             deadline = spec.rollout.progress_deadline_seconds
             if waited > deadline:
-                have = obs.ready if obs is not None and obs.version == cand.digest else 0
+                have = obs.ready if obs is not None and obs.holds(cand) else 0
                 _reject(s, spec, "ProgressDeadlineExceeded", f"{have}/{n} pods of {color} ready after {deadline}s")
                 return
             s.reason, s.message = "Deploying", f"Waiting for {color} to serve {cand.short}: {obs.ready if obs else 0}/{n} ready"
@@ -321,7 +387,7 @@ def _advance(s: _State, spec: ModelServeSpec, observed: Observed, requests: Requ
         outcome = "Skipped"
     if outcome == "Running":
         assert spec.rollout.gate is not None
-        job = observed.gates.get(cand.digest)
+        job = _gate_job(s, observed)
         if job is not None and job.finished and job.measures is not None:
             verdict = judge(job.measures, spec.rollout.gate)
             s.gate.update(outcome="Passed" if verdict.passed else "Failed", reasons=list(verdict.reasons),
@@ -343,7 +409,18 @@ def _advance(s: _State, spec: ModelServeSpec, observed: Observed, requests: Requ
             s.reason, s.message = "Gating", f"Gate of {cand.short} running against {color}"
             s.requeue.append(GATE_POLL_SECONDS)
             return
-    # Passed or Skipped: promotion.
+    # Passed or Skipped. A candidate that lost readiness since gets the progress deadline again
+    # (it would otherwise hold its GPUs, paused or approved, for ever).
+    if ready:
+        s.rollout.pop("notReadySince", None)
+    else:
+        since = s.rollout.setdefault("notReadySince", s.stamp)
+        waited, deadline = s.elapsed(since), spec.rollout.progress_deadline_seconds
+        if waited > deadline:
+            have = obs.ready if obs is not None and obs.holds(cand) else 0
+            _reject(s, spec, "ProgressDeadlineExceeded", f"{have}/{n} pods of {color} ready {deadline}s after its gate")
+            return
+        s.requeue.append(max(1.0, deadline - waited + 1))
     approved = (spec.rollout.auto_promotion or s.stable is None
                 or (requests.promote is not None and digest_matches(requests.promote, cand.digest)))
     if not approved:
@@ -356,62 +433,101 @@ def _advance(s: _State, spec: ModelServeSpec, observed: Observed, requests: Requ
         return
     if not ready:
         s.reason, s.message = "CandidateNotReady", f"{cand.short} is approved but {color} is not fully ready"
-        s.requeue.append(GATE_POLL_SECONDS)
         return
     _switch(s, spec, color, cand, "Promoted")
 
 
-def _rollback_warm(s: _State, spec: ModelServeSpec, observed: Observed, digest: str) -> bool:
-    """Switch back to the warm previous color when it still serves ``digest``."""
+def _gate_job(s: _State, observed: Observed) -> GateJob | None:
+    """The gate Job of the current attempt (never an older attempt's, whatever it measured)."""
+    attempt = _attempt(s)
+    return next((g for g in observed.gates.values()
+                 if s.cand is not None and g.attempt == attempt and g.digest == s.cand.digest), None)
+
+
+def _rollback_warm(s: _State, spec: ModelServeSpec, observed: Observed, want: ServedVersion) -> bool:
+    """Switch back to the warm previous color when it still serves ``want``."""
     warm = s.warm_previous()
-    if warm is None or warm[1].digest != digest:
+    if warm is None or not warm[1].same(want):
         return False
     color, version = warm
     obs = observed.colors.get(color)
-    if obs is None or not obs.serves(digest, max(1, min(obs.replicas, _replicas(spec)))):
+    if obs is None or not obs.serves(version, max(1, min(obs.replicas, _replicas(spec)))):
         return False
+    _end_gate(s, "Cancelled")
     if s.cand is not None:
         s.event("Normal", "RolloutSuperseded", f"Rollout of {s.cand.short} dropped for a rollback to {version.short}")
     _switch(s, spec, color, version, "RolledBack")
     return True
 
 
-def _decide(s: _State, spec: ModelServeSpec, desired: Resolution, observed: Observed, requests: Requests) -> None:
-    want = desired.version
-    if s.rejected and requests.retry and digest_matches(requests.retry, s.rejected["digest"]) and not (
-            requests.abort and digest_matches(requests.abort, s.rejected["digest"])):
-        s.event("Normal", "Retry", f"Retrying {s.rejected['shortDigest']} on request")
-        s.rejected = None
-    if s.rejected and want is not None and want.digest != s.rejected["digest"]:
-        s.rejected = None  # the desire moved on; coming back to that version later tries it again
-    # abort naming the active version while the previous one is warm: the rollback action.
+def _abort_active(s: _State, spec: ModelServeSpec, observed: Observed, requests: Requests) -> None:
+    """An abort naming the active version: while the previous color is warm and serves, the
+    rollback action; otherwise it cannot be applied, and a Warning says so (once per value)."""
+    if not (requests.abort and s.stable and digest_matches(requests.abort, s.stable.digest)) or (
+            s.rejected and digest_matches(requests.abort, s.rejected["digest"])) or (
+            s.cand is not None and digest_matches(requests.abort, s.cand.digest)):
+        s.abort_not_applied = None
+        return
     warm = s.warm_previous()
-    if requests.abort and s.stable and s.cand is None and warm and digest_matches(requests.abort, s.stable.digest):
+    if s.cand is None and warm is not None:
         aborted = s.stable
-        if _rollback_warm(s, spec, observed, warm[1].digest):
+        if _rollback_warm(s, spec, observed, warm[1]):
             s.rejected = {"digest": aborted.digest, "shortDigest": aborted.short, "reason": "Aborted",
                           "message": f"rolled back by the {ANNOTATION_ABORT} annotation", "at": s.stamp}
+            if aborted.template_hash:
+                s.rejected["templateHash"] = aborted.template_hash
+            s.abort_not_applied = None
             return
+    if (s.abort_not_applied or {}).get("value") != requests.abort:
+        why = ("a rollout is in flight" if s.cand is not None else
+               "no previous color is warm to switch back to" if warm is None else
+               "the previous color is not ready")
+        message = (f"{ANNOTATION_ABORT}={requests.abort} names the active {s.stable.short} but cannot be applied: "
+                   f"{why}; point the spec at an earlier version to roll back")
+        s.abort_not_applied = {"value": requests.abort, "message": message, "at": s.stamp}
+        s.event("Warning", "AbortNotApplied", message)
+
+
+def _decide(s: _State, spec: ModelServeSpec, desired: Resolution, observed: Observed, requests: Requests) -> None:
+    want = desired.version
+    retried_by = None
+    if s.rejected and not requests.retry:
+        s.rejected.pop("retriedBy", None)  # the annotation was taken away: setting it again retries again
+    if s.rejected and requests.retry and digest_matches(requests.retry, s.rejected["digest"]) and not (
+            requests.abort and digest_matches(requests.abort, s.rejected["digest"])) and (
+            s.rejected.get("retriedBy") != requests.retry):
+        s.event("Normal", "Retry", f"Retrying {s.rejected['shortDigest']} on request")
+        s.rejected, retried_by = None, requests.retry
+    if s.rejected and want is not None and not _is_rejected(s, want):
+        s.rejected = None  # the desire moved on; coming back to that version later tries it again
+    _abort_active(s, spec, observed, requests)
     if want is None:
         if s.cand is not None:
             s.event("Normal", "RolloutCancelled", f"Rollout of {s.cand.short} cancelled: {desired.message}")
+            _end_gate(s, "Cancelled")
             s.cand, s.cand_color, s.rollout = None, None, {k: v for k, v in s.rollout.items() if k in ("previousColor", "previous", "scaleDownAt")}
         return
-    if s.stable is not None and want.digest == s.stable.digest:
+    if want.same(s.stable):
         if s.cand is not None:
-            s.event("Normal", "RolloutCancelled", f"Rollout of {s.cand.short} cancelled: the spec asks for the active {want.short}")
+            s.event("Normal", "RolloutCancelled", f"Rollout of {s.cand.display} cancelled: the spec asks for the active {want.display}")
+            _end_gate(s, "Cancelled")
             s.cand, s.cand_color = None, None
             s.rollout = {}
-        # The version is its digest: the same bytes under another URI or revision roll nothing out.
+        # The version is its digest and rendered template (source.py): the same bytes rendered
+        # the same way under another revision roll nothing out.
         return
-    if s.rejected and s.rejected["digest"] == want.digest:
-        if s.cand is not None and s.cand.digest == want.digest:
+    if _is_rejected(s, want):
+        if s.cand is not None and s.cand.same(want):
             s.cand, s.cand_color, s.rollout = None, None, {}
         return
-    if _rollback_warm(s, spec, observed, want.digest):
+    if _rollback_warm(s, spec, observed, want):
         return
-    if s.cand is None or s.cand.digest != want.digest:
+    if s.cand is None or not s.cand.same(want):
         _start(s, spec, want)
+        if retried_by:
+            # One retry per annotation value: should this attempt be rejected too, the kept
+            # annotation does not start another (no loop of gate Jobs).
+            s.rollout["retriedBy"] = retried_by
     _advance(s, spec, observed, requests)
 
 
@@ -460,8 +576,15 @@ def _status(s: _State, spec: ModelServeSpec, generation: int, desired: Resolutio
             endpoints: Mapping[str, str]) -> dict[str, Any]:
     phase, reason, message = _phase(s, spec, desired, observed)
     active_ready = _active_ready(s, observed)
-    status: dict[str, Any] = {"phase": phase, "reason": reason, "message": message, "observedGeneration": generation,
-                              "readyReplicas": active_ready}
+    # kstatus: the generation is observed once the object reflects it, i.e. no rollout is in
+    # flight (its candidate promoted or rolled back). Until then the last such generation stays
+    # (0 before the first), so Argo CD and Flux see the edit as in progress, not as served.
+    in_flight = s.cand is not None
+    # Pods of the active color not ready (a scale-up, a crash) may mend on their own: not stalled.
+    stalled = phase in (DEGRADED, FAILED) and not in_flight and reason != "ActiveNotReady"
+    observed_generation = min(int(prior.get("observedGeneration") or 0), generation) if in_flight else generation
+    status: dict[str, Any] = {"phase": phase, "reason": reason, "message": message,
+                              "observedGeneration": observed_generation, "readyReplicas": active_ready}
     if s.active_color and s.stable:
         status["activeColor"] = s.active_color
         status["active"] = _version_status(s.stable, s.active_color)
@@ -474,16 +597,23 @@ def _status(s: _State, spec: ModelServeSpec, generation: int, desired: Resolutio
         status["rollout"] = s.rollout
     if s.rejected:
         status["rejected"] = s.rejected
+    if s.abort_not_applied:
+        status["abortNotApplied"] = s.abort_not_applied
     if s.history:
         status["history"] = s.history
     if endpoints:
         status["endpoints"] = dict(endpoints)
     gate_outcome = s.gate.get("outcome")
+    # Aborted / Cancelled: the attempt ended before its gate did; nothing was judged.
     gate_cond = {"Passed": "True", "Skipped": "True", "Failed": "False"}.get(gate_outcome or "", "Unknown")
     status["conditions"] = _conditions(prior.get("conditions") or (), [
         ("Available", "True" if active_ready > 0 else "False", "Serving" if active_ready > 0 else "NoActiveColor",
          f"{active_ready} pods of {s.active_color} ready" if s.active_color else "No color is active yet"),
         ("Progressing", "True" if s.cand is not None else "False", reason if s.cand is not None else "Idle", message),
+        # kstatus' own pair (Flux, kpt, cli-utils): Reconciling while a rollout is in flight,
+        # Stalled when nothing more happens without the user (a rollback, an invalid source).
+        ("Reconciling", "True" if in_flight else "False", reason if in_flight else "Idle", message if in_flight else ""),
+        ("Stalled", "True" if stalled else "False", reason if stalled else "NotStalled", message if stalled else ""),
         ("Paused", "True" if phase == PAUSED else "False", reason if phase == PAUSED else "NotPaused",
          message if phase == PAUSED else ""),
         ("GatePassed", gate_cond, f"Gate{gate_outcome}" if gate_outcome else "NoGate",
@@ -499,6 +629,13 @@ def _actions(s: _State, spec: ModelServeSpec, observed: Observed) -> tuple[Actio
     downs: list[Action] = []
     warm = s.warm_previous()
     n = _replicas(spec)
+    # Every gate Job but the last attempt's goes (that one stays while it runs for a rollout in
+    # flight, or once finished, for its logs, until its TTL).
+    attempt = _attempt(s)
+    in_flight = s.cand is not None and s.gate.get("outcome") == "Running"
+    deletes: list[Action] = [DeleteGate(name) for name, g in sorted(observed.gates.items())
+                             if not (g.attempt == attempt and g.digest == s.gate.get("digest")
+                                     and (in_flight or g.finished or g.failed))]
     for color in COLORS:
         obs = observed.colors.get(color)
         version: ServedVersion | None = None
@@ -511,23 +648,26 @@ def _actions(s: _State, spec: ModelServeSpec, observed: Observed) -> tuple[Actio
             else:
                 replicas = obs.replicas if obs is not None and obs.replicas > 0 else n
         elif color == s.cand_color and s.cand is not None:
-            version, replicas = s.cand, n
+            version, replicas = s.cand, _cand_replicas(s, spec, observed)
         elif warm is not None and color == warm[0]:
             continue
         if version is not None:
-            if obs is None or obs.version != version.digest or obs.replicas != replicas:
+            if obs is None or not obs.holds(version):
                 ups.append(Scale(color, version, replicas))
+            elif obs.replicas != replicas:
+                # Same template: only the count changes (a template is never re-applied in place).
+                ups.append(Scale(color, None, replicas))
         elif obs is not None and obs.replicas != 0:
             downs.append(Scale(color, None, 0))
-    if s.cand is not None and s.cand_color and s.gate.get("outcome") == "Running" and s.cand.digest not in observed.gates:
-        ups.append(RunGate(s.cand_color, s.cand))
+    if s.cand is not None and s.cand_color and in_flight and _gate_job(s, observed) is None:
+        ups.append(RunGate(s.cand_color, s.cand, attempt))
     switches: list[Action] = []
     preview = s.cand_color or s.active_color
     if preview and observed.preview_selector != preview:
         switches.append(SwitchPreview(preview))
     if s.active_color and observed.active_selector != s.active_color:
         switches.append(SwitchActive(s.active_color))
-    return tuple(ups + switches + downs)
+    return tuple(deletes + ups + switches + downs)
 
 
 def plan(spec: ModelServeSpec, generation: int, desired: Resolution, observed: Observed, prior: Obj,

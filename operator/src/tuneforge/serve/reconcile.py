@@ -8,8 +8,9 @@ The thin, writing half of the room; every decision is plan.py's. One pass:
    ``Runtime.children`` — Kopf's indexes in the operator, no list calls — with a finished gate
    pod's termination message (read once per gate Job), and the followed FineTuneJob's status as
    data;
-3. resolve what to serve (the ModelServe's own history counts as already-served versions) and
-   plan; apply the actions in the order given; then the children that follow from the status
+3. resolve what to serve (the ModelServe's own history counts as already-served versions),
+   stamp it with the hash of the template it renders (builders.template_hash: with the digest,
+   the rollout's identity) and plan; apply the actions in the order given; then the children that follow from the status
    (Services, PDB, HPA on the active color, InferencePools where their CRD is served, old
    version ConfigMaps removed);
 4. write the status only when it changed, post the plan's Events, and return the plan's delay
@@ -37,13 +38,14 @@ from ..labels import LABEL_ROLE
 from .builders import (
     GatePod, ServeContext, build_active_service, build_color_deployment, build_gate_job, build_hpa,
     build_inference_pool, build_pdb, build_preview_service, build_version_config_map, endpoints, serve_context,
+    template_hash,
 )
 from .names import (
-    ANNOTATION_VERSION, COLORS, LABEL_COLOR, LABEL_MODELSERVE, LABEL_VERSION, active_service_name, color_name,
+    ANNOTATION_TEMPLATE, ANNOTATION_VERSION, COLORS, LABEL_COLOR, LABEL_MODELSERVE, LABEL_VERSION, active_service_name, color_name,
     preview_service_name,
 )
 from .observe import observe
-from .plan import FAILED, Plan, Requests, RunGate, Scale, SwitchActive, SwitchPreview, now_iso, plan
+from .plan import FAILED, DeleteGate, Plan, Requests, RunGate, Scale, SwitchActive, SwitchPreview, now_iso, plan
 from .source import ServedVersion, resolve
 from .spec import ModelServeSpec, SpecError, endpoint_secrets, parse_spec
 
@@ -137,7 +139,9 @@ async def _apply(rt: Runtime, ctx: ServeContext, spec: ModelServeSpec, p: Plan, 
             await kube.merge_patch("Deployment", ctx.namespace, color_name(ctx.name, action.color),
                                    {"spec": {"replicas": action.replicas}})
         elif isinstance(action, RunGate):
-            await kube.create(build_gate_job(ctx, spec, action.version, rt.gate_pod))
+            await kube.create(build_gate_job(ctx, spec, action.version, rt.gate_pod, action.attempt))
+        elif isinstance(action, DeleteGate):
+            await kube.delete("Job", ctx.namespace, action.name)
         elif isinstance(action, (SwitchActive, SwitchPreview)):
             active = isinstance(action, SwitchActive)
             name = active_service_name(ctx.name) if active else preview_service_name(ctx.name)
@@ -210,18 +214,22 @@ async def _drop_old_configs(rt: Runtime, ctx: ServeContext, deployments: list[Ob
     templates = _templates(deployments)
     for a in p.actions:
         if isinstance(a, Scale) and a.version is not None:
-            templates[a.color] = a.version.digest
+            templates[a.color] = (a.version.digest, a.version.template_hash)
     keep = set(templates.values())
     for cm in await rt.kube.list_labelled("ConfigMap", ctx.namespace, {LABEL_MODELSERVE: ctx.name, LABEL_VERSION: None}):
-        digest = (cm["metadata"].get("annotations") or {}).get(ANNOTATION_VERSION)
-        if digest not in keep:
+        if _identity(cm) not in keep:
             await rt.kube.delete("ConfigMap", ctx.namespace, cm["metadata"]["name"])
 
 
-def _templates(deployments: list[Obj]) -> dict[str, str | None]:
-    """Color -> the version digest its template serves."""
-    return {(d["metadata"].get("labels") or {}).get(LABEL_COLOR, ""): (d["metadata"].get("annotations") or {}).get(ANNOTATION_VERSION)
-            for d in deployments}
+def _identity(obj: Obj) -> tuple[str | None, str | None]:
+    """(digest, template hash) a color Deployment or version ConfigMap was rendered for."""
+    a = obj["metadata"].get("annotations") or {}
+    return a.get(ANNOTATION_VERSION), a.get(ANNOTATION_TEMPLATE)
+
+
+def _templates(deployments: list[Obj]) -> dict[str, tuple[str | None, str | None]]:
+    """Color -> the rollout identity its template serves."""
+    return {(d["metadata"].get("labels") or {}).get(LABEL_COLOR, ""): _identity(d) for d in deployments}
 
 
 async def _gate_messages(rt: Runtime, ns: str, name: str, jobs: list[Obj]) -> list[tuple[Obj, str | None]]:
@@ -274,6 +282,9 @@ async def reconcile(rt: Runtime, body: Obj, now: dt.datetime | None = None) -> t
         ftj = await kube.get("FineTuneJob", ns, spec.fine_tune_job)
         ftj_status = (ftj.get("status") or {}) if ftj is not None else None
     desired = resolve(spec, ftj_status, known_versions(prior))
+    if desired.version is not None:
+        v = desired.version
+        desired = dataclasses.replace(desired, version=dataclasses.replace(v, template_hash=template_hash(ctx, spec, v)))
     p = plan(spec, generation, desired, observed, prior, Requests.from_annotations(meta.get("annotations")), now,
              endpoints(ctx))
     try:

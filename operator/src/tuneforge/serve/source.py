@@ -21,9 +21,13 @@ current operators — adapterUri, baseModel with its digest, evalRowsUri). So:
   with neither ``gate.datasetUri`` nor the revision's scored rows). Such a resolution is
   ``blocked``: no wait fixes it, the spec or the FineTuneJob has to change.
 
-A version's identity is its ``digest``: the adapter's content digest for one adapter, or a
-digest over the sorted ``name=digest`` lines for several (so the same set in another order is the
-same version).
+A version's ``digest`` is the adapter's content digest for one adapter, or a digest over the
+sorted ``name=digest`` lines for several (so the same set in another order is the same version);
+it is what users name in promote/abort/retry. A rollout's identity is the digest **plus**
+``template_hash``, a short hash of the rendered launcher config and pod template (Argo's
+pod-template-hash; builders.template_hash, set by the reconcile): an edit that changes how a
+color is shaped (apiKey, mode, gpus, dtype, base, adapter name or URI, resources, scheduling,
+server image) is a new rollout of the same digest (:meth:`ServedVersion.same`).
 """
 
 from __future__ import annotations
@@ -72,6 +76,8 @@ class ServedVersion:
     lineage: Lineage | None = None
     eval_rows_uri: str | None = None
     """The FineTuneJob's scored held-out rows (``messages`` + ``target``), the gate's default data."""
+    template_hash: str | None = None
+    """Hash of the rendered launcher config and pod template (None until the reconcile renders it)."""
 
     def __post_init__(self) -> None:
         # A version is identified by its adapters' digests, and the server pre-flights each one.
@@ -90,6 +96,15 @@ class ServedVersion:
     def short(self) -> str:
         return short_digest(self.digest)
 
+    def same(self, other: "ServedVersion | None") -> bool:
+        """The same rollout: the same adapters' bytes rendered into the same color template."""
+        return other is not None and other.digest == self.digest and other.template_hash == self.template_hash
+
+    @property
+    def display(self) -> str:
+        """The short digest, with the template hash beside it when there is one."""
+        return f"{self.short}/{self.template_hash}" if self.template_hash else self.short
+
     def to_status(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "digest": self.digest, "shortDigest": self.short,
@@ -101,6 +116,8 @@ class ServedVersion:
                                                 "accuracy": self.lineage.accuracy}.items() if v is not None}
         if self.eval_rows_uri:
             out["evalRowsUri"] = self.eval_rows_uri
+        if self.template_hash:
+            out["templateHash"] = self.template_hash
         return out
 
     @classmethod
@@ -111,7 +128,7 @@ class ServedVersion:
             base_uri=base.get("uri", ""), base_digest=base.get("digest"),
             adapters=tuple(ServedAdapter(a["name"], a["uri"], a["digest"]) for a in raw.get("adapters") or ()),
             lineage=Lineage(lin["fineTuneJob"], int(lin["revision"]), lin.get("accuracy")) if lin else None,
-            eval_rows_uri=raw.get("evalRowsUri"),
+            eval_rows_uri=raw.get("evalRowsUri"), template_hash=raw.get("templateHash"),
         )
 
 
