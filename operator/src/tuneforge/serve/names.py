@@ -10,8 +10,11 @@ what it created (``metadata.name`` is at most 40 characters, which keeps every n
   rendered template, source.py; both colors may share it);
 - ``<name>-gate-<short digest>-<attempt>``: the gate Job of one rollout attempt (a retry or a new
   rollout of the same digest is a new attempt, so a new Job);
-- ``<name>``: the PodDisruptionBudget and the HorizontalPodAutoscaler;
-- ``<name>-<color>``: the InferencePool of a color.
+- ``<name>-<color>``: the PodDisruptionBudget of a color (a Pending candidate never uses up the
+  active color's budget);
+- ``<name>``: the HorizontalPodAutoscaler;
+- ``<name>`` / ``<name>-preview``: the InferencePools, selecting the active and the preview color
+  as the Services do.
 """
 
 from __future__ import annotations
