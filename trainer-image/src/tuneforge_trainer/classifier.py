@@ -148,8 +148,13 @@ def check_adapter_labels(adapter_dir: str, expected: Sequence[str]) -> list[str]
 def save_label_config(model: Any, adapter_dir: str) -> None:
     """Write the base model's config with this head (num_labels, id2label, label2id, pad token)
     as ``<adapter>/config.json``: the label order travels with the adapter's weights."""
+    import copy
+
     base: Any = model.get_base_model() if hasattr(model, "get_base_model") else model
-    base.config.to_json_file(os.path.join(adapter_dir, "config.json"))
+    config = copy.deepcopy(base.config)
+    # The base folder's config names its causal-LM class; this head is the classification one.
+    config.architectures = [type(base).__name__]
+    config.to_json_file(os.path.join(adapter_dir, "config.json"))
 
 
 def load_model(path: str, cfg: TrainerConfig, ds: Any, labels: Sequence[str]) -> Any:
