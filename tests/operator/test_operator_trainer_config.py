@@ -49,6 +49,8 @@ CASES = {
     "best-model": _with(training__evalSteps=10, training__saveSteps=20, training__loadBestModel=True,
                         training__earlyStoppingPatience=3),
     "full-finetune": _with(lora__enabled=False, quantization="none", resources__gpus=0),
+    "classifier-head": _with(task={"head": "classifier"}, evaluation__baselines=[{"type": "tfidf-logreg"}],
+                             evaluation__gate={"mustBeatBaseline": "tfidf-logreg"}),
     "hf-pinned": _with(baseModel={"uri": "hf://org/model", "revision": "abc123", "tokenSecretRef": {"name": "hf", "key": "token"}}),
 }
 
@@ -89,6 +91,18 @@ def test_mapping_details() -> None:
     # Unset baselines leave the trainer's defaults in force.
     assert "baselines" not in render_trainer_config(parse_spec(defaulted_spec(MINIMAL_SPEC)), "n", "m", "uid-1", 1)["eval"]
     assert yaml.safe_load(yaml.safe_dump(out)) == out
+
+
+def test_classifier_head_reaches_the_trainer_with_its_learning_rate() -> None:
+    """task.head classifier arrives as the trainer's head; the learning rate left unset is the
+    classifier's (1e-3), and one set in the spec wins."""
+    cfg = trainer_config.parse_config(
+        render_trainer_config(parse_spec(defaulted_spec(CASES["classifier-head"])), "ns", "c", "uid-1", 1))
+    assert cfg.task.head == "classifier" and cfg.training.learning_rate == 1e-3
+    assert not cfg.eval.baselines.zero_shot and cfg.eval.baselines.tfidf_lr
+    spec = _with(task={"head": "classifier"}, training__learningRate=0.0005)
+    cfg = trainer_config.parse_config(render_trainer_config(parse_spec(defaulted_spec(spec)), "ns", "c", "uid-1", 1))
+    assert cfg.training.learning_rate == 0.0005
 
 
 @pytest.mark.parametrize("uri,expected", [
@@ -159,6 +173,7 @@ MAPPED: list[Maps] = [
     _m("dataset.maxEvalRowsPerLabel", 20, "dataset.max_eval_rows_per_label"),
     _m("task.type", "generation", "task.type"),
     _m("task.labels", ["a", "b", "c"], "task.labels"),
+    _m("task.head", "classifier", "task.head"),
     _m("dataPrep.evalFraction", 0.2, "data.eval_fraction"),
     _m("dataPrep.validationFraction", 0.25, "data.validation_fraction"),
     _m("dataPrep.dedup", "exact", "data.dedup"),
@@ -258,6 +273,9 @@ DEFAULT_EXCEPTIONS = {
     # Listing few-shot without shots means 8 examples (the CRD says so; a schema default would be
     # set on every baseline of the list); the trainer's few_shot 0 means "no few-shot baseline".
     "evaluation.baselines[].shots": 8,
+    # Unset in the CRD and the trainer alike: the trainer resolves it by task.head at load
+    # (config.DEFAULT_LEARNING_RATE), 2e-4 for the default head lm.
+    "training.learningRate": 2e-4,
 }
 
 

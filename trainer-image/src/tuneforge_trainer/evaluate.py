@@ -261,6 +261,10 @@ def score_model(
     method: str | None = None,
 ) -> dict[str, Any]:
     """Predict and score ``rows``; returns metrics plus ``predictions`` and ``seconds``."""
+    if cfg.task.head == "classifier":
+        from tuneforge_trainer.classifier import score_classifier
+
+        return score_classifier(model, tokenizer, rows, cfg, labels)
     t0 = time.monotonic()
     classification = cfg.task.type == "classification"
     method = method or cfg.eval.method

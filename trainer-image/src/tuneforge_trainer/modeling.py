@@ -83,6 +83,10 @@ def get_lora_config(cfg: TrainerConfig) -> Any:
         return None
     from peft import LoraConfig
 
+    if cfg.task.head == "classifier":
+        from tuneforge_trainer.classifier import lora_config_kwargs
+
+        return LoraConfig(**lora_config_kwargs(cfg))
     lc = cfg.lora
     targets: Any = lc.target_modules if lc.target_modules == "all-linear" else list(lc.target_modules)
     return LoraConfig(
@@ -167,8 +171,17 @@ def load_tokenizer(path: str, cfg: TrainerConfig) -> Any:
     return tok
 
 
-def load_model(path: str, cfg: TrainerConfig, ds: DeviceSettings) -> Any:
-    """The base model on its device, quantized as configured (not yet wrapped with LoRA)."""
+def load_model(path: str, cfg: TrainerConfig, ds: DeviceSettings, labels: list[str] | None = None) -> Any:
+    """The base model on its device, quantized as configured (not yet wrapped with LoRA).
+
+    With ``task.head: classifier`` it carries a new score layer for ``labels`` (required then).
+    """
+    if cfg.task.head == "classifier":
+        from tuneforge_trainer import classifier
+
+        if not labels:
+            raise ConfigError("task.head classifier: the label set is needed to load the model")
+        return classifier.load_model(path, cfg, ds, labels)
     from transformers import AutoModelForCausalLM
 
     kw = model_load_kwargs(cfg, ds)

@@ -62,6 +62,14 @@ def render_model_card(report: dict[str, Any]) -> str:
         f"{tr.get('eval_loss') if tr.get('eval_loss') is not None else '–'}.",
         "",
     ]
+    if ev.get("method") == "classifier":
+        lines += [
+            "Scoring: a sequence-classification score layer (trained with the LoRA adapter and "
+            "saved with it) reads the bare text, one forward pass per row; the prediction is its "
+            "highest class, in the label order saved with the adapter. **The gate uses this "
+            "accuracy.**",
+            "",
+        ]
     if ev.get("method") == "loglik":
         lines += [
             "Scoring: each row's prediction is the label with the highest summed log-likelihood; "
@@ -93,7 +101,9 @@ def render_model_card(report: dict[str, Any]) -> str:
     ]
     lora = cfg.get("lora", {})
     t = cfg.get("training", {})
+    head = cfg.get("task", {}).get("head", "lm")
     lines += [
+        f"- head: {head}" + (" (sequence-classification score layer, in the adapter's modules_to_save)" if head == "classifier" else " (the language model writes the label)"),
         f"- LoRA r={lora.get('r')} alpha={lora.get('alpha')} dropout={lora.get('dropout')} "
         f"targets={lora.get('target_modules')}",
         f"- quantization: {tr.get('quantization')}; precision: {tr.get('precision')}; device: {tr.get('device')}",

@@ -17,6 +17,8 @@ import sys
 import time
 from typing import Any, Mapping, MutableMapping
 
+from tuneforge_trainer import classifier
+from tuneforge_trainer.classifier import classifier_text
 from tuneforge_trainer.config import TrainerConfig
 from tuneforge_trainer.data import (
     DataError,
@@ -93,6 +95,11 @@ def _make_readable(path: str) -> None:
 
 
 def _token_length_fn(tokenizer: Any, cfg: TrainerConfig, labels: list[str]):  # type: ignore[no-untyped-def]
+    if cfg.task.head == "classifier":
+        from tuneforge_trainer.classifier import token_length_fn
+
+        return token_length_fn(tokenizer)
+
     def n_tokens(ex: Example) -> int:
         msgs = render_prompt(ex, cfg.dataset.prompt_template, labels, cfg.dataset.system_prompt)
         msgs = msgs + [{"role": "assistant", "content": ex.target}]
@@ -218,7 +225,7 @@ def _training_args(cfg: TrainerConfig, ds: Any, out_dir: str, has_eval: bool, cu
         output_dir=out_dir,
         num_train_epochs=t.epochs,
         max_steps=t.max_steps or -1,
-        learning_rate=t.learning_rate,
+        learning_rate=cfg.learning_rate(),
         lr_scheduler_type=t.lr_scheduler,
         warmup_steps=t.warmup_ratio,  # transformers 5: a float < 1 is a fraction of the steps
         weight_decay=t.weight_decay,
@@ -309,8 +316,11 @@ def _write_predictions(path: str, rows: list[Example], preds: list[str], cfg: Tr
     and the adapter's prediction (error analysis; the serving tests replay these prompts)."""
     with open(path, "w", encoding="utf-8") as f:
         for ex, pred in zip(rows, preds, strict=True):
-            messages = render_prompt(ex, cfg.dataset.prompt_template, labels, cfg.dataset.system_prompt)
-            f.write(json.dumps({"row": ex.row, "source": ex.source, "messages": messages, "target": ex.target, "prediction": pred}, ensure_ascii=False) + "\n")
+            seen: dict[str, Any] = (
+                {"text": classifier_text(ex)} if cfg.task.head == "classifier"  # no prompt: the bare text
+                else {"messages": render_prompt(ex, cfg.dataset.prompt_template, labels, cfg.dataset.system_prompt)}
+            )
+            f.write(json.dumps({"row": ex.row, "source": ex.source, **seen, "target": ex.target, "prediction": pred}, ensure_ascii=False) + "\n")
     os.chmod(path, 0o644)
 
 
@@ -330,6 +340,7 @@ def _write_lineage(
         "dataset": dataset.model_dump(),
         "fineTuneJob": cfg.owner.model_dump(exclude_none=True, exclude={"kind"}) if cfg.owner else None,
         "runName": cfg.run_name,
+        "head": cfg.task.head,
         "evaluation": evaluation or None,
         "baselines": {k: v.get("accuracy") for k, v in baselines.items()} or None,
         "labels": data.labels or None,
@@ -459,6 +470,8 @@ def train_main(cfg: TrainerConfig) -> int:
     from datasets import Dataset
 
     def to_ds(rows: list[Example]) -> Any:
+        if cfg.task.head == "classifier":
+            return classifier.to_dataset(rows, tokenizer, data.labels, cfg.training.max_seq_length)
         return Dataset.from_list(
             [format_example(e, cfg.dataset.prompt_template, data.labels, cfg.dataset.system_prompt) for e in rows]
         )
@@ -471,7 +484,7 @@ def train_main(cfg: TrainerConfig) -> int:
         loss_rows = _sample(data.validation, cfg.eval.loss_max_rows, cfg.data.seed)
         eval_ds = to_ds(loss_rows)
 
-    model: Any = load_model(model_path, cfg, ds)
+    model: Any = load_model(model_path, cfg, ds, data.labels)
     from peft import prepare_model_for_kbit_training
     from transformers import EarlyStoppingCallback, PrinterCallback
     from transformers.trainer_utils import get_last_checkpoint
@@ -494,7 +507,7 @@ def train_main(cfg: TrainerConfig) -> int:
     ]
     if cfg.training.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.training.early_stopping_patience))
-    trainer = build_trainer(
+    trainer = (classifier.build_trainer if cfg.task.head == "classifier" else build_trainer)(
         cfg, model, tokenizer, args, train_ds, eval_ds, peft_config=get_lora_config(cfg), callbacks=callbacks
     )
     # Our progress events replace the Trainer's printed dicts on stdout.
@@ -560,12 +573,14 @@ def train_main(cfg: TrainerConfig) -> int:
 
         one = dataclasses.replace(ds, sharded=False)
         if cfg.lora.enabled:
-            model = PeftModel.from_pretrained(load_model(model_path, cfg, one), adapter_dir)
+            model = PeftModel.from_pretrained(load_model(model_path, cfg, one, data.labels), adapter_dir)
         else:  # a full fine-tune: save_model wrote the whole model
             model = load_model(adapter_dir, cfg, one)
     else:
         model = trainer.model  # the PeftModel (unwrapped from DDP)
         model.save_pretrained(adapter_dir)
+    if cfg.task.head == "classifier":
+        classifier.save_label_config(model, adapter_dir)
     tokenizer.save_pretrained(adapter_dir)
     _make_readable(adapter_dir)
     artifacts = {"adapter": join_uri(cfg.output.dir, "adapter")}
@@ -715,7 +730,9 @@ def evaluate_main(cfg: TrainerConfig, adapter: str | None = None, eval_file: str
         raise DataError(f"evaluate: no adapter folder at {adapter_path}")
     model_path = resolve_model_path(cfg, cache_dir())
     tokenizer = load_tokenizer(model_path, cfg)
-    model = PeftModel.from_pretrained(load_model(model_path, cfg, ds), adapter_path)
+    if cfg.task.head == "classifier":
+        classifier.check_adapter_labels(adapter_path, data.labels)  # class i must mean data.labels[i]
+    model = PeftModel.from_pretrained(load_model(model_path, cfg, ds, data.labels), adapter_path)
     progress.emit("eval_start", rows=len(rows))
     ev = score_model(model, tokenizer, rows, cfg, data.labels)
     progress.emit(

@@ -87,6 +87,7 @@ class FineTuneJobSpec:
     max_eval_rows_per_label: int | None
     task_type: str
     labels: tuple[str, ...] | None
+    task_head: str
     eval_fraction: float
     validation_fraction: float | None
     dedup: str
@@ -168,6 +169,7 @@ def parse_spec(spec: Mapping[str, Any]) -> FineTuneJobSpec:
         max_eval_rows_per_label=data.get("maxEvalRowsPerLabel"),
         task_type=task.get("type", "classification"),
         labels=_tuple_or_none(task.get("labels")),
+        task_head=task.get("head", "lm"),
         eval_fraction=float(prep.get("evalFraction", 0.1)),
         validation_fraction=prep.get("validationFraction"),
         dedup=prep.get("dedup", "normalized"),

@@ -140,6 +140,7 @@ def render_trainer_config(spec: FineTuneJobSpec, namespace: str, name: str, uid:
         "task": _drop_none({
             "type": spec.task_type,
             "labels": list(spec.labels) if spec.labels else None,
+            "head": spec.task_head,
         }),
         "data": _drop_none({
             "dedup": spec.dedup,
