@@ -222,6 +222,12 @@ class Kube:
             if exc.status.code == 404:
                 return None
             raise
+        except httpx2.HTTPStatusError as exc:
+            # An API group that is not served answers a plain-text "404 page not found", which
+            # lightkube's list raises as the HTTP error itself rather than an ApiError.
+            if exc.response.status_code == 404:
+                return None
+            raise
 
     async def replace_modelserve_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         """Replace the ModelServe's whole status (a JSON patch: a merge patch would keep keys the
