@@ -392,3 +392,18 @@ def test_torchrun_gives_workers_the_pods_grace_period_and_exits_143(nodes: int, 
     assert command[:3] == ["python3", "-m", "tuneforge_trainer.launch"]
     shutdown = next(int(a.split("=")[1]) for a in command if a.startswith("--shutdown-timeout="))
     assert pod["terminationGracePeriodSeconds"] - 15 <= shutdown < pod["terminationGracePeriodSeconds"]
+
+
+def test_the_pod_index_keeps_what_tells_a_disruption() -> None:
+    """The operator's pod index projects pods down to what status.py reads: a disruption must
+    survive it, or an evicted gang reads as a worker's own failure (seen on kwok)."""
+    from tuneforge.finetune.handlers import _project_child
+
+    pod = _disrupted(_pod(1, "Failed", node="gpu-b", exit_code=137))
+    pod["status"]["reason"] = "Evicted"
+    pod["metadata"]["ownerReferences"] = [{"controller": True, "uid": "job-uid"}]
+    kept = _project_child(pod, is_job=False)  # type: ignore[arg-type]
+    assert kept["status"]["reason"] == "Evicted"
+    assert [c["type"] for c in kept["status"]["conditions"]] == ["PodScheduled", "DisruptionTarget"]
+    info = derive_phase(spec_of(2, 8), _gang_observed([kept, _pod(0, "Failed", exit_code=1)]))
+    assert info.reason == "GangRestarting"
