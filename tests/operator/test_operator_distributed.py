@@ -407,3 +407,18 @@ def test_the_pod_index_keeps_what_tells_a_disruption() -> None:
     assert [c["type"] for c in kept["status"]["conditions"]] == ["PodScheduled", "DisruptionTarget"]
     info = derive_phase(spec_of(2, 8), _gang_observed([kept, _pod(0, "Failed", exit_code=1)]))
     assert info.reason == "GangRestarting"
+
+
+@pytest.mark.parametrize("message,restart", [
+    ("Pod team-a/intent-train-1-1-x has condition DisruptionTarget matching FailJob rule at index 1", True),
+    ("Container trainer for pod team-a/intent-train-1-0-x failed with exit code 143 matching FailJob rule at index 0", True),
+    ("Container trainer for pod team-a/intent-train-1-1-x failed with exit code 1 matching FailJob rule at index 0", False),
+])
+def test_a_gang_whose_pods_are_gone_is_judged_by_the_jobs_record(message: str, restart: bool) -> None:
+    """An evicted pod is deleted once it ends; the Job controller then removes the others: the
+    operator may see the Job Failed with no pod left (seen on kwok)."""
+    job = {"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "PodFailurePolicy", "message": message}]}}
+    info = derive_phase(spec_of(2, 8), _gang_observed([], job=job))
+    assert (info.reason == "GangRestarting") == restart and (info.phase == "Failed") != restart
+    if restart:
+        assert message in info.message

@@ -256,6 +256,23 @@ def _gang_disruption(pods: Sequence[Obj], world: int) -> str | None:
     return None
 
 
+def _job_disruption(job: Obj | None) -> str | None:
+    """The same, from the Job's own record, for when the pods are gone (an evicted pod is deleted
+    as soon as it has ended, often before the operator sees it): the Job controller names the pod
+    and the matching rule of the pod failure policy in its Failed condition's message ("Pod ns/p
+    has condition DisruptionTarget matching FailJob rule at index 1", "Container trainer for pod
+    ns/p failed with exit code 143 matching FailJob rule at index 0")."""
+    cond = job_condition(job, "Failed") or {}
+    message = str(cond.get("message") or "")
+    if cond.get("reason") != "PodFailurePolicy":
+        return None
+    if "condition DisruptionTarget" in message:
+        return f"a worker was disrupted ({message})"
+    if f"exit code {SIGTERM_EXIT} " in message:
+        return f"a worker was stopped ({message})"
+    return None
+
+
 def workers(pods: Sequence[Obj]) -> list[dict[str, Any]]:
     """status.workers: the newest pod of each node rank."""
     newest: dict[int, Obj] = {}
@@ -401,8 +418,8 @@ def derive_phase(spec: FineTuneJobSpec, observed: Observed, waited: float = 0.0,
     rank0 = [p for p in observed.train_pods if pod_rank(p) == 0]
     if spec.nodes > 1 and tdone == "Failed":
         # A deadline is the user's limit, not a disruption: no restart.
-        disrupted = None if (job_condition(tjob, "Failed") or {}).get("reason") == "DeadlineExceeded" else \
-            _gang_disruption(observed.train_pods, spec.world_size)
+        disrupted = None if (job_condition(tjob, "Failed") or {}).get("reason") == "DeadlineExceeded" else (
+            _gang_disruption(observed.train_pods, spec.world_size) if observed.train_pods else _job_disruption(tjob))
         if disrupted and observed.restarts < spec.max_restarts:
             return PhaseInfo(RUNNING, "GangRestarting", f"{disrupted}; restarting the gang from its last checkpoint "
                              f"(restart {observed.restarts + 1} of {spec.max_restarts})", restart=True)
