@@ -32,7 +32,20 @@ class FakeKube:
         self.calls.append((f"delete {kind}", name))
 
     async def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
-        self.status = {k: v for k, v in {**self.status, **patch}.items() if v is not None}
+        self.status = _apply_merge_patch(self.status, patch)
+
+
+def _apply_merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """What the apiserver does with a JSON merge patch (RFC 7386): objects merge key by key."""
+    out = dict(target)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _apply_merge_patch(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def _job(name: str, uid: str, condition: str | None = None) -> dict[str, Any]:

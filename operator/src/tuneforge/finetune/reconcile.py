@@ -224,10 +224,7 @@ async def _reconcile(ctx: Context, key: Key) -> float | None:
     if conflict is not None:
         transient = False
     if not transient and status_changed(prior, status):
-        patch = dict(status)
-        for gone in set(prior) - set(status):
-            patch[gone] = None
-        await ctx.kube.patch_status(namespace, name, patch)
+        await ctx.kube.patch_status(namespace, name, merge_patch(prior, status))
         ctx.written[owner.uid] = pack(status)
         _after_write(ctx, body, key, prior, status, tpods, spec.gpus)
         if conflict is not None:
@@ -235,6 +232,18 @@ async def _reconcile(ctx: Context, key: Key) -> float | None:
     ctx.tally.set(owner.uid, status["phase"])
     _restore_gauge(key, status)
     return waiting
+
+
+def merge_patch(old: Obj, new: Obj) -> dict[str, Any]:
+    """A JSON merge patch from ``old`` to ``new``: a merge patch merges objects key by key, so a
+    key gone from ``new`` at any depth (e.g. status.children.workersService) is written as null."""
+    patch: dict[str, Any] = dict(new)
+    for key, value in old.items():
+        if key not in new:
+            patch[key] = None
+        elif isinstance(value, Mapping) and isinstance(new[key], Mapping):
+            patch[key] = merge_patch(value, new[key])
+    return patch
 
 
 def _wait_left(status: Obj, now: dt.datetime, limit: float) -> float | None:
