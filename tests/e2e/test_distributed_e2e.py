@@ -4,6 +4,11 @@ Indexed Job meeting over the headless Service — at the demo's effective batch 
 process x 2 = the demo's 8), scored on the same held-out rows: each lands within 3 accuracy
 points of the demo's single-process run.
 
+The 2-pod run is also the gang's recovery test: worker 1 is evicted mid-run (the Eviction API,
+as a drain or a preemption does it), the operator restarts the whole gang as a new Job of the
+same revision (status.restarts 1), and the new gang resumes from the last complete checkpoint
+(not step 0) and still lands in the same accuracy band.
+
 Baselines are off (they score the base model, not what the processes trained); the demo's run
 is the reference, so the two runs cost their training and one scoring pass each.
 """
@@ -17,10 +22,13 @@ import pytest
 import yaml
 
 from shared_demo import load_demo
+from test_resume_e2e import evict
 from tuneforge_localcluster.testing import Cluster
 
 pytestmark = pytest.mark.slow
 
+# The evicted gang's periodic checkpoints: the restart resumes from one of them (or a later one).
+SAVE_STEPS = 20
 SHAPES = [  # (name, nodes, GPU stand-ins per pod): the real node advertises two
     pytest.param("banking77-ddp-1x2", 1, 2, id="1-pod-x-2-processes"),
     pytest.param("banking77-ddp-2x1", 2, 1, id="2-pods-x-1-process"),
@@ -37,6 +45,8 @@ def distributed_manifest(demo: Any, name: str, nodes: int, gpus: int) -> dict[st
     spec["training"]["batchSize"] = batch // world
     spec["evaluation"] = {"baselines": [], "gate": {"minAccuracy": 0.0}}
     spec["resources"].update(nodes=nodes, gpus=gpus)
+    if nodes > 1:
+        spec["training"]["saveSteps"] = SAVE_STEPS
     return m
 
 
@@ -51,14 +61,21 @@ def test_two_gloo_processes_match_the_single_process_run(cluster: Cluster, demo_
     cluster.kubectl("delete", "finetunejob", name, "-n", ns, "--ignore-not-found", "--wait=true", timeout=120)
     operator = demo.start_operator(cluster, trainer_image)
     workers_seen: list[dict[str, Any]] = []
+    evicted: list[int] = []  # the step the status showed when worker 1 was evicted
     manifest = distributed_manifest(demo, name, nodes, gpus)
+    max_steps = manifest["spec"]["training"]["maxSteps"]
     try:
         cluster.apply(manifest, ns)
 
         def watch_workers(ftj: dict[str, Any]) -> None:
-            running = [w for w in ftj.get("status", {}).get("workers") or () if w.get("phase") == "Running"]
+            st = ftj.get("status", {})
+            running = [w for w in st.get("workers") or () if w.get("phase") == "Running"]
             if len(running) > len(workers_seen):
                 workers_seen[:] = running
+            step = int((st.get("progress") or {}).get("step") or 0)
+            if nodes > 1 and not evicted and len(running) == 2 and SAVE_STEPS + 2 <= step < max_steps - 10:
+                evict(cluster, cluster.get("pod", running[1]["pod"], ns))
+                evicted.append(step)
 
         ftj = demo.follow(cluster, name, operator, timeout=2000, on_poll=watch_workers)
     finally:
@@ -68,12 +85,17 @@ def test_two_gloo_processes_match_the_single_process_run(cluster: Cluster, demo_
     st = ftj["status"]
     assert st["phase"] == "Succeeded", cluster.describe("finetunejob", name, ns)
     assert st["worldSize"] == 2
-    job = cluster.get("job", f"{name}-train-1", ns)
-    pods = cluster.list("pods", ns, f"job-name={name}-train-1")
+    # The evicted gang ran again as attempt 1 of the same revision; the first attempt's Job is gone.
+    train_job = f"{name}-train-1-1" if nodes > 1 else f"{name}-train-1"
+    assert st["children"]["trainJob"] == train_job and st["revision"] == 1, st
+    job = cluster.get("job", train_job, ns)
+    pods = cluster.list("pods", ns, f"job-name={train_job}")
     assert pods and all(p["spec"]["nodeName"] == cluster.settings.node_name for p in pods)
     if nodes > 1:
+        assert evicted and st["restarts"] == 1, (evicted, st)
         assert job["spec"]["completionMode"] == "Indexed" and job["status"].get("succeeded") == 2, job["status"]
-        assert cluster.get("service", f"{name}-train-1", ns)["spec"]["clusterIP"] == "None"
+        # The revision ended: its workers Service is deleted with it.
+        assert not cluster.kubectl("get", "service", f"{name}-train-1", "-n", ns, "--ignore-not-found", "-o", "name").stdout.strip()
         # Both workers ran at once (a gang), each on its own pod.
         assert [w["rank"] for w in workers_seen] == [0, 1], workers_seen
     else:
@@ -86,6 +108,10 @@ def test_two_gloo_processes_match_the_single_process_run(cluster: Cluster, demo_
     metrics = json.loads(demo.read_s3(cluster.settings, run + "/metrics.json"))
     assert summary["status"] == "succeeded" and summary["steps"] == manifest["spec"]["training"]["maxSteps"]
     assert metrics["training"]["steps"] == summary["steps"]
+    if nodes > 1:
+        # Resumed from a complete checkpoint of the same output (not from step 0), then to the end.
+        print(f"{name}: worker 1 evicted at step {evicted[0]}; the gang resumed from step {summary.get('resumed_from_step')}")
+        assert SAVE_STEPS <= (summary.get("resumed_from_step") or 0) < max_steps, (evicted, summary)
     accuracy, single = st["evaluation"]["accuracy"], reference["evaluation"]["accuracy"]
     assert st["evaluation"]["evalRows"] == reference["evaluation"]["evalRows"], (st["evaluation"], reference["evaluation"])
     print(f"{name}: {nodes} pod(s) x {max(gpus, 1)} process(es), batch 4 each: accuracy {accuracy:.4f} "

@@ -286,10 +286,16 @@ def test_fake_gpu_nodes_scheduling_and_queueing(cluster: Cluster, namespace: str
     assert big["status"]["gate"]["outcome"] == "Pending"
 
 
+def _gone(cluster: Cluster, namespace: str, kind: str, name: str) -> bool:
+    return not cluster.kubectl("get", kind, name, "-n", namespace, "--ignore-not-found", "-o", "name").stdout.strip()
+
+
 def test_two_by_eight_gang_on_fake_gpu_nodes(cluster: Cluster, namespace: str, run_operator: Any, standin_image: str) -> None:
     """resources 2 nodes x 8 GPUs: an Indexed Job with its headless Service, one worker on each
-    fake 8-GPU node, world size 16; then worker 1 fails: the whole gang fails with the worker
-    named, and no worker is left running."""
+    fake 8-GPU node, world size 16; worker 1 is evicted (Eviction API, as a drain does): the gang
+    restarts whole as a new Job of the same revision (status.restarts 1); then the new worker 1
+    fails: the whole gang fails with the worker named, no worker is left running, and the
+    revision's workers Service is deleted."""
     # The kwok workers stay Running (a long simulated run) until the test fails one.
     op = run_operator(TUNEFORGE_TRAINER_IMAGE=standin_image,
                       TUNEFORGE_POD_ANNOTATIONS=json.dumps({
@@ -324,6 +330,33 @@ def test_two_by_eight_gang_on_fake_gpu_nodes(cluster: Cluster, namespace: str, r
     slices = cluster.list("endpointslices", namespace, "kubernetes.io/service-name=gang-train-1")
     assert sorted(e.get("hostname") for s in slices for e in s.get("endpoints") or ()) == ["gang-train-1-0", "gang-train-1-1"]
 
+    # Worker 1 is evicted: the apiserver marks it DisruptionTarget and deletes it (kwok then ends
+    # it Failed, as a kubelet would). The gang restarts, same revision, as gang-train-1-1.
+    evicted = pods["1"]
+    eviction = {"apiVersion": "policy/v1", "kind": "Eviction",
+                "metadata": {"name": evicted["metadata"]["name"], "namespace": namespace}}
+    cluster.kubectl("create", "--raw", f"/api/v1/namespaces/{namespace}/pods/{evicted['metadata']['name']}/eviction",
+                    "-f", "-", input=json.dumps(eviction))
+
+    def restarted() -> bool:
+        st = _ftj(cluster, namespace, "gang").get("status") or {}
+        return (st.get("restarts") == 1 and st.get("phase") == "Running"
+                and [w.get("phase") for w in st.get("workers") or ()] == ["Running", "Running"])
+
+    wait_for("the gang restarted whole", restarted, 180, 1, describe=lambda: json.dumps(
+        _ftj(cluster, namespace, "gang").get("status"), indent=1)[:3000] + "\n" + json.dumps(
+        [(p["metadata"]["name"], p["status"]) for p in cluster.list("pods", namespace, "tuneforge.dev/role=train")])[:4000])
+    st = _ftj(cluster, namespace, "gang")["status"]
+    assert st["revision"] == 1 and st["children"]["trainJob"] == "gang-train-1-1", st
+    assert st["children"]["workersService"] == "gang-train-1"
+    wait_for("the evicted attempt's Job is deleted", lambda: _gone(cluster, namespace, "job", "gang-train-1"), 60, 1)
+    pods = {p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"]: p
+            for p in cluster.list("pods", namespace, "tuneforge.dev/finetunejob=gang,tuneforge.dev/role=train")
+            if p["metadata"]["labels"].get("job-name") == "gang-train-1-1"}
+    assert set(pods) == {"0", "1"}
+    for index, p in pods.items():
+        assert p["spec"]["hostname"] == f"gang-train-1-1-{index}" and p["spec"]["subdomain"] == "gang-train-1"
+
     # Worker 1's trainer dies (as a kubelet reports it: the container terminated with exit code 1).
     worker = pods["1"]
     status = {"status": {"phase": "Failed", "containerStatuses": [{
@@ -334,7 +367,9 @@ def test_two_by_eight_gang_on_fake_gpu_nodes(cluster: Cluster, namespace: str, r
         }}}]}}
     cluster.kubectl("patch", "pod", worker["metadata"]["name"], "-n", namespace, "--subresource=status",
                     "--type=merge", "-p", json.dumps(status))
-    st = _wait_phase(cluster, namespace, "gang", ("Failed", "Succeeded"), 120, op)["status"]
+    # The Job fails once every worker has ended: worker 0 is removed by the Job controller and
+    # ended by kwok, which under a busy shared cluster took up to its 120 s grace period.
+    st = _wait_phase(cluster, namespace, "gang", ("Failed", "Succeeded"), 240, op)["status"]
     assert st["phase"] == "Failed" and st["reason"] == "WorkerFailed", st
     assert st["message"].startswith(f"worker rank 1 of 16 (pod {worker['metadata']['name']} on node "), st["message"]
     assert "Connection closed by peer" in st["message"]
@@ -345,6 +380,8 @@ def test_two_by_eight_gang_on_fake_gpu_nodes(cluster: Cluster, namespace: str, r
 
     wait_for("no worker left running", none_running, 60, 1)
     assert "WorkerFailed" in cluster.describe("finetunejob", "gang", namespace)
+    assert st["restarts"] == 1 and "workersService" not in st["children"], st
+    wait_for("the workers Service is deleted", lambda: _gone(cluster, namespace, "service", "gang-train-1"), 60, 1)
 
 
 def test_kueue_queue_name_suspends_and_resumes(cluster: Cluster, namespace: str, run_operator: Any, standin_image: str) -> None:

@@ -260,6 +260,7 @@ OPERATOR_ONLY: dict[str, str] = {
     "scheduling.tolerations[].tolerationSeconds": "the training pod",
     "scheduling.activeDeadlineSeconds": "the training Job",
     "scheduling.backoffLimit": "the training Job",
+    "scheduling.maxRestarts": "the operator (gang restarts after a disruption)",
     "s3.endpoint": "env AWS_ENDPOINT_URL",
     "s3.region": "env AWS_DEFAULT_REGION",
     "s3.accessKeyIdSecretRef.name": "env AWS_ACCESS_KEY_ID (secretKeyRef)",

@@ -8,7 +8,9 @@ import pytest
 
 from trainer_helpers import FakeS3
 from tuneforge_trainer import storage
-from tuneforge_trainer.checkpoints import MARKER, check_run, fetch_latest, record_run, remote_steps, upload_checkpoint
+from tuneforge_trainer.checkpoints import (
+    MARKER, check_run, fetch_latest, last_complete, record_run, remote_steps, upload_checkpoint,
+)
 from tuneforge_trainer.config import parse_config
 
 STORE = "s3://b/runs/r1/checkpoints"
@@ -44,10 +46,9 @@ def test_a_new_pod_fetches_the_newest_complete_checkpoint(fake: FakeS3, tmp_path
     fake.objects["runs/r1/checkpoints/checkpoint-40/adapter_model.safetensors"] = b"half"  # no marker
     got = fetch_latest(STORE, str(tmp_path / "new-pod"))
     assert got == str(tmp_path / "new-pod" / "checkpoint-30")
-    assert sorted(p.name for p in Path(got).rglob("*")) == ["adapter_model.safetensors", "sub", "trainer_state.json"]
-    from transformers.trainer_utils import get_last_checkpoint
-
-    assert get_last_checkpoint(str(tmp_path / "new-pod")) == got
+    # The marker comes along: the local copy is complete, and resumed from.
+    assert sorted(p.name for p in Path(got).rglob("*")) == [MARKER, "adapter_model.safetensors", "sub", "trainer_state.json"]
+    assert last_complete(str(tmp_path / "new-pod")) == got
     assert fetch_latest("s3://b/empty", str(tmp_path / "x")) is None
 
 
@@ -71,3 +72,25 @@ def test_a_checkpoint_of_another_run_is_refused(tmp_path: Path) -> None:
     check_run(str(ck), None)
     with pytest.raises(ConfigError, match="output.run_id"):
         check_run(str(ck), "uid-2/r1")
+
+
+def test_a_checkpoint_cut_mid_write_is_not_resumed(tmp_path: Path) -> None:
+    """A PVC output: the Trainer writes checkpoint-<step> in place; SIGKILL, an OOM or a lost node
+    can end it halfway. Only checkpoints the trainer marked complete after saving are resumed."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from tuneforge_trainer.train import _progress_callback
+
+    class Progress:
+        def emit(self, event: str, **kw: object) -> None:
+            pass
+
+    saved = checkpoint(tmp_path, 10)
+    callback = _progress_callback(Progress(), None, None, 2, "uid-1/r1")  # type: ignore[arg-type]
+    args, state = type("A", (), {"output_dir": str(tmp_path)})(), type("S", (), {"global_step": 10, "is_world_process_zero": True})()
+    callback.on_save(args, state, None)
+    assert (saved / MARKER).exists()
+    checkpoint(tmp_path, 20)  # cut mid-write: no marker
+    assert get_last_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-20")  # what was resumed before
+    assert last_complete(str(tmp_path)) == str(saved)
+    assert last_complete(str(tmp_path / "none")) is None

@@ -1,6 +1,9 @@
 """Checkpoints that outlive the pod: mirrored to the output store and fetched back on resume.
 
-With a local or PVC output the work folder is the output folder, so checkpoints persist already.
+Every checkpoint folder gets a ``.complete`` marker once the Trainer has saved it whole, and
+only marked ones are resumed (:func:`last_complete`): with a local or PVC output the work folder
+is the output folder, so checkpoints persist already, and one cut halfway (SIGKILL at the end of
+the grace period, an OOM, a lost node) must not be resumed.
 With an ``s3://`` output the work folder is pod-local (an emptyDir): every checkpoint the Trainer
 saves is uploaded to ``<store>/checkpoint-<step>/`` with a ``.complete`` marker written last (a
 half-uploaded checkpoint is never resumed), checkpoints beyond ``training.save_total_limit`` are
@@ -19,7 +22,8 @@ import shutil
 from tuneforge_trainer import storage
 from tuneforge_trainer.storage import download_s3, join_uri, split_s3, upload_dir
 
-__all__ = ["MARKER", "RUN_FILE", "check_run", "fetch_latest", "record_run", "remote_steps", "upload_checkpoint"]
+__all__ = ["MARKER", "RUN_FILE", "check_run", "fetch_latest", "last_complete", "mark_complete", "record_run",
+           "remote_steps", "upload_checkpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +31,23 @@ MARKER = ".complete"
 # Written into every checkpoint folder: which run (output.run_id) saved it.
 RUN_FILE = "tuneforge-run.json"
 _STEP = re.compile(r"(?:^|/)checkpoint-(\d+)/" + re.escape(MARKER) + "$")
+_FOLDER = re.compile(r"^checkpoint-(\d+)$")
+
+
+def mark_complete(checkpoint: str) -> None:
+    """Mark a saved checkpoint folder whole (written after everything else in it)."""
+    if os.path.isdir(checkpoint):
+        with open(os.path.join(checkpoint, MARKER), "w"):
+            pass
+
+
+def last_complete(folder: str) -> str | None:
+    """The newest marked ``checkpoint-<step>`` folder in ``folder`` (None: none)."""
+    if not os.path.isdir(folder):
+        return None
+    steps = [(int(m.group(1)), name) for name in os.listdir(folder)
+             if (m := _FOLDER.match(name)) and os.path.isfile(os.path.join(folder, name, MARKER))]
+    return os.path.join(folder, max(steps)[1]) if steps else None
 
 
 def _keys(uri: str) -> list[str]:
@@ -72,10 +93,7 @@ def fetch_latest(store: str, local_dir: str) -> str | None:
     tmp = dest + ".partial"
     shutil.rmtree(tmp, ignore_errors=True)
     download_s3(join_uri(store, name), tmp)
-    try:
-        os.remove(os.path.join(tmp, MARKER))
-    except FileNotFoundError:
-        pass
+    mark_complete(tmp)  # the store's marker came along; the local copy is as whole
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(tmp, dest)  # the Trainer only ever sees a whole checkpoint
     log.info("Fetched checkpoint %s from %s", name, store)

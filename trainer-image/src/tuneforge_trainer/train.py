@@ -185,6 +185,11 @@ def _progress_callback(  # type: ignore[no-untyped-def]
                     upload_checkpoint(local, store, keep)
                 except Exception as e:  # noqa: BLE001 - losing a resume point must not fail the run
                     log.warning("Checkpoint %s not uploaded to %s: %s", local, store, e)
+            if state.is_world_process_zero:
+                from tuneforge_trainer.checkpoints import mark_complete
+
+                # Last, and after the upload (whose own marker must come last in the store).
+                mark_complete(local)
             progress.emit("checkpoint", step=state.global_step)
 
     return ProgressCallback()
@@ -193,12 +198,12 @@ def _progress_callback(  # type: ignore[no-untyped-def]
 def _fetch_checkpoint(store: str, ckpt_dir: str, wait_s: float = 1800.0) -> None:
     """A replacement pod resumes from the store: without a local checkpoint, local rank 0 fetches
     the newest one; the other ranks of the pod wait until it is done."""
-    from transformers.trainer_utils import get_last_checkpoint
+    from tuneforge_trainer.checkpoints import last_complete
 
     done = os.path.join(ckpt_dir, ".fetched")
     if os.environ.get("LOCAL_RANK", "0") in ("0", ""):
         os.makedirs(ckpt_dir, exist_ok=True)
-        if get_last_checkpoint(ckpt_dir) is None:
+        if last_complete(ckpt_dir) is None:
             from tuneforge_trainer.checkpoints import fetch_latest
 
             fetch_latest(store, ckpt_dir)
@@ -279,6 +284,30 @@ def _fsdp_args(ds: Any) -> dict[str, Any]:
             "activation_checkpointing": False,
         },
     }
+
+
+def fsdp_load_env(ds: Any) -> dict[str, str]:
+    """What transformers needs in the environment at load time to load a model FSDP-style (rank 0
+    reads the weights, the other ranks allocate on the meta device, sync_module_states broadcasts):
+    ``transformers.distributed.fsdp.is_fsdp_enabled`` also needs the process group to exist."""
+    return {"ACCELERATE_USE_FSDP": "true", "FSDP_CPU_RAM_EFFICIENT_LOADING": "true"} if ds.sharded else {}
+
+
+def _init_distributed(args: Any) -> None:
+    """Initialise the process group under torchrun: the Trainer's arguments do it when their
+    device is first asked for (``TrainingArguments._setup_devices``)."""
+    _ = args.device
+
+
+def _ready_for_load(torch: Any, args: Any, ds: Any, env: MutableMapping[str, str] = os.environ) -> None:
+    """Before the model loads: this process's GPU, the FSDP environment and the process group.
+    Otherwise bitsandbytes places every rank's 4-bit copy on ``torch.cuda.current_device()``,
+    cuda:0 for all of them, and each rank loads the whole model into CPU RAM."""
+    if ds.cuda and "LOCAL_RANK" in env:
+        torch.cuda.set_device(int(env["LOCAL_RANK"]))
+    env.update(fsdp_load_env(ds))
+    if int(env.get("WORLD_SIZE", "1")) > 1:
+        _init_distributed(args)
 
 
 def _summary_from(
@@ -484,16 +513,6 @@ def train_main(cfg: TrainerConfig) -> int:
         loss_rows = _sample(data.validation, cfg.eval.loss_max_rows, cfg.data.seed)
         eval_ds = to_ds(loss_rows)
 
-    model: Any = load_model(model_path, cfg, ds, data.labels)
-    from peft import prepare_model_for_kbit_training
-    from transformers import EarlyStoppingCallback, PrinterCallback
-    from transformers.trainer_utils import get_last_checkpoint
-
-    from tuneforge_trainer.batching import SharedPrefixCollator
-    from tuneforge_trainer.sft import build_trainer
-
-    if ds.quantization != "none":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=ds.gradient_checkpointing)
     ckpt_dir = os.path.join(work, "checkpoints")
     if rank0:
         # A rerun must not leave an earlier run's result looking like this one's.
@@ -501,7 +520,18 @@ def train_main(cfg: TrainerConfig) -> int:
     store = cfg.checkpoint_store()
     if store and cfg.training.resume:
         _fetch_checkpoint(store, ckpt_dir)
+    # The arguments (and with them the process group and FSDP settings) before the model.
     args = _training_args(cfg, ds, ckpt_dir, eval_ds is not None, cuda)
+    _ready_for_load(torch, args, ds)
+    model: Any = load_model(model_path, cfg, ds, data.labels)
+    from peft import prepare_model_for_kbit_training
+    from transformers import EarlyStoppingCallback, PrinterCallback
+    from tuneforge_trainer.batching import SharedPrefixCollator
+    from tuneforge_trainer.checkpoints import last_complete
+    from tuneforge_trainer.sft import build_trainer
+
+    if ds.quantization != "none":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=ds.gradient_checkpointing)
     callbacks: list[Any] = [
         _progress_callback(progress, preempt, store, cfg.training.save_total_limit, cfg.output.run_id)
     ]
@@ -512,7 +542,8 @@ def train_main(cfg: TrainerConfig) -> int:
     )
     # Our progress events replace the Trainer's printed dicts on stdout.
     trainer.remove_callback(PrinterCallback)
-    resume = get_last_checkpoint(ckpt_dir) if cfg.training.resume and os.path.isdir(ckpt_dir) else None
+    # Only a checkpoint marked whole: one cut mid-write (on a PVC, it stays) is never resumed.
+    resume = last_complete(ckpt_dir) if cfg.training.resume else None
     if resume:
         from tuneforge_trainer.checkpoints import check_run
 
@@ -537,7 +568,7 @@ def train_main(cfg: TrainerConfig) -> int:
                     status="preempted", command="train", task=cfg.task.type, steps=state.global_step,
                     resumed_from_step=resumed_step, train_seconds=round(train_seconds, 1),
                     message=f"SIGTERM: checkpoint saved at step {state.global_step}; rerun to resume",
-                    artifacts={"checkpoint": get_last_checkpoint(ckpt_dir) or ckpt_dir},
+                    artifacts={"checkpoint": last_complete(ckpt_dir) or ckpt_dir},
                 ),
                 cfg.output.termination_message_path,
             )

@@ -91,7 +91,9 @@ def _project_status(status: dict[str, Any], is_job: bool) -> dict[str, Any]:
         return out
     return {
         "phase": status.get("phase"),
-        "conditions": _conditions(status, ("PodScheduled",)),
+        # DisruptionTarget (and a kubelet eviction's reason): a gang failed by a disruption restarts.
+        **({"reason": status["reason"]} if status.get("reason") else {}),
+        "conditions": _conditions(status, ("PodScheduled", "DisruptionTarget")),
         # The trainer container's state (running/waiting/terminated with its termination message).
         "containerStatuses": [{"name": cs["name"], "state": cs.get("state") or {}}
                               for cs in status.get("containerStatuses") or () if cs.get("name") == CONTAINER],

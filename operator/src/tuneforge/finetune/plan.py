@@ -19,7 +19,7 @@ Obj = Mapping[str, Any]
 @dataclasses.dataclass(frozen=True)
 class Action:
     verb: Literal["create_config_map", "create_validate_job", "create_train_job", "create_summary_job",
-                  "set_suspend", "delete_job"]
+                  "set_suspend", "delete_job", "delete_service"]
     name: str = ""
     value: bool | None = None
 
@@ -32,10 +32,25 @@ def plan(
     stale_jobs: Sequence[Obj],
     preflight_failed: bool,
     read_summary: bool = False,
+    restart: bool = False,
+    earlier_attempts: Sequence[Obj] = (),
+    services: tuple[str | None, str | None] = (None, None),
 ) -> list[Action]:
     """The next actions for the current revision (``phase`` is the freshly computed one;
-    ``read_summary``: the training result must be read from the output store)."""
+    ``read_summary``: the training result must be read from the output store; ``restart``: the
+    gang in ``train_job`` failed by a disruption and starts again as the next attempt;
+    ``earlier_attempts``: this revision's training Jobs before ``train_job``; ``services``: the
+    workers Service the last status named and the one the new status names)."""
     actions: list[Action] = []
+    # The workers Service of a revision that ended or was superseded: nobody resolves it any more.
+    named, naming = services
+    if named and named != naming:
+        actions.append(Action("delete_service", named))
+    # A restarted gang's earlier Jobs: finished, but their pods may still hold GPUs while they
+    # checkpoint, and their status is history the FineTuneJob's status.restarts keeps.
+    for job in earlier_attempts:
+        if not (job.get("metadata") or {}).get("deletionTimestamp"):
+            actions.append(Action("delete_job", job["metadata"]["name"]))
     # Jobs of earlier revisions that still run hold GPUs for a spec nobody wants any more.
     for job in stale_jobs:
         if job_finished(job) is None:
@@ -50,7 +65,7 @@ def plan(
         return actions + [Action("create_config_map"), Action("create_validate_job")]
     if job_finished(validate_job) != "Complete":
         return actions
-    if train_job is None:
+    if train_job is None or restart:
         return actions + [Action("create_train_job")]
     if read_summary:
         return actions + [Action("create_summary_job")]

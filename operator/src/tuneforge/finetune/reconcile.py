@@ -22,7 +22,9 @@ from ..settings import Settings
 from . import LABEL_REVISION
 from .builders.configmap import build_config_map
 from .builders.job import build_summary_job, build_trainer_job, build_validate_job, build_workers_service
-from .builders.names import Owner, config_map_name, summary_job_name, train_job_name, validate_job_name
+from .builders.names import (
+    Owner, config_map_name, summary_job_name, train_attempt, train_job_name, validate_job_name, workers_service_name,
+)
 from .plan import Action, plan
 from .progress import Progress
 from ..endpoint_secrets import refusal
@@ -179,20 +181,29 @@ async def _reconcile(ctx: Context, key: Key) -> float | None:
     jobs, pods = owned_children(map(unpack, ctx.jobs.get(key) or ()), map(unpack, ctx.pods.get(key) or ()), owner.uid)
     by_name = {j["metadata"]["name"]: j for j in jobs}
     vjob = by_name.get(validate_job_name(name, rev))
-    tjob = by_name.get(train_job_name(name, rev))
+    # A restarted gang: the newest attempt the status counted or the index shows (a restart's
+    # Job may be created before the status that counts it is written, or the other way round).
+    attempts = {a: j for j in jobs if _revision_of(j) == rev
+                and (a := train_attempt(name, rev, j["metadata"]["name"])) is not None}
+    counted = int(prior.get("restarts") or 0) if not revision.is_new and prior.get("revision") == rev else 0
+    attempt = max([counted, *attempts])
+    tjob = attempts.get(attempt)
+    earlier = [j for a, j in attempts.items() if a < attempt]
     sjob = by_name.get(summary_job_name(name, rev))
     stale = [j for j in jobs if _revision_of(j) != rev]
     vpods = [p for p in pods if _pod_job(p) == validate_job_name(name, rev)]
-    tpods = [p for p in pods if _pod_job(p) == train_job_name(name, rev)]
+    tpods = [p for p in pods if _pod_job(p) == train_job_name(name, rev, attempt)]
     spods = [p for p in pods if _pod_job(p) == summary_job_name(name, rev)]
 
     sticky = not revision.is_new and prior.get("phase") in TERMINAL
     pre = None
     if vjob is None and not sticky:
         pre = await preflight(ctx.kube, namespace, spec)
-    observed = Observed(vjob, vpods, tjob, tpods, ctx.progress.get((owner.uid, rev)), pre, sjob, spods)
+    observed = Observed(vjob, vpods, tjob, tpods, ctx.progress.get((owner.uid, rev)), pre, sjob, spods, attempt)
     children = {"configMap": config_map_name(name, rev), "validateJob": validate_job_name(name, rev),
-                "trainJob": train_job_name(name, rev)}
+                "trainJob": train_job_name(name, rev, attempt)}
+    if spec.nodes > 1:
+        children["workersService"] = workers_service_name(name, rev)
     now = dt.datetime.now(dt.timezone.utc)
     status = compute_status(spec, generation, prior, revision, observed, now, children,
                             artifact_uri(spec, namespace, name, owner.uid, rev), ctx.settings.dependency_wait_seconds,
@@ -200,7 +211,9 @@ async def _reconcile(ctx: Context, key: Key) -> float | None:
     waiting = _wait_left(status, now, ctx.settings.dependency_wait_seconds)
 
     read_summary = status.get("reason") == READING_SUMMARY and sjob is None
-    actions = plan(spec, status["phase"], vjob, tjob, stale, pre is not None, read_summary)
+    restart = int(status.get("restarts") or 0) > attempt
+    services = ((prior.get("children") or {}).get("workersService"), status["children"].get("workersService"))
+    actions = plan(spec, status["phase"], vjob, tjob, stale, pre is not None, read_summary, restart, earlier, services)
     conflict: ForeignChild | None = None
     try:
         for action in actions:
@@ -217,10 +230,7 @@ async def _reconcile(ctx: Context, key: Key) -> float | None:
     if conflict is not None:
         transient = False
     if not transient and status_changed(prior, status):
-        patch = dict(status)
-        for gone in set(prior) - set(status):
-            patch[gone] = None
-        await ctx.kube.patch_status(namespace, name, patch)
+        await ctx.kube.patch_status(namespace, name, merge_patch(prior, status))
         ctx.written[owner.uid] = pack(status)
         _after_write(ctx, body, key, prior, status, tpods, spec.gpus)
         if conflict is not None:
@@ -228,6 +238,18 @@ async def _reconcile(ctx: Context, key: Key) -> float | None:
     ctx.tally.set(owner.uid, status["phase"])
     _restore_gauge(key, status)
     return waiting
+
+
+def merge_patch(old: Obj, new: Obj) -> dict[str, Any]:
+    """A JSON merge patch from ``old`` to ``new``: a merge patch merges objects key by key, so a
+    key gone from ``new`` at any depth (e.g. status.children.workersService) is written as null."""
+    patch: dict[str, Any] = dict(new)
+    for key, value in old.items():
+        if key not in new:
+            patch[key] = None
+        elif isinstance(value, Mapping) and isinstance(new[key], Mapping):
+            patch[key] = merge_patch(value, new[key])
+    return patch
 
 
 def _wait_left(status: Obj, now: dt.datetime, limit: float) -> float | None:
@@ -263,11 +285,12 @@ async def _execute(ctx: Context, action: Action, owner: Owner, spec: FineTuneJob
         if await ctx.kube.create(build_validate_job(owner, spec, rev, s)):
             log.info("Created validation Job %s/%s", owner.namespace, validate_job_name(owner.name, rev))
     elif action.verb == "create_train_job":
+        attempt = int(status.get("restarts") or 0)
         if spec.nodes > 1:
             # Before the Job: pod 0's DNS name must resolve when the workers start.
             await ctx.kube.create(build_workers_service(owner, spec, rev))
-        if await ctx.kube.create(build_trainer_job(owner, spec, rev, s)):
-            log.info("Created training Job %s/%s", owner.namespace, train_job_name(owner.name, rev))
+        if await ctx.kube.create(build_trainer_job(owner, spec, rev, s, attempt)):
+            log.info("Created training Job %s/%s", owner.namespace, train_job_name(owner.name, rev, attempt))
             started = status.get("startTime")
             if started:
                 since = dt.datetime.strptime(started, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
@@ -281,6 +304,9 @@ async def _execute(ctx: Context, action: Action, owner: Owner, spec: FineTuneJob
     elif action.verb == "delete_job":
         await ctx.kube.delete_job(owner.namespace, action.name)
         log.info("Deleted Job %s/%s", owner.namespace, action.name)
+    elif action.verb == "delete_service":
+        await ctx.kube.delete("Service", owner.namespace, action.name)
+        log.info("Deleted workers Service %s/%s", owner.namespace, action.name)
 
 
 def _after_write(ctx: Context, body: Obj, key: Key, prior: Obj, status: Obj, tpods: list[Obj], gpus: int) -> None:

@@ -119,6 +119,7 @@ class FineTuneJobSpec:
     tolerations: tuple[Toleration, ...]
     active_deadline_seconds: int
     backoff_limit: int
+    max_restarts: int
     s3_endpoint: str | None
     s3_region: str | None
     s3_access_key: SecretKeyRef | None
@@ -220,6 +221,7 @@ def parse_spec(spec: Mapping[str, Any]) -> FineTuneJobSpec:
         ),
         active_deadline_seconds=int(sched.get("activeDeadlineSeconds", 86400)),
         backoff_limit=int(sched.get("backoffLimit", 2)),
+        max_restarts=int(sched.get("maxRestarts", 3)),
         s3_endpoint=s3.get("endpoint"),
         s3_region=s3.get("region"),
         s3_access_key=SecretKeyRef.parse(s3.get("accessKeyIdSecretRef")),

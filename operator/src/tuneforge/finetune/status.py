@@ -59,6 +59,8 @@ class Observed:
     # The reader of <output>/summary.json, run when the training pods' termination message is gone.
     summary_job: Obj | None = None
     summary_pods: Sequence[Obj] = ()
+    # Times the gang (nodes > 1) was restarted: ``train_job`` is this attempt's Job.
+    restarts: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +72,7 @@ class PhaseInfo:
     gate_reasons: tuple[str, ...] = ()
     gate_passed: bool | None = None
     waiting: bool = False  # for a dependency (DEPENDENCY_REASONS) within the bounded wait
+    restart: bool = False  # the failed gang starts again (as attempt ``restarts + 1``)
 
 
 def now_iso(now: dt.datetime) -> str:
@@ -213,6 +216,64 @@ def _worker_failure(pods: Sequence[Obj], world: int) -> str | None:
     code = f"exit code {term['exitCode']}: " if term.get("exitCode") not in (None, 0) else ""
     return (f"worker rank {pod_rank(pod)} of {world} (pod {pod['metadata']['name']}"
             f"{f' on node {where}' if where else ''}) failed: {code}{_first_line(detail)}")
+
+
+# Exit codes no restart fixes (tuneforge_trainer.cli: bad config, bad data).
+FATAL_EXIT_CODES = (2, 3)
+# A pod the node took away: kubelet eviction (node pressure), node shutdown, preemption.
+DISRUPTED_POD_REASONS = ("Evicted", "Preempting", "Terminated", "Shutdown", "NodeShutdown")
+SIGTERM_EXIT = 143
+
+
+def _disruption(pod: Obj) -> str | None:
+    """How a pod was disrupted, if it was: a DisruptionTarget condition (preemption, Eviction API
+    as in a drain, taint eviction, PodGC) or a kubelet eviction; None otherwise."""
+    for c in (pod.get("status") or {}).get("conditions") or ():
+        if c.get("type") == "DisruptionTarget" and c.get("status") == "True":
+            return c.get("reason") or "DisruptionTarget"
+    reason = (pod.get("status") or {}).get("reason")
+    return reason if reason in DISRUPTED_POD_REASONS else None
+
+
+def _gang_disruption(pods: Sequence[Obj], world: int) -> str | None:
+    """Why a failed gang may start again, naming the worker (None: the failure is the trainer's).
+
+    The first failure by time is often a consequence: an evicted worker checkpoints for up to its
+    grace period while its peers already died of the broken collective (exit 1). So a disruption
+    of any worker counts, unless a worker exited with a code no retry fixes. Without a disruption,
+    a worker whose trainer was the first to end, with 143 (SIGTERM from outside, e.g. a deleted
+    pod), counts; when a worker's own error came first, the Job controller's removal of its
+    peers (also 143) does not.
+    """
+    ended = [(t.get("finishedAt") or "", p, t) for p in pods if (t := _terminated(p) or {})]
+    if any(t.get("exitCode") in FATAL_EXIT_CODES for _, _, t in ended):
+        return None
+    for pod in sorted(pods, key=pod_rank):
+        how = _disruption(pod)
+        if how:
+            return f"worker rank {pod_rank(pod)} of {world} (pod {pod['metadata']['name']}) was disrupted: {how}"
+    failed = sorted((e for e in ended if e[2].get("exitCode") not in (None, 0)), key=lambda e: e[0])
+    if failed and failed[0][2].get("exitCode") == SIGTERM_EXIT:
+        pod = failed[0][1]
+        return f"worker rank {pod_rank(pod)} of {world} (pod {pod['metadata']['name']}) was stopped: exit code 143 (SIGTERM)"
+    return None
+
+
+def _job_disruption(job: Obj | None) -> str | None:
+    """The same, from the Job's own record, for when the pods are gone (an evicted pod is deleted
+    as soon as it has ended, often before the operator sees it): the Job controller names the pod
+    and the matching rule of the pod failure policy in its Failed condition's message ("Pod ns/p
+    has condition DisruptionTarget matching FailJob rule at index 1", "Container trainer for pod
+    ns/p failed with exit code 143 matching FailJob rule at index 0")."""
+    cond = job_condition(job, "Failed") or {}
+    message = str(cond.get("message") or "")
+    if cond.get("reason") != "PodFailurePolicy":
+        return None
+    if "condition DisruptionTarget" in message:
+        return f"a worker was disrupted ({message})"
+    if f"exit code {SIGTERM_EXIT} " in message:
+        return f"a worker was stopped ({message})"
+    return None
 
 
 def workers(pods: Sequence[Obj]) -> list[dict[str, Any]]:
@@ -359,6 +420,15 @@ def derive_phase(spec: FineTuneJobSpec, observed: Observed, waited: float = 0.0,
     # Rank 0 alone writes the result (a one-pod Job's pod is rank 0).
     rank0 = [p for p in observed.train_pods if pod_rank(p) == 0]
     if spec.nodes > 1 and tdone == "Failed":
+        # A deadline is the user's limit, not a disruption: no restart.
+        disrupted = None if (job_condition(tjob, "Failed") or {}).get("reason") == "DeadlineExceeded" else (
+            _gang_disruption(observed.train_pods, spec.world_size) if observed.train_pods else _job_disruption(tjob))
+        if disrupted and observed.restarts < spec.max_restarts:
+            return PhaseInfo(RUNNING, "GangRestarting", f"{disrupted}; restarting the gang from its last checkpoint "
+                             f"(restart {observed.restarts + 1} of {spec.max_restarts})", restart=True)
+        if disrupted:
+            return PhaseInfo(FAILED, "RestartLimitReached", f"{disrupted}; the gang already used its "
+                             f"{spec.max_restarts} restarts (spec.scheduling.maxRestarts)")
         failure = _worker_failure(observed.train_pods, spec.world_size)
         if failure:
             return PhaseInfo(FAILED, "WorkerFailed", failure, summary=parse_summary(
@@ -591,6 +661,8 @@ def compute_status(
         status["completionTime"] = stamp
     if spec.nodes > 1 and observed.train_pods:
         status["workers"] = workers(observed.train_pods)
+    if spec.nodes > 1 and (observed.restarts or info.restart):
+        status["restarts"] = observed.restarts + int(info.restart)
     if progress_out:
         status["progress"] = progress_out
     summary = info.summary
@@ -619,6 +691,10 @@ def compute_status(
 
 def _children(children: Mapping[str, str], summary_job: str | None, observed: Observed, info: PhaseInfo) -> dict[str, str]:
     out = dict(children)
+    # Named while it may exist: it is deleted once the revision ends (or is superseded), and the
+    # name's absence from the status then tells the next pass it is gone.
+    if info.phase in TERMINAL or job_finished(observed.validate_job) != "Complete":
+        out.pop("workersService", None)
     if summary_job and (observed.summary_job is not None or info.reason == READING_SUMMARY):
         out["summaryJob"] = summary_job
     return out

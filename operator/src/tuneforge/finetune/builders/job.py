@@ -28,6 +28,31 @@ FATAL_EXIT_CODES = [2, 3]
 # torchrun's static rendezvous: every node dials pod 0's TCPStore on this port.
 RENDEZVOUS_PORT = 29500
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+# The trainer checkpoints on SIGTERM; the pod's grace period gives it time before SIGKILL, and
+# torchrun's own SIGKILL of its workers (30 s by default) comes a little before the kubelet's.
+GRACE_SECONDS = 120
+SHUTDOWN_SECONDS = GRACE_SECONDS - 10
+# Init container of a gang's pods: wait until every worker's DNS name resolves (each pod has an
+# IP, so the whole gang is scheduled), stdlib only. The trainer's rendezvous then starts with
+# every peer there instead of holding GPUs while the rest of the gang waits for nodes.
+GANG_WAIT = """\
+import socket, sys, time
+names, last = sys.argv[1:], None
+while True:
+    missing = []
+    for name in names:
+        try:
+            socket.getaddrinfo(name, None)
+        except OSError:
+            missing.append(name)
+    if not missing:
+        print(f"All {len(names)} workers resolve", flush=True)
+        break
+    if missing != last:
+        print(f"Waiting for {len(missing)} of {len(names)} workers: {' '.join(missing)}", flush=True)
+        last = missing
+    time.sleep(2)
+"""
 
 
 def _secret_env(name: str, ref: SecretKeyRef | None) -> list[dict[str, Any]]:
@@ -208,8 +233,9 @@ def train_job_suspended(spec: FineTuneJobSpec) -> bool:
     return spec.suspend or spec.queue_name is not None
 
 
-def build_trainer_job(owner: Owner, spec: FineTuneJobSpec, revision: int, settings: Settings) -> dict[str, Any]:
-    """The GPU training Job of one revision."""
+def build_trainer_job(owner: Owner, spec: FineTuneJobSpec, revision: int, settings: Settings,
+                      attempt: int = 0) -> dict[str, Any]:
+    """The GPU training Job of one revision (``attempt``: of a gang restarted after a disruption)."""
     labels = child_labels(owner, revision, ROLE_TRAIN)
     job_labels = dict(labels)
     if spec.queue_name:
@@ -227,13 +253,12 @@ def build_trainer_job(owner: Owner, spec: FineTuneJobSpec, revision: int, settin
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "securityContext": _pod_security(),
-        # The trainer checkpoints on SIGTERM; give it time before SIGKILL.
-        "terminationGracePeriodSeconds": 120,
+        "terminationGracePeriodSeconds": GRACE_SECONDS,
         "containers": [{
             "name": CONTAINER,
             "image": settings.trainer_image,
             "imagePullPolicy": settings.image_pull_policy,
-            "command": trainer_command(spec, owner, revision),
+            "command": trainer_command(spec, owner, revision, attempt),
             "env": _env(spec) + _distributed_env(spec),
             "resources": {"requests": requests, "limits": limits},
             "volumeMounts": mounts,
@@ -260,6 +285,7 @@ def build_trainer_job(owner: Owner, spec: FineTuneJobSpec, revision: int, settin
     if spec.nodes > 1:
         # One pod per node; pod i is <job>-<i> under the headless Service <job> (its subdomain).
         pod_spec["subdomain"] = workers_service_name(owner.name, revision)
+        pod_spec["initContainers"] = [_gang_wait(spec, owner, revision, attempt, settings)]
         pod_spec["containers"][0]["ports"] = [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT}]
         job_spec.update({
             "completionMode": "Indexed",
@@ -268,26 +294,50 @@ def build_trainer_job(owner: Owner, spec: FineTuneJobSpec, revision: int, settin
             # Every failure fails the gang at once (the pod failure policy); no retries of a worker.
             "backoffLimit": 0,
         })
-    return _job(owner, train_job_name(owner.name, revision), job_labels, job_spec)
+    return _job(owner, train_job_name(owner.name, revision, attempt), job_labels, job_spec)
 
 
-def trainer_command(spec: FineTuneJobSpec, owner: Owner, revision: int) -> list[str]:
+def worker_hostnames(owner: Owner, spec: FineTuneJobSpec, revision: int, attempt: int = 0) -> list[str]:
+    """Each worker's DNS name, by rank: ``<job>-<rank>.<workers service>``."""
+    job, service = train_job_name(owner.name, revision, attempt), workers_service_name(owner.name, revision)
+    return [f"{job}-{rank}.{service}" for rank in range(spec.nodes)]
+
+
+def _gang_wait(spec: FineTuneJobSpec, owner: Owner, revision: int, attempt: int, settings: Settings) -> dict[str, Any]:
+    resources = {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "64Mi"}}
+    return {
+        "name": "wait-for-gang",
+        "image": settings.trainer_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["python3", "-c", GANG_WAIT],
+        "args": worker_hostnames(owner, spec, revision, attempt),
+        "resources": resources,
+        "securityContext": _container_security(),
+    }
+
+
+def trainer_command(spec: FineTuneJobSpec, owner: Owner, revision: int, attempt: int = 0) -> list[str]:
     """One process for one GPU (or the CPU); torchrun with one process per GPU above that, and
     across the pods of an Indexed Job when ``nodes`` > 1 (static rendezvous at pod 0)."""
     train = ["train", "--config", CONFIG_PATH]
     if spec.world_size == 1:
         return ["tuneforge-train", *train]
-    # torchrun is torch.distributed.run; run as a module it needs nothing on PATH.
-    run = ["python3", "-m", "torch.distributed.run", f"--nproc-per-node={spec.procs_per_node}"]
+    # torchrun (torch.distributed.run) through the trainer's launcher, which exits 128 + signal
+    # (143) when the kubelet stops the pod, where torchrun itself exits 1. Its workers get nearly
+    # the whole grace period to checkpoint (torchrun's default is 30 s).
+    run = ["python3", "-m", "tuneforge_trainer.launch", f"--nproc-per-node={spec.procs_per_node}",
+           f"--shutdown-timeout={SHUTDOWN_SECONDS}"]
     if spec.nodes == 1:
         run.append("--standalone")
     else:
-        job = train_job_name(owner.name, revision)
         run += [
             f"--nnodes={spec.nodes}",
             # The node rank comes from the pod's completion index (PET_NODE_RANK, set below).
-            f"--master-addr={job}-0.{workers_service_name(owner.name, revision)}",
+            f"--master-addr={worker_hostnames(owner, spec, revision, attempt)[0]}",
             f"--master-port={RENDEZVOUS_PORT}",
+            # The static rendezvous gives up after 600 s by default; a gang may wait for its
+            # last worker's node (autoscaling, a cold image pull) as long as the Job may run.
+            f"--rdzv-conf=timeout={spec.active_deadline_seconds}",
         ]
     return [*run, "-m", "tuneforge_trainer", *train]
 

@@ -36,13 +36,26 @@ def validate_job_name(ftj: str, revision: int) -> str:
     return f"{ftj}-validate-{revision}"
 
 
-def train_job_name(ftj: str, revision: int) -> str:
-    return f"{ftj}-train-{revision}"
+def train_job_name(ftj: str, revision: int, attempt: int = 0) -> str:
+    """The training Job of a revision; a gang restarted after a disruption gets ``-<attempt>``
+    (a new name, so the new gang never waits for the old one's pods to go, nor meets their
+    hostnames). 40 + len("-train-99999-64-63") stays within a pod hostname's 63 characters."""
+    return f"{ftj}-train-{revision}" + (f"-{attempt}" if attempt else "")
+
+
+def train_attempt(ftj: str, revision: int, job: str) -> int | None:
+    """Which attempt of the revision's training Job ``job`` is (None: not one of them)."""
+    base = train_job_name(ftj, revision)
+    if job == base:
+        return 0
+    head, _, tail = job.rpartition("-")
+    return int(tail) if head == base and tail.isdigit() and not tail.startswith("0") else None
 
 
 def workers_service_name(ftj: str, revision: int) -> str:
-    """The headless Service of a multi-node training Job: the Job's own name, so pod i resolves
-    as ``<job>-<i>.<job>`` (the Indexed Job's hostname under this subdomain)."""
+    """The headless Service of a revision's multi-node training Jobs (one for all its attempts),
+    named as the first attempt's Job: pod i of attempt a resolves as ``<job-a>-<i>.<service>``
+    (the Indexed Job's hostname under this subdomain)."""
     return train_job_name(ftj, revision)
 
 
