@@ -422,3 +422,18 @@ def test_a_gang_whose_pods_are_gone_is_judged_by_the_jobs_record(message: str, r
     assert (info.reason == "GangRestarting") == restart and (info.phase == "Failed") != restart
     if restart:
         assert message in info.message
+
+
+def test_a_gang_whose_evicted_worker_is_gone_restarts_though_its_peer_exited_1() -> None:
+    """Seen on the real node (2 x 1 gloo, worker 1 evicted): the evicted pod was deleted once it
+    ended, and worker 0, stopped by the Job controller, checkpointed and exited 1 (torchrun under
+    SIGTERM). The pod left shows no disruption; the Job's record names worker 1's exit 143 as the
+    failure that came first, so the gang restarts rather than failing as worker 0's own error."""
+    job = {"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "PodFailurePolicy", "message":
+           "Container trainer for pod team-a/intent-train-1-1-x failed with exit code 143 matching FailJob rule at index 0"}]}}
+    info = derive_phase(spec_of(2, 1), _gang_observed([_pod(0, "Failed", exit_code=1)], job=job))
+    assert info.reason == "GangRestarting", info
+    # A worker's own error in the Job's record still fails the gang, naming the worker.
+    job["status"]["conditions"][0]["message"] = (
+        "Container trainer for pod team-a/intent-train-1-0-x failed with exit code 1 matching FailJob rule at index 0")
+    assert derive_phase(spec_of(2, 1), _gang_observed([_pod(0, "Failed", exit_code=1)], job=job)).phase == "Failed"

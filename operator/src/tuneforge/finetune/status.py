@@ -259,6 +259,11 @@ def _gang_disruption(pods: Sequence[Obj], world: int) -> str | None:
     return None
 
 
+def _fatal_exit(pods: Sequence[Obj]) -> bool:
+    """A worker exited with a code no retry fixes (bad config or data)."""
+    return any((_terminated(p) or {}).get("exitCode") in FATAL_EXIT_CODES for p in pods)
+
+
 def _job_disruption(job: Obj | None) -> str | None:
     """The same, from the Job's own record, for when the pods are gone (an evicted pod is deleted
     as soon as it has ended, often before the operator sees it): the Job controller names the pod
@@ -422,7 +427,12 @@ def derive_phase(spec: FineTuneJobSpec, observed: Observed, waited: float = 0.0,
     if spec.nodes > 1 and tdone == "Failed":
         # A deadline is the user's limit, not a disruption: no restart.
         disrupted = None if (job_condition(tjob, "Failed") or {}).get("reason") == "DeadlineExceeded" else (
-            _gang_disruption(observed.train_pods, spec.world_size) if observed.train_pods else _job_disruption(tjob))
+            _gang_disruption(observed.train_pods, spec.world_size) if observed.train_pods else None)
+        if disrupted is None and not _fatal_exit(observed.train_pods):
+            # The pods left may not show it: an evicted worker's pod is deleted as soon as it has
+            # ended, while its peer, stopped by the Job controller, may exit 1 (torchrun under
+            # SIGTERM). The Job's Failed condition names the pod and rule that failed it first.
+            disrupted = _job_disruption(tjob)
         if disrupted and observed.restarts < spec.max_restarts:
             return PhaseInfo(RUNNING, "GangRestarting", f"{disrupted}; restarting the gang from its last checkpoint "
                              f"(restart {observed.restarts + 1} of {spec.max_restarts})", restart=True)
