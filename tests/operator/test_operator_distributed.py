@@ -77,9 +77,11 @@ def test_training_job_shape(nodes: int, gpus: int, command: list[str], indexed: 
     assert c["ports"] == [{"name": "rendezvous", "containerPort": 29500}]
     # A gang trains whole or not at all: any failure or eviction of a worker fails the Job.
     assert js["backoffLimit"] == 0
+    # The disruption rule first: an evicted worker's container also exits non-zero, and the first
+    # matching rule is what the Job's Failed condition names (seen on kwok: exit 137 at index 0).
     assert rules == [
-        {"action": "FailJob", "onExitCodes": {"containerName": "trainer", "operator": "NotIn", "values": [0]}},
         {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget"}]},
+        {"action": "FailJob", "onExitCodes": {"containerName": "trainer", "operator": "NotIn", "values": [0]}},
     ]
 
 
@@ -410,9 +412,9 @@ def test_the_pod_index_keeps_what_tells_a_disruption() -> None:
 
 
 @pytest.mark.parametrize("message,restart", [
-    ("Pod team-a/intent-train-1-1-x has condition DisruptionTarget matching FailJob rule at index 1", True),
-    ("Container trainer for pod team-a/intent-train-1-0-x failed with exit code 143 matching FailJob rule at index 0", True),
-    ("Container trainer for pod team-a/intent-train-1-1-x failed with exit code 1 matching FailJob rule at index 0", False),
+    ("Pod team-a/intent-train-1-1-x has condition DisruptionTarget matching FailJob rule at index 0", True),
+    ("Container trainer for pod team-a/intent-train-1-0-x failed with exit code 143 matching FailJob rule at index 1", True),
+    ("Container trainer for pod team-a/intent-train-1-1-x failed with exit code 1 matching FailJob rule at index 1", False),
 ])
 def test_a_gang_whose_pods_are_gone_is_judged_by_the_jobs_record(message: str, restart: bool) -> None:
     """An evicted pod is deleted once it ends; the Job controller then removes the others: the
@@ -430,10 +432,10 @@ def test_a_gang_whose_evicted_worker_is_gone_restarts_though_its_peer_exited_1()
     SIGTERM). The pod left shows no disruption; the Job's record names worker 1's exit 143 as the
     failure that came first, so the gang restarts rather than failing as worker 0's own error."""
     job = {"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "PodFailurePolicy", "message":
-           "Container trainer for pod team-a/intent-train-1-1-x failed with exit code 143 matching FailJob rule at index 0"}]}}
+           "Container trainer for pod team-a/intent-train-1-1-x failed with exit code 143 matching FailJob rule at index 1"}]}}
     info = derive_phase(spec_of(2, 1), _gang_observed([_pod(0, "Failed", exit_code=1)], job=job))
     assert info.reason == "GangRestarting", info
     # A worker's own error in the Job's record still fails the gang, naming the worker.
     job["status"]["conditions"][0]["message"] = (
-        "Container trainer for pod team-a/intent-train-1-0-x failed with exit code 1 matching FailJob rule at index 0")
+        "Container trainer for pod team-a/intent-train-1-0-x failed with exit code 1 matching FailJob rule at index 1")
     assert derive_phase(spec_of(2, 1), _gang_observed([_pod(0, "Failed", exit_code=1)], job=job)).phase == "Failed"

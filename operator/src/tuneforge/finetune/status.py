@@ -268,8 +268,8 @@ def _job_disruption(job: Obj | None) -> str | None:
     """The same, from the Job's own record, for when the pods are gone (an evicted pod is deleted
     as soon as it has ended, often before the operator sees it): the Job controller names the pod
     and the matching rule of the pod failure policy in its Failed condition's message ("Pod ns/p
-    has condition DisruptionTarget matching FailJob rule at index 1", "Container trainer for pod
-    ns/p failed with exit code 143 matching FailJob rule at index 0")."""
+    has condition DisruptionTarget matching FailJob rule at index 0", "Container trainer for pod
+    ns/p failed with exit code 143 matching FailJob rule at index 1")."""
     cond = job_condition(job, "Failed") or {}
     message = str(cond.get("message") or "")
     if cond.get("reason") != "PodFailurePolicy":

@@ -131,9 +131,13 @@ def _pod_failure_policy(gang: bool = False) -> dict[str, Any]:
         # A gang trains only whole: one worker that fails (or is evicted) fails the Job, and the
         # Job controller then removes the other workers' pods. A lone replacement pod could
         # never rejoin the running collective; the FineTuneJob reports the worker by rank.
+        # The disruption rule comes first: the first rule that matches names the cause in the
+        # Job's Failed condition, and an evicted worker's container also exits non-zero (137 or
+        # 143), which the exit-code rule would claim as the trainer's own failure. The operator
+        # reads that condition to restart a disrupted gang when its pods are already gone.
         return {"rules": [
-            {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "NotIn", "values": [0]}},
             {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget"}]},
+            {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "NotIn", "values": [0]}},
         ]}
     return {"rules": [
         # Bad config or data fails the Job at once instead of burning backoffLimit retries.
