@@ -603,6 +603,16 @@ class OwnerConfig(_Strict):
     revision: int | None = Field(default=None, ge=1, description="The revision of its spec this run trains.")
 
 
+def _asked_base_model_baselines(bl: BaselineConfig) -> list[str]:
+    """The base-model baselines (zero-shot, few-shot) the user set explicitly and turned on: they
+    run the trained model with its adapter switched off, which not every run can do."""
+    return [
+        f"eval.baselines.{name}"
+        for name, on in (("zero_shot", bl.zero_shot), ("few_shot", bl.few_shot > 0))
+        if on and name in bl.model_fields_set
+    ]
+
+
 class TrainerConfig(_Strict):
     """The whole trainer config (one YAML document)."""
 
@@ -659,11 +669,7 @@ class TrainerConfig(_Strict):
             # against itself. Rejected rather than scored on a second copy of the base model,
             # which would double the GPU memory of exactly the runs that need the most.
             bl = self.eval.baselines
-            asked = [
-                f"eval.baselines.{name}"
-                for name, on in (("zero_shot", bl.zero_shot), ("few_shot", bl.few_shot > 0))
-                if on and name in bl.model_fields_set
-            ]
+            asked = _asked_base_model_baselines(bl)
             if asked:
                 raise ValueError(
                     f"{' and '.join(asked)} need lora.enabled: true (with a full fine-tune there "
@@ -713,11 +719,7 @@ class TrainerConfig(_Strict):
                 "'classifier' is scored by its score layer (leave eval.method unset or auto)"
             )
         bl = self.eval.baselines
-        asked = [
-            f"eval.baselines.{name}"
-            for name, on in (("zero_shot", bl.zero_shot), ("few_shot", bl.few_shot > 0))
-            if on and name in bl.model_fields_set
-        ]
+        asked = _asked_base_model_baselines(bl)
         if asked:
             # The adapter switched off leaves a randomly initialised score layer: chance, not a
             # base model's answer.
