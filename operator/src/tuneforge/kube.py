@@ -142,23 +142,15 @@ class Kube:
 
     async def config_map_keys(self, namespace: str, name: str) -> set[str] | None:
         """The keys of a ConfigMap (data and binaryData), or None when it does not exist."""
-        try:
-            cm = await self._call(self._client.get, ConfigMap, name, namespace=namespace)
-        except ApiError as exc:
-            if exc.status.code == 404:
-                return None
-            raise
-        return set(cm.data or {}) | set(cm.binaryData or {})
+        cm = await self._get_or_none(ConfigMap, name, namespace=namespace)
+        return None if cm is None else set(cm.data or {}) | set(cm.binaryData or {})
 
     async def secret_annotations(self, namespace: str, name: str) -> dict[str, str] | None:
         """A Secret's annotations (its opt-in for user-chosen endpoints), or None when it does
         not exist. Only the annotations leave this method; the values are never kept or logged."""
-        try:
-            secret = await self._call(self._client.get, Secret, name, namespace=namespace)
-        except ApiError as exc:
-            if exc.status.code == 404:
-                return None
-            raise
+        secret = await self._get_or_none(Secret, name, namespace=namespace)
+        if secret is None:
+            return None
         return dict((secret.metadata.annotations if secret.metadata else None) or {})
 
     async def priority_class_exists(self, name: str) -> bool:
@@ -240,12 +232,15 @@ class Kube:
                 raise
 
     async def _exists(self, res: Any, name: str, **kwargs: Any) -> bool:
+        return await self._get_or_none(res, name, **kwargs) is not None
+
+    async def _get_or_none(self, res: Any, name: str, **kwargs: Any) -> Any:
+        """The object, or None when it does not exist."""
         try:
-            await self._call(self._client.get, res, name, **kwargs)
-            return True
+            return await self._call(self._client.get, res, name, **kwargs)
         except ApiError as exc:
             if exc.status.code == 404:
-                return False
+                return None
             raise
 
 
