@@ -245,9 +245,9 @@ def _gang_disruption(pods: Sequence[Obj], world: int) -> str | None:
     pod), counts; when a worker's own error came first, the Job controller's removal of its
     peers (also 143) does not.
     """
-    ended = [(t.get("finishedAt") or "", p, t) for p in pods if (t := _terminated(p) or {})]
-    if any(t.get("exitCode") in FATAL_EXIT_CODES for _, _, t in ended):
+    if _fatal_exit(pods):
         return None
+    ended = [(t.get("finishedAt") or "", p, t) for p in pods if (t := _terminated(p) or {})]
     for pod in sorted(pods, key=pod_rank):
         how = _disruption(pod)
         if how:
@@ -426,13 +426,13 @@ def derive_phase(spec: FineTuneJobSpec, observed: Observed, waited: float = 0.0,
     rank0 = [p for p in observed.train_pods if pod_rank(p) == 0]
     if spec.nodes > 1 and tdone == "Failed":
         # A deadline is the user's limit, not a disruption: no restart.
-        disrupted = None if (job_condition(tjob, "Failed") or {}).get("reason") == "DeadlineExceeded" else (
-            _gang_disruption(observed.train_pods, spec.world_size) if observed.train_pods else None)
-        if disrupted is None and not _fatal_exit(observed.train_pods):
-            # The pods left may not show it: an evicted worker's pod is deleted as soon as it has
-            # ended, while its peer, stopped by the Job controller, may exit 1 (torchrun under
-            # SIGTERM). The Job's Failed condition names the pod and rule that failed it first.
-            disrupted = _job_disruption(tjob)
+        # The pods left may not show a disruption: an evicted worker's pod is deleted as soon as
+        # it has ended, while its peer, stopped by the Job controller, may exit 1 (torchrun under
+        # SIGTERM). The Job's Failed condition names the pod and rule that failed it first.
+        deadline = (job_condition(tjob, "Failed") or {}).get("reason") == "DeadlineExceeded"
+        pods = observed.train_pods
+        disrupted = None if deadline or _fatal_exit(pods) else (
+            _gang_disruption(pods, spec.world_size) or _job_disruption(tjob))
         if disrupted and observed.restarts < spec.max_restarts:
             return PhaseInfo(RUNNING, "GangRestarting", f"{disrupted}; restarting the gang from its last checkpoint "
                              f"(restart {observed.restarts + 1} of {spec.max_restarts})", restart=True)
