@@ -29,7 +29,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests" / "argocd"), str(ROOT / "tests" / "operator")]
 
-from argocd_capture import GROUP, Run, clean, drive  # noqa: E402
+from argocd_capture import CAPTURED_NAMESPACE, GROUP, Run, clean, drive  # noqa: E402
 from argocd_lua import CUSTOMIZATIONS, apply_merge_patch  # noqa: E402
 from tuneforge_localcluster import settings as lc_settings  # noqa: E402
 from tuneforge_localcluster.testing import start_or_reuse  # noqa: E402
@@ -52,7 +52,8 @@ def write(run: Run) -> None:
         health, discovery, actions = [], [], []
         for c in caps:
             dump(folder / "testdata" / f"{c.file}.yaml", clean(c.obj, run.namespace))
-            health.append({"healthStatus": {"status": c.expect, "message": c.verdict["message"]},
+            message = c.verdict["message"].replace(run.namespace, CAPTURED_NAMESPACE)
+            health.append({"healthStatus": {"status": c.expect, "message": message},
                            "inputPath": f"testdata/{c.file}.yaml"})
             if c.enabled is not None:
                 discovery.append({"inputPath": f"../testdata/{c.file}.yaml", "result": [

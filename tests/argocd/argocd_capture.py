@@ -15,7 +15,7 @@ import json
 import signal
 import sys
 import threading
-import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +42,9 @@ SUMMARY = {"version": "tuneforge.dev/trainer-summary/v1", "status": "succeeded",
            "artifacts": {"adapter": "/mnt/pvc/artifacts/runs/adapter"}}
 # kwok training pods run 25 s (long enough to see Running and to suspend one), then end with SUMMARY.
 KWOK_POD_ANNOTATIONS = json.dumps({"kwok.tuneforge.dev/termination-message": json.dumps(SUMMARY),
-                                   "pod-complete.stage.kwok.x-k8s.io/delay": "25s"})
+                                   # kwok draws the run time between the two (the jitter bound defaults to 2 s).
+                                   "pod-complete.stage.kwok.x-k8s.io/delay": "25s",
+                                   "pod-complete.stage.kwok.x-k8s.io/jitter-delay": "30s"})
 NOISE = ("managedFields", "uid", "resourceVersion", "selfLink")
 
 
@@ -73,6 +75,7 @@ class Run:
     captures: list[Capture] = field(default_factory=list)
     actions: list[ActionRun] = field(default_factory=list)
     namespace: str = ""
+    metrics: str = ""  # the operator's /metrics after the run (every phase seen)
 
 
 def digest(n: int) -> str:
@@ -117,7 +120,7 @@ def clean(obj: Obj, namespace: str) -> Obj:
 
 class Observer:
     """Lists the namespace's FineTuneJobs and ModelServes every 0.4 s and keeps every distinct
-    (kind, name, phase, reason, generation, observedGeneration, progress) it saw, so short phases
+    (kind, name, phase, reason, generation, observedGeneration, progress, candidate) it saw, so short phases
     (Validating, Evaluating) are caught without a race."""
 
     def __init__(self, cluster: Any, namespace: str) -> None:
@@ -145,7 +148,7 @@ class Observer:
                     st = item.get("status") or {}
                     key = (item["kind"], item["metadata"]["name"], st.get("phase"), st.get("reason"),
                            item["metadata"].get("generation"), st.get("observedGeneration"),
-                           bool(st.get("progress")), bool(st.get("preview")))
+                           (st.get("progress") or {}).get("display"), (st.get("preview") or {}).get("digest"))
                     if key not in self._keys:
                         self._keys.add(key)
                         self.seen.append(item)
@@ -261,10 +264,19 @@ def _drive(d: Driver) -> None:
         kwok_ftj("too-big", resources={"gpus": 16}),
         kwok_ftj("paused", resources={"gpus": 1, "cpu": "1", "memory": "1Gi"}),
         kwok_ftj("strict", resources={"gpus": 1, "cpu": "1", "memory": "1Gi"}, evaluation={"gate": {"minAccuracy": 0.99}}),
-        ms_manifest("stuck", 1, progressDeadlineSeconds=20),
+        ms_manifest("stuck", 1, progressDeadlineSeconds=30),
         ms_manifest("held", 1),
         ms_manifest("strict", 1, min_accuracy=0.95),  # the gate measures 0.9: a first deploy that fails
     ], ns)
+
+    # A kwok training pod runs 25-30 s: suspended while it runs, then resumed.
+    running = d.wait("FineTuneJob", "paused", "runs", _phase("Running", "Training"), 120)
+    cap = d.capture(running, "progressing_runningKwok", "Progressing", enabled=("suspend",))
+    d.act(cap, "suspend", {"spec": {"suspend": True}})
+    suspended = d.wait("FineTuneJob", "paused", "suspended", _phase("Suspended"), 60)
+    cap = d.capture(suspended, "suspended_specSuspend", "Suspended", enabled=("resume",))
+    d.act(cap, "resume", {"spec": {"suspend": False}})
+    d.wait("FineTuneJob", "paused", "resumed", lambda st: st.get("phase") in ("Queued", "Running", "Evaluating", "Succeeded"), 60)
 
     # --- ModelServes: first deploys, then the second versions -------------------------------
     serving = _phase("Healthy")
@@ -273,7 +285,7 @@ def _drive(d: Driver) -> None:
     d.wait("ModelServe", "held", "serves v1", serving)
     d.wait("ModelServe", "stuck", "serves v1", serving)
     c.apply([ms_manifest("intents", 2, autoPromotion=False), ms_manifest("held", 2, autoPromotion=False)], ns)
-    stuck = ms_manifest("stuck", 2, progressDeadlineSeconds=20)
+    stuck = ms_manifest("stuck", 2, progressDeadlineSeconds=30)
     stuck["spec"]["gpus"] = 16  # no node has 16 GPUs: the candidate never gets ready
     c.apply(stuck, ns)
 
@@ -282,13 +294,6 @@ def _drive(d: Driver) -> None:
     d.capture(d.get("FineTuneJob", "no-secret"), "progressing_pendingSecretNotFound", "Progressing", enabled=("suspend",))
     d.wait("FineTuneJob", "too-big", "waits for a GPU", _phase("Queued", "WaitingForGPU"), 120)
     d.capture(d.get("FineTuneJob", "too-big"), "progressing_queuedWaitingForGPU", "Progressing", enabled=("suspend",))
-    running = d.wait("FineTuneJob", "paused", "runs", _phase("Running", "Training"), 120)
-    cap = d.capture(running, "progressing_runningKwok", "Progressing", enabled=("suspend",))
-    d.act(cap, "suspend", {"spec": {"suspend": True}})
-    suspended = d.wait("FineTuneJob", "paused", "suspended", _phase("Suspended"), 60)
-    cap = d.capture(suspended, "suspended_specSuspend", "Suspended", enabled=("resume",))
-    d.act(cap, "resume", {"spec": {"suspend": False}})
-    d.wait("FineTuneJob", "paused", "resumed", lambda st: st.get("phase") in ("Queued", "Running", "Evaluating", "Succeeded"), 60)
 
     # --- ModelServe rollouts -----------------------------------------------------------------
     paused = d.wait("ModelServe", "intents", "waits for a promote", _phase("Paused"), 120)
@@ -300,11 +305,13 @@ def _drive(d: Driver) -> None:
     d.act(cap, "rollback", annotation("abort", promoted["status"]["active"]["shortDigest"]))
     back = d.wait("ModelServe", "intents", "blue serves v1 again", lambda st: st.get("phase") == "Degraded"
                   and (st.get("active") or {}).get("digest") == digest(1), 60)
-    cap = d.capture(back, "degraded_rolledBackByAbort", "Degraded", enabled=("retry",))
+    # The rolled-back green stays warm: rollback (back to it) is offered as well as retry.
+    cap = d.capture(back, "degraded_rolledBackByAbort", "Degraded", enabled=("retry", "rollback"))
     d.act(cap, "retry", {"metadata": {"annotations": {f"{GROUP}/abort": None,
                                                       f"{GROUP}/retry": back["status"]["rejected"]["shortDigest"]}}})
-    d.wait("ModelServe", "intents", "retries v2", lambda st: st.get("phase") in ("Progressing", "Paused")
-           and (st.get("preview") or {}).get("digest") == digest(2), 60)
+    # Retried while green still serves v2 warm: a selector switch back to it, no new rollout.
+    d.wait("ModelServe", "intents", "green serves v2 again", lambda st: st.get("phase") == "Healthy"
+           and (st.get("active") or {}).get("digest") == digest(2) and not st.get("rejected"), 60)
 
     held = d.wait("ModelServe", "held", "waits for a promote", _phase("Paused"), 120)
     cap = d.capture(held, "suspended_heldForAbort", "Suspended", enabled=("abort", "promote"))
@@ -312,7 +319,8 @@ def _drive(d: Driver) -> None:
     aborted = d.wait("ModelServe", "held", "aborted", _phase("Degraded", "Aborted"), 60)
     d.capture(aborted, "degraded_aborted", "Degraded", enabled=("retry",))
 
-    d.capture(d.observer.first("ModelServe", "stuck", _phase("Progressing", preview=True)),
+    d.capture(d.observer.first("ModelServe", "stuck", lambda st: st.get("phase") == "Progressing"
+                               and (st.get("preview") or {}).get("digest") == digest(2)),
               "progressing_candidateDeploying", "Progressing", enabled=("abort",))
     stuck_st = d.wait("ModelServe", "stuck", "rolled back at its deadline", _phase("Degraded", "ProgressDeadlineExceeded"), 120)
     d.capture(stuck_st, "degraded_progressDeadlineExceeded", "Degraded", enabled=("retry",))
@@ -323,7 +331,8 @@ def _drive(d: Driver) -> None:
     d.wait("FineTuneJob", "intent", "succeeds", _phase("Succeeded"), 300)
     for phase, file, reason in (("Validating", "progressing_validating", None), ("Running", "progressing_running", "Training"),
                                 ("Evaluating", "progressing_evaluating", None)):
-        seen = d.observer.first("FineTuneJob", "intent", _phase(phase, reason, progress=True) if phase == "Running"
+        seen = d.observer.first("FineTuneJob", "intent", (lambda st: _phase("Running", "Training")(st)
+                                and (st.get("progress") or {}).get("percent") is not None) if phase == "Running"
                                 else _phase(phase, reason))
         d.capture(seen, file, "Progressing", enabled=("suspend",))
     d.capture(d.get("FineTuneJob", "intent"), "healthy_succeeded", "Healthy", enabled=())
@@ -333,6 +342,8 @@ def _drive(d: Driver) -> None:
               "degraded_gateFailed", "Degraded", enabled=())
 
     # --- a spec newer than the status: the operator is stopped, then Git changes the specs ---
+    assert d.op is not None
+    d.run.metrics = urllib.request.urlopen(f"http://127.0.0.1:{d.op.metrics_port}/metrics", timeout=10).read().decode()
     d.stop_operator()
     c.kubectl("patch", "ftj", "intent", "-n", ns, "--type=merge", "-p", '{"spec":{"lora":{"r":8}}}')
     d.capture(d.get("FineTuneJob", "intent"), "progressing_staleGeneration", "Progressing", enabled=())

@@ -8,11 +8,15 @@ the chart's testdata)."""
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import pytest
 
 from argocd_capture import ROOT, STANDIN_DIR, clean, drive
+
+sys.path.insert(0, str(ROOT / "tests" / "monitoring"))
+import promtool  # noqa: E402
 
 pytestmark = pytest.mark.cluster
 OUTPUT = ROOT / "test-output" / "argocd-capture"
@@ -36,3 +40,8 @@ def test_health_and_actions_on_live_objects(cluster: Any, namespace: str) -> Non
     assert {(a.kind, a.action) for a in run.actions} == {
         ("FineTuneJob", "suspend"), ("FineTuneJob", "resume"),
         ("ModelServe", "promote"), ("ModelServe", "rollback"), ("ModelServe", "retry"), ("ModelServe", "abort")}
+    # The running operator's exposition after all of that passes promtool's lint.
+    (OUTPUT / "operator-metrics.txt").write_text(run.metrics)
+    res = promtool.run("check", "metrics", input=run.metrics)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert 'tuneforge_finetunejobs{phase="Failed"} 2.0' in run.metrics, run.metrics

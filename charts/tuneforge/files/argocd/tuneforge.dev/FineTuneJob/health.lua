@@ -60,7 +60,7 @@ elseif phase == "Suspended" then
   hs.status = "Suspended"
 elseif phase == "Pending" or phase == "Validating" or phase == "Queued" or phase == "Running" or phase == "Evaluating" then
   hs.status = "Progressing"
-  if phase == "Running" and status.progress ~= nil and status.progress.display ~= nil then
+  if phase == "Running" and status.progress ~= nil and status.progress.percent ~= nil and status.progress.display ~= nil then
     message = "Running " .. status.progress.display .. ": " .. message
   else
     message = phase .. ": " .. message
