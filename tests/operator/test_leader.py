@@ -412,3 +412,43 @@ def test_settings_refuse_unsafe_durations(env: dict[str, str], message: str) -> 
 @pytest.mark.parametrize(("raw", "value"), [("true", True), ("1", True), ("false", False), ("0", False)])
 def test_settings_leader_elect_parses_booleans(raw: str, value: bool) -> None:
     assert Settings.from_env({"TUNEFORGE_LEADER_ELECT": raw}).leader_elect is value
+
+
+def test_kopf_session_is_fenced(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kopf's own client (from the login handler) checks the fence before each request: with
+    leader election off requests pass; a replica that does not lead sends nothing."""
+    import kopf
+    from aiohttp import web
+
+    clock = Clock()
+    monkeypatch.setattr(leader, "FENCE", Fence(clock, on_expired=lambda reason: None))
+    hits: list[str] = []
+
+    async def scenario() -> None:
+        async def ok(request: web.Request) -> web.Response:
+            hits.append(request.path)
+            return web.json_response({})
+
+        app = web.Application()
+        app.router.add_get("/api", ok)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        ctx = await leader.fenced_kopf_session(kopf.ConnectionInfo(server=f"http://127.0.0.1:{port}", token="t"))
+        assert isinstance(ctx, kopf.AiohttpSession) and ctx.server.endswith(str(port))
+        session = ctx.aiohttp_session
+        try:
+            async with session.get(f"http://127.0.0.1:{port}/api") as resp:
+                assert resp.status == 200 and resp.request_info.headers["Authorization"] == "Bearer t"
+            leader.FENCE.follow()
+            with pytest.raises(NotLeading):
+                await session.get(f"http://127.0.0.1:{port}/api")
+        finally:
+            await session.close()
+            await runner.cleanup()
+
+    run(scenario())
+    assert hits == ["/api"]
+    assert run(leader.fenced_kopf_session(None)) is None

@@ -16,6 +16,7 @@ import kopf
 
 from .. import FTJ_PLURAL, GROUP, VERSION, metrics
 from ..kube import Kube, api_error_message
+from ..leader import fenced_kopf_session
 from ..settings import Settings
 from ..workqueue import Backoff, Outcome, WorkQueue
 from . import LABEL_FTJ
@@ -168,12 +169,14 @@ def _emit(body: Any, kind: str, reason: str, message: str) -> None:
 
 
 @kopf.on.login()
-def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
     """The service account in a pod, else KUBECONFIG / ~/.kube/config — Kopf's own client-free
     logins, named here so Kopf never falls back to logging in through the ``kubernetes`` client
     where one happens to be installed (a host venv): the operator behaves as in its image. Not
-    covered: kubeconfig exec plugins (cloud CLIs) when running outside the cluster."""
-    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    covered: kubeconfig exec plugins (cloud CLIs) when running outside the cluster. Kopf's
+    session checks the leader fence before each request (leader.py)."""
+    info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    return await fenced_kopf_session(info)  # type: ignore[no-any-return]
 
 
 @kopf.on.startup()
