@@ -420,8 +420,11 @@ def test_kopf_session_is_fenced(monkeypatch: pytest.MonkeyPatch) -> None:
     import kopf
     from aiohttp import web
 
+    from tuneforge.finetune import handlers
+
     clock = Clock()
-    monkeypatch.setattr(leader, "FENCE", Fence(clock, on_expired=lambda reason: None))
+    fence = Fence(clock, on_expired=lambda reason: None)
+    monkeypatch.setattr(handlers, "FENCE", fence)
     hits: list[str] = []
 
     async def scenario() -> None:
@@ -436,13 +439,13 @@ def test_kopf_session_is_fenced(monkeypatch: pytest.MonkeyPatch) -> None:
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        ctx = await leader.fenced_kopf_session(kopf.ConnectionInfo(server=f"http://127.0.0.1:{port}", token="t"))
+        ctx = await handlers.fenced_session(kopf.ConnectionInfo(server=f"http://127.0.0.1:{port}", token="t"))
         assert isinstance(ctx, kopf.AiohttpSession) and ctx.server.endswith(str(port))
         session = ctx.aiohttp_session
         try:
             async with session.get(f"http://127.0.0.1:{port}/api") as resp:
                 assert resp.status == 200 and resp.request_info.headers["Authorization"] == "Bearer t"
-            leader.FENCE.follow()
+            fence.follow()
             with pytest.raises(NotLeading):
                 await session.get(f"http://127.0.0.1:{port}/api")
         finally:
@@ -451,4 +454,4 @@ def test_kopf_session_is_fenced(monkeypatch: pytest.MonkeyPatch) -> None:
 
     run(scenario())
     assert hits == ["/api"]
-    assert run(leader.fenced_kopf_session(None)) is None
+    assert run(handlers.fenced_session(None)) is None

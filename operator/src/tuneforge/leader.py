@@ -21,8 +21,8 @@ stricter rules:
   stopped at least ``lease_duration - renew_deadline`` seconds before anyone else can start.
 * Stopping is leaving: the process exits (``os._exit``, no cleanup code that could write) and the
   Deployment restarts it as a follower. Every write is fenced: ``FENCE.check()`` runs before each
-  API request of the operator's client (``kube.Kube``), of Kopf's client (``fenced_kopf_session``,
-  its login) and of the election itself, and the event loop checks the
+  API request of the operator's client (``kube.Kube``), of Kopf's client (the session its login
+  handler returns) and of the election itself, and the event loop checks the
   fence each time its selector returns, before any callback runs — so a process frozen past its
   deadline (SIGSTOP, a stalled node) and thawed exits before its first callback. The one window
   left is a freeze between a check and the bytes leaving the socket within the same step of a
@@ -169,27 +169,6 @@ class FencedSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type
 def fenced_event_loop() -> asyncio.AbstractEventLoop:
     """``asyncio.Runner(loop_factory=fenced_event_loop)``."""
     return asyncio.SelectorEventLoop(FencedSelector())
-
-
-async def fenced_kopf_session(info: Any) -> Any:
-    """Kopf's own API client (its watches and Event posts) for a ``kopf.ConnectionInfo``, built as
-    Kopf builds it but with the fence in front of every request: return it from the login handler.
-    ``None`` (no credentials found) passes through."""
-    if info is None:
-        return None
-    import aiohttp
-    import kopf
-
-    async def fenced(request: aiohttp.ClientRequest, handler: Any) -> aiohttp.ClientResponse:
-        FENCE.check()
-        response: aiohttp.ClientResponse = await handler(request)
-        return response
-
-    session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0, ssl=info.as_ssl_context()), headers=info.as_http_headers(),
-        proxy=info.proxy_url, trust_env=info.trust_env, middlewares=(fenced,))
-    return kopf.AiohttpSession(aiohttp_session=session, server=info.server, default_namespace=info.default_namespace,
-                               priority=info.priority, expiration=info.expiration)
 
 
 class LeaderElector:

@@ -12,11 +12,12 @@ import logging
 import time
 from typing import Any
 
+import aiohttp
 import kopf
 
 from .. import FTJ_PLURAL, GROUP, VERSION, metrics
 from ..kube import Kube, api_error_message
-from ..leader import fenced_kopf_session
+from ..leader import FENCE
 from ..settings import Settings
 from ..workqueue import Backoff, Outcome, WorkQueue
 from . import LABEL_FTJ
@@ -176,7 +177,25 @@ async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
     covered: kubeconfig exec plugins (cloud CLIs) when running outside the cluster. Kopf's
     session checks the leader fence before each request (leader.py)."""
     info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
-    return await fenced_kopf_session(info)  # type: ignore[no-any-return]
+    return await fenced_session(info)
+
+
+async def fenced_session(info: kopf.ConnectionInfo | None) -> kopf.AiohttpSession | None:
+    """Kopf's own API client (its watches and Event posts), built as Kopf builds it from the
+    credentials but with the leader fence checked before every request (leader.py)."""
+    if info is None:
+        return None
+
+    async def fenced(request: aiohttp.ClientRequest, handler: Any) -> aiohttp.ClientResponse:
+        FENCE.check()
+        response: aiohttp.ClientResponse = await handler(request)
+        return response
+
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, ssl=info.as_ssl_context()), headers=info.as_http_headers(),
+        proxy=info.proxy_url, trust_env=info.trust_env, middlewares=(fenced,))
+    return kopf.AiohttpSession(aiohttp_session=session, server=info.server, default_namespace=info.default_namespace,
+                               priority=info.priority, expiration=info.expiration)
 
 
 @kopf.on.startup()
