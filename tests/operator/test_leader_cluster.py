@@ -1,8 +1,8 @@
 """Two operator processes against the real apiserver with leader election on (the chart's default
 durations: lease 15 s, renew deadline 10 s, retry 2 s), under the operator's least-privilege RBAC
 (the ClusterRole and the Lease Role of operator/deploy/operator.yaml): exactly one leads and only it
-acts; the leader frozen with SIGSTOP past its lease is replaced (the takeover is measured); thawed,
-it exits without a single write. Pod-based takeover (deleting the leader pod of the chart's
+acts; a leader stopped cleanly (SIGTERM) hands the Lease over at once; a leader frozen with SIGSTOP
+past its lease is replaced (both takeovers are measured); thawed, it exits without a single write. Pod-based takeover (deleting the leader pod of the chart's
 Deployment) is the chart's test."""
 
 from __future__ import annotations
@@ -91,50 +91,62 @@ def test_one_leader_acts_frozen_leader_replaced_and_fenced(cluster: Cluster, nam
                 follower_requests
             assert "Tuneforge operator started" not in b.log_path.read_text(errors="replace")
 
-            # Freeze the leader (as a stalled node or a stopped container would be).
+            # A clean stop (SIGTERM: a rolling update, a drained node) hands the Lease over at once.
             assert a.proc is not None and b.proc is not None
-            a.proc.send_signal(signal.SIGSTOP)
+            a.proc.send_signal(signal.SIGTERM)
+            stopped = time.monotonic()
+            assert a.proc.wait(30) == 0, a.log()
+            wait_for("b takes the released Lease", lambda: _leader_gauge(b) == 1.0, 30, 0.1, b.log)
+            handover = time.monotonic() - stopped
+            assert "Leader Lease released" in a.log()
+            c = start("c")
+            wait_for("c follows", lambda: _leader_gauge(c) == 0.0, 60, 0.2, c.log)
+            assert c.proc is not None
+
+            # Freeze the leader (as a stalled node or a stopped container would be).
+            b.proc.send_signal(signal.SIGSTOP)
             frozen = time.monotonic()
             cluster.apply(kwok_ftj("during"), namespace)
-            wait_for("b takes over", lambda: _leader_gauge(b) == 1.0, 40, 0.1, b.log)
+            wait_for("c takes over", lambda: _leader_gauge(c) == 1.0, 40, 0.1, c.log)
             takeover = time.monotonic() - frozen
-            wait_for("b creates the new FineTuneJob's first child", lambda: cluster.list("jobs", namespace,
-                     "tuneforge.dev/finetunejob=during"), 60, 0.2, b.log)
+            wait_for("c creates the new FineTuneJob's first child", lambda: cluster.list("jobs", namespace,
+                     "tuneforge.dev/finetunejob=during"), 60, 0.2, c.log)
             first_action = time.monotonic() - frozen
-            assert cluster.get("lease", "tuneforge-operator", namespace)["spec"]["holderIdentity"] == _identity(b)
-            assert cluster.get("lease", "tuneforge-operator", namespace)["spec"]["leaseTransitions"] == 1
-            _wait_phase(cluster, namespace, "during", ("Succeeded",), 180, b)
+            lease = cluster.get("lease", "tuneforge-operator", namespace)["spec"]
+            assert lease["holderIdentity"] == _identity(c) and lease["leaseTransitions"] == 2, lease
+            _wait_phase(cluster, namespace, "during", ("Succeeded",), 180, c)
             jobs = sorted(j["metadata"]["name"] for j in cluster.list("jobs", namespace))
             assert jobs == ["before-train-1", "before-validate-1", "during-train-1", "during-validate-1"]
 
-            # Stop b too, so nothing else writes; then thaw a: it must exit on its own clock
+            # Stop c too, so nothing else writes; then thaw b: it must exit on its own clock
             # before sending anything — not even a Lease renewal.
-            b.proc.send_signal(signal.SIGKILL)
-            b.proc.wait(15)
+            c.proc.send_signal(signal.SIGKILL)
+            c.proc.wait(15)
             time.sleep(2)
             before = _written_state(cluster, namespace)
-            a_log_frozen = a.log_path.read_text(errors="replace")
-            a.proc.send_signal(signal.SIGCONT)
+            b_log_frozen = b.log_path.read_text(errors="replace")
+            b.proc.send_signal(signal.SIGCONT)
             thawed = time.monotonic()
-            code = a.proc.wait(20)
+            code = b.proc.wait(20)
             exit_after = time.monotonic() - thawed
             time.sleep(2)
             after = _written_state(cluster, namespace)
-            assert code == EXIT_LOST, a.log()
-            tail = a.log_path.read_text(errors="replace")[len(a_log_frozen):]
+            assert code == EXIT_LOST, b.log()
+            tail = b.log_path.read_text(errors="replace")[len(b_log_frozen):]
             assert "not renewed in time" in tail and _requests(tail) == [], tail
             assert after == before, {k: (before.get(k), after.get(k)) for k in set(before) | set(after)
                                      if before.get(k) != after.get(k)}
-            assert cluster.get("lease", "tuneforge-operator", namespace)["spec"]["holderIdentity"] == _identity(b)
-            for op in (a, b):
+            assert cluster.get("lease", "tuneforge-operator", namespace)["spec"]["holderIdentity"] == _identity(c)
+            for op in (a, b, c):
                 assert "Forbidden" not in op.log_path.read_text(errors="replace")
-            result = {"takeover_s": round(takeover, 1), "first_child_after_freeze_s": round(first_action, 1),
-                      "thawed_leader_exit_s": round(exit_after, 2), "lease_duration_s": 15, "renew_deadline_s": 10,
-                      "retry_period_s": 2}
+            result = {"takeover_after_freeze_s": round(takeover, 1),
+                      "first_child_after_freeze_s": round(first_action, 1),
+                      "handover_after_sigterm_s": round(handover, 1), "thawed_leader_exit_s": round(exit_after, 2),
+                      "lease_duration_s": 15, "renew_deadline_s": 10, "retry_period_s": 2}
             OUTPUT.mkdir(parents=True, exist_ok=True)
             (OUTPUT / "leader-takeover.json").write_text(json.dumps(result, indent=1))
             print("leader election:", result)
-            assert takeover <= 20, result
+            assert takeover <= 20 and handover <= 5, result
         finally:
             for op in started:
                 if op.proc is not None and op.proc.poll() is None:
