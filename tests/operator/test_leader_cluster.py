@@ -78,8 +78,11 @@ def test_one_leader_acts_frozen_leader_replaced_and_fenced(cluster: Cluster, nam
             b = start("b")
             wait_for("b follows", lambda: _leader_gauge(b) == 0.0, 60, 0.2, b.log)
             # The follower is alive and Ready (its own /healthz) and idle: Kopf never started.
-            health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{b.liveness_port}/healthz", timeout=5).read())
-            assert health == {"leader": False, "holder": _identity(a)}
+            def health() -> dict[str, Any]:
+                return dict(json.loads(urllib.request.urlopen(f"http://127.0.0.1:{b.liveness_port}/healthz",
+                                                              timeout=5).read()))
+            wait_for("b names the leader", lambda: health() == {"leader": False, "holder": _identity(a)}, 30, 0.2,
+                     lambda: f"{health()}\n{b.log()}")
             lease = cluster.get("lease", "tuneforge-operator", namespace)["spec"]
             assert lease["holderIdentity"] == _identity(a) and lease["leaseDurationSeconds"] == 15
 
