@@ -282,7 +282,7 @@ def test_keep_raises_once_renewals_fail_past_the_deadline() -> None:
         return loop.time() - start
 
     elapsed = run(scenario())
-    assert 0.3 <= elapsed < 1.0
+    assert 0.35 <= elapsed < 3.0  # the deadline (0.4 s), not a lease duration or a hang
 
 
 def test_release_hands_over_only_its_own_version() -> None:

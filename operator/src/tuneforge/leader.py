@@ -128,7 +128,6 @@ class Fence:
         self.clock, self.on_expired = clock, on_expired
         self.enabled = False
         self.deadline: float | None = None
-        self.reason = ""
 
     def follow(self) -> None:
         self.enabled, self.deadline = True, None
@@ -148,12 +147,13 @@ class Fence:
         """End the process if it led and its deadline has passed (a follower is left alone)."""
         if self.deadline is not None and self.clock() >= self.deadline:
             late = self.clock() - self.deadline
-            self.on_expired(self.reason or f"the leader Lease was not renewed in time ({late:.1f} s past the renew "
-                                           "deadline); another replica may hold it now")
+            self.on_expired(f"the leader Lease was not renewed in time ({late:.1f} s past the renew deadline); "
+                            "another replica may hold it now")
 
 
 FENCE = Fence()
-"""The process's fence: ``kube.Kube`` checks it before each request, the event loop after each wait."""
+"""The process's fence: ``kube.Kube`` and Kopf's session (the login handler's) check it before each
+request, the event loop (``FencedSelector``) each time it wakes."""
 
 
 class FencedSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
