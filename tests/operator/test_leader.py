@@ -455,3 +455,48 @@ def test_kopf_session_is_fenced(monkeypatch: pytest.MonkeyPatch) -> None:
     run(scenario())
     assert hits == ["/api"]
     assert run(handlers.fenced_session(None)) is None
+
+
+def test_run_elected_follows_then_leads_renews_and_releases() -> None:
+    """The start-up path on a real event loop with short durations: a follower serves /healthz
+    naming the holder and runs no work; once the foreign Lease expires it takes it, closes its
+    /healthz (Kopf's takes the port), runs the work while renewing, and releases on the way out."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = ElectionConfig(lease_duration=0.8, renew_deadline=0.5, retry_period=0.05)
+    events: list[Any] = []
+
+    def get_health() -> Any:
+        import json
+        return json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2).read())
+
+    async def scenario() -> FakeLease:
+        loop = asyncio.get_running_loop()
+        store = FakeLease(Clock(), held_by("other"))
+        e = LeaderElector(store, "me", config, clock=loop.time, fence=Fence(loop.time, on_expired=events.append))
+
+        async def work() -> None:
+            events.append("work")
+            with pytest.raises(OSError):
+                await loop.run_in_executor(None, get_health)  # the follower's server is gone
+            writes = len(store.writes)
+            await asyncio.sleep(0.5)
+            events.append(("renewals", len(store.writes) - writes))
+
+        task = asyncio.create_task(leader.run_elected(e, work, port, lambda on: events.append(("leading", on))))
+        await asyncio.sleep(0.2)
+        events.append(("health", await loop.run_in_executor(None, get_health)))
+        await asyncio.wait_for(task, 10)
+        return store
+
+    store = run(scenario())
+    assert events[0] == ("leading", False)
+    assert events[1] == ("health", {"leader": False, "holder": "other"})
+    assert events[2:4] == [("leading", True), "work"]
+    assert events[4][0] == "renewals" and events[4][1] >= 3  # renewed every retry period while working
+    assert events[5] == ("leading", False) and len(events) == 6  # never expired
+    assert store.record is not None and store.record.holder == "" and store.record.transitions == 1
