@@ -81,7 +81,7 @@ def configure(settings: kopf.OperatorSettings, ours: Settings) -> None:
     # transitions are posted explicitly with kopf.event(), which this level does not filter.
     settings.posting.level = logging.WARNING
     settings.posting.reporting_component = "tuneforge-operator"
-    settings.execution.max_workers = 1  # sync handlers: only the login (reads a file, rarely)
+    settings.execution.max_workers = 1  # no sync handlers (the login is async): one idle thread at most
     settings.peering.standalone = True  # one replica (Deployment strategy Recreate)
 
 
