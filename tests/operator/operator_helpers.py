@@ -29,8 +29,9 @@ def _free_port() -> int:
 class OperatorProcess:
     """One operator process watching one namespace; its log goes to test-output/operator/."""
 
-    def __init__(self, cluster: Any, namespace: str, env: dict[str, str], log_name: str) -> None:
-        self.cluster, self.namespace, self.extra_env = cluster, namespace, env
+    def __init__(self, cluster: Any, namespace: str, env: dict[str, str], log_name: str,
+                 args: tuple[str, ...] = ()) -> None:
+        self.cluster, self.namespace, self.extra_env, self.args = cluster, namespace, env, args
         self.metrics_port = _free_port()
         self.liveness_port = _free_port()
         OUTPUT.mkdir(parents=True, exist_ok=True)
@@ -54,7 +55,7 @@ class OperatorProcess:
         log = open(self.log_path, "ab" if self.log_path.exists() and self.proc else "wb")
         self.proc = subprocess.Popen(
             [operator_python(), "-m", "tuneforge", "--kubeconfig",
-             self.extra_env.get("KUBECONFIG_OVERRIDE", str(self.cluster.kubeconfig))],
+             self.extra_env.get("KUBECONFIG_OVERRIDE", str(self.cluster.kubeconfig)), *self.args],
             env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
         )
         return self

@@ -471,13 +471,17 @@ def test_missing_secret_fails_naming_the_field(cluster: Cluster, namespace: str,
 def test_operator_image_as_deployment(cluster: Cluster, namespace: str, crds: None, operator_image: str,
                                       standin_image: str) -> None:
     """operator/Dockerfile + operator/deploy/operator.yaml: in-cluster credentials, least-privilege
-    RBAC, liveness probe, read-only root filesystem — and a FineTuneJob to Succeeded."""
+    RBAC, liveness and readiness probes, read-only root filesystem, two replicas of which the
+    holder of the Lease in their own namespace acts — and a FineTuneJob to Succeeded."""
     import yaml
     docs = list(yaml.safe_load_all((ROOT / "operator" / "deploy" / "operator.yaml").read_text()))
     by_kind = {d["kind"]: d for d in docs}
     sa, role, binding, deploy = (by_kind[k] for k in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment"))
+    lease_role, lease_binding = by_kind["Role"], by_kind["RoleBinding"]
     cluster_name = f"tuneforge-operator-{namespace}"
-    sa["metadata"]["namespace"] = deploy["metadata"]["namespace"] = namespace
+    for obj in (sa, deploy, lease_role, lease_binding):
+        obj["metadata"]["namespace"] = namespace
+    lease_binding["subjects"][0]["namespace"] = namespace
     role["metadata"]["name"] = binding["metadata"]["name"] = binding["roleRef"]["name"] = cluster_name
     binding["subjects"][0]["namespace"] = namespace
     pod = deploy["spec"]["template"]["spec"]
@@ -489,16 +493,21 @@ def test_operator_image_as_deployment(cluster: Cluster, namespace: str, crds: No
                 {"name": "TUNEFORGE_NAMESPACES", "value": namespace},
                 {"name": "TUNEFORGE_VALIDATE_CPU", "value": "0"},
                 {"name": "TUNEFORGE_VALIDATE_MEMORY", "value": "64Mi"},
-                {"name": "TUNEFORGE_PROGRESS_INTERVAL", "value": "2"}]
-    cluster.apply([sa, role, binding, deploy])
+                {"name": "TUNEFORGE_PROGRESS_INTERVAL", "value": "2"},
+                {"name": "TUNEFORGE_LEADER_ELECT", "value": "true"}]
+    cluster.apply([sa, role, binding, lease_role, lease_binding, deploy])
     try:
         cluster.apply(pvc_manifest(), namespace)
         cluster.apply(ftj_manifest("in-cluster"), namespace)
         st = _wait_phase(cluster, namespace, "in-cluster", ("Succeeded", "Failed"), 240)["status"]
         assert st["phase"] == "Succeeded", st
         cluster.kubectl("wait", "--for=condition=Available", "deployment/tuneforge-operator", "-n", namespace, "--timeout=60s")
-        (op_pod,) = cluster.list("pods", namespace, "app.kubernetes.io/name=tuneforge-operator")
-        assert op_pod["status"]["containerStatuses"][0]["restartCount"] == 0
+        cluster.kubectl("wait", "--for=condition=Ready", "pod", "-l", "app.kubernetes.io/name=tuneforge-operator",
+                        "-n", namespace, "--timeout=60s")  # the follower is Ready too
+        op_pods = cluster.list("pods", namespace, "app.kubernetes.io/name=tuneforge-operator")
+        assert len(op_pods) == 2 and all(p["status"]["containerStatuses"][0]["restartCount"] == 0 for p in op_pods)
+        holder = cluster.get("lease", "tuneforge-operator", namespace)["spec"]["holderIdentity"]
+        assert holder.rsplit("_", 1)[0] in {p["metadata"]["name"] for p in op_pods}, holder
     finally:
         cluster.kubectl("delete", "clusterrolebinding,clusterrole", cluster_name, check=False)
 

@@ -43,6 +43,27 @@ def test_cluster_role_reads_secrets_by_name_only() -> None:
     assert "get" not in _verbs(role, "", "pods")  # trimmed: pods are only listed and watched
 
 
+def test_leader_election_rbac_is_one_namespaced_role_for_one_lease() -> None:
+    """Leases only in the operator's own namespace (a Role, nothing cluster-wide): create (a name
+    cannot limit it), and get/update of the one Lease the operator uses."""
+    from tuneforge.settings import Settings
+
+    docs = list(yaml.safe_load_all(OPERATOR_YAML.read_text()))
+    by_kind = {d["kind"]: d for d in docs}
+    role, binding, deploy, sa = by_kind["Role"], by_kind["RoleBinding"], by_kind["Deployment"], by_kind["ServiceAccount"]
+    assert _verbs(_role(), "coordination.k8s.io", "leases") == set()
+    assert role["metadata"]["namespace"] == deploy["metadata"]["namespace"] == sa["metadata"]["namespace"]
+    rules = sorted((sorted(r["verbs"]), r.get("resourceNames")) for r in role["rules"])
+    assert all(r["apiGroups"] == ["coordination.k8s.io"] and r["resources"] == ["leases"] for r in role["rules"])
+    assert rules == [(["create"], None), (["get", "update"], [Settings().leader_election_lease])]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"],
+                                    "namespace": sa["metadata"]["namespace"]}]
+    (container,) = deploy["spec"]["template"]["spec"]["containers"]
+    assert {"name": "TUNEFORGE_LEADER_ELECT", "value": "true"} in container["env"]
+    assert deploy["spec"]["replicas"] == 2 and container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+
+
 # --- cluster tier -------------------------------------------------------------------------------
 
 def _as(cluster: Any, namespace: str, sa: str, obj: dict[str, Any]) -> subprocess.CompletedProcess[str]:

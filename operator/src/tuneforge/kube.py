@@ -20,13 +20,17 @@ from lightkube import ApiError, AsyncClient, KubeConfig, codecs, operators
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
+from lightkube.models.coordination_v1 import LeaseSpec
+from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.batch_v1 import Job
+from lightkube.resources.coordination_v1 import Lease
 from lightkube.resources.core_v1 import ConfigMap, PersistentVolumeClaim, Pod, Secret, Service
 from lightkube.resources.policy_v1 import PodDisruptionBudget
 from lightkube.resources.scheduling_v1 import PriorityClass
 from lightkube.types import CascadeType, PatchType
 
 from . import FTJ_PLURAL, GROUP, MS_PLURAL, VERSION
+from .leader import FENCE, Conflict, LeaseRecord
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -75,6 +79,7 @@ class Kube:
 
     async def _call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         async with self._slots:
+            FENCE.check()  # after the wait for a slot: a replica past its leader deadline sends nothing
             return await fn(*args, **kwargs)
 
     async def close(self) -> None:
@@ -257,3 +262,61 @@ def api_error_message(exc: BaseException) -> str:
     if isinstance(exc, ApiError):
         return str(exc.status.message or exc.status.reason or exc)
     return str(exc) or type(exc).__name__
+
+
+class LeaseLock:
+    """The leader election's Lease (``leader.LeaseStore``): get, create, and replace with the
+    resourceVersion it was read at (optimistic concurrency: a 409 is ``leader.Conflict``). Its own
+    client: renewals must never queue behind the reconcilers' request slots."""
+
+    def __init__(self, settings: Settings, kubeconfig: str | None = None) -> None:
+        config = KubeConfig.from_file(kubeconfig) if kubeconfig else KubeConfig.from_env()
+        self.name = settings.leader_election_lease
+        # Short requests: a renewal that hangs must not outlast the renew deadline unnoticed.
+        timeout = min(settings.request_timeout, settings.leader_election_retry_period * 2)
+        self._client = AsyncClient(config, timeout=httpx2.Timeout(timeout), field_manager=FIELD_MANAGER)
+        self.namespace = settings.leader_election_namespace or self._client.namespace
+
+    @staticmethod
+    def _record(lease: Any) -> LeaseRecord:
+        spec = lease.spec or LeaseSpec()
+        return LeaseRecord(holder=spec.holderIdentity or "", duration_s=spec.leaseDurationSeconds or 0,
+                           acquire_time=spec.acquireTime, renew_time=spec.renewTime,
+                           transitions=spec.leaseTransitions or 0, resource_version=lease.metadata.resourceVersion or "")
+
+    @staticmethod
+    def _spec(record: LeaseRecord) -> LeaseSpec:
+        return LeaseSpec(holderIdentity=record.holder or None, leaseDurationSeconds=record.duration_s,
+                         acquireTime=record.acquire_time, renewTime=record.renew_time,
+                         leaseTransitions=record.transitions)
+
+    async def get(self) -> LeaseRecord | None:
+        try:
+            return self._record(await self._client.get(Lease, self.name, namespace=self.namespace))
+        except ApiError as exc:
+            if exc.status.code == 404:
+                return None
+            raise
+
+    async def create(self, record: LeaseRecord) -> LeaseRecord:
+        lease = Lease(metadata=ObjectMeta(name=self.name, namespace=self.namespace), spec=self._spec(record))
+        try:
+            return self._record(await self._client.create(lease))
+        except ApiError as exc:
+            if exc.status.code == 409:
+                raise Conflict(str(exc)) from exc
+            raise
+
+    async def update(self, record: LeaseRecord) -> LeaseRecord:
+        lease = Lease(metadata=ObjectMeta(name=self.name, namespace=self.namespace,
+                                          resourceVersion=record.resource_version),
+                      spec=self._spec(record))
+        try:
+            return self._record(await self._client.replace(lease))
+        except ApiError as exc:
+            if exc.status.code == 409:
+                raise Conflict(str(exc)) from exc
+            raise
+
+    async def close(self) -> None:
+        await self._client.close()

@@ -1,4 +1,5 @@
-"""Entry point ``tuneforge-operator``: settings, the /metrics server, then Kopf's event loop."""
+"""Entry point ``tuneforge-operator``: settings, the /metrics server, then Kopf's event loop — in
+the replica that holds the leader Lease when leader election is on (``leader.py``)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import asyncio
 import logging
 import os
 import sys
+from typing import Awaitable, Callable
 
 import kopf
 from prometheus_client import start_http_server
 
+from . import leader
 from .settings import Settings
 
 
@@ -56,10 +59,33 @@ def main(argv: list[str] | None = None) -> int:
         start_http_server(settings.metrics_port, registry=REGISTRY)
     namespaces = settings.namespace_list()
     liveness = f"http://0.0.0.0:{settings.liveness_port}/healthz" if settings.liveness_port else None
-    asyncio.run(kopf.operator(
-        clusterwide=not namespaces, namespaces=namespaces, liveness_endpoint=liveness, standalone=True,
-    ))
+
+    async def operate() -> None:
+        await kopf.operator(clusterwide=not namespaces, namespaces=namespaces, liveness_endpoint=liveness,
+                            standalone=True)
+
+    if not settings.leader_elect:
+        from .metrics import LEADER
+        LEADER.set(1)  # the only replica: it reconciles
+        asyncio.run(operate())
+        return 0
+    with asyncio.Runner(loop_factory=leader.fenced_event_loop) as runner:
+        runner.run(_elected(settings, args.kubeconfig, operate))
     return 0
+
+
+async def _elected(settings: Settings, kubeconfig: str | None, operate: Callable[[], Awaitable[None]]) -> None:
+    """Kopf starts only in the replica that holds the Lease; the others serve /healthz and wait."""
+    from .kube import LeaseLock
+    from .metrics import LEADER
+
+    lock = LeaseLock(settings, kubeconfig)
+    elector = leader.LeaderElector(lock, leader.default_identity(), settings.election_config(), fence=leader.FENCE)
+    logging.info("Leader election on: Lease %s/%s, identity %s", lock.namespace, lock.name, elector.identity)
+    try:
+        await leader.run_elected(elector, operate, settings.liveness_port, lambda on: LEADER.set(1 if on else 0))
+    finally:
+        await lock.close()
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ TRAINING_SECONDS = Histogram(
     buckets=(10, 30, 60, 300, 600, 1800, 3600, 7200, 21600, 86400),
 )
 GPU_SECONDS = Counter("tuneforge_gpu_seconds_total", "GPU-seconds of finished revisions", registry=REGISTRY)
+LEADER = Gauge("tuneforge_leader", "1 while this operator replica holds the leader Lease (and reconciles), else 0",
+               registry=REGISTRY)
 EVAL_ACCURACY = Gauge(
     "tuneforge_eval_accuracy", "Held-out accuracy of the latest finished revision", ["namespace", "name"],
     registry=REGISTRY,

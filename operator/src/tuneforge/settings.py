@@ -5,7 +5,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .leader import ElectionConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +115,30 @@ class Settings:
     """JSON object of extra annotations on gate pods (a mesh opt-out, or kwok's simulated outcome
     in the fast test tier)."""
 
+    leader_elect: bool = False
+    """Run as one of several replicas: only the holder of a coordination.k8s.io Lease reconciles,
+    the others stay Ready and idle (the chart and operator/deploy/operator.yaml turn this on; off,
+    the process reconciles at once and must be the only one)."""
+
+    leader_election_namespace: str = ""
+    """Namespace of the leader Lease; empty: the operator's own (its service account's namespace in
+    a pod, else the kubeconfig context's namespace)."""
+
+    leader_election_lease: str = "tuneforge-operator"
+    """Name of the leader Lease (the RBAC Role's resourceNames names it too)."""
+
+    leader_election_lease_duration: float = 15.0
+    """Seconds a follower waits, after it last saw the Lease renewed, before it takes the Lease
+    (client-go's leaseDuration). Takeover after a leader dies takes at most about this plus two
+    retry periods."""
+
+    leader_election_renew_deadline: float = 10.0
+    """Seconds after its last successful renewal at which a leader that could not renew exits
+    (client-go's renewDeadline); must be below the lease duration, the gap being the safety margin."""
+
+    leader_election_retry_period: float = 2.0
+    """Seconds between a leader's renewals and between a follower's attempts (client-go's retryPeriod)."""
+
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
         """Build settings from TUNEFORGE_* variables; unknown variables are ignored."""
@@ -123,14 +150,22 @@ class Settings:
                 continue
             kind: Any = type(field.default)
             try:
-                values[field.name] = kind(raw)
+                values[field.name] = _parse_bool(raw) if kind is bool else kind(raw)
             except ValueError as exc:
                 raise ValueError(f"TUNEFORGE_{field.name.upper()}={raw!r}: expected {kind.__name__}") from exc
         settings = cls(**values)
         settings.pod_annotation_map()
         settings.validate_placement()
         settings.gate_placement()
+        settings.election_config()
         return settings
+
+    def election_config(self) -> "ElectionConfig":
+        """The leader election's durations, checked (renew deadline below the lease duration)."""
+        from .leader import ElectionConfig
+
+        return ElectionConfig(self.leader_election_lease_duration, self.leader_election_renew_deadline,
+                              self.leader_election_retry_period)
 
     def pod_annotation_map(self) -> dict[str, str]:
         """``pod_annotations`` parsed; an invalid value fails at startup, not per pod."""
@@ -164,3 +199,12 @@ class Settings:
     def namespace_list(self) -> list[str]:
         """The namespaces to watch, or an empty list for cluster-wide."""
         return [n.strip() for n in self.namespaces.split(",") if n.strip()]
+
+
+def _parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off", ""):
+        return False
+    raise ValueError(f"{raw!r} is not a boolean")

@@ -12,10 +12,12 @@ import logging
 import time
 from typing import Any
 
+import aiohttp
 import kopf
 
 from .. import FTJ_PLURAL, GROUP, VERSION, metrics
 from ..kube import Kube, api_error_message
+from ..leader import FENCE
 from ..settings import Settings
 from ..workqueue import Backoff, Outcome, WorkQueue
 from . import LABEL_FTJ
@@ -79,7 +81,7 @@ def configure(settings: kopf.OperatorSettings, ours: Settings) -> None:
     # transitions are posted explicitly with kopf.event(), which this level does not filter.
     settings.posting.level = logging.WARNING
     settings.posting.reporting_component = "tuneforge-operator"
-    settings.execution.max_workers = 1  # sync handlers: only the login (reads a file, rarely)
+    settings.execution.max_workers = 1  # no sync handlers (the login is async): one idle thread at most
     settings.peering.standalone = True  # one replica (Deployment strategy Recreate)
 
 
@@ -168,12 +170,32 @@ def _emit(body: Any, kind: str, reason: str, message: str) -> None:
 
 
 @kopf.on.login()
-def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
     """The service account in a pod, else KUBECONFIG / ~/.kube/config — Kopf's own client-free
     logins, named here so Kopf never falls back to logging in through the ``kubernetes`` client
     where one happens to be installed (a host venv): the operator behaves as in its image. Not
-    covered: kubeconfig exec plugins (cloud CLIs) when running outside the cluster."""
-    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    covered: kubeconfig exec plugins (cloud CLIs) when running outside the cluster. Kopf's
+    session checks the leader fence before each request (leader.py)."""
+    info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    return await fenced_session(info)
+
+
+async def fenced_session(info: kopf.ConnectionInfo | None) -> kopf.AiohttpSession | None:
+    """Kopf's own API client (its watches and Event posts), built as Kopf builds it from the
+    credentials but with the leader fence checked before every request (leader.py)."""
+    if info is None:
+        return None
+
+    async def fenced(request: aiohttp.ClientRequest, handler: Any) -> aiohttp.ClientResponse:
+        FENCE.check()
+        response: aiohttp.ClientResponse = await handler(request)
+        return response
+
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, ssl=info.as_ssl_context()), headers=info.as_http_headers(),
+        proxy=info.proxy_url, trust_env=info.trust_env, middlewares=(fenced,))
+    return kopf.AiohttpSession(aiohttp_session=session, server=info.server, default_namespace=info.default_namespace,
+                               priority=info.priority, expiration=info.expiration)
 
 
 @kopf.on.startup()
