@@ -33,6 +33,9 @@ CHART_OWNED_SETTINGS = {
     "trainer_image": "images.trainer", "server_image": "images.server", "gate_image": "images.gate",
     "image_pull_policy": "images.pullPolicy", "namespaces": "watchNamespaces",
     "metrics_port": "ports.metrics", "liveness_port": "ports.health",
+    # Leader election is always on in the chart, on a Lease its Role names.
+    "leader_elect": "(always true)", "leader_election_lease": "(the release's full name)",
+    "leader_election_namespace": "(the release's namespace)",
 }
 """Operator settings the chart sets from its own keys (value: that key), not under ``settings``."""
 

@@ -71,7 +71,12 @@ def deployment_env(docs: list[dict[str, Any]]) -> dict[str, str]:
 CLUSTER_SCOPED = {("apiextensions.k8s.io", "customresourcedefinitions", "list"),
                   ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
                   ("scheduling.k8s.io", "priorityclasses", "get")}
-LEASES = {("coordination.k8s.io", "leases", v) for v in ("get", "create", "update")}
+def lease_rules_ok(role: dict[str, Any], lease: str) -> bool:
+    """create (which cannot be limited to a name), then get and update of the one Lease only."""
+    return sorted(role["rules"], key=lambda r: r["verbs"]) == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": [lease], "verbs": ["get", "update"]},
+    ]
 
 
 # --- lint -----------------------------------------------------------------------------------------
@@ -97,9 +102,12 @@ def test_cluster_wide_mode_is_one_cluster_role_plus_the_lease_role(helm: str) ->
     assert ("batch", "jobs", "create") in granted and ("", "pods/log", "get") in granted
     # The leader Lease only in the release's own namespace, never cluster-wide.
     (lease_role,) = by_kind(docs, "Role")
-    assert lease_role["metadata"]["namespace"] == OWN_NS and rule_set(lease_role["rules"]) == LEASES
+    assert lease_role["metadata"]["namespace"] == OWN_NS and lease_rules_ok(lease_role, "tf-tuneforge")
     assert not any(g == "coordination.k8s.io" for g, _, _ in granted)
-    assert deployment_env(docs)["TUNEFORGE_NAMESPACES"] == ""
+    env = deployment_env(docs)
+    assert env["TUNEFORGE_NAMESPACES"] == ""
+    assert (env["TUNEFORGE_LEADER_ELECT"], env["TUNEFORGE_LEADER_ELECTION_LEASE"],
+            env["TUNEFORGE_LEADER_ELECTION_NAMESPACE"]) == ("true", "tf-tuneforge", OWN_NS)
 
 
 def test_namespaced_mode_has_roles_only_and_nothing_cluster_wide_but_cluster_scoped_reads(helm: str,
@@ -121,7 +129,7 @@ def test_namespaced_mode_has_roles_only_and_nothing_cluster_wide_but_cluster_sco
         b = bindings[(ns, "tf-tuneforge")]
         assert b["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "tf-tuneforge"}
         assert b["subjects"] == [{"kind": "ServiceAccount", "name": "tf-tuneforge", "namespace": OWN_NS}]
-    assert rule_set(roles[(OWN_NS, "tf-tuneforge-leader")]["rules"]) == LEASES
+    assert lease_rules_ok(roles[(OWN_NS, "tf-tuneforge-leader")], "tf-tuneforge")
     # The operator is told the same namespaces (Kopf watches only those).
     assert deployment_env(docs)["TUNEFORGE_NAMESPACES"] == "team-a,team-b"
 
@@ -134,7 +142,8 @@ def test_no_wildcards_and_secrets_only_by_name(helm: str, tmp_path: Path, values
         for rule in role["rules"]:
             for key in ("apiGroups", "resources", "verbs"):
                 assert "*" not in rule[key], (role["metadata"]["name"], rule)
-            assert "resourceNames" not in rule and "nonResourceURLs" not in rule
+            assert "nonResourceURLs" not in rule
+            assert "resourceNames" not in rule or rule["resources"] == ["leases"], rule
         secrets = {v for g, r, v in rule_set(role["rules"]) if (g, r) == ("", "secrets")}
         assert secrets <= {"get"}, secrets  # never listed or watched
 
@@ -209,9 +218,9 @@ def test_images_and_settings_reach_the_operator(helm: str, tmp_path: Path) -> No
     assert deployment_env(gate)["TUNEFORGE_GATE_IMAGE"] == "reg.example/tf/gate:g1"
 
 
-def test_every_settings_key_is_an_operator_setting() -> None:
+def test_every_settings_key_is_an_operator_setting(helm: str) -> None:
     """The schema's settings keys are the Settings dataclass's fields (camelCase), less those the
-    chart sets from its own keys, and each renders to the variable Settings.from_env reads."""
+    chart sets from its own keys, which it renders itself."""
     import dataclasses
 
     from tuneforge.settings import Settings
@@ -220,7 +229,8 @@ def test_every_settings_key_is_an_operator_setting() -> None:
     keys = set(schema["properties"]["settings"]["properties"])
     fields = {f.name for f in dataclasses.fields(Settings)}
     assert {sync.camel(f) for f in fields - set(sync.CHART_OWNED_SETTINGS)} == keys
-    assert set(sync.CHART_OWNED_SETTINGS) <= fields
+    env = deployment_env(render(helm))
+    assert {f"TUNEFORGE_{f.upper()}" for f in sync.CHART_OWNED_SETTINGS} <= set(env)
 
 
 # --- CRDs -----------------------------------------------------------------------------------------

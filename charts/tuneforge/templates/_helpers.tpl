@@ -150,9 +150,19 @@ Kopf's discovery of the CRDs, and the PriorityClass a FineTuneJob names (checked
   verbs: [get]
 {{- end }}
 
-{{/* The leader Lease, in the release's namespace only. */}}
+{{/* Name of the leader Lease (in the release's namespace). */}}
+{{- define "tuneforge.leaseName" -}}
+{{- include "tuneforge.fullname" . }}
+{{- end }}
+
+{{/* The leader Lease, in the release's namespace only: created once (create cannot be limited
+     to a name), then read and renewed by name. */}}
 {{- define "tuneforge.leaseRules" -}}
 - apiGroups: [coordination.k8s.io]
   resources: [leases]
-  verbs: [get, create, update]
+  verbs: [create]
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  resourceNames: [{{ include "tuneforge.leaseName" . }}]
+  verbs: [get, update]
 {{- end }}
