@@ -310,3 +310,30 @@ def test_notes_name_the_mode(helm: str) -> None:
     res = run_helm(helm, "install", "tf", "--dry-run=client", "--namespace", OWN_NS, "--set", "watchNamespaces={team-a}")
     assert res.returncode == 0, res.stderr
     assert "Watching only: team-a" in res.stdout and "helm.sh/resource-policy" in res.stdout
+
+
+def test_argocd_customizations_in_argocd_cm_keys(helm: str, tmp_path: Path) -> None:
+    """The Lua files in Argo CD's layout (files/argocd/<group>/<Kind>/...) render to argocd-cm's
+    keys: the health script as is, the actions as discovery.lua plus one definition per action;
+    with no such files nothing is rendered."""
+    chart = tmp_path / "tuneforge"
+    shutil.copytree(CHART, chart)
+    shutil.rmtree(chart / "files" / "argocd", ignore_errors=True)
+    on = {"argocd": {"customizations": {"enabled": True}}}
+    assert not by_kind(render(helm, on, tmp_path, chart=chart), "ConfigMap")
+    kind_dir = chart / "files" / "argocd" / "tuneforge.dev" / "FineTuneJob"
+    (kind_dir / "actions" / "suspend").mkdir(parents=True)
+    (kind_dir / "actions" / "resume").mkdir(parents=True)
+    (kind_dir / "health.lua").write_text('hs = {status = "Healthy"}\nreturn hs\n')
+    (kind_dir / "actions" / "discovery.lua").write_text("return {suspend = {}}\n")
+    (kind_dir / "actions" / "suspend" / "action.lua").write_text("obj.spec.suspend = true\nreturn obj\n")
+    (kind_dir / "actions" / "resume" / "action.lua").write_text("obj.spec.suspend = false\nreturn obj\n")
+    (cm,) = by_kind(render(helm, on, tmp_path, chart=chart), "ConfigMap")
+    assert cm["metadata"]["name"] == "tf-tuneforge-argocd-cm"
+    data = cm["data"]
+    assert data["resource.customizations.health.tuneforge.dev_FineTuneJob"] == 'hs = {status = "Healthy"}\nreturn hs\n'
+    actions = yaml.safe_load(data["resource.customizations.actions.tuneforge.dev_FineTuneJob"])
+    assert actions["discovery.lua"] == "return {suspend = {}}\n"
+    assert {d["name"]: d["action.lua"] for d in actions["definitions"]} == {
+        "suspend": "obj.spec.suspend = true\nreturn obj\n", "resume": "obj.spec.suspend = false\nreturn obj\n"}
+    assert not by_kind(render(helm, {}, tmp_path, chart=chart), "ConfigMap")  # off by default
