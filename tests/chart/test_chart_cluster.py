@@ -98,7 +98,9 @@ def test_helm_install_upgrade_uninstall(cluster: Cluster, namespace: str, tmp_pa
         assert can("update", f"leases/{release}-tuneforge", "-n", ns) == "yes"
         assert can("update", "leases/another", "-n", ns) == "no"
         assert can("create", "leases", "-n", watched) == "no"
-        assert can("list", "customresourcedefinitions") == "yes"
+        assert can("get", "priorityclasses") == "yes"
+        assert can("list", "customresourcedefinitions") == "no"
+        assert can("list", "namespaces") == "no"
         assert can("list", "secrets", "-n", watched) == "no"
 
         # upgrade: one replica (leader election is not in this chart version's operator yet) and a

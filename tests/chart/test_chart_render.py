@@ -68,9 +68,10 @@ def deployment_env(docs: list[dict[str, Any]]) -> dict[str, str]:
     return {e["name"]: e.get("value", "") for e in container["env"]}
 
 
-CLUSTER_SCOPED = {("apiextensions.k8s.io", "customresourcedefinitions", "list"),
-                  ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
-                  ("scheduling.k8s.io", "priorityclasses", "get")}
+CLUSTER_SCOPED = {("scheduling.k8s.io", "priorityclasses", "get")}
+DISCOVERY = {("apiextensions.k8s.io", "customresourcedefinitions", "list"),
+             ("apiextensions.k8s.io", "customresourcedefinitions", "watch")}
+"""Kopf's CRD watch: cluster-wide mode only (with named namespaces the operator turns it off)."""
 def lease_rules_ok(role: dict[str, Any], lease: str) -> bool:
     """create (which cannot be limited to a name), then get and update of the one Lease only."""
     return sorted(role["rules"], key=lambda r: r["verbs"]) == [
@@ -98,7 +99,8 @@ def test_cluster_wide_mode_is_one_cluster_role_plus_the_lease_role(helm: str) ->
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "tf-tuneforge", "namespace": OWN_NS}]
     granted = rule_set(role["rules"])
-    assert CLUSTER_SCOPED <= granted
+    assert CLUSTER_SCOPED | DISCOVERY <= granted
+    assert not any(r == "namespaces" for _, r, _ in granted)  # Kopf lists none when cluster-wide
     assert ("batch", "jobs", "create") in granted and ("", "pods/log", "get") in granted
     # The leader Lease only in the release's own namespace, never cluster-wide.
     (lease_role,) = by_kind(docs, "Role")
@@ -125,7 +127,7 @@ def test_namespaced_mode_has_roles_only_and_nothing_cluster_wide_but_cluster_sco
                                            (OWN_NS, "tf-tuneforge-leader")}
     for ns in ("team-a", "team-b"):
         # Exactly the cluster-wide mode's namespaced rules: one list, so the modes cannot drift.
-        assert rule_set(roles[(ns, "tf-tuneforge")]["rules"]) == rule_set(wide_role["rules"]) - CLUSTER_SCOPED
+        assert rule_set(roles[(ns, "tf-tuneforge")]["rules"]) == rule_set(wide_role["rules"]) - CLUSTER_SCOPED - DISCOVERY
         b = bindings[(ns, "tf-tuneforge")]
         assert b["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "tf-tuneforge"}
         assert b["subjects"] == [{"kind": "ServiceAccount", "name": "tf-tuneforge", "namespace": OWN_NS}]

@@ -138,16 +138,24 @@ each watched namespace's Role in namespaced mode. One list for both, so the mode
 {{- end }}
 
 {{/*
-What is cluster-wide in every mode because the resources themselves are cluster-scoped:
-Kopf's discovery of the CRDs, and the PriorityClass a FineTuneJob names (checked before its Job).
+Cluster-wide in every mode because the resource itself is cluster-scoped: the PriorityClass a
+FineTuneJob names (checked before its Job is created).
 */}}
 {{- define "tuneforge.clusterRules" -}}
-- apiGroups: [apiextensions.k8s.io]
-  resources: [customresourcedefinitions]
-  verbs: [list, watch]
 - apiGroups: [scheduling.k8s.io]
   resources: [priorityclasses]
   verbs: [get]
+{{- end }}
+
+{{/*
+Cluster-wide mode only: Kopf watches the CRDs to notice kinds appearing or changing. With named
+namespaces the operator turns that scanning off (and Kopf lists no namespaces), so the namespaced
+mode needs neither.
+*/}}
+{{- define "tuneforge.discoveryRules" -}}
+- apiGroups: [apiextensions.k8s.io]
+  resources: [customresourcedefinitions]
+  verbs: [list, watch]
 {{- end }}
 
 {{/* Name of the leader Lease (in the release's namespace). */}}
