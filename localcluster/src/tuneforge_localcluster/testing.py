@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tuneforge_localcluster import cluster, components, images
+from tuneforge_localcluster import binaries, cluster, components, images
 from tuneforge_localcluster.settings import REPO_ROOT, Settings
 
 T = TypeVar("T")
@@ -91,6 +91,18 @@ class Cluster:
         )
         if check and res.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed ({res.returncode}): {res.stderr.strip()}")
+        return res
+
+    def helm(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        """Run the Helm CLI (built and cached like the cluster's other Go binaries) against the
+        cluster; Helm's own cache and config stay under the build cache, not in ``~``."""
+        home = self.settings.cache / "helm"
+        env = dict(os.environ, HELM_CACHE_HOME=str(home / "cache"), HELM_CONFIG_HOME=str(home / "config"),
+                   HELM_DATA_HOME=str(home / "data"))
+        res = subprocess.run([str(binaries.helm(self.settings)), f"--kubeconfig={self.kubeconfig}", *args],
+                             capture_output=True, text=True, timeout=timeout, env=env)
+        if check and res.returncode != 0:
+            raise AssertionError(f"helm {' '.join(args)} failed ({res.returncode}): {res.stderr.strip()}")
         return res
 
     def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any]:

@@ -83,6 +83,12 @@ def configure(settings: kopf.OperatorSettings, ours: Settings) -> None:
     settings.posting.reporting_component = "tuneforge-operator"
     settings.execution.max_workers = 1  # no sync handlers (the login is async): one idle thread at most
     settings.peering.standalone = True  # one replica (Deployment strategy Recreate)
+    # Watching named namespaces leaves nothing to discover: no namespace list/watch (for patterns)
+    # and no CRD watch cluster-wide (the kinds come from API discovery, which needs no RBAC), so the
+    # chart's namespaced mode grants neither. Without this Kopf retries the forbidden namespace
+    # list for about a minute, logging errors, before it falls back to the names it was given.
+    if ours.namespace_list():
+        settings.scanning.disabled = True
 
 
 def _project_ftj(body: kopf.Body) -> dict[str, Any]:
