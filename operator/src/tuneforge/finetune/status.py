@@ -61,6 +61,8 @@ class Observed:
     summary_pods: Sequence[Obj] = ()
     # Times the gang (nodes > 1) was restarted: ``train_job`` is this attempt's Job.
     restarts: int = 0
+    # status.search of a revision with spec.search (``search.compute_search``), else None.
+    search: Mapping[str, Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -368,6 +370,13 @@ def _saved_summary(observed: Observed) -> Summary | PhaseInfo:
     return summary
 
 
+def _first_failure(search: Mapping[str, Any]) -> str:
+    for t in search.get("trials") or ():
+        if t.get("phase") == "Failed":
+            return f"trial {t.get('index')} ({t.get('job')}): {t.get('message') or 'failed'}"
+    return "no trial was scored"
+
+
 def _config_error(spec: FineTuneJobSpec, phase: str, waiting: Obj, waited: float, wait_limit: float) -> PhaseInfo:
     """A pod the kubelet cannot start: a missing Secret (CreateContainerConfigError) may yet
     appear and the kubelet retries it by itself; a bad image name never will."""
@@ -419,8 +428,20 @@ def derive_phase(spec: FineTuneJobSpec, observed: Observed, waited: float = 0.0,
         return PhaseInfo(VALIDATING, "ValidatingData", "Checking the data on a CPU before a GPU is requested")
 
     tjob = observed.train_job
+    search = observed.search
+    if tjob is None and search is not None and not search.get("winner"):
+        if search["done"] == search["total"]:
+            return PhaseInfo(FAILED, "SearchFailed", f"Every one of the {search['total']} search trials failed; "
+                             f"the first: {_first_failure(search)}")
+        trials = search.get("trials") or ()
+        running = sum(1 for t in trials if t.get("phase") == "Running")
+        active = sum(1 for t in trials if t.get("phase") in ("Pending", "Running"))
+        return PhaseInfo(RUNNING if running or search["done"] else QUEUED, "Searching",
+                         f"Search: {search['done']} of {search['total']} trials done ({search['failed']} failed), "
+                         f"{active} started; scored on validation rows only")
     if tjob is None:
-        return PhaseInfo(PENDING, "DataValidated", "Creating the training Job")
+        return PhaseInfo(PENDING, "DataValidated", "Creating the training Job" + (
+            f" of the search's winner (trial {search['winner']['index']})" if search else ""))
     tdone = job_finished(tjob)
     # Rank 0 alone writes the result (a one-pod Job's pod is rank 0).
     rank0 = [p for p in observed.train_pods if pod_rank(p) == 0]
@@ -663,7 +684,9 @@ def compute_status(
         "conditions": _conditions(info, observed, base.get("conditions") or (), generation, stamp),
         "children": _children(children, summary_job, observed, info),
         "artifacts": {"output": artifact_uri},
-        "gpuSeconds": gpu_seconds(observed.train_pods, spec.gpus, now),
+        # A searched revision's cost includes its trials'.
+        "gpuSeconds": round(gpu_seconds(observed.train_pods, spec.gpus, now) + sum(
+            float(t.get("gpuSeconds") or 0.0) for t in (observed.search or {}).get("trials") or ()), 1),
         "worldSize": spec.world_size,
         "gate": {"outcome": "Pending", "reasons": []},
     }
@@ -675,6 +698,8 @@ def compute_status(
         status["restarts"] = observed.restarts + int(info.restart)
     if progress_out:
         status["progress"] = progress_out
+    if observed.search is not None:
+        status["search"] = dict(observed.search)
     summary = info.summary
     if summary is not None:
         ev = _evaluation(summary)
