@@ -98,3 +98,24 @@ def test_search_defaults() -> None:
     search = defaulted_spec(spec_with(search=HEADS))["search"]
     assert {k: search[k] for k in ("strategy", "maxTrials", "parallelism", "seed")} == {
         "strategy": "grid", "maxTrials": 8, "parallelism": 1, "seed": 0}
+
+
+def test_the_search_example_is_valid_and_makes_four_trials_over_both_heads() -> None:
+    import pathlib
+
+    import yaml
+
+    from tuneforge.finetune.search import apply_params, trial_params
+    from tuneforge.finetune.spec import parse_spec
+    from tuneforge.finetune.trainer_config import render_trainer_config
+    from tuneforge_trainer.config import parse_config
+
+    example = pathlib.Path(__file__).resolve().parents[2] / "examples" / "finetunejob-banking77-search.yaml"
+    raw = yaml.safe_load(example.read_text())["spec"]
+    assert failed_rules(raw) == []
+    spec = parse_spec(defaulted_spec(raw))
+    trials = trial_params(spec.search)
+    assert trials == [{"head": h, "maxSteps": n} for h in ("lm", "classifier") for n in (50, 100)]
+    for i, params in enumerate(trials):
+        cfg = parse_config(render_trainer_config(apply_params(spec, params), "demo", "banking77-search", "u", 1, trial=i))
+        assert (cfg.task.head, cfg.training.max_steps, cfg.eval.split) == (params["head"], params["maxSteps"], "validation")

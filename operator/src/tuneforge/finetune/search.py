@@ -175,7 +175,7 @@ def choose_winner(trials: Sequence[Obj]) -> dict[str, Any] | None:
 
 def search_pending(search: Obj | None) -> bool:
     """Trials are still running or to be started (the revision's training Job must wait)."""
-    return bool(search) and not search.get("winner") and search["done"] < search["total"]
+    return search is not None and not search.get("winner") and search["done"] < search["total"]
 
 
 def trials_to_start(search: Obj, parallelism: int) -> list[int]:

@@ -435,10 +435,10 @@ def derive_phase(spec: FineTuneJobSpec, observed: Observed, waited: float = 0.0,
                              f"the first: {_first_failure(search)}")
         trials = search.get("trials") or ()
         running = sum(1 for t in trials if t.get("phase") == "Running")
-        active = sum(1 for t in trials if t.get("phase") in ("Pending", "Running"))
+        started = sum(1 for t in trials if t.get("phase") in ("Pending", "Running"))
         return PhaseInfo(RUNNING if running or search["done"] else QUEUED, "Searching",
                          f"Search: {search['done']} of {search['total']} trials done ({search['failed']} failed), "
-                         f"{active} started; scored on validation rows only")
+                         f"{started} started; scored on validation rows only")
     if tjob is None:
         return PhaseInfo(PENDING, "DataValidated", "Creating the training Job" + (
             f" of the search's winner (trial {search['winner']['index']})" if search else ""))
