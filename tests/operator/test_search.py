@@ -269,6 +269,9 @@ def test_status_while_searching_then_training_the_winner() -> None:
     assert st["message"] == "Search: 1 of 4 trials done (0 failed), 1 started; scored on validation rows only"
     assert st["gpuSeconds"] == 600.0  # the trials' cost counts
     assert (_status(spec, _search(spec, [], []))["phase"]) == "Queued"
+    paused = _spec(search=SEARCH, suspend=True)
+    st = _status(paused, _search(paused, [_trial_job(0, complete=True)], [_ok_pod(0, 0.9)]))
+    assert (st["phase"], st["message"]) == ("Suspended", "spec.suspend is true: the search's trials are suspended (1 of 4 done)")
     jobs = [_trial_job(i, complete=True) for i in range(4)]
     done = _search(spec, jobs, [_ok_pod(i, 0.9) for i in range(4)])
     st = _status(spec, done)

@@ -433,6 +433,9 @@ def derive_phase(spec: FineTuneJobSpec, observed: Observed, waited: float = 0.0,
         if search["done"] == search["total"]:
             return PhaseInfo(FAILED, "SearchFailed", f"Every one of the {search['total']} search trials failed; "
                              f"the first: {_first_failure(search)}")
+        if spec.suspend:
+            return PhaseInfo(SUSPENDED, "Suspended", f"spec.suspend is true: the search's trials are suspended "
+                             f"({search['done']} of {search['total']} done)")
         trials = search.get("trials") or ()
         running = sum(1 for t in trials if t.get("phase") == "Running")
         started = sum(1 for t in trials if t.get("phase") in ("Pending", "Running"))
