@@ -14,7 +14,7 @@ import pytest
 from ftj_helpers import MINIMAL_SPEC, defaulted_spec
 from k8s_objects import finished, job, pod, summary
 from tuneforge.finetune.builders.configmap import build_config_map
-from tuneforge.finetune.builders.job import build_trainer_job, build_trial_job
+from tuneforge.finetune.builders.job import build_summary_job, build_trainer_job, build_trial_job
 from tuneforge.finetune.builders.names import Owner, trial_job_name, winner_config_map_name
 from tuneforge.finetune.plan import Action, plan
 from tuneforge.finetune.search import (
@@ -158,6 +158,10 @@ def test_a_trial_job_mounts_its_own_config_and_the_winner_job_the_winners() -> N
     assert pod_spec["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     cm = build_config_map(OWNER, spec, 2, "intent-trial-2-3", 3)
     assert cm["metadata"]["name"] == "intent-trial-2-3" and "trials/3" in cm["data"]["config.yaml"]
+    reader = build_summary_job(OWNER, spec, 2, s, trial=3)
+    assert reader["metadata"]["name"] == "intent-trial-2-3-summary"
+    assert reader["spec"]["template"]["spec"]["containers"][0]["command"][-1] == \
+        "/mnt/pvc/artifacts/runs/team-a/intent/uid-1/r2/trials/3"
     final = build_trainer_job(OWNER, spec, 2, s, 0, winner_config_map_name("intent", 2))
     assert final["metadata"]["name"] == "intent-train-2"
     assert final["spec"]["template"]["spec"]["volumes"][0]["configMap"]["name"] == "intent-config-2-winner"
@@ -242,9 +246,25 @@ def test_a_restart_recomputes_from_the_jobs_and_keeps_finished_results() -> None
     assert trials_to_start(after, 2) == [2, 3]
     # Without a status (a lost write), an existing finished Job is read again from its pod.
     assert _search(spec, [_trial_job(0, complete=True)], [_ok_pod(0, 0.9)])["trials"][0]["validationAccuracy"] == 0.9
-    # A finished trial whose pod and termination message are gone and that no status recorded fails (no score).
-    lost = _search(spec, [_trial_job(0, complete=True)], [])["trials"][0]
-    assert lost["phase"] == FAILED and "no validation score" in lost["message"]
+    # A finished trial whose pod is gone and that no status recorded: its summary.json is read by
+    # a reader Job (the plan creates it once), then scored as usual.
+    lost = _search(spec, [_trial_job(0, complete=True)], [])
+    assert lost["trials"][0] | {} == {"index": 0, "job": "intent-trial-1-0", "params": {"head": "lm", "learningRate": 5e-4},
+                                      "phase": RUNNING, "summaryJob": "intent-trial-1-0-summary",
+                                      "message": "The trial's pod is gone; reading its summary.json"}
+    jobs = [_trial_job(0, complete=True)]
+    assert _plan(spec, lost, jobs)[0] == Action("create_trial_summary_job", "intent-trial-1-0-summary", index=0)
+    reader = job("intent-trial-1-0-summary", complete=True)
+    msg = summary(accuracy=0.88, eval_loss=0.3, n_eval=80, steps=50, baselines=[], artifacts={})
+    read = _search(spec, [*jobs, reader], [pod("intent-trial-1-0-summary", phase="Succeeded", terminated=finished(0, msg))])
+    assert read["trials"][0]["phase"] == SUCCEEDED and read["trials"][0]["validationAccuracy"] == 0.88
+    assert Action("create_trial_summary_job", "intent-trial-1-0-summary", index=0) not in _plan(spec, lost, [*jobs, reader])
+    unreadable = _search(spec, [*jobs, job("intent-trial-1-0-summary", failed="BackoffLimitExceeded")],
+                         [pod("intent-trial-1-0-summary", phase="Failed", terminated=finished(1, "no such key"))])
+    assert unreadable["trials"][0]["phase"] == FAILED and "summary.json could not be read" in unreadable["trials"][0]["message"]
+    # A pod that exited 0 without a summary: failed, no score.
+    empty = _search(spec, jobs, [pod("intent-trial-1-0", phase="Succeeded", terminated=finished(0, None))])["trials"][0]
+    assert empty["phase"] == FAILED and "without a summary" in empty["message"]
     # A chosen winner sticks.
     done = {**before, "winner": {"index": 1, "job": "intent-trial-1-1", "params": {"head": "lm", "learningRate": 1e-3}}}
     assert _search(spec, [], [], prior=done)["winner"]["index"] == 1

@@ -10,7 +10,7 @@ import dataclasses
 from typing import Any, Literal, Mapping, Sequence
 
 from .builders.job import train_job_suspended
-from .search import search_pending, trials_to_start
+from .search import search_pending, summaries_to_read, trials_to_start
 from .spec import FineTuneJobSpec
 from .status import TERMINAL, job_finished
 
@@ -20,10 +20,10 @@ Obj = Mapping[str, Any]
 @dataclasses.dataclass(frozen=True)
 class Action:
     verb: Literal["create_config_map", "create_validate_job", "create_train_job", "create_summary_job",
-                  "create_trial", "set_suspend", "delete_job", "delete_service"]
+                  "create_trial", "create_trial_summary_job", "set_suspend", "delete_job", "delete_service"]
     name: str = ""
     value: bool | None = None
-    index: int | None = None  # create_trial: which trial of status.search
+    index: int | None = None  # create_trial(_summary_job): which trial of status.search
 
 
 def plan(
@@ -45,7 +45,8 @@ def plan(
     gang in ``train_job`` failed by a disruption and starts again as the next attempt;
     ``earlier_attempts``: this revision's training Jobs before ``train_job``; ``services``: the
     workers Service the last status named and the one the new status names; ``search``: the
-    freshly computed status.search of a revision with spec.search; ``trial_jobs``: its trials' Jobs)."""
+    freshly computed status.search of a revision with spec.search; ``trial_jobs``: its trials' Jobs
+    and their summary readers)."""
     actions: list[Action] = []
     # The workers Service of a revision that ended or was superseded: nobody resolves it any more.
     named, naming = services
@@ -74,12 +75,16 @@ def plan(
         # The training Job waits for the winner; trials start in index order, at most
         # spec.search.parallelism at a time.
         assert spec.search is not None
+        trials = search["trials"]
+        readers = {t.get("summaryJob") for t in trials}
         for job in trial_jobs:
-            if job_finished(job) is None:
+            if job_finished(job) is None and job["metadata"]["name"] not in readers:
                 actions += _suspend_actions(spec, job)
-        return actions + [Action("create_trial", trial["job"], index=int(trial["index"]))
-                          for i in trials_to_start(search, spec.search.parallelism)
-                          for trial in [search["trials"][i]]]
+        existing = {j["metadata"]["name"] for j in trial_jobs}
+        actions += [Action("create_trial_summary_job", trials[i]["summaryJob"], index=i)
+                    for i in summaries_to_read(search, existing)]
+        return actions + [Action("create_trial", trials[i]["job"], index=i)
+                          for i in trials_to_start(search, spec.search.parallelism)]
     if train_job is None or restart:
         return actions + [Action("create_train_job")]
     if read_summary:

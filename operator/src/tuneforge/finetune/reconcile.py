@@ -23,7 +23,8 @@ from . import LABEL_REVISION
 from .builders.configmap import build_config_map
 from .builders.job import build_summary_job, build_trainer_job, build_trial_job, build_validate_job, build_workers_service
 from .builders.names import (
-    Owner, config_map_name, summary_job_name, train_attempt, train_job_name, trial_job_name, validate_job_name,
+    Owner, config_map_name, summary_job_name, train_attempt, train_job_name, trial_job_name, trial_summary_job_name,
+    validate_job_name,
     winner_config_map_name, workers_service_name,
 )
 from .plan import Action, plan
@@ -204,7 +205,9 @@ async def _reconcile(ctx: Context, key: Key) -> float | None:
         pre = await preflight(ctx.kube, namespace, spec)
     # spec.search: every trial's state from its Job and pods, with the results the status
     # already holds (an operator restart re-runs no finished trial).
-    trial_names = {trial_job_name(name, rev, i) for i in range(len(trial_params(spec.search)))} if spec.search else set()
+    # (Their summary readers too: a trial whose pod was gone reads its summary.json.)
+    trial_names = {n for i in range(len(trial_params(spec.search)) if spec.search else 0)
+                   for n in (trial_job_name(name, rev, i), trial_summary_job_name(name, rev, i))}
     trial_jobs = [j for n, j in by_name.items() if n in trial_names]
     prior_search = prior.get("search") if not revision.is_new and prior.get("revision") == rev else None
     search = compute_search(spec, name, rev, prior_search, by_name,
@@ -301,6 +304,10 @@ async def _execute(ctx: Context, action: Action, owner: Owner, spec: FineTuneJob
         await ctx.kube.create(build_config_map(owner, trial, rev, action.name, action.index))
         if await ctx.kube.create(build_trial_job(owner, trial, rev, s, action.index)):
             log.info("Created search trial Job %s/%s", owner.namespace, action.name)
+    elif action.verb == "create_trial_summary_job":
+        assert action.index is not None
+        if await ctx.kube.create(build_summary_job(owner, spec, rev, s, trial=action.index)):
+            log.info("Created summary reader Job %s/%s", owner.namespace, action.name)
     elif action.verb == "create_train_job":
         attempt = int(status.get("restarts") or 0)
         config_map = None

@@ -13,7 +13,9 @@ adapter, evaluation, gate and serving are the winner's, exactly as without a sea
 
 State lives in the cluster, never in the operator's memory: ``compute_search`` derives every
 trial's phase from its Job and pods, keeping the result a finished trial already wrote to
-``status.search`` (so a Job or pod cleaned up later, or an operator restart, re-runs nothing).
+``status.search`` (so a Job or pod cleaned up later, or an operator restart, re-runs nothing);
+a trial whose Job completed after its pod was gone is read from its summary.json by a reader Job
+(``<trial job>-summary``), as the revision's own result is.
 Trials start in index order, so the trials created are always a prefix of the list and
 ``trials_to_start`` keeps at most ``parallelism`` running even when the Job index lags.
 """
@@ -26,7 +28,7 @@ import itertools
 import random
 from typing import Any, Mapping, Sequence
 
-from .builders.names import trial_job_name
+from .builders.names import trial_job_name, trial_summary_job_name
 from .results import parse_summary
 from .selection import Candidate, one_standard_error
 from .spec import FineTuneJobSpec, SearchSpec
@@ -80,11 +82,16 @@ def apply_params(spec: FineTuneJobSpec, params: Mapping[str, Any]) -> FineTuneJo
 
 
 def _trial(index: int, job_name: str, params: Mapping[str, Any], prior: Obj | None, job: Obj | None,
-           pods: Sequence[Obj], gpus: int, now: dt.datetime) -> dict[str, Any]:
-    """One trial's status entry from its Job and pods (a finished entry in ``prior`` sticks)."""
+           pods: Sequence[Obj], gpus: int, now: dt.datetime, reader_name: str = "", reader: Obj | None = None,
+           reader_pods: Sequence[Obj] = ()) -> dict[str, Any]:
+    """One trial's status entry from its Job and pods (a finished entry in ``prior`` sticks).
+    ``reader``: the Job reading the trial's summary.json, needed when the trial's Job completed
+    and its pod (with the termination message) is gone; the entry then names it (summaryJob)."""
     if prior is not None and prior.get("phase") in TRIAL_DONE:
         return dict(prior)
     entry: dict[str, Any] = {"index": index, "job": job_name, "params": dict(params)}
+    if prior is not None and prior.get("gpuSeconds") and not pods:
+        entry["gpuSeconds"] = prior["gpuSeconds"]  # measured while its pod was there
     # GPU-seconds of the search's cost: a CPU-only trial counts its run time as one device's.
     cost = gpu_seconds(pods, max(gpus, 1), now)
     if cost:
@@ -103,8 +110,17 @@ def _trial(index: int, job_name: str, params: Mapping[str, Any], prior: Obj | No
         detail = (summary.message if summary and summary.message else raw) or (
             (job_condition(job, "Failed") or {}).get("message") or "the trial's Job failed")
         return {**entry, "phase": FAILED, "message": _first_line(detail)}
+    if summary is None and pods:
+        return {**entry, "phase": FAILED, "message": "The trial's trainer exited 0 without a summary: no validation score"}
     if summary is None:
-        return {**entry, "phase": FAILED, "message": "The trial's pod and its termination message are gone: no validation score"}
+        # The pod is gone (PodGC, the operator down meanwhile): read the copy beside its artifacts.
+        entry["summaryJob"] = reader_name
+        rdone = job_finished(reader)
+        if reader is None or rdone is None or not results_seen(reader_pods, exit_zero=rdone == "Complete"):
+            return {**entry, "phase": RUNNING, "message": "The trial's pod is gone; reading its summary.json"}
+        summary = parse_summary(termination_message(reader_pods, want_exit_zero=True)) if rdone == "Complete" else None
+        if summary is None:
+            return {**entry, "phase": FAILED, "message": "The trial's pod is gone and its summary.json could not be read: no validation score"}
     if summary.status != "succeeded" or summary.accuracy is None:
         return {**entry, "phase": FAILED, "message": _first_line(summary.message or f"trainer status {summary.status}")}
     scored = {"validationAccuracy": summary.accuracy, "validationLoss": summary.eval_loss,
@@ -132,8 +148,9 @@ def compute_search(spec: FineTuneJobSpec, ftj: str, revision: int, prior: Obj | 
         by_job.setdefault(labels.get("batch.kubernetes.io/job-name") or labels.get("job-name") or "", []).append(pod)
     trials = []
     for i, params in enumerate(trial_params(search)):
-        name = trial_job_name(ftj, revision, i)
-        trials.append(_trial(i, name, params, before.get(i), jobs.get(name), by_job.get(name, []), spec.gpus, now))
+        name, reader = trial_job_name(ftj, revision, i), trial_summary_job_name(ftj, revision, i)
+        trials.append(_trial(i, name, params, before.get(i), jobs.get(name), by_job.get(name, []), spec.gpus, now,
+                             reader, jobs.get(reader), by_job.get(reader, [])))
     done = sum(1 for t in trials if t["phase"] in TRIAL_DONE)
     out: dict[str, Any] = {
         "strategy": search.strategy,
@@ -185,6 +202,12 @@ def trials_to_start(search: Obj, parallelism: int) -> list[int]:
     active = sum(1 for t in trials if t["phase"] in (PENDING, RUNNING))
     waiting = [int(t["index"]) for t in trials if t["phase"] == WAITING]
     return waiting[: max(0, parallelism - active)]
+
+
+def summaries_to_read(search: Obj, existing: set[str]) -> list[int]:
+    """Trials whose summary.json must be read by a reader Job that does not exist yet."""
+    return [int(t["index"]) for t in search.get("trials") or ()
+            if t["phase"] not in TRIAL_DONE and t.get("summaryJob") and t["summaryJob"] not in existing]
 
 
 def winner_spec(spec: FineTuneJobSpec, search: Obj | None) -> FineTuneJobSpec:

@@ -14,11 +14,11 @@ from ...settings import Settings
 from .. import KUEUE_QUEUE_LABEL
 from ..spec import FineTuneJobSpec, SecretKeyRef, config_map_sources, pvc_claims
 from ..trainer_config import (
-    CONFIG_DIR, CONFIG_MAP_ROOT, CONFIG_PATH, ENV_HF_TOKEN, ENV_OPENAI_KEY, PVC_ROOT, output_location,
+    CONFIG_DIR, CONFIG_MAP_ROOT, CONFIG_PATH, ENV_HF_TOKEN, ENV_OPENAI_KEY, PVC_ROOT, output_location, trial_location,
 )
 from .names import (
     ROLE_SUMMARY, ROLE_TRAIN, ROLE_TRIAL, ROLE_VALIDATE, Owner, child_labels, config_map_name, owner_references,
-    summary_job_name, train_job_name, trial_job_name, validate_job_name, workers_service_name,
+    summary_job_name, train_job_name, trial_job_name, trial_summary_job_name, validate_job_name, workers_service_name,
 )
 
 CONTAINER = "trainer"
@@ -438,9 +438,11 @@ with open(out, "w", encoding="utf-8") as f:
 """
 
 
-def build_summary_job(owner: Owner, spec: FineTuneJobSpec, revision: int, settings: Settings) -> dict[str, Any]:
+def build_summary_job(owner: Owner, spec: FineTuneJobSpec, revision: int, settings: Settings,
+                      trial: int | None = None) -> dict[str, Any]:
     """A seconds-long CPU Job that reads a finished run's summary.json from the output store,
-    for when the training pods (and their termination messages) are gone."""
+    for when the training pods (and their termination messages) are gone (``trial``: a search
+    trial's, from its own folder)."""
     labels = child_labels(owner, revision, ROLE_SUMMARY)
     # No ConfigMap sources: it reads no data, and one deleted since training would keep it waiting.
     volumes, mounts = _volumes(owner, spec, revision, with_shm=False, with_config_maps=False)
@@ -451,10 +453,13 @@ def build_summary_job(owner: Owner, spec: FineTuneJobSpec, revision: int, settin
     for m in mounts:
         if m["name"].startswith("pvc-"):
             m["readOnly"] = True
-    command = ["python3", "-c", SUMMARY_READER, output_location(spec, owner.namespace, owner.name, owner.uid, revision)]
+    where = (output_location(spec, owner.namespace, owner.name, owner.uid, revision) if trial is None
+             else trial_location(spec, owner.namespace, owner.name, owner.uid, revision, trial))
+    command = ["python3", "-c", SUMMARY_READER, where]
     env = [e for e in _env(spec) if e["name"] != ENV_OPENAI_KEY and e["name"] != ENV_HF_TOKEN]
     pod = _cpu_pod(labels, settings, command, env, volumes, mounts)
-    return _job(owner, summary_job_name(owner.name, revision), labels, {
+    name = summary_job_name(owner.name, revision) if trial is None else trial_summary_job_name(owner.name, revision, trial)
+    return _job(owner, name, labels, {
         "backoffLimit": 1,
         "activeDeadlineSeconds": 300,
         "template": pod,

@@ -66,6 +66,12 @@ def trial_job_name(ftj: str, revision: int, index: int) -> str:
     return f"{ftj}-trial-{revision}-{index}"
 
 
+def trial_summary_job_name(ftj: str, revision: int, index: int) -> str:
+    """The reader of a trial's summary.json (its pod was gone when its Job had finished).
+    40 + len("-trial-99999-31-summary") stays within 63."""
+    return f"{trial_job_name(ftj, revision, index)}-summary"
+
+
 def winner_config_map_name(ftj: str, revision: int) -> str:
     """The config of a searched revision's training Job: the winner's settings, known only once
     every trial has ended (the revision's own ConfigMap, made before, holds the spec as written)."""
