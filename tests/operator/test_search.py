@@ -325,3 +325,21 @@ def test_plan_starts_trials_in_order_then_the_winner_and_stops_trials_of_a_faile
     paused = _spec(search=SEARCH, suspend=True)
     actions = _plan(paused, _search(paused, [_trial_job(0)], []), [_trial_job(0)])
     assert actions[0] == Action("set_suspend", "intent-trial-1-0", True)
+
+
+def test_a_trial_without_its_pod_costs_its_jobs_run_time_and_an_unmeasured_one_is_never_cheapest() -> None:
+    spec = _spec(search={"space": {"maxSteps": [2, 8]}}, resources={"gpus": 2})
+    gone = _trial_job(1, complete=True)
+    gone["status"].update(startTime="2026-01-01T00:00:00Z", completionTime="2026-01-01T00:00:30Z")
+    msg = summary(accuracy=0.93, eval_loss=0.3, n_eval=40, steps=8, baselines=[], artifacts={})
+    reader = job("intent-trial-1-1-summary", complete=True)
+    s = _search(spec, [_trial_job(0, complete=True), gone, reader],
+                [_ok_pod(0, 0.90, ended="2026-01-01T00:01:00Z"),
+                 pod("intent-trial-1-1-summary", phase="Succeeded", terminated=finished(0, msg))])
+    assert [t.get("gpuSeconds") for t in s["trials"]] == [120.0, 60.0]  # 2 GPUs x 60 s; 2 GPUs x the Job's 30 s
+    assert s["winner"]["index"] == 1  # 0.93 is the best and (by the Job's times) the cheaper
+    # No pod and no Job times: nothing measured, so within one SE the measured trial wins.
+    unmeasured = [{"index": 0, "job": "a", "params": {}, "phase": SUCCEEDED, "validationAccuracy": 0.93, "validationRows": 40},
+                  {"index": 1, "job": "b", "params": {}, "phase": SUCCEEDED, "validationAccuracy": 0.92, "validationRows": 40,
+                   "gpuSeconds": 500.0}]
+    assert choose_winner(unmeasured)["index"] == 1

@@ -1,7 +1,8 @@
 """spec.search against the real local cluster: the apiserver's CEL on a search, and a search of
 three trials run by the stand-in trainer on the real node — one trial fails, the operator is
-killed (SIGKILL) mid-search and a second one resumes without running a finished trial again, the
-winner follows the one-standard-error rule and is trained again as the revision's Job."""
+killed (SIGKILL) mid-search and a second one resumes without running a finished trial again (the
+trial that completed meanwhile, its pod deleted, is read from its summary.json), the winner
+follows the one-standard-error rule and is trained again as the revision's Job."""
 
 from __future__ import annotations
 
@@ -51,13 +52,20 @@ def test_search_with_a_failed_trial_and_an_operator_restart(cluster: Cluster, na
                                evaluation={"baselines": [{"type": "tfidf-logreg"}], "gate": {"minAccuracy": 0.85}}),
                   namespace)
 
-    def one_done() -> bool:
+    def one_done_and_last_started() -> bool:
         first.check_alive()
-        return int((_status(cluster, namespace, "srch").get("search") or {}).get("done") or 0) >= 1
-    wait_for("a first trial ended", one_done, 180, 0.5, first.log)
+        done = int((_status(cluster, namespace, "srch").get("search") or {}).get("done") or 0)
+        return done >= 1 and any(j["metadata"]["name"] == "srch-trial-1-2" for j in cluster.list("jobs", namespace))
+    wait_for("a first trial ended and the last started", one_done_and_last_started, 180, 0.5, first.log)
     before = {j["metadata"]["name"]: j["metadata"]["uid"] for j in cluster.list("jobs", namespace)}
     finished = [t["job"] for t in _status(cluster, namespace, "srch")["search"]["trials"] if t["phase"] in ("Succeeded", "Failed")]
     first.kill(signal.SIGKILL)
+    # While no operator runs, the last trial completes and its pod goes (as PodGC would take it):
+    # its result must come from the summary.json it wrote beside its artifacts.
+    wait_for("the last trial completed", lambda: any(
+        c.get("type") == "Complete" and c.get("status") == "True"
+        for c in (cluster.get("job", "srch-trial-1-2", namespace).get("status") or {}).get("conditions") or ()), 120, 0.5)
+    cluster.kubectl("delete", "pods", "-n", namespace, "-l", "job-name=srch-trial-1-2", "--wait=true")
 
     second: OperatorProcess = run_operator(TUNEFORGE_TRAINER_IMAGE=standin_image)
 
@@ -81,7 +89,9 @@ def test_search_with_a_failed_trial_and_an_operator_restart(cluster: Cluster, na
     assert "split: validation" in trial_cfg and "max_steps: 8" in trial_cfg
     # No Job made twice: the finished trials' Jobs are the ones from before the restart.
     jobs = {j["metadata"]["name"]: j["metadata"]["uid"] for j in cluster.list("jobs", namespace)}
-    assert sorted(jobs) == ["srch-train-1", "srch-trial-1-0", "srch-trial-1-1", "srch-trial-1-2", "srch-validate-1"]
+    assert sorted(jobs) == ["srch-train-1", "srch-trial-1-0", "srch-trial-1-1", "srch-trial-1-2",
+                            "srch-trial-1-2-summary", "srch-validate-1"]
+    assert search["trials"][2]["summaryJob"] == "srch-trial-1-2-summary"
     assert all(jobs[n] == before[n] for n in finished), (finished, before, jobs)
     row = cluster.kubectl("get", "ftj", "srch", "-n", namespace, "--no-headers").stdout.split()
     assert row[1:6] == ["Succeeded", "0.9", "Passed", "100%", "3/3"], row

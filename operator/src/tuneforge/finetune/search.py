@@ -32,7 +32,7 @@ from .builders.names import trial_job_name, trial_summary_job_name
 from .results import parse_summary
 from .selection import Candidate, one_standard_error
 from .spec import FineTuneJobSpec, SearchSpec
-from .status import gpu_seconds, job_condition, job_finished, results_seen, termination_message
+from .status import gpu_seconds, job_condition, job_finished, parse_time, results_seen, termination_message
 
 Obj = Mapping[str, Any]
 
@@ -93,9 +93,11 @@ def _trial(index: int, job_name: str, params: Mapping[str, Any], prior: Obj | No
     if prior is not None and prior.get("gpuSeconds") and not pods:
         entry["gpuSeconds"] = prior["gpuSeconds"]  # measured while its pod was there
     # GPU-seconds of the search's cost: a CPU-only trial counts its run time as one device's.
-    cost = gpu_seconds(pods, max(gpus, 1), now)
+    # Without its pod (gone before the operator saw it end), the Job's own start and completion
+    # times bound it (they include the pod's start-up).
+    cost = gpu_seconds(pods, max(gpus, 1), now) or _job_seconds(job) * max(gpus, 1)
     if cost:
-        entry["gpuSeconds"] = cost
+        entry["gpuSeconds"] = round(cost, 1)
     if job is None:
         return {**entry, "phase": WAITING}
     done = job_finished(job)
@@ -126,6 +128,12 @@ def _trial(index: int, job_name: str, params: Mapping[str, Any], prior: Obj | No
     scored = {"validationAccuracy": summary.accuracy, "validationLoss": summary.eval_loss,
               "validationRows": summary.n_eval, "steps": summary.steps}
     return {**entry, "phase": SUCCEEDED, **{k: v for k, v in scored.items() if v is not None}}
+
+
+def _job_seconds(job: Obj | None) -> float:
+    st = (job or {}).get("status") or {}
+    start, end = parse_time(st.get("startTime")), parse_time(st.get("completionTime"))
+    return max(0.0, (end - start).total_seconds()) if start and end else 0.0
 
 
 def _first_line(text: str, limit: int = 500) -> str:
@@ -169,8 +177,9 @@ def compute_search(spec: FineTuneJobSpec, ftj: str, revision: int, prior: Obj | 
 def choose_winner(trials: Sequence[Obj]) -> dict[str, Any] | None:
     """The one-standard-error choice among the trials that were scored (None: none was)."""
     candidates = [
+        # A trial whose cost was never measured is never the cheap one.
         Candidate(key=int(t["index"]), accuracy=float(t["validationAccuracy"]), rows=int(t.get("validationRows") or 0),
-                  cost=(float(t.get("gpuSeconds") or 0.0),), loss=t.get("validationLoss"))
+                  cost=(float(t.get("gpuSeconds") or float("inf")),), loss=t.get("validationLoss"))
         for t in trials if t.get("phase") == SUCCEEDED and t.get("validationAccuracy") is not None
     ]
     choice = one_standard_error(candidates)

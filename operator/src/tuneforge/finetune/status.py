@@ -81,7 +81,7 @@ def now_iso(now: dt.datetime) -> str:
     return now.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _parse_time(value: str | None) -> dt.datetime | None:
+def parse_time(value: str | None) -> dt.datetime | None:
     if not value:
         return None
     return dt.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
@@ -539,10 +539,10 @@ def gpu_seconds(pods: Sequence[Obj], gpus: int, now: dt.datetime) -> float:
     for pod in pods:
         state = (_container_status(pod) or {}).get("state") or {}
         run = state.get("running") or state.get("terminated") or {}
-        start = _parse_time(run.get("startedAt"))
+        start = parse_time(run.get("startedAt"))
         if start is None:
             continue
-        end = _parse_time((state.get("terminated") or {}).get("finishedAt")) or now
+        end = parse_time((state.get("terminated") or {}).get("finishedAt")) or now
         total += max(0.0, (end - start).total_seconds()) * gpus
     return round(total, 1)
 
@@ -742,7 +742,7 @@ def _waited(prior: Obj, now: dt.datetime) -> float:
     """Seconds the revision has been missing a dependency (DependenciesFound False since)."""
     for c in prior.get("conditions") or ():
         if c.get("type") == "DependenciesFound" and c.get("status") == "False":
-            since = _parse_time(c.get("lastTransitionTime"))
+            since = parse_time(c.get("lastTransitionTime"))
             return max(0.0, (now - since).total_seconds()) if since else 0.0
     return 0.0
 
