@@ -24,8 +24,7 @@ from .builders.configmap import build_config_map
 from .builders.job import build_summary_job, build_trainer_job, build_trial_job, build_validate_job, build_workers_service
 from .builders.names import (
     Owner, config_map_name, summary_job_name, train_attempt, train_job_name, trial_job_name, trial_summary_job_name,
-    validate_job_name,
-    winner_config_map_name, workers_service_name,
+    validate_job_name, winner_config_map_name, workers_service_name,
 )
 from .plan import Action, plan
 from .search import apply_params, compute_search, trial_params, winner_spec
@@ -203,9 +202,8 @@ async def _reconcile(ctx: Context, key: Key) -> float | None:
     pre = None
     if vjob is None and not sticky:
         pre = await preflight(ctx.kube, namespace, spec)
-    # spec.search: every trial's state from its Job and pods, with the results the status
-    # already holds (an operator restart re-runs no finished trial).
-    # (Their summary readers too: a trial whose pod was gone reads its summary.json.)
+    # spec.search: every trial's state from its Job and pods (and its summary reader's, when its
+    # pod was gone), with the results the status already holds: a restart re-runs no finished trial.
     trial_names = {n for i in range(len(trial_params(spec.search)) if spec.search else 0)
                    for n in (trial_job_name(name, rev, i), trial_summary_job_name(name, rev, i))}
     trial_jobs = [j for n, j in by_name.items() if n in trial_names]
