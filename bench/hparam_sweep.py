@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import tempfile
 import time
@@ -28,6 +27,9 @@ from pathlib import Path
 import yaml
 
 from banking77_common import BANKING77, ROOT, model_folder  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "operator" / "src"))
+from tuneforge.finetune.selection import Candidate, one_standard_error  # noqa: E402
 
 EXAMPLE = ROOT / "examples" / "finetunejob-banking77.yaml"
 
@@ -92,12 +94,14 @@ def validation_accuracy(model: Path, cfg: object, adapter: Path) -> float:
 
 
 def choose(results: list[dict]) -> dict:
-    """The one-standard-error rule over validation accuracy, cheapest first (see the module doc)."""
-    top = max(results, key=lambda r: r["validation_accuracy"])
-    n = max(top["n_validation"], 1)
-    se = math.sqrt(top["validation_accuracy"] * (1 - top["validation_accuracy"]) / n)
-    close = [r for r in results if r["validation_accuracy"] >= top["validation_accuracy"] - se]
-    return min(close, key=lambda r: (r["steps"], -r["validation_accuracy"], r["validation_loss"]))
+    """The one-standard-error rule over validation accuracy, cheapest (fewest steps) first: the
+    rule FineTuneJob's spec.search applies (``tuneforge.finetune.selection``)."""
+    choice = one_standard_error([
+        Candidate(i, r["validation_accuracy"], r["n_validation"], (r["steps"],), r["validation_loss"])
+        for i, r in enumerate(results)
+    ])
+    assert choice is not None, "no results"
+    return results[choice.key]
 
 
 def main() -> int:

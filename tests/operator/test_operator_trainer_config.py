@@ -267,6 +267,17 @@ OPERATOR_ONLY: dict[str, str] = {
     "s3.accessKeyIdSecretRef.key": "env AWS_ACCESS_KEY_ID (secretKeyRef)",
     "s3.secretAccessKeySecretRef.name": "env AWS_SECRET_ACCESS_KEY (secretKeyRef)",
     "s3.secretAccessKeySecretRef.key": "env AWS_SECRET_ACCESS_KEY (secretKeyRef)",
+    # spec.search: the operator's trials (search.py); each trial's config is this renderer's
+    # output for the spec with the trial's settings applied (tests/operator/test_search.py).
+    "search.strategy": "the operator's search (which trials)",
+    "search.maxTrials": "the operator's search (how many trials)",
+    "search.parallelism": "the operator's search (trials at once)",
+    "search.seed": "the operator's search (strategy random's draw)",
+    "search.space.head": "task.head of a trial's config",
+    "search.space.learningRate": "training.learning_rate of a trial's config",
+    "search.space.maxSteps": "training.max_steps of a trial's config",
+    "search.space.epochs": "training.epochs of a trial's config",
+    "search.space.loraRank": "lora.r of a trial's config",
 }
 
 # Mapped leaves whose unset value is not the trainer's default, on purpose.

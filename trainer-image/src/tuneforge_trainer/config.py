@@ -490,6 +490,15 @@ class EvalConfig(_Strict):
     """Held-out evaluation of the trained adapter."""
 
     enabled: bool = Field(default=True, description="Evaluate on the held-out rows after training.")
+    split: Literal["test", "validation"] = Field(
+        default="test",
+        description=(
+            "Which held-out rows are scored after training: test (the test rows, reported and "
+            "gated) or validation (the validation rows split off the training data, as a search "
+            "trial is scored to choose its settings; the test rows are then never scored, and "
+            "baselines score the same validation rows)."
+        ),
+    )
     method: Literal["auto", "loglik", "generate"] = Field(
         default="auto",
         description=(
@@ -694,7 +703,12 @@ class TrainerConfig(_Strict):
                 raise ValueError("eval.method 'loglik' needs task.type: classification")
             if self.eval.baselines.tfidf_lr and "tfidf_lr" in self.eval.baselines.model_fields_set:
                 raise ValueError("eval.baselines.tfidf_lr needs task.type: classification")
-        if self.dataset.eval_source is None and self.data.eval_fraction == 0 and self.eval.enabled:
+        if self.eval.split == "validation" and self.eval.enabled and self.data.validation_fraction == 0:
+            raise ValueError(
+                "eval.split 'validation' scores the validation rows and data.validation_fraction is 0"
+            )
+        if (self.dataset.eval_source is None and self.data.eval_fraction == 0 and self.eval.enabled
+                and self.eval.split == "test"):
             raise ValueError(
                 "data.eval_fraction is 0 and dataset.eval_source is unset: evaluation has no rows "
                 "(set one, or eval.enabled: false)"

@@ -443,7 +443,9 @@ def _sample(rows: list[Example], k: int | None, seed: int) -> list[Example]:
 
 
 def _eval_rows(cfg: TrainerConfig, data: PreparedData) -> list[Example]:
-    return _sample(data.eval, cfg.eval.max_rows, cfg.data.seed)
+    """The rows scored after training: the test rows, or the validation rows (eval.split)."""
+    pool = data.validation if cfg.eval.split == "validation" else data.eval
+    return _sample(pool, cfg.eval.max_rows, cfg.data.seed)
 
 
 def cpu_threads(env: Mapping[str, str] = os.environ, cpus: int | None = None) -> int:
@@ -575,7 +577,7 @@ def train_main(cfg: TrainerConfig) -> int:
         return EXIT_PREEMPTED
     preempt.restore()
 
-    test_rows = _eval_rows(cfg, data) if cfg.eval.enabled and data.eval else []
+    test_rows = _eval_rows(cfg, data) if cfg.eval.enabled else []
     if test_rows:
         # From here on the run evaluates: the final validation loss, then the test rows and baselines.
         progress.emit("eval_start", rows=len(test_rows))

@@ -10,6 +10,7 @@ import dataclasses
 from typing import Any, Literal, Mapping, Sequence
 
 from .builders.job import train_job_suspended
+from .search import search_pending, summaries_to_read, trials_to_start
 from .spec import FineTuneJobSpec
 from .status import TERMINAL, job_finished
 
@@ -19,9 +20,10 @@ Obj = Mapping[str, Any]
 @dataclasses.dataclass(frozen=True)
 class Action:
     verb: Literal["create_config_map", "create_validate_job", "create_train_job", "create_summary_job",
-                  "set_suspend", "delete_job", "delete_service"]
+                  "create_trial", "create_trial_summary_job", "set_suspend", "delete_job", "delete_service"]
     name: str = ""
     value: bool | None = None
+    index: int | None = None  # create_trial(_summary_job): which trial of status.search
 
 
 def plan(
@@ -35,12 +37,16 @@ def plan(
     restart: bool = False,
     earlier_attempts: Sequence[Obj] = (),
     services: tuple[str | None, str | None] = (None, None),
+    search: Obj | None = None,
+    trial_jobs: Sequence[Obj] = (),
 ) -> list[Action]:
     """The next actions for the current revision (``phase`` is the freshly computed one;
     ``read_summary``: the training result must be read from the output store; ``restart``: the
     gang in ``train_job`` failed by a disruption and starts again as the next attempt;
     ``earlier_attempts``: this revision's training Jobs before ``train_job``; ``services``: the
-    workers Service the last status named and the one the new status names)."""
+    workers Service the last status named and the one the new status names; ``search``: the
+    freshly computed status.search of a revision with spec.search; ``trial_jobs``: its trials' Jobs
+    and their summary readers)."""
     actions: list[Action] = []
     # The workers Service of a revision that ended or was superseded: nobody resolves it any more.
     named, naming = services
@@ -57,7 +63,7 @@ def plan(
             actions.append(Action("delete_job", job["metadata"]["name"]))
     if phase in TERMINAL or preflight_failed:
         # A failed revision releases what it still holds (e.g. a pod stuck on a missing Secret).
-        for maybe in (validate_job, train_job):
+        for maybe in (validate_job, train_job, *trial_jobs):
             if maybe is not None and job_finished(maybe) is None:
                 actions.append(Action("delete_job", maybe["metadata"]["name"]))
         return actions
@@ -65,16 +71,36 @@ def plan(
         return actions + [Action("create_config_map"), Action("create_validate_job")]
     if job_finished(validate_job) != "Complete":
         return actions
+    if train_job is None and search is not None and search_pending(search):
+        # The training Job waits for the winner; trials start in index order, at most
+        # spec.search.parallelism at a time.
+        assert spec.search is not None
+        trials = search["trials"]
+        readers = {t.get("summaryJob") for t in trials}
+        for job in trial_jobs:
+            if job_finished(job) is None and job["metadata"]["name"] not in readers:
+                actions += _suspend_actions(spec, job)
+        existing = {j["metadata"]["name"] for j in trial_jobs}
+        actions += [Action("create_trial_summary_job", trials[i]["summaryJob"], index=i)
+                    for i in summaries_to_read(search, existing)]
+        return actions + [Action("create_trial", trials[i]["job"], index=i)
+                          for i in trials_to_start(search, spec.search.parallelism)]
     if train_job is None or restart:
         return actions + [Action("create_train_job")]
     if read_summary:
         return actions + [Action("create_summary_job")]
     if job_finished(train_job) is None:
-        suspended = bool((train_job.get("spec") or {}).get("suspend"))
-        if spec.queue_name:
-            # Kueue owns unsuspension; the user can still pause a queued or running Job.
-            if spec.suspend and not suspended:
-                actions.append(Action("set_suspend", train_job["metadata"]["name"], True))
-        elif suspended != train_job_suspended(spec):
-            actions.append(Action("set_suspend", train_job["metadata"]["name"], train_job_suspended(spec)))
+        actions += _suspend_actions(spec, train_job)
     return actions
+
+
+def _suspend_actions(spec: FineTuneJobSpec, job: Obj) -> list[Action]:
+    """Keep a running Job's spec.suspend in line with the FineTuneJob's."""
+    suspended = bool((job.get("spec") or {}).get("suspend"))
+    if spec.queue_name:
+        # Kueue owns unsuspension; the user can still pause a queued or running Job.
+        if spec.suspend and not suspended:
+            return [Action("set_suspend", job["metadata"]["name"], True)]
+    elif suspended != train_job_suspended(spec):
+        return [Action("set_suspend", job["metadata"]["name"], train_job_suspended(spec))]
+    return []

@@ -21,11 +21,13 @@ from ..kube import ForeignChild, Kube
 from ..settings import Settings
 from . import LABEL_REVISION
 from .builders.configmap import build_config_map
-from .builders.job import build_summary_job, build_trainer_job, build_validate_job, build_workers_service
+from .builders.job import build_summary_job, build_trainer_job, build_trial_job, build_validate_job, build_workers_service
 from .builders.names import (
-    Owner, config_map_name, summary_job_name, train_attempt, train_job_name, validate_job_name, workers_service_name,
+    Owner, config_map_name, summary_job_name, train_attempt, train_job_name, trial_job_name, trial_summary_job_name,
+    validate_job_name, winner_config_map_name, workers_service_name,
 )
 from .plan import Action, plan
+from .search import apply_params, compute_search, trial_params, winner_spec
 from .progress import Progress
 from ..endpoint_secrets import refusal
 from .spec import FineTuneJobSpec, config_map_sources, endpoint_secrets, parse_spec, pvc_claims, spec_hash
@@ -195,16 +197,24 @@ async def _reconcile(ctx: Context, key: Key) -> float | None:
     tpods = [p for p in pods if _pod_job(p) == train_job_name(name, rev, attempt)]
     spods = [p for p in pods if _pod_job(p) == summary_job_name(name, rev)]
 
+    now = dt.datetime.now(dt.timezone.utc)
     sticky = not revision.is_new and prior.get("phase") in TERMINAL
     pre = None
     if vjob is None and not sticky:
         pre = await preflight(ctx.kube, namespace, spec)
-    observed = Observed(vjob, vpods, tjob, tpods, ctx.progress.get((owner.uid, rev)), pre, sjob, spods, attempt)
+    # spec.search: every trial's state from its Job and pods (and its summary reader's, when its
+    # pod was gone), with the results the status already holds: a restart re-runs no finished trial.
+    trial_names = {n for i in range(len(trial_params(spec.search)) if spec.search else 0)
+                   for n in (trial_job_name(name, rev, i), trial_summary_job_name(name, rev, i))}
+    trial_jobs = [j for n, j in by_name.items() if n in trial_names]
+    prior_search = prior.get("search") if not revision.is_new and prior.get("revision") == rev else None
+    search = compute_search(spec, name, rev, prior_search, by_name,
+                            [p for p in pods if _pod_job(p) in trial_names], now)
+    observed = Observed(vjob, vpods, tjob, tpods, ctx.progress.get((owner.uid, rev)), pre, sjob, spods, attempt, search)
     children = {"configMap": config_map_name(name, rev), "validateJob": validate_job_name(name, rev),
                 "trainJob": train_job_name(name, rev, attempt)}
     if spec.nodes > 1:
         children["workersService"] = workers_service_name(name, rev)
-    now = dt.datetime.now(dt.timezone.utc)
     status = compute_status(spec, generation, prior, revision, observed, now, children,
                             artifact_uri(spec, namespace, name, owner.uid, rev), ctx.settings.dependency_wait_seconds,
                             summary_job_name(name, rev))
@@ -213,7 +223,8 @@ async def _reconcile(ctx: Context, key: Key) -> float | None:
     read_summary = status.get("reason") == READING_SUMMARY and sjob is None
     restart = int(status.get("restarts") or 0) > attempt
     services = ((prior.get("children") or {}).get("workersService"), status["children"].get("workersService"))
-    actions = plan(spec, status["phase"], vjob, tjob, stale, pre is not None, read_summary, restart, earlier, services)
+    actions = plan(spec, status["phase"], vjob, tjob, stale, pre is not None, read_summary, restart, earlier, services,
+                   status.get("search"), trial_jobs)
     conflict: ForeignChild | None = None
     try:
         for action in actions:
@@ -225,7 +236,7 @@ async def _reconcile(ctx: Context, key: Key) -> float | None:
 
     # "Pending: creating a Job" lasts until the Job's own event arrives a moment later; writing
     # it would cost a status patch and an Event per FineTuneJob for a state nobody sees.
-    creating = any(a.verb in ("create_validate_job", "create_train_job") for a in actions)
+    creating = any(a.verb in ("create_validate_job", "create_train_job", "create_trial") for a in actions)
     transient = creating and status["phase"] == PENDING and bool(prior.get("phase")) and prior.get("revision") == rev
     if conflict is not None:
         transient = False
@@ -284,12 +295,29 @@ async def _execute(ctx: Context, action: Action, owner: Owner, spec: FineTuneJob
     elif action.verb == "create_validate_job":
         if await ctx.kube.create(build_validate_job(owner, spec, rev, s)):
             log.info("Created validation Job %s/%s", owner.namespace, validate_job_name(owner.name, rev))
+    elif action.verb == "create_trial":
+        assert spec.search is not None and action.index is not None
+        trial = apply_params(spec, status["search"]["trials"][action.index]["params"])
+        # The config first: the pod mounts it.
+        await ctx.kube.create(build_config_map(owner, trial, rev, action.name, action.index))
+        if await ctx.kube.create(build_trial_job(owner, trial, rev, s, action.index)):
+            log.info("Created search trial Job %s/%s", owner.namespace, action.name)
+    elif action.verb == "create_trial_summary_job":
+        assert action.index is not None
+        if await ctx.kube.create(build_summary_job(owner, spec, rev, s, trial=action.index)):
+            log.info("Created summary reader Job %s/%s", owner.namespace, action.name)
     elif action.verb == "create_train_job":
         attempt = int(status.get("restarts") or 0)
+        config_map = None
+        if spec.search is not None:
+            # The winner's settings, trained again and scored once on the test rows.
+            spec = winner_spec(spec, status.get("search"))
+            config_map = winner_config_map_name(owner.name, rev)
+            await ctx.kube.create(build_config_map(owner, spec, rev, config_map))
         if spec.nodes > 1:
             # Before the Job: pod 0's DNS name must resolve when the workers start.
             await ctx.kube.create(build_workers_service(owner, spec, rev))
-        if await ctx.kube.create(build_trainer_job(owner, spec, rev, s, attempt)):
+        if await ctx.kube.create(build_trainer_job(owner, spec, rev, s, attempt, config_map)):
             log.info("Created training Job %s/%s", owner.namespace, train_job_name(owner.name, rev, attempt))
             started = status.get("startTime")
             if started:

@@ -68,6 +68,37 @@ class Toleration:
 
 
 @dataclasses.dataclass(frozen=True)
+class SearchSpec:
+    """spec.search: the values each dimension of the trial grid takes (None: the spec's own)."""
+
+    strategy: str = "grid"
+    max_trials: int = 8
+    parallelism: int = 1
+    seed: int = 0
+    heads: tuple[str, ...] | None = None
+    learning_rates: tuple[float, ...] | None = None
+    max_steps: tuple[int, ...] | None = None
+    epochs: tuple[float, ...] | None = None
+    lora_ranks: tuple[int, ...] | None = None
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, Any] | None) -> "SearchSpec | None":
+        if raw is None:
+            return None
+        space = raw.get("space") or {}
+
+        def values(key: str, kind: type) -> tuple[Any, ...] | None:
+            return None if key not in space else tuple(kind(v) for v in space[key])
+
+        return cls(
+            strategy=raw.get("strategy", "grid"), max_trials=int(raw.get("maxTrials", 8)),
+            parallelism=int(raw.get("parallelism", 1)), seed=int(raw.get("seed", 0)),
+            heads=values("head", str), learning_rates=values("learningRate", float),
+            max_steps=values("maxSteps", int), epochs=values("epochs", float), lora_ranks=values("loraRank", int),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
 class FineTuneJobSpec:
     """The whole spec, flattened where that reads better."""
 
@@ -129,6 +160,7 @@ class FineTuneJobSpec:
     hub_cache_uri: str | None
     hub_offline: bool | None
     suspend: bool
+    search: SearchSpec | None = None
 
     @property
     def procs_per_node(self) -> int:
@@ -231,6 +263,7 @@ def parse_spec(spec: Mapping[str, Any]) -> FineTuneJobSpec:
         hub_cache_uri=hub.get("cacheUri"),
         hub_offline=hub.get("offline"),
         suspend=bool(spec.get("suspend", False)),
+        search=SearchSpec.parse(spec.get("search")),
     )
 
 

@@ -61,6 +61,8 @@ class Observed:
     summary_pods: Sequence[Obj] = ()
     # Times the gang (nodes > 1) was restarted: ``train_job`` is this attempt's Job.
     restarts: int = 0
+    # status.search of a revision with spec.search (``search.compute_search``), else None.
+    search: Mapping[str, Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +81,7 @@ def now_iso(now: dt.datetime) -> str:
     return now.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _parse_time(value: str | None) -> dt.datetime | None:
+def parse_time(value: str | None) -> dt.datetime | None:
     if not value:
         return None
     return dt.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
@@ -368,6 +370,13 @@ def _saved_summary(observed: Observed) -> Summary | PhaseInfo:
     return summary
 
 
+def _first_failure(search: Mapping[str, Any]) -> str:
+    for t in search.get("trials") or ():
+        if t.get("phase") == "Failed":
+            return f"trial {t.get('index')} ({t.get('job')}): {t.get('message') or 'failed'}"
+    return "no trial was scored"
+
+
 def _config_error(spec: FineTuneJobSpec, phase: str, waiting: Obj, waited: float, wait_limit: float) -> PhaseInfo:
     """A pod the kubelet cannot start: a missing Secret (CreateContainerConfigError) may yet
     appear and the kubelet retries it by itself; a bad image name never will."""
@@ -419,8 +428,23 @@ def derive_phase(spec: FineTuneJobSpec, observed: Observed, waited: float = 0.0,
         return PhaseInfo(VALIDATING, "ValidatingData", "Checking the data on a CPU before a GPU is requested")
 
     tjob = observed.train_job
+    search = observed.search
+    if tjob is None and search is not None and not search.get("winner"):
+        if search["done"] == search["total"]:
+            return PhaseInfo(FAILED, "SearchFailed", f"Every one of the {search['total']} search trials failed; "
+                             f"the first: {_first_failure(search)}")
+        if spec.suspend:
+            return PhaseInfo(SUSPENDED, "Suspended", f"spec.suspend is true: the search's trials are suspended "
+                             f"({search['done']} of {search['total']} done)")
+        trials = search.get("trials") or ()
+        running = sum(1 for t in trials if t.get("phase") == "Running")
+        started = sum(1 for t in trials if t.get("phase") in ("Pending", "Running"))
+        return PhaseInfo(RUNNING if running or search["done"] else QUEUED, "Searching",
+                         f"Search: {search['done']} of {search['total']} trials done ({search['failed']} failed), "
+                         f"{started} started; scored on validation rows only")
     if tjob is None:
-        return PhaseInfo(PENDING, "DataValidated", "Creating the training Job")
+        return PhaseInfo(PENDING, "DataValidated", "Creating the training Job" + (
+            f" of the search's winner (trial {search['winner']['index']})" if search else ""))
     tdone = job_finished(tjob)
     # Rank 0 alone writes the result (a one-pod Job's pod is rank 0).
     rank0 = [p for p in observed.train_pods if pod_rank(p) == 0]
@@ -515,10 +539,10 @@ def gpu_seconds(pods: Sequence[Obj], gpus: int, now: dt.datetime) -> float:
     for pod in pods:
         state = (_container_status(pod) or {}).get("state") or {}
         run = state.get("running") or state.get("terminated") or {}
-        start = _parse_time(run.get("startedAt"))
+        start = parse_time(run.get("startedAt"))
         if start is None:
             continue
-        end = _parse_time((state.get("terminated") or {}).get("finishedAt")) or now
+        end = parse_time((state.get("terminated") or {}).get("finishedAt")) or now
         total += max(0.0, (end - start).total_seconds()) * gpus
     return round(total, 1)
 
@@ -663,7 +687,9 @@ def compute_status(
         "conditions": _conditions(info, observed, base.get("conditions") or (), generation, stamp),
         "children": _children(children, summary_job, observed, info),
         "artifacts": {"output": artifact_uri},
-        "gpuSeconds": gpu_seconds(observed.train_pods, spec.gpus, now),
+        # A searched revision's cost includes its trials'.
+        "gpuSeconds": round(gpu_seconds(observed.train_pods, spec.gpus, now) + sum(
+            float(t.get("gpuSeconds") or 0.0) for t in (observed.search or {}).get("trials") or ()), 1),
         "worldSize": spec.world_size,
         "gate": {"outcome": "Pending", "reasons": []},
     }
@@ -675,6 +701,8 @@ def compute_status(
         status["restarts"] = observed.restarts + int(info.restart)
     if progress_out:
         status["progress"] = progress_out
+    if observed.search is not None:
+        status["search"] = dict(observed.search)
     summary = info.summary
     if summary is not None:
         ev = _evaluation(summary)
@@ -714,7 +742,7 @@ def _waited(prior: Obj, now: dt.datetime) -> float:
     """Seconds the revision has been missing a dependency (DependenciesFound False since)."""
     for c in prior.get("conditions") or ():
         if c.get("type") == "DependenciesFound" and c.get("status") == "False":
-            since = _parse_time(c.get("lastTransitionTime"))
+            since = parse_time(c.get("lastTransitionTime"))
             return max(0.0, (now - since).total_seconds()) if since else 0.0
     return 0.0
 

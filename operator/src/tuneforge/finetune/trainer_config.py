@@ -111,8 +111,18 @@ _TRAINING = {
 }
 
 
-def render_trainer_config(spec: FineTuneJobSpec, namespace: str, name: str, uid: str, revision: int) -> dict[str, Any]:
-    """The trainer config for one revision of a FineTuneJob."""
+def trial_location(spec: FineTuneJobSpec, namespace: str, name: str, uid: str, revision: int, trial: int) -> str:
+    """Where a search trial's artifacts and checkpoints go (as the trainer sees it): beside the
+    revision's own, under ``trials/<index>``, so no trial resumes or overwrites another's."""
+    return f"{output_location(spec, namespace, name, uid, revision)}/trials/{trial}"
+
+
+def render_trainer_config(spec: FineTuneJobSpec, namespace: str, name: str, uid: str, revision: int,
+                          trial: int | None = None) -> dict[str, Any]:
+    """The trainer config for one revision of a FineTuneJob, or for one trial of its search
+    (``trial``; ``spec`` then has the trial's settings applied, ``search.apply_params``): a trial
+    is scored on the validation rows only (``eval.split: validation``), without baselines, and
+    writes under its own folder."""
     t = spec.training
     training = _drop_none({ours: t.get(theirs) for theirs, ours in _TRAINING.items()})
     config: dict[str, Any] = {
@@ -181,4 +191,9 @@ def render_trainer_config(spec: FineTuneJobSpec, namespace: str, name: str, uid:
             "offline": spec.hub_offline,
         }),
     }
+    if trial is not None:
+        config["run_name"] = f"{namespace}/{name}/r{revision}/trial-{trial}"
+        config["eval"].update(split="validation", baselines={"zero_shot": False, "few_shot": 0, "tfidf_lr": False})
+        config["output"].update(dir=trial_location(spec, namespace, name, uid, revision, trial),
+                                run_id=f"{uid}/r{revision}/trial-{trial}", merge=False)
     return config

@@ -11,14 +11,17 @@ from ..trainer_config import CONFIG_FILE, render_trainer_config
 from .names import Owner, child_labels, config_map_name, owner_references
 
 
-def build_config_map(owner: Owner, spec: FineTuneJobSpec, revision: int) -> dict[str, Any]:
-    """An immutable ConfigMap: a revision's config never changes, a spec edit makes a new one."""
-    config = render_trainer_config(spec, owner.namespace, owner.name, owner.uid, revision)
+def build_config_map(owner: Owner, spec: FineTuneJobSpec, revision: int, name: str | None = None,
+                     trial: int | None = None) -> dict[str, Any]:
+    """An immutable ConfigMap: a revision's config never changes, a spec edit makes a new one.
+    ``name``/``trial``: a search trial's config (``trial_job_name``) or the winner's
+    (``winner_config_map_name``), ``spec`` then carrying those settings."""
+    config = render_trainer_config(spec, owner.namespace, owner.name, owner.uid, revision, trial)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {
-            "name": config_map_name(owner.name, revision),
+            "name": name or config_map_name(owner.name, revision),
             "namespace": owner.namespace,
             "labels": child_labels(owner, revision),
             "ownerReferences": owner_references(owner),

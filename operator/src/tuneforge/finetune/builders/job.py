@@ -14,11 +14,11 @@ from ...settings import Settings
 from .. import KUEUE_QUEUE_LABEL
 from ..spec import FineTuneJobSpec, SecretKeyRef, config_map_sources, pvc_claims
 from ..trainer_config import (
-    CONFIG_DIR, CONFIG_MAP_ROOT, CONFIG_PATH, ENV_HF_TOKEN, ENV_OPENAI_KEY, PVC_ROOT, output_location,
+    CONFIG_DIR, CONFIG_MAP_ROOT, CONFIG_PATH, ENV_HF_TOKEN, ENV_OPENAI_KEY, PVC_ROOT, output_location, trial_location,
 )
 from .names import (
-    ROLE_SUMMARY, ROLE_TRAIN, ROLE_VALIDATE, Owner, child_labels, config_map_name, owner_references,
-    summary_job_name, train_job_name, validate_job_name, workers_service_name,
+    ROLE_SUMMARY, ROLE_TRAIN, ROLE_TRIAL, ROLE_VALIDATE, Owner, child_labels, config_map_name, owner_references,
+    summary_job_name, train_job_name, trial_job_name, trial_summary_job_name, validate_job_name, workers_service_name,
 )
 
 CONTAINER = "trainer"
@@ -83,9 +83,9 @@ def _env(spec: FineTuneJobSpec) -> list[dict[str, Any]]:
 
 
 def _volumes(owner: Owner, spec: FineTuneJobSpec, revision: int, with_shm: bool,
-             with_config_maps: bool = True) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+             with_config_maps: bool = True, config_map: str | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     volumes: list[dict[str, Any]] = [
-        {"name": "config", "configMap": {"name": config_map_name(owner.name, revision)}},
+        {"name": "config", "configMap": {"name": config_map or config_map_name(owner.name, revision)}},
         {"name": "tmp", "emptyDir": {}},
     ]
     mounts: list[dict[str, Any]] = [
@@ -238,13 +238,27 @@ def train_job_suspended(spec: FineTuneJobSpec) -> bool:
 
 
 def build_trainer_job(owner: Owner, spec: FineTuneJobSpec, revision: int, settings: Settings,
-                      attempt: int = 0) -> dict[str, Any]:
-    """The GPU training Job of one revision (``attempt``: of a gang restarted after a disruption)."""
-    labels = child_labels(owner, revision, ROLE_TRAIN)
+                      attempt: int = 0, config_map: str | None = None) -> dict[str, Any]:
+    """The GPU training Job of one revision (``attempt``: of a gang restarted after a disruption;
+    ``config_map``: the winner's config of a searched revision)."""
+    return _gpu_job(owner, spec, revision, settings, train_job_name(owner.name, revision, attempt), ROLE_TRAIN,
+                    attempt, config_map)
+
+
+def build_trial_job(owner: Owner, spec: FineTuneJobSpec, revision: int, settings: Settings, index: int) -> dict[str, Any]:
+    """One trial of a revision's search: a one-pod training Job of ``spec`` (the trial's settings
+    applied) reading the ConfigMap of its own name; placed, queued and suspended as the training Job."""
+    name = trial_job_name(owner.name, revision, index)
+    return _gpu_job(owner, spec, revision, settings, name, ROLE_TRIAL, 0, name)
+
+
+def _gpu_job(owner: Owner, spec: FineTuneJobSpec, revision: int, settings: Settings, name: str, role: str,
+             attempt: int, config_map: str | None) -> dict[str, Any]:
+    labels = child_labels(owner, revision, role)
     job_labels = dict(labels)
     if spec.queue_name:
         job_labels[KUEUE_QUEUE_LABEL] = spec.queue_name
-    volumes, mounts = _volumes(owner, spec, revision, with_shm=True)
+    volumes, mounts = _volumes(owner, spec, revision, with_shm=True, config_map=config_map)
     requests: dict[str, Any] = {"cpu": spec.cpu, "memory": spec.memory}
     # No CPU limit: a throttled trainer is only slower; memory is capped at the request.
     limits: dict[str, Any] = {"memory": spec.memory}
@@ -298,7 +312,7 @@ def build_trainer_job(owner: Owner, spec: FineTuneJobSpec, revision: int, settin
             # Every failure fails the gang at once (the pod failure policy); no retries of a worker.
             "backoffLimit": 0,
         })
-    return _job(owner, train_job_name(owner.name, revision, attempt), job_labels, job_spec)
+    return _job(owner, name, job_labels, job_spec)
 
 
 def worker_hostnames(owner: Owner, spec: FineTuneJobSpec, revision: int, attempt: int = 0) -> list[str]:
@@ -424,9 +438,11 @@ with open(out, "w", encoding="utf-8") as f:
 """
 
 
-def build_summary_job(owner: Owner, spec: FineTuneJobSpec, revision: int, settings: Settings) -> dict[str, Any]:
+def build_summary_job(owner: Owner, spec: FineTuneJobSpec, revision: int, settings: Settings,
+                      trial: int | None = None) -> dict[str, Any]:
     """A seconds-long CPU Job that reads a finished run's summary.json from the output store,
-    for when the training pods (and their termination messages) are gone."""
+    for when the training pods (and their termination messages) are gone (``trial``: a search
+    trial's, from its own folder)."""
     labels = child_labels(owner, revision, ROLE_SUMMARY)
     # No ConfigMap sources: it reads no data, and one deleted since training would keep it waiting.
     volumes, mounts = _volumes(owner, spec, revision, with_shm=False, with_config_maps=False)
@@ -437,10 +453,13 @@ def build_summary_job(owner: Owner, spec: FineTuneJobSpec, revision: int, settin
     for m in mounts:
         if m["name"].startswith("pvc-"):
             m["readOnly"] = True
-    command = ["python3", "-c", SUMMARY_READER, output_location(spec, owner.namespace, owner.name, owner.uid, revision)]
+    where = (output_location(spec, owner.namespace, owner.name, owner.uid, revision) if trial is None
+             else trial_location(spec, owner.namespace, owner.name, owner.uid, revision, trial))
+    command = ["python3", "-c", SUMMARY_READER, where]
     env = [e for e in _env(spec) if e["name"] != ENV_OPENAI_KEY and e["name"] != ENV_HF_TOKEN]
     pod = _cpu_pod(labels, settings, command, env, volumes, mounts)
-    return _job(owner, summary_job_name(owner.name, revision), labels, {
+    name = summary_job_name(owner.name, revision) if trial is None else trial_summary_job_name(owner.name, revision, trial)
+    return _job(owner, name, labels, {
         "backoffLimit": 1,
         "activeDeadlineSeconds": 300,
         "template": pod,

@@ -12,6 +12,7 @@ from .. import LABEL_FTJ, LABEL_REVISION
 ROLE_VALIDATE = "validate"
 ROLE_TRAIN = "train"
 ROLE_SUMMARY = "summary"
+ROLE_TRIAL = "trial"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +58,24 @@ def workers_service_name(ftj: str, revision: int) -> str:
     named as the first attempt's Job: pod i of attempt a resolves as ``<job-a>-<i>.<service>``
     (the Indexed Job's hostname under this subdomain)."""
     return train_job_name(ftj, revision)
+
+
+def trial_job_name(ftj: str, revision: int, index: int) -> str:
+    """A search trial's Job, and the ConfigMap of its config. 40 + len("-trial-99999-31") stays
+    within 63 (the job-name label)."""
+    return f"{ftj}-trial-{revision}-{index}"
+
+
+def trial_summary_job_name(ftj: str, revision: int, index: int) -> str:
+    """The reader of a trial's summary.json (its pod was gone when its Job had finished).
+    40 + len("-trial-99999-31-summary") stays within 63."""
+    return f"{trial_job_name(ftj, revision, index)}-summary"
+
+
+def winner_config_map_name(ftj: str, revision: int) -> str:
+    """The config of a searched revision's training Job: the winner's settings, known only once
+    every trial has ended (the revision's own ConfigMap, made before, holds the spec as written)."""
+    return f"{ftj}-config-{revision}-winner"
 
 
 def summary_job_name(ftj: str, revision: int) -> str:
