@@ -141,3 +141,15 @@ def test_a_classifier_version_renders_a_pooling_server_and_a_classify_gate() -> 
     assert "--head" not in build_gate_job(CTX, gated, lm, GatePod("op:1"))["spec"]["template"]["spec"]["containers"][0]["command"]
     assert template_hash(CTX, gated, lm) != template_hash(CTX, gated, version)
     assert job_head({"spec": {"task": {"type": "classification"}}}) == "lm" and job_head(None) == "lm"
+
+
+def test_explicit_classifier_adapters_are_served_as_classifiers() -> None:
+    from tuneforge.serve.source import resolve
+
+    spec = parse_spec({"baseModel": {"uri": "s3://models/base"}, "head": "classifier",
+                       "adapters": [{"name": "intents", "uri": "s3://runs/a", "digest": D1}]})
+    version = resolve(spec).version
+    assert version is not None and version.head == "classifier"
+    assert parse_config(yaml.safe_load(build_version_config_map(CTX, spec, version)["data"]["server.yaml"])).head == "classifier"
+    lm = parse_spec({"baseModel": {"uri": "s3://models/base"}, "adapters": [{"name": "intents", "uri": "s3://runs/a", "digest": D1}]})
+    assert resolve(lm).version.head == "lm"  # type: ignore[union-attr]

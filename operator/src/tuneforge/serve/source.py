@@ -30,8 +30,8 @@ color is shaped (apiKey, mode, gpus, dtype, base, adapter name or URI, resources
 server image) is a new rollout of the same digest (:meth:`ServedVersion.same`).
 
 A version's ``head`` says how it is served and gated: ``lm`` (chat completions) or
-``classifier`` (vLLM's pooling runner and ``/classify``; the gate compares label names). A
-followed FineTuneJob's head is its ``spec.task.head``, read as data beside its status; the
+``classifier`` (vLLM's pooling runner and ``/classify``; the gate compares label names):
+``spec.head`` for explicit adapters; a followed FineTuneJob's head is its ``spec.task.head``, read as data beside its status; the
 server's pre-flight refuses an adapter whose lineage says otherwise, so a revision trained
 before the head was changed fails to start instead of answering wrongly.
 """
@@ -161,7 +161,7 @@ class Resolution:
 def _explicit(spec: ModelServeSpec) -> Resolution:
     assert spec.base_model_uri is not None
     version = ServedVersion(spec.base_model_uri, spec.adapters,
-                            spec.base_model_digest)
+                            spec.base_model_digest, head=spec.head or "lm")
     return Resolution(version, "Explicit", f"Serving {len(spec.adapters)} adapter(s) given in the spec, version {version.short}")
 
 
