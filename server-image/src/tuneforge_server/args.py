@@ -66,8 +66,8 @@ def build_vllm_args(cfg: ServerConfig, model_path: Path, adapters: Sequence[Serv
         "--middleware", "tuneforge_server.headers.AdapterDigestHeader",
     ]
     if cfg.head == "classifier":
-        # One forward pass per request, the score layer over the last token: no sampling, no KV
-        # cache beyond the prompt; /classify answers with the config's id2label names.
+        # One forward pass per request (the score layer over the last token, no decoding);
+        # /classify names the class by the served config.json's id2label, the adapter's order.
         args += ["--runner", "pooling"]
     if cfg.max_model_len is not None:
         args += ["--max-model-len", str(cfg.max_model_len)]
