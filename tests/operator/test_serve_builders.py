@@ -3,6 +3,7 @@ PDB, HPA, InferencePool) and the observer that reads them back into the plan's i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import yaml
@@ -112,3 +113,43 @@ def test_gate_job_retries_a_disrupted_pod_and_not_a_failed_one() -> None:
         {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
         {"action": "FailJob", "onExitCodes": {"containerName": "gate", "operator": "In", "values": [2]}}]}
     assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+
+
+def test_a_classifier_version_renders_a_pooling_server_and_a_classify_gate() -> None:
+    """A version of a FineTuneJob with task.head classifier: the launcher config says head
+    classifier (pooling runner, /classify), the gate Job asks with --head classifier; an lm
+    version's config and gate stay as they were (no head key: its template hash is unchanged)."""
+    from tuneforge.serve.builders import GatePod, build_gate_job, template_hash
+    from tuneforge.serve.source import job_head, resolve
+
+    gated = parse_spec({"adapter": {"fineTuneJob": "intents"}, "rollout": {"gate": {"minAccuracy": 0.8}}})
+    ftj = {"spec": {"task": {"type": "classification", "head": "classifier"}},
+           "status": {"phase": "Succeeded", "revision": 1, "gate": {"outcome": "Passed"},
+                      "adapter": {"revision": 1, "uri": "s3://runs/r1/adapter", "digest": D1, "baseModel": {"uri": "s3://models/base"}},
+                      "artifacts": {"predictions": "s3://runs/r1/predictions.jsonl"}}}
+    version = resolve(gated, ftj["status"], (), job_head(ftj)).version
+    assert version is not None and version.head == "classifier"
+    assert ServedVersion.from_status(version.to_status()) == version
+    cfg = parse_config(yaml.safe_load(build_version_config_map(CTX, gated, version)["data"]["server.yaml"]))
+    assert cfg.head == "classifier"
+    command = build_gate_job(CTX, gated, version, GatePod("op:1"))["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[command.index("--head") + 1] == "classifier"
+    assert "--rows-uri" in command and command[command.index("--rows-uri") + 1] == "s3://runs/r1/predictions.jsonl"
+
+    lm = dataclasses.replace(version, head="lm")
+    assert "head" not in yaml.safe_load(build_version_config_map(CTX, gated, lm)["data"]["server.yaml"])
+    assert "--head" not in build_gate_job(CTX, gated, lm, GatePod("op:1"))["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert template_hash(CTX, gated, lm) != template_hash(CTX, gated, version)
+    assert job_head({"spec": {"task": {"type": "classification"}}}) == "lm" and job_head(None) == "lm"
+
+
+def test_explicit_classifier_adapters_are_served_as_classifiers() -> None:
+    from tuneforge.serve.source import resolve
+
+    spec = parse_spec({"baseModel": {"uri": "s3://models/base"}, "head": "classifier",
+                       "adapters": [{"name": "intents", "uri": "s3://runs/a", "digest": D1}]})
+    version = resolve(spec).version
+    assert version is not None and version.head == "classifier"
+    assert parse_config(yaml.safe_load(build_version_config_map(CTX, spec, version)["data"]["server.yaml"])).head == "classifier"
+    lm = parse_spec({"baseModel": {"uri": "s3://models/base"}, "adapters": [{"name": "intents", "uri": "s3://runs/a", "digest": D1}]})
+    assert resolve(lm).version.head == "lm"  # type: ignore[union-attr]

@@ -72,7 +72,9 @@ def test_status_fields_the_plan_writes_are_in_the_schema() -> None:
 
     from test_serve_plan import PASS, World, spec
     from test_serve_plan import V1 as P1, V2 as P2
-    V1, V2 = dataclasses.replace(P1, template_hash="a1b2c3d4e5"), dataclasses.replace(P2, template_hash="f6a7b8c9d0")
+    # A classifier version writes its head too (an lm version leaves it out).
+    V1 = dataclasses.replace(P1, template_hash="a1b2c3d4e5", head="classifier")
+    V2 = dataclasses.replace(P2, template_hash="f6a7b8c9d0", head="classifier")
     w = World(spec(scaleDownDelaySeconds=300))
     w.step(V1)
     w.ready("blue")
@@ -89,7 +91,7 @@ def test_status_fields_the_plan_writes_are_in_the_schema() -> None:
                           "retriedBy": "r"}
     status["abortNotApplied"] = {"value": "v", "message": "m", "at": "t"}
     status["rollout"].update(attempt=2, notReadySince="t", retriedBy="r")
-    assert status["gate"]["attempt"] and status["active"]["templateHash"]
+    assert status["gate"]["attempt"] and status["active"]["templateHash"] and status["active"]["head"] == "classifier"
     status["endpoints"] = {"active": "a", "preview": "p"}
     status["preview"] = status["active"]
     status["previewColor"] = "blue"

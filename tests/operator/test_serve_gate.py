@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from tuneforge.serve.gate import (
-    Answer, GateMeasures, GateRow, answer_budget, judge, main, measure, normalize_answer, parse_rows, percentile, run_gate,
+    Answer, GateMeasures, GateRow, answer_budget, classify_label, classify_url, judge, main, measure, normalize_answer, parse_rows,
+    percentile, run_gate,
     sample_rows,
 )
 from tuneforge.serve.spec import GateSpec
@@ -220,3 +221,100 @@ def test_rows_are_read_from_s3_with_the_jobs_aws_settings(monkeypatch: pytest.Mo
         server.shutdown()
 
 
+
+
+# --- head classifier: rows with text, asked through /classify, scored by label name ---------------
+
+@pytest.mark.parametrize(("line", "head", "want"), [
+    # the trainer's classifier predictions.jsonl: the bare text
+    ({"row": 1, "text": "lost my card", "target": "lost_or_stolen_card", "prediction": "pin_blocked"}, "classifier",
+     GateRow((), "lost_or_stolen_card", "lost my card")),
+    # chat rows serve a classifier too: the last user turn (as the trainer's classifier reads them)
+    ({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "hi"}], "target": "greet"}, "classifier",
+     GateRow(({"role": "system", "content": "s"}, {"role": "user", "content": "hi"}), "greet", "hi")),
+])
+def test_parse_rows_for_a_classifier(line: dict[str, Any], head: str, want: GateRow) -> None:
+    assert parse_rows([json.dumps(line)], head) == [want]
+
+
+@pytest.mark.parametrize(("line", "head", "message"), [
+    ({"text": "hi", "target": "greet"}, "lm", "line 1: needs messages .*head classifier"),
+    ({"messages": [{"role": "system", "content": "s"}], "target": "greet"}, "classifier", "line 1: a classifier is asked a row's text"),
+    ({"text": 3, "target": "greet"}, "classifier", "line 1: text must be a string"),
+    ({"text": "hi"}, "classifier", "line 1: needs a JSON object with target and text"),
+])
+def test_parse_rows_for_a_head_names_the_bad_line(line: dict[str, Any], head: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_rows([json.dumps(line)], head)
+
+
+@pytest.mark.parametrize(("base_url", "want"), [
+    ("http://ms-preview.ns.svc:8000/v1", "http://ms-preview.ns.svc:8000/classify"),
+    ("http://127.0.0.1:9/v1/", "http://127.0.0.1:9/classify"),
+    ("http://h:1", "http://h:1/classify"),
+])
+def test_classify_url_is_at_the_servers_root(base_url: str, want: str) -> None:
+    assert classify_url(base_url) == want
+
+
+@pytest.mark.parametrize(("body", "want"), [
+    ({"data": [{"index": 0, "label": "card_arrival", "probs": [0.9, 0.1], "num_classes": 2}]}, "card_arrival"),
+    ({"data": [{"index": 1, "label": None, "probs": [0.1, 0.9], "num_classes": 2}]}, "class 1 without a label name"),
+    ({"data": []}, "answered 0 results"),
+])
+def test_classify_label(body: dict[str, Any], want: str) -> None:
+    if want.startswith(("class", "answered")):
+        with pytest.raises(ValueError, match=want):
+            classify_label(body)
+    else:
+        assert classify_label(body) == want
+
+
+class _ClassifyStandin(BaseHTTPRequestHandler):
+    """vLLM's /classify: the label is the input's first word; 'boom' answers 500."""
+
+    seen: list[tuple[str, str, str]] = []
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).seen.append((self.path, body["model"], body["input"]))
+        if body["input"] == "boom":
+            self.send_response(500)
+            self.end_headers()
+            return
+        label = body["input"].split()[0]
+        out = json.dumps({"id": "c", "object": "list", "created": 0, "model": body["model"],
+                          "data": [{"index": 0, "label": label, "probs": [1.0], "num_classes": 1}],
+                          "usage": {"prompt_tokens": 1, "total_tokens": 1}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_classifier_is_gated_through_classify_by_label_name(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ClassifyStandin)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _ClassifyStandin.seen = []
+    try:
+        rows = tmp_path / "predictions.jsonl"
+        rows.write_text("\n".join(json.dumps({"text": t, "target": want, "prediction": "x"}) for t, want in [
+            ("card_arrival where is it", "card_arrival"), ("pin_blocked help", "pin_blocked"),
+            ("exchange_rate today", "top_up_limits"), ("boom", "card_arrival")]))
+        term = tmp_path / "termination-log"
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        assert main(["--base-url", url, "--model", "intents", "--rows-file", str(rows), "--termination-log", str(term),
+                     "--head", "classifier", "--warmup", "1"]) == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+    out = json.loads(term.read_text())
+    # 2 of 4 right: a wrong label and a failed request both count against accuracy
+    assert (out["rows"], out["correct"], out["errors"], out["accuracy"]) == (4, 2, 1, 0.5)
+    assert out["p50Ms"] is not None and out["p99Ms"] is not None
+    assert {p for p, _, _ in _ClassifyStandin.seen} == {"/classify"} and {m for _, m, _ in _ClassifyStandin.seen} == {"intents"}
+    assert len(_ClassifyStandin.seen) == 4 + 1  # one warm-up, unscored

@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 import pytest
+import yaml
 
 from tuneforge.serve.builders import GatePod
 from tuneforge.serve.names import LABEL_COLOR, LABEL_MODELSERVE
@@ -325,3 +326,39 @@ def test_a_conflicting_child_is_in_the_status_and_the_deadline_still_runs() -> N
         run(rt, b, T0 + dt.timedelta(seconds=700))
     assert kube.status_writes[-1]["rejected"], kube.status_writes[-1]
     assert kube.status_writes[-1]["reason"] == "ChildConflict"
+
+
+def test_a_classifier_fine_tune_job_is_served_and_gated_as_a_classifier() -> None:
+    """A ModelServe following a FineTuneJob with task.head classifier: the launcher config says
+    head classifier, the gate Job asks through /classify, the status records the head, and a pass
+    with that status read back (as the apiserver returns it) starts no second rollout."""
+    kube = FakeKube()
+    kube.objs[("FineTuneJob", "intents")] = {
+        "apiVersion": "tuneforge.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "intents", "namespace": "ns"},
+        "spec": {"task": {"type": "classification", "head": "classifier"}},
+        "status": {"phase": "Succeeded", "revision": 1, "gate": {"outcome": "Passed"}, "evaluation": {"accuracy": 0.95},
+                   "adapter": {"revision": 1, "uri": "s3://runs/r1/adapter", "digest": D1, "baseModel": {"uri": "s3://models/base"}},
+                   "artifacts": {"predictions": "s3://runs/r1/predictions.jsonl"}}}
+    rt, _ = runtime(kube)
+    b = body(rollout={"gate": {"minAccuracy": 0.8}})
+    b["spec"] = {"adapter": {"fineTuneJob": "intents"}, "rollout": {"gate": {"minAccuracy": 0.8}}}
+    run(rt, b, T0)
+    cm = kube.objs[("ConfigMap", config_of(kube, "blue"))]
+    assert yaml.safe_load(cm["data"]["server.yaml"])["head"] == "classifier"
+    assert kube.status_writes[-1]["preview"]["head"] == "classifier"
+    kube.ready("blue")
+    b["status"] = kube.status_writes[-1]
+    run(rt, b, T0 + dt.timedelta(seconds=2))
+    [job] = [o for (k, _), o in kube.objs.items() if k == "Job"]
+    cmd = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert cmd[cmd.index("--head") + 1] == "classifier" and "s3://runs/r1/predictions.jsonl" in cmd
+    job["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
+    kube.messages[job["metadata"]["name"]] = json.dumps({"rows": 40, "correct": 38, "errors": 0, "accuracy": 0.95, "p50Ms": 5, "p99Ms": 9})
+    b["status"] = kube.status_writes[-1]
+    run(rt, b, T0 + dt.timedelta(seconds=4))
+    st = kube.status_writes[-1]
+    assert st["activeColor"] == "blue" and st["active"]["head"] == "classifier" and st["gate"]["outcome"] == "Passed", st
+    b["status"] = st
+    run(rt, b, T0 + dt.timedelta(seconds=6))
+    assert kube.status_writes[-1]["activeColor"] == "blue"
+    assert {n for k, n in kube.objs if k == "Deployment"} == {"intents-blue"}, "no second rollout"

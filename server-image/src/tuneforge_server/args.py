@@ -47,7 +47,8 @@ def served_names(cfg: ServerConfig, mode: str) -> list[str]:
 def build_vllm_args(cfg: ServerConfig, model_path: Path, adapters: Sequence[ServedAdapter], device: str, mode: str) -> list[str]:
     """Arguments after ``python -m vllm.entrypoints.openai.api_server``.
 
-    ``model_path`` is the base folder (lora mode) or the merged folder (merged mode).
+    ``model_path`` is the base folder (lora mode; for a classifier, the classifier base) or the
+    merged folder (merged mode). A classifier runs on vLLM's pooling runner (``/classify``).
     """
     name = cfg.adapters[0].name if mode == "merged" else cfg.model.name
     dtype = cfg.dtype if cfg.dtype != "auto" else ("float32" if device == "cpu" else "auto")
@@ -64,6 +65,10 @@ def build_vllm_args(cfg: ServerConfig, model_path: Path, adapters: Sequence[Serv
         # Every response names the adapter digests that answered it (tuneforge_server.headers).
         "--middleware", "tuneforge_server.headers.AdapterDigestHeader",
     ]
+    if cfg.head == "classifier":
+        # One forward pass per request (the score layer over the last token, no decoding);
+        # /classify names the class by the served config.json's id2label, the adapter's order.
+        args += ["--runner", "pooling"]
     if cfg.max_model_len is not None:
         args += ["--max-model-len", str(cfg.max_model_len)]
     if device == "cuda":

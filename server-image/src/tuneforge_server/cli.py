@@ -106,7 +106,13 @@ def prepare(cfg: ServerConfig) -> tuple[list[str], dict[str, str]]:
     if mode == "merged":
         from tuneforge_server.merge import merge
 
-        model_path = merge(base, checked[0].path, checked[0].digest, Path(cfg.cache_dir), device)
+        model_path = merge(base, checked[0].path, checked[0].digest, Path(cfg.cache_dir), device, cfg.head)
+    elif cfg.head == "classifier":
+        from tuneforge_server.merge import classifier_base
+
+        model_path = classifier_base(base, checked[0].path, Path(cfg.cache_dir))
+    if cfg.head == "classifier":
+        log.info("Classifier labels (class index order): %s", ", ".join(checked[0].labels))
     for var in ("VLLM_CACHE_ROOT", "VLLM_RPC_BASE_PATH", "HF_HOME"):
         Path(env[var]).mkdir(parents=True, exist_ok=True)
     served = [ServedAdapter(a.name, a.path, a.rank) for a in checked]

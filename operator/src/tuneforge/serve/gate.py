@@ -16,6 +16,12 @@ Where it runs: a short Job per candidate (``<name>-gate-<short digest>``), not t
 Rows: ``--rows-uri`` names them as the ModelServe does (``s3://bucket/key``, ``pvc://claim/path``
 mounted under ``/mnt/pvc``, or a path); s3:// through boto3, which the operator process never imports.
 
+Heads: an lm version is asked through chat completions (``messages``, answer budget from the
+targets); a classifier version (``--head classifier``) through vLLM's ``/classify`` at the
+server's root (``text`` of each row, one forward pass), its answer the label name the server
+maps the top class to. Either way the answer is compared with ``target`` and every request's
+latency counts, so one gate judges both heads the same way.
+
 The Job reports only measures (:class:`GateMeasures`); the operator judges them (:func:`judge`)
 against the spec it holds at that moment. Everything here but :func:`run_gate` and :func:`main`
 is pure.
@@ -38,7 +44,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from .spec import GateSpec
 
 __all__ = [
-    "Answer", "GateMeasures", "GateRow", "GateVerdict", "answer_budget", "judge", "main", "measure", "normalize_answer",
+    "Answer", "GateMeasures", "GateRow", "GateVerdict", "answer_budget", "judge", "main", "measure", "classify_label", "classify_url", "normalize_answer",
     "parse_rows", "percentile", "read_rows_text", "run_gate", "sample_rows",
 ]
 
@@ -51,12 +57,17 @@ MAX_ANSWER_TOKENS = 1024
 """The budget's cap, so a long target never asks past the context window."""
 
 
+HEADS = ("lm", "classifier")
+
+
 @dataclasses.dataclass(frozen=True)
 class GateRow:
-    """One held-out row: the chat messages the model is asked and the answer it must give."""
+    """One held-out row: what the model is asked (chat ``messages`` for an lm head, the bare
+    ``text`` for a classifier) and the answer it must give."""
 
     messages: tuple[Mapping[str, str], ...]
     target: str
+    text: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,22 +119,37 @@ def _correct(answer: Answer, target: str) -> bool:
     return got == want or got.lower() == want.lower()
 
 
-def parse_rows(lines: Iterable[str]) -> list[GateRow]:
-    """JSONL rows with ``messages`` and ``target`` (the trainer's predictions.jsonl has both);
-    a bad line raises ValueError naming its number."""
+def parse_rows(lines: Iterable[str], head: str = "lm") -> list[GateRow]:
+    """JSONL rows with ``target`` and what the head reads: ``messages`` (lm) or ``text``
+    (classifier; a chat row's last user turn also serves, as the trainer's classifier reads it).
+    The trainer's predictions.jsonl has both for its head. A bad line raises ValueError naming
+    its number."""
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {', '.join(HEADS)}, not {head!r}")
     rows = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             raw = json.loads(line)
-            messages = raw["messages"]
             target = raw["target"]
         except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"line {n}: needs a JSON object with messages and target ({exc})") from None
-        if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) and "role" in m and "content" in m for m in messages):
+            raise ValueError(f"line {n}: needs a JSON object with target and {'text' if head == 'classifier' else 'messages'} ({exc})") from None
+        messages = raw.get("messages")
+        if messages is not None and (not isinstance(messages, list) or not messages
+                                     or not all(isinstance(m, dict) and "role" in m and "content" in m for m in messages)):
             raise ValueError(f"line {n}: messages must be a non-empty list of {{role, content}}")
-        rows.append(GateRow(tuple(messages), str(target)))
+        text = raw.get("text")
+        if text is not None and not isinstance(text, str):
+            raise ValueError(f"line {n}: text must be a string")
+        if head == "classifier" and text is None:
+            users = [m["content"] for m in messages or () if m.get("role") == "user"]
+            if not users:
+                raise ValueError(f"line {n}: a classifier is asked a row's text: needs text (or messages with a user turn)")
+            text = str(users[-1])
+        if head == "lm" and messages is None:
+            raise ValueError(f"line {n}: needs messages (rows with text only are a classifier's: its ModelServe gates with head classifier)")
+        rows.append(GateRow(tuple(messages or ()), str(target), text))
     return rows
 
 
@@ -200,27 +226,58 @@ def judge(m: GateMeasures, gate: GateSpec) -> GateVerdict:
     return GateVerdict(ok, tuple(reasons))
 
 
+def classify_url(base_url: str) -> str:
+    """vLLM's ``/classify`` for an OpenAI base URL (it sits at the server's root, not under /v1)."""
+    return base_url.rstrip("/").removesuffix("/v1") + "/classify"
+
+
+def classify_label(body: Mapping[str, Any]) -> str:
+    """The label of a ``/classify`` response's one result (ValueError when it names none: a
+    server without id2label would answer class indices nobody can compare with a target)."""
+    data = body.get("data") or []
+    if len(data) != 1 or not isinstance(data[0], Mapping):
+        raise ValueError(f"/classify answered {len(data)} results for one input")
+    label = data[0].get("label")
+    if not isinstance(label, str) or not label:
+        raise ValueError(f"/classify answered class {data[0].get('index')} without a label name")
+    return label
+
+
 async def run_gate(base_url: str, model: str, rows: Sequence[GateRow], api_key: str | None = None,
                    concurrency: int = 8, timeout_s: float = 60.0, max_tokens: int | None = None,
-                   warmup: int = WARMUP_REQUESTS) -> list[Answer]:
-    """Ask every row through the official ``openai`` client with at most ``concurrency`` requests
-    in flight; answers come back in row order. First the first ``warmup`` rows are asked one by
-    one and their answers dropped. ``max_tokens`` defaults to :func:`answer_budget`. No
-    retries: a measured request that fails counts."""
+                   warmup: int = WARMUP_REQUESTS, head: str = "lm") -> list[Answer]:
+    """Ask every row with at most ``concurrency`` requests in flight; answers come back in row
+    order. An lm head is asked through the official ``openai`` client's chat completions
+    (``max_tokens`` defaults to :func:`answer_budget`); a classifier through ``/classify`` (one
+    row's text per request, the answer its label name). First the first ``warmup`` rows are
+    asked one by one and their answers dropped. No retries: a measured request that fails counts."""
     budget = answer_budget(rows) if max_tokens is None else max_tokens
+    # /classify is not an OpenAI endpoint: aiohttp (Kopf's HTTP library, so already in the image).
+    import aiohttp
     from openai import AsyncOpenAI  # the operator process never imports it
 
     client = AsyncOpenAI(base_url=base_url, api_key=api_key or "EMPTY", max_retries=0, timeout=timeout_s)
+    http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s),
+                                 headers={"Authorization": f"Bearer {api_key}"} if api_key else {})
+    url = classify_url(base_url)
     slots = asyncio.Semaphore(concurrency)
+
+    async def answer(row: GateRow) -> str:
+        if head == "classifier":
+            async with http.post(url, json={"model": model, "input": row.text}) as resp:
+                if resp.status != 200:
+                    raise RuntimeError(f"/classify answered HTTP {resp.status}: {(await resp.text())[:150]}")
+                return classify_label(await resp.json())
+        chat = await client.chat.completions.create(
+            model=model, messages=[dict(m) for m in row.messages],  # type: ignore[misc]
+            temperature=0, max_tokens=budget)
+        return chat.choices[0].message.content or ""
 
     async def ask(row: GateRow) -> Answer:
         async with slots:
             start = time.perf_counter()
             try:
-                resp = await client.chat.completions.create(
-                    model=model, messages=[dict(m) for m in row.messages],  # type: ignore[misc]
-                    temperature=0, max_tokens=budget)
-                text = resp.choices[0].message.content or ""
+                text = await answer(row)
                 return Answer(text, (time.perf_counter() - start) * 1000)
             except Exception as exc:  # noqa: BLE001 - any failure is a wrong answer, recorded
                 return Answer(None, (time.perf_counter() - start) * 1000, f"{type(exc).__name__}: {exc}"[:200])
@@ -231,6 +288,7 @@ async def run_gate(base_url: str, model: str, rows: Sequence[GateRow], api_key: 
         return list(await asyncio.gather(*(ask(r) for r in rows)))
     finally:
         await client.close()
+        await http.close()
 
 
 PVC_ROOT = "/mnt/pvc"
@@ -281,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--base-url", required=True, help="OpenAI-compatible base URL, e.g. http://<name>-preview:8000/v1")
     p.add_argument("--model", required=True, help="Served model name to ask")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--rows-file", help="JSONL with messages and target")
+    src.add_argument("--rows-file", help="JSONL with target and messages (lm) or text (classifier)")
     src.add_argument("--rows-uri", help="The same as s3://bucket/key, pvc://claim/path or a path ('' when there is none)")
     p.add_argument("--rows", type=int, default=200)
     p.add_argument("--concurrency", type=int, default=8)
@@ -289,6 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=WARMUP_REQUESTS, help="Unscored requests sent first")
     p.add_argument("--max-tokens", type=int, default=None, help="Answer budget (default: the longest target + 8)")
     p.add_argument("--api-key-env", default="TUNEFORGE_API_KEY")
+    p.add_argument("--head", choices=HEADS, default="lm", help="lm: chat completions; classifier: /classify")
     p.add_argument("--termination-log", default="/dev/termination-log")
     args = p.parse_args(argv)
     where = args.rows_file if args.rows_file is not None else args.rows_uri
@@ -297,13 +356,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "artifacts.predictions)", args.termination_log)
     try:
         text = read_rows_text(where if args.rows_uri is not None else f"file://{where}")
-        rows = sample_rows(parse_rows(text.splitlines()), args.rows)
+        rows = sample_rows(parse_rows(text.splitlines(), args.head), args.rows)
     except (OSError, ValueError) as exc:
         return _fail(f"Gate rows {where}: {exc}", args.termination_log)
     if not rows:
         return _fail(f"Gate rows {where}: no rows", args.termination_log)
     answers = asyncio.run(run_gate(args.base_url, args.model, rows, os.environ.get(args.api_key_env),
-                                   args.concurrency, args.timeout, args.max_tokens, args.warmup))
+                                   args.concurrency, args.timeout, args.max_tokens, args.warmup, args.head))
     line = json.dumps(measure(rows, answers).to_json())
     print(line)
     try:

@@ -46,7 +46,7 @@ from .names import (
 )
 from .observe import observe
 from .plan import FAILED, DeleteGate, Plan, Requests, RunGate, Scale, SwitchActive, SwitchPreview, now_iso, plan
-from .source import ServedVersion, resolve
+from .source import ServedVersion, job_head, resolve
 from .spec import ModelServeSpec, SpecError, endpoint_secrets, parse_spec
 
 __all__ = ["Runtime", "invalid_status", "known_versions", "reconcile", "secrets_refused"]
@@ -277,11 +277,12 @@ async def reconcile(rt: Runtime, body: Obj, now: dt.datetime | None = None) -> t
     jobs = [j for j in _controlled(rt.children("Job", ns, name), uid)
             if (j["metadata"].get("labels") or {}).get(LABEL_ROLE) == "gate"]
     observed = observe(name, deployments, services.values(), await _gate_messages(rt, ns, name, jobs))
-    ftj_status = None
+    ftj_status, head = None, "lm"
     if spec.fine_tune_job:
         ftj = await kube.get("FineTuneJob", ns, spec.fine_tune_job)
         ftj_status = (ftj.get("status") or {}) if ftj is not None else None
-    desired = resolve(spec, ftj_status, known_versions(prior))
+        head = job_head(ftj)
+    desired = resolve(spec, ftj_status, known_versions(prior), head)
     if desired.version is not None:
         v = desired.version
         desired = dataclasses.replace(desired, version=dataclasses.replace(v, template_hash=template_hash(ctx, spec, v)))

@@ -52,6 +52,8 @@ class ServerPlan:
     base_digest: str | None = None
     accept_lineage_mismatch: bool = False
     mode: str = "auto"
+    head: str = "lm"
+    """lm, or classifier: vLLM's pooling runner and /classify (the launcher config's ``head``)."""
     replicas: int = 1
     gpus: int = 1
     cpu: str | None = None
@@ -98,6 +100,8 @@ def render_server_config(plan: ServerPlan) -> dict[str, Any]:
         "pvc_root": PVC_ROOT,
         "shutdown": {"drain_seconds": plan.drain_seconds},
     }
+    if plan.head != "lm":  # unset for lm: an lm server's config (and template hash) stays as it was
+        cfg["head"] = plan.head
     if plan.max_model_len:
         cfg["max_model_len"] = plan.max_model_len
     if plan.api_key:

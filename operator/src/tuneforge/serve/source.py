@@ -28,6 +28,12 @@ it is what users name in promote/abort/retry. A rollout's identity is the digest
 pod-template-hash; builders.template_hash, set by the reconcile): an edit that changes how a
 color is shaped (apiKey, mode, gpus, dtype, base, adapter name or URI, resources, scheduling,
 server image) is a new rollout of the same digest (:meth:`ServedVersion.same`).
+
+A version's ``head`` says how it is served and gated: ``lm`` (chat completions) or
+``classifier`` (vLLM's pooling runner and ``/classify``; the gate compares label names):
+``spec.head`` for explicit adapters; a followed FineTuneJob's head is its ``spec.task.head``, read as data beside its status; the
+server's pre-flight refuses an adapter whose lineage says otherwise, so a revision trained
+before the head was changed fails to start instead of answering wrongly.
 """
 
 from __future__ import annotations
@@ -42,7 +48,9 @@ from .spec import AdapterSource, ModelServeSpec
 # room's one adapter shape: an explicit adapter of the spec, and what the server builders take).
 ServedAdapter = AdapterSource
 
-__all__ = ["Lineage", "Resolution", "ServedAdapter", "ServedVersion", "resolve", "short_digest"]
+__all__ = ["HEADS", "Lineage", "Resolution", "ServedAdapter", "ServedVersion", "job_head", "resolve", "short_digest"]
+
+HEADS = ("lm", "classifier")
 
 Obj = Mapping[str, Any]
 
@@ -78,8 +86,12 @@ class ServedVersion:
     """The FineTuneJob's scored held-out rows (``messages`` + ``target``), the gate's default data."""
     template_hash: str | None = None
     """Hash of the rendered launcher config and pod template (None until the reconcile renders it)."""
+    head: str = "lm"
+    """lm (chat completions) or classifier (pooling runner, /classify)."""
 
     def __post_init__(self) -> None:
+        if self.head not in HEADS:
+            raise ValueError(f"a served version's head must be one of {', '.join(HEADS)}, not {self.head!r}")
         # A version is identified by its adapters' digests, and the server pre-flights each one.
         missing = [a.name for a in self.adapters if not a.digest]
         if missing:
@@ -118,6 +130,8 @@ class ServedVersion:
             out["evalRowsUri"] = self.eval_rows_uri
         if self.template_hash:
             out["templateHash"] = self.template_hash
+        if self.head != "lm":
+            out["head"] = self.head
         return out
 
     @classmethod
@@ -129,6 +143,7 @@ class ServedVersion:
             adapters=tuple(ServedAdapter(a["name"], a["uri"], a["digest"]) for a in raw.get("adapters") or ()),
             lineage=Lineage(lin["fineTuneJob"], int(lin["revision"]), lin.get("accuracy")) if lin else None,
             eval_rows_uri=raw.get("evalRowsUri"), template_hash=raw.get("templateHash"),
+            head=raw.get("head") or "lm",
         )
 
 
@@ -146,7 +161,7 @@ class Resolution:
 def _explicit(spec: ModelServeSpec) -> Resolution:
     assert spec.base_model_uri is not None
     version = ServedVersion(spec.base_model_uri, spec.adapters,
-                            spec.base_model_digest)
+                            spec.base_model_digest, head=spec.head or "lm")
     return Resolution(version, "Explicit", f"Serving {len(spec.adapters)} adapter(s) given in the spec, version {version.short}")
 
 
@@ -213,7 +228,13 @@ def _candidates(ftj_status: Obj) -> list[dict[str, Any]]:
     return unique
 
 
-def _from_job(spec: ModelServeSpec, ftj_status: Obj | None, known: Iterable[ServedVersion]) -> Resolution:
+def job_head(ftj: Obj | None) -> str:
+    """The head a FineTuneJob trains (``spec.task.head``; lm when unset or not a FineTuneJob)."""
+    head = (((ftj or {}).get("spec") or {}).get("task") or {}).get("head") or "lm"
+    return str(head) if head in HEADS else "lm"
+
+
+def _from_job(spec: ModelServeSpec, ftj_status: Obj | None, known: Iterable[ServedVersion], head: str) -> Resolution:
     job = spec.fine_tune_job
     assert job is not None
     if ftj_status is None:
@@ -247,6 +268,7 @@ def _from_job(spec: ModelServeSpec, ftj_status: Obj | None, known: Iterable[Serv
         adapters=(ServedAdapter(spec.served_name, uri, digest),),
         lineage=Lineage(job, int(best["revision"]), best.get("accuracy")),
         eval_rows_uri=best.get("evalRowsUri") or (seen[digest].eval_rows_uri if digest in seen else None),
+        head=head,
     )
     refused = _unservable(spec, job, best, version)
     if refused is not None:
@@ -255,9 +277,11 @@ def _from_job(spec: ModelServeSpec, ftj_status: Obj | None, known: Iterable[Serv
     return Resolution(version, "FineTuneJobRevision", f"FineTuneJob {job} revision {best['revision']} ({how}), adapter {version.short}")
 
 
-def resolve(spec: ModelServeSpec, ftj_status: Obj | None = None, known: Iterable[ServedVersion] = ()) -> Resolution:
+def resolve(spec: ModelServeSpec, ftj_status: Obj | None = None, known: Iterable[ServedVersion] = (),
+            head: str = "lm") -> Resolution:
     """The version the spec asks for. ``ftj_status``: the followed FineTuneJob's ``status`` (None
-    when it does not exist); ``known``: versions this ModelServe has served (its history)."""
+    when it does not exist); ``known``: versions this ModelServe has served (its history);
+    ``head``: the FineTuneJob's head (:func:`job_head`)."""
     if spec.fine_tune_job is None:
         return _explicit(spec)
-    return _from_job(spec, ftj_status, known)
+    return _from_job(spec, ftj_status, known, head)

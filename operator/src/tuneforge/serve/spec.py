@@ -27,6 +27,7 @@ __all__ = [
 ]
 
 MODES = ("auto", "lora", "merged")
+HEADS = ("lm", "classifier")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 # A pin may be the full digest or the 12-digit short form kubectl get shows.
@@ -162,6 +163,8 @@ class ModelServeSpec:
     accept_lineage_mismatch: bool = False
     """Serve adapters whose lineage names another base (a warning, not a refusal)."""
     adapters: tuple[AdapterSource, ...] = ()
+    head: str | None = None
+    """Explicit adapters: lm or classifier (None: lm); a followed FineTuneJob's head is its own."""
     mode: str = "auto"
     replicas: int = 1
     gpus: int = 1
@@ -399,6 +402,11 @@ def parse_spec(raw: Mapping[str, Any]) -> ModelServeSpec:
             raise SpecError(f"{path}.baseModel", "is required with explicit adapters")
         name, pin = None, None
         adapters = _adapters(explicit, f"{path}.adapters")
+    head = _get(raw, "head", path, str)
+    if head is not None and head not in HEADS:
+        raise SpecError(f"{path}.head", f"must be one of {', '.join(HEADS)}, not {head!r}")
+    if head is not None and job is not None:
+        raise SpecError(f"{path}.head", "head is for explicit adapters; a followed FineTuneJob's head is its spec.task.head")
     mode = _get(raw, "mode", path, str, "auto")
     if mode not in MODES:
         raise SpecError(f"{path}.mode", f"must be one of {', '.join(MODES)}, not {mode!r}")
@@ -417,7 +425,7 @@ def parse_spec(raw: Mapping[str, Any]) -> ModelServeSpec:
     node_selector, tolerations = _scheduling(_obj(raw, "scheduling", path), f"{path}.scheduling")
     return ModelServeSpec(
         fine_tune_job=job, adapter_name=name, pin_digest=pin, base_model_uri=base_uri, base_model_digest=base_digest,
-        adapters=adapters, mode=mode, replicas=replicas, gpus=_int(raw, "gpus", path, 1, 0, 16) or 0,
+        adapters=adapters, head=head, mode=mode, replicas=replicas, gpus=_int(raw, "gpus", path, 1, 0, 16) or 0,
         cpu=_get(resources, "cpu", f"{path}.resources", str), memory=_get(resources, "memory", f"{path}.resources", str),
         max_model_len=_int(raw, "maxModelLen", path, None, 128, 1_048_576), dtype=dtype,
         api_key=_secret(api_key.get("secretRef") if api_key else None, f"{path}.apiKey.secretRef"),
