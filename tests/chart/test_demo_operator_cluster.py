@@ -33,10 +33,13 @@ def test_demo_runs_the_operator_in_the_cluster(cluster: Cluster) -> None:
         operator = demo.start_operator(cluster, standin)
         status = demo.helm_status(cluster)
         assert "STATUS: deployed" in status and f"NAMESPACE: {demo.OPERATOR_NAMESPACE}" in status, status
-        (pod,) = operator.pods()
-        assert pod["spec"]["nodeName"] == cluster.settings.node_name  # in the cluster, on the real node
-        env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
-        assert env["TUNEFORGE_NAMESPACES"] == ns and env["TUNEFORGE_TRAINER_IMAGE"] == standin
+        pods = operator.pods()
+        assert len(pods) == demo.OPERATOR_REPLICAS == 2  # the chart's default: a leader and a follower
+        for pod in pods:
+            assert pod["spec"]["nodeName"] == cluster.settings.node_name  # in the cluster, on the real node
+            env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+            assert env["TUNEFORGE_NAMESPACES"] == ns and env["TUNEFORGE_TRAINER_IMAGE"] == standin
+            assert env["TUNEFORGE_LEADER_ELECT"] == "true"
         cluster.kubectl("delete", "finetunejob", NAME, "-n", ns, "--ignore-not-found", "--wait=true")
         cluster.apply([{"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "demo-operator-check"},
                         "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "64Mi"}}}},
@@ -54,7 +57,7 @@ def test_demo_runs_the_operator_in_the_cluster(cluster: Cluster) -> None:
         assert operator.pods() == []
         before = revision(cluster, demo)
         again = demo.start_operator(cluster, standin)  # helm upgrade: scaled up again
-        assert len(again.pods()) == 1 and revision(cluster, demo) == before + 1
+        assert len(again.pods()) == demo.OPERATOR_REPLICAS and revision(cluster, demo) == before + 1
     finally:
         cluster.kubectl("delete", "finetunejob", NAME, "-n", ns, "--ignore-not-found", "--wait=true", check=False)
         cluster.kubectl("delete", "pvc", NAME, "-n", ns, "--ignore-not-found", check=False)
