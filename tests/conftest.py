@@ -14,7 +14,7 @@ import pytest
 from shared_demo import load_demo
 from tuneforge_localcluster import cluster as lc
 from tuneforge_localcluster import settings as lc_settings
-from tuneforge_localcluster.testing import Cluster, start_or_reuse
+from tuneforge_localcluster.testing import Cluster, pod_security_labels, start_or_reuse
 
 OUTPUT = Path(__file__).resolve().parents[1] / "test-output"
 
@@ -42,8 +42,11 @@ def demo_finetunejob(cluster: Cluster) -> dict[str, Any]:
 
 @pytest.fixture
 def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh namespace named after the test, deleted afterwards (without waiting)."""
-    name = cluster.new_namespace("t-" + re.sub(r"[^a-z0-9-]", "-", request.node.name.lower()))
+    """A fresh namespace named after the test, deleted afterwards (without waiting). A test (or
+    module) marked ``pod_security("restricted")`` gets it with that Pod Security level enforced."""
+    marker = request.node.get_closest_marker("pod_security")
+    labels = pod_security_labels(marker.args[0]) if marker else None
+    name = cluster.new_namespace("t-" + re.sub(r"[^a-z0-9-]", "-", request.node.name.lower()), labels)
     yield name
     rep = getattr(request.node, "rep_call", None)
     if rep is not None and rep.failed:

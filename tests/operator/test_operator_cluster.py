@@ -1,6 +1,8 @@
 """FineTuneJob against the real local cluster: schema rejection, and the operator's fast tier
 (validation and training pods run the stand-in trainer on the real node, or are simulated by
-kwok on fake 8-GPU nodes)."""
+kwok on fake 8-GPU nodes). Every namespace here enforces Pod Security ``restricted``, as a
+platform team's do: each pod the operator creates (validation, training with a gang's init
+container, the summary reader) and the operator's own pod must pass the admission plugin."""
 
 from __future__ import annotations
 
@@ -14,9 +16,10 @@ from typing import Any
 import pytest
 
 from operator_helpers import ROOT, OperatorProcess, ftj_manifest, least_privilege_kubeconfig, pvc_manifest, summary_annotation
+from tuneforge.pod_security import container_security_context, pod_security_context
 from tuneforge_localcluster.testing import Cluster, wait_for
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.pod_security("restricted")]
 
 VALID: dict[str, Any] = ftj_manifest("valid")
 
@@ -605,9 +608,10 @@ def test_result_read_from_summary_json_when_the_pod_is_gone(cluster: Cluster, na
     saved = json.loads(summary_annotation(0.77))["kwok.tuneforge.dev/termination-message"]
     folder = f"/mnt/runs/{namespace}/gone/{uid}/r1"
     writer = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "write-summary"}, "spec": {
-        "restartPolicy": "Never", "securityContext": {"runAsUser": 65532, "runAsGroup": 65532, "fsGroup": 65532},
+        "restartPolicy": "Never", "securityContext": pod_security_context(),
         "containers": [{"name": "w", "image": standin_image, "command": ["python3", "-c",
                         f"import os; os.makedirs({folder!r}, exist_ok=True); open({folder!r} + '/summary.json', 'w').write({saved!r})"],
+                        "securityContext": container_security_context(),
                         "volumeMounts": [{"name": "out", "mountPath": "/mnt"}]}],
         "volumes": [{"name": "out", "persistentVolumeClaim": {"claimName": "artifacts"}}]}}
     cluster.apply(writer, namespace)

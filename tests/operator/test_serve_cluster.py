@@ -11,6 +11,9 @@ Fast-tier stand-ins (nothing real runs; what is exercised is the controller):
   writes as its termination message (``TUNEFORGE_GATE_POD_ANNOTATIONS``): accuracy 0.9, p99 40 ms.
   The operator reads them from the pod and judges them against the spec, so a gate with
   ``minAccuracy: 0.8`` passes and one with ``0.95`` fails.
+
+Every namespace here enforces Pod Security ``restricted``: the color Deployments' pods and the
+gate Job's pods are created only if the admission plugin admits them.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import yaml
 from operator_helpers import OperatorProcess, least_privilege_kubeconfig
 from tuneforge_localcluster.testing import Cluster, kwok_serve_env, wait_for
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.pod_security("restricted")]
 
 INVALID = yaml.safe_load((Path(__file__).parent / "data" / "modelserve_invalid.yaml").read_text())
 H100 = {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}

@@ -140,9 +140,12 @@ class Cluster:
             self._images[key] = images.build(self.settings, context, name, target=target)
         return self._images[key]
 
-    def new_namespace(self, prefix: str) -> str:
+    def new_namespace(self, prefix: str, labels: dict[str, str] | None = None) -> str:
+        """A namespace named after ``prefix``, carrying ``labels`` from its creation (e.g.
+        :func:`pod_security_labels`: no pod is ever admitted under a laxer level)."""
         name = f"{prefix[:40].lower().replace('_', '-').strip('-')}-{uuid.uuid4().hex[:6]}"
-        self.kubectl("create", "namespace", name)
+        ns = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": dict(labels or {})}}
+        self.kubectl("create", "-f", "-", input=json.dumps(ns))
         # Pods may only start once the namespace's default ServiceAccount exists.
         wait_for(f"ServiceAccount default in {name}", lambda: self.kubectl("get", "sa", "default", "-n", name, check=False).returncode == 0, 30)
         return name
@@ -154,6 +157,12 @@ class Cluster:
         """Copy every component's log to ``dest`` (for CI artifacts)."""
         if self.settings.logs.exists():
             shutil.copytree(self.settings.logs, dest, dirs_exist_ok=True)
+
+
+def pod_security_labels(level: str) -> dict[str, str]:
+    """Namespace labels that make the apiserver's PodSecurity admission enforce ``level``
+    (``restricted``, ``baseline``) on every pod, and warn and audit at the same level."""
+    return {f"pod-security.kubernetes.io/{mode}": level for mode in ("enforce", "warn", "audit")}
 
 
 def real_node_pod_spec(image: str, args: list[str], **extra: object) -> dict:

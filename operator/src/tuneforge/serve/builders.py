@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from ..labels import child_labels
+from ..pod_security import container_security_context, pod_security_context
 from .names import (
     ANNOTATION_ATTEMPT, ANNOTATION_TEMPLATE, ANNOTATION_VERSION, COLORS, LABEL_COLOR, LABEL_MODELSERVE, LABEL_VERSION,
     active_service_name, color_name, config_name, gate_job_name, preview_service_name,
@@ -243,8 +244,9 @@ def build_gate_job(ctx: ServeContext, spec: ModelServeSpec, version: ServedVersi
     meta["annotations"] = {ANNOTATION_VERSION: version.digest, ANNOTATION_ATTEMPT: str(attempt)}
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never", "enableServiceLinks": False, "automountServiceAccountToken": False,
-        "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532,
-                            "seccompProfile": {"type": "RuntimeDefault"}},
+        # No fsGroup: the pod writes to no volume but its /tmp emptyDir, and a group change of
+        # the rows' claim (possibly a large artifacts PVC) would only slow its start.
+        "securityContext": pod_security_context(fs_group=False),
         "containers": [{
             "name": "gate", "image": pod.image, "imagePullPolicy": pod.pull_policy,
             "command": ["python3", "-m", "tuneforge.serve.gate", "--base-url", url, "--model", model,
@@ -254,8 +256,7 @@ def build_gate_job(ctx: ServeContext, spec: ModelServeSpec, version: ServedVersi
             "env": env,
             "terminationMessagePolicy": "FallbackToLogsOnError",
             "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
-            "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                                "capabilities": {"drop": ["ALL"]}},
+            "securityContext": container_security_context(),
             "volumeMounts": mounts,
         }],
         "volumes": volumes,

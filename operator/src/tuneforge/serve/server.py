@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from ..labels import LABEL_INSTANCE, child_labels
+from ..pod_security import container_security_context, pod_security_context
 from .spec import AdapterSource, CacheSpec, SecretKeyRef
 
 __all__ = ["ServerPlan", "build_config_map", "build_deployment", "build_service", "render_server_config", "secret_env"]
@@ -34,7 +35,6 @@ CACHE_DIR = "/var/cache/tuneforge"
 PVC_ROOT = "/mnt/pvc"
 API_KEY_ENV = "TUNEFORGE_API_KEY"
 PORT = 8000
-RUN_AS = 65532
 CONTAINER = "server"
 GPU_RESOURCE = "nvidia.com/gpu"
 
@@ -177,8 +177,7 @@ def pod_spec(plan: ServerPlan, restart_policy: str = "Always") -> dict[str, Any]
         "enableServiceLinks": False,
         "automountServiceAccountToken": False,
         "terminationGracePeriodSeconds": plan.pre_stop_seconds + plan.drain_seconds + 15,
-        "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS, "fsGroup": RUN_AS,
-                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": pod_security_context(),
         "containers": [{
             "name": CONTAINER, "image": plan.image, "imagePullPolicy": "IfNotPresent",
             "args": ["launch", "--config", config_path],
@@ -190,7 +189,7 @@ def pod_spec(plan: ServerPlan, restart_policy: str = "Always") -> dict[str, Any]
             "livenessProbe": {**health, "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 6},
             "lifecycle": {"preStop": {"sleep": {"seconds": plan.pre_stop_seconds}}},
             "resources": _resources(plan),
-            "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}},
+            "securityContext": container_security_context(),
             "volumeMounts": [
                 {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
                 {"name": "cache", "mountPath": CACHE_DIR},

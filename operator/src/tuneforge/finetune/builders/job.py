@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...pod_security import container_security_context, pod_security_context
 from ...settings import Settings
 from .. import KUEUE_QUEUE_LABEL
 from ..spec import FineTuneJobSpec, SecretKeyRef, config_map_sources, pvc_claims
@@ -22,7 +23,6 @@ from .names import (
 )
 
 CONTAINER = "trainer"
-RUN_AS = 65532
 # tuneforge_trainer.cli exit codes that no retry can fix: a bad config (2) or bad data (3).
 FATAL_EXIT_CODES = [2, 3]
 # torchrun's static rendezvous: every node dials pod 0's TCPStore on this port.
@@ -108,24 +108,6 @@ def _volumes(owner: Owner, spec: FineTuneJobSpec, revision: int, with_shm: bool,
     return volumes, mounts
 
 
-def _pod_security() -> dict[str, Any]:
-    return {
-        "runAsNonRoot": True,
-        "runAsUser": RUN_AS,
-        "runAsGroup": RUN_AS,
-        "fsGroup": RUN_AS,
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
-
-
-def _container_security() -> dict[str, Any]:
-    return {
-        "allowPrivilegeEscalation": False,
-        "readOnlyRootFilesystem": True,
-        "capabilities": {"drop": ["ALL"]},
-    }
-
-
 def _pod_failure_policy(gang: bool = False) -> dict[str, Any]:
     if gang:
         # A gang trains only whole: one worker that fails (or is evicted) fails the Job, and the
@@ -183,7 +165,7 @@ def _cpu_pod(labels: dict[str, str], settings: Settings, command: list[str], env
             "restartPolicy": "Never",
             "automountServiceAccountToken": False,
             "enableServiceLinks": False,
-            "securityContext": _pod_security(),
+            "securityContext": pod_security_context(),
             "containers": [{
                 "name": CONTAINER,
                 "image": settings.trainer_image,
@@ -192,7 +174,7 @@ def _cpu_pod(labels: dict[str, str], settings: Settings, command: list[str], env
                 "env": env,
                 "resources": resources,
                 "volumeMounts": mounts,
-                "securityContext": _container_security(),
+                "securityContext": container_security_context(),
                 "terminationMessagePolicy": "FallbackToLogsOnError",
             }],
             "volumes": volumes,
@@ -270,7 +252,7 @@ def _gpu_job(owner: Owner, spec: FineTuneJobSpec, revision: int, settings: Setti
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "securityContext": _pod_security(),
+        "securityContext": pod_security_context(),
         "terminationGracePeriodSeconds": GRACE_SECONDS,
         "containers": [{
             "name": CONTAINER,
@@ -280,7 +262,7 @@ def _gpu_job(owner: Owner, spec: FineTuneJobSpec, revision: int, settings: Setti
             "env": _env(spec) + _distributed_env(spec),
             "resources": {"requests": requests, "limits": limits},
             "volumeMounts": mounts,
-            "securityContext": _container_security(),
+            "securityContext": container_security_context(),
             "terminationMessagePolicy": "FallbackToLogsOnError",
         }],
         "volumes": volumes,
@@ -330,7 +312,7 @@ def _gang_wait(spec: FineTuneJobSpec, owner: Owner, revision: int, attempt: int,
         "command": ["python3", "-c", GANG_WAIT],
         "args": worker_hostnames(owner, spec, revision, attempt),
         "resources": resources,
-        "securityContext": _container_security(),
+        "securityContext": container_security_context(),
     }
 
 
