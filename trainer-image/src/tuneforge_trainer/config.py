@@ -744,17 +744,11 @@ class TrainerConfig(_Strict):
                 "'classifier' is scored by its score layer (leave eval.method unset or auto)"
             )
         bl = self.eval.baselines
-        asked = _asked_base_model_baselines(bl)
-        if asked:
-            # The adapter switched off leaves a randomly initialised score layer: chance, not a
-            # base model's answer.
-            raise ValueError(
-                f"{' and '.join(asked)} score the base model by its language-model head; with "
-                "task.head 'classifier' the adapter switched off leaves an untrained score layer "
-                "(use tfidf_lr or an openai baseline, or task.head lm)"
-            )
-        if bl.zero_shot:
-            bl.zero_shot = False  # on by default only where it means something
+        if bl.zero_shot and not _asked_base_model_baselines(bl):
+            # The adapter switched off leaves a randomly initialised score layer, so the base
+            # model answers through its language-model head, loaded a second time beside the
+            # classifier: asked for explicitly, never paid by default.
+            bl.zero_shot = False
 
     # Helpers used by the trainer; pure, so the operator may call them too.
     def learning_rate(self) -> float:
