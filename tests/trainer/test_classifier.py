@@ -163,8 +163,11 @@ def test_train_main_classifier_end_to_end(tiny_model: Path, tmp_path: Path, caps
     assert metrics["eval"]["method"] == "classifier"
     assert set(metrics["eval"]["per_class"]) == {"card", "fx"} and metrics["eval"]["confusion_matrix"]
     assert metrics["config"]["training"]["learning_rate"] == 1e-3
+    val = metrics["validation"]  # the classifier scores its validation rows too (one pass per batch)
+    assert val["n"] == sum(metrics["data"]["validation_counts"].values()) > 0 and 0 <= val["accuracy"] <= 1
     card = (out / "README.md").read_text()
     assert "head: classifier" in card and "**The gate uses this accuracy.**" in card
+    assert f"Validation rows ({val['n']}," in card
     predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert predictions[0]["text"].startswith(("my card is lost", "euro exchange rate")) and "messages" not in predictions[0]
 

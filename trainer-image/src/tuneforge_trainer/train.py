@@ -461,6 +461,18 @@ def _adapter_off(model: Any) -> Any:
         yield model
 
 
+def _score_validation(cfg: TrainerConfig, model: Any, tokenizer: Any, data: PreparedData) -> dict[str, Any] | None:
+    """The classifier's accuracy on the validation rows (the rows its settings are chosen on):
+    one forward pass per batch, so it is cheap enough to report always; the lm head's label
+    scoring is not, and reports the validation loss only."""
+    if cfg.task.head != "classifier" or not data.validation:
+        return None
+    from tuneforge_trainer.evaluate import score_model
+
+    r = score_model(model, tokenizer, data.validation, cfg, data.labels)
+    return {k: r[k] for k in ("accuracy", "macro_f1", "label_nll", "n", "seconds")}
+
+
 def _lm_head(cfg: TrainerConfig) -> TrainerConfig:
     """``cfg`` with ``task.head: lm`` (how the base model is loaded for its own answers)."""
     return cfg.model_copy(update={"task": cfg.task.model_copy(update={"head": "lm"})})
@@ -703,10 +715,12 @@ def train_main(cfg: TrainerConfig) -> int:
     artifacts["metrics"] = join_uri(cfg.output.dir, "metrics.json")
     if cfg.output.model_card:
         artifacts["model_card"] = join_uri(cfg.output.dir, "README.md")
+    validation = _score_validation(cfg, model, tokenizer, data)
     report = {
         "config": cfg.model_dump(mode="json"),
         "data": data.report.to_dict(),
         "training": training,
+        "validation": validation,
         "eval": ev,
         "baselines": baselines,
         "artifacts": artifacts,
