@@ -168,8 +168,12 @@ def start_operator(c: Cluster, trainer_image: str, **images: str) -> InClusterOp
         values["images"]["server"] = _image_values(images["server"])
     if "gate" in images:
         values["images"]["gate"] = _image_values(images["gate"])
-    c.kubectl("create", "namespace", OPERATOR_NAMESPACE, check=False)
-    c.kubectl("create", "namespace", NAMESPACE, check=False)
+    for ns in (OPERATOR_NAMESPACE, NAMESPACE):
+        c.kubectl("create", "namespace", ns, check=False)
+        # Both enforce Pod Security "restricted", as a platform team's namespaces do: the operator,
+        # the validation and training Jobs, the summary reader, the servers and the gate run there.
+        c.kubectl("label", "namespace", ns, "--overwrite", "pod-security.kubernetes.io/enforce=restricted",
+                  "pod-security.kubernetes.io/enforce-version=latest")
     with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="tuneforge-values-") as f:
         json.dump(values, f)
         f.flush()

@@ -33,6 +33,9 @@ def test_demo_runs_the_operator_in_the_cluster(cluster: Cluster) -> None:
         operator = demo.start_operator(cluster, standin)
         status = demo.helm_status(cluster)
         assert "STATUS: deployed" in status and f"NAMESPACE: {demo.OPERATOR_NAMESPACE}" in status, status
+        for name in (ns, demo.OPERATOR_NAMESPACE):  # the operator and every pod it builds: restricted
+            labels = cluster.get("namespace", name)["metadata"]["labels"]
+            assert labels["pod-security.kubernetes.io/enforce"] == "restricted", (name, labels)
         pods = operator.pods()
         assert len(pods) == demo.OPERATOR_REPLICAS == 2  # the chart's default: a leader and a follower
         for pod in pods:

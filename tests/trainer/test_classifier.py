@@ -119,6 +119,9 @@ def test_classifier_turns_the_base_model_baseline_off_by_default() -> None:
     c = cfg_with()
     assert not c.eval.baselines.zero_shot and c.eval.baselines.tfidf_lr
     assert cfg_with(task={"head": "lm"}).eval.baselines.zero_shot
+    # Asked for, it stays on: the base model answers through its language-model head.
+    asked = cfg_with(eval={"baselines": {"zero_shot": True, "few_shot": 2}}).eval.baselines
+    assert asked.zero_shot and asked.few_shot == 2
 
 
 @pytest.mark.parametrize(
@@ -127,8 +130,6 @@ def test_classifier_turns_the_base_model_baseline_off_by_default() -> None:
         ({"task": {"head": "classifier", "type": "generation"}}, "task.head 'classifier' needs task.type: classification"),
         ({"lora": {"enabled": False}}, "task.head 'classifier' needs lora.enabled: true"),
         ({"eval": {"method": "loglik"}}, "eval.method 'loglik' scores a language-model head"),
-        ({"eval": {"baselines": {"zero_shot": True}}}, "eval.baselines.zero_shot score the base model"),
-        ({"eval": {"baselines": {"few_shot": 4}}}, "eval.baselines.few_shot score the base model"),
         ({"task": {"head": "mlp"}}, "task.head"),
     ],
 )
@@ -162,10 +163,28 @@ def test_train_main_classifier_end_to_end(tiny_model: Path, tmp_path: Path, caps
     assert metrics["eval"]["method"] == "classifier"
     assert set(metrics["eval"]["per_class"]) == {"card", "fx"} and metrics["eval"]["confusion_matrix"]
     assert metrics["config"]["training"]["learning_rate"] == 1e-3
+    val = metrics["validation"]  # the classifier scores its validation rows too (one pass per batch)
+    assert val["n"] == sum(metrics["data"]["validation_counts"].values()) > 0 and 0 <= val["accuracy"] <= 1
     card = (out / "README.md").read_text()
     assert "head: classifier" in card and "**The gate uses this accuracy.**" in card
+    assert f"Validation rows ({val['n']}," in card
     predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert predictions[0]["text"].startswith(("my card is lost", "euro exchange rate")) and "messages" not in predictions[0]
+
+
+def test_classifier_zero_shot_baseline_is_the_base_models_lm_head(
+    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]  # noqa: F811
+) -> None:
+    # The classifier with its adapter off has an untrained score layer; the zero-shot baseline is
+    # the base model's language-model head, scored by label log-likelihood on the same rows.
+    rc, events = run(tiny_model, tmp_path, capsys, task={"head": "classifier"},
+                     eval={"baselines": {"zero_shot": True, "tfidf_lr": True}})
+    assert rc == 0
+    assert [e["name"] for e in events if e["event"] == "baseline"] == ["zero_shot", "tfidf_lr"]
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    zs = metrics["baselines"]["zero_shot"]
+    assert "error" not in zs and zs["method"] == "loglik" and zs["n"] == metrics["eval"]["n"] == 6
+    assert metrics["eval"]["method"] == "classifier"
 
 
 def test_evaluate_main_refuses_an_adapter_with_another_label_order(

@@ -1,9 +1,11 @@
-"""task.head classifier on the real model (slow: a few minutes on a CPU).
+"""task.head classifier on the real model (slow: minutes on a CPU).
 
-SmolLM2-135M-Instruct, BANKING77's 8 demo intents, 25 training rows per intent (a tenth held out
-for validation), 50 steps of 8 at the classifier's default learning rate, 10 test rows per
-intent from test.csv. The classifier must beat chance (1 in 8) by a wide margin, and the saved
-adapter must reload with its label order and answer as the trainer did.
+SmolLM2-135M-Instruct on BANKING77's 8 demo intents: 25 training rows per intent (a tenth of
+train.csv's rows split off first as validation rows), 10 test rows per intent from test.csv,
+trained with the classifier head's defaults only (3 epochs of batch 8 at its learning rate: no
+setting here is tuned to these rows). The adapter must learn (far above chance; TF-IDF + logistic
+regression on the same rows is printed beside it), report its validation accuracy, and the saved adapter
+must reload with its label order and answer as the trainer did.
 """
 
 from __future__ import annotations
@@ -20,15 +22,18 @@ from tuneforge_trainer.summary import parse_summary
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.timeout(3600)
 def test_classifier_head_learns_banking77_8_intents_and_reloads(model_path: Path, banking77: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     cfg = banking_config(
         model_path, out,
         task={"head": "classifier"},
-        training={"max_steps": 50, "batch_size": 8, "logging_steps": 5, "eval_steps": None, "save_steps": None,
-                  "learning_rate": None},  # the head's default (1e-3)
-        eval={"loss_max_rows": 24, "baselines": {"few_shot": 0, "tfidf_lr": True}},  # zero-shot: off by default
+        eval={"loss_max_rows": 24, "batch_size": 32, "baselines": {"few_shot": 0, "tfidf_lr": True}},
     )
+    # The head's defaults: epochs, learning rate, warmup and schedule as the trainer sets them.
+    cfg["training"] = {"batch_size": 8, "logging_steps": 10}
+    # 25 training rows and 10 test rows per intent keep this test to a few minutes on 2 cores; the
+    # full demo size (50/20, where the adapter is compared with TF-IDF) is bench/accuracy.py's.
     cfg["dataset"].update(max_rows_per_label=25, max_eval_rows_per_label=10)
     path = write_config(tmp_path / "config.yaml", cfg)
     t0 = time.monotonic()
@@ -36,13 +41,20 @@ def test_classifier_head_learns_banking77_8_intents_and_reloads(model_path: Path
     wall = time.monotonic() - t0
     assert proc.returncode == 0, proc.stderr[-4000:]
     s = parse_summary((tmp_path / "out.termination-log").read_text())
-    tfidf = next(b.accuracy for b in s.baselines if b.name == "tfidf_lr")
-    print(f"\nclassifier: accuracy {s.accuracy} on {s.n_eval} rows (TF-IDF + LR {tfidf}); "
-          f"{s.steps} steps in {s.train_seconds} s, eval {s.eval_seconds} s, wall {wall:.0f} s")
-    assert s.status == "succeeded" and s.steps == 50 and s.n_eval == 80
-    assert s.accuracy is not None and s.accuracy >= 0.75  # chance is 0.125
     metrics = json.loads((out / "metrics.json").read_text())
+    tfidf = metrics["baselines"]["tfidf_lr"]["accuracy"]
+    val = metrics["validation"]
+    print(f"\nclassifier: accuracy {s.accuracy} on {s.n_eval} test rows (TF-IDF + LR {tfidf}); validation "
+          f"{val['accuracy']} on {val['n']} rows; {s.steps} steps in {s.train_seconds} s, eval {s.eval_seconds} s, "
+          f"wall {wall:.0f} s")
+    assert s.status == "succeeded" and s.n_eval == 80 and s.steps >= 60  # 3 epochs of ~180 rows, batch 8
     assert metrics["config"]["training"]["learning_rate"] == 1e-3 and metrics["eval"]["method"] == "classifier"
+    # Learned, far above chance (1 in 8); the comparison with TF-IDF at the demo's size is measured
+    # by bench/accuracy.py (issue 20: 96.9 % vs 98.1 % there, not yet at or above it).
+    assert s.accuracy is not None and s.accuracy >= 0.75, (s.accuracy, tfidf)
+    assert val["n"] > 0 and val["accuracy"] >= 0.6
+    card = (out / "README.md").read_text()
+    assert "head: classifier" in card and f"Validation rows ({val['n']}," in card
 
     # The adapter reloads onto a fresh base with its own label order and answers as the trainer did.
     import torch

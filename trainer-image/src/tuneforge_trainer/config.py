@@ -158,6 +158,22 @@ class DatasetConfig(_Strict):
             "them with the other dropped rows."
         ),
     )
+    encoding: str = Field(
+        default="auto",
+        description=(
+            "Text encoding of csv/tsv/txt files; auto = a byte-order mark (UTF-8, UTF-16 as Excel's "
+            "'Unicode text', UTF-32), else UTF-8, else charset-normalizer's guess (cp1252, latin-1, "
+            "...), reported as a warning. Any Python codec name (e.g. cp1252) forces one."
+        ),
+        min_length=1,
+    )
+    delimiter: Literal["auto", ",", ";", "\t", "|"] = Field(
+        default="auto",
+        description=(
+            "Field delimiter of csv/tsv/txt files; auto = the one (csv.Sniffer's guess first, then "
+            "comma, semicolon, tab, pipe) whose header row holds text_column and label_column."
+        ),
+    )
     prompt_template: str = Field(
         default=(
             "Classify the message into one of these categories: {labels}.\n"
@@ -294,6 +310,15 @@ class DataPrepConfig(_Strict):
         description=(
             "Fatal if more than this fraction of eval rows also occur (normalised) in training; "
             "below it, leaked rows are removed from training."
+        ),
+    )
+    label_variants: Literal["fail", "warn"] = Field(
+        default="fail",
+        description=(
+            "Labels equal after folding case, spaces, punctuation and underscores ('card_arrival', "
+            "'Card Arrival'): fail stops before training naming each spelling with its row count "
+            "and first row; warn trains them as separate classes and lists them in the report. "
+            "Never merged silently. Labels a typo apart are always a warning."
         ),
     )
     seed: int = Field(default=42, description="Seed for shuffling, splitting and balancing.")
@@ -733,17 +758,11 @@ class TrainerConfig(_Strict):
                 "'classifier' is scored by its score layer (leave eval.method unset or auto)"
             )
         bl = self.eval.baselines
-        asked = _asked_base_model_baselines(bl)
-        if asked:
-            # The adapter switched off leaves a randomly initialised score layer: chance, not a
-            # base model's answer.
-            raise ValueError(
-                f"{' and '.join(asked)} score the base model by its language-model head; with "
-                "task.head 'classifier' the adapter switched off leaves an untrained score layer "
-                "(use tfidf_lr or an openai baseline, or task.head lm)"
-            )
-        if bl.zero_shot:
-            bl.zero_shot = False  # on by default only where it means something
+        if bl.zero_shot and not _asked_base_model_baselines(bl):
+            # The adapter switched off leaves a randomly initialised score layer, so the base
+            # model answers through its language-model head, loaded a second time beside the
+            # classifier: asked for explicitly, never paid by default.
+            bl.zero_shot = False
 
     # Helpers used by the trainer; pure, so the operator may call them too.
     def learning_rate(self) -> float:

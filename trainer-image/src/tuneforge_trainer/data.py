@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tuneforge_trainer.config import TrainerConfig
+from tuneforge_trainer.tabular import TabularError, label_variants, near_labels, read_table
 
 __all__ = [
     "DataError",
@@ -31,6 +32,7 @@ __all__ = [
     "dedup",
     "detect_format",
     "format_example",
+    "check_label_spellings",
     "leak_check",
     "load_rows",
     "normalize",
@@ -129,11 +131,12 @@ def detect_format(path: str) -> str:
     if os.path.isdir(path):
         return "hf_dataset"
     lower = path.lower()
-    if lower.endswith(".csv") or lower.endswith(".tsv"):
+    # .txt: Excel's "Unicode text" and "Text (Tab delimited)"; .xlsx/.xls are refused when read.
+    if lower.endswith((".csv", ".tsv", ".txt", ".tab", ".xlsx", ".xls", ".ods")):
         return "csv"
     if lower.endswith((".jsonl", ".json", ".ndjson")):
         try:
-            with open(path, encoding="utf-8") as f:
+            with open(path, encoding="utf-8-sig") as f:
                 for line in f:
                     if line.strip():
                         first = json.loads(line)
@@ -172,33 +175,18 @@ def _from_record(
     return Example(text=str(rec.get(text_col) or "").strip(), target=str(rec.get(label_col) or "").strip(), row=row, source=source)
 
 
-def _csv_rows(f: Any, delim: str) -> tuple[list[str], list[tuple[int, dict[str, str]]], list[tuple[int, int]]]:
-    """Header, (row number, record) pairs, and (row number, field count) of the rows whose field
-    count differs from the header's. Row numbers count records with the header as 1, blank lines
-    skipped (as csv.DictReader counts them)."""
-    reader = csv.reader(f, delimiter=delim)
-    header = next(reader, [])
-    good: list[tuple[int, dict[str, str]]] = []
-    bad: list[tuple[int, int]] = []
-    i = 1
-    for fields in reader:
-        if not fields:
-            continue
-        i += 1
-        if len(fields) != len(header):
-            bad.append((i, len(fields)))
-        else:
-            good.append((i, dict(zip(header, fields))))
-    return header, good, bad
-
-
 def load_rows(
-    path: str, fmt: str, text_col: str, label_col: str, source: str = "train", csv_bad_rows: str = "fail"
+    path: str, fmt: str, text_col: str, label_col: str, source: str = "train", csv_bad_rows: str = "fail",
+    encoding: str = "auto", delimiter: str = "auto", notes: list[str] | None = None,
 ) -> tuple[list[Example], list[DroppedRow], str]:
     """Read a local file/folder; returns (rows, dropped rows, resolved format).
 
     ``csv_bad_rows`` (``dataset.csv_bad_rows``): what a CSV row whose field count differs from the
     header does, "fail" (a :class:`DataError` naming the rows) or "drop" (a dropped row).
+    Delimited text is read as tools export it (:mod:`tuneforge_trainer.tabular`: BOMs, UTF-16,
+    cp1252, semicolons or tabs, CRLF, trailing empty columns and rows, header case and spaces);
+    ``encoding`` and ``delimiter`` (``dataset.encoding``/``dataset.delimiter``) override the
+    detection, and what was guessed is appended to ``notes`` (the report's warnings).
     """
     if fmt == "auto":
         fmt = detect_format(path)
@@ -210,31 +198,42 @@ def load_rows(
 
     try:
         if fmt == "csv":
-            with open(path, encoding="utf-8", newline="") as f:
-                delim = "\t" if path.lower().endswith(".tsv") else ","
-                cols, records, bad = _csv_rows(f, delim)
-                for col, name in ((text_col, "dataset.text_column"), (label_col, "dataset.label_column")):
-                    if col not in cols:
-                        raise DataError(f"{source} data {path}: missing column {col!r} ({name}); columns are {cols}")
-                # More fields than the header is the usual sign of an unquoted comma that cut the
-                # text (the label column then holds a piece of the text); fewer, of a cut row.
-                if bad and csv_bad_rows == "fail":
-                    listed = ", ".join(f"row {r} has {n}" for r, n in bad[:5])
-                    more = f" (and {len(bad) - 5} more rows)" if len(bad) > 5 else ""
+            with open(path, "rb") as fb:
+                raw = fb.read()
+            default = "\t" if path.lower().endswith((".tsv", ".tab", ".txt")) else ","
+            try:
+                table = read_table(raw, f"{source} data {path}", [text_col, label_col], encoding, delimiter, default)
+            except TabularError as e:
+                raise DataError(str(e)) from None
+            if notes is not None:
+                notes.extend(table.notes)
+            cols, records, bad = table.header, table.records, table.bad
+            for col, name in ((text_col, "dataset.text_column"), (label_col, "dataset.label_column")):
+                if col not in cols:
+                    shown = "tab" if table.delimiter == "\t" else repr(table.delimiter)
                     raise DataError(
-                        f"{source} data {path}: {len(bad)} row(s) do not have the header's {len(cols)} "
-                        f"fields: {listed}{more}; an unquoted delimiter or quote in the text usually "
-                        "causes this. Quote the text, or set dataset.csv_bad_rows: drop to drop such rows"
+                        f"{source} data {path}: missing column {col!r} ({name}); columns are {cols} "
+                        f"(read as {table.encoding}, delimiter {shown})"
                     )
-                for r, n in bad:
-                    dropped.append(DroppedRow(
-                        source, r, f"field count differs from the header ({n} fields, expected {len(cols)})"
-                    ))
-                for i, rec in records:
-                    add(_from_record(rec, fmt, i, source, text_col, label_col))
-                dropped.sort(key=lambda d: d.row)
+            # More fields than the header is the usual sign of an unquoted comma that cut the
+            # text (the label column then holds a piece of the text); fewer, of a cut row.
+            if bad and csv_bad_rows == "fail":
+                listed = ", ".join(f"row {r} has {n}" for r, n in bad[:5])
+                more = f" (and {len(bad) - 5} more rows)" if len(bad) > 5 else ""
+                raise DataError(
+                    f"{source} data {path}: {len(bad)} row(s) do not have the header's {len(cols)} "
+                    f"fields: {listed}{more}; an unquoted delimiter or quote in the text usually "
+                    "causes this. Quote the text, or set dataset.csv_bad_rows: drop to drop such rows"
+                )
+            for r, n in bad:
+                dropped.append(DroppedRow(
+                    source, r, f"field count differs from the header ({n} fields, expected {len(cols)})"
+                ))
+            for i, rec in records:
+                add(_from_record(rec, fmt, i, source, text_col, label_col))
+            dropped.sort(key=lambda d: d.row)
         elif fmt in ("instruction_jsonl", "chat_jsonl"):
-            with open(path, encoding="utf-8") as f:
+            with open(path, encoding="utf-8-sig") as f:
                 for i, line in enumerate(f, start=1):
                     if not line.strip():
                         continue
@@ -272,6 +271,54 @@ def load_rows(
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{source} data {path}: unreadable ({getattr(e, 'strerror', None) or e})") from None
     return rows, dropped, fmt
+
+
+def check_label_spellings(
+    rows: Sequence[Example], include: Sequence[str] | None, mode: str, report: DataReport
+) -> None:
+    """Labels that look like one class spelled differently, reported before training with their
+    row counts (``data.label_variants``).
+
+    Labels equal after folding case, whitespace, punctuation and underscores ('card_arrival',
+    'Card Arrival') are one class written two ways far more often than two classes: trained
+    apart they split the class, and the user would find out only at evaluation, from a confusion
+    matrix. So by default (``fail``) they stop the run, naming each spelling, its row count and
+    its first row; ``warn`` records them in the report's warnings and trains them as written.
+    Nothing is merged silently either way: which spelling is right is the data owner's call.
+    Labels a typo apart (:func:`~tuneforge_trainer.tabular.near_labels`) can be real, distinct
+    classes, so they are always a warning. With ``include`` only groups touching an included
+    label are reported (the filter would drop the other spellings' rows unseen).
+    """
+    from tuneforge_trainer.tabular import label_key
+
+    counts = Counter(e.target for e in rows if e.target)
+    first: dict[str, str] = {}
+    for e in rows:
+        first.setdefault(e.target, f"{e.source} row {e.row}")
+    inc = {label_key(x) for x in include} if include is not None else None
+
+    def relevant(labels: Sequence[str]) -> bool:
+        return inc is None or any(label_key(x) in inc for x in labels)
+
+    groups = [g for g in label_variants(counts) if relevant([lab for lab, _ in g])]
+    if groups:
+        desc = "; ".join(
+            " vs ".join(f"{lab!r} ({n} rows, first at {first[lab]})" for lab, n in g) for g in groups[:5]
+        )
+        more = f" (and {len(groups) - 5} more groups)" if len(groups) > 5 else ""
+        msg = f"labels that differ only in case, spaces, punctuation or underscores: {desc}{more}"
+        if mode == "fail":
+            raise DataError(
+                f"{msg}; one class spelled two ways would train as two classes. Correct the spellings "
+                "in the data, or set data.label_variants: warn to train them as separate classes"
+            )
+        report.warnings.append(f"{msg}; trained as separate classes (data.label_variants: warn)")
+    for (a, na), (b, nb), ratio in near_labels(counts):
+        if relevant([a, b]):
+            report.warnings.append(
+                f"labels {a!r} ({na} rows, first at {first[a]}) and {b!r} ({nb} rows, first at {first[b]}) "
+                f"are spelled alike (similarity {ratio}): one class with a typo? Trained as separate classes"
+            )
 
 
 def dedup(rows: Sequence[Example], mode: str) -> tuple[list[Example], list[DroppedRow]]:
@@ -381,7 +428,10 @@ def prepare_eval_rows(
     """
     ds, dp = cfg.dataset, cfg.data
     report = DataReport()
-    held, dropped, fmt = load_rows(path, ds.format, ds.text_column, ds.label_column, "eval", ds.csv_bad_rows)
+    held, dropped, fmt = load_rows(
+        path, ds.format, ds.text_column, ds.label_column, "eval", ds.csv_bad_rows, ds.encoding, ds.delimiter,
+        report.warnings,
+    )
     report.format = fmt
     report.loaded_eval = len(held) + len(dropped)
     report.dropped.extend(dropped)
@@ -527,19 +577,26 @@ def prepare_data(
     classification = cfg.task.type == "classification"
     report = DataReport()
     path = resolve(ds.source)
-    train, dropped, fmt = load_rows(path, ds.format, ds.text_column, ds.label_column, "train", ds.csv_bad_rows)
+    train, dropped, fmt = load_rows(
+        path, ds.format, ds.text_column, ds.label_column, "train", ds.csv_bad_rows, ds.encoding, ds.delimiter,
+        report.warnings,
+    )
     report.format = fmt
     report.loaded = len(train) + len(dropped)
     report.dropped.extend(dropped)
     held: list[Example] = []
     if ds.eval_source:
         held, d2, _ = load_rows(
-            resolve(ds.eval_source), ds.format, ds.text_column, ds.label_column, "eval", ds.csv_bad_rows
+            resolve(ds.eval_source), ds.format, ds.text_column, ds.label_column, "eval", ds.csv_bad_rows,
+            ds.encoding, ds.delimiter, report.warnings,
         )
         report.loaded_eval = len(held) + len(d2)
         report.dropped.extend(d2)
     if not train:
         raise DataError(f"dataset.source {ds.source}: no usable rows")
+    if classification:
+        # Before the label filter: a variant spelling of an included label would be dropped by it.
+        check_label_spellings(train + held, ds.include_labels, dp.label_variants, report)
 
     if ds.include_labels is not None:
         wanted = set(ds.include_labels)

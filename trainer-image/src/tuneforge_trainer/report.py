@@ -62,6 +62,14 @@ def render_model_card(report: dict[str, Any]) -> str:
         f"{tr.get('eval_loss') if tr.get('eval_loss') is not None else '–'}.",
         "",
     ]
+    val = report.get("validation") or {}
+    if val.get("accuracy") is not None:
+        lines += [
+            f"Validation rows ({val.get('n')}, split off the training data; what settings are chosen "
+            f"on): accuracy {_pct(val.get('accuracy'))}, macro-F1 {_pct(val.get('macro_f1'))}, "
+            f"loss {val.get('label_nll'):.4f}.",
+            "",
+        ]
     if ev.get("method") == "classifier":
         lines += [
             "Scoring: a sequence-classification score layer (trained with the LoRA adapter and "

@@ -8,6 +8,7 @@ adapter. Heavy libraries are imported here, never by the light modules.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -383,23 +384,39 @@ def _write_lineage(
 
 def run_baselines(
     cfg: TrainerConfig, model: Any, tokenizer: Any, data: PreparedData, rows: list[Example], method: str | None,
-    progress: ProgressReporter | None = None,
+    progress: ProgressReporter | None = None, base_lm: Any = None,
 ) -> dict[str, dict[str, Any]]:
     """Zero/few-shot base model (adapter disabled), TF-IDF + LR and an optional endpoint.
 
+    With ``task.head: classifier`` the trained model with its adapter off has an untrained score
+    layer, so the base model's own answer comes from its language-model head: ``base_lm()``
+    loads it (once, beside the classifier, when a zero/few-shot baseline is asked) and it is
+    scored as the lm head scores (the prompt with the label list, label log-likelihood).
     A ``baseline`` progress event follows each one (minutes each on a CPU).
     """
+    import contextlib
+
     from tuneforge_trainer.evaluate import few_shot_messages, openai_baseline, pick_shots, score_model, tfidf_baseline
 
     bc = cfg.eval.baselines
     out: dict[str, dict[str, Any]] = {}
+    lm_cfg, lm_method = cfg, method
+    loaded: list[Any] = []
+    if cfg.task.head == "classifier":
+        lm_cfg, lm_method = _lm_head(cfg), "loglik"
 
     def base_ctx() -> Any:
+        if cfg.task.head == "classifier":
+            if base_lm is None:
+                raise RuntimeError("no language-model head to score the base model with")
+            if not loaded:
+                loaded.append(base_lm())
+            return contextlib.nullcontext(loaded[0])
         # Without an adapter to switch off, "the base model" would be the fine-tuned model itself
         # (config load rejects that combination; this guards against a model without adapters).
         if not hasattr(model, "disable_adapter"):
             raise RuntimeError("the model has no LoRA adapter to switch off; cannot score the base model")
-        return model.disable_adapter()
+        return _adapter_off(model)
 
     def guarded(name: str, fn: Any) -> None:
         try:
@@ -418,16 +435,16 @@ def run_baselines(
 
     if bc.zero_shot:
         def zero() -> dict[str, Any]:
-            with base_ctx():
-                return score_model(model, tokenizer, rows, cfg, data.labels, method=method)
+            with base_ctx() as base:
+                return score_model(base, tokenizer, rows, lm_cfg, data.labels, method=lm_method)
 
         guarded("zero_shot", zero)
     if bc.few_shot:
         def few() -> dict[str, Any]:
             shots = pick_shots(data.train, bc.few_shot, cfg.data.seed)
             prefix = few_shot_messages(shots, cfg, data.labels)
-            with base_ctx():
-                return score_model(model, tokenizer, rows, cfg, data.labels, prefix=prefix, method=method)
+            with base_ctx() as base:
+                return score_model(base, tokenizer, rows, lm_cfg, data.labels, prefix=prefix, method=lm_method)
 
         guarded(f"few_shot_{bc.few_shot}", few)
     if bc.tfidf_lr and cfg.task.type == "classification":
@@ -435,6 +452,30 @@ def run_baselines(
     if bc.openai is not None:
         guarded(f"openai:{bc.openai.model}", lambda: openai_baseline(rows, cfg, data.labels))
     return out
+
+
+@contextlib.contextmanager
+def _adapter_off(model: Any) -> Any:
+    """``model`` with its LoRA adapter switched off for the block (the base model's answers)."""
+    with model.disable_adapter():
+        yield model
+
+
+def _score_validation(cfg: TrainerConfig, model: Any, tokenizer: Any, data: PreparedData) -> dict[str, Any] | None:
+    """The classifier's accuracy on the validation rows (the rows its settings are chosen on):
+    one forward pass per batch, so it is cheap enough to report always; the lm head's label
+    scoring is not, and reports the validation loss only."""
+    if cfg.task.head != "classifier" or not data.validation:
+        return None
+    from tuneforge_trainer.evaluate import score_model
+
+    r = score_model(model, tokenizer, data.validation, cfg, data.labels)
+    return {k: r[k] for k in ("accuracy", "macro_f1", "label_nll", "n", "seconds")}
+
+
+def _lm_head(cfg: TrainerConfig) -> TrainerConfig:
+    """``cfg`` with ``task.head: lm`` (how the base model is loaded for its own answers)."""
+    return cfg.model_copy(update={"task": cfg.task.model_copy(update={"head": "lm"})})
 
 
 def _sample(rows: list[Example], k: int | None, seed: int) -> list[Example]:
@@ -628,7 +669,10 @@ def train_main(cfg: TrainerConfig) -> int:
             "eval", accuracy=ev.get("accuracy"), macro_f1=ev.get("macro_f1"), accuracy_norm=ev.get("accuracy_norm"),
             rows=len(rows), seconds=ev["seconds"],
         )
-        baselines = run_baselines(cfg, model, tokenizer, data, rows, ev["method"], progress)
+        baselines = run_baselines(
+            cfg, model, tokenizer, data, rows, ev["method"], progress,
+            base_lm=lambda: load_model(model_path, _lm_head(cfg), dataclasses.replace(ds, sharded=False)),
+        )
         _write_predictions(os.path.join(art, "predictions.jsonl"), rows, ev["predictions"], cfg, data.labels)
         artifacts["predictions"] = join_uri(cfg.output.dir, "predictions.jsonl")
 
@@ -673,10 +717,12 @@ def train_main(cfg: TrainerConfig) -> int:
     artifacts["metrics"] = join_uri(cfg.output.dir, "metrics.json")
     if cfg.output.model_card:
         artifacts["model_card"] = join_uri(cfg.output.dir, "README.md")
+    validation = _score_validation(cfg, model, tokenizer, data)
     report = {
         "config": cfg.model_dump(mode="json"),
         "data": data.report.to_dict(),
         "training": training,
+        "validation": validation,
         "eval": ev,
         "baselines": baselines,
         "artifacts": artifacts,
@@ -772,7 +818,10 @@ def evaluate_main(cfg: TrainerConfig, adapter: str | None = None, eval_file: str
         "eval", accuracy=ev.get("accuracy"), macro_f1=ev.get("macro_f1"), accuracy_norm=ev.get("accuracy_norm"),
         rows=len(rows), seconds=ev["seconds"],
     )
-    baselines = run_baselines(cfg, model, tokenizer, data, rows, ev["method"], progress)
+    baselines = run_baselines(
+        cfg, model, tokenizer, data, rows, ev["method"], progress,
+        base_lm=lambda: load_model(model_path, _lm_head(cfg), ds),
+    )
     art = _artifact_dir(cfg)
     out = os.path.join(art, "evaluation")
     artifacts = {"adapter": adapter or join_uri(cfg.output.dir, "adapter"), "metrics": join_uri(cfg.output.dir, "evaluation", "metrics.json")}
