@@ -300,19 +300,19 @@ class LeaseLock:
 
     async def create(self, record: LeaseRecord) -> LeaseRecord:
         lease = Lease(metadata=ObjectMeta(name=self.name, namespace=self.namespace), spec=self._spec(record))
-        try:
-            return self._record(await self._client.create(lease))
-        except ApiError as exc:
-            if exc.status.code == 409:
-                raise Conflict(str(exc)) from exc
-            raise
+        return await self._write(self._client.create(lease))
 
     async def update(self, record: LeaseRecord) -> LeaseRecord:
         lease = Lease(metadata=ObjectMeta(name=self.name, namespace=self.namespace,
                                           resourceVersion=record.resource_version),
                       spec=self._spec(record))
+        return await self._write(self._client.replace(lease))
+
+    async def _write(self, request: Awaitable[Any]) -> LeaseRecord:
+        """The Lease as written; a 409 (another writer was first: AlreadyExists on create, a stale
+        resourceVersion on replace) is ``leader.Conflict``."""
         try:
-            return self._record(await self._client.replace(lease))
+            return self._record(await request)
         except ApiError as exc:
             if exc.status.code == 409:
                 raise Conflict(str(exc)) from exc
