@@ -103,6 +103,15 @@ def test_parse_rows_reads_predictions_jsonl_and_names_bad_lines() -> None:
         parse_rows([good, json.dumps({"messages": []})])
 
 
+def _send_json(handler: BaseHTTPRequestHandler, body: bytes) -> None:
+    """A 200 with a JSON body, as vLLM's OpenAI-compatible endpoints answer."""
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 class _Standin(BaseHTTPRequestHandler):
     """An OpenAI-compatible chat endpoint that answers the last user message's upper-cased text,
     slowly for one row, with a 500 for another."""
@@ -125,11 +134,7 @@ class _Standin(BaseHTTPRequestHandler):
         out = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
                           "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text.upper()}}],
                           "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(out)))
-        self.end_headers()
-        self.wfile.write(out)
+        _send_json(self, out)
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -286,11 +291,7 @@ class _ClassifyStandin(BaseHTTPRequestHandler):
         out = json.dumps({"id": "c", "object": "list", "created": 0, "model": body["model"],
                           "data": [{"index": 0, "label": label, "probs": [1.0], "num_classes": 1}],
                           "usage": {"prompt_tokens": 1, "total_tokens": 1}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(out)))
-        self.end_headers()
-        self.wfile.write(out)
+        _send_json(self, out)
 
     def log_message(self, *args: Any) -> None:
         pass
