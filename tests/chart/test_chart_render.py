@@ -5,7 +5,6 @@ to crds/, the schema refusing bad values by name, and the files generated from t
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -15,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from shared_demo import load_hack
 from tuneforge_localcluster import binaries
 from tuneforge_localcluster import settings as lc_settings
 
@@ -29,11 +29,7 @@ def helm() -> str:
 
 
 def _sync() -> Any:
-    spec = importlib.util.spec_from_file_location("sync_chart", ROOT / "hack" / "sync_chart.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_hack("sync_chart.py", "sync_chart")
 
 
 def run_helm(helm: str, *args: str, chart: Path = CHART) -> subprocess.CompletedProcess[str]:
