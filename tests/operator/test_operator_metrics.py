@@ -65,7 +65,7 @@ def test_a_failed_gate_counts_a_gate_result_and_a_rollback_and_the_clock_follows
     assert sample("tuneforge_modelserve_rollout_started_timestamp_seconds", **ms) is None
     assert count("tuneforge_modelserves", phase="Degraded") >= 1
     degraded = count("tuneforge_modelserves", phase="Degraded")
-    rt.forget("ns", "intents", "uid-ms")
+    rt.forget(("ns", "intents"), "uid-ms")
     assert count("tuneforge_modelserves", phase="Degraded") == degraded - 1
 
 

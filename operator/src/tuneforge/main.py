@@ -1,5 +1,6 @@
-"""Entry point ``tuneforge-operator``: settings, the /metrics server, then Kopf's event loop — in
-the replica that holds the leader Lease when leader election is on (``leader.py``)."""
+"""Entry point ``tuneforge-operator``: settings (read once), logging, the /metrics server, then
+Kopf's event loop with the one start-up (``startup.py``) both rooms plug into — in the replica
+that holds the leader Lease when leader election is on (``leader.py``)."""
 
 from __future__ import annotations
 
@@ -49,12 +50,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig  # what Kopf's kubeconfig login reads
-    from .finetune import handlers as finetune_handlers  # registers the FineTuneJob handlers
-    from .serve import handlers as _serve_handlers  # noqa: F401 - registers the ModelServe handlers
+    from . import startup
+    from .finetune import handlers as _finetune_handlers  # noqa: F401 - registers and plugs the FineTuneJob room
+    from .serve import handlers as _serve_handlers  # noqa: F401 - registers and plugs the ModelServe room
     from .metrics import REGISTRY
 
-    finetune_handlers._state["settings"] = settings
-    finetune_handlers._state["kubeconfig"] = args.kubeconfig
+    startup.given(settings, args.kubeconfig)
     if settings.metrics_port:
         start_http_server(settings.metrics_port, registry=REGISTRY)
     namespaces = settings.namespace_list()
