@@ -26,7 +26,10 @@ from .builders.names import (
     Owner, config_map_name, summary_job_name, train_attempt, train_job_name, trial_job_name, trial_summary_job_name,
     validate_job_name, winner_config_map_name, workers_service_name,
 )
-from .plan import Action, plan
+from .plan import (
+    CREATES_JOB, Action, CreateConfigMap, CreateSummaryJob, CreateTrainJob, CreateTrial, CreateTrialSummaryJob,
+    CreateValidateJob, DeleteJob, DeleteService, SetSuspend, plan,
+)
 from .search import apply_params, compute_search, trial_params, winner_spec
 from .progress import Progress
 from ..endpoint_secrets import refusal
@@ -201,7 +204,7 @@ async def _reconcile(room: Room, key: Key, now: dt.datetime) -> float | None:
 
     # "Pending: creating a Job" lasts until the Job's own event arrives a moment later; writing
     # it would cost a status patch and an Event per FineTuneJob for a state nobody sees.
-    creating = any(a.verb in ("create_validate_job", "create_train_job", "create_trial") for a in actions)
+    creating = any(isinstance(a, CREATES_JOB) for a in actions)
     transient = creating and status["phase"] == PENDING and bool(prior.get("phase")) and prior.get("revision") == rev
     if conflict is not None:
         transient = False
@@ -244,23 +247,21 @@ def _pod_job(pod: Obj) -> str | None:
 
 async def _execute(room: Room, action: Action, owner: Owner, spec: FineTuneJobSpec, rev: int, status: Obj) -> None:
     s = room.settings
-    if action.verb == "create_config_map":
+    if isinstance(action, CreateConfigMap):
         await room.kube.create(build_config_map(owner, spec, rev))
-    elif action.verb == "create_validate_job":
+    elif isinstance(action, CreateValidateJob):
         if await room.kube.create(build_validate_job(owner, spec, rev, s)):
             log.info("Created validation Job %s/%s", owner.namespace, validate_job_name(owner.name, rev))
-    elif action.verb == "create_trial":
-        assert spec.search is not None and action.index is not None
+    elif isinstance(action, CreateTrial):
         trial = apply_params(spec, status["search"]["trials"][action.index]["params"])
         # The config first: the pod mounts it.
         await room.kube.create(build_config_map(owner, trial, rev, action.name, action.index))
         if await room.kube.create(build_trial_job(owner, trial, rev, s, action.index)):
             log.info("Created search trial Job %s/%s", owner.namespace, action.name)
-    elif action.verb == "create_trial_summary_job":
-        assert action.index is not None
+    elif isinstance(action, CreateTrialSummaryJob):
         if await room.kube.create(build_summary_job(owner, spec, rev, s, trial=action.index)):
             log.info("Created summary reader Job %s/%s", owner.namespace, action.name)
-    elif action.verb == "create_train_job":
+    elif isinstance(action, CreateTrainJob):
         attempt = int(status.get("restarts") or 0)
         config_map = None
         if spec.search is not None:
@@ -277,16 +278,16 @@ async def _execute(room: Room, action: Action, owner: Owner, spec: FineTuneJobSp
             if started:
                 since = dt.datetime.strptime(started, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
                 metrics.TIME_TO_JOB.observe(max(0.0, (dt.datetime.now(dt.timezone.utc) - since).total_seconds()))
-    elif action.verb == "create_summary_job":
+    elif isinstance(action, CreateSummaryJob):
         if await room.kube.create(build_summary_job(owner, spec, rev, s)):
             log.info("Created summary reader Job %s/%s", owner.namespace, summary_job_name(owner.name, rev))
-    elif action.verb == "set_suspend":
-        await room.kube.set_job_suspend(owner.namespace, action.name, bool(action.value))
-        log.info("Set suspend=%s on Job %s/%s", action.value, owner.namespace, action.name)
-    elif action.verb == "delete_job":
+    elif isinstance(action, SetSuspend):
+        await room.kube.set_job_suspend(owner.namespace, action.name, action.suspend)
+        log.info("Set suspend=%s on Job %s/%s", action.suspend, owner.namespace, action.name)
+    elif isinstance(action, DeleteJob):
         await room.kube.delete_job(owner.namespace, action.name)
         log.info("Deleted Job %s/%s", owner.namespace, action.name)
-    elif action.verb == "delete_service":
+    elif isinstance(action, DeleteService):
         await room.kube.delete("Service", owner.namespace, action.name)
         log.info("Deleted workers Service %s/%s", owner.namespace, action.name)
 
