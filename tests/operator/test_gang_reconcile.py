@@ -9,8 +9,8 @@ import copy
 from typing import Any
 
 from ftj_helpers import MINIMAL_SPEC, defaulted_spec
-from tuneforge.finetune.reconcile import Room, pack, reconcile, unpack
-from tuneforge.runtime import Runtime
+from tuneforge.finetune.reconcile import Room, reconcile
+from tuneforge.runtime import Runtime, pack, unpack
 from tuneforge.settings import Settings
 
 NS, NAME, UID = "team-a", "gang", "ftj-uid"

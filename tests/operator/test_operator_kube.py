@@ -10,7 +10,7 @@ import pytest
 from lightkube import ApiError
 from lightkube.models.meta_v1 import Status
 from tuneforge.kube import api_error_message, is_transient
-from tuneforge.finetune.reconcile import pack, unpack
+from tuneforge.runtime import pack, unpack
 from tuneforge_localcluster.testing import operator_python
 
 from operator_helpers import ROOT

@@ -14,8 +14,7 @@ from test_serve_rollout import GATE, at, finish_gates
 
 from tuneforge import metrics
 from tuneforge.finetune.reconcile import gate_judged
-from tuneforge.serve.plan import GATE_SLACK_SECONDS
-from tuneforge.serve.reconcile import rollout_clock
+from tuneforge.serve.status import GATE_SLACK_SECONDS, rollout_clock
 from tuneforge.serve.spec import parse_spec
 
 FAILING = json.dumps({"rows": 10, "correct": 1, "errors": 0, "accuracy": 0.1, "p50Ms": 5, "p99Ms": 9})

@@ -15,8 +15,8 @@ import yaml
 from ftj_helpers import MINIMAL_SPEC, defaulted_spec
 from k8s_objects import finished, summary
 from test_gang_reconcile import FakeKube
-from tuneforge.finetune.reconcile import Room, pack, reconcile
-from tuneforge.runtime import Runtime
+from tuneforge.finetune.reconcile import Room, reconcile
+from tuneforge.runtime import Runtime, pack
 from tuneforge.settings import Settings
 
 NS, NAME, UID = "team-a", "intent", "ftj-uid"

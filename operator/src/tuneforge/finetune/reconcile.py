@@ -17,7 +17,7 @@ from typing import Any, Iterable, Mapping
 
 from .. import metrics
 from ..kube import ForeignChild, Kube
-from ..runtime import Key, Obj, Packed, RoomState, one, pack, unpack
+from ..runtime import Key, Obj, Packed, RoomState, one, unpack
 from ..workqueue import Backoff, Outcome
 from . import LABEL_REVISION
 from .builders.configmap import build_config_map

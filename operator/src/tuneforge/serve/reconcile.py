@@ -48,11 +48,9 @@ from .names import (
     preview_service_name,
 )
 from .observe import observe
-from .plan import (
-    FAILED, GATE_SLACK_SECONDS, PHASES, DeleteGate, Event, Plan, Requests, RunGate, Scale, SwitchActive, SwitchPreview,
-    now_iso, parse_time, plan,
-)
-from .source import ServedVersion, job_head, resolve
+from .plan import DeleteGate, Plan, Requests, RunGate, Scale, SwitchActive, SwitchPreview, plan
+from .status import PHASES, Event, invalid_status, known_versions, rollout_clock
+from .source import job_head, resolve
 from .spec import ModelServeSpec, SpecError, endpoint_secrets, parse_spec
 
 __all__ = ["Room", "count_events", "gate_pod", "invalid_status", "known_versions", "reconcile", "rollout_clock", "secrets_refused"]
@@ -95,28 +93,6 @@ class Room(RoomState):
         if uid:
             self.tally.set(uid, None)
         metrics.forget("ModelServe", *key)
-
-
-def known_versions(status: Obj) -> list[ServedVersion]:
-    """Versions this ModelServe served or tried (history, active, preview): source.resolve takes
-    a FineTuneJob revision's URI and base from them when the job's status no longer names them."""
-    raws = [h.get("version") for h in status.get("history") or ()] + [status.get("active"), status.get("preview")]
-    return [ServedVersion.from_status(r) for r in raws if r and r.get("adapters")]
-
-
-def invalid_status(prior: Obj, error: SpecError | str, generation: int, now: dt.datetime,
-                   reason: str = "InvalidSpec") -> dict[str, Any]:
-    """Phase Failed naming the field; what serves keeps serving (its status is kept). Also a
-    Secret refused for a user-chosen endpoint (``reason`` SecretNotAllowed / SecretNotFound)."""
-    stamp = now_iso(now)
-    old = {c.get("type"): c for c in prior.get("conditions") or ()}
-    ready = old.get("Ready") or {}
-    since = ready.get("lastTransitionTime") if ready.get("reason") == reason else stamp
-    conditions = [c for t, c in old.items() if t != "Ready"] + [
-        {"type": "Ready", "status": "False", "reason": reason, "message": str(error),
-         "lastTransitionTime": since, "observedGeneration": generation}]
-    return {**prior, "phase": FAILED, "reason": reason, "message": str(error), "observedGeneration": generation,
-            "conditions": conditions}
 
 
 async def secrets_refused(kube: Kube, namespace: str, spec: ModelServeSpec) -> tuple[str, str] | None:
@@ -273,25 +249,6 @@ def count_events(namespace: str, name: str, events: Iterable[Event]) -> None:
             metrics.GATE_EVALUATIONS.labels("ModelServe", namespace, name, outcome).inc()
         if e.reason in ROLLBACK_REASONS:
             metrics.ROLLBACKS.labels(namespace, name, e.reason).inc()
-
-
-def rollout_clock(spec: ModelServeSpec, status: Obj) -> tuple[float, float] | None:
-    """(Unix start, seconds allowed) of the deadline-bound wait of the rollout in flight, or None
-    when nothing waits on a deadline (no rollout, or one paused for promotion or switched):
-    the candidate's readiness (``progressDeadlineSeconds`` from ``startedAt``, or from
-    ``notReadySince`` after its gate) or its gate (the gate's timeout and slack from its start)."""
-    if not status.get("preview") or status.get("phase") != "Progressing":
-        return None
-    rollout, gate = status.get("rollout") or {}, status.get("gate") or {}
-    deadline = float(spec.rollout.progress_deadline_seconds)
-    if gate.get("outcome") == "Running" and spec.rollout.gate is not None:
-        since, deadline = gate.get("startedAt"), float(spec.rollout.gate.timeout_seconds + GATE_SLACK_SECONDS)
-    elif "readyAt" not in rollout:
-        since = rollout.get("startedAt")
-    else:
-        since = rollout.get("notReadySince")
-    started = parse_time(since)
-    return None if started is None else (started.timestamp(), deadline)
 
 
 def _clock_metrics(namespace: str, name: str, spec: ModelServeSpec | None, status: Obj) -> None:
