@@ -192,7 +192,7 @@ def test_any_failed_reconcile_is_retried_with_backoff(monkeypatch: pytest.Monkey
         ctx = SimpleNamespace(
             settings=dataclasses.replace(Settings(), retry_delay=0.01, retry_max_delay=0.04),
             body=lambda k: unpack(pack({"metadata": {"name": "intent", "uid": "u"}})) if k == key else None,
-            emit=lambda *a: events.append(a))
+            emit=lambda *a: events.append(a), log_extra=lambda k: {})
         monkeypatch.setattr(handlers, "reconcile", flaky)
         queue = handlers.work_queue(ctx)  # type: ignore[arg-type]
         await queue.run(key)

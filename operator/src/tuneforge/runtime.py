@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from typing import Any, Callable, ClassVar, Iterable, Mapping
 
 from .kube import Kube
@@ -58,6 +59,21 @@ def one(store: Iterable[Packed] | None) -> dict[str, Any] | None:
     return None
 
 
+def log_extra(kind: str, namespace: str, name: str, uid: str | None = None,
+              revision: int | None = None) -> dict[str, Any]:
+    """The ``extra`` of a log record about one object, in Kopf's logging integration: Kopf's
+    formatters read ``k8s_ref`` (an object reference), so a JSON line carries it as its
+    ``object`` field and a text line is prefixed ``[namespace/name]`` (main.py picks the format);
+    ``revision`` (a FineTuneJob's) becomes a field of its own."""
+    from . import GROUP, VERSION
+
+    extra: dict[str, Any] = {"k8s_ref": {"apiVersion": f"{GROUP}/{VERSION}", "kind": kind, "namespace": namespace,
+                                         "name": name, "uid": uid}}
+    if revision is not None:
+        extra["revision"] = revision
+    return extra
+
+
 @dataclasses.dataclass(frozen=True)
 class Runtime:
     """What the one start-up gives both rooms: the operator's settings (read once), its one API
@@ -89,6 +105,20 @@ class RoomState:
 
     def emit(self, body: Obj, type_: str, reason: str, message: str) -> None:
         self.rt.emit(body, type_, reason, message)
+
+    def log(self, logger: logging.Logger, key: Key, revision: int | None = None) -> logging.LoggerAdapter[logging.Logger]:
+        """``logger`` for lines about the object ``key``: every line names its kind, namespace,
+        name and uid (and revision where given); see ``log_extra``."""
+        return logging.LoggerAdapter(logger, self.log_extra(key, revision))
+
+    def log_extra(self, key: Key, revision: int | None = None) -> dict[str, Any]:
+        body = self.body(key)
+        uid = body["metadata"].get("uid") if body is not None else None
+        return log_extra(self.KIND, key[0], key[1], uid, revision)
+
+    def body(self, key: Key) -> dict[str, Any] | None:
+        """The object ``key`` as the room's index holds it (None: not known, or deleted)."""
+        raise NotImplementedError
 
     def last_status(self, body: Obj) -> dict[str, Any]:
         """The newest status known for an object: ours if we wrote one, else the watch's."""

@@ -183,7 +183,8 @@ def work_queue(room: Room) -> WorkQueue[Key]:
             room.emit(body, "Warning", "ReconcileFailed", text)
 
     return WorkQueue("FineTuneJob", work, retry_delay=room.settings.retry_delay,
-                     retry_max_delay=room.settings.retry_max_delay, on_failure=failed)
+                     retry_max_delay=room.settings.retry_max_delay, on_failure=failed,
+                     log_extra=room.log_extra)
 
 
 def _kick(key: Key) -> None:
@@ -260,7 +261,7 @@ async def _poll_progress(room: Room) -> None:
 async def _poll_round(room: Room, poll: Any) -> None:
     """One pass over the running trainers: read each one's log tail (of pods of this
     FineTuneJob's own Jobs only, as reconcile reads them)."""
-    tasks = []
+    tasks, keys = [], []
     for key, store in list(room.ftjs.items()):
         body = one(store)
         if body is None:
@@ -277,8 +278,9 @@ async def _poll_round(room: Room, poll: Any) -> None:
                     and (pod["status"] or {}).get("phase") == "Running" and pod_rank(pod) == 0:
                 # Rank 0 alone reports progress (the ranks step in lockstep).
                 tasks.append(poll(key, pod, body["metadata"]["uid"], rev))
+                keys.append((key, rev))
     if tasks:
         results = await asyncio.gather(*tasks, return_exceptions=True)
-        for r in results:
+        for (key, rev), r in zip(keys, results):
             if isinstance(r, Exception):
-                log.warning("Progress poll failed: %s", api_error_message(r))
+                room.log(log, key, rev).warning("Progress poll of FineTuneJob %s/%s failed: %s", *key, api_error_message(r))

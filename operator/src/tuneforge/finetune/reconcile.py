@@ -40,7 +40,7 @@ from .status import (
 )
 from .trainer_config import artifact_uri
 
-log = logging.getLogger(__name__)
+_log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -247,6 +247,7 @@ def _pod_job(pod: Obj) -> str | None:
 
 async def _execute(room: Room, action: Action, owner: Owner, spec: FineTuneJobSpec, rev: int, status: Obj) -> None:
     s = room.settings
+    log = room.log(_log, (owner.namespace, owner.name), rev)
     if isinstance(action, CreateConfigMap):
         await room.kube.create(build_config_map(owner, spec, rev))
     elif isinstance(action, CreateValidateJob):

@@ -58,7 +58,8 @@ def work_queue(room: Room) -> WorkQueue[Key]:
             room.emit(body, "Warning", "ReconcileFailed", text)
 
     return WorkQueue("ModelServe", work, retry_delay=room.settings.retry_delay,
-                     retry_max_delay=room.settings.retry_max_delay, on_failure=failed)
+                     retry_max_delay=room.settings.retry_max_delay, on_failure=failed,
+                     log_extra=room.log_extra)
 
 
 _state: dict[str, Any] = {}

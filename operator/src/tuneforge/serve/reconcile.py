@@ -164,7 +164,8 @@ async def _static_children(room: Room, ctx: ServeContext, spec: ModelServeSpec, 
     pools = await kube.list_if_served("InferencePool", ns, mine)
     if pools is None:
         if spec.inference_pool is not None:
-            log.info("ModelServe %s/%s asks for InferencePools but their CRD is not installed: skipped", ns, ctx.name)
+            room.log(log, (ns, ctx.name)).info("ModelServe %s/%s asks for InferencePools but their CRD is not installed: skipped",
+                                               ns, ctx.name)
         return
     # The pools take their colors from the same status as the Services' switches in this pass.
     await _converge(kube, "InferencePool", ns, uid, pools, [build_inference_pool(ctx, spec, "active", active),
