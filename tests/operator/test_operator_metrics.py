@@ -6,6 +6,7 @@ their object. Names and labels are the ones the alert rules read (alerts.yaml)."
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -98,3 +99,54 @@ def test_per_object_gauges_go_with_their_object_and_counters_stay() -> None:
     assert sample("tuneforge_training_progress_timestamp_seconds", namespace="ml", name="gone") is None
     assert sample("tuneforge_eval_accuracy", namespace="ml", name="gone") is None
     assert count("tuneforge_gate_evaluations_total", kind="FineTuneJob", namespace="ml", name="gone", outcome="Passed") >= 1
+
+
+def test_the_progress_poller_stamps_each_new_progress_event() -> None:
+    """tuneforge_training_progress_timestamp_seconds: set when a poll round reads a new progress
+    event of a running revision, not again for the same one."""
+    import asyncio
+    import dataclasses
+    import time
+
+    from tuneforge.finetune import handlers
+    from tuneforge.finetune.reconcile import Room
+    from tuneforge.runtime import Runtime, pack
+    from tuneforge.settings import Settings
+
+    key = ("ml", "stalls")
+    tail = {"text": json.dumps({"event": "step", "step": 3, "max_steps": 10})}
+
+    class Logs:
+        async def pod_log_tail(self, namespace: str, pod: str, container: str, lines: int) -> str:
+            return tail["text"]
+
+    labels = {"tuneforge.dev/role": "train", "tuneforge.dev/revision": "1", "job-name": "stalls-train-1"}
+    settings = dataclasses.replace(Settings(), progress_interval=0.05)
+    room = Room(rt=Runtime(settings, Logs(), lambda *a: None), ftjs={}, jobs={}, pods={})  # type: ignore[arg-type]
+    room.ftjs = {key: [pack({"metadata": {"name": "stalls", "namespace": "ml", "uid": "u-st"},
+                             "status": {"phase": "Running", "revision": 1}})]}
+    room.jobs = {key: [pack({"metadata": {"name": "stalls-train-1", "uid": "j1", "controllerUid": "u-st", "labels": labels}})]}
+    room.pods = {key: [pack({"metadata": {"name": "stalls-train-1-x", "uid": "p1", "controllerUid": "j1", "labels": labels},
+                             "status": {"phase": "Running"}})]}
+    kicked: list[Any] = []
+    handlers._state["queue"] = type("Queue", (), {"kick": lambda self, k, take_context=True: kicked.append(k)})()
+
+    async def rounds(n: int) -> None:
+        """The real poller loop, for ``n`` rounds of its (shortened) interval."""
+        task = asyncio.get_running_loop().create_task(handlers._poll_progress(room))
+        await asyncio.sleep(n * room.settings.progress_interval + 0.05)
+        task.cancel()
+
+    try:
+        before = time.time()
+        asyncio.run(rounds(2))
+        stamp = sample("tuneforge_training_progress_timestamp_seconds", namespace="ml", name="stalls")
+        assert stamp is not None and stamp >= before and kicked == [key]
+        asyncio.run(rounds(2))  # the same event again: no new progress, no new stamp
+        assert sample("tuneforge_training_progress_timestamp_seconds", namespace="ml", name="stalls") == stamp
+        tail["text"] += "\n" + json.dumps({"event": "step", "step": 4, "max_steps": 10})
+        asyncio.run(rounds(2))
+        newer = sample("tuneforge_training_progress_timestamp_seconds", namespace="ml", name="stalls")
+        assert newer is not None and newer > stamp
+    finally:
+        handlers._state.pop("queue", None)
