@@ -150,3 +150,28 @@ def test_the_progress_poller_stamps_each_new_progress_event() -> None:
         assert newer is not None and newer > stamp
     finally:
         handlers._state.pop("queue", None)
+
+
+def test_a_revision_with_no_trainer_running_has_no_progress_stamp() -> None:
+    """The stalled-training alert reads the stamp only while a trainer runs: reconcile drops it
+    in any other phase (here a revision still creating its training Job)."""
+    import asyncio
+    import copy
+
+    from ftj_helpers import MINIMAL_SPEC, defaulted_spec
+    from test_gang_reconcile import FakeKube, _job
+    from tuneforge.finetune.reconcile import Room, reconcile
+    from tuneforge.runtime import Runtime, pack
+    from tuneforge.settings import Settings
+
+    key = ("team-a", "gang")
+    body = {"metadata": {"name": "gang", "namespace": "team-a", "uid": "ftj-uid", "generation": 1},
+            "spec": defaulted_spec(copy.deepcopy(MINIMAL_SPEC)), "status": {}}
+    kube = FakeKube()
+    room = Room(rt=Runtime(Settings(trainer_image="t:1"), kube, lambda *a: None), ftjs={}, jobs={}, pods={})  # type: ignore[arg-type]
+    room.ftjs = {key: [pack(body)]}
+    room.jobs = {key: [pack(_job("gang-validate-1", "v", "Complete"))]}
+    metrics.TRAINING_PROGRESS.labels(*key).set(1.0)  # left from an earlier revision
+    asyncio.run(reconcile(room, key))
+    assert kube.status["phase"] not in ("Running", "Evaluating"), kube.status
+    assert sample("tuneforge_training_progress_timestamp_seconds", namespace="team-a", name="gang") is None
