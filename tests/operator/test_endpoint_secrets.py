@@ -13,12 +13,11 @@ from typing import Any
 import pytest
 
 from ftj_helpers import MINIMAL_SPEC, defaulted_spec
-from test_serve_reconcile import T0, FakeKube, body, runtime
+from test_serve_reconcile import T0, FakeKube, body, runtime, step
 from tuneforge.endpoint_secrets import ANNOTATION_ALLOWED_ENDPOINTS as ALLOWED, allows
 from tuneforge.finetune.reconcile import preflight
 from tuneforge.finetune.spec import parse_spec
 from tuneforge.finetune.status import Observed, Revision, compute_status
-from tuneforge.serve.reconcile import reconcile
 
 
 @pytest.mark.parametrize(("annotation", "url", "ok"), [
@@ -122,7 +121,7 @@ def test_modelserve_refuses_s3_keys_not_opted_in_before_any_child() -> None:
     kube = ServeSecretsKube({"s3": {}})
     rt, events = runtime(kube)
     b = body(s3=S3)
-    status, requeue = asyncio.run(reconcile(rt, b, T0))
+    status, requeue = step(rt, b, T0)
     assert (status["phase"], status["reason"]) == ("Failed", "SecretNotAllowed")
     assert status["message"].startswith("spec.s3.accessKeyIdSecretRef: Secret 's3' has not opted in"), status["message"]
     ready = {c["type"]: c for c in status["conditions"]}["Ready"]
@@ -131,5 +130,5 @@ def test_modelserve_refuses_s3_keys_not_opted_in_before_any_child() -> None:
     assert events == [("Warning", "SecretNotAllowed")] and requeue is not None
     # The owner opts the Secret in: the next pass deploys.
     kube.secrets["s3"] = {ALLOWED: "attacker.io"}
-    asyncio.run(reconcile(rt, b, T0 + dt.timedelta(seconds=30)))
+    step(rt, b, T0 + dt.timedelta(seconds=30))
     assert ("Deployment", "intents-blue") in kube.objs

@@ -9,7 +9,8 @@ import copy
 from typing import Any
 
 from ftj_helpers import MINIMAL_SPEC, defaulted_spec
-from tuneforge.finetune.reconcile import Context, pack, reconcile, unpack
+from tuneforge.finetune.reconcile import Room, reconcile
+from tuneforge.runtime import Runtime, pack, unpack
 from tuneforge.settings import Settings
 
 NS, NAME, UID = "team-a", "gang", "ftj-uid"
@@ -31,21 +32,9 @@ class FakeKube:
     async def delete(self, kind: str, namespace: str, name: str) -> None:
         self.calls.append((f"delete {kind}", name))
 
-    async def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
-        self.status = _apply_merge_patch(self.status, patch)
-
-
-def _apply_merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
-    """What the apiserver does with a JSON merge patch (RFC 7386): objects merge key by key."""
-    out = dict(target)
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        elif isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _apply_merge_patch(out[key], value)
-        else:
-            out[key] = value
-    return out
+    async def write_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> None:
+        assert kind == "FineTuneJob"
+        self.status = copy.deepcopy(status)  # the whole status is replaced
 
 
 def _job(name: str, uid: str, condition: str | None = None) -> dict[str, Any]:
@@ -76,7 +65,7 @@ def test_a_disrupted_gang_restarts_once_and_keeps_counting() -> None:
     kube = FakeKube()
     jobs: list[dict[str, Any]] = [_job("gang-validate-1", "v", "Complete")]
     pods: list[dict[str, Any]] = []
-    ctx = Context(Settings(trainer_image="t:1"), kube, {}, {}, {}, lambda *a: None)  # type: ignore[arg-type]
+    ctx = Room(rt=Runtime(Settings(trainer_image="t:1"), kube, lambda *a: None), ftjs={}, jobs={}, pods={})  # type: ignore[arg-type]
 
     def run() -> dict[str, Any]:
         ctx.ftjs = {(NS, NAME): [pack({**body, "status": kube.status})]}

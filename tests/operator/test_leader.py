@@ -420,7 +420,7 @@ def test_kopf_session_is_fenced(monkeypatch: pytest.MonkeyPatch) -> None:
     import kopf
     from aiohttp import web
 
-    from tuneforge.finetune import handlers
+    from tuneforge import startup as handlers
 
     clock = Clock()
     fence = Fence(clock, on_expired=lambda reason: None)

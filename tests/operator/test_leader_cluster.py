@@ -36,7 +36,7 @@ def _leader_gauge(op: OperatorProcess) -> float | None:
 
 
 def _identity(op: OperatorProcess) -> str:
-    found = re.search(r"Leader election on: Lease \S+, identity (\S+)", op.log_path.read_text(errors="replace"))
+    found = re.search(r'Leader election on: Lease \S+, identity ([^\s"]+)', op.log_path.read_text(errors="replace"))
     assert found, op.log()
     return found.group(1)
 

@@ -13,7 +13,7 @@ import pytest
 from ftj_helpers import MINIMAL_SPEC, defaulted_spec, load_crd
 from tuneforge.finetune.builders.job import build_trainer_job, build_workers_service
 from tuneforge.finetune.builders.names import Owner, train_attempt
-from tuneforge.finetune.plan import Action, plan
+from tuneforge.finetune.plan import CreateTrainJob, DeleteJob, DeleteService, plan
 from tuneforge.finetune.spec import parse_spec
 from tuneforge.finetune.status import Observed, Revision, compute_status, derive_phase, pod_rank, workers
 from tuneforge.settings import Settings
@@ -335,9 +335,9 @@ def test_restart_attempts_get_their_own_job_and_hostnames() -> None:
 def test_plan_restarts_the_gang_then_deletes_the_failed_attempt() -> None:
     spec = spec_of(2, 8)
     failed = {**FAILED_JOB, "metadata": {"name": "intent-train-1"}}
-    assert plan(spec, "Running", DONE, failed, [], False, restart=True) == [Action("create_train_job")]
+    assert plan(spec, "Running", DONE, failed, [], False, restart=True) == [CreateTrainJob()]
     new = {"metadata": {"name": "intent-train-1-1"}, "spec": {}, "status": {}}
-    assert plan(spec, "Running", DONE, new, [], False, earlier_attempts=[failed]) == [Action("delete_job", "intent-train-1")]
+    assert plan(spec, "Running", DONE, new, [], False, earlier_attempts=[failed]) == [DeleteJob("intent-train-1")]
 
 
 # --- the workers Service goes with its revision (DT-5) ------------------------------------------
@@ -364,7 +364,7 @@ def test_plan_deletes_the_workers_service_of_a_finished_or_superseded_revision(
     spec = spec_of(2, 8)
     tjob = {"metadata": {"name": "intent-train-1"}, "spec": {}, "status": DONE["status"] if phase == "Succeeded" else {}}
     actions = plan(spec, phase, DONE, tjob, [], False, services=(prior, current))
-    assert (Action("delete_service", prior or "") in actions) == deleted
+    assert (DeleteService(prior or "") in actions) == deleted
 
 
 # --- rendezvous and shutdown (DT-2, DT-4) --------------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 from ftj_helpers import MINIMAL_SPEC, defaulted_spec
 from k8s_objects import job, summary
 from tuneforge.finetune.gate import evaluate_gate
-from tuneforge.finetune.plan import Action, plan
+from tuneforge.finetune.plan import Action, CreateConfigMap, CreateSummaryJob, CreateTrainJob, CreateValidateJob, DeleteJob, SetSuspend, plan
 from tuneforge.finetune.progress import Progress, parse_progress
 from tuneforge.finetune.results import parse_summary
 from tuneforge.settings import Settings
@@ -166,22 +166,22 @@ V, T = "x-validate-2", "x-train-2"
 
 
 @pytest.mark.parametrize("name,overrides,phase,vjob,tjob,stale,pre,expected", [
-    ("start", {}, "Pending", None, None, [], False, [Action("create_config_map"), Action("create_validate_job")]),
+    ("start", {}, "Pending", None, None, [], False, [CreateConfigMap(), CreateValidateJob()]),
     ("preflight failed", {}, "Failed", None, None, [], True, []),
     ("validating", {}, "Validating", job(V), None, [], False, []),
-    ("validated", {}, "Pending", job(V, complete=True), None, [], False, [Action("create_train_job")]),
+    ("validated", {}, "Pending", job(V, complete=True), None, [], False, [CreateTrainJob()]),
     ("running", {}, "Running", job(V, complete=True), job(T), [], False, []),
-    ("result gone: read summary.json", {}, "Evaluating", job(V, complete=True), job(T, complete=True), [], "read", [Action("create_summary_job")]),
-    ("user suspends", {"suspend": True}, "Running", job(V, complete=True), job(T), [], False, [Action("set_suspend", T, True)]),
-    ("user resumes", {}, "Suspended", job(V, complete=True), job(T, suspend=True), [], False, [Action("set_suspend", T, False)]),
+    ("result gone: read summary.json", {}, "Evaluating", job(V, complete=True), job(T, complete=True), [], "read", [CreateSummaryJob()]),
+    ("user suspends", {"suspend": True}, "Running", job(V, complete=True), job(T), [], False, [SetSuspend(T, True)]),
+    ("user resumes", {}, "Suspended", job(V, complete=True), job(T, suspend=True), [], False, [SetSuspend(T, False)]),
     ("kueue holds", {"scheduling": {"queueName": "q"}}, "Queued", job(V, complete=True), job(T, suspend=True), [], False, []),
     ("kueue + user suspend", {"scheduling": {"queueName": "q"}, "suspend": True}, "Running", job(V, complete=True), job(T),
-     [], False, [Action("set_suspend", T, True)]),
+     [], False, [SetSuspend(T, True)]),
     ("stale revision running", {}, "Pending", None, None, [job("x-train-1", revision=1)], False,
-     [Action("delete_job", "x-train-1"), Action("create_config_map"), Action("create_validate_job")]),
+     [DeleteJob("x-train-1"), CreateConfigMap(), CreateValidateJob()]),
     ("stale revision finished", {}, "Pending", None, None, [job("x-train-1", complete=True, revision=1)], False,
-     [Action("create_config_map"), Action("create_validate_job")]),
-    ("failed releases stuck pod", {}, "Failed", job(V), None, [], False, [Action("delete_job", V)]),
+     [CreateConfigMap(), CreateValidateJob()]),
+    ("failed releases stuck pod", {}, "Failed", job(V), None, [], False, [DeleteJob(V)]),
     ("succeeded does nothing", {}, "Succeeded", job(V, complete=True), job(T, complete=True), [], False, []),
 ])
 def test_plan(name: str, overrides: dict[str, Any], phase: str, vjob: Any, tjob: Any, stale: list[Any], pre: bool | str,

@@ -10,7 +10,7 @@ import pytest
 from lightkube import ApiError
 from lightkube.models.meta_v1 import Status
 from tuneforge.kube import api_error_message, is_transient
-from tuneforge.finetune.reconcile import pack, unpack
+from tuneforge.runtime import pack, unpack
 from tuneforge_localcluster.testing import operator_python
 
 from operator_helpers import ROOT
@@ -127,7 +127,7 @@ def test_progress_poller_survives_errors_is_restarted_and_probed(monkeypatch: py
 
     async def main() -> None:
         ctx = SimpleNamespace(settings=dataclasses.replace(Settings(), progress_interval=0.01), ftjs=Broken())
-        monkeypatch.setitem(handlers._state, "ctx", ctx)
+        monkeypatch.setitem(handlers._state, "room", ctx)
         handlers._start_poller(ctx)  # type: ignore[arg-type]
         first = handlers._state["poller"]
         await asyncio.sleep(0.1)
@@ -182,7 +182,7 @@ def test_any_failed_reconcile_is_retried_with_backoff(monkeypatch: pytest.Monkey
     events: list[tuple[object, ...]] = []
     fail = [True]
 
-    async def flaky(ctx: object, k: object) -> float | None:
+    async def flaky(room: object, k: object) -> float | None:
         calls.append(1)
         if fail[0]:
             raise ValueError("a bug")
@@ -191,8 +191,8 @@ def test_any_failed_reconcile_is_retried_with_backoff(monkeypatch: pytest.Monkey
     async def main() -> None:
         ctx = SimpleNamespace(
             settings=dataclasses.replace(Settings(), retry_delay=0.01, retry_max_delay=0.04),
-            ftjs={key: [pack({"metadata": {"name": "intent", "uid": "u"}})]},
-            emit=lambda *a: events.append(a))
+            body=lambda k: unpack(pack({"metadata": {"name": "intent", "uid": "u"}})) if k == key else None,
+            emit=lambda *a: events.append(a), log_extra=lambda k: {})
         monkeypatch.setattr(handlers, "reconcile", flaky)
         queue = handlers.work_queue(ctx)  # type: ignore[arg-type]
         await queue.run(key)
@@ -248,13 +248,13 @@ def test_kopf_copies_no_body_per_watch_event(monkeypatch: pytest.MonkeyPatch) ->
     import copy
 
     import kopf
-    from tuneforge.finetune import handlers
+    from tuneforge import startup
     from tuneforge.settings import Settings
 
     import k8s_objects
 
     settings = kopf.OperatorSettings()
-    handlers.configure(settings, Settings())
+    startup.configure(settings, Settings())
     storage = settings.persistence.diffbase_storage
     body = kopf.Body(k8s_objects.pod("intent-train-1", phase="Running"))
     copies: list[object] = []
@@ -283,10 +283,10 @@ def test_named_namespaces_need_no_cluster_wide_discovery() -> None:
     """With TUNEFORGE_NAMESPACES set, Kopf neither lists namespaces nor watches CRDs (the chart's
     namespaced RBAC grants neither); cluster-wide it watches CRDs as before."""
     import kopf
-    from tuneforge.finetune import handlers
+    from tuneforge import startup
     from tuneforge.settings import Settings
 
     for namespaces, disabled in (("", False), ("team-a,team-b", True)):
         settings = kopf.OperatorSettings()
-        handlers.configure(settings, Settings(namespaces=namespaces))
+        startup.configure(settings, Settings(namespaces=namespaces))
         assert settings.scanning.disabled is disabled, namespaces

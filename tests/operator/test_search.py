@@ -16,7 +16,7 @@ from k8s_objects import finished, job, pod, summary
 from tuneforge.finetune.builders.configmap import build_config_map
 from tuneforge.finetune.builders.job import build_summary_job, build_trainer_job, build_trial_job
 from tuneforge.finetune.builders.names import Owner, trial_job_name, winner_config_map_name
-from tuneforge.finetune.plan import Action, plan
+from tuneforge.finetune.plan import Action, CreateTrainJob, CreateTrial, CreateTrialSummaryJob, DeleteJob, SetSuspend, plan
 from tuneforge.finetune.search import (
     FAILED, PENDING, RUNNING, SUCCEEDED, WAITING, apply_params, choose_winner, compute_search, grid, trial_params,
     trials_to_start, winner_spec,
@@ -253,12 +253,12 @@ def test_a_restart_recomputes_from_the_jobs_and_keeps_finished_results() -> None
                                       "phase": RUNNING, "summaryJob": "intent-trial-1-0-summary",
                                       "message": "The trial's pod is gone; reading its summary.json"}
     jobs = [_trial_job(0, complete=True)]
-    assert _plan(spec, lost, jobs)[0] == Action("create_trial_summary_job", "intent-trial-1-0-summary", index=0)
+    assert _plan(spec, lost, jobs)[0] == CreateTrialSummaryJob("intent-trial-1-0-summary", 0)
     reader = job("intent-trial-1-0-summary", complete=True)
     msg = summary(accuracy=0.88, eval_loss=0.3, n_eval=80, steps=50, baselines=[], artifacts={})
     read = _search(spec, [*jobs, reader], [pod("intent-trial-1-0-summary", phase="Succeeded", terminated=finished(0, msg))])
     assert read["trials"][0]["phase"] == SUCCEEDED and read["trials"][0]["validationAccuracy"] == 0.88
-    assert Action("create_trial_summary_job", "intent-trial-1-0-summary", index=0) not in _plan(spec, lost, [*jobs, reader])
+    assert CreateTrialSummaryJob("intent-trial-1-0-summary", 0) not in _plan(spec, lost, [*jobs, reader])
     unreadable = _search(spec, [*jobs, job("intent-trial-1-0-summary", failed="BackoffLimitExceeded")],
                          [pod("intent-trial-1-0-summary", phase="Failed", terminated=finished(1, "no such key"))])
     assert unreadable["trials"][0]["phase"] == FAILED and "summary.json could not be read" in unreadable["trials"][0]["message"]
@@ -311,20 +311,20 @@ def _plan(spec: Any, search: dict[str, Any], trial_jobs: list[dict[str, Any]], p
 def test_plan_starts_trials_in_order_then_the_winner_and_stops_trials_of_a_failed_revision() -> None:
     spec = _spec(search=SEARCH)
     assert _plan(spec, _search(spec, [], []), []) == [
-        Action("create_trial", "intent-trial-1-0", index=0), Action("create_trial", "intent-trial-1-1", index=1)]
+        CreateTrial("intent-trial-1-0", 0), CreateTrial("intent-trial-1-1", 1)]
     jobs = [_trial_job(0, complete=True), _trial_job(1)]
-    assert _plan(spec, _search(spec, jobs, [_ok_pod(0, 0.9)]), jobs) == [Action("create_trial", "intent-trial-1-2", index=2)]
+    assert _plan(spec, _search(spec, jobs, [_ok_pod(0, 0.9)]), jobs) == [CreateTrial("intent-trial-1-2", 2)]
     jobs = [_trial_job(i, complete=True) for i in range(4)]
     done = _search(spec, jobs, [_ok_pod(i, 0.9) for i in range(4)])
-    assert _plan(spec, done, jobs) == [Action("create_train_job")]
+    assert _plan(spec, done, jobs) == [CreateTrainJob()]
     assert _plan(spec, done, jobs, train_job=job("intent-train-1")) == []
     # A revision that failed (or a spec edit) stops what still runs.
     running = [_trial_job(0), _trial_job(1, complete=True)]
-    assert _plan(spec, _search(spec, running, []), running, phase="Failed") == [Action("delete_job", "intent-trial-1-0")]
+    assert _plan(spec, _search(spec, running, []), running, phase="Failed") == [DeleteJob("intent-trial-1-0")]
     # spec.suspend reaches running trials as it reaches the training Job.
     paused = _spec(search=SEARCH, suspend=True)
     actions = _plan(paused, _search(paused, [_trial_job(0)], []), [_trial_job(0)])
-    assert actions[0] == Action("set_suspend", "intent-trial-1-0", True)
+    assert actions[0] == SetSuspend("intent-trial-1-0", True)
 
 
 def test_a_trial_without_its_pod_costs_its_jobs_run_time_and_an_unmeasured_one_is_never_cheapest() -> None:

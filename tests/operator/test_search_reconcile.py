@@ -15,7 +15,8 @@ import yaml
 from ftj_helpers import MINIMAL_SPEC, defaulted_spec
 from k8s_objects import finished, summary
 from test_gang_reconcile import FakeKube
-from tuneforge.finetune.reconcile import Context, pack, reconcile
+from tuneforge.finetune.reconcile import Room, reconcile
+from tuneforge.runtime import Runtime, pack
 from tuneforge.settings import Settings
 
 NS, NAME, UID = "team-a", "intent", "ftj-uid"
@@ -63,7 +64,7 @@ def test_a_search_through_reconcile_survives_a_failed_trial_and_a_restart() -> N
     kube = RecordingKube()
     jobs: dict[str, dict[str, Any]] = {"intent-validate-1": _job("intent-validate-1", "Complete")}
     pods: dict[str, dict[str, Any]] = {}
-    ctx = Context(Settings(trainer_image="t:1"), kube, {}, {}, {}, lambda *a: None)  # type: ignore[arg-type]
+    ctx = Room(rt=Runtime(Settings(trainer_image="t:1"), kube, lambda *a: None), ftjs={}, jobs={}, pods={})  # type: ignore[arg-type]
 
     def run() -> dict[str, Any]:
         ctx.ftjs = {(NS, NAME): [pack({**body, "status": kube.status})]}

@@ -17,7 +17,9 @@ import yaml
 from tuneforge.serve.builders import GatePod
 from tuneforge.serve.names import LABEL_COLOR, LABEL_MODELSERVE
 from tuneforge.serve.observe import project_child
-from tuneforge.serve.reconcile import Runtime, reconcile
+from tuneforge.runtime import Runtime, pack
+from tuneforge.serve.reconcile import Room, reconcile
+from tuneforge.settings import Settings
 
 D1 = "sha256:" + "1" * 64
 D2 = "sha256:" + "2" * 64
@@ -80,7 +82,8 @@ class FakeKube:
     async def list_if_served(self, kind: str, namespace: str, labels: dict[str, str | None]) -> list[dict[str, Any]] | None:
         return await self.list_labelled(kind, namespace, labels) if self.pools else None
 
-    async def replace_modelserve_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+    async def write_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> None:
+        assert kind == "ModelServe"
         self.status_writes.append(copy.deepcopy(status))
 
     # test helpers
@@ -103,10 +106,11 @@ def body(digest: str = D1, **spec: Any) -> dict[str, Any]:
             "spec": base, "status": {}}
 
 
-def runtime(kube: FakeKube) -> tuple[Runtime, list[tuple[str, str]]]:
+def runtime(kube: FakeKube) -> tuple[Room, list[tuple[str, str]]]:
+    """The ModelServe room over a runtime with this API door (its children as the indexes hold them)."""
     events: list[tuple[str, str]] = []
-    rt = Runtime(kube, "server:1", GatePod("operator:1"), lambda b, t, r, m: events.append((t, r)), kube.children)  # type: ignore[arg-type]
-    return rt, events
+    rt = Runtime(Settings(server_image="server:1"), kube, lambda b, t, r, m: events.append((t, r)))  # type: ignore[arg-type]
+    return Room(rt=rt, modelserves={}, children=kube.children, gate_pod=GatePod("operator:1")), events
 
 
 def configs(kube: FakeKube) -> set[str]:
@@ -119,9 +123,18 @@ def config_of(kube: FakeKube, color: str) -> str:
     return str(next(v["configMap"]["name"] for v in d["spec"]["template"]["spec"]["volumes"] if "configMap" in v))
 
 
-def run(rt: Runtime, b: dict[str, Any], now: dt.datetime) -> dict[str, Any] | float:
+def step(room: Room, b: dict[str, Any], now: dt.datetime) -> tuple[dict[str, Any], float | None]:
+    """One pass over ``b`` (as the index holds it): the status after it, and the requeue delay."""
+    key = (b["metadata"]["namespace"], b["metadata"]["name"])
+    room.modelserves = {key: [pack(b)]}
+    requeue_after = asyncio.run(reconcile(room, key, now))
+    assert requeue_after is None or isinstance(requeue_after, float)
+    return room.last_status(b), requeue_after
+
+
+def run(room: Room, b: dict[str, Any], now: dt.datetime) -> dict[str, Any] | float:
     """The status, or the requeue delay when the reconcile says "not yet"."""
-    status, requeue_after = asyncio.run(reconcile(rt, b, now))
+    status, requeue_after = step(room, b, now)
     return status if requeue_after is None else float(requeue_after)
 
 

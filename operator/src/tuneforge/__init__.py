@@ -2,8 +2,11 @@
 
 One room per kind — ``finetune/`` (FineTuneJob) and ``serve/`` (ModelServe), each with its spec,
 status, plan, builders and reconcile — and the parts they share at this level: the API door
-(``kube``, the only module that imports the Kubernetes client), ``settings``, ``metrics`` and the
-entry point (``main``, ``__main__``), which imports each room's Kopf handlers so they register.
+(``kube``, the only module that imports the Kubernetes client), ``settings``, ``metrics``, the
+one start-up (``startup``: Kopf's settings, the login, one ``runtime.Runtime`` with one API
+client that both rooms receive; ``runtime`` also holds the one status-write strategy), the work
+queue, and the entry point (``main``, ``__main__``), which imports each room's Kopf handlers so
+they register and plug into the start-up.
 The rooms never import each other (tests/operator/test_operator_layout.py checks it).
 
 The package owns the operator side only; from the trainer it takes only data definitions: the

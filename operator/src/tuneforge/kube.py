@@ -45,6 +45,8 @@ KINDS: dict[str, Any] = {
     "InferencePool": InferencePool, "FineTuneJob": FineTuneJob,
 }
 """The kinds the ModelServe room reads and writes, by ``kind``."""
+STATUS: dict[str, Any] = {"FineTuneJob": FineTuneJob.Status, "ModelServe": ModelServe.Status}
+"""The status subresources ``write_status`` writes, by ``kind``."""
 
 
 class ForeignChild(Exception):
@@ -119,13 +121,15 @@ class Kube:
         await self._call(self._client.patch, Job, name, {"spec": {"suspend": suspend}}, namespace=namespace,
                          patch_type=PatchType.MERGE)
 
-    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        """Merge-patch the FineTuneJob's status subresource (None values delete keys)."""
+    async def write_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> None:
+        """Replace a FineTuneJob's or ModelServe's whole status subresource (a JSON patch adding
+        ``/status``: no key the new status dropped survives, as it would a merge patch, and no
+        diff against a possibly stale copy is needed); NotFound is success (deleted meanwhile)."""
         try:
-            await self._call(self._client.patch, FineTuneJob.Status, name, {"status": status}, namespace=namespace,
-                             patch_type=PatchType.MERGE)
+            await self._call(self._client.patch, STATUS[kind], name, [{"op": "add", "path": "/status", "value": status}],
+                             namespace=namespace, patch_type=PatchType.JSON)
         except ApiError as exc:
-            if exc.status.code != 404:  # deleted meanwhile
+            if exc.status.code != 404:
                 raise
 
     async def pod_log_tail(self, namespace: str, pod: str, container: str, lines: int) -> str:
@@ -225,16 +229,6 @@ class Kube:
             if exc.response.status_code == 404:
                 return None
             raise
-
-    async def replace_modelserve_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        """Replace the ModelServe's whole status (a JSON patch: a merge patch would keep keys the
-        new status dropped, such as a finished rollout's); NotFound is success (deleted)."""
-        try:
-            await self._call(self._client.patch, ModelServe.Status, name, [{"op": "add", "path": "/status", "value": status}],
-                             namespace=namespace, patch_type=PatchType.JSON)
-        except ApiError as exc:
-            if exc.status.code != 404:
-                raise
 
     async def _exists(self, res: Any, name: str, **kwargs: Any) -> bool:
         return await self._get_or_none(res, name, **kwargs) is not None

@@ -1,5 +1,6 @@
-"""Entry point ``tuneforge-operator``: settings, the /metrics server, then Kopf's event loop — in
-the replica that holds the leader Lease when leader election is on (``leader.py``)."""
+"""Entry point ``tuneforge-operator``: settings (read once), logging, the /metrics server, then
+Kopf's event loop with the one start-up (``startup.py``) both rooms plug into — in the replica
+that holds the leader Lease when leader election is on (``leader.py``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import asyncio
 import logging
 import os
 import sys
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, TextIO
 
 import kopf
 from prometheus_client import start_http_server
@@ -28,13 +29,27 @@ def _limit_malloc_arenas(arenas: int = 2) -> None:
         pass  # not glibc
 
 
+def configure_logging(verbose: bool, stream: TextIO | None = None) -> None:
+    """Kopf's logging integration: JSON lines (one object per line; a line about an object
+    carries it as ``object`` — kind, namespace, name, uid — and a FineTuneJob's ``revision``, see
+    runtime.log_extra) for log collectors, human text with a ``[namespace/name]`` prefix when
+    stderr is a terminal."""
+    stream = stream or sys.stderr
+    terminal = stream.isatty()
+    kopf.configure(verbose=verbose, log_format=kopf.LogFormat.FULL if terminal else kopf.LogFormat.JSON,
+                   log_prefix=terminal, log_refkey="object")
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.formatter is not None \
+                and type(handler).__module__.startswith("kopf"):
+            handler.setStream(stream)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tuneforge-operator", description=__doc__)
     parser.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then ~/.kube/config)")
     parser.add_argument("--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    configure_logging(args.verbose)
     _limit_malloc_arenas()
     # Kopf names itself after the login user; a non-root UID without a passwd entry (as in the
     # image) has none, and getpass would raise.
@@ -49,12 +64,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig  # what Kopf's kubeconfig login reads
-    from .finetune import handlers as finetune_handlers  # registers the FineTuneJob handlers
-    from .serve import handlers as _serve_handlers  # noqa: F401 - registers the ModelServe handlers
+    from . import startup
+    from .finetune import handlers as _finetune_handlers  # noqa: F401 - registers and plugs the FineTuneJob room
+    from .serve import handlers as _serve_handlers  # noqa: F401 - registers and plugs the ModelServe room
     from .metrics import REGISTRY
 
-    finetune_handlers._state["settings"] = settings
-    finetune_handlers._state["kubeconfig"] = args.kubeconfig
+    startup.given(settings, args.kubeconfig)
     if settings.metrics_port:
         start_http_server(settings.metrics_port, registry=REGISTRY)
     namespaces = settings.namespace_list()

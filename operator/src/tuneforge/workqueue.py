@@ -13,7 +13,7 @@ import asyncio
 import contextvars
 import logging
 import random
-from typing import Awaitable, Callable, Generic, Hashable, NamedTuple, TypeVar
+from typing import Any, Awaitable, Callable, Generic, Hashable, Mapping, NamedTuple, TypeVar
 
 from . import metrics
 from .kube import api_error_message, is_transient
@@ -51,8 +51,9 @@ class WorkQueue(Generic[K]):
     """
 
     def __init__(self, kind: str, work: Callable[[K], Awaitable[Outcome]], *, retry_delay: float,
-                 retry_max_delay: float, on_failure: Callable[[K, str], None] | None = None) -> None:
-        self.kind, self.work, self.on_failure = kind, work, on_failure
+                 retry_max_delay: float, on_failure: Callable[[K, str], None] | None = None,
+                 log_extra: Callable[[K], Mapping[str, Any]] | None = None) -> None:
+        self.kind, self.work, self.on_failure, self.log_extra = kind, work, on_failure, log_extra
         self.retry_delay, self.retry_max_delay = retry_delay, retry_max_delay
         self.busy: set[K] = set()
         self.dirty: set[K] = set()
@@ -141,10 +142,13 @@ class WorkQueue(Generic[K]):
         message = api_error_message(exc)
         delay = self.retry(key)
         name = "/".join(map(str, key)) if isinstance(key, tuple) else str(key)
+        # The object's reference on the line (runtime.log_extra), where the room gives one.
+        extra = dict(self.log_extra(key)) if self.log_extra is not None else None
         if is_transient(exc):
-            log.warning("Reconcile of %s %s failed, retrying in %.0f s: %s", self.kind, name, delay, message)
+            log.warning("Reconcile of %s %s failed, retrying in %.0f s: %s", self.kind, name, delay, message, extra=extra)
             return
-        log.error("Reconcile of %s %s failed, retrying in %.0f s: %s", self.kind, name, delay, message, exc_info=exc)
+        log.error("Reconcile of %s %s failed, retrying in %.0f s: %s", self.kind, name, delay, message, exc_info=exc,
+                  extra=extra)
         if self.on_failure is not None:
             self.on_failure(key, f"{message[:900]} (retrying in {delay:.0f} s)")
 

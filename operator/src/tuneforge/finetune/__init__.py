@@ -3,8 +3,8 @@
 Shape, arrows one way: ``handlers`` (Kopf) → ``reconcile`` (observe, write through the API door)
 → pure ``status`` / ``plan`` / ``gate`` / ``progress`` / ``results`` → pure ``builders`` and the
 ``spec`` types (``trainer_config`` renders the trainer's config; ``trainer_events`` is the
-trainer's own event definitions). It shares only the API door, settings, metrics and the entry
-point with the ModelServe room, and never imports it.
+trainer's own event definitions). It shares only the runtime (the one start-up, API door, settings,
+metrics) and the entry point with the ModelServe room, and never imports it.
 """
 
 from .. import GROUP

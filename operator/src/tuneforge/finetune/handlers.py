@@ -1,4 +1,6 @@
-"""Kopf handlers: thin — each finds the FineTuneJob a change concerns and calls ``reconcile``.
+"""Kopf handlers of the FineTuneJob room: thin — each finds the FineTuneJob an event concerns and
+runs its reconcile in the background (serialised and coalesced per FineTuneJob). The room plugs
+into the one start-up (``startup.plug``): its ``start`` gets the runtime and Kopf's indexes.
 
 Indexes (in-memory, filled before any handler runs) hold projections of FineTuneJobs and of the
 Jobs/Pods labelled with ``tuneforge.dev/finetunejob``, so reconciling never lists the API and an
@@ -10,19 +12,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, Mapping
 
-import aiohttp
 import kopf
 
-from .. import FTJ_PLURAL, GROUP, VERSION, metrics
-from ..kube import Kube, api_error_message
-from ..leader import FENCE
-from ..settings import Settings
-from ..workqueue import Backoff, Outcome, WorkQueue
+from .. import FTJ_PLURAL, GROUP, VERSION, metrics, startup
+from ..kube import api_error_message
+from ..runtime import Key, Packed, Runtime, one, pack, unpack
+from ..workqueue import Outcome, WorkQueue
 from . import LABEL_FTJ
 from .progress import parse_progress
-from .reconcile import Context, Key, Packed, one, owned_children, pack, reconcile, unpack
+from .reconcile import Room, owned_children, reconcile
 from .builders.job import COMPLETION_INDEX_ANNOTATION, CONTAINER
 from .builders.names import ROLE_TRAIN
 from .status import EVALUATING, RUNNING, pod_rank
@@ -30,65 +30,6 @@ from .status import EVALUATING, RUNNING, pod_rank
 log = logging.getLogger(__name__)
 CHILD = {LABEL_FTJ: kopf.PRESENT}
 _state: dict[str, Any] = {}
-
-
-class NoDiffBase(kopf.DiffBaseStorage):
-    """Kopf's diff base ("last handled configuration") kept nowhere and never built.
-
-    Kopf builds one for every watch event of every resource it watches — a deep copy of the whole
-    body, twice, for the diff its change-detecting handlers (on.create/update/field, timers,
-    daemons) would get — whether or not a resource has such handlers. Neither room has any
-    (FineTuneJobs and ModelServes are reconciled from their spec and status; see ftj_event), so
-    that copying was a sixth of the operator's CPU in a burst of FineTuneJobs, for a diff nobody
-    reads. A test keeps the rooms free of change-detecting handlers; adding one means going back
-    to ``kopf.AnnotationsDiffBaseStorage(prefix=GROUP)``.
-    """
-
-    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
-        return kopf.BodyEssence()
-
-    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
-        return None
-
-    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
-        pass
-
-
-def configure(settings: kopf.OperatorSettings, ours: Settings) -> None:
-    """Kopf tuned for a real cluster (called from the startup handler)."""
-    # Kopf's own state lives under our group wherever it writes any (its change-detecting
-    # handlers; neither room has any, see ftj_event and NoDiffBase).
-    settings.persistence.finalizer = f"{GROUP}/finalizer"
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = NoDiffBase()
-    # Watch streams can stall silently behind proxies/load balancers: bound them on both ends.
-    settings.watching.server_timeout = ours.watch_server_timeout
-    settings.watching.client_timeout = ours.watch_client_timeout
-    settings.watching.connect_timeout = 10
-    settings.networking.request_timeout = ours.request_timeout
-    settings.networking.connect_timeout = 10
-    # Our own status patches go through the status subresource, which Kopf does not wait for;
-    # this bounds its wait for any annotation patches of its own (then it proceeds).
-    settings.persistence.consistency_timeout = ours.consistency_timeout
-    # Kopf 1.45 names the bound on concurrent per-object workers queueing.worker_limit (None: none).
-    settings.queueing.worker_limit = ours.worker_limit or None
-    # An idle per-object worker keeps its slot (and its last event's body) until this passes;
-    # Kopf's 5 s default caps a burst of thousands of child objects at worker_limit / 5 per second.
-    settings.queueing.idle_timeout = ours.worker_idle_timeout
-    settings.queueing.error_delays = (1, 2, 5, 10, 20, 30, 60)  # framework errors: retry soon, cap at 1 min
-    # Kopf turns its own log records of this level and above into k8s Events; at INFO every
-    # "Handler succeeded" on every Pod/Job event would become an Event (an API write). Our phase
-    # transitions are posted explicitly with kopf.event(), which this level does not filter.
-    settings.posting.level = logging.WARNING
-    settings.posting.reporting_component = "tuneforge-operator"
-    settings.execution.max_workers = 1  # no sync handlers (the login is async): one idle thread at most
-    settings.peering.standalone = True  # one replica (Deployment strategy Recreate)
-    # Watching named namespaces leaves nothing to discover: no namespace list/watch (for patterns)
-    # and no CRD watch cluster-wide (the kinds come from API discovery, which needs no RBAC), so the
-    # chart's namespaced mode grants neither. Without this Kopf retries the forbidden namespace
-    # list for about a minute, logging errors, before it falls back to the names it was given.
-    if ours.namespace_list():
-        settings.scanning.disabled = True
 
 
 def _project_ftj(body: kopf.Body) -> dict[str, Any]:
@@ -171,56 +112,29 @@ async def pod_index(*, namespace: str | None, labels: kopf.Labels, body: kopf.Bo
     return {(namespace or "", labels[LABEL_FTJ]): pack(_project_child(body, is_job=False))}
 
 
-def _emit(body: Any, kind: str, reason: str, message: str) -> None:
-    kopf.event(body, type=kind, reason=reason, message=message)
+async def start(rt: Runtime, indexes: Mapping[str, Any]) -> None:
+    """The room's start (``startup.plug``): its state over the runtime and its indexes, its work
+    queue, and the progress poller."""
+    room = Room(rt=rt, ftjs=indexes["ftj_index"], jobs=indexes["job_index"], pods=indexes["pod_index"])
+    _state["room"] = room
+    _state["queue"] = work_queue(room)
+    _start_poller(room)
 
 
-@kopf.on.login()
-async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
-    """The service account in a pod, else KUBECONFIG / ~/.kube/config — Kopf's own client-free
-    logins, named here so Kopf never falls back to logging in through the ``kubernetes`` client
-    where one happens to be installed (a host venv): the operator behaves as in its image. Not
-    covered: kubeconfig exec plugins (cloud CLIs) when running outside the cluster. Kopf's
-    session checks the leader fence before each request (leader.py)."""
-    info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
-    return await fenced_session(info)
+async def stop() -> None:
+    poller = _state.pop("poller", None)
+    if poller:
+        poller.cancel()
+    _state.pop("queue", None)
+    _state.pop("room", None)
 
 
-async def fenced_session(info: kopf.ConnectionInfo | None) -> kopf.AiohttpSession | None:
-    """Kopf's own API client (its watches and Event posts), built as Kopf builds it from the
-    credentials but with the leader fence checked before every request (leader.py)."""
-    if info is None:
-        return None
-
-    async def fenced(request: aiohttp.ClientRequest, handler: Any) -> aiohttp.ClientResponse:
-        FENCE.check()
-        response: aiohttp.ClientResponse = await handler(request)
-        return response
-
-    session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0, ssl=info.as_ssl_context()), headers=info.as_http_headers(),
-        proxy=info.proxy_url, trust_env=info.trust_env, middlewares=(fenced,))
-    return kopf.AiohttpSession(aiohttp_session=session, server=info.server, default_namespace=info.default_namespace,
-                               priority=info.priority, expiration=info.expiration)
+startup.plug(start, stop)
 
 
-@kopf.on.startup()
-async def startup(*, settings: kopf.OperatorSettings, **kwargs: Any) -> None:
-    # Kopf passes every index to every handler by its function's name.
-    ftj_index, job_index, pod_index = kwargs["ftj_index"], kwargs["job_index"], kwargs["pod_index"]
-    ours = _state.get("settings") or Settings.from_env()
-    configure(settings, ours)
-    ctx = Context(settings=ours, kube=Kube(ours, _state.get("kubeconfig")), ftjs=ftj_index, jobs=job_index,
-                  pods=pod_index, emit=_emit)
-    _state["ctx"] = ctx
-    _state["queue"] = work_queue(ctx)
-    _start_poller(ctx)
-    log.info("Tuneforge operator started with trainer image %s", ours.trainer_image)
-
-
-def _start_poller(ctx: Context) -> None:
+def _start_poller(room: Room) -> None:
     """Start the progress poller, and start it again should it ever end by an exception."""
-    task = asyncio.get_running_loop().create_task(_poll_progress(ctx))
+    task = asyncio.get_running_loop().create_task(_poll_progress(room))
     _state["poller"] = task
     _state["poller_beat"] = time.monotonic()
 
@@ -230,7 +144,7 @@ def _start_poller(ctx: Context) -> None:
         exc = t.exception()
         log.error("Progress poller stopped, restarting it: %s", exc, exc_info=exc)
         metrics.RECONCILE_ERRORS.labels("ProgressPoller").inc()
-        _start_poller(ctx)
+        _start_poller(room)
 
     task.add_done_callback(done)
 
@@ -240,27 +154,17 @@ async def poller_alive(**_: Any) -> float:
     """Liveness (/healthz): seconds since the progress poller last finished a round. A poller
     that is gone or stuck (rounds stopped) fails the probe, so the kubelet restarts the operator
     instead of /healthz staying green while no progress is read."""
-    ctx: Context | None = _state.get("ctx")
+    room: Room | None = _state.get("room")
     task: asyncio.Task[None] | None = _state.get("poller")
-    if ctx is None or task is None:
+    if room is None or task is None:
         return 0.0
     age = time.monotonic() - float(_state.get("poller_beat") or 0.0)
-    if task.done() or age > max(120.0, 10 * ctx.settings.progress_interval):
+    if task.done() or age > max(120.0, 10 * room.settings.progress_interval):
         raise kopf.PermanentError(f"the progress poller has not finished a round for {age:.0f} s")
     return round(age, 1)
 
 
-@kopf.on.cleanup()
-async def cleanup(**_: Any) -> None:
-    poller = _state.pop("poller", None)
-    if poller:
-        poller.cancel()
-    ctx = _state.pop("ctx", None)
-    if ctx:
-        await ctx.kube.close()
-
-
-def work_queue(ctx: Context) -> WorkQueue[Key]:
+def work_queue(room: Room) -> WorkQueue[Key]:
     """The FineTuneJobs' work queue: every trigger (an event, a timer, the progress poller) runs
     ``reconcile`` through it, serialised and coalesced per FineTuneJob.
 
@@ -271,16 +175,16 @@ def work_queue(ctx: Context) -> WorkQueue[Key]:
     looked at again the same way; a reconcile that neither fails nor waits resets the backoff.
     """
     async def work(key: Key) -> Outcome:
-        wait_left = await reconcile(ctx, key)
-        return None if wait_left is None else Backoff(wait_left)
+        return await reconcile(room, key)
 
     def failed(key: Key, text: str) -> None:
-        body = one(ctx.ftjs.get(key))
+        body = room.body(key)
         if body is not None:
-            ctx.emit(body, "Warning", "ReconcileFailed", text)
+            room.emit(body, "Warning", "ReconcileFailed", text)
 
-    return WorkQueue("FineTuneJob", work, retry_delay=ctx.settings.retry_delay,
-                     retry_max_delay=ctx.settings.retry_max_delay, on_failure=failed)
+    return WorkQueue("FineTuneJob", work, retry_delay=room.settings.retry_delay,
+                     retry_max_delay=room.settings.retry_max_delay, on_failure=failed,
+                     log_extra=room.log_extra)
 
 
 def _kick(key: Key) -> None:
@@ -304,12 +208,12 @@ async def ftj_event(*, type: str | None, namespace: str | None, name: str, uid: 
     the generation; only a new generation (a spec edit) needs a reconcile. (An event older than
     one of our writes may kick one reconcile too many, which finds nothing to do.)
     """
-    ctx: Context = _state["ctx"]
+    room: Room = _state["room"]
     key = (namespace or "", name)
     if type == "DELETED":
         # Children go by owner-reference GC; the operator only drops its in-memory state. (No
         # on.delete handler: it would put a finalizer on every FineTuneJob for no benefit.)
-        ctx.forget(key, uid)
+        room.forget(key, uid)
         _state["queue"].forget(key)
         return
     if type in (None, "ADDED") or body.meta.get("generation") != body.status.get("observedGeneration"):
@@ -326,46 +230,47 @@ async def pod_event(*, namespace: str | None, labels: kopf.Labels, **_: Any) -> 
     _kick((namespace or "", labels[LABEL_FTJ]))
 
 
-async def _poll_progress(ctx: Context) -> None:
+async def _poll_progress(room: Room) -> None:
     """One loop for all running trainers (not one timer per object): read log tails, reconcile.
 
     A single bounded loop keeps the cost flat in the number of FineTuneJobs and needs no
     finalizer on them (Kopf timers would add one).
     """
-    sem = asyncio.Semaphore(ctx.settings.api_concurrency)
+    sem = asyncio.Semaphore(room.settings.api_concurrency)
 
     async def poll(key: Key, pod: Any, uid: str, rev: int) -> None:
         async with sem:
-            text = await ctx.kube.pod_log_tail(key[0], pod["metadata"]["name"], CONTAINER, ctx.settings.progress_tail_lines)
-        progress = parse_progress(text, ctx.progress.get((uid, rev)))
-        if progress is not None and progress != ctx.progress.get((uid, rev)):
-            ctx.progress[(uid, rev)] = progress
+            text = await room.kube.pod_log_tail(key[0], pod["metadata"]["name"], CONTAINER, room.settings.progress_tail_lines)
+        progress = parse_progress(text, room.progress.get((uid, rev)))
+        if progress is not None and progress != room.progress.get((uid, rev)):
+            room.progress[(uid, rev)] = progress
+            metrics.TRAINING_PROGRESS.labels(*key).set(time.time())
             # Kicked, not awaited: the poller's own context (from startup) cannot post Events.
             _state["queue"].kick(key, take_context=False)
 
     while True:
-        await asyncio.sleep(ctx.settings.progress_interval)
+        await asyncio.sleep(room.settings.progress_interval)
         try:
-            await _poll_round(ctx, poll)
+            await _poll_round(room, poll)
         except Exception as exc:  # noqa: BLE001 - one bad round (a bug, an odd object) must not end the loop
             metrics.RECONCILE_ERRORS.labels("ProgressPoller").inc()
             log.error("Progress poll round failed: %s", exc, exc_info=exc)
         _state["poller_beat"] = time.monotonic()
 
 
-async def _poll_round(ctx: Context, poll: Any) -> None:
+async def _poll_round(room: Room, poll: Any) -> None:
     """One pass over the running trainers: read each one's log tail (of pods of this
     FineTuneJob's own Jobs only, as reconcile reads them)."""
-    tasks = []
-    for key, store in list(ctx.ftjs.items()):
+    tasks, keys = [], []
+    for key, store in list(room.ftjs.items()):
         body = one(store)
         if body is None:
             continue
-        status = ctx.last_status(body)
+        status = room.last_status(body)
         if status.get("phase") not in (RUNNING, EVALUATING):
             continue
         rev = int(status.get("revision") or 0)
-        _, pods = owned_children(map(unpack, ctx.jobs.get(key) or ()), map(unpack, ctx.pods.get(key) or ()),
+        _, pods = owned_children(map(unpack, room.jobs.get(key) or ()), map(unpack, room.pods.get(key) or ()),
                                  body["metadata"]["uid"])
         for pod in pods:
             labels = pod["metadata"]["labels"]
@@ -373,8 +278,9 @@ async def _poll_round(ctx: Context, poll: Any) -> None:
                     and (pod["status"] or {}).get("phase") == "Running" and pod_rank(pod) == 0:
                 # Rank 0 alone reports progress (the ranks step in lockstep).
                 tasks.append(poll(key, pod, body["metadata"]["uid"], rev))
+                keys.append((key, rev))
     if tasks:
         results = await asyncio.gather(*tasks, return_exceptions=True)
-        for r in results:
+        for (key, rev), r in zip(keys, results):
             if isinstance(r, Exception):
-                log.warning("Progress poll failed: %s", api_error_message(r))
+                room.log(log, key, rev).warning("Progress poll of FineTuneJob %s/%s failed: %s", *key, api_error_message(r))

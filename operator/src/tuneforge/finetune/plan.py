@@ -7,7 +7,7 @@ running a plan twice — after an operator restart, say — never duplicates a c
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from .builders.job import train_job_suspended
 from .search import search_pending, summaries_to_read, trials_to_start
@@ -17,13 +17,65 @@ from .status import TERMINAL, job_finished
 Obj = Mapping[str, Any]
 
 
+# --- outputs: typed actions (as the ModelServe room's), applied in order by reconcile ----------
+
 @dataclasses.dataclass(frozen=True)
-class Action:
-    verb: Literal["create_config_map", "create_validate_job", "create_train_job", "create_summary_job",
-                  "create_trial", "create_trial_summary_job", "set_suspend", "delete_job", "delete_service"]
-    name: str = ""
-    value: bool | None = None
-    index: int | None = None  # create_trial(_summary_job): which trial of status.search
+class CreateConfigMap:
+    """The revision's trainer config ConfigMap."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CreateValidateJob:
+    """The revision's validation Job."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CreateTrainJob:
+    """The training Job of the current attempt (``status.restarts``), with the search winner's
+    config and a gang's workers Service first where the spec asks for them."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CreateSummaryJob:
+    """The summary reader of the training result (its pod was gone before it was read)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CreateTrial:
+    """Search trial ``index`` of status.search (its Job ``name``, config first)."""
+
+    name: str
+    index: int
+
+
+@dataclasses.dataclass(frozen=True)
+class CreateTrialSummaryJob:
+    """The summary reader ``name`` of search trial ``index``."""
+
+    name: str
+    index: int
+
+
+@dataclasses.dataclass(frozen=True)
+class SetSuspend:
+    name: str
+    suspend: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class DeleteJob:
+    name: str
+
+
+@dataclasses.dataclass(frozen=True)
+class DeleteService:
+    name: str
+
+
+Action = (CreateConfigMap | CreateValidateJob | CreateTrainJob | CreateSummaryJob | CreateTrial | CreateTrialSummaryJob
+          | SetSuspend | DeleteJob | DeleteService)
+CREATES_JOB = (CreateValidateJob, CreateTrainJob, CreateTrial)
+"""Actions that create a Job whose own watch event follows at once."""
 
 
 def plan(
@@ -51,24 +103,24 @@ def plan(
     # The workers Service of a revision that ended or was superseded: nobody resolves it any more.
     named, naming = services
     if named and named != naming:
-        actions.append(Action("delete_service", named))
+        actions.append(DeleteService(named))
     # A restarted gang's earlier Jobs: finished, but their pods may still hold GPUs while they
     # checkpoint, and their status is history the FineTuneJob's status.restarts keeps.
     for job in earlier_attempts:
         if not (job.get("metadata") or {}).get("deletionTimestamp"):
-            actions.append(Action("delete_job", job["metadata"]["name"]))
+            actions.append(DeleteJob(job["metadata"]["name"]))
     # Jobs of earlier revisions that still run hold GPUs for a spec nobody wants any more.
     for job in stale_jobs:
         if job_finished(job) is None:
-            actions.append(Action("delete_job", job["metadata"]["name"]))
+            actions.append(DeleteJob(job["metadata"]["name"]))
     if phase in TERMINAL or preflight_failed:
         # A failed revision releases what it still holds (e.g. a pod stuck on a missing Secret).
         for maybe in (validate_job, train_job, *trial_jobs):
             if maybe is not None and job_finished(maybe) is None:
-                actions.append(Action("delete_job", maybe["metadata"]["name"]))
+                actions.append(DeleteJob(maybe["metadata"]["name"]))
         return actions
     if validate_job is None:
-        return actions + [Action("create_config_map"), Action("create_validate_job")]
+        return actions + [CreateConfigMap(), CreateValidateJob()]
     if job_finished(validate_job) != "Complete":
         return actions
     if train_job is None and search is not None and search_pending(search):
@@ -81,14 +133,14 @@ def plan(
             if job_finished(job) is None and job["metadata"]["name"] not in readers:
                 actions += _suspend_actions(spec, job)
         existing = {j["metadata"]["name"] for j in trial_jobs}
-        actions += [Action("create_trial_summary_job", trials[i]["summaryJob"], index=i)
+        actions += [CreateTrialSummaryJob(trials[i]["summaryJob"], i)
                     for i in summaries_to_read(search, existing)]
-        return actions + [Action("create_trial", trials[i]["job"], index=i)
+        return actions + [CreateTrial(trials[i]["job"], i)
                           for i in trials_to_start(search, spec.search.parallelism)]
     if train_job is None or restart:
-        return actions + [Action("create_train_job")]
+        return actions + [CreateTrainJob()]
     if read_summary:
-        return actions + [Action("create_summary_job")]
+        return actions + [CreateSummaryJob()]
     if job_finished(train_job) is None:
         actions += _suspend_actions(spec, train_job)
     return actions
@@ -100,7 +152,7 @@ def _suspend_actions(spec: FineTuneJobSpec, job: Obj) -> list[Action]:
     if spec.queue_name:
         # Kueue owns unsuspension; the user can still pause a queued or running Job.
         if spec.suspend and not suspended:
-            return [Action("set_suspend", job["metadata"]["name"], True)]
+            return [SetSuspend(job["metadata"]["name"], True)]
     elif suspended != train_job_suspended(spec):
-        return [Action("set_suspend", job["metadata"]["name"], train_job_suspended(spec))]
+        return [SetSuspend(job["metadata"]["name"], train_job_suspended(spec))]
     return []

@@ -3,7 +3,7 @@
 Called from every trigger (the FineTuneJob's own watch events, events of its Jobs and Pods,
 retries, the progress poller); serialised per object by a lock, so triggers may overlap freely.
 What exists comes from Kopf's in-memory indexes (no list calls per reconcile); what changes goes
-through ``kube.Kube``.
+through ``kube.Kube``; the status is written as runtime.py says (replaced, only when changed).
 """
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
-import json
 import logging
 import time
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 from .. import metrics
 from ..kube import ForeignChild, Kube
-from ..settings import Settings
+from ..runtime import Key, Obj, Packed, RoomState, one, unpack
+from ..workqueue import Backoff, Outcome
 from . import LABEL_REVISION
 from .builders.configmap import build_config_map
 from .builders.job import build_summary_job, build_trainer_job, build_trial_job, build_validate_job, build_workers_service
@@ -26,53 +26,33 @@ from .builders.names import (
     Owner, config_map_name, summary_job_name, train_attempt, train_job_name, trial_job_name, trial_summary_job_name,
     validate_job_name, winner_config_map_name, workers_service_name,
 )
-from .plan import Action, plan
+from .plan import (
+    CREATES_JOB, Action, CreateConfigMap, CreateSummaryJob, CreateTrainJob, CreateTrial, CreateTrialSummaryJob,
+    CreateValidateJob, DeleteJob, DeleteService, SetSuspend, plan,
+)
 from .search import apply_params, compute_search, trial_params, winner_spec
 from .progress import Progress
 from ..endpoint_secrets import refusal
 from .spec import FineTuneJobSpec, config_map_sources, endpoint_secrets, parse_spec, pvc_claims, spec_hash
 from .status import (
-    FAILED, PENDING, PHASES, READING_SUMMARY, SUCCEEDED, TERMINAL, Observed, compute_status, decide_revision,
+    EVALUATING, FAILED, PENDING, PHASES, READING_SUMMARY, RUNNING, SUCCEEDED, TERMINAL, Observed, compute_status, decide_revision,
     job_finished, status_changed,
 )
 from .trainer_config import artifact_uri
 
-log = logging.getLogger(__name__)
-Key = tuple[str, str]
-Obj = Mapping[str, Any]
-EmitFn = Callable[[Obj, str, str, str], None]
-# An index entry or a remembered status, as compact JSON text (see ``pack``).
-Packed = str
+_log = logging.getLogger(__name__)
 
 
-def pack(obj: Obj) -> Packed:
-    """Compact JSON text for what the operator keeps per object between events.
+@dataclasses.dataclass(kw_only=True)
+class Room(RoomState):
+    """The FineTuneJob room's state: the runtime, Kopf's indexes of FineTuneJobs and their
+    Jobs/Pods, and what the operator keeps between passes."""
 
-    A thousand FineTuneJobs with their Jobs and Pods stay in memory for as long as they exist;
-    as Python dicts one FineTuneJob's defaulted spec alone is ~9 KB (1.2 KB as text), and the
-    indexes and remembered statuses of 1,000 were ~30 MB. Text is decoded once per reconcile.
-    """
-    return json.dumps(obj, separators=(",", ":"))
-
-
-def unpack(text: Packed) -> dict[str, Any]:
-    return json.loads(text)  # type: ignore[no-any-return]
-
-
-@dataclasses.dataclass
-class Context:
-    """Operator-wide state shared by handlers: settings, API door, indexes, caches."""
-
-    settings: Settings
-    kube: Kube
+    KIND = "FineTuneJob"
     ftjs: Mapping[Key, Iterable[Packed]]
     jobs: Mapping[Key, Iterable[Packed]]
     pods: Mapping[Key, Iterable[Packed]]
-    emit: EmitFn
     locks: dict[Key, asyncio.Lock] = dataclasses.field(default_factory=dict)
-    # The status this operator last wrote, by uid: the watch may lag behind our own writes, and
-    # deciding a revision from a stale status could start a revision twice.
-    written: dict[str, Packed] = dataclasses.field(default_factory=dict)
     progress: dict[tuple[str, int], Progress] = dataclasses.field(default_factory=dict)
     tally: metrics.PhaseTally = dataclasses.field(default_factory=lambda: metrics.PhaseTally(PHASES))
     # Reconciles in flight at once (the rest wait here holding nothing but their key): each one
@@ -82,32 +62,20 @@ class Context:
     def __post_init__(self) -> None:
         self.slots = asyncio.Semaphore(self.settings.reconcile_concurrency)
 
-    def last_status(self, body: Obj) -> dict[str, Any]:
-        """The newest status known for a FineTuneJob: ours if we wrote one, else the watch's."""
-        mine = self.written.get(body["metadata"]["uid"])
-        return unpack(mine) if mine is not None else dict(body.get("status") or {})
+    def body(self, key: Key) -> dict[str, Any] | None:
+        return one(self.ftjs.get(key))
 
     def lock(self, key: Key) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
 
     def forget(self, key: Key, uid: str | None) -> None:
         self.locks.pop(key, None)
+        self.forget_status(uid)
         if uid:
-            self.written.pop(uid, None)
             self.tally.set(uid, None)
             for k in [k for k in self.progress if k[0] == uid]:
                 del self.progress[k]
-        try:
-            metrics.EVAL_ACCURACY.remove(*key)
-        except KeyError:
-            pass
-
-
-def one(store: Iterable[Packed] | None) -> dict[str, Any] | None:
-    """The (single) object of an index entry, decoded."""
-    for item in store or ():
-        return unpack(item)
-    return None
+        metrics.forget("FineTuneJob", *key)
 
 
 def owned_children(jobs: Iterable[Obj], pods: Iterable[Obj], uid: str) -> tuple[list[Obj], list[Obj]]:
@@ -151,23 +119,24 @@ async def preflight(kube: Kube, namespace: str, spec: FineTuneJobSpec) -> tuple[
     return None
 
 
-async def reconcile(ctx: Context, key: Key) -> float | None:
+async def reconcile(room: Room, key: Key, now: dt.datetime | None = None) -> Outcome:
     """Bring one FineTuneJob one step closer to done; safe to call any time, any number of times.
 
-    Not None when it waits for something no watch event announces (a missing PVC, Secret or
-    PriorityClass; a child name taken by another object): the caller looks again with backoff,
-    at the latest after the returned seconds (when the bounded wait for a dependency ends).
+    ``Backoff`` when it waits for something no watch event announces (a missing PVC, Secret or
+    PriorityClass; a child name taken by another object): the work queue looks again with
+    backoff, at the latest when the bounded wait for a dependency ends; else None.
     """
-    async with ctx.lock(key), ctx.slots:
+    async with room.lock(key), room.slots:
         started = time.monotonic()
         try:
-            return await _reconcile(ctx, key)
+            waiting = await _reconcile(room, key, now or dt.datetime.now(dt.timezone.utc))
+            return None if waiting is None else Backoff(waiting)
         finally:
             metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
 
 
-async def _reconcile(ctx: Context, key: Key) -> float | None:
-    body = one(ctx.ftjs.get(key))
+async def _reconcile(room: Room, key: Key, now: dt.datetime) -> float | None:
+    body = room.body(key)
     if body is None or body["metadata"].get("deletionTimestamp"):
         return None
     namespace, name = key
@@ -175,12 +144,12 @@ async def _reconcile(ctx: Context, key: Key) -> float | None:
     owner = Owner(name=name, namespace=namespace, uid=meta["uid"])
     raw_spec = body.get("spec") or {}
     spec = parse_spec(raw_spec)
-    prior = ctx.last_status(body)
+    prior = room.last_status(body)
     generation = int(meta.get("generation") or 0)
-    revision = decide_revision(spec_hash(raw_spec), generation, prior, ctx.settings.history_limit)
+    revision = decide_revision(spec_hash(raw_spec), generation, prior, room.settings.history_limit)
     rev = revision.number
 
-    jobs, pods = owned_children(map(unpack, ctx.jobs.get(key) or ()), map(unpack, ctx.pods.get(key) or ()), owner.uid)
+    jobs, pods = owned_children(map(unpack, room.jobs.get(key) or ()), map(unpack, room.pods.get(key) or ()), owner.uid)
     by_name = {j["metadata"]["name"]: j for j in jobs}
     vjob = by_name.get(validate_job_name(name, rev))
     # A restarted gang: the newest attempt the status counted or the index shows (a restart's
@@ -197,11 +166,10 @@ async def _reconcile(ctx: Context, key: Key) -> float | None:
     tpods = [p for p in pods if _pod_job(p) == train_job_name(name, rev, attempt)]
     spods = [p for p in pods if _pod_job(p) == summary_job_name(name, rev)]
 
-    now = dt.datetime.now(dt.timezone.utc)
     sticky = not revision.is_new and prior.get("phase") in TERMINAL
     pre = None
     if vjob is None and not sticky:
-        pre = await preflight(ctx.kube, namespace, spec)
+        pre = await preflight(room.kube, namespace, spec)
     # spec.search: every trial's state from its Job and pods (and its summary reader's, when its
     # pod was gone), with the results the status already holds: a restart re-runs no finished trial.
     trial_names = {n for i in range(len(trial_params(spec.search)) if spec.search else 0)
@@ -210,15 +178,15 @@ async def _reconcile(ctx: Context, key: Key) -> float | None:
     prior_search = prior.get("search") if not revision.is_new and prior.get("revision") == rev else None
     search = compute_search(spec, name, rev, prior_search, by_name,
                             [p for p in pods if _pod_job(p) in trial_names], now)
-    observed = Observed(vjob, vpods, tjob, tpods, ctx.progress.get((owner.uid, rev)), pre, sjob, spods, attempt, search)
+    observed = Observed(vjob, vpods, tjob, tpods, room.progress.get((owner.uid, rev)), pre, sjob, spods, attempt, search)
     children = {"configMap": config_map_name(name, rev), "validateJob": validate_job_name(name, rev),
                 "trainJob": train_job_name(name, rev, attempt)}
     if spec.nodes > 1:
         children["workersService"] = workers_service_name(name, rev)
     status = compute_status(spec, generation, prior, revision, observed, now, children,
-                            artifact_uri(spec, namespace, name, owner.uid, rev), ctx.settings.dependency_wait_seconds,
+                            artifact_uri(spec, namespace, name, owner.uid, rev), room.settings.dependency_wait_seconds,
                             summary_job_name(name, rev))
-    waiting = _wait_left(status, now, ctx.settings.dependency_wait_seconds)
+    waiting = _wait_left(status, now, room.settings.dependency_wait_seconds)
 
     read_summary = status.get("reason") == READING_SUMMARY and sjob is None
     restart = int(status.get("restarts") or 0) > attempt
@@ -228,39 +196,28 @@ async def _reconcile(ctx: Context, key: Key) -> float | None:
     conflict: ForeignChild | None = None
     try:
         for action in actions:
-            await _execute(ctx, action, owner, spec, rev, status)
+            await _execute(room, action, owner, spec, rev, status)
     except ForeignChild as exc:
         # Not adopted and not overwritten: the run waits (with backoff) until the name is free.
-        conflict, waiting = exc, ctx.settings.retry_max_delay
+        conflict, waiting = exc, room.settings.retry_max_delay
         status = {**status, "reason": "ChildConflict", "message": str(exc)}
 
     # "Pending: creating a Job" lasts until the Job's own event arrives a moment later; writing
     # it would cost a status patch and an Event per FineTuneJob for a state nobody sees.
-    creating = any(a.verb in ("create_validate_job", "create_train_job", "create_trial") for a in actions)
+    creating = any(isinstance(a, CREATES_JOB) for a in actions)
     transient = creating and status["phase"] == PENDING and bool(prior.get("phase")) and prior.get("revision") == rev
     if conflict is not None:
         transient = False
     if not transient and status_changed(prior, status):
-        await ctx.kube.patch_status(namespace, name, merge_patch(prior, status))
-        ctx.written[owner.uid] = pack(status)
-        _after_write(ctx, body, key, prior, status, tpods, spec.gpus)
+        await room.write_status(body, status)
+        _after_write(room, body, key, prior, status, tpods, spec.gpus)
         if conflict is not None:
-            ctx.emit(body, "Warning", "ChildConflict", str(conflict)[:1000])
-    ctx.tally.set(owner.uid, status["phase"])
+            room.emit(body, "Warning", "ChildConflict", str(conflict)[:1000])
+    room.tally.set(owner.uid, status["phase"])
     _restore_gauge(key, status)
+    if status["phase"] not in (RUNNING, EVALUATING):
+        metrics.drop(metrics.TRAINING_PROGRESS, *key)  # no trainer runs: nothing can stall
     return waiting
-
-
-def merge_patch(old: Obj, new: Obj) -> dict[str, Any]:
-    """A JSON merge patch from ``old`` to ``new``: a merge patch merges objects key by key, so a
-    key gone from ``new`` at any depth (e.g. status.children.workersService) is written as null."""
-    patch: dict[str, Any] = dict(new)
-    for key, value in old.items():
-        if key not in new:
-            patch[key] = None
-        elif isinstance(value, Mapping) and isinstance(new[key], Mapping):
-            patch[key] = merge_patch(value, new[key])
-    return patch
 
 
 def _wait_left(status: Obj, now: dt.datetime, limit: float) -> float | None:
@@ -288,63 +245,75 @@ def _pod_job(pod: Obj) -> str | None:
     return labels.get("batch.kubernetes.io/job-name") or labels.get("job-name")
 
 
-async def _execute(ctx: Context, action: Action, owner: Owner, spec: FineTuneJobSpec, rev: int, status: Obj) -> None:
-    s = ctx.settings
-    if action.verb == "create_config_map":
-        await ctx.kube.create(build_config_map(owner, spec, rev))
-    elif action.verb == "create_validate_job":
-        if await ctx.kube.create(build_validate_job(owner, spec, rev, s)):
+async def _execute(room: Room, action: Action, owner: Owner, spec: FineTuneJobSpec, rev: int, status: Obj) -> None:
+    s = room.settings
+    log = room.log(_log, (owner.namespace, owner.name), rev)
+    if isinstance(action, CreateConfigMap):
+        await room.kube.create(build_config_map(owner, spec, rev))
+    elif isinstance(action, CreateValidateJob):
+        if await room.kube.create(build_validate_job(owner, spec, rev, s)):
             log.info("Created validation Job %s/%s", owner.namespace, validate_job_name(owner.name, rev))
-    elif action.verb == "create_trial":
-        assert spec.search is not None and action.index is not None
+    elif isinstance(action, CreateTrial):
         trial = apply_params(spec, status["search"]["trials"][action.index]["params"])
         # The config first: the pod mounts it.
-        await ctx.kube.create(build_config_map(owner, trial, rev, action.name, action.index))
-        if await ctx.kube.create(build_trial_job(owner, trial, rev, s, action.index)):
+        await room.kube.create(build_config_map(owner, trial, rev, action.name, action.index))
+        if await room.kube.create(build_trial_job(owner, trial, rev, s, action.index)):
             log.info("Created search trial Job %s/%s", owner.namespace, action.name)
-    elif action.verb == "create_trial_summary_job":
-        assert action.index is not None
-        if await ctx.kube.create(build_summary_job(owner, spec, rev, s, trial=action.index)):
+    elif isinstance(action, CreateTrialSummaryJob):
+        if await room.kube.create(build_summary_job(owner, spec, rev, s, trial=action.index)):
             log.info("Created summary reader Job %s/%s", owner.namespace, action.name)
-    elif action.verb == "create_train_job":
+    elif isinstance(action, CreateTrainJob):
         attempt = int(status.get("restarts") or 0)
         config_map = None
         if spec.search is not None:
             # The winner's settings, trained again and scored once on the test rows.
             spec = winner_spec(spec, status.get("search"))
             config_map = winner_config_map_name(owner.name, rev)
-            await ctx.kube.create(build_config_map(owner, spec, rev, config_map))
+            await room.kube.create(build_config_map(owner, spec, rev, config_map))
         if spec.nodes > 1:
             # Before the Job: pod 0's DNS name must resolve when the workers start.
-            await ctx.kube.create(build_workers_service(owner, spec, rev))
-        if await ctx.kube.create(build_trainer_job(owner, spec, rev, s, attempt, config_map)):
+            await room.kube.create(build_workers_service(owner, spec, rev))
+        if await room.kube.create(build_trainer_job(owner, spec, rev, s, attempt, config_map)):
             log.info("Created training Job %s/%s", owner.namespace, train_job_name(owner.name, rev, attempt))
             started = status.get("startTime")
             if started:
                 since = dt.datetime.strptime(started, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
                 metrics.TIME_TO_JOB.observe(max(0.0, (dt.datetime.now(dt.timezone.utc) - since).total_seconds()))
-    elif action.verb == "create_summary_job":
-        if await ctx.kube.create(build_summary_job(owner, spec, rev, s)):
+    elif isinstance(action, CreateSummaryJob):
+        if await room.kube.create(build_summary_job(owner, spec, rev, s)):
             log.info("Created summary reader Job %s/%s", owner.namespace, summary_job_name(owner.name, rev))
-    elif action.verb == "set_suspend":
-        await ctx.kube.set_job_suspend(owner.namespace, action.name, bool(action.value))
-        log.info("Set suspend=%s on Job %s/%s", action.value, owner.namespace, action.name)
-    elif action.verb == "delete_job":
-        await ctx.kube.delete_job(owner.namespace, action.name)
+    elif isinstance(action, SetSuspend):
+        await room.kube.set_job_suspend(owner.namespace, action.name, action.suspend)
+        log.info("Set suspend=%s on Job %s/%s", action.suspend, owner.namespace, action.name)
+    elif isinstance(action, DeleteJob):
+        await room.kube.delete_job(owner.namespace, action.name)
         log.info("Deleted Job %s/%s", owner.namespace, action.name)
-    elif action.verb == "delete_service":
-        await ctx.kube.delete("Service", owner.namespace, action.name)
+    elif isinstance(action, DeleteService):
+        await room.kube.delete("Service", owner.namespace, action.name)
         log.info("Deleted workers Service %s/%s", owner.namespace, action.name)
 
 
-def _after_write(ctx: Context, body: Obj, key: Key, prior: Obj, status: Obj, tpods: list[Obj], gpus: int) -> None:
+def gate_judged(prior: Obj, status: Obj) -> str | None:
+    """The gate outcome (Passed / Failed) this status write records for the first time for its
+    revision, or None: what ``tuneforge_gate_evaluations_total`` counts, once per judged revision."""
+    outcome = (status.get("gate") or {}).get("outcome")
+    if outcome not in ("Passed", "Failed"):
+        return None
+    same_revision = prior.get("revision") == status.get("revision")
+    return None if same_revision and (prior.get("gate") or {}).get("outcome") == outcome else str(outcome)
+
+
+def _after_write(room: Room, body: Obj, key: Key, prior: Obj, status: Obj, tpods: list[Obj], gpus: int) -> None:
     """Events and metrics for a transition."""
     old_phase = prior.get("phase") if prior.get("revision") == status.get("revision") else None
     phase = status["phase"]
     if phase != old_phase:
         kind = "Warning" if phase == FAILED else "Normal"
         text = f"Revision {status['revision']}: {phase}" + (f" ({status['reason']}): {status['message']}" if status.get("message") else "")
-        ctx.emit(body, kind, phase, text[:1000])
+        room.emit(body, kind, phase, text[:1000])
+    gate = gate_judged(prior, status)
+    if gate is not None:
+        metrics.GATE_EVALUATIONS.labels("FineTuneJob", *key, gate).inc()
     if phase in TERMINAL and old_phase not in TERMINAL:
         acc = (status.get("evaluation") or {}).get("accuracy")
         if acc is not None:
@@ -354,4 +323,4 @@ def _after_write(ctx: Context, body: Obj, key: Key, prior: Obj, status: Obj, tpo
             metrics.TRAINING_SECONDS.observe(float(status.get("gpuSeconds") or 0.0) / gpus)
 
 
-__all__ = ["Context", "reconcile", "owned_children", "preflight", "job_finished"]
+__all__ = ["Room", "gate_judged", "reconcile", "owned_children", "preflight", "job_finished"]

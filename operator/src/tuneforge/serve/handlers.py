@@ -1,5 +1,6 @@
 """Kopf handlers of the ModelServe room: thin — each finds the ModelServe an event concerns and
-runs its reconcile in the background (serialised and coalesced per ModelServe).
+runs its reconcile in the background (serialised and coalesced per ModelServe). The room plugs
+into the one start-up (``startup.plug``): its ``start`` gets the runtime and Kopf's indexes.
 
 Triggers: the ModelServe's own events (spec, promote/abort/retry annotations), its color
 Deployments and gate Jobs (labelled ``tuneforge.dev/modelserve``), the FineTuneJob it follows
@@ -15,61 +16,50 @@ existing child before it acts.
 
 from __future__ import annotations
 
-import json
 import logging
-from typing import Any
+from typing import Any, Mapping
 
 import kopf
 
-from .. import FTJ_PLURAL, GROUP, MS_PLURAL, VERSION
-from ..kube import Kube
-from ..settings import Settings
+from .. import FTJ_PLURAL, GROUP, MS_PLURAL, VERSION, startup
+from ..runtime import Key, Packed, Runtime, pack, unpack
 from ..workqueue import Outcome, WorkQueue
-from .builders import GatePod
 from .names import ANNOTATION_ABORT, ANNOTATION_PROMOTE, ANNOTATION_RETRY, LABEL_MODELSERVE
 from .observe import project_child
-from .reconcile import ChildrenFn, Runtime, reconcile
+from .reconcile import ChildrenFn, Room, gate_pod, reconcile
 
 log = logging.getLogger(__name__)
-Key = tuple[str, str]
 CHILD = {LABEL_MODELSERVE: kopf.PRESENT}
 _REQUESTS = (ANNOTATION_PROMOTE, ANNOTATION_ABORT, ANNOTATION_RETRY)
 
 
-def _project(body: kopf.Body) -> str:
+def _project(body: kopf.Body) -> Packed:
     """What the index keeps of a ModelServe (JSON text): what reconcile reads, nothing more."""
     m = body["metadata"]
-    return json.dumps({
+    return pack({
         "apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
         "metadata": {"name": m["name"], "namespace": m["namespace"], "uid": m["uid"], "generation": m.get("generation"),
                      "annotations": {k: v for k, v in (m.get("annotations") or {}).items() if k in _REQUESTS}},
         "spec": body.get("spec"), "status": body.get("status"),
-    }, separators=(",", ":"))
+    })
 
 
-def work_queue(rt: Runtime, bodies: Any, settings: Settings) -> WorkQueue[Key]:
-    """The ModelServes' work queue: every trigger runs ``reconcile`` of the ModelServe's indexed
-    body through it, serialised and coalesced per ModelServe; a rollout's "not yet" comes back
-    as a timer, any failure is retried with backoff (a non-transient one posts a Warning Event)."""
-
-    def body(key: Key) -> dict[str, Any] | None:
-        packed = next(iter(bodies.get(key) or ()), None)
-        return None if packed is None else json.loads(packed)  # type: ignore[no-any-return]
+def work_queue(room: Room) -> WorkQueue[Key]:
+    """The ModelServes' work queue: every trigger runs ``reconcile`` through it, serialised and
+    coalesced per ModelServe; a rollout's "not yet" comes back as a timer, any failure is retried
+    with backoff (a non-transient one posts a Warning Event)."""
 
     async def work(key: Key) -> Outcome:
-        ms = body(key)
-        if ms is None:
-            return None
-        _, requeue_after = await reconcile(rt, ms)
-        return None if requeue_after is None else float(requeue_after or settings.retry_delay)
+        return await reconcile(room, key)
 
     def failed(key: Key, text: str) -> None:
-        ms = body(key)
-        if ms is not None:
-            rt.emit(ms, "Warning", "ReconcileFailed", text)
+        body = room.body(key)
+        if body is not None:
+            room.emit(body, "Warning", "ReconcileFailed", text)
 
-    return WorkQueue("ModelServe", work, retry_delay=settings.retry_delay,
-                     retry_max_delay=settings.retry_max_delay, on_failure=failed)
+    return WorkQueue("ModelServe", work, retry_delay=room.settings.retry_delay,
+                     retry_max_delay=room.settings.retry_max_delay, on_failure=failed,
+                     log_extra=room.log_extra)
 
 
 _state: dict[str, Any] = {}
@@ -87,7 +77,7 @@ async def modelserves_by_finetunejob(*, namespace: str | None, name: str, spec: 
 
 
 def _child(kind: str, namespace: str | None, labels: kopf.Labels, body: kopf.Body) -> dict[Key, str]:
-    return {(namespace or "", labels[LABEL_MODELSERVE]): json.dumps(project_child(kind, body), separators=(",", ":"))}
+    return {(namespace or "", labels[LABEL_MODELSERVE]): pack(project_child(kind, body))}
 
 
 # Named apart from the FineTuneJob room's job_index: Kopf passes every index by its name.
@@ -109,36 +99,27 @@ async def modelserve_jobs(*, namespace: str | None, labels: kopf.Labels, body: k
 def children_from(indexes: dict[str, Any]) -> ChildrenFn:
     """``Runtime.children`` over Kopf's indexes of the children, by kind."""
     def children(kind: str, namespace: str, name: str) -> list[dict[str, Any]]:
-        return [json.loads(text) for text in indexes[kind].get((namespace, name)) or ()]
+        return [unpack(text) for text in indexes[kind].get((namespace, name)) or ()]
 
     return children
 
 
-def _emit(body: Any, type_: str, reason: str, message: str) -> None:
-    kopf.event(body, type=type_, reason=reason, message=message)
+async def start(rt: Runtime, indexes: Mapping[str, Any]) -> None:
+    """The room's start (``startup.plug``): its state over the runtime and its indexes, and its
+    work queue."""
+    children = children_from({"Deployment": indexes["modelserve_deployments"], "Service": indexes["modelserve_services"],
+                              "Job": indexes["modelserve_jobs"]})
+    room = Room(rt=rt, modelserves=indexes["modelserves"], children=children, gate_pod=gate_pod(rt.settings))
+    _state["room"] = room
+    _state["queue"] = work_queue(room)
 
 
-@kopf.on.startup()
-async def serve_startup(**kwargs: Any) -> None:
-    # Kopf passes every index to every handler by its function's name.
-    modelserves_index = kwargs["modelserves"]
-    children = children_from({"Deployment": kwargs["modelserve_deployments"], "Service": kwargs["modelserve_services"],
-                              "Job": kwargs["modelserve_jobs"]})
-    settings = Settings.from_env()
-    selector, tolerations, annotations = settings.gate_placement()
-    gate = GatePod(settings.gate_image, settings.image_pull_policy, selector, tuple(tolerations), annotations)
-    rt = Runtime(Kube(settings), settings.server_image, gate, _emit, children)
-    _state["rt"] = rt
-    _state["queue"] = work_queue(rt, modelserves_index, settings)
-    log.info("ModelServe controller started with server image %s, gate image %s", settings.server_image, settings.gate_image)
-
-
-@kopf.on.cleanup()
-async def serve_cleanup(**_: Any) -> None:
+async def stop() -> None:
     _state.pop("queue", None)
-    rt: Runtime | None = _state.pop("rt", None)
-    if rt is not None:
-        await rt.kube.close()
+    _state.pop("room", None)
+
+
+startup.plug(start, stop)
 
 
 @kopf.on.event(GROUP, VERSION, MS_PLURAL)
@@ -147,7 +128,7 @@ async def modelserve_event(*, type: str | None, namespace: str | None, name: str
     queue: WorkQueue[Key] = _state["queue"]
     if type == "DELETED":
         queue.forget((namespace or "", name))  # children go by owner-reference GC
-        _state["rt"].forget(namespace or "", name, uid)
+        _state["room"].forget((namespace or "", name), uid)
         return
     queue.kick((namespace or "", name))
 

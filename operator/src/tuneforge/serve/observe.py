@@ -1,5 +1,5 @@
 """What exists, read from a ModelServe's children (plain dicts as the API returns them) into
-plan.py's :class:`Observed`. Pure: the reconcile passes the objects in (the operator keeps them
+status.py's :class:`Observed`. Pure: the reconcile passes the objects in (the operator keeps them
 in Kopf indexes, as ``project_child`` projects them)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any, Iterable, Mapping
 
 from .gate import GateMeasures
 from .names import ANNOTATION_ATTEMPT, ANNOTATION_TEMPLATE, ANNOTATION_VERSION, COLORS, LABEL_COLOR, active_service_name, color_name, preview_service_name
-from .plan import ColorState, GateJob, Observed
+from .status import ColorState, GateJob, Observed
 
 __all__ = ["observe", "observe_color", "observe_gate_job", "project_child", "service_color"]
 

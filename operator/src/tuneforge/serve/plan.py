@@ -57,15 +57,17 @@ the active version while the previous color is warm switches back the same way.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import datetime as dt
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
-from .gate import GateMeasures, judge
+from .gate import judge
 from .names import ANNOTATION_ABORT, ANNOTATION_PROMOTE, ANNOTATION_RETRY, COLORS, other
 from .source import Resolution, ServedVersion, digest_matches
 from .spec import ModelServeSpec
+from .status import (
+    GATE_SLACK_SECONDS, PHASES, ColorState, Event, GateJob, Observed, RolloutState, compute_status, now_iso, parse_time,
+)
 
 __all__ = [
     "PHASES", "ColorState", "DeleteGate", "Event", "GateJob", "Observed", "Plan", "Requests", "RunGate", "Scale",
@@ -74,67 +76,11 @@ __all__ = [
 
 Obj = Mapping[str, Any]
 
-PROGRESSING, HEALTHY, PAUSED, DEGRADED, FAILED = "Progressing", "Healthy", "Paused", "Degraded", "Failed"
-PHASES = (PROGRESSING, HEALTHY, PAUSED, DEGRADED, FAILED)
 GATE_POLL_SECONDS = 15.0
-GATE_SLACK_SECONDS = 120
-"""A gate Job that has neither finished nor failed this long after its own timeout is lost."""
+
 
 
 # --- inputs ---------------------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class ColorState:
-    """One color Deployment as observed."""
-
-    version: str | None
-    """Full digest of the version its template serves (its ``tuneforge.dev/version`` annotation)."""
-    replicas: int
-    """spec.replicas."""
-    ready: int = 0
-    updated: int = 0
-    total: int = 0
-    """status.readyReplicas, updatedReplicas, replicas."""
-    current: bool = True
-    """status.observedGeneration has caught up with metadata.generation."""
-    created_at: dt.datetime | None = None
-    template: str | None = None
-    """The template hash its template was rendered with (its ``tuneforge.dev/template-hash`` annotation)."""
-
-    def holds(self, version: ServedVersion) -> bool:
-        """Its template is ``version``'s rollout identity (digest and template hash)."""
-        return self.version == version.digest and self.template == version.template_hash
-
-    def serves(self, version: ServedVersion, n: int) -> bool:
-        """Every one of ``n`` pods runs ``version`` and is ready, and no pod of an older template is left."""
-        return (self.holds(version) and self.current and self.updated >= n and self.ready >= n
-                and self.total <= self.updated)
-
-
-@dataclasses.dataclass(frozen=True)
-class GateJob:
-    """A gate Job as observed: still running, or done with measures, or failed."""
-
-    digest: str
-    finished: bool = False
-    failed: bool = False
-    measures: GateMeasures | None = None
-    message: str = ""
-    attempt: int = 0
-    """The rollout attempt it measures (status.gate.attempt when it was created)."""
-    name: str = ""
-
-
-@dataclasses.dataclass(frozen=True)
-class Observed:
-    colors: Mapping[str, ColorState] = dataclasses.field(default_factory=dict)
-    active_selector: str | None = None
-    """The color the active Service selects (None: no Service, or it selects no color yet)."""
-    preview_selector: str | None = None
-    gates: Mapping[str, GateJob] = dataclasses.field(default_factory=dict)
-    """Every gate Job of the ModelServe, by Job name (only the current attempt's is read; the
-    others are deleted)."""
-
 
 @dataclasses.dataclass(frozen=True)
 class Requests:
@@ -192,13 +138,6 @@ class SwitchPreview:
     color: str
 
 
-@dataclasses.dataclass(frozen=True)
-class Event:
-    type: str
-    reason: str
-    message: str
-
-
 Action = Scale | RunGate | DeleteGate | SwitchActive | SwitchPreview
 
 
@@ -214,30 +153,12 @@ class Plan:
 
 # --- helpers --------------------------------------------------------------------------------
 
-def now_iso(now: dt.datetime) -> str:
-    return now.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(value: str | None) -> dt.datetime | None:
-    if not value:
-        return None
-    return dt.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
-
-
-def _version(raw: Obj | None) -> ServedVersion | None:
-    return ServedVersion.from_status(raw) if raw else None
-
-
-def _version_status(v: ServedVersion, color: str) -> dict[str, Any]:
-    return {"color": color, "display": f"{color} {v.short}", **v.to_status()}
-
-
 def _replicas(spec: ModelServeSpec) -> int:
     """Pods a color starts with (a candidate needs at least one to be gated)."""
     return max(1, spec.hpa.min_replicas if spec.hpa else spec.replicas)
 
 
-def _cand_replicas(s: "_State", spec: ModelServeSpec, observed: Observed) -> int:
+def _cand_replicas(s: "RolloutState", spec: ModelServeSpec, observed: Observed) -> int:
     """Pods the candidate is scaled to and must have ready before the switch: the load it will
     take, i.e. the active color's current count (the HPA's), capped by ``hpa.maxReplicas`` and at
     least the spec's floor (Argo's default without ``previewReplicaCount``)."""
@@ -248,67 +169,24 @@ def _cand_replicas(s: "_State", spec: ModelServeSpec, observed: Observed) -> int
     return max(n, min(obs.replicas, spec.hpa.max_replicas))
 
 
-class _State:
-    """The mutable working copy of the status while one plan is decided."""
-
-    def __init__(self, prior: Obj, now: dt.datetime) -> None:
-        self.now = now
-        self.stamp = now_iso(now)
-        self.active_color: str | None = prior.get("activeColor")
-        self.stable = _version((prior.get("active") or None))
-        self.cand_color: str | None = prior.get("previewColor")
-        self.cand = _version(prior.get("preview") or None)
-        self.rollout: dict[str, Any] = copy.deepcopy(dict(prior.get("rollout") or {}))
-        self.gate: dict[str, Any] = copy.deepcopy(dict(prior.get("gate") or {}))
-        self.rejected: dict[str, Any] | None = copy.deepcopy(prior.get("rejected")) or None
-        self.abort_not_applied: dict[str, Any] | None = copy.deepcopy(prior.get("abortNotApplied")) or None
-        self.history: list[dict[str, Any]] = [dict(h) for h in prior.get("history") or ()]
-        self.events: list[Event] = []
-        self.reason = ""
-        self.message = ""
-        self.requeue: list[float] = []
-
-    def event(self, type_: str, reason: str, message: str) -> None:
-        self.events.append(Event(type_, reason, message))
-
-    def record(self, v: ServedVersion, outcome: str, color: str | None, limit: int) -> None:
-        entry = {"digest": v.digest, "shortDigest": v.short, "outcome": outcome, "at": self.stamp, "version": v.to_status()}
-        if color:
-            entry["color"] = color
-        self.history = (self.history + [entry])[-limit:]
-
-    def elapsed(self, since: str | None) -> float:
-        t = parse_time(since)
-        return (self.now - t).total_seconds() if t else 0.0
-
-    def warm_previous(self) -> tuple[str, ServedVersion] | None:
-        """The previous color and version while its scale-down delay runs."""
-        color = self.rollout.get("previousColor")
-        prev = _version(self.rollout.get("previous"))
-        at = parse_time(self.rollout.get("scaleDownAt"))
-        if color and prev and at and self.now < at:
-            return color, prev
-        return None
-
-
-def _end_gate(s: _State, outcome: str) -> None:
+def _end_gate(s: RolloutState, outcome: str) -> None:
     """The attempt ended before its gate did: status.gate says so (its Job is deleted)."""
     if s.gate.get("outcome") in ("Pending", "Running"):
         s.gate.update(outcome=outcome, finishedAt=s.stamp)
 
 
-def _attempt(s: _State) -> int:
+def _attempt(s: RolloutState) -> int:
     """The current rollout attempt; 0 when the status has none (written before attempts, or
     pruned by an older CRD): one number throughout, so such a gate is run once, not churned."""
     return int(s.gate.get("attempt") or 0)
 
 
-def _is_rejected(s: _State, v: ServedVersion) -> bool:
+def _is_rejected(s: RolloutState, v: ServedVersion) -> bool:
     r = s.rejected
     return r is not None and r["digest"] == v.digest and r.get("templateHash") == v.template_hash
 
 
-def _reject(s: _State, spec: ModelServeSpec, reason: str, message: str) -> None:
+def _reject(s: RolloutState, spec: ModelServeSpec, reason: str, message: str) -> None:
     """Roll the candidate back: it scales down, the stable color keeps all traffic."""
     assert s.cand is not None
     _end_gate(s, "Aborted" if reason == "Aborted" else "Cancelled")
@@ -324,7 +202,7 @@ def _reject(s: _State, spec: ModelServeSpec, reason: str, message: str) -> None:
     s.rollout = {}
 
 
-def _switch(s: _State, spec: ModelServeSpec, color: str, version: ServedVersion, outcome: str) -> None:
+def _switch(s: RolloutState, spec: ModelServeSpec, color: str, version: ServedVersion, outcome: str) -> None:
     """Make ``color`` (serving ``version``) active; the old active color stays warm."""
     old_color, old = s.active_color, s.stable
     s.active_color, s.stable = color, version
@@ -338,7 +216,7 @@ def _switch(s: _State, spec: ModelServeSpec, color: str, version: ServedVersion,
     s.event("Normal", outcome, f"Active Service switched to {color} serving {version.short}{tail}")
 
 
-def _start(s: _State, spec: ModelServeSpec, version: ServedVersion) -> None:
+def _start(s: RolloutState, spec: ModelServeSpec, version: ServedVersion) -> None:
     if s.cand is not None:
         s.event("Normal", "RolloutSuperseded", f"Rollout of {s.cand.display} superseded by {version.display}")
     color = other(s.active_color)
@@ -352,7 +230,7 @@ def _start(s: _State, spec: ModelServeSpec, version: ServedVersion) -> None:
     s.event("Normal", "RolloutStarted", f"Deploying {version.display} to {color} (preview)")
 
 
-def _advance(s: _State, spec: ModelServeSpec, observed: Observed, requests: Requests) -> None:
+def _advance(s: RolloutState, spec: ModelServeSpec, observed: Observed, requests: Requests) -> None:
     """One step (or several, when they are already due) of the candidate's rollout."""
     cand, color = s.cand, s.cand_color
     assert cand is not None and color is not None
@@ -437,14 +315,14 @@ def _advance(s: _State, spec: ModelServeSpec, observed: Observed, requests: Requ
     _switch(s, spec, color, cand, "Promoted")
 
 
-def _gate_job(s: _State, observed: Observed) -> GateJob | None:
+def _gate_job(s: RolloutState, observed: Observed) -> GateJob | None:
     """The gate Job of the current attempt (never an older attempt's, whatever it measured)."""
     attempt = _attempt(s)
     return next((g for g in observed.gates.values()
                  if s.cand is not None and g.attempt == attempt and g.digest == s.cand.digest), None)
 
 
-def _rollback_warm(s: _State, spec: ModelServeSpec, observed: Observed, want: ServedVersion) -> bool:
+def _rollback_warm(s: RolloutState, spec: ModelServeSpec, observed: Observed, want: ServedVersion) -> bool:
     """Switch back to the warm previous color when it still serves ``want``."""
     warm = s.warm_previous()
     if warm is None or not warm[1].same(want):
@@ -460,7 +338,7 @@ def _rollback_warm(s: _State, spec: ModelServeSpec, observed: Observed, want: Se
     return True
 
 
-def _abort_active(s: _State, spec: ModelServeSpec, observed: Observed, requests: Requests) -> None:
+def _abort_active(s: RolloutState, spec: ModelServeSpec, observed: Observed, requests: Requests) -> None:
     """An abort naming the active version: while the previous color is warm and serves, the
     rollback action; otherwise it cannot be applied, and a Warning says so (once per value)."""
     if not (requests.abort and s.stable and digest_matches(requests.abort, s.stable.digest)) or (
@@ -488,7 +366,7 @@ def _abort_active(s: _State, spec: ModelServeSpec, observed: Observed, requests:
         s.event("Warning", "AbortNotApplied", message)
 
 
-def _decide(s: _State, spec: ModelServeSpec, desired: Resolution, observed: Observed, requests: Requests) -> None:
+def _decide(s: RolloutState, spec: ModelServeSpec, desired: Resolution, observed: Observed, requests: Requests) -> None:
     want = desired.version
     retried_by = None
     if s.rejected and not requests.retry:
@@ -531,100 +409,9 @@ def _decide(s: _State, spec: ModelServeSpec, desired: Resolution, observed: Obse
     _advance(s, spec, observed, requests)
 
 
-# --- status ---------------------------------------------------------------------------------
-
-def _phase(s: _State, spec: ModelServeSpec, desired: Resolution, observed: Observed) -> tuple[str, str, str]:
-    active_ready = _active_ready(s, observed)
-    if s.cand is not None:
-        if s.reason == "WaitingForPromotion":
-            return PAUSED, s.reason, s.message
-        return PROGRESSING, s.reason or "Progressing", s.message or f"Rolling out {s.cand.short}"
-    if s.rejected and (desired.version is None or desired.version.digest == s.rejected["digest"]):
-        msg = f"{s.rejected['shortDigest']} was rolled back ({s.rejected['message']})"
-        if s.stable is None:
-            return FAILED, s.rejected["reason"], f"{msg}; nothing serves"
-        return DEGRADED, s.rejected["reason"], f"{msg}; {s.active_color} serves {s.stable.short}; retry with {ANNOTATION_RETRY}"
-    if desired.version is None:
-        if s.stable is None:
-            return FAILED if desired.blocked else PROGRESSING, desired.reason, desired.message
-        return DEGRADED, desired.reason, f"{desired.message}; {s.active_color} keeps serving {s.stable.short}"
-    if s.stable is None:
-        return PROGRESSING, "Progressing", "Waiting to deploy"
-    n = spec.replicas
-    if active_ready < n:
-        return DEGRADED, "ActiveNotReady", f"{active_ready}/{n} pods of {s.active_color} ready"
-    return HEALTHY, "Serving", f"{s.active_color} serves {s.stable.short}"
-
-
-def _active_ready(s: _State, observed: Observed) -> int:
-    obs = observed.colors.get(s.active_color or "")
-    return obs.ready if obs is not None and s.stable is not None and obs.version == s.stable.digest else 0
-
-
-def _conditions(prior: Sequence[Obj], new: Sequence[tuple[str, str, str, str]], generation: int, stamp: str) -> list[dict[str, Any]]:
-    old = {c.get("type"): c for c in prior}
-    out = []
-    for type_, status, reason, message in new:
-        was = old.get(type_) or {}
-        since = was.get("lastTransitionTime") if was.get("status") == status and was.get("lastTransitionTime") else stamp
-        out.append({"type": type_, "status": status, "reason": reason, "message": message,
-                    "lastTransitionTime": since, "observedGeneration": generation})
-    return out
-
-
-def _status(s: _State, spec: ModelServeSpec, generation: int, desired: Resolution, observed: Observed, prior: Obj,
-            endpoints: Mapping[str, str]) -> dict[str, Any]:
-    phase, reason, message = _phase(s, spec, desired, observed)
-    active_ready = _active_ready(s, observed)
-    # kstatus: the generation is observed once the object reflects it, i.e. no rollout is in
-    # flight (its candidate promoted or rolled back). Until then the last such generation stays
-    # (0 before the first), so Argo CD and Flux see the edit as in progress, not as served.
-    in_flight = s.cand is not None
-    # Pods of the active color not ready (a scale-up, a crash) may mend on their own: not stalled.
-    stalled = phase in (DEGRADED, FAILED) and not in_flight and reason != "ActiveNotReady"
-    observed_generation = min(int(prior.get("observedGeneration") or 0), generation) if in_flight else generation
-    status: dict[str, Any] = {"phase": phase, "reason": reason, "message": message,
-                              "observedGeneration": observed_generation, "readyReplicas": active_ready}
-    if s.active_color and s.stable:
-        status["activeColor"] = s.active_color
-        status["active"] = _version_status(s.stable, s.active_color)
-    if s.cand_color and s.cand:
-        status["previewColor"] = s.cand_color
-        status["preview"] = _version_status(s.cand, s.cand_color)
-    if s.gate:
-        status["gate"] = s.gate
-    if s.rollout:
-        status["rollout"] = s.rollout
-    if s.rejected:
-        status["rejected"] = s.rejected
-    if s.abort_not_applied:
-        status["abortNotApplied"] = s.abort_not_applied
-    if s.history:
-        status["history"] = s.history
-    if endpoints:
-        status["endpoints"] = dict(endpoints)
-    gate_outcome = s.gate.get("outcome")
-    # Aborted / Cancelled: the attempt ended before its gate did; nothing was judged.
-    gate_cond = {"Passed": "True", "Skipped": "True", "Failed": "False"}.get(gate_outcome or "", "Unknown")
-    status["conditions"] = _conditions(prior.get("conditions") or (), [
-        ("Available", "True" if active_ready > 0 else "False", "Serving" if active_ready > 0 else "NoActiveColor",
-         f"{active_ready} pods of {s.active_color} ready" if s.active_color else "No color is active yet"),
-        ("Progressing", "True" if s.cand is not None else "False", reason if s.cand is not None else "Idle", message),
-        # kstatus' own pair (Flux, kpt, cli-utils): Reconciling while a rollout is in flight,
-        # Stalled when nothing more happens without the user (a rollback, an invalid source).
-        ("Reconciling", "True" if in_flight else "False", reason if in_flight else "Idle", message if in_flight else ""),
-        ("Stalled", "True" if stalled else "False", reason if stalled else "NotStalled", message if stalled else ""),
-        ("Paused", "True" if phase == PAUSED else "False", reason if phase == PAUSED else "NotPaused",
-         message if phase == PAUSED else ""),
-        ("GatePassed", gate_cond, f"Gate{gate_outcome}" if gate_outcome else "NoGate",
-         "; ".join(s.gate.get("reasons") or ()) or (f"{s.gate.get('shortDigest')}: {gate_outcome}" if gate_outcome else "")),
-    ], generation, s.stamp)
-    return status
-
-
 # --- actions --------------------------------------------------------------------------------
 
-def _actions(s: _State, spec: ModelServeSpec, observed: Observed) -> tuple[Action, ...]:
+def _actions(s: RolloutState, spec: ModelServeSpec, observed: Observed) -> tuple[Action, ...]:
     ups: list[Action] = []
     downs: list[Action] = []
     warm = s.warm_previous()
@@ -673,7 +460,7 @@ def _actions(s: _State, spec: ModelServeSpec, observed: Observed) -> tuple[Actio
 def plan(spec: ModelServeSpec, generation: int, desired: Resolution, observed: Observed, prior: Obj,
          requests: Requests, now: dt.datetime, endpoints: Mapping[str, str] | None = None) -> Plan:
     """The next status of a ModelServe and the actions that get there (see the module docstring)."""
-    s = _State(prior, now)
+    s = RolloutState(prior, now)
     _decide(s, spec, desired, observed, requests)
     warm = s.warm_previous()
     if s.rollout.get("previousColor") and warm is None:
@@ -683,6 +470,6 @@ def plan(spec: ModelServeSpec, generation: int, desired: Resolution, observed: O
         at = parse_time(s.rollout["scaleDownAt"])
         assert at is not None
         s.requeue.append(max(1.0, (at - now).total_seconds()))
-    status = _status(s, spec, generation, desired, observed, prior, endpoints or {})
+    status = compute_status(s, spec, generation, desired, observed, prior, endpoints or {})
     return Plan(_actions(s, spec, observed), status, tuple(s.events), min(s.requeue) if s.requeue else None)
 

@@ -5,7 +5,7 @@ The thin, writing half of the room; every decision is plan.py's. One pass:
 1. parse the spec (an invalid one is a ``Failed`` status naming the field; nothing is touched;
    so is an ``s3.endpoint`` whose key Secrets have not opted in for it, see endpoint_secrets);
 2. read the children this ModelServe controls (color Deployments, Services, gate Jobs) from
-   ``Runtime.children`` — Kopf's indexes in the operator, no list calls — with a finished gate
+   ``Room.children`` — Kopf's indexes in the operator, no list calls — with a finished gate
    pod's termination message (read once per gate Job), and the followed FineTuneJob's status as
    data;
 3. resolve what to serve (the ModelServe's own history counts as already-served versions),
@@ -27,14 +27,17 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 import logging
 from typing import Any, Callable, Iterable, Mapping
 
 
+from .. import metrics
 from ..endpoint_secrets import refusal
 from ..kube import ForeignChild, Kube, api_error_message, is_transient
 from ..labels import LABEL_ROLE
+from ..runtime import Key, Obj, Packed, RoomState, one
+from ..settings import Settings
+from ..workqueue import Outcome
 from .builders import (
     GatePod, ServeContext, build_active_service, build_color_deployment, build_gate_job, build_hpa,
     build_inference_pool, build_pdb, build_preview_service, build_version_config_map, endpoints, serve_context,
@@ -45,15 +48,14 @@ from .names import (
     preview_service_name,
 )
 from .observe import observe
-from .plan import FAILED, DeleteGate, Plan, Requests, RunGate, Scale, SwitchActive, SwitchPreview, now_iso, plan
-from .source import ServedVersion, job_head, resolve
+from .plan import DeleteGate, Plan, Requests, RunGate, Scale, SwitchActive, SwitchPreview, plan
+from .status import PHASES, Event, invalid_status, known_versions, rollout_clock
+from .source import job_head, resolve
 from .spec import ModelServeSpec, SpecError, endpoint_secrets, parse_spec
 
-__all__ = ["Runtime", "invalid_status", "known_versions", "reconcile", "secrets_refused"]
+__all__ = ["Room", "count_events", "gate_pod", "invalid_status", "known_versions", "reconcile", "rollout_clock", "secrets_refused"]
 
 log = logging.getLogger(__name__)
-Obj = Mapping[str, Any]
-EmitFn = Callable[[Obj, str, str, str], None]
 ChildrenFn = Callable[[str, str, str], Iterable[Obj]]
 """(kind, namespace, ModelServe name) -> its children of that kind (``Deployment``, ``Service``,
 ``Job``: those labelled with the ModelServe, as ``observe.project_child`` keeps them)."""
@@ -61,51 +63,36 @@ GATE_CONTAINER = "gate"
 SECRET_RECHECK_SECONDS = 30.0
 
 
-@dataclasses.dataclass
-class Runtime:
-    """What a reconcile needs besides the ModelServe: the API door, gate pod settings, Events."""
+def gate_pod(settings: Settings) -> GatePod:
+    """The gate Job's pod settings (image, pull policy, placement) from the operator's settings."""
+    selector, tolerations, annotations = settings.gate_placement()
+    return GatePod(settings.gate_image, settings.image_pull_policy, selector, tuple(tolerations), annotations)
 
-    kube: Kube
-    server_image: str
-    gate_pod: GatePod
-    emit: EmitFn
+
+@dataclasses.dataclass(kw_only=True)
+class Room(RoomState):
+    """The ModelServe room's state: the runtime, Kopf's index of ModelServes, their children
+    (``children``: Kopf's indexes in the operator) and what the operator keeps between passes."""
+
+    KIND = "ModelServe"
+    modelserves: Mapping[Key, Iterable[Packed]]
     children: ChildrenFn
-    written: dict[str, str] = dataclasses.field(default_factory=dict)
-    """The status this operator last wrote, by uid (JSON text): the watch may lag behind it."""
+    gate_pod: GatePod
     gate_messages: dict[tuple[str, str], dict[str, str]] = dataclasses.field(default_factory=dict)
     """Per ModelServe, its finished gate Jobs' termination messages by Job uid (a finished pod's
     message does not change, so it is read once, not on every pass)."""
+    tally: metrics.PhaseTally = dataclasses.field(
+        default_factory=lambda: metrics.PhaseTally(PHASES, metrics.MODELSERVES_BY_PHASE))
 
-    def forget(self, namespace: str, name: str, uid: str | None) -> None:
-        self.gate_messages.pop((namespace, name), None)
+    def body(self, key: Key) -> dict[str, Any] | None:
+        return one(self.modelserves.get(key))
+
+    def forget(self, key: Key, uid: str | None) -> None:
+        self.gate_messages.pop(key, None)
+        self.forget_status(uid)
         if uid:
-            self.written.pop(uid, None)
-
-    def last_status(self, body: Obj) -> dict[str, Any]:
-        mine = self.written.get(body["metadata"]["uid"])
-        return json.loads(mine) if mine is not None else dict(body.get("status") or {})
-
-
-def known_versions(status: Obj) -> list[ServedVersion]:
-    """Versions this ModelServe served or tried (history, active, preview): source.resolve takes
-    a FineTuneJob revision's URI and base from them when the job's status no longer names them."""
-    raws = [h.get("version") for h in status.get("history") or ()] + [status.get("active"), status.get("preview")]
-    return [ServedVersion.from_status(r) for r in raws if r and r.get("adapters")]
-
-
-def invalid_status(prior: Obj, error: SpecError | str, generation: int, now: dt.datetime,
-                   reason: str = "InvalidSpec") -> dict[str, Any]:
-    """Phase Failed naming the field; what serves keeps serving (its status is kept). Also a
-    Secret refused for a user-chosen endpoint (``reason`` SecretNotAllowed / SecretNotFound)."""
-    stamp = now_iso(now)
-    old = {c.get("type"): c for c in prior.get("conditions") or ()}
-    ready = old.get("Ready") or {}
-    since = ready.get("lastTransitionTime") if ready.get("reason") == reason else stamp
-    conditions = [c for t, c in old.items() if t != "Ready"] + [
-        {"type": "Ready", "status": "False", "reason": reason, "message": str(error),
-         "lastTransitionTime": since, "observedGeneration": generation}]
-    return {**prior, "phase": FAILED, "reason": reason, "message": str(error), "observedGeneration": generation,
-            "conditions": conditions}
+            self.tally.set(uid, None)
+        metrics.forget("ModelServe", *key)
 
 
 async def secrets_refused(kube: Kube, namespace: str, spec: ModelServeSpec) -> tuple[str, str] | None:
@@ -129,8 +116,8 @@ def _finished(job: Obj) -> bool:
                for c in (job.get("status") or {}).get("conditions") or ())
 
 
-async def _apply(rt: Runtime, ctx: ServeContext, spec: ModelServeSpec, p: Plan, services: dict[str, Obj]) -> None:
-    kube = rt.kube
+async def _apply(room: Room, ctx: ServeContext, spec: ModelServeSpec, p: Plan, services: dict[str, Obj]) -> None:
+    kube = room.kube
     for action in p.actions:
         if isinstance(action, Scale) and action.version is not None:
             await kube.create(build_version_config_map(ctx, spec, action.version))
@@ -139,7 +126,7 @@ async def _apply(rt: Runtime, ctx: ServeContext, spec: ModelServeSpec, p: Plan, 
             await kube.merge_patch("Deployment", ctx.namespace, color_name(ctx.name, action.color),
                                    {"spec": {"replicas": action.replicas}})
         elif isinstance(action, RunGate):
-            await kube.create(build_gate_job(ctx, spec, action.version, rt.gate_pod, action.attempt))
+            await kube.create(build_gate_job(ctx, spec, action.version, room.gate_pod, action.attempt))
         elif isinstance(action, DeleteGate):
             await kube.delete("Job", ctx.namespace, action.name)
         elif isinstance(action, (SwitchActive, SwitchPreview)):
@@ -151,13 +138,13 @@ async def _apply(rt: Runtime, ctx: ServeContext, spec: ModelServeSpec, p: Plan, 
             services[name] = {}
 
 
-async def _static_children(rt: Runtime, ctx: ServeContext, spec: ModelServeSpec, status: Obj,
+async def _static_children(room: Room, ctx: ServeContext, spec: ModelServeSpec, status: Obj,
                            services: dict[str, Obj]) -> None:
     """The children that follow from the status rather than from a rollout step, converged on
     every pass: Services (when missing), the PDBs, the HPA and the InferencePools. The last
     three are listed (not indexed) and compared in full with what is wanted: drift and edited
     fields are applied, a deleted one is recreated, one no longer wanted is deleted."""
-    kube, ns = rt.kube, ctx.namespace
+    kube, ns = room.kube, ctx.namespace
     active, preview = status.get("activeColor"), status.get("previewColor") or status.get("activeColor")
     if active_service_name(ctx.name) not in services:
         await kube.create(build_active_service(ctx, active))
@@ -177,7 +164,8 @@ async def _static_children(rt: Runtime, ctx: ServeContext, spec: ModelServeSpec,
     pools = await kube.list_if_served("InferencePool", ns, mine)
     if pools is None:
         if spec.inference_pool is not None:
-            log.info("ModelServe %s/%s asks for InferencePools but their CRD is not installed: skipped", ns, ctx.name)
+            room.log(log, (ns, ctx.name)).info("ModelServe %s/%s asks for InferencePools but their CRD is not installed: skipped",
+                                               ns, ctx.name)
         return
     # The pools take their colors from the same status as the Services' switches in this pass.
     await _converge(kube, "InferencePool", ns, uid, pools, [build_inference_pool(ctx, spec, "active", active),
@@ -208,7 +196,7 @@ def _covers(have: Any, want: Any) -> bool:
     return bool(have == want)
 
 
-async def _drop_old_configs(rt: Runtime, ctx: ServeContext, deployments: list[Obj], p: Plan) -> None:
+async def _drop_old_configs(room: Room, ctx: ServeContext, deployments: list[Obj], p: Plan) -> None:
     """Delete version ConfigMaps no color's template mounts any more (after a scale-down or a
     new version, the only times that set changes)."""
     templates = _templates(deployments)
@@ -216,9 +204,9 @@ async def _drop_old_configs(rt: Runtime, ctx: ServeContext, deployments: list[Ob
         if isinstance(a, Scale) and a.version is not None:
             templates[a.color] = (a.version.digest, a.version.template_hash)
     keep = set(templates.values())
-    for cm in await rt.kube.list_labelled("ConfigMap", ctx.namespace, {LABEL_MODELSERVE: ctx.name, LABEL_VERSION: None}):
+    for cm in await room.kube.list_labelled("ConfigMap", ctx.namespace, {LABEL_MODELSERVE: ctx.name, LABEL_VERSION: None}):
         if _identity(cm) not in keep:
-            await rt.kube.delete("ConfigMap", ctx.namespace, cm["metadata"]["name"])
+            await room.kube.delete("ConfigMap", ctx.namespace, cm["metadata"]["name"])
 
 
 def _identity(obj: Obj) -> tuple[str | None, str | None]:
@@ -232,51 +220,92 @@ def _templates(deployments: list[Obj]) -> dict[str, tuple[str | None, str | None
     return {(d["metadata"].get("labels") or {}).get(LABEL_COLOR, ""): _identity(d) for d in deployments}
 
 
-async def _gate_messages(rt: Runtime, ns: str, name: str, jobs: list[Obj]) -> list[tuple[Obj, str | None]]:
+async def _gate_messages(room: Room, ns: str, name: str, jobs: list[Obj]) -> list[tuple[Obj, str | None]]:
     """The gate Jobs with their finished pod's termination message (None while running)."""
-    known = rt.gate_messages.get((ns, name), {})
+    known = room.gate_messages.get((ns, name), {})
     out: list[tuple[Obj, str | None]] = []
     for job in jobs:
         uid = job["metadata"].get("uid") or ""
         message = known.get(uid)
         if message is None and _finished(job):
-            message = await rt.kube.job_termination_message(ns, job["metadata"]["name"], GATE_CONTAINER)
+            message = await room.kube.job_termination_message(ns, job["metadata"]["name"], GATE_CONTAINER)
         out.append((job, message))
     # Only the Jobs that still exist are remembered.
-    rt.gate_messages[(ns, name)] = {j["metadata"].get("uid") or "": m for j, m in out if m is not None}
+    room.gate_messages[(ns, name)] = {j["metadata"].get("uid") or "": m for j, m in out if m is not None}
     return out
 
 
-async def reconcile(rt: Runtime, body: Obj, now: dt.datetime | None = None) -> tuple[dict[str, Any], float | None]:
-    """One pass over ModelServe ``body`` (see the module docstring); returns the status and the
-    seconds after which a pending timer (deadline, gate poll, scale-down) needs another pass."""
-    now = now or dt.datetime.now(dt.timezone.utc)
+_GATE_OUTCOMES = {"GatePassed": "Passed", "GateFailed": "Failed", "GateError": "Error"}
+ROLLBACK_REASONS = ("GateFailed", "GateError", "ProgressDeadlineExceeded", "Aborted", "RolledBack")
+"""The plan's Event reasons that mean a rollback (``_reject``'s reasons, and ``_switch``'s
+RolledBack back to the warm previous color)."""
+
+
+def count_events(namespace: str, name: str, events: Iterable[Event]) -> None:
+    """Gate results and rollbacks, counted from the plan's Events (each posted once, for the
+    transition the status write records)."""
+    for e in events:
+        outcome = _GATE_OUTCOMES.get(e.reason)
+        if outcome is not None:
+            metrics.GATE_EVALUATIONS.labels("ModelServe", namespace, name, outcome).inc()
+        if e.reason in ROLLBACK_REASONS:
+            metrics.ROLLBACKS.labels(namespace, name, e.reason).inc()
+
+
+def _clock_metrics(namespace: str, name: str, spec: ModelServeSpec | None, status: Obj) -> None:
+    clock = rollout_clock(spec, status) if spec is not None else None
+    if clock is None:
+        metrics.drop(metrics.ROLLOUT_STARTED, namespace, name)
+        metrics.drop(metrics.ROLLOUT_DEADLINE, namespace, name)
+    else:
+        metrics.ROLLOUT_STARTED.labels(namespace, name).set(clock[0])
+        metrics.ROLLOUT_DEADLINE.labels(namespace, name).set(clock[1])
+
+
+async def reconcile(room: Room, key: Key, now: dt.datetime | None = None) -> Outcome:
+    """One pass over the ModelServe ``key`` (see the module docstring); returns the seconds after
+    which a pending timer (deadline, gate poll, scale-down) needs another pass, else None."""
+    body = room.body(key)
+    if body is None:
+        return None
+    meta = body["metadata"]
+    try:
+        spec: ModelServeSpec | None = parse_spec(body.get("spec") or {})
+    except SpecError:
+        spec = None
+    status, after = await _reconcile(room, body, now or dt.datetime.now(dt.timezone.utc))
+    room.tally.set(meta["uid"], status.get("phase"))
+    _clock_metrics(meta["namespace"], meta["name"], spec, status)
+    return None if after is None else float(after or room.settings.retry_delay)
+
+
+async def _reconcile(room: Room, body: Obj, now: dt.datetime) -> tuple[dict[str, Any], float | None]:
     meta = body["metadata"]
     ns, name, uid, generation = meta["namespace"], meta["name"], meta["uid"], int(meta.get("generation") or 0)
-    prior = rt.last_status(body)
+    prior = room.last_status(body)
     try:
         spec = parse_spec(body.get("spec") or {})
     except SpecError as exc:
         status = invalid_status(prior, exc, generation, now)
         if status != prior:
-            await _write(rt, body, status)
-            rt.emit(body, "Warning", "InvalidSpec", str(exc))
+            await room.write_status(body, status)
+            room.emit(body, "Warning", "InvalidSpec", str(exc))
         return status, None  # permanent: nothing to retry until the spec changes
-    refused = await secrets_refused(rt.kube, ns, spec)
+    refused = await secrets_refused(room.kube, ns, spec)
     if refused is not None:
         # No watch announces a Secret's annotation: looked at again after SECRET_RECHECK_SECONDS.
         status = invalid_status(prior, refused[1], generation, now, reason=refused[0])
         if status != prior:
-            await _write(rt, body, status)
-            rt.emit(body, "Warning", refused[0], refused[1])
+            await room.write_status(body, status)
+            room.emit(body, "Warning", refused[0], refused[1])
         return status, SECRET_RECHECK_SECONDS
-    ctx = serve_context(body, spec, rt.server_image)
-    kube = rt.kube
-    deployments = _controlled(rt.children("Deployment", ns, name), uid)
-    services: dict[str, Obj] = {s["metadata"]["name"]: s for s in _controlled(rt.children("Service", ns, name), uid)}
-    jobs = [j for j in _controlled(rt.children("Job", ns, name), uid)
+    ctx = serve_context(body, spec, room.settings.server_image)
+    kube = room.kube
+    deployments = _controlled(room.children("Deployment", ns, name), uid)
+    services: dict[str, Obj] = {s["metadata"]["name"]: s for s in _controlled(room.children("Service", ns, name), uid)}
+    jobs = [j for j in _controlled(room.children("Job", ns, name), uid)
             if (j["metadata"].get("labels") or {}).get(LABEL_ROLE) == "gate"]
-    observed = observe(name, deployments, services.values(), await _gate_messages(rt, ns, name, jobs))
+    observed = observe(name, deployments, services.values(), await _gate_messages(room, ns, name, jobs))
     ftj_status, head = None, "lm"
     if spec.fine_tune_job:
         ftj = await kube.get("FineTuneJob", ns, spec.fine_tune_job)
@@ -289,8 +318,8 @@ async def reconcile(rt: Runtime, body: Obj, now: dt.datetime | None = None) -> t
     p = plan(spec, generation, desired, observed, prior, Requests.from_annotations(meta.get("annotations")), now,
              endpoints(ctx))
     try:
-        await _apply(rt, ctx, spec, p, services)
-        await _static_children(rt, ctx, spec, p.status, services)
+        await _apply(room, ctx, spec, p, services)
+        await _static_children(room, ctx, spec, p.status, services)
     except Exception as exc:
         if is_transient(exc) and not isinstance(exc, ForeignChild):
             raise  # retried at once with backoff: the next pass redoes the same diff
@@ -298,22 +327,19 @@ async def reconcile(rt: Runtime, body: Obj, now: dt.datetime | None = None) -> t
         # fail here, so the status says why (and keeps startedAt, so the progress deadline runs).
         # The plan's actions are a diff against what is observed: what failed is planned again.
         reason = "ChildConflict" if isinstance(exc, ForeignChild) else "ApplyFailed"
-        await _finish(rt, body, prior, {**p.status, "reason": reason, "message": api_error_message(exc)[:1000]}, p)
+        await _finish(room, body, prior, {**p.status, "reason": reason, "message": api_error_message(exc)[:1000]}, p)
         raise
     if any(isinstance(a, Scale) for a in p.actions):
-        await _drop_old_configs(rt, ctx, deployments, p)
-    await _finish(rt, body, prior, p.status, p)
+        await _drop_old_configs(room, ctx, deployments, p)
+    await _finish(room, body, prior, p.status, p)
     return p.status, p.requeue_after
 
 
-async def _finish(rt: Runtime, body: Obj, prior: Obj, status: dict[str, Any], p: Plan) -> None:
+async def _finish(room: Room, body: Obj, prior: Obj, status: dict[str, Any], p: Plan) -> None:
     if status != prior:
-        await _write(rt, body, status)
+        await room.write_status(body, status)
     for e in p.events:
-        rt.emit(body, e.type, e.reason, e.message)
+        room.emit(body, e.type, e.reason, e.message)
+    count_events(body["metadata"]["namespace"], body["metadata"]["name"], p.events)
 
 
-async def _write(rt: Runtime, body: Obj, status: dict[str, Any]) -> None:
-    meta = body["metadata"]
-    await rt.kube.replace_modelserve_status(meta["namespace"], meta["name"], status)
-    rt.written[meta["uid"]] = json.dumps(status, separators=(",", ":"))
