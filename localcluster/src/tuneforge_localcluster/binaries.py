@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -146,12 +147,19 @@ def ensure_binaries(settings: Settings, names: list[str] | None = None) -> dict[
     def build_chain(chain: list[GoBinary]) -> None:
         for binary in chain:
             out = paths[binary.name]
-            started = time.monotonic()
-            print(f"Building {binary.name} ({binary.package})", file=sys.stderr, flush=True)
-            _build(binary, out)
-            seconds = time.monotonic() - started
-            (out.parent / "build.json").write_text(json.dumps({"name": binary.name, "seconds": round(seconds, 1)}))
-            print(f"Built {binary.name} in {seconds:.0f} s", file=sys.stderr, flush=True)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            # Another process (make test's background prefetch, a second checkout) may be
+            # building the same binary: one builds it, the other waits and then finds it built.
+            with open(out.parent / ".lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                if out.exists():
+                    continue
+                started = time.monotonic()
+                print(f"Building {binary.name} ({binary.package})", file=sys.stderr, flush=True)
+                _build(binary, out)
+                seconds = time.monotonic() - started
+                (out.parent / "build.json").write_text(json.dumps({"name": binary.name, "seconds": round(seconds, 1)}))
+                print(f"Built {binary.name} in {seconds:.0f} s", file=sys.stderr, flush=True)
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
         for future in [pool.submit(build_chain, c) for c in chains if c]:

@@ -1,0 +1,29 @@
+"""``make test``'s background prefetch (hack/prefetch.py) builds what the cluster tier would
+otherwise build in the foreground: every image with a wheelhouse (the slow ones), and the
+Makefile's two passes together select every test exactly once."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from shared_demo import load_hack
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_every_image_with_requirements_is_prefetched() -> None:
+    prefetch = load_hack("prefetch.py", "tuneforge_prefetch")
+    prefetched = {context.resolve() for context, _, _ in prefetch.IMAGES}
+    slow = {d.parent.resolve() for d in ROOT.glob("*/Dockerfile") if (d.parent / "requirements.txt").is_file()}
+    assert slow and slow <= prefetched, slow - prefetched
+    # make demo builds the same (name, target) as the tests, so one build serves both.
+    assert {(c.name, n, t) for c, n, t in prefetch.DEMO_IMAGES} == {
+        ("operator", "operator", None), ("trainer-image", "trainer", None), ("server-image", "server", "cpu")}
+
+
+def test_make_test_passes_are_complements() -> None:
+    recipe = (ROOT / "Makefile").read_text().split("\ntest:\n", 1)[1].split("\n\n", 1)[0]
+    passes = re.findall(r'pytest tests -m "([^"]+)"', recipe)
+    assert passes == ["not cluster and not slow", "cluster or slow"], passes
+    assert "hack/prefetch.py" in recipe and "&" in recipe.split("hack/prefetch.py", 1)[1].split(";", 1)[0]
