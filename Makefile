@@ -26,16 +26,18 @@ venv:
 	@echo $(VENV)
 
 # Two passes over the same tests: the pure tier runs while hack/prefetch.py builds what the
-# cluster tier needs (Go binaries, images, model, venvs) in the background, then everything
-# that needs the cluster or trains. A failure in the first pass still runs the second; the
-# exit status is non-zero when either failed. Seconds per lane: test-output/prefetch.json.
+# cluster tier needs (Go binaries, images, model, venvs) in the background; then everything
+# that needs the cluster or trains, without waiting for the prefetch: what it has not finished
+# yet, the tests wait for through its per-binary and per-image locks (the first cluster tests
+# need only the binaries; the big images are needed from tests/e2e on). A failure in the first
+# pass still runs the second; the exit status is non-zero when either failed.
+# Seconds per prefetch lane: test-output/prefetch.json.
 test:
 	@mkdir -p test-output
 	@set -u; nice -n 5 $(PY) hack/prefetch.py > test-output/prefetch.log 2>&1 & prefetch=$$!; \
 	$(PY) -m pytest tests -m "not cluster and not slow" --durations=15 --junitxml=test-output/junit-pure.xml; pure=$$?; \
-	echo "Waiting for the background prefetch (test-output/prefetch.log)"; \
-	wait $$prefetch || { echo "prefetch failed (the tests build what is missing):"; tail -20 test-output/prefetch.log; }; \
 	$(PY) -m pytest tests -m "cluster or slow" --durations=15 --junitxml=test-output/junit.xml; rest=$$?; \
+	wait $$prefetch || { echo "The background prefetch failed (the tests built what was missing):"; tail -20 test-output/prefetch.log; }; \
 	[ $$pure -eq 0 ] && [ $$rest -eq 0 ]
 
 test-fast:

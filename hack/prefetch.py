@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """``make test``'s background prefetch: everything the cluster tier needs that does not need the
-cluster, built while the pure tier runs — the cluster's Go binaries (Kubernetes, etcd, Helm, the
+cluster, built while the pure tier (and then the first cluster tests) run — the cluster's Go binaries (Kubernetes, etcd, Helm, the
 add-ons), the operator, trainer and CPU server images (into buildah's storage; the cluster's
 registry gets them by a push later), the converted base model and the operator and server venvs.
 
@@ -30,13 +30,13 @@ sys.path.insert(0, str(ROOT / "localcluster" / "src"))
 
 from tuneforge_localcluster import binaries, images, settings  # noqa: E402
 
-IMAGES = [  # (context, name, target): the images the cluster tier builds, in build order
+IMAGES = [  # (context, name, target): the images the cluster tier builds, in the order it needs them
     (ROOT / "operator", "operator", None),
+    (ROOT / "tests" / "images" / "trainer-standin", "trainer-standin", None),
     (ROOT / "trainer-image", "trainer", None),
     (ROOT / "server-image", "server", "cpu"),
-    (ROOT / "tests" / "images" / "trainer-standin", "trainer-standin", None),
 ]
-DEMO_IMAGES = IMAGES[:3]
+DEMO_IMAGES = [IMAGES[0], *IMAGES[2:]]
 """What ``make demo`` runs: it builds them (and the model) this way while the cluster starts."""
 
 

@@ -5,7 +5,10 @@ Makefile's two passes together select every test exactly once."""
 from __future__ import annotations
 
 import re
+import types
 from pathlib import Path
+
+import pytest
 
 from shared_demo import load_hack
 
@@ -27,3 +30,18 @@ def test_make_test_passes_are_complements() -> None:
     passes = re.findall(r'pytest tests -m "([^"]+)"', recipe)
     assert passes == ["not cluster and not slow", "cluster or slow"], passes
     assert "hack/prefetch.py" in recipe and "&" in recipe.split("hack/prefetch.py", 1)[1].split(";", 1)[0]
+
+
+def test_image_store_gc_waits_for_no_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A build in progress (here: holding its locks) makes gc skip: its untagged intermediate
+    # layers would otherwise be pruned under it. With no build, gc runs.
+    from tuneforge_localcluster import images
+
+    calls: list[object] = []
+    monkeypatch.setattr(images, "_gc", lambda s, sock: calls.append(sock))
+    s = types.SimpleNamespace(cache=tmp_path)
+    with images._building(s, "127.0.0.1:5000/tuneforge/x:1"):  # type: ignore[arg-type]
+        images.gc(s)  # type: ignore[arg-type]
+    assert calls == []
+    images.gc(s)  # type: ignore[arg-type]
+    assert calls == [None]

@@ -102,14 +102,20 @@ def pause_image(s: Settings, pause_binary: Path) -> str:
     return ref
 
 
+def _lock_file(s: Settings, name: str) -> Path:
+    locks = s.cache / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    return locks / name
+
+
 @contextlib.contextmanager
 def _building(s: Settings, ref: str) -> Iterator[None]:
     """One builder of ``ref`` at a time across processes (``make test``'s and ``make demo``'s
     background builds run beside the cluster's start-up and the tests): a second one waits
-    and then finds the image built."""
-    locks = s.cache / "locks"
-    locks.mkdir(parents=True, exist_ok=True)
-    with open(locks / f"image-{_hash(ref)}.lock", "w") as lock:
+    and then finds the image built. Every build also holds the store lock shared, so that
+    :func:`gc` never prunes the layers of a build in progress."""
+    with open(_lock_file(s, "image-store.lock"), "w") as store, open(_lock_file(s, f"image-{_hash(ref)}.lock"), "w") as lock:
+        fcntl.flock(store, fcntl.LOCK_SH)
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
@@ -278,7 +284,19 @@ REGISTRY_CAP = 30 * 2**30
 def gc(s: Settings, containerd_socket: Path | None = None) -> None:
     """Bound the image stores: the newest ``KEEP_PER_IMAGE`` tags of each of our images in
     buildah and containerd, the newest wheelhouses, and the registry's blobs under a cap
-    (its blobs are a cache of buildah's layers; dropping them costs one full push)."""
+    (its blobs are a cache of buildah's layers; dropping them costs one full push). Skipped
+    while any build is in progress (its intermediate layers are untagged: a prune would take
+    them); the next start-up collects."""
+    with open(_lock_file(s, "image-store.lock"), "w") as store:
+        try:
+            fcntl.flock(store, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _log("Image builds in progress: image store clean-up skipped this time")
+            return
+        _gc(s, containerd_socket)
+
+
+def _gc(s: Settings, containerd_socket: Path | None) -> None:
     listing = subprocess.run(
         ["buildah", "images", "--format", "{{.Name}}:{{.Tag}} {{.CreatedAtRaw}}"], capture_output=True, text=True
     ).stdout.splitlines()
