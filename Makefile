@@ -25,20 +25,26 @@ help:
 venv:
 	@echo $(VENV)
 
-# Two passes over the same tests: the pure tier runs while hack/prefetch.py builds what the
-# cluster tier needs (Go binaries, images, model, venvs) in the background; then everything
-# that needs the cluster or trains, without waiting for the prefetch: what it has not finished
-# yet, the tests wait for through its per-binary and per-image locks (the first cluster tests
-# need only the binaries; the big images are needed from tests/e2e on). A failure in the first
-# pass still runs the second; the exit status is non-zero when either failed.
-# Seconds per prefetch lane: test-output/prefetch.json.
+# Three passes over the same tests, partitioned by marker (each test runs in exactly one):
+#  - the pure tier, in the foreground;
+#  - beside it, the slow tests that need no cluster (the trainer's real-model runs, vLLM on the
+#    host), CPU-bound, while the pure tier and the first cluster tests mostly wait; their output
+#    goes to test-output/slow-tier.log and is printed when they end;
+#  - then everything that needs the cluster, started right after the pure tier without waiting
+#    for the background prefetch (hack/prefetch.py: Go binaries, images, model, venvs): what it
+#    has not finished yet, a test waits for through its per-binary and per-image locks.
+# The exit status is non-zero when any pass failed. Prefetch seconds: test-output/prefetch.json.
 test:
 	@mkdir -p test-output
 	@set -u; nice -n 5 $(PY) hack/prefetch.py > test-output/prefetch.log 2>&1 & prefetch=$$!; \
+	$(PY) -m pytest tests -m "slow and not cluster" --durations=15 --junitxml=test-output/junit-slow.xml \
+	  > test-output/slow-tier.log 2>&1 & slow=$$!; \
 	$(PY) -m pytest tests -m "not cluster and not slow" --durations=15 --junitxml=test-output/junit-pure.xml; pure=$$?; \
-	$(PY) -m pytest tests -m "cluster or slow" --durations=15 --junitxml=test-output/junit.xml; rest=$$?; \
+	$(PY) -m pytest tests -m "cluster" --durations=15 --junitxml=test-output/junit.xml; cluster=$$?; \
+	wait $$slow; slowrc=$$?; echo "== slow tests without the cluster (test-output/slow-tier.log)"; \
+	tail -40 test-output/slow-tier.log; \
 	wait $$prefetch || { echo "The background prefetch failed (the tests built what was missing):"; tail -20 test-output/prefetch.log; }; \
-	[ $$pure -eq 0 ] && [ $$rest -eq 0 ]
+	[ $$pure -eq 0 ] && [ $$cluster -eq 0 ] && [ $$slowrc -eq 0 ]
 
 test-fast:
 	$(PY) -m pytest tests -m "not cluster and not slow"
