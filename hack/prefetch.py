@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "localcluster" / "src"))
 
-from tuneforge_localcluster import binaries, images, settings  # noqa: E402
+from tuneforge_localcluster import binaries, cluster, images, settings  # noqa: E402
 
 IMAGES = [  # (context, name, target): the images the cluster tier builds, in the order it needs them
     (ROOT / "operator", "operator", None),
@@ -53,10 +53,15 @@ def lanes(s: settings.Settings, image_list: list[tuple[Path, str, str | None]] =
     """The lanes by name: each a callable that builds (or finds cached) its outputs."""
     return {
         "go binaries": lambda: sorted(binaries.ensure_binaries(s)),
-        "images": lambda: [images.build(s, context, name, target=target, push=False) for context, name, target in image_list],
+        "images": lambda: _images(s, image_list),
         "model and venvs": lambda: [_output([sys.executable, str(ROOT / "hack" / "prepare_model.py")]),
                                     *(_output([str(ROOT / "hack" / "venv.sh"), v]) for v in venvs)],
     }
+
+
+def _images(s: settings.Settings, image_list: list[tuple[Path, str, str | None]]) -> list[str]:
+    cluster.ensure_host_packages()  # buildah and debootstrap, on a fresh machine
+    return [images.build(s, context, name, target=target, push=False) for context, name, target in image_list]
 
 
 def run(todo: dict[str, Callable[[], object]]) -> dict[str, dict[str, object]]:
