@@ -50,3 +50,21 @@ def test_image_store_gc_waits_for_no_build(tmp_path: Path, monkeypatch: pytest.M
     assert calls == []
     images.gc(s)  # type: ignore[arg-type]
     assert calls == [None]
+
+
+def test_junit_reports_of_the_passes_merge_into_one(tmp_path: Path) -> None:
+    merge = load_hack("junit_merge.py", "tuneforge_junit_merge")
+    a = tmp_path / "a.xml"
+    a.write_text('<testsuites><testsuite name="pytest" tests="2" failures="1" errors="0" skipped="0" time="1.5">'
+                 '<testcase classname="tests.x" name="t1" time="1.0"/><testcase classname="tests.x" name="t2" time="0.5">'
+                 '<failure message="boom"/></testcase></testsuite></testsuites>')
+    b = tmp_path / "b.xml"
+    b.write_text('<testsuite name="pytest" tests="1" failures="0" errors="1" skipped="0" time="2.0">'
+                 '<testcase classname="tests.y" name="t3" time="2.0"><error message="e"/></testcase></testsuite>')
+    out = tmp_path / "junit.xml"
+    assert merge.main([str(out), str(a), str(b), str(tmp_path / "missing.xml")]) == 0
+    import xml.etree.ElementTree as ET
+
+    root = ET.parse(out).getroot()
+    assert (root.get("tests"), root.get("failures"), root.get("errors"), root.get("time")) == ("3", "1", "1", "3.500")
+    assert [c.get("name") for c in root.iter("testcase")] == ["t1", "t2", "t3"]
