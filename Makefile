@@ -25,8 +25,28 @@ help:
 venv:
 	@echo $(VENV)
 
+# Three passes over the same tests, partitioned by marker (each test runs in exactly one):
+#  - the pure tier, in the foreground;
+#  - beside it, the slow tests that need no cluster (the trainer's real-model runs, vLLM on the
+#    host), CPU-bound, while the pure tier and the first cluster tests mostly wait; their output
+#    goes to test-output/slow-tier.log and is printed when they end;
+#  - then everything that needs the cluster, started right after the pure tier without waiting
+#    for the background prefetch (hack/prefetch.py: Go binaries, images, model, venvs): what it
+#    has not finished yet, a test waits for through its per-binary and per-image locks.
+# The exit status is non-zero when any pass failed. Prefetch seconds: test-output/prefetch.json;
+# the passes' reports are merged into test-output/junit.xml.
 test:
-	$(PY) -m pytest tests --durations=15 --junitxml=test-output/junit.xml
+	@mkdir -p test-output && rm -f test-output/junit*.xml
+	@set -u; nice -n 5 $(PY) hack/prefetch.py > test-output/prefetch.log 2>&1 & prefetch=$$!; \
+	$(PY) -m pytest tests -m "slow and not cluster" --durations=15 --junitxml=test-output/junit-slow.xml \
+	  > test-output/slow-tier.log 2>&1 & slow=$$!; \
+	$(PY) -m pytest tests -m "not cluster and not slow" --durations=15 --junitxml=test-output/junit-pure.xml; pure=$$?; \
+	$(PY) -m pytest tests -m "cluster" --durations=15 --junitxml=test-output/junit-cluster.xml; cluster=$$?; \
+	wait $$slow; slowrc=$$?; echo "== slow tests without the cluster (test-output/slow-tier.log)"; \
+	tail -40 test-output/slow-tier.log; \
+	wait $$prefetch || { echo "The background prefetch failed (the tests built what was missing):"; tail -20 test-output/prefetch.log; }; \
+	$(PY) hack/junit_merge.py test-output/junit.xml test-output/junit-{pure,slow,cluster}.xml; \
+	[ $$pure -eq 0 ] && [ $$cluster -eq 0 ] && [ $$slowrc -eq 0 ]
 
 test-fast:
 	$(PY) -m pytest tests -m "not cluster and not slow"

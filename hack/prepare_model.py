@@ -10,6 +10,7 @@ Prints the folder path on stdout (logs go to stderr).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -58,10 +59,20 @@ def _make_readable(folder: Path) -> None:
 
 
 def prepare_model() -> Path:
-    """The converted model folder (converting once when missing)."""
+    """The converted model folder (converting once when missing; one converter at a time:
+    ``make test`` asks from its background prefetch and its slow tests at once)."""
     out = cache_root() / "models" / f"smollm2-135m-instruct-{model_key()}"
     if (out / ".complete").is_file():
         return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (out / ".complete").is_file():
+            return out
+        return _convert(out)
+
+
+def _convert(out: Path) -> Path:
     src = _gguf_folder()
     print(f"Converting {GGUF} to a Hugging Face folder {out} (once, ~30 s)", file=sys.stderr)
     from transformers import AutoModelForCausalLM, AutoTokenizer

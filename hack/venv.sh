@@ -21,9 +21,12 @@ case "${1:-host}" in
 esac
 key=$( (python3 --version; cat "${reqs[@]}") | sha256sum | cut -c1-12)
 venv=$dir/$key
+mkdir -p "$dir"
+# One creator at a time: make test's background prefetch and the tests may ask at once.
+exec 9>"$dir/.lock"
+if [ ! -f "$venv/.complete" ]; then flock 9; fi
 if [ ! -f "$venv/.complete" ]; then
   rm -rf "$venv"
-  mkdir -p "$dir"
   echo "Creating virtualenv $venv (first run on this machine: minutes)" >&2
   python3 -m venv "$venv"
   "$venv/bin/python" -m pip install -q --upgrade pip >&2

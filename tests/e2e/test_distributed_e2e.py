@@ -53,34 +53,29 @@ def distributed_manifest(demo: Any, name: str, nodes: int, gpus: int) -> dict[st
 @pytest.mark.timeout(2400)
 @pytest.mark.parametrize("name,nodes,gpus", SHAPES)
 def test_two_gloo_processes_match_the_single_process_run(cluster: Cluster, demo_finetunejob: dict[str, Any],
-                                                         name: str, nodes: int, gpus: int) -> None:
+                                                         demo_operator: Any, name: str, nodes: int, gpus: int) -> None:
     demo = load_demo()
     ns = demo.NAMESPACE
     reference = demo_finetunejob["status"]
-    trainer_image = cluster.image(demo.ROOT / "trainer-image", "trainer")  # built for the demo: cached
     cluster.kubectl("delete", "finetunejob", name, "-n", ns, "--ignore-not-found", "--wait=true", timeout=120)
-    operator = demo.start_operator(cluster, trainer_image)
+    operator = demo_operator
     workers_seen: list[dict[str, Any]] = []
     evicted: list[int] = []  # the step the status showed when worker 1 was evicted
     manifest = distributed_manifest(demo, name, nodes, gpus)
     max_steps = manifest["spec"]["training"]["maxSteps"]
-    try:
-        cluster.apply(manifest, ns)
+    cluster.apply(manifest, ns)
 
-        def watch_workers(ftj: dict[str, Any]) -> None:
-            st = ftj.get("status", {})
-            running = [w for w in st.get("workers") or () if w.get("phase") == "Running"]
-            if len(running) > len(workers_seen):
-                workers_seen[:] = running
-            step = int((st.get("progress") or {}).get("step") or 0)
-            if nodes > 1 and not evicted and len(running) == 2 and SAVE_STEPS + 2 <= step < max_steps - 10:
-                evict(cluster, cluster.get("pod", running[1]["pod"], ns))
-                evicted.append(step)
+    def watch_workers(ftj: dict[str, Any]) -> None:
+        st = ftj.get("status", {})
+        running = [w for w in st.get("workers") or () if w.get("phase") == "Running"]
+        if len(running) > len(workers_seen):
+            workers_seen[:] = running
+        step = int((st.get("progress") or {}).get("step") or 0)
+        if nodes > 1 and not evicted and len(running) == 2 and SAVE_STEPS + 2 <= step < max_steps - 10:
+            evict(cluster, cluster.get("pod", running[1]["pod"], ns))
+            evicted.append(step)
 
-        ftj = demo.follow(cluster, name, operator, timeout=2000, on_poll=watch_workers)
-    finally:
-        operator.terminate()
-        operator.wait(30)
+    ftj = demo.follow(cluster, name, operator, timeout=2000, on_poll=watch_workers)
 
     st = ftj["status"]
     assert st["phase"] == "Succeeded", cluster.describe("finetunejob", name, ns)

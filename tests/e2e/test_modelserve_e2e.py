@@ -110,14 +110,11 @@ class RequestLoop:
 
 @pytest.mark.timeout(5400)
 def test_modelserve_follows_the_finetunejob_and_switches_with_zero_failed_requests(
-        cluster: Cluster, demo_finetunejob: dict[str, Any]) -> None:
+        cluster: Cluster, demo_finetunejob: dict[str, Any], demo_operator: Any) -> None:
     demo = load_demo()
     ns, ftj_name = demo.NAMESPACE, demo_finetunejob["metadata"]["name"]
     ms = manifest(demo)
     name = ms["metadata"]["name"]
-    images = {"server": cluster.image(demo.ROOT / "server-image", "server", target="cpu"),
-              "gate": cluster.image(demo.ROOT / "operator", "operator")}
-    trainer_image = cluster.image(demo.ROOT / "trainer-image", "trainer")
     # The node's two GPU stand-ins go to the ModelServe's colors and the second revision's training.
     cluster.kubectl("delete", "deployment", demo.SERVER, "-n", ns, "--ignore-not-found", "--wait=true", timeout=180)
     cluster.kubectl("create", "secret", "generic", "tuneforge-demo-api-key", "-n", ns, f"--from-literal=key={demo.API_KEY}", check=False)
@@ -126,7 +123,6 @@ def test_modelserve_follows_the_finetunejob_and_switches_with_zero_failed_reques
     v1 = demo_finetunejob["status"]["adapter"]["digest"]
     rows = [json.loads(line) for line in demo.read_s3(cluster.settings, demo_finetunejob["status"]["artifacts"]["predictions"]).splitlines() if line.strip()]
     labels = sorted({r["target"] for r in rows})
-    operator = demo.start_operator(cluster, trainer_image, **images)
     describe = lambda: cluster.describe("modelserve", name, ns)  # noqa: E731
     try:
         cluster.apply(ms, ns)
@@ -182,8 +178,6 @@ def test_modelserve_follows_the_finetunejob_and_switches_with_zero_failed_reques
             st2 = wait_for("the ModelServe to switch to maxModelLen 768", reshaped, 1500, 2, describe)
             time.sleep(10)
     finally:
-        operator.terminate()
-        operator.wait(30)
         # Free the node's GPU stand-ins for the tests after this one (owner references take the colors).
         cluster.kubectl("delete", "modelserve", name, "-n", ns, "--ignore-not-found", "--wait=true", timeout=180, check=False)
 

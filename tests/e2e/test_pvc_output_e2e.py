@@ -56,12 +56,10 @@ def _strings(value: Any) -> list[str]:
 
 
 @pytest.mark.timeout(3000)
-def test_a_pvc_finetunejob_is_served_by_a_modelserve_that_follows_it(cluster: Cluster) -> None:
+def test_a_pvc_finetunejob_is_served_by_a_modelserve_that_follows_it(cluster: Cluster, demo_operator: Any) -> None:
     demo = load_demo()
     ns = demo.NAMESPACE
-    trainer_image = cluster.image(demo.ROOT / "trainer-image", "trainer")
-    images = {"server": cluster.image(demo.ROOT / "server-image", "server", target="cpu"),
-              "gate": cluster.image(demo.ROOT / "operator", "operator")}
+    operator = demo_operator
     demo.stage_inputs(cluster.settings)
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(demo.ROOT / "crds"))
     cluster.kubectl("create", "namespace", ns, check=False)
@@ -75,7 +73,6 @@ def test_a_pvc_finetunejob_is_served_by_a_modelserve_that_follows_it(cluster: Cl
         cluster.kubectl("delete", kind, NAME, "-n", ns, "--ignore-not-found", "--wait=true", timeout=180)
     cluster.apply({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": CLAIM},
                    "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}, ns)
-    operator = demo.start_operator(cluster, trainer_image, **images)
     describe = lambda: cluster.describe("modelserve", NAME, ns)  # noqa: E731
     try:
         cluster.apply(finetunejob(demo), ns)
@@ -101,8 +98,6 @@ def test_a_pvc_finetunejob_is_served_by_a_modelserve_that_follows_it(cluster: Cl
             model=NAME, messages=[{"role": "user", "content": "I still have not received my new card"}], max_tokens=8, temperature=0)
         assert raw.headers[HEADER] == f"{NAME}={digest}"
     finally:
-        operator.terminate()
-        operator.wait(30)
         # Owner references take the colors, the gate Job and the training Jobs; then the claim.
         for kind in ("modelserve", "finetunejob", "pvc"):
             name = CLAIM if kind == "pvc" else NAME

@@ -42,36 +42,32 @@ def evict(cluster: Cluster, pod: dict[str, Any]) -> None:
 
 
 @pytest.mark.timeout(2400)
-def test_an_evicted_training_pod_resumes_from_its_last_checkpoint(cluster: Cluster, demo_finetunejob: dict[str, Any]) -> None:
+def test_an_evicted_training_pod_resumes_from_its_last_checkpoint(cluster: Cluster, demo_finetunejob: dict[str, Any],
+                                                                  demo_operator: Any) -> None:
     demo = load_demo()
     ns = demo.NAMESPACE
-    trainer_image = cluster.image(demo.ROOT / "trainer-image", "trainer")  # built for the demo: cached
+    operator = demo_operator
     cluster.kubectl("delete", "finetunejob", NAME, "-n", ns, "--ignore-not-found", "--wait=true", timeout=120)
-    operator = demo.start_operator(cluster, trainer_image)
-    try:
-        cluster.apply(resume_manifest(demo), ns)
-        job = f"{NAME}-train-1"
+    cluster.apply(resume_manifest(demo), ns)
+    job = f"{NAME}-train-1"
 
-        def training_past_a_checkpoint() -> tuple[dict[str, Any], dict[str, Any] | None, int] | None:
-            st = cluster.get("finetunejob", NAME, ns).get("status", {})
-            if operator.poll() is not None or st.get("phase") in ("Succeeded", "Failed"):
-                return st, None, -1  # ended before the eviction: fails below with what was seen
-            step = int(st.get("progress", {}).get("step") or 0)
-            pods = [p for p in cluster.list("pods", ns, f"job-name={job}") if p["status"].get("phase") == "Running"]
-            return (st, pods[0], step) if pods and SAVE_STEPS + 2 <= step < MAX_STEPS - 5 else None
+    def training_past_a_checkpoint() -> tuple[dict[str, Any], dict[str, Any] | None, int] | None:
+        st = cluster.get("finetunejob", NAME, ns).get("status", {})
+        if operator.poll() is not None or st.get("phase") in ("Succeeded", "Failed"):
+            return st, None, -1  # ended before the eviction: fails below with what was seen
+        step = int(st.get("progress", {}).get("step") or 0)
+        pods = [p for p in cluster.list("pods", ns, f"job-name={job}") if p["status"].get("phase") == "Running"]
+        return (st, pods[0], step) if pods and SAVE_STEPS + 2 <= step < MAX_STEPS - 5 else None
 
-        st, pod, step = wait_for("training past its first checkpoint", training_past_a_checkpoint, timeout=1200, interval=2)
-        assert pod is not None, (operator.returncode, st)
-        evict(cluster, pod)
-        # The evicted pod is marked as disrupted, which the Job's podFailurePolicy ignores.
-        uid = pod["metadata"]["uid"]
-        wait_for("the evicted pod to go", lambda: all(p["metadata"]["uid"] != uid for p in cluster.list("pods", ns, f"job-name={job}")),
-                 timeout=300, interval=2)
+    st, pod, step = wait_for("training past its first checkpoint", training_past_a_checkpoint, timeout=1200, interval=2)
+    assert pod is not None, (operator.returncode, st)
+    evict(cluster, pod)
+    # The evicted pod is marked as disrupted, which the Job's podFailurePolicy ignores.
+    uid = pod["metadata"]["uid"]
+    wait_for("the evicted pod to go", lambda: all(p["metadata"]["uid"] != uid for p in cluster.list("pods", ns, f"job-name={job}")),
+             timeout=300, interval=2)
 
-        ftj = demo.follow(cluster, NAME, operator, timeout=1500)
-    finally:
-        operator.terminate()
-        operator.wait(30)
+    ftj = demo.follow(cluster, NAME, operator, timeout=1500)
 
     st = ftj["status"]
     assert st["phase"] == "Succeeded", cluster.describe("finetunejob", NAME, ns)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -47,6 +48,9 @@ class GoBinary:
     """Wrapper module folder under localcluster/go; None means ``go install package``."""
     ldflags: str = "-s -w"
     tags: str = ""
+    cold_seconds: float = 60
+    """What a first build took on the 2-core reference machine (``build.json`` records), for
+    spreading the builds over two chains of about equal length."""
 
     def key(self, go_version: str) -> str:
         h = hashlib.sha256()
@@ -61,31 +65,33 @@ class GoBinary:
         return h.hexdigest()[:16]
 
 
-def _k8s(cmd: str) -> GoBinary:
+def _k8s(cmd: str, cold_seconds: float) -> GoBinary:
     return GoBinary(
-        cmd, f"k8s.io/kubernetes/cmd/{cmd}", "kubernetes", ldflags=_K8S_LDFLAGS, tags="selinux,notest"
+        cmd, f"k8s.io/kubernetes/cmd/{cmd}", "kubernetes", ldflags=_K8S_LDFLAGS, tags="selinux,notest",
+        cold_seconds=cold_seconds,
     )
 
 
 BINARIES: tuple[GoBinary, ...] = (
-    GoBinary("etcd", "go.etcd.io/etcd/server/v3", "etcd"),
-    _k8s("kube-apiserver"),
-    _k8s("kube-controller-manager"),
-    _k8s("kube-scheduler"),
-    _k8s("kubelet"),
-    _k8s("kube-proxy"),
-    _k8s("kubectl"),
-    GoBinary("pause", "tuneforge.dev/localcluster/pause", "pause"),
-    GoBinary("kwok", "sigs.k8s.io/kwok/cmd/kwok@v0.8.0"),
-    GoBinary("coredns", "github.com/coredns/coredns@v1.14.7"),
-    GoBinary("local-path-provisioner", "github.com/rancher/local-path-provisioner@v0.0.30"),
-    GoBinary("crane", "github.com/google/go-containerregistry/cmd/crane@v0.22.1"),
-    GoBinary("versitygw", "github.com/versity/versitygw/cmd/versitygw@v1.8.0"),
+    GoBinary("etcd", "go.etcd.io/etcd/server/v3", "etcd", cold_seconds=68),
+    _k8s("kube-apiserver", 274),  # the first Kubernetes build compiles what the others share
+    _k8s("kube-controller-manager", 92),
+    _k8s("kube-scheduler", 9),
+    _k8s("kubelet", 32),
+    _k8s("kube-proxy", 10),
+    _k8s("kubectl", 20),
+    GoBinary("pause", "tuneforge.dev/localcluster/pause", "pause", cold_seconds=1),
+    GoBinary("kwok", "sigs.k8s.io/kwok/cmd/kwok@v0.8.0", cold_seconds=130),
+    GoBinary("coredns", "github.com/coredns/coredns@v1.14.7", cold_seconds=169),
+    GoBinary("local-path-provisioner", "github.com/rancher/local-path-provisioner@v0.0.30", cold_seconds=101),
+    GoBinary("crane", "github.com/google/go-containerregistry/cmd/crane@v0.22.1", cold_seconds=9),
+    GoBinary("versitygw", "github.com/versity/versitygw/cmd/versitygw@v1.8.0", cold_seconds=77),
     GoBinary(
         "helm",
         f"helm.sh/helm/v4/cmd/helm@{HELM_VERSION}",
         ldflags=f"-s -w -X helm.sh/helm/v4/internal/version.version={HELM_VERSION} "
         "-X helm.sh/helm/v4/internal/version.gitTreeState=clean",
+        cold_seconds=261,
     ),
 )
 
@@ -98,6 +104,19 @@ def module_dir(module: str) -> Path:
     """The extracted source of ``module@version`` in the Go module cache (downloaded if missing)."""
     out = subprocess.run(["go", "mod", "download", "-json", module], check=True, capture_output=True, text=True).stdout
     return Path(json.loads(out)["Dir"])
+
+
+def build_chains(missing: list[GoBinary]) -> list[list[GoBinary]]:
+    """Two build chains of about equal ``cold_seconds``: the wrapper modules' binaries stay
+    together, in order, in one unit (they share one module's packages: split over two chains,
+    both would compile the same packages at once); the add-ons are placed longest first, each
+    on the chain that is shorter so far."""
+    units = [[b for b in missing if b.module_dir]] + [[b] for b in missing if not b.module_dir]
+    units = sorted((u for u in units if u), key=lambda u: -sum(b.cold_seconds for b in u))
+    chains: list[list[GoBinary]] = [[], []]
+    for unit in units:
+        min(chains, key=lambda c: sum(b.cold_seconds for b in c)).extend(unit)
+    return [c for c in chains if c]
 
 
 def binary_path(settings: Settings, binary: GoBinary, gover: str) -> Path:
@@ -130,28 +149,33 @@ def _build(binary: GoBinary, out: Path) -> None:
 def ensure_binaries(settings: Settings, names: list[str] | None = None) -> dict[str, Path]:
     """Build every missing binary (one progress line each) and return name -> path.
 
-    Two build chains run side by side, Kubernetes/etcd and the add-ons: ``go build`` is
-    parallel inside a package but links on one core, so two chains use two cores better
-    (measured ~9 min cold instead of ~16 one after another).
+    Two build chains run side by side (:func:`build_chains`): ``go build`` is parallel inside
+    a package but links on one core, so two chains use two cores better (measured ~9 min cold
+    instead of ~16 one after another); balanced by each binary's cold build time, the longer
+    chain is ~640 s of recorded build time instead of ~750 s (Kubernetes/etcd vs add-ons).
     """
     gover = go_version()
     wanted = [b for b in BINARIES if not names or b.name in names]
     paths = {b.name: binary_path(settings, b, gover) for b in wanted}
     missing = [b for b in wanted if not paths[b.name].exists()]
-    chains = [
-        [b for b in missing if b.module_dir],
-        [b for b in missing if not b.module_dir],
-    ]
+    chains = build_chains(missing)
 
     def build_chain(chain: list[GoBinary]) -> None:
         for binary in chain:
             out = paths[binary.name]
-            started = time.monotonic()
-            print(f"Building {binary.name} ({binary.package})", file=sys.stderr, flush=True)
-            _build(binary, out)
-            seconds = time.monotonic() - started
-            (out.parent / "build.json").write_text(json.dumps({"name": binary.name, "seconds": round(seconds, 1)}))
-            print(f"Built {binary.name} in {seconds:.0f} s", file=sys.stderr, flush=True)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            # Another process (make test's background prefetch, a second checkout) may be
+            # building the same binary: one builds it, the other waits and then finds it built.
+            with open(out.parent / ".lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                if out.exists():
+                    continue
+                started = time.monotonic()
+                print(f"Building {binary.name} ({binary.package})", file=sys.stderr, flush=True)
+                _build(binary, out)
+                seconds = time.monotonic() - started
+                (out.parent / "build.json").write_text(json.dumps({"name": binary.name, "seconds": round(seconds, 1)}))
+                print(f"Built {binary.name} in {seconds:.0f} s", file=sys.stderr, flush=True)
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
         for future in [pool.submit(build_chain, c) for c in chains if c]:

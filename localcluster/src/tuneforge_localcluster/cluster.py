@@ -17,6 +17,7 @@ import signal
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -72,17 +73,26 @@ def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+def _missing_host_packages() -> list[str]:
+    return sorted({pkg for probe, pkg in DEBIAN_PACKAGES.items() if not (Path(probe).exists() or shutil.which(probe))})
+
+
 def ensure_host_packages() -> None:
-    """Install the Debian packages the node needs when any is missing."""
-    missing = sorted(
-        {pkg for probe, pkg in DEBIAN_PACKAGES.items() if not (Path(probe).exists() or shutil.which(probe))}
-    )
-    if not missing:
+    """Install the Debian packages the node needs when any is missing (buildah and debootstrap
+    among them: ``make test``'s background image builds ask for them while the cluster starts,
+    so one installer at a time, and apt waits for dpkg's own lock rather than failing)."""
+    if not _missing_host_packages():
         return
-    _log(f"Installing Debian packages: {' '.join(missing)}")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, env=env, stdout=subprocess.DEVNULL)
+    with open(Path(tempfile.gettempdir()) / "tuneforge-host-packages.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        missing = _missing_host_packages()
+        if not missing:
+            return
+        _log(f"Installing Debian packages: {' '.join(missing)}")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        wait = ["-o", "DPkg::Lock::Timeout=600"]
+        subprocess.run(["apt-get", *wait, "update", "-qq"], check=True, env=env)
+        subprocess.run(["apt-get", *wait, "install", "-y", "-qq", *missing], check=True, env=env, stdout=subprocess.DEVNULL)
 
 
 # ---------------------------------------------------------------- processes

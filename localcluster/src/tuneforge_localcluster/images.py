@@ -8,6 +8,8 @@ change, only the last layer of a multi-GB torch image is built, pushed and pulle
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -18,6 +20,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 from tuneforge_localcluster.settings import Settings
@@ -68,13 +71,16 @@ def _push(s: Settings, ref: str) -> None:
     _run(["buildah", "push", "--tls-verify=false", "--disable-compression", ref, f"docker://{ref}"])
 
 
-def _served(s: Settings, ref: str) -> bool:
+def _served(s: Settings, ref: str, push: bool = True) -> bool:
     """Whether the registry serves ``ref``, pushing buildah's copy first when only that exists
-    (the registry keeps its index in memory, so a restart forgets what it had)."""
-    if registry_has(s, ref):
+    (the registry keeps its index in memory, so a restart forgets what it had). With ``push``
+    False (no registry yet: ``make test``'s prefetch before the cluster is up), whether
+    buildah's storage has it."""
+    if push and registry_has(s, ref):
         return True
     if _image_exists_locally(ref):
-        _push(s, ref)
+        if push:
+            _push(s, ref)
         return True
     return False
 
@@ -96,11 +102,35 @@ def pause_image(s: Settings, pause_binary: Path) -> str:
     return ref
 
 
-def base_image(s: Settings) -> str:
-    """A Debian minbase image with Python 3.11 (same minor as the host), from Debian's packages."""
+def _lock_file(s: Settings, name: str) -> Path:
+    locks = s.cache / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    return locks / name
+
+
+@contextlib.contextmanager
+def _building(s: Settings, ref: str) -> Iterator[None]:
+    """One builder of ``ref`` at a time across processes (``make test``'s and ``make demo``'s
+    background builds run beside the cluster's start-up and the tests): a second one waits
+    and then finds the image built. Every build also holds the store lock shared, so that
+    :func:`gc` never prunes the layers of a build in progress."""
+    with open(_lock_file(s, "image-store.lock"), "w") as store, open(_lock_file(s, f"image-{_hash(ref)}.lock"), "w") as lock:
+        fcntl.flock(store, fcntl.LOCK_SH)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def base_image(s: Settings, push: bool = True) -> str:
+    """A Debian minbase image with Python 3.11 (same minor as the host), from Debian's packages
+    (``push``: see :func:`build`)."""
     key = _hash(DEBIAN_SUITE, DEBIAN_MIRROR, *BASE_PACKAGES)
     ref = f"{s.registry}/tuneforge/base:{DEBIAN_SUITE}-{key}"
-    if _served(s, ref):
+    with _building(s, ref):
+        return _base_image(s, ref, push)
+
+
+def _base_image(s: Settings, ref: str, push: bool) -> str:
+    if _served(s, ref, push):
         return ref
     started = time.monotonic()
     _log(f"Building base image {ref} with debootstrap (first run on this machine: ~2 min)")
@@ -129,7 +159,8 @@ def base_image(s: Settings) -> str:
         except subprocess.CalledProcessError:
             subprocess.run(["buildah", "rm", ctr], capture_output=True)
             raise
-    _push(s, ref)
+    if push:
+        _push(s, ref)
     seconds = time.monotonic() - started
     (s.cache / "base-image-build.json").write_text(json.dumps({"ref": ref, "seconds": round(seconds, 1)}))
     _log(f"Built base image in {seconds:.0f} s")
@@ -156,6 +187,13 @@ def wheelhouse(s: Settings, requirements: Path, nodeps: Path | None = None) -> P
     folder = s.cache / "wheels" / key
     if (folder / ".complete").exists():
         return folder
+    with _building(s, f"wheels/{key}"):
+        return _wheelhouse(folder, requirements, nodeps)
+
+
+def _wheelhouse(folder: Path, requirements: Path, nodeps: Path | None) -> Path:
+    if (folder / ".complete").exists():
+        return folder
     _log(f"Downloading wheels for {requirements} into {folder}")
     folder.mkdir(parents=True, exist_ok=True)
     # The host is the images' platform (Debian 12, glibc 2.36, CPython 3.11, x86_64).
@@ -167,22 +205,33 @@ def wheelhouse(s: Settings, requirements: Path, nodeps: Path | None = None) -> P
     return folder
 
 
-def build(s: Settings, context: Path, name: str, dockerfile: str = "Dockerfile", target: str | None = None) -> str:
+def build(s: Settings, context: Path, name: str, dockerfile: str = "Dockerfile", target: str | None = None,
+          push: bool = True) -> str:
     """Build ``context/Dockerfile`` (its ``target`` stage when given) on the local base image and
     push it; return its reference.
 
     The build context gets a ``wheels/`` folder (hard links into the wheelhouse cache) when
     ``context/requirements.txt`` exists, for ``RUN --mount=type=bind,source=wheels,...``;
     ``requirements-nodeps.txt`` beside it adds wheels without their dependencies.
+
+    ``push=False`` builds into buildah's storage only (no registry needed: ``make test`` builds
+    the images in the background before the cluster is up); the first build with a registry
+    then only pushes it.
     """
     context = context.resolve()
-    base = base_image(s)
+    base = base_image(s, push)
     reqs = context / "requirements.txt"
     nodeps = context / "requirements-nodeps.txt"
     wheels = wheelhouse(s, reqs, nodeps if nodeps.exists() else None) if reqs.exists() else None
     key = _hash(base, _context_hash(context), str(wheels), target or "")
     ref = f"{s.registry}/tuneforge/{name}:{key}"
-    if _served(s, ref):
+    with _building(s, ref):
+        return _build(s, context, ref, base, dockerfile, target, wheels, push)
+
+
+def _build(s: Settings, context: Path, ref: str, base: str, dockerfile: str, target: str | None,
+           wheels: Path | None, push: bool) -> str:
+    if _served(s, ref, push):
         return ref
     started = time.monotonic()
     _log(f"Building image {ref} from {context / dockerfile}")
@@ -201,8 +250,9 @@ def build(s: Settings, context: Path, name: str, dockerfile: str = "Dockerfile",
             check=True,
             stdout=sys.stderr,
         )
-    _push(s, ref)
-    _log(f"Built and pushed {ref} in {time.monotonic() - started:.0f} s")
+    if push:
+        _push(s, ref)
+    _log(f"Built {ref}{' and pushed it' if push else ''} in {time.monotonic() - started:.0f} s")
     return ref
 
 
@@ -234,7 +284,19 @@ REGISTRY_CAP = 30 * 2**30
 def gc(s: Settings, containerd_socket: Path | None = None) -> None:
     """Bound the image stores: the newest ``KEEP_PER_IMAGE`` tags of each of our images in
     buildah and containerd, the newest wheelhouses, and the registry's blobs under a cap
-    (its blobs are a cache of buildah's layers; dropping them costs one full push)."""
+    (its blobs are a cache of buildah's layers; dropping them costs one full push). Skipped
+    while any build is in progress (its intermediate layers are untagged: a prune would take
+    them); the next start-up collects."""
+    with open(_lock_file(s, "image-store.lock"), "w") as store:
+        try:
+            fcntl.flock(store, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _log("Image builds in progress: image store clean-up skipped this time")
+            return
+        _gc(s, containerd_socket)
+
+
+def _gc(s: Settings, containerd_socket: Path | None) -> None:
     listing = subprocess.run(
         ["buildah", "images", "--format", "{{.Name}}:{{.Tag}} {{.CreatedAtRaw}}"], capture_output=True, text=True
     ).stdout.splitlines()

@@ -1,0 +1,32 @@
+"""The cluster's Go binaries are built in two chains of about equal length (cold: the longest
+chain is the cluster's start-up time on a fresh machine)."""
+
+from __future__ import annotations
+
+from tuneforge_localcluster.binaries import BINARIES, GoBinary, build_chains
+
+
+def length(chain: list[GoBinary]) -> float:
+    return sum(b.cold_seconds for b in chain)
+
+
+def test_chains_hold_every_missing_binary_once_and_keep_the_kubernetes_module_together() -> None:
+    chains = build_chains(list(BINARIES))
+    assert len(chains) == 2
+    assert sorted(b.name for c in chains for b in c) == sorted(b.name for b in BINARIES)
+    module = [b for b in BINARIES if b.module_dir]
+    # One chain builds the wrapper modules' binaries, in their order, one after another.
+    assert [c for c in chains if [b for b in c if b.module_dir] == module]
+
+
+def test_chains_are_balanced_better_than_modules_vs_add_ons() -> None:
+    chains = build_chains(list(BINARIES))
+    by_kind = max(length([b for b in BINARIES if b.module_dir]), length([b for b in BINARIES if not b.module_dir]))
+    assert max(map(length, chains)) < by_kind
+    assert max(map(length, chains)) - min(map(length, chains)) <= max(b.cold_seconds for b in BINARIES if not b.module_dir)
+
+
+def test_only_what_is_missing_is_built() -> None:
+    helm = next(b for b in BINARIES if b.name == "helm")
+    assert build_chains([helm]) == [[helm]]
+    assert build_chains([]) == []

@@ -1,0 +1,70 @@
+"""``make test``'s background prefetch (hack/prefetch.py) builds what the cluster tier would
+otherwise build in the foreground: every image with a wheelhouse (the slow ones), and the
+Makefile's passes together select every test exactly once."""
+
+from __future__ import annotations
+
+import re
+import types
+from pathlib import Path
+
+import pytest
+
+from shared_demo import load_hack
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_every_image_with_requirements_is_prefetched() -> None:
+    prefetch = load_hack("prefetch.py", "tuneforge_prefetch")
+    prefetched = {context.resolve() for context, _, _ in prefetch.IMAGES}
+    slow = {d.parent.resolve() for d in ROOT.glob("*/Dockerfile") if (d.parent / "requirements.txt").is_file()}
+    assert slow and slow <= prefetched, slow - prefetched
+    # make demo builds the same (name, target) as the tests, so one build serves both.
+    assert {(c.name, n, t) for c, n, t in prefetch.DEMO_IMAGES} == {
+        ("operator", "operator", None), ("trainer-image", "trainer", None), ("server-image", "server", "cpu")}
+
+
+def test_make_test_passes_are_a_partition() -> None:
+    recipe = (ROOT / "Makefile").read_text().split("\ntest:\n", 1)[1].split("\n\n", 1)[0]
+    passes = re.findall(r'pytest tests -m "([^"]+)"', recipe)
+    assert sorted(passes) == sorted(["slow and not cluster", "not cluster and not slow", "cluster"]), passes
+    # Every (cluster, slow) combination is selected by exactly one pass.
+    for cluster in (False, True):
+        for slow in (False, True):
+            env = {"cluster": cluster, "slow": slow}
+            assert sum(bool(eval(p, {}, env)) for p in passes) == 1, (env, passes)  # noqa: S307 - marker expressions
+    assert "hack/prefetch.py" in recipe and "&" in recipe.split("hack/prefetch.py", 1)[1].split(";", 1)[0]
+
+
+def test_image_store_gc_waits_for_no_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A build in progress (here: holding its locks) makes gc skip: its untagged intermediate
+    # layers would otherwise be pruned under it. With no build, gc runs.
+    from tuneforge_localcluster import images
+
+    calls: list[object] = []
+    monkeypatch.setattr(images, "_gc", lambda s, sock: calls.append(sock))
+    s = types.SimpleNamespace(cache=tmp_path)
+    with images._building(s, "127.0.0.1:5000/tuneforge/x:1"):  # type: ignore[arg-type]
+        images.gc(s)  # type: ignore[arg-type]
+    assert calls == []
+    images.gc(s)  # type: ignore[arg-type]
+    assert calls == [None]
+
+
+def test_junit_reports_of_the_passes_merge_into_one(tmp_path: Path) -> None:
+    merge = load_hack("junit_merge.py", "tuneforge_junit_merge")
+    a = tmp_path / "a.xml"
+    a.write_text('<testsuites><testsuite name="pytest" tests="2" failures="1" errors="0" skipped="0" time="1.5">'
+                 '<testcase classname="tests.x" name="t1" time="1.0"/><testcase classname="tests.x" name="t2" time="0.5">'
+                 '<failure message="boom"/></testcase></testsuite></testsuites>')
+    b = tmp_path / "b.xml"
+    b.write_text('<testsuite name="pytest" tests="1" failures="0" errors="1" skipped="0" time="2.0">'
+                 '<testcase classname="tests.y" name="t3" time="2.0"><error message="e"/></testcase></testsuite>')
+    out = tmp_path / "junit.xml"
+    assert merge.main([str(out), str(a), str(b), str(tmp_path / "missing.xml")]) == 0
+    import xml.etree.ElementTree as ET
+
+    root = ET.parse(out).getroot()
+    assert (root.get("tests"), root.get("failures"), root.get("errors"), root.get("time")) == ("3", "1", "1", "3.500")
+    assert [c.get("name") for c in root.iter("testcase")] == ["t1", "t2", "t3"]
