@@ -500,3 +500,37 @@ def test_run_elected_follows_then_leads_renews_and_releases() -> None:
     assert events[4][0] == "renewals" and events[4][1] >= 3  # renewed every retry period while working
     assert events[5] == ("leading", False) and len(events) == 6  # never expired
     assert store.record is not None and store.record.holder == "" and store.record.transitions == 1
+
+
+def test_a_follower_leaves_at_once_on_sigterm() -> None:
+    """A follower is PID 1 in its pod and Kopf's signal handlers are not installed yet: without
+    its own it would ignore SIGTERM and sit out the pod's grace period (~30 s per scale-down,
+    rolling update and uninstall). It leaves at once, runs no work and writes nothing."""
+    import os
+    import signal
+
+    config = ElectionConfig(lease_duration=30, renew_deadline=20, retry_period=0.05)
+    ran: list[str] = []
+
+    async def scenario() -> tuple[FakeLease, float]:
+        loop = asyncio.get_running_loop()
+        store = FakeLease(Clock(), held_by("other"))
+        e = LeaderElector(store, "me", config, clock=loop.time, fence=Fence(loop.time, on_expired=ran.append))
+
+        async def work() -> None:
+            ran.append("work")
+
+        task = asyncio.create_task(leader.run_elected(e, work, 0))
+        await asyncio.sleep(0.2)
+        writes = len(store.writes)
+        start = loop.time()
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.wait_for(task, 5)
+        assert len(store.writes) == writes
+        return store, loop.time() - start
+
+    store, took = run(scenario())
+    assert ran == [] and took < 1.0
+    assert store.record is not None and store.record.holder == "other"
+    # The handlers are gone with the follower: Kopf (or the default action) owns the signal again.
+    assert signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, signal.default_int_handler)

@@ -41,6 +41,7 @@ import logging
 import math
 import os
 import selectors
+import signal
 import socket
 import sys
 import time
@@ -305,15 +306,57 @@ async def _serve_follower_health(port: int, elector: LeaderElector) -> Callable[
     return runner.cleanup
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+async def _acquire_unless_stopped(elector: LeaderElector) -> bool:
+    """Wait for the Lease, or for SIGTERM/SIGINT while following. Kopf installs its own signal
+    handlers only once it runs; until then a follower (PID 1 in its container, where the default
+    action of SIGTERM is to ignore it) would sit out the pod's whole grace period on every scale
+    down, rolling update and uninstall. A follower holds nothing, so it just leaves."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    installed = []
+    for sig in STOP_SIGNALS:
+        try:
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+        except (ValueError, RuntimeError, NotImplementedError):
+            pass  # not the main thread's loop: the embedding program handles signals
+    acquiring = asyncio.create_task(elector.acquire(), name="leader lease acquisition")
+    stopping = asyncio.create_task(stop.wait(), name="follower stop signal")
+    try:
+        await asyncio.wait({acquiring, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        stopping.cancel()
+    if not stop.is_set():
+        acquiring.result()  # re-raise what ended the acquisition
+        return True
+    if acquiring.done() and not acquiring.cancelled() and acquiring.exception() is None:
+        await elector.release()  # won in the same step as the signal: hand it straight back
+    else:
+        acquiring.cancel()
+        await asyncio.gather(acquiring, return_exceptions=True)
+    log.info("Stopped while following (signal); the Lease stays with %s", elector.holder or "nobody")
+    return False
+
+
 async def run_elected(elector: LeaderElector, work: Callable[[], Awaitable[Any]], health_port: int,
                       on_leading: Callable[[bool], None] = lambda _: None) -> None:
     """Follow until elected, then run ``work`` (Kopf) while renewing; a lost Lease ends the process
-    at once. When ``work`` returns (SIGTERM), release the Lease so a follower takes over at once."""
+    at once. When ``work`` returns (SIGTERM), release the Lease so a follower takes over at once;
+    SIGTERM while following ends the follower at once (it holds nothing)."""
     on_leading(False)
     stop_health = await _serve_follower_health(health_port, elector) if health_port else None
-    await elector.acquire()
-    if stop_health:
-        await stop_health()
+    try:
+        elected = await _acquire_unless_stopped(elector)
+    finally:
+        if stop_health:
+            await stop_health()
+    if not elected:
+        return
     on_leading(True)
 
     async def renew() -> None:
