@@ -176,6 +176,7 @@ MAPPED: list[Maps] = [
     _m("task.head", "classifier", "task.head"),
     _m("dataPrep.evalFraction", 0.2, "data.eval_fraction"),
     _m("dataPrep.validationFraction", 0.25, "data.validation_fraction"),
+    _m("dataPrep.trainOnValidation", True, "data.train_on_validation"),
     _m("dataPrep.dedup", "exact", "data.dedup"),
     _m("dataPrep.balance", "undersample", "data.balance"),
     _m("dataPrep.balanceCap", 5, "data.balance_cap", dataPrep__balance="oversample"),

@@ -37,6 +37,8 @@ __all__ = [
     "QuantizationConfig",
     "TaskConfig",
     "TrainerConfig",
+    "SelectionConfig",
+    "SelectionTrial",
     "TrainingConfig",
     "apply_overrides",
     "config_json_schema",
@@ -290,6 +292,17 @@ class DataPrepConfig(_Strict):
             "loss during training, training.load_best_model and early stopping use these rows "
             "only, never the test rows. Split off before dataset.max_rows_per_label caps the "
             "training rows. 0 = no validation rows (no eval loss, no best-model selection)."
+        ),
+    )
+    train_on_validation: bool = Field(
+        default=False,
+        description=(
+            "Refit: after the settings were chosen on the validation rows (spec.search's winner), "
+            "train on the training and validation rows together, as is standard after model "
+            "selection. The validation rows are still split off first (the same rows the choice "
+            "was made on) and then added to the training rows; the test rows stay untouched. "
+            "Nothing selects on validation rows in such a run (no eval loss, best model or "
+            "early stopping)."
         ),
     )
     min_rows_per_label: int = Field(
@@ -637,6 +650,32 @@ class OwnerConfig(_Strict):
     revision: int | None = Field(default=None, ge=1, description="The revision of its spec this run trains.")
 
 
+class SelectionTrial(_Strict):
+    """One trial of the search that chose this run's settings, as the model card lists it."""
+
+    index: int = Field(ge=0, description="The trial's index in the search.")
+    params: dict[str, Any] = Field(default_factory=dict, description="Its settings (head, learningRate, ...).")
+    phase: str = Field(default="Succeeded", description="Succeeded or Failed.")
+    validation_accuracy: float | None = Field(default=None, ge=0.0, le=1.0, description="Accuracy on the validation rows.")
+    validation_rows: int | None = Field(default=None, ge=0, description="Validation rows it was scored on.")
+    gpu_seconds: float | None = Field(default=None, ge=0.0, description="Its measured cost.")
+
+
+class SelectionConfig(_Strict):
+    """How this run's settings were chosen (spec.search): recorded in the model card, never
+    used to train. The operator fills it for a searched revision's winner retrain."""
+
+    trials: list[SelectionTrial] = Field(min_length=1, description="Every trial of the search.")
+    winner: int = Field(ge=0, description="The index of the winning trial (whose settings this run trains).")
+    rule: str = Field(default="", description="The selection rule as applied (threshold, best, standard error).")
+
+    @model_validator(mode="after")
+    def _check_winner(self) -> SelectionConfig:
+        if self.winner not in {t.index for t in self.trials}:
+            raise ValueError(f"winner {self.winner} is not one of the trials' indices {[t.index for t in self.trials]}")
+        return self
+
+
 def _asked_base_model_baselines(bl: BaselineConfig) -> list[str]:
     """The base-model baselines (zero-shot, few-shot) the user set explicitly and turned on: they
     run the trained model with its adapter switched off, which not every run can do."""
@@ -669,6 +708,9 @@ class TrainerConfig(_Strict):
     output: OutputConfig = Field(description="Output location and hand-off files.")
     owner: OwnerConfig | None = Field(default=None, description="The FineTuneJob (and revision) this run trains, for the adapter's lineage.")
     hub: HubConfig = Field(default_factory=HubConfig, description="Hugging Face Hub downloads (hf://).")
+    selection: SelectionConfig | None = Field(
+        default=None, description="The search that chose these settings (for the model card); None without one."
+    )
 
     @field_validator("quantization", mode="before")
     @classmethod
@@ -728,6 +770,17 @@ class TrainerConfig(_Strict):
                 raise ValueError("eval.method 'loglik' needs task.type: classification")
             if self.eval.baselines.tfidf_lr and "tfidf_lr" in self.eval.baselines.model_fields_set:
                 raise ValueError("eval.baselines.tfidf_lr needs task.type: classification")
+        if self.data.train_on_validation:
+            for name, on in (
+                ("training.load_best_model", self.training.load_best_model),
+                ("training.early_stopping_patience", self.training.early_stopping_patience is not None),
+                ("eval.split 'validation'", self.eval.split == "validation" and self.eval.enabled),
+            ):
+                if on:
+                    raise ValueError(
+                        f"{name} selects on (or scores) the validation rows and data.train_on_validation "
+                        "trains on them: a refit has no rows left to select on"
+                    )
         if self.eval.split == "validation" and self.eval.enabled and self.data.validation_fraction == 0:
             raise ValueError(
                 "eval.split 'validation' scores the validation rows and data.validation_fraction is 0"
