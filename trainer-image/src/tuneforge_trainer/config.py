@@ -398,6 +398,10 @@ class TrainingConfig(_Strict):
         default=0.03, ge=0.0, lt=1.0, description="Fraction of steps spent warming up."
     )
     weight_decay: float = Field(default=0.0, ge=0.0, description="AdamW weight decay.")
+    label_smoothing: float = Field(
+        default=0.0, ge=0.0, lt=1.0,
+        description="Label smoothing of the classifier head's cross-entropy (task.head classifier only).",
+    )
     max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping norm.")
     batch_size: int = Field(default=8, ge=1, description="Per-device train batch size.")
     gradient_accumulation_steps: int = Field(default=1, ge=1, description="Gradient accumulation.")
@@ -727,6 +731,8 @@ class TrainerConfig(_Strict):
             self.training.learning_rate = DEFAULT_LEARNING_RATE[self.task.head]
         if self.task.head == "classifier":
             self._check_classifier()
+        elif self.training.label_smoothing:
+            raise ValueError("training.label_smoothing applies to task.head 'classifier' (its cross-entropy over classes)")
         if self.training.strategy == "fsdp" and q == "8bit":
             raise ValueError(
                 "training.strategy fsdp cannot shard bitsandbytes 8-bit weights: use quantization.mode "

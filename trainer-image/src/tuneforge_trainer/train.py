@@ -235,6 +235,8 @@ def _training_args(cfg: TrainerConfig, ds: Any, out_dir: str, has_eval: bool, cu
         lr_scheduler_type=t.lr_scheduler,
         warmup_steps=t.warmup_ratio,  # transformers 5: a float < 1 is a fraction of the steps
         weight_decay=t.weight_decay,
+        # The classifier's cross-entropy over classes (the config refuses it for the lm head).
+        label_smoothing_factor=t.label_smoothing if cfg.task.head == "classifier" else 0.0,
         max_grad_norm=t.max_grad_norm,
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.batch_size,
