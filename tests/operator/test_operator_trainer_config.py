@@ -194,6 +194,7 @@ MAPPED: list[Maps] = [
     _m("training.lrScheduler", "linear", "training.lr_scheduler"),
     _m("training.warmupRatio", 0.1, "training.warmup_ratio"),
     _m("training.weightDecay", 0.01, "training.weight_decay"),
+    _m("training.labelSmoothing", 0.1, "training.label_smoothing", task__head="classifier"),
     _m("training.maxGradNorm", 0.5, "training.max_grad_norm"),
     _m("training.batchSize", 4, "training.batch_size"),
     _m("training.gradientAccumulationSteps", 4, "training.gradient_accumulation_steps"),

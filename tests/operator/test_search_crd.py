@@ -90,6 +90,9 @@ HEADS = {"space": {"head": ["lm", "classifier"]}}
         ({"dataPrep": {"trainOnValidation": True}, "training": {"loadBestModel": True}},
          "dataPrep.trainOnValidation trains on the validation rows that training.loadBestModel selects on"),
         ({"dataPrep": {"trainOnValidation": False}, "training": {"loadBestModel": True}}, None),
+        ({"task": {"type": "classification", "head": "classifier"}, "training": {"labelSmoothing": 0.1}}, None),
+        ({"training": {"labelSmoothing": 0.1}}, "training.labelSmoothing applies to task.head classifier"),
+        ({"training": {"labelSmoothing": 0.0}}, None),
     ],
 )
 def test_search_cel_rules(parts: dict[str, Any], message: str | None) -> None:

@@ -101,7 +101,7 @@ def _baselines(spec: FineTuneJobSpec) -> dict[str, Any] | None:
 # the two agree).
 _TRAINING = {
     "epochs": "epochs", "maxSteps": "max_steps", "learningRate": "learning_rate", "lrScheduler": "lr_scheduler",
-    "warmupRatio": "warmup_ratio", "weightDecay": "weight_decay", "maxGradNorm": "max_grad_norm",
+    "warmupRatio": "warmup_ratio", "weightDecay": "weight_decay", "labelSmoothing": "label_smoothing", "maxGradNorm": "max_grad_norm",
     "batchSize": "batch_size", "gradientAccumulationSteps": "gradient_accumulation_steps",
     "maxSeqLength": "max_seq_length", "paddingFree": "padding_free", "completionOnlyLoss": "completion_only_loss",
     "sharedPrefix": "shared_prefix", "gradientCheckpointing": "gradient_checkpointing", "precision": "precision",
