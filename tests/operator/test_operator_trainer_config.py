@@ -436,7 +436,11 @@ def test_example_tunes_on_validation_rows() -> None:
     assert cfg.dataset.eval_source and cfg.dataset.eval_source != cfg.dataset.source
     assert not cfg.training.load_best_model or cfg.data.validation_fraction > 0
     comments = " ".join(line.split("#", 1)[1] for line in text.splitlines() if "#" in line)
-    # Chosen by bench/hparam_sweep.py on validation rows (one-standard-error rule), test rows unread.
-    assert "bench/hparam_sweep.py" in comments and "validation accuracy" in comments
-    assert "one standard error" in comments and "test rows" in comments
+    # The head and its settings chosen on validation rows (one-standard-error rule, the lm head by
+    # bench/hparam_sweep.py, the classifier's by bench/head_defaults.py), test rows unread; then
+    # the refit on training + validation rows.
+    assert "bench/hparam_sweep.py" in comments and "bench/head_defaults.py" in comments
+    assert "validation accuracy" in comments and "one standard error" in comments and "test rows" in comments
     assert "lands at" not in comments  # the old justification quoted test accuracy
+    assert cfg.task.head == "classifier" and cfg.data.train_on_validation
+    assert not cfg.training.load_best_model and not cfg.training.early_stopping_patience
