@@ -290,6 +290,8 @@ DEFAULT_EXCEPTIONS = {
     # Unset in the CRD and the trainer alike: the trainer resolves it by task.head at load
     # (config.DEFAULT_LEARNING_RATE), 2e-4 for the default head lm.
     "training.learningRate": 2e-4,
+    # Likewise (config.DEFAULT_EPOCHS): 3 for the default head lm, 2 for the classifier.
+    "training.epochs": 3.0,
 }
 
 
@@ -444,3 +446,11 @@ def test_example_tunes_on_validation_rows() -> None:
     assert "lands at" not in comments  # the old justification quoted test accuracy
     assert cfg.task.head == "classifier" and cfg.data.train_on_validation
     assert not cfg.training.load_best_model and not cfg.training.early_stopping_patience
+
+
+@pytest.mark.parametrize(("head", "epochs", "lr"), [("lm", 3.0, 2e-4), ("classifier", 2.0, 1e-3)])
+def test_unset_epochs_and_learning_rate_are_the_heads_defaults(head: str, epochs: float, lr: float) -> None:
+    """The CRD leaves training.epochs and learningRate unset, so the trainer's per-head defaults
+    (chosen on validation rows) apply to what the operator renders."""
+    cfg = _rendered(_with(task__head=head))
+    assert (cfg.training.epochs, cfg.training.learning_rate) == (epochs, lr)

@@ -2,7 +2,7 @@
 
 SmolLM2-135M-Instruct on BANKING77's 8 demo intents: 25 training rows per intent (a tenth of
 train.csv's rows split off first as validation rows), 10 test rows per intent from test.csv,
-trained with the classifier head's defaults only (3 epochs of batch 8 at its learning rate: no
+trained with the classifier head's defaults only (2 epochs of batch 8 at its learning rate: no
 setting here is tuned to these rows). The adapter must learn (far above chance; TF-IDF + logistic
 regression on the same rows is printed beside it), report its validation accuracy, and the saved adapter
 must reload with its label order and answer as the trainer did.
@@ -47,7 +47,8 @@ def test_classifier_head_learns_banking77_8_intents_and_reloads(model_path: Path
     print(f"\nclassifier: accuracy {s.accuracy} on {s.n_eval} test rows (TF-IDF + LR {tfidf}); validation "
           f"{val['accuracy']} on {val['n']} rows; {s.steps} steps in {s.train_seconds} s, eval {s.eval_seconds} s, "
           f"wall {wall:.0f} s")
-    assert s.status == "succeeded" and s.n_eval == 80 and s.steps >= 60  # 3 epochs of ~180 rows, batch 8
+    assert s.status == "succeeded" and s.n_eval == 80 and s.steps >= 40  # 2 epochs of ~180 rows, batch 8
+    assert metrics["config"]["training"]["epochs"] == 2.0
     assert metrics["config"]["training"]["learning_rate"] == 1e-3 and metrics["eval"]["method"] == "classifier"
     # Learned, far above chance (1 in 8); the comparison with TF-IDF at the demo's size is measured
     # by bench/accuracy.py (issue 20: 96.9 % vs 98.1 % there, not yet at or above it).

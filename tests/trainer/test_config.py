@@ -220,3 +220,10 @@ def test_label_smoothing_reaches_the_classifiers_training_arguments(tmp_path: Pa
         cfg = parse_config(with_(task__head=head, **{f"training__{k}": v for k, v in training.items()}))
         args = _training_args(cfg, device_settings(cfg, cuda=False), str(tmp_path / head), has_eval=False, cuda=False)
         assert args.label_smoothing_factor == expected, (head, smoothing)
+
+
+def test_epochs_and_learning_rate_default_by_head() -> None:
+    assert (parse_config(MINIMAL).training.epochs, parse_config(MINIMAL).training.learning_rate) == (3.0, 2e-4)
+    cls = parse_config(with_(task__head="classifier"))
+    assert (cls.training.epochs, cls.training.learning_rate) == (2.0, 1e-3)
+    assert parse_config(with_(task__head="classifier", training__epochs=4)).training.epochs == 4

@@ -20,7 +20,7 @@ from typing import Any, Mapping, MutableMapping
 
 from tuneforge_trainer import classifier
 from tuneforge_trainer.classifier import classifier_text
-from tuneforge_trainer.config import TrainerConfig
+from tuneforge_trainer.config import DEFAULT_EPOCHS, TrainerConfig
 from tuneforge_trainer.data import (
     DataError,
     Example,
@@ -229,7 +229,7 @@ def _training_args(cfg: TrainerConfig, ds: Any, out_dir: str, has_eval: bool, cu
     multi = int(os.environ.get("WORLD_SIZE", "1")) > 1
     return SFTConfig(
         output_dir=out_dir,
-        num_train_epochs=t.epochs,
+        num_train_epochs=t.epochs if t.epochs is not None else DEFAULT_EPOCHS[cfg.task.head],
         max_steps=t.max_steps or -1,
         learning_rate=cfg.learning_rate(),
         lr_scheduler_type=t.lr_scheduler,
