@@ -3,7 +3,7 @@
 
 BANKING77 (Casanueva et al., 2020): training rows from train.csv (a tenth split off as
 validation rows), test rows from test.csv. Default: the demo's 8 intents, 50 training rows and 20
-test rows per intent, ``task.head: classifier`` with the trainer's defaults (3 epochs of batch 8
+test rows per intent, ``task.head: classifier`` with the trainer's defaults (2 epochs of batch 8
 at the head's learning rate) - the settings chosen on validation rows, never on these test rows.
 
     python bench/accuracy.py                      # the demo's 8 intents
@@ -96,7 +96,7 @@ def main() -> int:
     p.add_argument("--head", choices=["classifier", "lm"], default="classifier")
     p.add_argument("--train-per-label", type=int, help="training rows per intent (default 50; all with --all-classes)")
     p.add_argument("--eval-per-label", type=int, help="test rows per intent (default 20; all with --all-classes)")
-    p.add_argument("--epochs", type=float, help="default: the trainer's (3)")
+    p.add_argument("--epochs", type=float, help="default: the head's (classifier 2, lm 3)")
     p.add_argument("--steps", type=int, help="max_steps instead of epochs")
     p.add_argument("--lr", type=float, help="default: the head's (classifier 1e-3, lm 2e-4)")
     p.add_argument("--no-zero-shot", action="store_true", help="skip the zero-shot base model")
