@@ -247,6 +247,10 @@ def test_the_winner_retrain_is_refit_on_validation_rows_and_its_card_lists_the_t
     own = _spec(search=SEARCH, training={"loadBestModel": True, "evalSteps": 10, "saveSteps": 10})
     kept = trainer_config.parse_config(render_trainer_config(winner_spec(own, s), "team-a", "intent", "uid-1", 1, selection=sel))
     assert not kept.data.train_on_validation and kept.selection is not None
+    # A spec asking for the refit itself: its trials still score (and never train on) the validation rows.
+    refit = _spec(search=SEARCH, dataPrep={"validationFraction": 0.1, "trainOnValidation": True})
+    trial = trainer_config.parse_config(render_trainer_config(apply_params(refit, trial_params(refit.search)[0]), "team-a", "intent", "uid-1", 1, trial=0))
+    assert trial.eval.split == "validation" and not trial.data.train_on_validation
     # No search, or no winner yet: no selection, no refit.
     assert winner_selection(None) is None and winner_selection({**s, "winner": None}) is None
     plain = trainer_config.parse_config(render_trainer_config(spec, "team-a", "intent", "uid-1", 1))

@@ -201,6 +201,8 @@ def render_trainer_config(spec: FineTuneJobSpec, namespace: str, name: str, uid:
         if not (t.get("loadBestModel") or t.get("earlyStoppingPatience")):
             config["data"]["train_on_validation"] = True
     if trial is not None:
+        # A trial is scored on the validation rows, so it never trains on them (the refit is the winner's).
+        config["data"].pop("train_on_validation", None)
         config["run_name"] = f"{namespace}/{name}/r{revision}/trial-{trial}"
         config["eval"].update(split="validation", baselines={"zero_shot": False, "few_shot": 0, "tfidf_lr": False})
         config["output"].update(dir=trial_location(spec, namespace, name, uid, revision, trial),
