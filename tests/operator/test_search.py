@@ -10,6 +10,7 @@ import datetime as dt
 from typing import Any
 
 import pytest
+import yaml
 
 from ftj_helpers import MINIMAL_SPEC, defaulted_spec
 from k8s_objects import finished, job, pod, summary
@@ -19,7 +20,7 @@ from tuneforge.finetune.builders.names import Owner, trial_job_name, winner_conf
 from tuneforge.finetune.plan import Action, CreateTrainJob, CreateTrial, CreateTrialSummaryJob, DeleteJob, SetSuspend, plan
 from tuneforge.finetune.search import (
     FAILED, PENDING, RUNNING, SUCCEEDED, WAITING, apply_params, choose_winner, compute_search, grid, trial_params,
-    trials_to_start, winner_spec,
+    trials_to_start, winner_selection, winner_spec,
 )
 from tuneforge.finetune.selection import Candidate, one_standard_error, standard_error
 from tuneforge.finetune.spec import SearchSpec, parse_spec
@@ -223,6 +224,37 @@ def test_a_failed_trial_does_not_fail_the_search_and_the_winner_follows_the_rule
         2, {"head": "classifier", "learningRate": 5e-4}, 0.94, 0.95)
     assert w["gpuSeconds"] == 240.0 and "one standard error" in w["rule"]
     assert winner_spec(spec, s).task_head == "classifier"
+
+
+def test_the_winner_retrain_is_refit_on_validation_rows_and_its_card_lists_the_trials() -> None:
+    """The winner is trained again on the training + validation rows (the standard refit after
+    model selection; test rows untouched) and its config carries the trials for the model card,
+    through the trainer's own parser (the contract). Without a winner there is nothing to add."""
+    spec = _spec(search=SEARCH)
+    jobs = [_trial_job(i, complete=True) for i in range(4)]
+    pods = [_ok_pod(0, 0.95, ended="2026-01-01T00:10:00Z"), _ok_pod(1, 0.90),
+            _ok_pod(2, 0.94, ended="2026-01-01T00:04:00Z"), _ok_pod(3, 0.80, ended="2026-01-01T00:01:00Z")]
+    s = _search(spec, jobs, pods)
+    sel = winner_selection(s)
+    assert sel is not None and sel["winner"] == 2 and "one standard error" in sel["rule"]
+    assert sel["trials"][2] == {"index": 2, "params": {"head": "classifier", "learningRate": 5e-4}, "phase": SUCCEEDED,
+                                "validation_accuracy": 0.94, "validation_rows": 80, "gpu_seconds": 240.0}
+    cm = build_config_map(OWNER, winner_spec(spec, s), 1, winner_config_map_name("intent", 1), selection=sel)
+    cfg = trainer_config.parse_config(yaml.safe_load(cm["data"]["config.yaml"]))
+    assert cfg.data.train_on_validation and cfg.eval.split == "test" and cfg.task.head == "classifier"
+    assert cfg.selection is not None and cfg.selection.winner == 2 and len(cfg.selection.trials) == 4
+    # A spec that selects on validation rows itself keeps them (no refit), the card still lists the trials.
+    own = _spec(search=SEARCH, training={"loadBestModel": True, "evalSteps": 10, "saveSteps": 10})
+    kept = trainer_config.parse_config(render_trainer_config(winner_spec(own, s), "team-a", "intent", "uid-1", 1, selection=sel))
+    assert not kept.data.train_on_validation and kept.selection is not None
+    # A spec asking for the refit itself: its trials still score (and never train on) the validation rows.
+    refit = _spec(search=SEARCH, dataPrep={"validationFraction": 0.1, "trainOnValidation": True})
+    trial = trainer_config.parse_config(render_trainer_config(apply_params(refit, trial_params(refit.search)[0]), "team-a", "intent", "uid-1", 1, trial=0))
+    assert trial.eval.split == "validation" and not trial.data.train_on_validation
+    # No search, or no winner yet: no selection, no refit.
+    assert winner_selection(None) is None and winner_selection({**s, "winner": None}) is None
+    plain = trainer_config.parse_config(render_trainer_config(spec, "team-a", "intent", "uid-1", 1))
+    assert not plain.data.train_on_validation and plain.selection is None
 
 
 def test_all_trials_failed() -> None:

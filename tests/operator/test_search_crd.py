@@ -85,6 +85,14 @@ HEADS = {"space": {"head": ["lm", "classifier"]}}
         ({"search": {"space": {"epochs": [1.0, 2.0]}}, "training": {"maxSteps": 100}}, "search.space.epochs has no effect while training.maxSteps is set"),
         ({"search": HEADS, "dataPrep": {"validationFraction": 0}}, "search trials are scored on the validation rows"),
         ({"search": HEADS, "resources": {"nodes": 2, "gpus": 1}}, "search trials run as one pod each"),
+        # A refit trains on the validation rows: nothing may select on them afterwards.
+        ({"dataPrep": {"trainOnValidation": True}}, None),
+        ({"dataPrep": {"trainOnValidation": True}, "training": {"loadBestModel": True}},
+         "dataPrep.trainOnValidation trains on the validation rows that training.loadBestModel selects on"),
+        ({"dataPrep": {"trainOnValidation": False}, "training": {"loadBestModel": True}}, None),
+        ({"task": {"type": "classification", "head": "classifier"}, "training": {"labelSmoothing": 0.1}}, None),
+        ({"training": {"labelSmoothing": 0.1}}, "training.labelSmoothing applies to task.head classifier"),
+        ({"training": {"labelSmoothing": 0.0}}, None),
     ],
 )
 def test_search_cel_rules(parts: dict[str, Any], message: str | None) -> None:

@@ -72,6 +72,8 @@ def test_minimal_defaults() -> None:
         ({"output__dir": "gs://bucket"}, "output.dir"),
         ({"training__lr": 1}, "training.lr"),
         ({"extra_top": 1}, "extra_top"),
+        ({"training__label_smoothing": 0.1}, "training.label_smoothing"),  # the lm head's loss is the LM's
+        ({"training__label_smoothing": 1.0, "task__head": "classifier"}, "training.label_smoothing"),
     ],
 )
 def test_invalid_configs_name_the_field(changes: dict[str, Any], field: str) -> None:
@@ -207,3 +209,21 @@ def test_full_fine_tune_turns_the_default_base_baseline_off() -> None:
     # and a config the trainer wrote back out parses to the same thing
     assert parse_config(cfg.model_dump(mode="json")) == cfg
     assert parse_config(with_(lora__enabled=False, eval__baselines__zero_shot=False)) == cfg
+
+
+def test_label_smoothing_reaches_the_classifiers_training_arguments(tmp_path: Path) -> None:
+    from tuneforge_trainer.modeling import device_settings
+    from tuneforge_trainer.train import _training_args
+
+    for head, smoothing, expected in (("classifier", 0.1, 0.1), ("classifier", None, 0.0), ("lm", None, 0.0)):
+        training = {} if smoothing is None else {"label_smoothing": smoothing}
+        cfg = parse_config(with_(task__head=head, **{f"training__{k}": v for k, v in training.items()}))
+        args = _training_args(cfg, device_settings(cfg, cuda=False), str(tmp_path / head), has_eval=False, cuda=False)
+        assert args.label_smoothing_factor == expected, (head, smoothing)
+
+
+def test_epochs_and_learning_rate_default_by_head() -> None:
+    assert (parse_config(MINIMAL).training.epochs, parse_config(MINIMAL).training.learning_rate) == (3.0, 2e-4)
+    cls = parse_config(with_(task__head="classifier"))
+    assert (cls.training.epochs, cls.training.learning_rate) == (2.0, 1e-3)
+    assert parse_config(with_(task__head="classifier", training__epochs=4)).training.epochs == 4

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -381,3 +382,42 @@ def test_config_map_key_loads_like_a_file(tmp_path: Path, key: str, fmt: str, ex
     rows, dropped, got = load_rows(str(folder / key), fmt, "text", "label")
     assert got == expected and not dropped
     assert rows[0].target == "card_arrival"
+
+
+def test_a_refit_trains_on_the_validation_rows_it_was_chosen_on(tmp_path: Path) -> None:
+    """data.train_on_validation (spec.search's winner retrain): the same seeded validation rows
+    are split off, then trained on; the cap still bounds the pool and test rows stay out."""
+    rows = [(f"text {lab} {i}", lab) for lab in ("a", "b") for i in range(40)]
+    csv_file(tmp_path / "train.csv", rows)
+    csv_file(tmp_path / "test.csv", [(f"test {lab} {i}", lab) for lab in ("a", "b") for i in range(5)])
+    kw = {"dataset__eval_source": str(tmp_path / "test.csv"), "dataset__max_rows_per_label": 10,
+          "data__validation_fraction": 0.25}
+    chosen_on = prepare_data(make_cfg(tmp_path, **kw))
+    refit = prepare_data(make_cfg(tmp_path, data__train_on_validation=True, **kw))
+    assert refit.validation == [] and refit.report.validation_counts == {}
+    assert Counter(e.target for e in refit.train) == {"a": 20, "b": 20}
+    assert {e.text for e in refit.train} == {e.text for e in chosen_on.train + chosen_on.validation}
+    assert {e.text for e in refit.eval} == {e.text for e in chosen_on.eval}
+    assert not {e.text for e in refit.train} & {e.text for e in refit.eval}
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ({"training__load_best_model": True}, "training.load_best_model"),
+        ({"training__load_best_model": True, "training__early_stopping_patience": 2}, "training.load_best_model"),
+        ({"eval__split": "validation"}, "eval.split 'validation'"),
+    ],
+)
+def test_a_refit_refuses_what_selects_on_validation_rows(tmp_path: Path, extra: dict[str, Any], field: str) -> None:
+    csv_file(tmp_path / "train.csv", [(f"t{lab}{i}", lab) for lab in ("a", "b") for i in range(6)])
+    with pytest.raises(Exception, match=f"{re.escape(field)} selects on .*data.train_on_validation"):
+        make_cfg(tmp_path, data__train_on_validation=True, **extra)
+
+
+def test_a_validation_run_needs_no_test_rows(tmp_path: Path) -> None:
+    """Selecting settings (eval.split validation) never needs the test rows: with no eval source
+    and no test split the run prepares and scores its validation rows."""
+    csv_file(tmp_path / "train.csv", [(f"t{lab}{i}", lab) for lab in ("a", "b") for i in range(10)])
+    prep = prepare_data(make_cfg(tmp_path, data__eval_fraction=0, data__validation_fraction=0.2, eval__split="validation"))
+    assert prep.eval == [] and Counter(e.target for e in prep.validation) == {"a": 2, "b": 2}

@@ -84,3 +84,45 @@ def test_plots(tmp_path: Path) -> None:
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o644
     assert not plot_loss([], str(tmp_path / "none.png"))
+
+
+def _selection(winner: int = 1) -> dict:
+    return {
+        "winner": winner,
+        "rule": "cheapest (GPU-seconds) of the trials with validation accuracy >= 0.9360",
+        "trials": [
+            {"index": 0, "params": {"head": "lm", "maxSteps": 100}, "phase": "Succeeded",
+             "validation_accuracy": 0.957, "validation_rows": 93, "gpu_seconds": 1400.0},
+            {"index": 1, "params": {"head": "classifier", "maxSteps": 100}, "phase": "Succeeded",
+             "validation_accuracy": 0.946, "validation_rows": 93, "gpu_seconds": 610.0},
+            {"index": 2, "params": {"head": "lm", "maxSteps": 50}, "phase": "Failed"},
+        ],
+    }
+
+
+def test_model_card_says_which_head_the_search_chose_and_by_how_much() -> None:
+    from tuneforge_trainer.report import selection_lines
+
+    text = "\n".join(selection_lines(_selection(), "classifier"))
+    # The classifier won by cost within one SE; the card states its margin honestly (negative).
+    assert "**Head: `classifier`**, validation accuracy 94.6 %" in text
+    assert "the best `lm` trial 95.7 % (-1.1 points for `classifier`)" in text
+    assert "| 1 (winner) | head classifier, maxSteps 100 | 94.6 % | 93 | 610 |" in text
+    assert "| 2 | head lm, maxSteps 50 | Failed | – | – |" in text
+    assert "never the test rows" in text and "cheapest (GPU-seconds)" in text
+    # One head only, and no search at all.
+    one = _selection(0)
+    one["trials"] = [t for t in one["trials"] if t["params"]["head"] == "lm"]
+    assert "Head: `lm` (every trial used it)." in "\n".join(selection_lines(one, "lm"))
+    assert selection_lines(None, "classifier") == ["Head: `classifier` (task.head; not chosen by a search).", ""]
+    # And in the card itself, from the run's config (the trainer's parser accepts the block).
+    from tuneforge_trainer.config import parse_config
+
+    cfg = parse_config({"model": {"source": "/m"}, "dataset": {"source": "/d.csv"}, "task": {"head": "classifier"},
+                        "selection": _selection(), "output": {"dir": "/o"}})
+    report = report_fixture()
+    report["config"] = cfg.model_dump(mode="json")
+    assert "## How the settings were chosen" in render_model_card(report)
+    with pytest.raises(Exception, match="winner 7 is not one of the trials"):
+        parse_config({"model": {"source": "/m"}, "dataset": {"source": "/d.csv"},
+                      "selection": {**_selection(), "winner": 7}, "output": {"dir": "/o"}})

@@ -692,6 +692,11 @@ def prepare_data(
 
         train, validation = fits(train), fits(validation)
 
+    if dp.train_on_validation:
+        # A refit after selection: the rows the settings were chosen on train too (after the cap,
+        # which bounds the training pool the choice was made with, and after the leak check).
+        train, validation = train + validation, []
+
     if classification:
         counts = Counter(e.target for e in train)
         few = sorted(lab for lab in labels if counts.get(lab, 0) < dp.min_rows_per_label)
@@ -703,7 +708,7 @@ def prepare_data(
         train = balance(train, dp.balance, dp.balance_cap, dp.seed)
     if not train:
         raise DataError("dataset: no training rows left after preparation")
-    if cfg.eval.enabled and not held:
+    if cfg.eval.enabled and cfg.eval.split == "test" and not held:
         raise DataError("dataset: no held-out rows left for evaluation")
     report.train_counts = dict(sorted(Counter(e.target for e in train).items())) if classification else {"rows": len(train)}
     report.eval_counts = dict(sorted(Counter(e.target for e in held).items())) if classification else {"rows": len(held)}

@@ -11,7 +11,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["plot_confusion", "plot_loss", "render_model_card", "write_json"]
+__all__ = ["plot_confusion", "plot_loss", "render_model_card", "selection_lines", "write_json"]
 
 
 def write_json(path: str, data: dict[str, Any]) -> None:
@@ -23,6 +23,58 @@ def write_json(path: str, data: dict[str, Any]) -> None:
 
 def _pct(v: float | None) -> str:
     return "–" if v is None else f"{100 * v:.1f} %"
+
+
+def _params(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in params.items()) or "the spec's settings"
+
+
+def selection_lines(selection: dict[str, Any] | None, head: str) -> list[str]:
+    """The model card's account of how the settings were chosen: the search's trials on the
+    validation rows, the winner, and by how much its head beat the best trial of each other
+    head (the head is the choice users ask about: a classifier or the generative lm head)."""
+    if not selection:
+        return [f"Head: `{head}` (task.head; not chosen by a search).", ""]
+    trials = selection.get("trials") or []
+    win = next((t for t in trials if t.get("index") == selection.get("winner")), None)
+    if win is None:
+        return []
+    scored = [t for t in trials if t.get("validation_accuracy") is not None]
+    lines = [
+        "## How the settings were chosen",
+        "",
+        f"spec.search ran {len(trials)} trials, each scored on the validation rows only (never the test "
+        f"rows); the winner, trial {win['index']} ({_params(win.get('params') or {})}), was trained "
+        f"again for this adapter. Rule: {selection.get('rule') or 'one standard error'}.",
+        "",
+    ]
+    by_head: dict[str, dict[str, Any]] = {}
+    for t in scored:
+        h = str((t.get("params") or {}).get("head", head))
+        if h not in by_head or t["validation_accuracy"] > by_head[h]["validation_accuracy"]:
+            by_head[h] = t
+    wacc = win.get("validation_accuracy")
+    others = {h: t for h, t in by_head.items() if h != head}
+    if wacc is not None and others:
+        lines += [
+            f"**Head: `{head}`**, validation accuracy {_pct(wacc)}; "
+            + "; ".join(f"the best `{h}` trial {_pct(t['validation_accuracy'])} "
+                        f"({100 * (wacc - t['validation_accuracy']):+.1f} points for `{head}`)"
+                        for h, t in sorted(others.items()))
+            + ".",
+            "",
+        ]
+    else:
+        lines += [f"Head: `{head}` (every trial used it).", ""]
+    lines += ["| trial | settings | validation accuracy | validation rows | GPU-seconds |", "|---|---|---|---|---|"]
+    for t in trials:
+        mark = " (winner)" if t is win else ""
+        acc = _pct(t.get("validation_accuracy")) if t.get("phase", "Succeeded") == "Succeeded" else t.get("phase")
+        gs = t.get("gpu_seconds")
+        lines.append(f"| {t.get('index')}{mark} | {_params(t.get('params') or {})} | {acc} | "
+                     f"{t.get('validation_rows') if t.get('validation_rows') is not None else '–'} | "
+                     f"{'–' if gs is None else f'{gs:.0f}'} |")
+    return lines + [""]
 
 
 def render_model_card(report: dict[str, Any]) -> str:
@@ -70,6 +122,7 @@ def render_model_card(report: dict[str, Any]) -> str:
             f"loss {val.get('label_nll'):.4f}.",
             "",
         ]
+    lines += selection_lines(cfg.get("selection"), (cfg.get("task") or {}).get("head") or "lm")
     if ev.get("method") == "classifier":
         lines += [
             "Scoring: a sequence-classification score layer (trained with the LoRA adapter and "

@@ -20,7 +20,7 @@ from typing import Any, Mapping, MutableMapping
 
 from tuneforge_trainer import classifier
 from tuneforge_trainer.classifier import classifier_text
-from tuneforge_trainer.config import TrainerConfig
+from tuneforge_trainer.config import DEFAULT_EPOCHS, TrainerConfig
 from tuneforge_trainer.data import (
     DataError,
     Example,
@@ -229,12 +229,14 @@ def _training_args(cfg: TrainerConfig, ds: Any, out_dir: str, has_eval: bool, cu
     multi = int(os.environ.get("WORLD_SIZE", "1")) > 1
     return SFTConfig(
         output_dir=out_dir,
-        num_train_epochs=t.epochs,
+        num_train_epochs=t.epochs if t.epochs is not None else DEFAULT_EPOCHS[cfg.task.head],
         max_steps=t.max_steps or -1,
         learning_rate=cfg.learning_rate(),
         lr_scheduler_type=t.lr_scheduler,
         warmup_steps=t.warmup_ratio,  # transformers 5: a float < 1 is a fraction of the steps
         weight_decay=t.weight_decay,
+        # The classifier's cross-entropy over classes (the config refuses it for the lm head).
+        label_smoothing_factor=t.label_smoothing if cfg.task.head == "classifier" else 0.0,
         max_grad_norm=t.max_grad_norm,
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.batch_size,

@@ -30,7 +30,7 @@ from .plan import (
     CREATES_JOB, Action, CreateConfigMap, CreateSummaryJob, CreateTrainJob, CreateTrial, CreateTrialSummaryJob,
     CreateValidateJob, DeleteJob, DeleteService, SetSuspend, plan,
 )
-from .search import apply_params, compute_search, trial_params, winner_spec
+from .search import apply_params, compute_search, trial_params, winner_selection, winner_spec
 from .progress import Progress
 from ..endpoint_secrets import refusal
 from .spec import FineTuneJobSpec, config_map_sources, endpoint_secrets, parse_spec, pvc_claims, spec_hash
@@ -269,7 +269,8 @@ async def _execute(room: Room, action: Action, owner: Owner, spec: FineTuneJobSp
             # The winner's settings, trained again and scored once on the test rows.
             spec = winner_spec(spec, status.get("search"))
             config_map = winner_config_map_name(owner.name, rev)
-            await room.kube.create(build_config_map(owner, spec, rev, config_map))
+            await room.kube.create(build_config_map(owner, spec, rev, config_map,
+                                                    selection=winner_selection(status.get("search"))))
         if spec.nodes > 1:
             # Before the Job: pod 0's DNS name must resolve when the workers start.
             await room.kube.create(build_workers_service(owner, spec, rev))

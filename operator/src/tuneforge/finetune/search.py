@@ -224,3 +224,22 @@ def winner_spec(spec: FineTuneJobSpec, search: Obj | None) -> FineTuneJobSpec:
     without a search)."""
     winner = (search or {}).get("winner")
     return apply_params(spec, winner["params"]) if winner else spec
+
+
+def winner_selection(search: Obj | None) -> dict[str, Any] | None:
+    """The trainer config's ``selection`` block for a searched revision's winner retrain: every
+    trial with its validation score and cost, the winner and the rule, for the model card (None
+    before a winner is chosen, or without a search)."""
+    winner = (search or {}).get("winner")
+    if not search or not winner:
+        return None
+    trials = []
+    for t in search.get("trials") or ():
+        entry: dict[str, Any] = {"index": int(t["index"]), "params": dict(t.get("params") or {}),
+                                 "phase": str(t.get("phase") or "")}
+        for ours, theirs in (("validation_accuracy", "validationAccuracy"), ("validation_rows", "validationRows"),
+                             ("gpu_seconds", "gpuSeconds")):
+            if t.get(theirs) is not None:
+                entry[ours] = t[theirs]
+        trials.append(entry)
+    return {"trials": trials, "winner": int(winner["index"]), "rule": str(winner.get("rule") or "")}

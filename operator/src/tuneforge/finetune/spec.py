@@ -121,6 +121,7 @@ class FineTuneJobSpec:
     task_head: str
     eval_fraction: float
     validation_fraction: float | None
+    train_on_validation: bool
     dedup: str
     balance: str
     balance_cap: int | None
@@ -205,6 +206,7 @@ def parse_spec(spec: Mapping[str, Any]) -> FineTuneJobSpec:
         task_head=task.get("head", "lm"),
         eval_fraction=float(prep.get("evalFraction", 0.1)),
         validation_fraction=prep.get("validationFraction"),
+        train_on_validation=bool(prep.get("trainOnValidation", False)),
         dedup=prep.get("dedup", "normalized"),
         balance=prep.get("balance", "none"),
         balance_cap=prep.get("balanceCap"),

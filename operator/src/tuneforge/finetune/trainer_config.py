@@ -10,7 +10,7 @@ the config file at CONFIG_PATH).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 from .spec import FineTuneJobSpec
 
@@ -101,7 +101,7 @@ def _baselines(spec: FineTuneJobSpec) -> dict[str, Any] | None:
 # the two agree).
 _TRAINING = {
     "epochs": "epochs", "maxSteps": "max_steps", "learningRate": "learning_rate", "lrScheduler": "lr_scheduler",
-    "warmupRatio": "warmup_ratio", "weightDecay": "weight_decay", "maxGradNorm": "max_grad_norm",
+    "warmupRatio": "warmup_ratio", "weightDecay": "weight_decay", "labelSmoothing": "label_smoothing", "maxGradNorm": "max_grad_norm",
     "batchSize": "batch_size", "gradientAccumulationSteps": "gradient_accumulation_steps",
     "maxSeqLength": "max_seq_length", "paddingFree": "padding_free", "completionOnlyLoss": "completion_only_loss",
     "sharedPrefix": "shared_prefix", "gradientCheckpointing": "gradient_checkpointing", "precision": "precision",
@@ -118,11 +118,15 @@ def trial_location(spec: FineTuneJobSpec, namespace: str, name: str, uid: str, r
 
 
 def render_trainer_config(spec: FineTuneJobSpec, namespace: str, name: str, uid: str, revision: int,
-                          trial: int | None = None) -> dict[str, Any]:
+                          trial: int | None = None, selection: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The trainer config for one revision of a FineTuneJob, or for one trial of its search
     (``trial``; ``spec`` then has the trial's settings applied, ``search.apply_params``): a trial
     is scored on the validation rows only (``eval.split: validation``), without baselines, and
-    writes under its own folder."""
+    writes under its own folder. ``selection``: a searched revision's winner retrain
+    (``search.winner_selection``): it is refit on the training and validation rows — the
+    standard step after model selection; the test rows stay untouched — unless the spec selects
+    on validation rows itself (loadBestModel, early stopping), and the model card lists the
+    trials."""
     t = spec.training
     training = _drop_none({ours: t.get(theirs) for theirs, ours in _TRAINING.items()})
     config: dict[str, Any] = {
@@ -156,6 +160,7 @@ def render_trainer_config(spec: FineTuneJobSpec, namespace: str, name: str, uid:
             "dedup": spec.dedup,
             "eval_fraction": spec.eval_fraction,
             "validation_fraction": spec.validation_fraction,
+            "train_on_validation": spec.train_on_validation or None,
             "balance": spec.balance,
             "balance_cap": spec.balance_cap,
             "leak_threshold": spec.leak_threshold,
@@ -191,7 +196,13 @@ def render_trainer_config(spec: FineTuneJobSpec, namespace: str, name: str, uid:
             "offline": spec.hub_offline,
         }),
     }
+    if selection is not None:
+        config["selection"] = dict(selection)
+        if not (t.get("loadBestModel") or t.get("earlyStoppingPatience")):
+            config["data"]["train_on_validation"] = True
     if trial is not None:
+        # A trial is scored on the validation rows, so it never trains on them (the refit is the winner's).
+        config["data"].pop("train_on_validation", None)
         config["run_name"] = f"{namespace}/{name}/r{revision}/trial-{trial}"
         config["eval"].update(split="validation", baselines={"zero_shot": False, "few_shot": 0, "tfidf_lr": False})
         config["output"].update(dir=trial_location(spec, namespace, name, uid, revision, trial),
