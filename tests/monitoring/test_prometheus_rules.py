@@ -7,12 +7,9 @@ as main.py serves it, passes ``promtool check metrics``."""
 from __future__ import annotations
 
 import re
-import socket
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 import promtool
@@ -60,35 +57,6 @@ def test_every_alert_is_unit_tested_firing_and_silent() -> None:
     assert names - fired == set(), "alerts never shown firing"
     assert names - {"TuneforgeNoOperatorLeader"} - silent == set(), "alerts never shown silent"
     assert "TuneforgeNoOperatorLeader" in silent
-
-
-@pytest.fixture(scope="module")
-def exposition() -> str:
-    """The operator's /metrics as main.py serves it (prometheus-client's server on REGISTRY), with
-    every family given a sample the way reconcile gives it one."""
-    from prometheus_client import start_http_server
-
-    from tuneforge import metrics
-    from tuneforge.finetune.status import PHASES
-
-    tally = metrics.PhaseTally(PHASES)
-    tally.set("uid-1", "Running")
-    tally.set("uid-1", "Succeeded")
-    metrics.RECONCILE_ERRORS.labels("ApiError").inc()
-    metrics.RECONCILE_SECONDS.observe(0.02)
-    metrics.TIME_TO_JOB.observe(3)
-    metrics.TRAINING_SECONDS.observe(120)
-    metrics.GPU_SECONDS.inc(120)
-    metrics.EVAL_ACCURACY.labels("ml", "intent").set(0.93)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server, thread = start_http_server(port, addr="127.0.0.1", registry=metrics.REGISTRY)
-    try:
-        return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    finally:
-        server.shutdown()
-        thread.join(5)
 
 
 def test_promtool_check_metrics_on_operator_exposition(exposition: str) -> None:
