@@ -1,6 +1,10 @@
-"""Operator metrics (prometheus-client), served on /metrics by ``main``.
+"""Operator metrics (prometheus-client), served on /metrics by ``main``, for both kinds.
 
-Shared by the rooms, so it imports none of them: a kind's phases are passed in.
+Shared by the rooms, so it imports none of them: a kind's phases are passed in. Names follow
+Prometheus conventions: base units in the name (``_seconds``, ``_timestamp_seconds``), counters
+end in ``_total`` (prometheus-client adds it to the samples), per-object series carry
+``namespace``/``name`` and go when the object goes (``forget``). The alert rules in
+charts/tuneforge/files/prometheus/alerts.yaml read these names.
 """
 
 from __future__ import annotations
@@ -32,20 +36,68 @@ EVAL_ACCURACY = Gauge(
     "tuneforge_eval_accuracy", "Held-out accuracy of the latest finished revision", ["namespace", "name"],
     registry=REGISTRY,
 )
+TRAINING_PROGRESS = Gauge(
+    "tuneforge_training_progress_timestamp_seconds",
+    "Unix time the operator last read a new training progress event of a running revision (absent otherwise)",
+    ["namespace", "name"], registry=REGISTRY,
+)
+MODELSERVES_BY_PHASE = Gauge("tuneforge_modelserves", "ModelServes by phase", ["phase"], registry=REGISTRY)
+GATE_EVALUATIONS = Counter(
+    "tuneforge_gate_evaluations_total",
+    "Judged quality gates: kind FineTuneJob (its evaluation gate) or ModelServe (its rollout gate); "
+    "outcome Passed, Failed, or Error (the gate could not measure)",
+    ["kind", "namespace", "name", "outcome"], registry=REGISTRY,
+)
+ROLLBACKS = Counter(
+    "tuneforge_modelserve_rollbacks_total",
+    "ModelServe rollbacks by reason: GateFailed, GateError, ProgressDeadlineExceeded or Aborted (a candidate "
+    "rejected), RolledBack (a switch back to the warm previous color)",
+    ["namespace", "name", "reason"], registry=REGISTRY,
+)
+ROLLOUT_STARTED = Gauge(
+    "tuneforge_modelserve_rollout_started_timestamp_seconds",
+    "Unix time the deadline-bound wait of the ModelServe rollout in flight began (absent when none waits)",
+    ["namespace", "name"], registry=REGISTRY,
+)
+ROLLOUT_DEADLINE = Gauge(
+    "tuneforge_modelserve_rollout_deadline_seconds",
+    "Seconds that wait may last before the operator rolls back (absent when none waits)",
+    ["namespace", "name"], registry=REGISTRY,
+)
+_PER_OBJECT: dict[str, tuple[Gauge, ...]] = {
+    "FineTuneJob": (EVAL_ACCURACY, TRAINING_PROGRESS),
+    "ModelServe": (ROLLOUT_STARTED, ROLLOUT_DEADLINE),
+}
+
+
+def drop(gauge: Gauge, namespace: str, name: str) -> None:
+    """Remove one object's series of a gauge (absent, not zero); a series never set is fine."""
+    try:
+        gauge.remove(namespace, name)
+    except KeyError:
+        pass
+
+
+def forget(kind: str, namespace: str, name: str) -> None:
+    """An object was deleted: its gauges go (counters stay, so ``increase()`` still sees them)."""
+    for gauge in _PER_OBJECT[kind]:
+        drop(gauge, namespace, name)
 
 
 class PhaseTally:
-    """Phase of every known FineTuneJob, mirrored into the JOBS_BY_PHASE gauge."""
+    """Phase of every known object of one kind, mirrored into its by-phase gauge
+    (``JOBS_BY_PHASE`` for FineTuneJobs, ``MODELSERVES_BY_PHASE`` for ModelServes)."""
 
-    def __init__(self, phases: Iterable[str]) -> None:
+    def __init__(self, phases: Iterable[str], gauge: Gauge = JOBS_BY_PHASE) -> None:
         self._phase: dict[str, str] = {}
+        self._gauge = gauge
         for p in phases:
-            JOBS_BY_PHASE.labels(p).set(0)
+            gauge.labels(p).set(0)
 
     def set(self, uid: str, phase: str | None) -> None:
         old = self._phase.pop(uid, None)
         if old:
-            JOBS_BY_PHASE.labels(old).dec()
+            self._gauge.labels(old).dec()
         if phase:
             self._phase[uid] = phase
-            JOBS_BY_PHASE.labels(phase).inc()
+            self._gauge.labels(phase).inc()

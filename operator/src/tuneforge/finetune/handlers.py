@@ -340,6 +340,7 @@ async def _poll_progress(ctx: Context) -> None:
         progress = parse_progress(text, ctx.progress.get((uid, rev)))
         if progress is not None and progress != ctx.progress.get((uid, rev)):
             ctx.progress[(uid, rev)] = progress
+            metrics.TRAINING_PROGRESS.labels(*key).set(time.time())
             # Kicked, not awaited: the poller's own context (from startup) cannot post Events.
             _state["queue"].kick(key, take_context=False)
 

@@ -32,7 +32,7 @@ from .progress import Progress
 from ..endpoint_secrets import refusal
 from .spec import FineTuneJobSpec, config_map_sources, endpoint_secrets, parse_spec, pvc_claims, spec_hash
 from .status import (
-    FAILED, PENDING, PHASES, READING_SUMMARY, SUCCEEDED, TERMINAL, Observed, compute_status, decide_revision,
+    EVALUATING, FAILED, PENDING, PHASES, READING_SUMMARY, RUNNING, SUCCEEDED, TERMINAL, Observed, compute_status, decide_revision,
     job_finished, status_changed,
 )
 from .trainer_config import artifact_uri
@@ -97,10 +97,7 @@ class Context:
             self.tally.set(uid, None)
             for k in [k for k in self.progress if k[0] == uid]:
                 del self.progress[k]
-        try:
-            metrics.EVAL_ACCURACY.remove(*key)
-        except KeyError:
-            pass
+        metrics.forget("FineTuneJob", *key)
 
 
 def one(store: Iterable[Packed] | None) -> dict[str, Any] | None:
@@ -248,6 +245,8 @@ async def _reconcile(ctx: Context, key: Key) -> float | None:
             ctx.emit(body, "Warning", "ChildConflict", str(conflict)[:1000])
     ctx.tally.set(owner.uid, status["phase"])
     _restore_gauge(key, status)
+    if status["phase"] not in (RUNNING, EVALUATING):
+        metrics.drop(metrics.TRAINING_PROGRESS, *key)  # no trainer runs: nothing can stall
     return waiting
 
 
@@ -337,6 +336,16 @@ async def _execute(ctx: Context, action: Action, owner: Owner, spec: FineTuneJob
         log.info("Deleted workers Service %s/%s", owner.namespace, action.name)
 
 
+def gate_judged(prior: Obj, status: Obj) -> str | None:
+    """The gate outcome (Passed / Failed) this status write records for the first time for its
+    revision, or None: what ``tuneforge_gate_evaluations_total`` counts, once per judged revision."""
+    outcome = (status.get("gate") or {}).get("outcome")
+    if outcome not in ("Passed", "Failed"):
+        return None
+    same_revision = prior.get("revision") == status.get("revision")
+    return None if same_revision and (prior.get("gate") or {}).get("outcome") == outcome else str(outcome)
+
+
 def _after_write(ctx: Context, body: Obj, key: Key, prior: Obj, status: Obj, tpods: list[Obj], gpus: int) -> None:
     """Events and metrics for a transition."""
     old_phase = prior.get("phase") if prior.get("revision") == status.get("revision") else None
@@ -345,6 +354,9 @@ def _after_write(ctx: Context, body: Obj, key: Key, prior: Obj, status: Obj, tpo
         kind = "Warning" if phase == FAILED else "Normal"
         text = f"Revision {status['revision']}: {phase}" + (f" ({status['reason']}): {status['message']}" if status.get("message") else "")
         ctx.emit(body, kind, phase, text[:1000])
+    gate = gate_judged(prior, status)
+    if gate is not None:
+        metrics.GATE_EVALUATIONS.labels("FineTuneJob", *key, gate).inc()
     if phase in TERMINAL and old_phase not in TERMINAL:
         acc = (status.get("evaluation") or {}).get("accuracy")
         if acc is not None:
@@ -354,4 +366,4 @@ def _after_write(ctx: Context, body: Obj, key: Key, prior: Obj, status: Obj, tpo
             metrics.TRAINING_SECONDS.observe(float(status.get("gpuSeconds") or 0.0) / gpus)
 
 
-__all__ = ["Context", "reconcile", "owned_children", "preflight", "job_finished"]
+__all__ = ["Context", "gate_judged", "reconcile", "owned_children", "preflight", "job_finished"]

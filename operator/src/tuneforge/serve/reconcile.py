@@ -32,6 +32,7 @@ import logging
 from typing import Any, Callable, Iterable, Mapping
 
 
+from .. import metrics
 from ..endpoint_secrets import refusal
 from ..kube import ForeignChild, Kube, api_error_message, is_transient
 from ..labels import LABEL_ROLE
@@ -45,11 +46,14 @@ from .names import (
     preview_service_name,
 )
 from .observe import observe
-from .plan import FAILED, DeleteGate, Plan, Requests, RunGate, Scale, SwitchActive, SwitchPreview, now_iso, plan
+from .plan import (
+    FAILED, GATE_SLACK_SECONDS, PHASES, DeleteGate, Event, Plan, Requests, RunGate, Scale, SwitchActive, SwitchPreview,
+    now_iso, parse_time, plan,
+)
 from .source import ServedVersion, job_head, resolve
 from .spec import ModelServeSpec, SpecError, endpoint_secrets, parse_spec
 
-__all__ = ["Runtime", "invalid_status", "known_versions", "reconcile", "secrets_refused"]
+__all__ = ["Runtime", "count_events", "invalid_status", "known_versions", "reconcile", "rollout_clock", "secrets_refused"]
 
 log = logging.getLogger(__name__)
 Obj = Mapping[str, Any]
@@ -75,11 +79,15 @@ class Runtime:
     gate_messages: dict[tuple[str, str], dict[str, str]] = dataclasses.field(default_factory=dict)
     """Per ModelServe, its finished gate Jobs' termination messages by Job uid (a finished pod's
     message does not change, so it is read once, not on every pass)."""
+    tally: metrics.PhaseTally = dataclasses.field(
+        default_factory=lambda: metrics.PhaseTally(PHASES, metrics.MODELSERVES_BY_PHASE))
 
     def forget(self, namespace: str, name: str, uid: str | None) -> None:
         self.gate_messages.pop((namespace, name), None)
+        metrics.forget("ModelServe", namespace, name)
         if uid:
             self.written.pop(uid, None)
+            self.tally.set(uid, None)
 
     def last_status(self, body: Obj) -> dict[str, Any]:
         mine = self.written.get(body["metadata"]["uid"])
@@ -247,9 +255,67 @@ async def _gate_messages(rt: Runtime, ns: str, name: str, jobs: list[Obj]) -> li
     return out
 
 
+_GATE_OUTCOMES = {"GatePassed": "Passed", "GateFailed": "Failed", "GateError": "Error"}
+ROLLBACK_REASONS = ("GateFailed", "GateError", "ProgressDeadlineExceeded", "Aborted", "RolledBack")
+"""The plan's Event reasons that mean a rollback (``_reject``'s reasons, and ``_switch``'s
+RolledBack back to the warm previous color)."""
+
+
+def count_events(namespace: str, name: str, events: Iterable[Event]) -> None:
+    """Gate results and rollbacks, counted from the plan's Events (each posted once, for the
+    transition the status write records)."""
+    for e in events:
+        outcome = _GATE_OUTCOMES.get(e.reason)
+        if outcome is not None:
+            metrics.GATE_EVALUATIONS.labels("ModelServe", namespace, name, outcome).inc()
+        if e.reason in ROLLBACK_REASONS:
+            metrics.ROLLBACKS.labels(namespace, name, e.reason).inc()
+
+
+def rollout_clock(spec: ModelServeSpec, status: Obj) -> tuple[float, float] | None:
+    """(Unix start, seconds allowed) of the deadline-bound wait of the rollout in flight, or None
+    when nothing waits on a deadline (no rollout, or one paused for promotion or switched):
+    the candidate's readiness (``progressDeadlineSeconds`` from ``startedAt``, or from
+    ``notReadySince`` after its gate) or its gate (the gate's timeout and slack from its start)."""
+    if not status.get("preview") or status.get("phase") != "Progressing":
+        return None
+    rollout, gate = status.get("rollout") or {}, status.get("gate") or {}
+    deadline = float(spec.rollout.progress_deadline_seconds)
+    if gate.get("outcome") == "Running" and spec.rollout.gate is not None:
+        since, deadline = gate.get("startedAt"), float(spec.rollout.gate.timeout_seconds + GATE_SLACK_SECONDS)
+    elif "readyAt" not in rollout:
+        since = rollout.get("startedAt")
+    else:
+        since = rollout.get("notReadySince")
+    started = parse_time(since)
+    return None if started is None else (started.timestamp(), deadline)
+
+
+def _clock_metrics(namespace: str, name: str, spec: ModelServeSpec | None, status: Obj) -> None:
+    clock = rollout_clock(spec, status) if spec is not None else None
+    if clock is None:
+        metrics.drop(metrics.ROLLOUT_STARTED, namespace, name)
+        metrics.drop(metrics.ROLLOUT_DEADLINE, namespace, name)
+    else:
+        metrics.ROLLOUT_STARTED.labels(namespace, name).set(clock[0])
+        metrics.ROLLOUT_DEADLINE.labels(namespace, name).set(clock[1])
+
+
 async def reconcile(rt: Runtime, body: Obj, now: dt.datetime | None = None) -> tuple[dict[str, Any], float | None]:
     """One pass over ModelServe ``body`` (see the module docstring); returns the status and the
     seconds after which a pending timer (deadline, gate poll, scale-down) needs another pass."""
+    meta = body["metadata"]
+    try:
+        spec: ModelServeSpec | None = parse_spec(body.get("spec") or {})
+    except SpecError:
+        spec = None
+    status, after = await _reconcile(rt, body, now)
+    rt.tally.set(meta["uid"], status.get("phase"))
+    _clock_metrics(meta["namespace"], meta["name"], spec, status)
+    return status, after
+
+
+async def _reconcile(rt: Runtime, body: Obj, now: dt.datetime | None) -> tuple[dict[str, Any], float | None]:
     now = now or dt.datetime.now(dt.timezone.utc)
     meta = body["metadata"]
     ns, name, uid, generation = meta["namespace"], meta["name"], meta["uid"], int(meta.get("generation") or 0)
@@ -311,6 +377,7 @@ async def _finish(rt: Runtime, body: Obj, prior: Obj, status: dict[str, Any], p:
         await _write(rt, body, status)
     for e in p.events:
         rt.emit(body, e.type, e.reason, e.message)
+    count_events(body["metadata"]["namespace"], body["metadata"]["name"], p.events)
 
 
 async def _write(rt: Runtime, body: Obj, status: dict[str, Any]) -> None:
