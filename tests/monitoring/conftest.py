@@ -26,6 +26,13 @@ def exposition() -> str:
     metrics.TRAINING_SECONDS.observe(120)
     metrics.GPU_SECONDS.inc(120)
     metrics.EVAL_ACCURACY.labels("ml", "intent").set(0.93)
+    metrics.TRAINING_PROGRESS.labels("ml", "intent").set(1.7e9)
+    metrics.PhaseTally(("Progressing", "Healthy"), metrics.MODELSERVES_BY_PHASE).set("uid-2", "Healthy")
+    metrics.GATE_EVALUATIONS.labels("ModelServe", "ml", "intents", "Failed").inc()
+    metrics.ROLLBACKS.labels("ml", "intents", "GateFailed").inc()
+    metrics.ROLLOUT_STARTED.labels("ml", "intents").set(1.7e9)
+    metrics.ROLLOUT_DEADLINE.labels("ml", "intents").set(600)
+    metrics.LEADER.set(1)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -30,6 +30,9 @@ TOPICS = {
     "serving requests": "vllm:request_success_total",
     "latency p50/p99": "vllm:e2e_request_latency_seconds_bucket",
     "waiting queue": "vllm:num_requests_waiting",
+    "gate results": "tuneforge_gate_evaluations_total",
+    "rollouts": "tuneforge_modelserve_rollout_started_timestamp_seconds",
+    "rollbacks": "tuneforge_modelserve_rollbacks_total",
 }
 
 

@@ -168,6 +168,7 @@ async def _reconcile(ctx: Context, key: Key) -> float | None:
     if body is None or body["metadata"].get("deletionTimestamp"):
         return None
     namespace, name = key
+    metrics.seed_counters("FineTuneJob", namespace, name, GATE_OUTCOMES)
     meta = body["metadata"]
     owner = Owner(name=name, namespace=namespace, uid=meta["uid"])
     raw_spec = body.get("spec") or {}
@@ -334,6 +335,10 @@ async def _execute(ctx: Context, action: Action, owner: Owner, spec: FineTuneJob
     elif action.verb == "delete_service":
         await ctx.kube.delete("Service", owner.namespace, action.name)
         log.info("Deleted workers Service %s/%s", owner.namespace, action.name)
+
+
+GATE_OUTCOMES = ("Passed", "Failed")
+"""The outcomes ``gate_judged`` counts."""
 
 
 def gate_judged(prior: Obj, status: Obj) -> str | None:

@@ -309,6 +309,7 @@ async def reconcile(rt: Runtime, body: Obj, now: dt.datetime | None = None) -> t
         spec: ModelServeSpec | None = parse_spec(body.get("spec") or {})
     except SpecError:
         spec = None
+    metrics.seed_counters("ModelServe", meta["namespace"], meta["name"], _GATE_OUTCOMES.values(), ROLLBACK_REASONS)
     status, after = await _reconcile(rt, body, now)
     rt.tally.set(meta["uid"], status.get("phase"))
     _clock_metrics(meta["namespace"], meta["name"], spec, status)
