@@ -175,3 +175,26 @@ def test_a_revision_with_no_trainer_running_has_no_progress_stamp() -> None:
     asyncio.run(reconcile(room, key))
     assert kube.status["phase"] not in ("Running", "Evaluating"), kube.status
     assert sample("tuneforge_training_progress_timestamp_seconds", namespace="team-a", name="gang") is None
+
+
+def test_a_modelserves_counters_are_born_at_zero_on_its_first_reconcile() -> None:
+    """Prometheus's increase() sees only changes between scraped samples: a counter first scraped
+    at 1 shows none, and the gate-failed and rollback alerts would never fire on a first failure."""
+    kube = FakeKube()
+    room, _ = runtime(kube)
+    b = body(D1)
+    b["metadata"] = {**b["metadata"], "name": "fresh", "uid": "uid-fresh"}
+    run(room, b, T0)
+    ms = {"namespace": "ns", "name": "fresh"}
+    for outcome in ("Passed", "Failed", "Error"):
+        assert sample("tuneforge_gate_evaluations_total", kind="ModelServe", outcome=outcome, **ms) == 0.0, outcome
+    for reason in ("GateFailed", "GateError", "ProgressDeadlineExceeded", "Aborted", "RolledBack"):
+        assert sample("tuneforge_modelserve_rollbacks_total", reason=reason, **ms) == 0.0, reason
+
+
+def test_seed_counters_creates_the_series_at_zero_and_keeps_counts() -> None:
+    metrics.seed_counters("FineTuneJob", "ml", "seeded", ("Passed", "Failed"))
+    assert sample("tuneforge_gate_evaluations_total", kind="FineTuneJob", namespace="ml", name="seeded", outcome="Failed") == 0.0
+    metrics.GATE_EVALUATIONS.labels("FineTuneJob", "ml", "seeded", "Failed").inc()
+    metrics.seed_counters("FineTuneJob", "ml", "seeded", ("Passed", "Failed"))  # every reconcile: no reset
+    assert sample("tuneforge_gate_evaluations_total", kind="FineTuneJob", namespace="ml", name="seeded", outcome="Failed") == 1.0

@@ -70,6 +70,19 @@ _PER_OBJECT: dict[str, tuple[Gauge, ...]] = {
 }
 
 
+def seed_counters(kind: str, namespace: str, name: str, outcomes: Iterable[str], rollback_reasons: Iterable[str] = ()) -> None:
+    """Create one object's labelled counters at 0 (idempotent; called on every reconcile).
+
+    Prometheus's ``increase()`` and ``rate()`` see only changes between scraped samples: a series
+    first scraped at 1 shows no increase, so an alert on its first failure would never fire.
+    Created when the object is first reconciled, the series are scraped at 0 long before a gate
+    is judged or a rollout rolls back."""
+    for outcome in outcomes:
+        GATE_EVALUATIONS.labels(kind, namespace, name, outcome)
+    for reason in rollback_reasons:
+        ROLLBACKS.labels(namespace, name, reason)
+
+
 def drop(gauge: Gauge, namespace: str, name: str) -> None:
     """Remove one object's series of a gauge (absent, not zero); a series never set is fine."""
     try:

@@ -140,6 +140,7 @@ async def _reconcile(room: Room, key: Key, now: dt.datetime) -> float | None:
     if body is None or body["metadata"].get("deletionTimestamp"):
         return None
     namespace, name = key
+    metrics.seed_counters("FineTuneJob", namespace, name, GATE_OUTCOMES)
     meta = body["metadata"]
     owner = Owner(name=name, namespace=namespace, uid=meta["uid"])
     raw_spec = body.get("spec") or {}
@@ -292,6 +293,10 @@ async def _execute(room: Room, action: Action, owner: Owner, spec: FineTuneJobSp
     elif isinstance(action, DeleteService):
         await room.kube.delete("Service", owner.namespace, action.name)
         log.info("Deleted workers Service %s/%s", owner.namespace, action.name)
+
+
+GATE_OUTCOMES = ("Passed", "Failed")
+"""The outcomes ``gate_judged`` counts."""
 
 
 def gate_judged(prior: Obj, status: Obj) -> str | None:

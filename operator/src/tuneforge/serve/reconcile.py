@@ -273,6 +273,7 @@ async def reconcile(room: Room, key: Key, now: dt.datetime | None = None) -> Out
         spec: ModelServeSpec | None = parse_spec(body.get("spec") or {})
     except SpecError:
         spec = None
+    metrics.seed_counters("ModelServe", meta["namespace"], meta["name"], _GATE_OUTCOMES.values(), ROLLBACK_REASONS)
     status, after = await _reconcile(room, body, now or dt.datetime.now(dt.timezone.utc))
     room.tally.set(meta["uid"], status.get("phase"))
     _clock_metrics(meta["namespace"], meta["name"], spec, status)
