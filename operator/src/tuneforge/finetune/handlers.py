@@ -171,6 +171,19 @@ async def pod_index(*, namespace: str | None, labels: kopf.Labels, body: kopf.Bo
     return {(namespace or "", labels[LABEL_FTJ]): pack(_project_child(body, is_job=False))}
 
 
+# Kueue's Workload of a queued training Job (the CRD may be absent: Kopf then watches nothing).
+# Kueue labels it with its Job's uid; its conditions say why the Job waits or was evicted.
+KUEUE_JOB_UID = "kueue.x-k8s.io/job-uid"
+_KUEUE_CONDITIONS = ("QuotaReserved", "Admitted", "Evicted", "Preempted")
+
+
+@kopf.index("kueue.x-k8s.io", "v1beta2", "workloads", labels={KUEUE_JOB_UID: kopf.PRESENT})
+async def workload_index(*, namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, Packed]:
+    return {(namespace or "", labels[KUEUE_JOB_UID]): pack({
+        "metadata": {"name": body["metadata"]["name"]},
+        "status": {"conditions": _conditions(body.get("status") or {}, _KUEUE_CONDITIONS)}})}
+
+
 def _emit(body: Any, kind: str, reason: str, message: str) -> None:
     kopf.event(body, type=kind, reason=reason, message=message)
 
@@ -208,10 +221,11 @@ async def fenced_session(info: kopf.ConnectionInfo | None) -> kopf.AiohttpSessio
 async def startup(*, settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     # Kopf passes every index to every handler by its function's name.
     ftj_index, job_index, pod_index = kwargs["ftj_index"], kwargs["job_index"], kwargs["pod_index"]
+    workload_index = kwargs["workload_index"]
     ours = _state.get("settings") or Settings.from_env()
     configure(settings, ours)
     ctx = Context(settings=ours, kube=Kube(ours, _state.get("kubeconfig")), ftjs=ftj_index, jobs=job_index,
-                  pods=pod_index, emit=_emit)
+                  pods=pod_index, workloads=workload_index, emit=_emit)
     _state["ctx"] = ctx
     _state["queue"] = work_queue(ctx)
     _start_poller(ctx)
@@ -324,6 +338,16 @@ async def job_event(*, namespace: str | None, labels: kopf.Labels, **_: Any) -> 
 @kopf.on.event("", "v1", "pods", labels=CHILD)
 async def pod_event(*, namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
     _kick((namespace or "", labels[LABEL_FTJ]))
+
+
+@kopf.on.event("kueue.x-k8s.io", "v1beta2", "workloads", labels={KUEUE_JOB_UID: kopf.PRESENT})
+async def workload_event(*, namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
+    """Kueue changed a Workload (quota reserved or not, evicted): reconcile the FineTuneJob whose
+    Job it queues, found by the Job's uid among the namespace's indexed Jobs."""
+    ctx: Context = _state["ctx"]
+    key = ctx.job_owner(namespace or "", labels[KUEUE_JOB_UID])
+    if key is not None:
+        _kick(key)
 
 
 async def _poll_progress(ctx: Context) -> None:

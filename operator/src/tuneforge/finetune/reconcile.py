@@ -69,6 +69,8 @@ class Context:
     jobs: Mapping[Key, Iterable[Packed]]
     pods: Mapping[Key, Iterable[Packed]]
     emit: EmitFn
+    # Kueue's Workloads by (namespace, their Job's uid); empty where Kueue is not installed.
+    workloads: Mapping[tuple[str, str], Iterable[Packed]] = dataclasses.field(default_factory=dict)
     locks: dict[Key, asyncio.Lock] = dataclasses.field(default_factory=dict)
     # The status this operator last wrote, by uid: the watch may lag behind our own writes, and
     # deciding a revision from a stale status could start a revision twice.
@@ -86,6 +88,13 @@ class Context:
         """The newest status known for a FineTuneJob: ours if we wrote one, else the watch's."""
         mine = self.written.get(body["metadata"]["uid"])
         return unpack(mine) if mine is not None else dict(body.get("status") or {})
+
+    def job_owner(self, namespace: str, job_uid: str) -> Key | None:
+        """The FineTuneJob whose indexed Job has ``job_uid`` (a Kueue Workload names only that)."""
+        for key, store in self.jobs.items():
+            if key[0] == namespace and any((unpack(j).get("metadata") or {}).get("uid") == job_uid for j in store):
+                return key
+        return None
 
     def lock(self, key: Key) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
@@ -210,7 +219,9 @@ async def _reconcile(ctx: Context, key: Key) -> float | None:
     prior_search = prior.get("search") if not revision.is_new and prior.get("revision") == rev else None
     search = compute_search(spec, name, rev, prior_search, by_name,
                             [p for p in pods if _pod_job(p) in trial_names], now)
-    observed = Observed(vjob, vpods, tjob, tpods, ctx.progress.get((owner.uid, rev)), pre, sjob, spods, attempt, search)
+    workload = one(ctx.workloads.get((namespace, tjob["metadata"].get("uid") or ""))) if tjob else None
+    observed = Observed(vjob, vpods, tjob, tpods, ctx.progress.get((owner.uid, rev)), pre, sjob, spods, attempt, search,
+                        workload)
     children = {"configMap": config_map_name(name, rev), "validateJob": validate_job_name(name, rev),
                 "trainJob": train_job_name(name, rev, attempt)}
     if spec.nodes > 1:
