@@ -95,7 +95,8 @@ KUEUE_VERSION = "v0.17.0"
 
 OPTIONAL: tuple[GoBinary, ...] = (
     # Kueue's manager: built only for the tests that ask for it (``kueue.ensure``).
-    GoBinary("kueue", f"sigs.k8s.io/kueue/cmd/kueue@{KUEUE_VERSION}"),
+    GoBinary("kueue", f"sigs.k8s.io/kueue/cmd/kueue@{KUEUE_VERSION}",
+             ldflags=f"-s -w -X sigs.k8s.io/kueue/pkg/version.GitVersion={KUEUE_VERSION}"),
 )
 """Binaries a full ``ensure_binaries`` does not build (nor prune): built when named."""
 

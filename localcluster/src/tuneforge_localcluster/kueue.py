@@ -92,6 +92,11 @@ def cert_dir(s: Settings) -> Path:
     return s.runtime / "kueue" / "certs"
 
 
+METRICS_CERT_DIR = Path("/etc/kueue/metrics/certs")
+"""Where the manager reads its metrics serving certificate when Kueue's internal certificate
+management is off: a fixed path in v0.17.0 (cmd/kueue/main.go), so the host gets it."""
+
+
 def _url(path: str) -> str:
     return f"https://127.0.0.1:{WEBHOOK_PORT}{path}"
 
@@ -199,6 +204,9 @@ def ensure(s: Settings) -> float:
         certs.mkdir(parents=True, exist_ok=True)
         (certs / "tls.crt").write_bytes((s.pki / "kueue-webhook.crt").read_bytes())
         (certs / "tls.key").write_bytes((s.pki / "kueue-webhook.key").read_bytes())
+        METRICS_CERT_DIR.mkdir(parents=True, exist_ok=True)
+        for name in ("tls.crt", "tls.key"):
+            (METRICS_CERT_DIR / name).write_bytes((certs / name).read_bytes())
         (s.runtime / "kueue" / "config.yaml").write_text(yaml.safe_dump(configuration(s)))
         cluster._apply(s, bootstrap())
         cluster._apply(s, crds(source, ca))
