@@ -397,6 +397,10 @@ def test_kueue_queue_name_suspends_and_resumes(cluster: Cluster, namespace: str,
     cluster.apply(kwok_ftj("queued", scheduling={"queueName": "gpu-queue"}), namespace)
     st = _wait_phase(cluster, namespace, "queued", ("Queued",), 180, op)["status"]
     assert st["reason"] == "WaitingForKueue", st
+    # Kueue's own word for why: the LocalQueue named in the spec does not exist (yet).
+    wait_for("Kueue's reason in the status", lambda: "Inadmissible: LocalQueue gpu-queue doesn't exist" in
+             _ftj(cluster, namespace, "queued")["status"]["message"], 60, 0.5,
+             lambda: json.dumps(_ftj(cluster, namespace, "queued")["status"]) + op.log()[-3000:])
     job = cluster.get("job", "queued-train-1", namespace)
     assert job["spec"]["suspend"] is True and job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
     # The queue appears after the job (GitOps order does not matter): Kueue admits it then.

@@ -213,7 +213,11 @@ def ensure(s: Settings) -> float:
         cluster.kubectl(s, "wait", "--for=condition=Established", "--timeout=60s",
                         *[f"crd/{c['metadata']['name']}" for c in crds(source, ca)])
         cluster._start(s, "kueue", args(s, binary))
-        cluster._wait("Kueue manager ready", lambda: _ready(s), 90, s.logs / "kueue.log")
+        log = s.logs / "kueue.log"
+        cluster._wait("Kueue manager ready", lambda: _ready(s) or cluster.component_pid(s, "kueue") is None, 90, log)
+        if not _ready(s):
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-10:])
+            raise RuntimeError(f"Kueue's manager exited at start ({log}):\n{tail}")
         # Webhooks last: registered before the manager serves them, they would fail its own
         # start-up writes (and everyone's Kueue objects) for nothing.
         cluster._apply(s, webhook_configurations(source, ca))
