@@ -104,7 +104,7 @@ def test_higher_priority_preempts_and_the_preempted_resumes_from_its_checkpoint(
     cluster.apply(pvc_manifest(), namespace)
     timeline = Timeline("preemption")
     names = ["low", "high"]
-    cluster.apply(ftj_manifest("low", dataset={"uri": "/standin/checkpoint=1/steps=30/step_s=0.5/eval_s=0.5/train.jsonl"},
+    cluster.apply(ftj_manifest("low", dataset={"uri": "/standin/checkpoint=1/steps=60/step_s=0.5/eval_s=0.5/train.jsonl"},
                                scheduling={"queueName": queue, "priorityClassName": low}), namespace)
 
     def low_trained_a_while() -> bool:
@@ -134,7 +134,7 @@ def test_higher_priority_preempts_and_the_preempted_resumes_from_its_checkpoint(
     # (equal unless SIGTERM fell between a checkpoint's marker and its event)
     assert resumed["step"] >= preempted["step"] >= 4 and resumed["step"] - preempted["step"] <= 1, (preempted, resumed)
     steps = [e["step"] for e in last if e["event"] == "progress"]
-    assert steps[0] == resumed["step"] + 1 and steps[-1] == 30, steps
+    assert steps[0] == resumed["step"] + 1 and steps[-1] == 60, steps
     # High finished before low's second pod started.
     order = [row for row in timeline.rows if "Succeeded" in row]
     assert order and "ftj/high" in order[0], timeline.rows
