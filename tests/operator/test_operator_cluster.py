@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from kueue_helpers import KWOK_H100, KueueQueues
 from operator_helpers import ROOT, OperatorProcess, ftj_manifest, least_privilege_kubeconfig, pvc_manifest, summary_annotation
 from tuneforge.pod_security import container_security_context, pod_security_context
 from tuneforge_localcluster.testing import Cluster, wait_for
@@ -387,18 +388,27 @@ def test_two_by_eight_gang_on_fake_gpu_nodes(cluster: Cluster, namespace: str, r
     wait_for("the workers Service is deleted", lambda: _gone(cluster, namespace, "service", "gang-train-1"), 60, 1)
 
 
-def test_kueue_queue_name_suspends_and_resumes(cluster: Cluster, namespace: str, run_operator: Any, standin_image: str) -> None:
+def test_kueue_queue_name_suspends_and_resumes(cluster: Cluster, namespace: str, kueue_queues: KueueQueues,
+                                               run_operator: Any, standin_image: str) -> None:
+    """The training Job is created suspended with Kueue's queue label; the real Kueue admits it
+    (unsuspends it, placing the pod by its ResourceFlavor) and the run finishes."""
     op = run_operator(TUNEFORGE_TRAINER_IMAGE=standin_image, TUNEFORGE_POD_ANNOTATIONS=summary_annotation())
     cluster.apply(S3_SECRET, namespace)
-    cluster.apply(kwok_ftj("queued", scheduling={"queueName": "gpu-queue", **H100}), namespace)
+    cluster.apply(kwok_ftj("queued", scheduling={"queueName": "gpu-queue"}), namespace)
     st = _wait_phase(cluster, namespace, "queued", ("Queued",), 180, op)["status"]
-    wait_for("WaitingForKueue", lambda: _ftj(cluster, namespace, "queued")["status"]["reason"] == "WaitingForKueue", 30, 1)
+    assert st["reason"] == "WaitingForKueue", st
+    # Kueue's own word for why: the LocalQueue named in the spec does not exist (yet).
+    wait_for("Kueue's reason in the status", lambda: "Inadmissible: LocalQueue gpu-queue doesn't exist" in
+             _ftj(cluster, namespace, "queued")["status"]["message"], 60, 0.5,
+             lambda: json.dumps(_ftj(cluster, namespace, "queued")["status"]) + op.log()[-3000:])
     job = cluster.get("job", "queued-train-1", namespace)
     assert job["spec"]["suspend"] is True and job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
-    assert st["phase"] == "Queued"
-    # Kueue admits a workload by unsuspending its Job; do what Kueue would.
-    cluster.kubectl("patch", "job", "queued-train-1", "-n", namespace, "--type=merge", "-p", '{"spec":{"suspend":false}}')
+    # The queue appears after the job (GitOps order does not matter): Kueue admits it then.
+    kueue_queues.queue("gpu-queue", gpus=8, node_labels=KWOK_H100)
     _wait_phase(cluster, namespace, "queued", ("Succeeded",), 120, op)
+    (pod,) = cluster.list("pods", namespace, "tuneforge.dev/finetunejob=queued,tuneforge.dev/role=train")
+    # Kueue's ResourceFlavor put the pod on a kwok H100 node (the FineTuneJob named no node).
+    assert pod["spec"]["nodeSelector"] == KWOK_H100 and pod["spec"]["nodeName"].startswith("kwok-gpu-")
 
 
 def test_spec_edit_after_success_starts_new_revision(cluster: Cluster, namespace: str, run_operator: Any, standin_image: str) -> None:

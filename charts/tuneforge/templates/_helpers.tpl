@@ -90,6 +90,11 @@ each watched namespace's Role in namespaced mode. One list for both, so the mode
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, list, watch, create, patch, delete]
+# A queued training Job's Kueue Workload (read-only): its QuotaReserved/Evicted conditions say why
+# the FineTuneJob waits or was preempted. Without Kueue's CRD the operator watches nothing here.
+- apiGroups: [kueue.x-k8s.io]
+  resources: [workloads]
+  verbs: [list, watch]
 # get: on AlreadyExists the operator reads the existing child's controller reference (it adopts
 # only its own children). list/delete: old per-version launcher ConfigMaps of a ModelServe.
 - apiGroups: [""]

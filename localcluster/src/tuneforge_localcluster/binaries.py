@@ -96,6 +96,17 @@ BINARIES: tuple[GoBinary, ...] = (
 )
 
 
+KUEUE_VERSION = "v0.17.0"
+"""Kueue's manager (``sigs.k8s.io/kueue``), an optional component (``kueue.py``)."""
+
+OPTIONAL: tuple[GoBinary, ...] = (
+    # Kueue's manager: built only for the tests that ask for it (``kueue.ensure``).
+    GoBinary("kueue", f"sigs.k8s.io/kueue/cmd/kueue@{KUEUE_VERSION}",
+             ldflags=f"-s -w -X sigs.k8s.io/kueue/pkg/version.GitVersion={KUEUE_VERSION}"),
+)
+"""Binaries a full ``ensure_binaries`` does not build (nor prune): built when named."""
+
+
 def go_version() -> str:
     return subprocess.run(["go", "env", "GOVERSION"], check=True, capture_output=True, text=True).stdout.strip()
 
@@ -155,7 +166,10 @@ def ensure_binaries(settings: Settings, names: list[str] | None = None) -> dict[
     chain is ~640 s of recorded build time instead of ~750 s (Kubernetes/etcd vs add-ons).
     """
     gover = go_version()
-    wanted = [b for b in BINARIES if not names or b.name in names]
+    wanted = [b for b in (*BINARIES, *OPTIONAL) if (b.name in names if names else b in BINARIES)]
+    unknown = set(names or ()) - {b.name for b in wanted}
+    if unknown:
+        raise ValueError(f"Unknown binaries: {sorted(unknown)}")
     paths = {b.name: binary_path(settings, b, gover) for b in wanted}
     missing = [b for b in wanted if not paths[b.name].exists()]
     chains = build_chains(missing)
@@ -180,7 +194,8 @@ def ensure_binaries(settings: Settings, names: list[str] | None = None) -> dict[
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
         for future in [pool.submit(build_chain, c) for c in chains if c]:
             future.result()
-    _prune(settings, {p.parent.name for p in paths.values()}, names is None)
+    keep = {p.parent.name for p in paths.values()} | {b.key(gover) for b in OPTIONAL}
+    _prune(settings, keep, names is None)
     return paths
 
 

@@ -122,6 +122,11 @@ def _pid(s: Settings, name: str) -> int | None:
     return pid if _alive(pid) else None
 
 
+def component_pid(s: Settings, name: str) -> int | None:
+    """The pid of a running component (``name`` of COMPONENTS or an optional one), else None."""
+    return _pid(s, name)
+
+
 def _start(s: Settings, name: str, args: list[str]) -> None:
     s.logs.mkdir(parents=True, exist_ok=True)
     s.pids.mkdir(parents=True, exist_ok=True)

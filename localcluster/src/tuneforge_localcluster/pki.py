@@ -145,6 +145,18 @@ def kubeconfig(server: str, pki: Path, identity: str) -> dict:
     }
 
 
+def issue_client(pki: Path, ident: Identity, server: str) -> None:
+    """A client certificate and kubeconfig for ``ident`` signed by the existing CA (an optional
+    component added to a running cluster)."""
+    _issue(pki, ident.file, ident.user, ident.groups)
+    (pki / f"{ident.file}.kubeconfig").write_text(yaml.safe_dump(kubeconfig(server, pki, ident.file)))
+
+
+def issue_server(pki: Path, name: str, cn: str, dns: tuple[str, ...] = (), ips: tuple[str, ...] = ()) -> None:
+    """A serving certificate ``<name>.crt``/``.key`` signed by the existing CA (a webhook's)."""
+    _issue(pki, name, cn, dns=dns, ips=ips, server=True)
+
+
 def generate(pki: Path, node_name: str, node_ip: str, service_ip: str, server: str) -> None:
     """Write a fresh CA, serving and client certificates, the service-account key and kubeconfigs."""
     pki.mkdir(parents=True, exist_ok=True)

@@ -112,10 +112,24 @@ async def pod_index(*, namespace: str | None, labels: kopf.Labels, body: kopf.Bo
     return {(namespace or "", labels[LABEL_FTJ]): pack(_project_child(body, is_job=False))}
 
 
+# Kueue's Workload of a queued training Job (the CRD may be absent: Kopf then watches nothing).
+# Kueue labels it with its Job's uid; its conditions say why the Job waits or was evicted.
+KUEUE_JOB_UID = "kueue.x-k8s.io/job-uid"
+_KUEUE_CONDITIONS = ("QuotaReserved", "Admitted", "Evicted", "Preempted")
+
+
+@kopf.index("kueue.x-k8s.io", "v1beta2", "workloads", labels={KUEUE_JOB_UID: kopf.PRESENT})
+async def workload_index(*, namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, Packed]:
+    return {(namespace or "", labels[KUEUE_JOB_UID]): pack({
+        "metadata": {"name": body["metadata"]["name"]},
+        "status": {"conditions": _conditions(body.get("status") or {}, _KUEUE_CONDITIONS)}})}
+
+
 async def start(rt: Runtime, indexes: Mapping[str, Any]) -> None:
     """The room's start (``startup.plug``): its state over the runtime and its indexes, its work
     queue, and the progress poller."""
-    room = Room(rt=rt, ftjs=indexes["ftj_index"], jobs=indexes["job_index"], pods=indexes["pod_index"])
+    room = Room(rt=rt, ftjs=indexes["ftj_index"], jobs=indexes["job_index"], pods=indexes["pod_index"],
+                workloads=indexes["workload_index"])
     _state["room"] = room
     _state["queue"] = work_queue(room)
     _start_poller(room)
@@ -228,6 +242,16 @@ async def job_event(*, namespace: str | None, labels: kopf.Labels, **_: Any) -> 
 @kopf.on.event("", "v1", "pods", labels=CHILD)
 async def pod_event(*, namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
     _kick((namespace or "", labels[LABEL_FTJ]))
+
+
+@kopf.on.event("kueue.x-k8s.io", "v1beta2", "workloads", labels={KUEUE_JOB_UID: kopf.PRESENT})
+async def workload_event(*, namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
+    """Kueue changed a Workload (quota reserved or not, evicted): reconcile the FineTuneJob whose
+    Job it queues, found by the Job's uid among the namespace's indexed Jobs."""
+    room: Room = _state["room"]
+    key = room.job_owner(namespace or "", labels[KUEUE_JOB_UID])
+    if key is not None:
+        _kick(key)
 
 
 async def _poll_progress(room: Room) -> None:

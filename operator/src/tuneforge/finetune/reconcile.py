@@ -52,6 +52,8 @@ class Room(RoomState):
     ftjs: Mapping[Key, Iterable[Packed]]
     jobs: Mapping[Key, Iterable[Packed]]
     pods: Mapping[Key, Iterable[Packed]]
+    # Kueue's Workloads by (namespace, their Job's uid); empty where Kueue is not installed.
+    workloads: Mapping[tuple[str, str], Iterable[Packed]] = dataclasses.field(default_factory=dict)
     locks: dict[Key, asyncio.Lock] = dataclasses.field(default_factory=dict)
     progress: dict[tuple[str, int], Progress] = dataclasses.field(default_factory=dict)
     tally: metrics.PhaseTally = dataclasses.field(default_factory=lambda: metrics.PhaseTally(PHASES))
@@ -64,6 +66,13 @@ class Room(RoomState):
 
     def body(self, key: Key) -> dict[str, Any] | None:
         return one(self.ftjs.get(key))
+
+    def job_owner(self, namespace: str, job_uid: str) -> Key | None:
+        """The FineTuneJob whose indexed Job has ``job_uid`` (a Kueue Workload names only that)."""
+        for key, store in self.jobs.items():
+            if key[0] == namespace and any((unpack(j).get("metadata") or {}).get("uid") == job_uid for j in store):
+                return key
+        return None
 
     def lock(self, key: Key) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
@@ -179,7 +188,9 @@ async def _reconcile(room: Room, key: Key, now: dt.datetime) -> float | None:
     prior_search = prior.get("search") if not revision.is_new and prior.get("revision") == rev else None
     search = compute_search(spec, name, rev, prior_search, by_name,
                             [p for p in pods if _pod_job(p) in trial_names], now)
-    observed = Observed(vjob, vpods, tjob, tpods, room.progress.get((owner.uid, rev)), pre, sjob, spods, attempt, search)
+    workload = one(room.workloads.get((namespace, tjob["metadata"].get("uid") or ""))) if tjob else None
+    observed = Observed(vjob, vpods, tjob, tpods, room.progress.get((owner.uid, rev)), pre, sjob, spods, attempt, search,
+                        workload)
     children = {"configMap": config_map_name(name, rev), "validateJob": validate_job_name(name, rev),
                 "trainJob": train_job_name(name, rev, attempt)}
     if spec.nodes > 1:

@@ -63,6 +63,8 @@ class Observed:
     restarts: int = 0
     # status.search of a revision with spec.search (``search.compute_search``), else None.
     search: Mapping[str, Any] | None = None
+    # Kueue's Workload of the training Job (its conditions only), when Kueue queues it.
+    workload: Obj | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -499,7 +501,7 @@ def derive_phase(spec: FineTuneJobSpec, observed: Observed, waited: float = 0.0,
         if spec.suspend:
             return PhaseInfo(SUSPENDED, "Suspended", "spec.suspend is true")
         if spec.queue_name:
-            return PhaseInfo(QUEUED, "WaitingForKueue", f"Waiting for Kueue to admit the Job from queue {spec.queue_name}")
+            return kueue_wait(spec.queue_name, observed.workload)
         return PhaseInfo(SUSPENDED, "JobSuspended", "The training Job is suspended")
 
     active = [p for p in observed.train_pods if _pod_active(p)]
@@ -529,6 +531,27 @@ def derive_phase(spec: FineTuneJobSpec, observed: Observed, waited: float = 0.0,
     if progress is not None and progress.stage in ("evaluate", "done"):
         return PhaseInfo(EVALUATING, "Evaluating", "Scoring the adapter and baselines on held-out rows")
     return PhaseInfo(RUNNING, "Training", "The trainer is running")
+
+
+def kueue_wait(queue: str, workload: Obj | None) -> PhaseInfo:
+    """Queued on Kueue, in Kueue's own words: the Workload's QuotaReserved condition while it waits
+    for quota (e.g. "couldn't assign flavors to pod set main: insufficient unused quota for
+    nvidia.com/gpu ..."), its Evicted condition when it was preempted and waits to be admitted again."""
+    conds = {c.get("type"): c for c in ((workload or {}).get("status") or {}).get("conditions") or ()}
+    reserved, evicted = conds.get("QuotaReserved"), conds.get("Evicted")
+    waiting = ""
+    if reserved and reserved.get("status") == "False" and reserved.get("message"):
+        waiting = f"{reserved.get('reason') or 'Pending'}: {reserved['message']}"
+    if evicted and evicted.get("status") == "True":
+        why = evicted.get("reason") or "Evicted"
+        message = f"Kueue evicted the Job ({why}: {evicted.get('message') or 'no message'})"
+        return PhaseInfo(QUEUED, "PreemptedByKueue" if why == "Preempted" else "EvictedByKueue",
+                         f"{message}; waiting to be admitted again from queue {queue}" + (f" ({waiting})" if waiting else ""))
+    if waiting:
+        return PhaseInfo(QUEUED, "WaitingForKueue", f"Kueue queue {queue}: {waiting}")
+    if reserved and reserved.get("status") == "True":
+        return PhaseInfo(QUEUED, "WaitingForKueue", f"Kueue reserved quota in queue {queue}; admitting the Job")
+    return PhaseInfo(QUEUED, "WaitingForKueue", f"Waiting for Kueue to admit the Job from queue {queue}")
 
 
 # --- status assembly ------------------------------------------------------------------------
