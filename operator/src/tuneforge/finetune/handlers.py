@@ -20,7 +20,7 @@ from ..kube import Kube, api_error_message
 from ..leader import FENCE
 from ..settings import Settings
 from ..workqueue import Backoff, Outcome, WorkQueue
-from . import LABEL_FTJ
+from . import ANNOTATION_RETRY, LABEL_FTJ
 from .progress import parse_progress
 from .reconcile import Context, Key, Packed, one, owned_children, pack, reconcile, unpack
 from .builders.job import COMPLETION_INDEX_ANNOTATION, CONTAINER
@@ -96,7 +96,8 @@ def _project_ftj(body: kopf.Body) -> dict[str, Any]:
     return {
         "apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
         "metadata": {"name": m["name"], "namespace": m["namespace"], "uid": m["uid"],
-                     "generation": m.get("generation"), "deletionTimestamp": m.get("deletionTimestamp")},
+                     "generation": m.get("generation"), "deletionTimestamp": m.get("deletionTimestamp"),
+                     "annotations": {k: v for k, v in (m.get("annotations") or {}).items() if k == ANNOTATION_RETRY}},
         "spec": body.get("spec"), "status": body.get("status"),
     }
 
@@ -312,7 +313,8 @@ async def ftj_event(*, type: str | None, namespace: str | None, name: str, uid: 
         ctx.forget(key, uid)
         _state["queue"].forget(key)
         return
-    if type in (None, "ADDED") or body.meta.get("generation") != body.status.get("observedGeneration"):
+    if type in (None, "ADDED") or body.meta.get("generation") != body.status.get("observedGeneration") \
+            or body.meta.annotations.get(ANNOTATION_RETRY, body.status.get("retryRequest")) != body.status.get("retryRequest"):
         _kick(key)
 
 

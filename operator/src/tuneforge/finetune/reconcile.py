@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Mapping
 from .. import metrics
 from ..kube import ForeignChild, Kube
 from ..settings import Settings
-from . import LABEL_REVISION
+from . import ANNOTATION_RETRY, LABEL_REVISION
 from .builders.configmap import build_config_map
 from .builders.job import build_summary_job, build_trainer_job, build_trial_job, build_validate_job, build_workers_service
 from .builders.names import (
@@ -177,7 +177,8 @@ async def _reconcile(ctx: Context, key: Key) -> float | None:
     spec = parse_spec(raw_spec)
     prior = ctx.last_status(body)
     generation = int(meta.get("generation") or 0)
-    revision = decide_revision(spec_hash(raw_spec), generation, prior, ctx.settings.history_limit)
+    retry = (meta.get("annotations") or {}).get(ANNOTATION_RETRY)
+    revision = decide_revision(spec_hash(raw_spec), generation, prior, ctx.settings.history_limit, retry)
     rev = revision.number
 
     jobs, pods = owned_children(map(unpack, ctx.jobs.get(key) or ()), map(unpack, ctx.pods.get(key) or ()), owner.uid)
@@ -217,7 +218,8 @@ async def _reconcile(ctx: Context, key: Key) -> float | None:
         children["workersService"] = workers_service_name(name, rev)
     status = compute_status(spec, generation, prior, revision, observed, now, children,
                             artifact_uri(spec, namespace, name, owner.uid, rev), ctx.settings.dependency_wait_seconds,
-                            summary_job_name(name, rev))
+                            summary_job_name(name, rev), ctx.settings.gpu_hour_price(spec.gpu_resource_name),
+                            ctx.settings.cost_currency)
     waiting = _wait_left(status, now, ctx.settings.dependency_wait_seconds)
 
     read_summary = status.get("reason") == READING_SUMMARY and sjob is None
@@ -350,6 +352,9 @@ def _after_write(ctx: Context, body: Obj, key: Key, prior: Obj, status: Obj, tpo
         if acc is not None:
             metrics.EVAL_ACCURACY.labels(*key).set(acc)
         metrics.GPU_SECONDS.inc(float(status.get("gpuSeconds") or 0.0))
+        cost = status.get("cost")
+        if cost:
+            metrics.FINETUNEJOB_COST.labels(cost["currency"]).inc(float(cost["estimated"]))
         if phase == SUCCEEDED and gpus:
             metrics.TRAINING_SECONDS.observe(float(status.get("gpuSeconds") or 0.0) / gpus)
 
