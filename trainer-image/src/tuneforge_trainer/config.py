@@ -627,6 +627,16 @@ class OutputConfig(_Strict):
         return v
 
 
+class CostConfig(_Strict):
+    """What the run's GPU time costs, for the model card (the operator sets it from its prices)."""
+
+    gpus: int = Field(default=0, ge=0, description="GPUs the whole run holds (all nodes); 0 = unknown, no cost on the card.")
+    gpu_hour_price: float | None = Field(
+        default=None, ge=0, description="Price of one GPU for one hour; None = no cost on the card."
+    )
+    currency: str = Field(default="USD", min_length=1, max_length=8, description="Currency of gpu_hour_price.")
+
+
 class OwnerConfig(_Strict):
     """The object this run belongs to, recorded in the adapter's lineage (tuneforge.json)."""
 
@@ -669,6 +679,7 @@ class TrainerConfig(_Strict):
     output: OutputConfig = Field(description="Output location and hand-off files.")
     owner: OwnerConfig | None = Field(default=None, description="The FineTuneJob (and revision) this run trains, for the adapter's lineage.")
     hub: HubConfig = Field(default_factory=HubConfig, description="Hugging Face Hub downloads (hf://).")
+    cost: CostConfig = Field(default_factory=CostConfig, description="Price of GPU time, for the model card's cost.")
 
     @field_validator("quantization", mode="before")
     @classmethod

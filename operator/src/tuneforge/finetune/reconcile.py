@@ -292,8 +292,10 @@ def _pod_job(pod: Obj) -> str | None:
 
 async def _execute(ctx: Context, action: Action, owner: Owner, spec: FineTuneJobSpec, rev: int, status: Obj) -> None:
     s = ctx.settings
+    # The model card's cost (a search trial's config has none: a trial's card is not the result).
+    price, currency = s.gpu_hour_price(spec.gpu_resource_name), s.cost_currency
     if action.verb == "create_config_map":
-        await ctx.kube.create(build_config_map(owner, spec, rev))
+        await ctx.kube.create(build_config_map(owner, spec, rev, gpu_hour_price=price, currency=currency))
     elif action.verb == "create_validate_job":
         if await ctx.kube.create(build_validate_job(owner, spec, rev, s)):
             log.info("Created validation Job %s/%s", owner.namespace, validate_job_name(owner.name, rev))
@@ -315,7 +317,8 @@ async def _execute(ctx: Context, action: Action, owner: Owner, spec: FineTuneJob
             # The winner's settings, trained again and scored once on the test rows.
             spec = winner_spec(spec, status.get("search"))
             config_map = winner_config_map_name(owner.name, rev)
-            await ctx.kube.create(build_config_map(owner, spec, rev, config_map))
+            await ctx.kube.create(build_config_map(owner, spec, rev, config_map, gpu_hour_price=price,
+                                                   currency=currency))
         if spec.nodes > 1:
             # Before the Job: pod 0's DNS name must resolve when the workers start.
             await ctx.kube.create(build_workers_service(owner, spec, rev))

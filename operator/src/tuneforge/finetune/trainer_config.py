@@ -118,11 +118,13 @@ def trial_location(spec: FineTuneJobSpec, namespace: str, name: str, uid: str, r
 
 
 def render_trainer_config(spec: FineTuneJobSpec, namespace: str, name: str, uid: str, revision: int,
-                          trial: int | None = None) -> dict[str, Any]:
+                          trial: int | None = None, gpu_hour_price: float | None = None,
+                          currency: str = "USD") -> dict[str, Any]:
     """The trainer config for one revision of a FineTuneJob, or for one trial of its search
     (``trial``; ``spec`` then has the trial's settings applied, ``search.apply_params``): a trial
     is scored on the validation rows only (``eval.split: validation``), without baselines, and
-    writes under its own folder."""
+    writes under its own folder. ``gpu_hour_price`` (the operator's price of the job's GPU
+    resource) puts the run's cost on the model card."""
     t = spec.training
     training = _drop_none({ours: t.get(theirs) for theirs, ours in _TRAINING.items()})
     config: dict[str, Any] = {
@@ -191,6 +193,8 @@ def render_trainer_config(spec: FineTuneJobSpec, namespace: str, name: str, uid:
             "offline": spec.hub_offline,
         }),
     }
+    if gpu_hour_price is not None and spec.gpus:
+        config["cost"] = {"gpus": spec.gpus * spec.nodes, "gpu_hour_price": gpu_hour_price, "currency": currency}
     if trial is not None:
         config["run_name"] = f"{namespace}/{name}/r{revision}/trial-{trial}"
         config["eval"].update(split="validation", baselines={"zero_shot": False, "few_shot": 0, "tfidf_lr": False})

@@ -12,11 +12,12 @@ from .names import Owner, child_labels, config_map_name, owner_references
 
 
 def build_config_map(owner: Owner, spec: FineTuneJobSpec, revision: int, name: str | None = None,
-                     trial: int | None = None) -> dict[str, Any]:
+                     trial: int | None = None, gpu_hour_price: float | None = None,
+                     currency: str = "USD") -> dict[str, Any]:
     """An immutable ConfigMap: a revision's config never changes, a spec edit makes a new one.
     ``name``/``trial``: a search trial's config (``trial_job_name``) or the winner's
     (``winner_config_map_name``), ``spec`` then carrying those settings."""
-    config = render_trainer_config(spec, owner.namespace, owner.name, owner.uid, revision, trial)
+    config = render_trainer_config(spec, owner.namespace, owner.name, owner.uid, revision, trial, gpu_hour_price, currency)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
