@@ -35,7 +35,7 @@ from tuneforge_localcluster import settings as lc_settings  # noqa: E402
 from tuneforge_localcluster.testing import start_or_reuse  # noqa: E402
 
 HEADER = "# Captured from the local cluster by hack/capture_argocd_testdata.py; do not edit by hand.\n"
-ACTIONS = {"FineTuneJob": ("resume", "suspend"), "ModelServe": ("abort", "promote", "retry", "rollback")}
+ACTIONS = {"FineTuneJob": ("resume", "retry", "suspend"), "ModelServe": ("abort", "promote", "retry", "rollback")}
 
 
 def dump(path: Path, data: Any) -> None:

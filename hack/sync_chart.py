@@ -33,6 +33,7 @@ CHART_OWNED_SETTINGS = {
     "trainer_image": "images.trainer", "server_image": "images.server", "gate_image": "images.gate",
     "image_pull_policy": "images.pullPolicy", "namespaces": "watchNamespaces",
     "metrics_port": "ports.metrics", "liveness_port": "ports.health",
+    "gpu_hour_prices": "cost.gpuHourPrices", "cost_currency": "cost.currency",
     # Leader election is always on in the chart, on a Lease its Role names.
     "leader_elect": "(always true)", "leader_election_lease": "(the release's full name)",
     "leader_election_namespace": "(the release's namespace)",

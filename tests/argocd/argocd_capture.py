@@ -336,10 +336,15 @@ def _drive(d: Driver) -> None:
                                 else _phase(phase, reason))
         d.capture(seen, file, "Progressing", enabled=("suspend",))
     d.capture(d.get("FineTuneJob", "intent"), "healthy_succeeded", "Healthy", enabled=())
-    d.capture(d.wait("FineTuneJob", "bad-data", "fails validation", _phase("Failed", "DataValidationFailed"), 180),
-              "degraded_dataValidationFailed", "Degraded", enabled=())
+    cap = d.capture(d.wait("FineTuneJob", "bad-data", "fails validation", _phase("Failed", "DataValidationFailed"), 180),
+                    "degraded_dataValidationFailed", "Degraded", enabled=("retry",))
+    # Retried: revision 2 runs the same spec (new Jobs) and fails the same way; revision 1 is history.
+    d.act(cap, "retry", annotation("retry", "1"))
+    d.wait("FineTuneJob", "bad-data", "revision 2 fails validation too", lambda st: st.get("revision") == 2
+           and st.get("phase") == "Failed" and st.get("retryRequest") == "1"
+           and [h.get("phase") for h in st.get("history") or ()] == ["Failed"], 180)
     d.capture(d.wait("FineTuneJob", "strict", "fails its gate", _phase("Failed", "GateFailed"), 180),
-              "degraded_gateFailed", "Degraded", enabled=())
+              "degraded_gateFailed", "Degraded", enabled=("retry",))
 
     # --- a spec newer than the status: the operator is stopped, then Git changes the specs ---
     assert d.op is not None

@@ -38,7 +38,7 @@ def test_health_and_actions_on_live_objects(cluster: Any, namespace: str) -> Non
     for phase in ("Progressing", "Paused", "Healthy", "Degraded", "Failed", None):
         assert ("ModelServe", phase) in phases, phases
     assert {(a.kind, a.action) for a in run.actions} == {
-        ("FineTuneJob", "suspend"), ("FineTuneJob", "resume"),
+        ("FineTuneJob", "suspend"), ("FineTuneJob", "resume"), ("FineTuneJob", "retry"),
         ("ModelServe", "promote"), ("ModelServe", "rollback"), ("ModelServe", "retry"), ("ModelServe", "abort")}
     # The running operator's exposition after all of that passes promtool's lint.
     (OUTPUT / "operator-metrics.txt").write_text(run.metrics)

@@ -257,6 +257,44 @@ def test_missing_pvc_waits_then_fails_naming_the_field_and_creates_nothing(clust
     assert cluster.list("jobs", namespace, "tuneforge.dev/finetunejob=no-pvc") == []
 
 
+def test_retry_annotation_runs_a_failed_job_again_and_cost_is_shown(cluster: Cluster, namespace: str, run_operator: Any,
+                                                                     standin_image: str) -> None:
+    """A job fails on a claim GitOps applied too late; the claim lands; ``tuneforge.dev/retry``
+    (the Argo CD retry action's request) runs revision 2 on the stand-in trainer, which succeeds.
+    The same request again, or one on a Succeeded job, starts nothing. Priced GPU-seconds are
+    status.cost, the Cost column and the cost metric."""
+    op = run_operator(TUNEFORGE_TRAINER_IMAGE=standin_image, TUNEFORGE_DEPENDENCY_WAIT_SECONDS="3",
+                      TUNEFORGE_RETRY_DELAY="1", TUNEFORGE_RETRY_MAX_DELAY="2",
+                      TUNEFORGE_GPU_HOUR_PRICES='{"nvidia.com/gpu": 3600}', TUNEFORGE_COST_CURRENCY="EUR")
+    cluster.apply(ftj_manifest("late", dataset={"uri": "/standin/accuracy=0.93/steps=6/step_s=1/train.jsonl"}), namespace)
+    st = _wait_phase(cluster, namespace, "late", ("Failed",), 90, op)["status"]
+    assert (st["reason"], st["revision"]) == ("PersistentVolumeClaimNotFound", 1), st
+    cluster.apply(pvc_manifest(), namespace)
+    time.sleep(2)
+    assert _ftj(cluster, namespace, "late")["status"]["phase"] == "Failed"  # a Failed revision stays failed
+    cluster.kubectl("annotate", "ftj", "late", "-n", namespace, "tuneforge.dev/retry=1")
+    wait_for("revision 2", lambda: _ftj(cluster, namespace, "late")["status"].get("revision") == 2, 30, 0.5, op.log)
+    st = _wait_phase(cluster, namespace, "late", ("Succeeded", "Failed"), 180, op)["status"]
+    assert (st["phase"], st["revision"], st["retryRequest"]) == ("Succeeded", 2, "1"), st
+    assert [(h["revision"], h["phase"], h["reason"]) for h in st["history"]] == [(1, "Failed", "PersistentVolumeClaimNotFound")]
+    names = sorted(j["metadata"]["name"] for j in cluster.list("jobs", namespace))
+    assert names == ["late-train-2", "late-validate-2"], names
+    # One GPU at 3,600 EUR per GPU-hour costs 1 EUR a second.
+    assert st["gpuSeconds"] > 0 and st["cost"] == {"estimated": round(st["gpuSeconds"], 4), "currency": "EUR",
+                                                    "gpuHourPrice": 3600.0, "display": f"{st['gpuSeconds']:.2f} EUR"}, st
+    header, row = cluster.kubectl("get", "ftj", "late", "-n", namespace).stdout.splitlines()
+    assert row[header.index("COST"):].split()[:2] == [f"{st['gpuSeconds']:.2f}", "EUR"], (header, row)
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{op.metrics_port}/metrics", timeout=5).read().decode()
+    assert f'tuneforge_finetunejob_cost_total{{currency="EUR"}} {st["cost"]["estimated"]}' in metrics, metrics
+    # The same request again, and a new one on a Succeeded revision: recorded, nothing started.
+    cluster.kubectl("annotate", "ftj", "late", "-n", namespace, "tuneforge.dev/retry=2", "--overwrite")
+    wait_for("retry 2 recorded", lambda: _ftj(cluster, namespace, "late")["status"].get("retryRequest") == "2", 30, 0.5, op.log)
+    time.sleep(2)
+    st = _ftj(cluster, namespace, "late")["status"]
+    assert (st["phase"], st["revision"]) == ("Succeeded", 2)
+    assert sorted(j["metadata"]["name"] for j in cluster.list("jobs", namespace)) == names
+
+
 H100 = {"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}}
 # Opted in for the endpoint kwok_ftj names (tuneforge.dev/allowed-endpoints, review OP-2).
 S3_SECRET = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3", "annotations": {"tuneforge.dev/allowed-endpoints": "127.0.0.1:9000"}},

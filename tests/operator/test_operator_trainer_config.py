@@ -454,3 +454,22 @@ def test_unset_epochs_and_learning_rate_are_the_heads_defaults(head: str, epochs
     (chosen on validation rows) apply to what the operator renders."""
     cfg = _rendered(_with(task__head=head))
     assert (cfg.training.epochs, cfg.training.learning_rate) == (epochs, lr)
+
+
+def test_the_price_reaches_the_trainer_for_its_model_card(tmp_path: Any) -> None:
+    """The operator's price of the job's GPU resource, with the run's GPUs (all nodes), goes into
+    the trainer config; without a price (or GPUs) there is no cost section and the trainer's
+    defaults (no cost on the card) hold."""
+    raw = copy.deepcopy(MINIMAL_SPEC)
+    raw["resources"] = {"gpus": 4, "nodes": 2}
+    spec = parse_spec(defaulted_spec(raw))
+    cm = build_config_map(Owner("intent", "team-a", "u1"), spec, 1, gpu_hour_price=2.5, currency="EUR")
+    path = tmp_path / "config.yaml"
+    path.write_text(cm["data"]["config.yaml"])
+    cfg = trainer_config.load_config(path)
+    assert (cfg.cost.gpus, cfg.cost.gpu_hour_price, cfg.cost.currency) == (8, 2.5, "EUR")
+    plain = trainer_config.parse_config(render_trainer_config(parse_spec(defaulted_spec(MINIMAL_SPEC)), "n", "m", "u", 1))
+    assert (plain.cost.gpus, plain.cost.gpu_hour_price) == (0, None)
+    cpu = copy.deepcopy(MINIMAL_SPEC)
+    cpu["resources"] = {"gpus": 0}
+    assert "cost" not in render_trainer_config(parse_spec(defaulted_spec(cpu)), "n", "m", "u", 1, gpu_hour_price=2.5)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tuneforge_trainer.metrics import classification_metrics, exact_match, field_f1, generation_metrics, worst_classes
-from tuneforge_trainer.report import plot_confusion, plot_loss, render_model_card
+from tuneforge_trainer.report import cost_estimate, plot_confusion, plot_loss, render_model_card
 
 
 def test_classification_metrics() -> None:
@@ -126,3 +126,29 @@ def test_model_card_says_which_head_the_search_chose_and_by_how_much() -> None:
     with pytest.raises(Exception, match="winner 7 is not one of the trials"):
         parse_config({"model": {"source": "/m"}, "dataset": {"source": "/d.csv"},
                       "selection": {**_selection(), "winner": 7}, "output": {"dir": "/o"}})
+
+
+@pytest.mark.parametrize("seconds, gpus, price, expected", [
+    (1800.0, 2, 2.5, {"gpu_seconds": 3600.0, "gpus": 2, "gpu_hour_price": 2.5, "currency": "USD", "estimated": 2.5}),
+    (1800.0, 0, 2.5, None),   # GPUs unknown (a CPU run)
+    (1800.0, 2, None, None),  # no price set
+])
+def test_cost_estimate(seconds: float, gpus: int, price: float | None, expected: dict | None) -> None:
+    assert cost_estimate(seconds, gpus, price, "USD") == expected
+
+
+def test_model_card_has_the_cost_table_when_priced() -> None:
+    report = report_fixture()
+    assert "## Cost" not in render_model_card(report)
+    report["cost"] = cost_estimate(900.0, 4, 3.0, "EUR")
+    card = render_model_card(report)
+    assert "| GPUs | GPU-seconds | price per GPU-hour | estimated cost |" in card
+    assert "| 4 | 3600 | 3 EUR | 3.00 EUR |" in card
+
+
+def test_a_negative_price_is_refused_naming_the_field() -> None:
+    from tuneforge_trainer.config import ConfigError, parse_config
+
+    with pytest.raises((ConfigError, ValueError), match="cost.gpu_hour_price"):
+        parse_config({"model": {"source": "/m"}, "dataset": {"source": "/d.jsonl"}, "output": {"dir": "/o"},
+                      "cost": {"gpus": 1, "gpu_hour_price": -1}})

@@ -114,3 +114,10 @@ class PhaseTally:
         if phase:
             self._phase[uid] = phase
             self._gauge.labels(phase).inc()
+
+
+# Appended (cost): finished revisions' estimated cost, status.cost.estimated, by currency.
+FINETUNEJOB_COST = Counter(
+    "tuneforge_finetunejob_cost", "Estimated cost of finished FineTuneJob revisions (GPU-seconds x price per "
+    "GPU-hour), in the currency named", ["currency"], registry=REGISTRY,
+)

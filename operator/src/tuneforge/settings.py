@@ -115,6 +115,14 @@ class Settings:
     """JSON object of extra annotations on gate pods (a mesh opt-out, or kwok's simulated outcome
     in the fast test tier)."""
 
+    gpu_hour_prices: str = ""
+    """JSON object: price of one GPU for one hour per GPU resource name (``{"nvidia.com/gpu": 2.5}``);
+    a FineTuneJob's status.cost is its GPU-seconds times the price of its spec.resources.gpuResourceName
+    (no price for that name: no status.cost)."""
+
+    cost_currency: str = "USD"
+    """Currency of ``gpu_hour_prices`` (status.cost.currency, the Cost column, the cost metric's label)."""
+
     leader_elect: bool = False
     """Run as one of several replicas: only the holder of a coordination.k8s.io Lease reconciles,
     the others stay Ready and idle (the chart and operator/deploy/operator.yaml turn this on; off,
@@ -158,6 +166,7 @@ class Settings:
         settings.validate_placement()
         settings.gate_placement()
         settings.election_config()
+        settings.gpu_hour_price_map()
         return settings
 
     def election_config(self) -> "ElectionConfig":
@@ -175,6 +184,24 @@ class Settings:
         if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
             raise ValueError("TUNEFORGE_POD_ANNOTATIONS must be a JSON object of strings")
         return {str(k): v for k, v in value.items()}
+
+    def gpu_hour_price_map(self) -> dict[str, float]:
+        """``gpu_hour_prices`` parsed; a bad value fails at startup naming the resource."""
+        if not self.gpu_hour_prices.strip():
+            return {}
+        value = json.loads(self.gpu_hour_prices)
+        if not isinstance(value, dict):
+            raise ValueError("TUNEFORGE_GPU_HOUR_PRICES must be a JSON object of GPU resource name to price per GPU-hour")
+        out: dict[str, float] = {}
+        for name, price in value.items():
+            if isinstance(price, bool) or not isinstance(price, (int, float)) or price < 0:
+                raise ValueError(f"TUNEFORGE_GPU_HOUR_PRICES[{name!r}]: expected a number >= 0, got {price!r}")
+            out[str(name)] = float(price)
+        return out
+
+    def gpu_hour_price(self, resource_name: str) -> float | None:
+        """Price of one ``resource_name`` GPU for one hour, or None when none is set."""
+        return self.gpu_hour_price_map().get(resource_name)
 
     def validate_placement(self) -> tuple[dict[str, str], list[dict[str, object]]]:
         """``validate_node_selector`` and ``validate_tolerations`` parsed."""

@@ -655,6 +655,16 @@ class OutputConfig(_Strict):
         return v
 
 
+class CostConfig(_Strict):
+    """What the run's GPU time costs, for the model card (the operator sets it from its prices)."""
+
+    gpus: int = Field(default=0, ge=0, description="GPUs the whole run holds (all nodes); 0 = unknown, no cost on the card.")
+    gpu_hour_price: float | None = Field(
+        default=None, ge=0, description="Price of one GPU for one hour; None = no cost on the card."
+    )
+    currency: str = Field(default="USD", min_length=1, max_length=8, description="Currency of gpu_hour_price.")
+
+
 class OwnerConfig(_Strict):
     """The object this run belongs to, recorded in the adapter's lineage (tuneforge.json)."""
 
@@ -726,6 +736,7 @@ class TrainerConfig(_Strict):
     selection: SelectionConfig | None = Field(
         default=None, description="The search that chose these settings (for the model card); None without one."
     )
+    cost: CostConfig = Field(default_factory=CostConfig, description="Price of GPU time, for the model card's cost.")
 
     @field_validator("quantization", mode="before")
     @classmethod

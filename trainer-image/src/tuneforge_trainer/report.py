@@ -11,7 +11,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["plot_confusion", "plot_loss", "render_model_card", "selection_lines", "write_json"]
+__all__ = ["cost_estimate", "plot_confusion", "plot_loss", "render_model_card", "selection_lines", "write_json"]
 
 
 def write_json(path: str, data: dict[str, Any]) -> None:
@@ -77,6 +77,16 @@ def selection_lines(selection: dict[str, Any] | None, head: str) -> list[str]:
     return lines + [""]
 
 
+def cost_estimate(seconds: float, gpus: int, gpu_hour_price: float | None, currency: str) -> dict[str, Any] | None:
+    """GPU-seconds of the trainer's run (its wall time x the run's GPUs) and their price; None
+    when the GPUs or the price are not known."""
+    if not gpus or gpu_hour_price is None:
+        return None
+    gpu_seconds = round(seconds * gpus, 1)
+    return {"gpu_seconds": gpu_seconds, "gpus": gpus, "gpu_hour_price": gpu_hour_price, "currency": currency,
+            "estimated": round(gpu_seconds / 3600.0 * gpu_hour_price, 4)}
+
+
 def render_model_card(report: dict[str, Any]) -> str:
     """Markdown model card: data summary, hyperparameters, results, per-class table, baselines."""
     cfg = report.get("config", {})
@@ -114,6 +124,20 @@ def render_model_card(report: dict[str, Any]) -> str:
         f"{tr.get('eval_loss') if tr.get('eval_loss') is not None else '–'}.",
         "",
     ]
+    cost = report.get("cost")
+    if cost:
+        lines += [
+            "## Cost",
+            "",
+            "| GPUs | GPU-seconds | price per GPU-hour | estimated cost |",
+            "|---|---|---|---|",
+            f"| {cost['gpus']} | {cost['gpu_seconds']:g} | {cost['gpu_hour_price']:g} {cost['currency']} | "
+            f"{cost['estimated']:.2f} {cost['currency']} |",
+            "",
+            "GPU-seconds of this trainer process (from its start to this card) x the run's GPUs; the "
+            "FineTuneJob's status.cost also counts pod start-up and search trials.",
+            "",
+        ]
     val = report.get("validation") or {}
     if val.get("accuracy") is not None:
         lines += [

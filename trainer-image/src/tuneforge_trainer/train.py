@@ -516,7 +516,7 @@ def train_main(cfg: TrainerConfig) -> int:
     from tuneforge_trainer.evaluate import score_model
     from tuneforge_trainer.modeling import device_settings, get_lora_config, load_model, load_tokenizer, resolve_model_path
     from tuneforge_trainer.pipeline import cache_dir, prepare, report_data
-    from tuneforge_trainer.report import plot_confusion, plot_loss, render_model_card, write_json
+    from tuneforge_trainer.report import cost_estimate, plot_confusion, plot_loss, render_model_card, write_json
 
     rank0 = is_rank_zero()
     work = cfg.work_dir()
@@ -720,6 +720,7 @@ def train_main(cfg: TrainerConfig) -> int:
     if cfg.output.model_card:
         artifacts["model_card"] = join_uri(cfg.output.dir, "README.md")
     validation = _score_validation(cfg, model, tokenizer, data)
+    wall = time.monotonic() - t_start
     report = {
         "config": cfg.model_dump(mode="json"),
         "data": data.report.to_dict(),
@@ -728,7 +729,8 @@ def train_main(cfg: TrainerConfig) -> int:
         "eval": ev,
         "baselines": baselines,
         "artifacts": artifacts,
-        "wall_seconds": round(time.monotonic() - t_start, 1),
+        "wall_seconds": round(wall, 1),
+        "cost": cost_estimate(wall, cfg.cost.gpus, cfg.cost.gpu_hour_price, cfg.cost.currency),
     }
     write_json(os.path.join(art, "metrics.json"), report)
     if cfg.output.model_card:

@@ -12,4 +12,7 @@ from ..labels import LABEL_ROLE
 
 LABEL_FTJ = f"{GROUP}/finetunejob"
 LABEL_REVISION = f"{GROUP}/revision"
+# A request to run a Failed revision again (``kubectl annotate ftj NAME tuneforge.dev/retry=2
+# --overwrite``): each new value is one request; status.retryRequest records the last one handled.
+ANNOTATION_RETRY = f"{GROUP}/retry"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"

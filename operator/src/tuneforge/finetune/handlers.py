@@ -20,7 +20,7 @@ from .. import FTJ_PLURAL, GROUP, VERSION, metrics, startup
 from ..kube import api_error_message
 from ..runtime import Key, Packed, Runtime, one, pack, unpack
 from ..workqueue import Outcome, WorkQueue
-from . import LABEL_FTJ
+from . import ANNOTATION_RETRY, LABEL_FTJ
 from .progress import parse_progress
 from .reconcile import Room, owned_children, reconcile
 from .builders.job import COMPLETION_INDEX_ANNOTATION, CONTAINER
@@ -37,7 +37,8 @@ def _project_ftj(body: kopf.Body) -> dict[str, Any]:
     return {
         "apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
         "metadata": {"name": m["name"], "namespace": m["namespace"], "uid": m["uid"],
-                     "generation": m.get("generation"), "deletionTimestamp": m.get("deletionTimestamp")},
+                     "generation": m.get("generation"), "deletionTimestamp": m.get("deletionTimestamp"),
+                     "annotations": {k: v for k, v in (m.get("annotations") or {}).items() if k == ANNOTATION_RETRY}},
         "spec": body.get("spec"), "status": body.get("status"),
     }
 
@@ -230,7 +231,8 @@ async def ftj_event(*, type: str | None, namespace: str | None, name: str, uid: 
         room.forget(key, uid)
         _state["queue"].forget(key)
         return
-    if type in (None, "ADDED") or body.meta.get("generation") != body.status.get("observedGeneration"):
+    if type in (None, "ADDED") or body.meta.get("generation") != body.status.get("observedGeneration") \
+            or body.meta.annotations.get(ANNOTATION_RETRY, body.status.get("retryRequest")) != body.status.get("retryRequest"):
         _kick(key)
 
 

@@ -19,7 +19,7 @@ from .. import metrics
 from ..kube import ForeignChild, Kube
 from ..runtime import Key, Obj, Packed, RoomState, one, unpack
 from ..workqueue import Backoff, Outcome
-from . import LABEL_REVISION
+from . import ANNOTATION_RETRY, LABEL_REVISION
 from .builders.configmap import build_config_map
 from .builders.job import build_summary_job, build_trainer_job, build_trial_job, build_validate_job, build_workers_service
 from .builders.names import (
@@ -156,7 +156,8 @@ async def _reconcile(room: Room, key: Key, now: dt.datetime) -> float | None:
     spec = parse_spec(raw_spec)
     prior = room.last_status(body)
     generation = int(meta.get("generation") or 0)
-    revision = decide_revision(spec_hash(raw_spec), generation, prior, room.settings.history_limit)
+    retry = (meta.get("annotations") or {}).get(ANNOTATION_RETRY)
+    revision = decide_revision(spec_hash(raw_spec), generation, prior, room.settings.history_limit, retry)
     rev = revision.number
 
     jobs, pods = owned_children(map(unpack, room.jobs.get(key) or ()), map(unpack, room.pods.get(key) or ()), owner.uid)
@@ -197,7 +198,8 @@ async def _reconcile(room: Room, key: Key, now: dt.datetime) -> float | None:
         children["workersService"] = workers_service_name(name, rev)
     status = compute_status(spec, generation, prior, revision, observed, now, children,
                             artifact_uri(spec, namespace, name, owner.uid, rev), room.settings.dependency_wait_seconds,
-                            summary_job_name(name, rev))
+                            summary_job_name(name, rev), room.settings.gpu_hour_price(spec.gpu_resource_name),
+                            room.settings.cost_currency)
     waiting = _wait_left(status, now, room.settings.dependency_wait_seconds)
 
     read_summary = status.get("reason") == READING_SUMMARY and sjob is None
@@ -260,8 +262,10 @@ def _pod_job(pod: Obj) -> str | None:
 async def _execute(room: Room, action: Action, owner: Owner, spec: FineTuneJobSpec, rev: int, status: Obj) -> None:
     s = room.settings
     log = room.log(_log, (owner.namespace, owner.name), rev)
+    # The model card's cost (a search trial's config has none: a trial's card is not the result).
+    price, currency = s.gpu_hour_price(spec.gpu_resource_name), s.cost_currency
     if isinstance(action, CreateConfigMap):
-        await room.kube.create(build_config_map(owner, spec, rev))
+        await room.kube.create(build_config_map(owner, spec, rev, gpu_hour_price=price, currency=currency))
     elif isinstance(action, CreateValidateJob):
         if await room.kube.create(build_validate_job(owner, spec, rev, s)):
             log.info("Created validation Job %s/%s", owner.namespace, validate_job_name(owner.name, rev))
@@ -282,7 +286,8 @@ async def _execute(room: Room, action: Action, owner: Owner, spec: FineTuneJobSp
             spec = winner_spec(spec, status.get("search"))
             config_map = winner_config_map_name(owner.name, rev)
             await room.kube.create(build_config_map(owner, spec, rev, config_map,
-                                                    selection=winner_selection(status.get("search"))))
+                                                    selection=winner_selection(status.get("search")),
+                                                    gpu_hour_price=price, currency=currency))
         if spec.nodes > 1:
             # Before the Job: pod 0's DNS name must resolve when the workers start.
             await room.kube.create(build_workers_service(owner, spec, rev))
@@ -336,6 +341,9 @@ def _after_write(room: Room, body: Obj, key: Key, prior: Obj, status: Obj, tpods
         if acc is not None:
             metrics.EVAL_ACCURACY.labels(*key).set(acc)
         metrics.GPU_SECONDS.inc(float(status.get("gpuSeconds") or 0.0))
+        cost = status.get("cost")
+        if cost:
+            metrics.FINETUNEJOB_COST.labels(cost["currency"]).inc(float(cost["estimated"]))
         if phase == SUCCEEDED and gpus:
             metrics.TRAINING_SECONDS.observe(float(status.get("gpuSeconds") or 0.0) / gpus)
 

@@ -44,6 +44,8 @@ class Revision:
     spec_hash: str
     is_new: bool
     history: tuple[Mapping[str, Any], ...]
+    # The retry request (annotation value) this status records as handled, acted on or not.
+    retry_request: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,8 +91,16 @@ def parse_time(value: str | None) -> dt.datetime | None:
     return dt.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
 
 
-def decide_revision(current_hash: str, generation: int, prior: Obj, history_limit: int = 20) -> Revision:
-    """Keep the revision unless the user wrote a spec that defines another run.
+def decide_revision(current_hash: str, generation: int, prior: Obj, history_limit: int = 20,
+                    retry: str | None = None) -> Revision:
+    """Keep the revision unless the user wrote a spec that defines another run, or asked for a
+    Failed revision to run again.
+
+    ``retry`` is the value of the ``tuneforge.dev/retry`` annotation: a value other than the one
+    status.retryRequest recorded is a new request. On a Failed revision it starts the next
+    revision with the same spec (new child names, the failed one kept in status.history, as a
+    spec edit would); on any other phase it is recorded and ignored, so it cannot fire later
+    when that revision fails.
 
     A new run needs both a new ``metadata.generation`` (only a write of the spec moves it) and a
     different hash of the spec (a write of ``suspend`` alone does not count). The hash alone is
@@ -102,13 +112,12 @@ def decide_revision(current_hash: str, generation: int, prior: Obj, history_limi
     history = tuple(prior.get("history") or ())
     number = prior.get("revision")
     if not number:
-        return Revision(1, current_hash, True, history)
-    if prior.get("specHash") == current_hash:
-        return Revision(int(number), current_hash, False, history)
-    seen = prior.get("observedGeneration")
-    if isinstance(seen, int) and generation <= seen:
-        return Revision(int(number), current_hash, False, history)
+        return Revision(1, current_hash, True, history, retry)
     phase = prior.get("phase")
+    retried = retry is not None and retry != prior.get("retryRequest") and phase == FAILED
+    seen = prior.get("observedGeneration")
+    if not retried and (prior.get("specHash") == current_hash or (isinstance(seen, int) and generation <= seen)):
+        return Revision(int(number), current_hash, False, history, retry)
     entry = {k: v for k, v in {
         "revision": int(number),
         "specHash": prior.get("specHash"),
@@ -126,7 +135,7 @@ def decide_revision(current_hash: str, generation: int, prior: Obj, history_limi
         "startTime": prior.get("startTime"),
         "completionTime": prior.get("completionTime"),
     }.items() if v is not None}
-    return Revision(int(number) + 1, current_hash, True, (history + (entry,))[-history_limit:])
+    return Revision(int(number) + 1, current_hash, True, (history + (entry,))[-history_limit:], retry)
 
 
 # --- reading Kubernetes objects -------------------------------------------------------------
@@ -570,6 +579,15 @@ def gpu_seconds(pods: Sequence[Obj], gpus: int, now: dt.datetime) -> float:
     return round(total, 1)
 
 
+def cost_status(gpu_seconds: float, gpu_hour_price: float | None, currency: str) -> dict[str, Any] | None:
+    """status.cost: GPU-seconds x the price of one GPU-hour (None without a price)."""
+    if gpu_hour_price is None:
+        return None
+    amount = round(gpu_seconds / 3600.0 * gpu_hour_price, 4)
+    return {"estimated": amount, "currency": currency, "gpuHourPrice": gpu_hour_price,
+            "display": f"{amount:.2f} {currency}"}
+
+
 def _condition(prior: Mapping[str, Obj], kind: str, status: str, reason: str, message: str,
                generation: int, now: str) -> dict[str, Any]:
     old = prior.get(kind)
@@ -677,16 +695,21 @@ def compute_status(
     artifact_uri: str,
     wait_limit: float = 600.0,
     summary_job: str | None = None,
+    gpu_hour_price: float | None = None,
+    currency: str = "USD",
 ) -> dict[str, Any]:
     """The whole status of a FineTuneJob. Terminal phases stick for their revision, and within a
     revision the phase never moves back along FORWARD.
 
     ``children`` are always listed; ``summary_job`` (the reader of <output>/summary.json) joins
-    them once it exists or is about to be created — most runs never need one."""
+    them once it exists or is about to be created — most runs never need one. ``gpu_hour_price``
+    (in ``currency``) prices the GPU-seconds as status.cost."""
     if not revision.is_new and prior.get("phase") in TERMINAL and prior.get("revision") == revision.number:
         kept = dict(prior)
         kept["observedGeneration"] = generation
         kept["specHash"] = revision.spec_hash
+        if revision.retry_request is not None:
+            kept["retryRequest"] = revision.retry_request
         return kept
     stamp = now_iso(now)
     base = {} if revision.is_new else prior
@@ -716,6 +739,11 @@ def compute_status(
         "worldSize": spec.world_size,
         "gate": {"outcome": "Pending", "reasons": []},
     }
+    cost = cost_status(status["gpuSeconds"], gpu_hour_price, currency)
+    if cost is not None:
+        status["cost"] = cost
+    if revision.retry_request is not None:
+        status["retryRequest"] = revision.retry_request
     if info.phase in TERMINAL:
         status["completionTime"] = stamp
     if spec.nodes > 1 and observed.train_pods:

@@ -118,7 +118,8 @@ def trial_location(spec: FineTuneJobSpec, namespace: str, name: str, uid: str, r
 
 
 def render_trainer_config(spec: FineTuneJobSpec, namespace: str, name: str, uid: str, revision: int,
-                          trial: int | None = None, selection: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                          trial: int | None = None, selection: Mapping[str, Any] | None = None,
+                          gpu_hour_price: float | None = None, currency: str = "USD") -> dict[str, Any]:
     """The trainer config for one revision of a FineTuneJob, or for one trial of its search
     (``trial``; ``spec`` then has the trial's settings applied, ``search.apply_params``): a trial
     is scored on the validation rows only (``eval.split: validation``), without baselines, and
@@ -126,7 +127,8 @@ def render_trainer_config(spec: FineTuneJobSpec, namespace: str, name: str, uid:
     (``search.winner_selection``): it is refit on the training and validation rows — the
     standard step after model selection; the test rows stay untouched — unless the spec selects
     on validation rows itself (loadBestModel, early stopping), and the model card lists the
-    trials."""
+    trials. ``gpu_hour_price`` (the operator's price of the job's GPU resource) puts the run's
+    cost on the model card."""
     t = spec.training
     training = _drop_none({ours: t.get(theirs) for theirs, ours in _TRAINING.items()})
     config: dict[str, Any] = {
@@ -200,6 +202,8 @@ def render_trainer_config(spec: FineTuneJobSpec, namespace: str, name: str, uid:
         config["selection"] = dict(selection)
         if not (t.get("loadBestModel") or t.get("earlyStoppingPatience")):
             config["data"]["train_on_validation"] = True
+    if gpu_hour_price is not None and spec.gpus:
+        config["cost"] = {"gpus": spec.gpus * spec.nodes, "gpu_hour_price": gpu_hour_price, "currency": currency}
     if trial is not None:
         # A trial is scored on the validation rows, so it never trains on them (the refit is the winner's).
         config["data"].pop("train_on_validation", None)

@@ -12,12 +12,14 @@ from .names import Owner, child_labels, config_map_name, owner_references
 
 
 def build_config_map(owner: Owner, spec: FineTuneJobSpec, revision: int, name: str | None = None,
-                     trial: int | None = None, selection: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                     trial: int | None = None, selection: Mapping[str, Any] | None = None,
+                     gpu_hour_price: float | None = None, currency: str = "USD") -> dict[str, Any]:
     """An immutable ConfigMap: a revision's config never changes, a spec edit makes a new one.
     ``name``/``trial``: a search trial's config (``trial_job_name``) or the winner's
     (``winner_config_map_name``, with the search's ``selection``), ``spec`` then carrying those
-    settings."""
-    config = render_trainer_config(spec, owner.namespace, owner.name, owner.uid, revision, trial, selection)
+    settings. ``gpu_hour_price``/``currency``: the run's cost on the model card."""
+    config = render_trainer_config(spec, owner.namespace, owner.name, owner.uid, revision, trial, selection,
+                                   gpu_hour_price=gpu_hour_price, currency=currency)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
