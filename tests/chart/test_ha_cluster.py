@@ -272,3 +272,69 @@ def test_leader_pod_deleted_mid_run_and_mid_rollout(release: Release) -> None:
     (OUTPUT / "ha-pod-takeover.json").write_text(json.dumps(result, indent=1))
     print("leader pod deleted:", result)
     assert acquired - deleted + first_write <= 20, result
+
+
+def _ctr(rel: Release, *args: str) -> None:
+    s = rel.cluster.settings
+    subprocess.run(["ctr", "--address", str(s.containerd_socket), "-n", "k8s.io", *args], check=True,
+                   capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("release", ["namespaced"], indirect=True)
+def test_frozen_leader_pod_replaced_and_writes_nothing_after_thaw(release: Release) -> None:
+    rel, c = release, release.cluster
+    wait_for("2 Ready operator pods", rel.ready_pods, 120, 1)
+    c.apply(ftj_manifests("frozen-run", 40), rel.watched)
+    _wait(rel, "frozen-run Running with progress", lambda: _ftj_running(rel, "frozen-run", 2))
+    leader = rel.leader_pod()
+    old_holder, old_ip = rel.holder(), leader["status"]["podIP"]
+    status = leader["status"]["containerStatuses"][0]
+    container, restarts = status["containerID"].split("://", 1)[1], status["restartCount"]
+
+    # Freeze the leader's container (the cgroup freezer: every thread stops, as on a stalled node),
+    # past its Lease; the follower takes over.
+    _ctr(rel, "tasks", "pause", container)
+    frozen = time.time()
+    try:
+        new_holder = wait_for("the follower to take the Lease", lambda: (h := rel.holder()) != old_holder and h,
+                              60, 0.2, rel.logs)
+        acquired = _ts(c.get("lease", rel.fullname, rel.ns)["spec"]["acquireTime"])
+        new_ip = next(p for p in rel.pods() if new_holder.startswith(p["metadata"]["name"] + "_"))["status"]["podIP"]
+        first_write = wait_for("the new leader's first write", lambda: next(
+            (e for e in rel.events() if _source(e) == new_ip and e["verb"] in WRITES
+             and (e.get("objectRef") or {}).get("resource") != "leases"
+             and _ts(e["requestReceivedTimestamp"]) >= acquired), None), 30, 1)
+    finally:
+        _ctr(rel, "tasks", "resume", container)
+    thawed = time.time()
+
+    # Thawed, it exits on its own (status 3) and the kubelet restarts it as a follower.
+    def restarted() -> dict[str, Any] | None:
+        pod = c.get("pod", leader["metadata"]["name"], rel.ns)
+        st = pod["status"]["containerStatuses"][0]
+        return st if st["restartCount"] > restarts and st.get("lastState", {}).get("terminated") else None
+    st = wait_for("the thawed leader to exit and restart", restarted, 90, 0.5, rel.logs)
+    ended = st["lastState"]["terminated"]
+    assert ended["exitCode"] == 3, ended
+    previous = c.kubectl("logs", "-n", rel.ns, leader["metadata"]["name"], "--previous", check=False).stdout
+    assert "not renewed in time" in previous, previous[-2000:]
+    assert _wait(rel, "frozen-run to end", lambda: _ftj_done(rel, "frozen-run"), 240) == "Succeeded"
+
+    # The audit log: from the frozen pod's address, not one request between the freeze and its
+    # container's exit (+1 s: finishedAt has whole seconds), and never a write after the freeze
+    # (its restarted container only reads the Lease, as a follower).
+    events = [e for e in rel.events() if _source(e) == old_ip and _ts(e["requestReceivedTimestamp"]) >= frozen]
+    exited = _ts(ended["finishedAt"]) + 1
+    assert [e for e in events if _ts(e["requestReceivedTimestamp"]) <= exited] == [], events[:3]
+    assert [e for e in events if e["verb"] in WRITES] == [], [(e["verb"], e["objectRef"]) for e in events]
+    assert c.get("lease", rel.fullname, rel.ns)["spec"]["holderIdentity"] == new_holder
+    result = {"freeze_to_new_holder_s": round(acquired - frozen, 2),
+              "holder_change_to_first_write_s": round(_ts(first_write["requestReceivedTimestamp"]) - acquired, 2),
+              "thaw_to_exit_at_most_s": round(exited - thawed, 1), "exit_code": ended["exitCode"],
+              "requests_from_frozen_pod_after_freeze": len(events),
+              "writes_from_frozen_pod_after_freeze": 0}
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    (OUTPUT / "ha-freeze-takeover.json").write_text(json.dumps(result, indent=1))
+    print("leader pod frozen:", result)
+    assert acquired - frozen <= 20, result
