@@ -338,3 +338,155 @@ def test_frozen_leader_pod_replaced_and_writes_nothing_after_thaw(release: Relea
     (OUTPUT / "ha-freeze-takeover.json").write_text(json.dumps(result, indent=1))
     print("leader pod frozen:", result)
     assert acquired - frozen <= 20, result
+
+
+# --- least privilege ----------------------------------------------------------------------------
+
+Use = tuple[str, str, str, str, str]
+"""(apiGroup, resource[/subresource], verb, namespace or "" for cluster scope, name)."""
+Rule = tuple[str, str, str, str]
+"""(apiGroup, resource[/subresource], verb, namespace or "*" for a ClusterRole's cluster-wide grant)."""
+
+GRANTED_TO_EVERYONE = {("authorization.k8s.io", "selfsubjectaccessreviews"), ("authorization.k8s.io", "selfsubjectrulesreviews"),
+                       ("authentication.k8s.io", "selfsubjectreviews")}
+"""system:basic-user's grants to every authenticated user; not the chart's business."""
+
+_APPLIED = ("server-side apply of an absent object: the apiserver authorizes create inside the patch "
+            "request, which is all the audit log shows")
+_OWNER_REF = ("OwnerReferencesPermissionEnforcement authorizes it inside each child's create (blockOwnerDeletion "
+              "on the controller reference); the audit log shows only the create")
+_ALREADY_EXISTS = "kube.create on AlreadyExists (a child made before a leader change): reads its controller reference"
+NOT_EXERCISED: dict[tuple[str, str, str], str] = {
+    ("apps", "deployments", "create"): _APPLIED,
+    ("policy", "poddisruptionbudgets", "create"): _APPLIED,
+    ("autoscaling", "horizontalpodautoscalers", "create"): _APPLIED + " (spec.autoscaling only)",
+    ("inference.networking.k8s.io", "inferencepools", "create"): _APPLIED + " (only where the InferencePool CRD is installed)",
+    ("autoscaling", "horizontalpodautoscalers", "patch"): "spec.autoscaling only (server-side apply)",
+    ("inference.networking.k8s.io", "inferencepools", "patch"): "only where the InferencePool CRD is installed",
+    ("autoscaling", "horizontalpodautoscalers", "delete"): "spec.autoscaling removed from a ModelServe",
+    ("policy", "poddisruptionbudgets", "delete"): "a ModelServe that no longer wants its PDB",
+    ("inference.networking.k8s.io", "inferencepools", "delete"): "a ModelServe that no longer wants its InferencePool",
+    ("", "configmaps", "delete"): "old per-version launcher ConfigMaps of a ModelServe beyond the ones kept",
+    ("", "services", "delete"): "a multi-node FineTuneJob revision's headless workers Service when it ends",
+    ("batch", "jobs", "get"): _ALREADY_EXISTS,
+    ("", "configmaps", "get"): _ALREADY_EXISTS + "; a dataset ConfigMap's keys (pre-flight)",
+    ("", "services", "get"): _ALREADY_EXISTS,
+    ("batch", "jobs", "patch"): "(un)suspending a Job: a FineTuneJob's spec.suspend / queueing",
+    ("", "secrets", "get"): "a Secret sent to a user-chosen endpoint: its opt-in annotation (review OP-2)",
+    ("scheduling.k8s.io", "priorityclasses", "get"): "spec.scheduling.priorityClassName (checked before the Job)",
+    ("tuneforge.dev", "finetunejobs", "get"): "a ModelServe whose adapter names a FineTuneJob (adapter.fineTuneJob)",
+    ("tuneforge.dev", "finetunejobs/finalizers", "update"): _OWNER_REF,
+    ("tuneforge.dev", "modelserves/finalizers", "update"): _OWNER_REF,
+}
+"""Rules of the chart that a FineTuneJob and a ModelServe rollout on the happy path do not use,
+each with the path that does (the comparison fails if one of them is used, or one more is unused)."""
+
+
+def chart_rules(manifest: str, sa_namespace: str, sa_name: str) -> dict[Rule, tuple[str, ...]]:
+    """Every (group, resource, verb, namespace) the release's bindings grant its ServiceAccount,
+    with the resourceNames a rule is limited to (empty: any name)."""
+    docs = [d for d in yaml.safe_load_all(manifest) if d]
+    roles = {(d["kind"], d["metadata"].get("namespace", ""), d["metadata"]["name"]): d
+             for d in docs if d["kind"] in ("Role", "ClusterRole")}
+    out: dict[Rule, tuple[str, ...]] = {}
+    for b in docs:
+        if b["kind"] not in ("RoleBinding", "ClusterRoleBinding"):
+            continue
+        if not any(s["kind"] == "ServiceAccount" and s["name"] == sa_name and s.get("namespace") == sa_namespace
+                   for s in b["subjects"]):
+            continue
+        ns = b["metadata"].get("namespace", "") if b["kind"] == "RoleBinding" else "*"
+        ref = b["roleRef"]
+        role = roles[(ref["kind"], ns if ref["kind"] == "Role" else "", ref["name"])]
+        for rule in role["rules"]:
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    for verb in rule["verbs"]:
+                        assert "*" not in (group, resource, verb), rule  # no wildcards
+                        out[(group, resource, verb, ns)] = tuple(rule.get("resourceNames", ()))
+    return out
+
+
+def used_requests(events: list[dict[str, Any]]) -> dict[Use, int]:
+    """What the audit events asked for (resource requests only): 403 where RBAC refused it."""
+    out: dict[Use, int] = {}
+    for e in events:
+        ref = e.get("objectRef")
+        if not ref or (ref.get("apiGroup", ""), ref.get("resource")) in GRANTED_TO_EVERYONE:
+            continue
+        resource = ref["resource"] + (f'/{ref["subresource"]}' if ref.get("subresource") else "")
+        key = (ref.get("apiGroup", ""), resource, e["verb"], ref.get("namespace", ""), ref.get("name", ""))
+        # RBAC's own refusal (a 403 may also be a namespace being deleted refusing a create).
+        code = 403 if (e.get("annotations") or {}).get("authorization.k8s.io/decision") == "forbid" else 200
+        out[key] = code if code == 403 else out.get(key, code)
+    return out
+
+
+def compare(rules: dict[Rule, tuple[str, ...]], used: dict[Use, int]) -> tuple[set[Use], set[Rule]]:
+    """(requests no rule allows or the apiserver refused, rules no request used)."""
+    def allows(rule: Rule, names: tuple[str, ...], use: Use) -> bool:
+        group, resource, verb, ns = rule
+        return ((group, resource, verb) == use[:3] and ns in ("*", use[3])
+                and (not names or use[4] in names))
+
+    missing = {u for u, code in used.items() if code == 403 or not any(allows(r, n, u) for r, n in rules.items())}
+    unused = {r for r, n in rules.items() if not any(allows(r, n, u) for u in used)}
+    return missing, unused
+
+
+def test_compare_rbac_with_audit_table() -> None:
+    rules = {("batch", "jobs", "create", "w"): (), ("coordination.k8s.io", "leases", "update", "ops"): ("l",),
+             ("scheduling.k8s.io", "priorityclasses", "get", "*"): ()}
+    used = {("batch", "jobs", "create", "w", ""): 201, ("coordination.k8s.io", "leases", "update", "ops", "other"): 403,
+            ("", "pods", "list", "w", ""): 200}
+    missing, unused = compare(rules, used)
+    assert missing == {("coordination.k8s.io", "leases", "update", "ops", "other"), ("", "pods", "list", "w", "")}
+    assert unused == {("coordination.k8s.io", "leases", "update", "ops"), ("scheduling.k8s.io", "priorityclasses", "get", "*")}
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("release", ["namespaced", "cluster-wide"], indirect=True)
+def test_rbac_rules_are_exactly_what_the_operator_uses(release: Release) -> None:
+    rel, c = release, release.cluster
+    ignored = ""
+    if rel.mode == "namespaced":
+        ignored = c.new_namespace("t-ha-unwatched", pod_security_labels("restricted"))
+        c.apply(ftj_manifests("ignored", 4), ignored)
+    try:
+        run_workload(rel, "audited", "audited-serve")
+        events = rel.events()
+        if ignored:
+            # Not watched: never touched (no status, no child, not one request in that namespace).
+            assert _status(rel, "finetunejob", "ignored", ignored) == {}
+            assert c.list("jobs", ignored) == []
+            assert [e for e in events if (e.get("objectRef") or {}).get("namespace") == ignored] == []
+            sa = f"--as={rel.user}"
+            table = {}
+            for verb, resource in (("create", "jobs"), ("create", "deployments.apps"), ("get", "pods/log"),
+                                   ("patch", "finetunejobs.tuneforge.dev/status"), ("list", "finetunejobs.tuneforge.dev"),
+                                   ("get", "secrets")):
+                args = [verb, resource] if "/" not in resource else [verb, resource.split("/")[0], f"--subresource={resource.split('/')[1]}"]
+                table[f"{verb} {resource}"] = {n: c.kubectl("auth", "can-i", *args, "-n", n, sa, check=False).stdout.strip()
+                                               for n in (rel.watched, ignored)}
+            print("kubectl auth can-i as the operator (watched, unwatched):", json.dumps(table, indent=1))
+            (OUTPUT / "ha-can-i-namespaced.json").write_text(json.dumps(table, indent=1))
+            assert all(row[ignored] == "no" for row in table.values()), table
+            assert all(row[rel.watched] == "yes" for k, row in table.items() if k != "get secrets"), table
+    finally:
+        if ignored:
+            c.delete_namespace(ignored)
+
+    manifest = c.helm("get", "manifest", rel.name, "--namespace", rel.ns).stdout
+    rules = chart_rules(manifest, rel.ns, rel.fullname)
+    used = used_requests(events)
+    missing, unused = compare(rules, used)
+    report = {"mode": rel.mode, "rules": len(rules), "distinct_requests": len(used),
+              "used": sorted({f"{u[2]} {u[0] or 'core'}/{u[1]} ns={'own' if u[3] == rel.ns else 'watched' if u[3] == rel.watched else u[3] or 'cluster'}"
+                              for u in used}),
+              "missing": sorted(map(str, missing)),
+              "unused": sorted(f"{r[2]} {r[0] or 'core'}/{r[1]} ({r[3]})" for r in unused)}
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    (OUTPUT / f"ha-rbac-audit-{rel.mode}.json").write_text(json.dumps(report, indent=1))
+    print("RBAC vs audit:", json.dumps(report, indent=1))
+    assert missing == set(), report
+    assert {r[:3] for r in unused} == set(NOT_EXERCISED), report
