@@ -157,11 +157,12 @@ def digest(n: int) -> str:
 
 
 def ms_manifest(name: str, version: int, real_node: bool = False) -> dict[str, Any]:
-    """A ModelServe on the kwok GPU nodes, or (``real_node``) on the real node, whose two GPU
-    stand-ins fit a blue and a green server pod."""
+    """A ModelServe on the kwok GPU nodes, or (``real_node``) served on the real node's CPU
+    (``gpus: 0``: its GPU stand-ins stay free for other tests)."""
     where, size = ({"tuneforge.dev/node-kind": "real"}, {"cpu": "50m", "memory": "128Mi"}) if real_node else \
         (H100, {"cpu": "1", "memory": "1Gi"})
     return {"apiVersion": "tuneforge.dev/v1alpha1", "kind": "ModelServe", "metadata": {"name": name}, "spec": {
+        **({"gpus": 0} if real_node else {}),
         "baseModel": {"uri": "/models/base"},
         "adapters": [{"name": "intents", "uri": f"/adapters/v{version}", "digest": digest(version)}],
         "resources": size, "scheduling": {"nodeSelector": where},
