@@ -157,6 +157,11 @@ def test_helm_upgrade_restarts_nothing_and_reinstall_adopts(cluster: Cluster, tm
         assert len(pods) == 1 and _uids(c, watched)["Job/upgrade-run-train-1"] == children["Job/upgrade-run-train-1"]
         (listed,) = json.loads(c.helm("list", "--namespace", ns, "-o", "json").stdout)
         assert listed["chart"] == "tuneforge-0.2.0" and listed["revision"] in (2, "2"), listed
+        result = {"requests_ok": loop.ok, "requests_failed": len(loop.failed), "upgrade_window_s": round(upgrade_s, 1),
+                  "ftj_step_before": before["progress"]["step"], "lease_transitions": lease["leaseTransitions"]}
+        OUTPUT.mkdir(parents=True, exist_ok=True)
+        (OUTPUT / "ha-upgrade.json").write_text(json.dumps(result, indent=1))
+        print("helm upgrade:", result)
     except BaseException:
         c.helm("uninstall", name, "--namespace", ns, "--wait", check=False)
         raise
@@ -176,9 +181,11 @@ def test_helm_upgrade_restarts_nothing_and_reinstall_adopts(cluster: Cluster, tm
     c.helm("install", name, str(CHART), "-f", str(vfile), *common)
     try:
         wait_for("2 Ready operator pods", rel.ready_pods, 120, 1)
-        leader = wait_for("a leader", rel.holder, 60, 0.5)
+        # The Lease outlived the release (Helm never made it) and names an old pod until a new one takes it.
+        pod = wait_for("a new pod to lead", lambda: next((p for p in rel.pods()
+                                                         if rel.holder().startswith(p["metadata"]["name"] + "_")), None), 60, 0.5)
         acquired = _ts(c.get("lease", rel.fullname, ns)["spec"]["acquireTime"])
-        ip = next(p for p in rel.pods() if leader.startswith(p["metadata"]["name"] + "_"))["status"]["podIP"]
+        ip = pod["status"]["podIP"]
         wait_for("the new leader to list the ModelServes", lambda: any(
             _source(e) == ip and (e.get("objectRef") or {}).get("resource") == "modelserves"
             and _ts(e["requestReceivedTimestamp"]) >= acquired for e in rel.events()), 60, 1)
@@ -189,8 +196,3 @@ def test_helm_upgrade_restarts_nothing_and_reinstall_adopts(cluster: Cluster, tm
         assert meta["labels"]["helm.sh/chart"] == "tuneforge-0.1.0" and meta["annotations"]["helm.sh/resource-policy"] == "keep"
     finally:
         c.helm("uninstall", name, "--namespace", ns, "--wait", "--timeout", "3m", check=False)
-    result = {"requests_ok": loop.ok, "requests_failed": len(loop.failed), "upgrade_window_s": round(upgrade_s, 1),
-              "ftj_step_before": before["progress"]["step"], "lease_transitions": lease["leaseTransitions"]}
-    OUTPUT.mkdir(parents=True, exist_ok=True)
-    (OUTPUT / "ha-upgrade.json").write_text(json.dumps(result, indent=1))
-    print("helm upgrade:", result)
