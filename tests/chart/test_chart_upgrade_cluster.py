@@ -132,7 +132,8 @@ def test_helm_upgrade_restarts_nothing_and_reinstall_adopts(cluster: Cluster, tm
         upgrade_started = time.monotonic()
         try:
             time.sleep(2)
-            c.helm("upgrade", name, str(chart), "-f", str(vfile), *common)
+            # --force-conflicts: on the shared cluster other tests apply crds/ with kubectl between runs.
+            c.helm("upgrade", name, str(chart), "-f", str(vfile), *common, "--force-conflicts")
             new = wait_for("2 Ready operator pods of the new version", lambda: (pods := rel.ready_pods()) and all(
                 p["spec"]["containers"][0]["image"].endswith("-next") for p in pods) and pods, 180, 1, rel.logs)
             wait_for("a new pod to hold the Lease", lambda: rel.leader_pod()["metadata"]["name"] not in old_pods, 60, 0.5)
