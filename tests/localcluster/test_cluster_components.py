@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tuneforge_localcluster import components, manifests
+from tuneforge_localcluster import audit, components, manifests
 from tuneforge_localcluster.settings import Settings
 
 S = Settings(cache=Path("/c"), runtime=Path("/r"), repo=Path("/repo"), node_ip="192.0.2.2")
@@ -28,6 +28,9 @@ def _flags(args: list[str]) -> dict[str, str]:
         (components.apiserver_args, "kubelet-preferred-address-types", "InternalIP"),
         (components.apiserver_args, "advertise-address", "192.0.2.2"),
         (components.apiserver_args, "anonymous-auth", "false"),
+        (components.apiserver_args, "audit-policy-file", "/r/audit/policy.yaml"),
+        (components.apiserver_args, "audit-log-path", "/r/audit/audit.log"),
+        (components.apiserver_args, "audit-log-mode", "batch"),
         (components.controller_manager_args, "use-service-account-credentials", "true"),
         (components.kwok_args, "manage-all-nodes", "false"),
         (components.kwok_args, "manage-nodes-with-annotation-selector", "kwok.x-k8s.io/node=fake"),
@@ -36,6 +39,20 @@ def _flags(args: list[str]) -> dict[str, str]:
 )
 def test_component_flags(builder, flag: str, value: str) -> None:
     assert _flags(builder(S, BINS))[flag] == value
+
+
+def test_audit_policy_logs_service_accounts_but_not_the_control_plane(tmp_path: Path) -> None:
+    rules = audit.POLICY["rules"]
+    assert rules[0] == {"level": "None", "userGroups": ["system:serviceaccounts:kube-system"]}
+    assert rules[1] == {"level": "Metadata", "userGroups": ["system:serviceaccounts"]}
+    assert rules[-1] == {"level": "None"}  # nodes, the admin, kwok: never logged
+    s = Settings(cache=tmp_path, runtime=tmp_path, repo=tmp_path, node_ip="192.0.2.2")
+    audit.write_policy(s)
+    audit.log_path(s).write_text(
+        '{"user": {"username": "system:serviceaccount:a:op"}, "verb": "get"}\n'
+        '{"user": {"username": "system:serviceaccount:b:op"}, "verb": "list"}\n{"user": {"userna')
+    assert [e["verb"] for e in audit.events(s, "system:serviceaccount:a:op")] == ["get"]
+    assert len(list(audit.events(s))) == 2  # a line still being written is skipped
 
 
 def test_kubelet_config_fits_this_machine() -> None:

@@ -72,13 +72,16 @@ each watched namespace's Role in namespaced mode. One list for both, so the mode
 {{- define "tuneforge.namespacedRules" -}}
 # Our resources: watch them and write status. Neither kind is patched itself (the operator has
 # no Kopf change handlers, so Kopf writes no annotations or finalizers); a ModelServe reads the
-# FineTuneJob it follows with get.
+# FineTuneJob it follows with get. Status is patched (merge or JSON patch), never read alone.
 - apiGroups: [tuneforge.dev]
   resources: [finetunejobs, modelserves]
-  verbs: [get, list, watch]
+  verbs: [list, watch]
+- apiGroups: [tuneforge.dev]
+  resources: [finetunejobs]
+  verbs: [get]
 - apiGroups: [tuneforge.dev]
   resources: [finetunejobs/status, modelserves/status]
-  verbs: [get, patch]
+  verbs: [patch]
 # Children carry a controller reference with blockOwnerDeletion: true. Clusters that run the
 # OwnerReferencesPermissionEnforcement admission plugin (OpenShift, hardened clusters, the local
 # cluster) let a client set it only with update on the owner's finalizers (review OP-1).
@@ -101,25 +104,26 @@ each watched namespace's Role in namespaced mode. One list for both, so the mode
   resources: [configmaps]
   verbs: [create, get, list, delete]
 # ModelServe children. Deployments and the HPA are server-side applied (patch, create when
-# absent); Services are created once and their selector patched on a switch; the PDB is created
-# once; InferencePools only where their CRD is installed (list discovers it). Deployments,
-# Services and Jobs are watched: the operator keeps indexes of them.
+# absent: the apiserver authorizes create inside the apply request); Services are created once
+# and their selector patched on a switch; the PDB is applied too; InferencePools only where their
+# CRD is installed (list discovers it). Deployments, Services and Jobs are watched: the operator
+# keeps indexes of them. Applied kinds are never read by name (list/watch show what exists).
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, list, watch, create, patch]
+  verbs: [list, watch, create, patch]
 # delete: a multi-node FineTuneJob revision's headless workers Service when it ends.
 - apiGroups: [""]
   resources: [services]
   verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
-  verbs: [get, list, create, patch, delete]
+  verbs: [list, create, patch, delete]
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
-  verbs: [get, list, create, patch, delete]
+  verbs: [list, create, patch, delete]
 - apiGroups: [inference.networking.k8s.io]
   resources: [inferencepools]
-  verbs: [get, list, create, patch, delete]
+  verbs: [list, create, patch, delete]
 # Progress: read the trainer's log lines (read-only); trainer pods get no token at all. A gate
 # pod's termination message is read from its status (list).
 - apiGroups: [""]
@@ -137,9 +141,10 @@ each watched namespace's Role in namespaced mode. One list for both, so the mode
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get]
-- apiGroups: ["", events.k8s.io]
+# Kopf posts each Event (core/v1, POST); it never patches or aggregates them.
+- apiGroups: [""]
   resources: [events]
-  verbs: [create, patch]
+  verbs: [create]
 {{- end }}
 
 {{/*

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from tuneforge_localcluster import binaries, components, images, manifests, pki
+from tuneforge_localcluster import audit, binaries, components, images, manifests, pki
 from tuneforge_localcluster.settings import REPO_ROOT, Settings
 
 DEBIAN_PACKAGES = {
@@ -308,6 +308,7 @@ def up(s: Settings) -> float:
 
     _start(s, "etcd", components.etcd_args(s, bins))
     _wait("etcd", lambda: _http_ok(f"http://127.0.0.1:{s.etcd_port}/health"), 30, s.logs / "etcd.log")
+    audit.write_policy(s)
     _start(s, "kube-apiserver", components.apiserver_args(s, bins))
     _wait("kube-apiserver /readyz", lambda: _https_ok(s, f"{s.apiserver_url}/readyz"), 90, s.logs / "kube-apiserver.log")
     _log(f"Control plane ready in {time.monotonic() - t0:.1f} s")

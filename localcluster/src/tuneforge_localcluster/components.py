@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tuneforge_localcluster import audit
 from tuneforge_localcluster.settings import Settings
 
 CNI_BIN_DIR = "/usr/lib/cni"
@@ -71,6 +72,7 @@ def apiserver_args(s: Settings, bins: dict[str, Path]) -> list[str]:
         "--max-requests-inflight=800",
         "--max-mutating-requests-inflight=400",
         "--v=1",
+        *audit.apiserver_args(s),
     ]
 
 
