@@ -390,6 +390,9 @@ NOT_EXERCISED: dict[tuple[str, str, str], str] = {  # (apiGroup, resource, verb)
     ("tuneforge.dev", "finetunejobs", "get"): "a ModelServe whose adapter names a FineTuneJob (adapter.fineTuneJob)",
     ("tuneforge.dev", "finetunejobs/finalizers", "update"): _OWNER_REF,
     ("tuneforge.dev", "modelserves/finalizers", "update"): _OWNER_REF,
+    # Kopf watches Kueue's Workloads only where Kueue's CRD is installed (tests/operator/test_kueue_cluster.py).
+    ("kueue.x-k8s.io", "workloads", "list"): "only where Kueue is installed: a queued training Job's Workload",
+    ("kueue.x-k8s.io", "workloads", "watch"): "only where Kueue is installed: a queued training Job's Workload",
 }
 """Rules of the chart that a FineTuneJob and a ModelServe rollout on the happy path do not use,
 each with the path that does (the comparison fails if one of them is used, or one more is unused)."""
