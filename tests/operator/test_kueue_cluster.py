@@ -40,6 +40,9 @@ def _kwok_annotations(delay: str) -> str:
     """The kwok training pod ends after ``delay`` with a succeeded trainer summary."""
     annotations = json.loads(summary_annotation())
     annotations["pod-complete.stage.kwok.x-k8s.io/delay"] = delay
+    # kwok draws the delay between the delay and the jitter-delay (the stage's default jitter is
+    # 2 s): without an equal jitter-delay a long delay is cut to seconds.
+    annotations["pod-complete.stage.kwok.x-k8s.io/jitter-delay"] = delay
     return json.dumps(annotations)
 
 
