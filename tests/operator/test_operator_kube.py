@@ -172,9 +172,9 @@ def test_any_failed_reconcile_is_retried_with_backoff(monkeypatch: pytest.Monkey
     a reconcile that succeeds resets the backoff."""
     import asyncio
     import dataclasses
-    from types import SimpleNamespace
-
     from tuneforge.finetune import handlers
+    from tuneforge.finetune.reconcile import Room
+    from tuneforge.runtime import Runtime
     from tuneforge.settings import Settings
 
     key = ("ns", "intent")
@@ -189,10 +189,9 @@ def test_any_failed_reconcile_is_retried_with_backoff(monkeypatch: pytest.Monkey
         return None
 
     async def main() -> None:
-        ctx = SimpleNamespace(
-            settings=dataclasses.replace(Settings(), retry_delay=0.01, retry_max_delay=0.04),
-            body=lambda k: unpack(pack({"metadata": {"name": "intent", "uid": "u"}})) if k == key else None,
-            emit=lambda *a: events.append(a), log_extra=lambda k: {})
+        settings = dataclasses.replace(Settings(), retry_delay=0.01, retry_max_delay=0.04)
+        ctx = Room(rt=Runtime(settings, None, lambda *a: events.append(a)),  # type: ignore[arg-type]
+                   ftjs={key: [pack({"metadata": {"name": "intent", "namespace": "ns", "uid": "u"}})]}, jobs={}, pods={})
         monkeypatch.setattr(handlers, "reconcile", flaky)
         queue = handlers.work_queue(ctx)  # type: ignore[arg-type]
         await queue.run(key)

@@ -22,12 +22,14 @@ behind our own writes: ``last_status`` prefers it, so a pass never decides from 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import logging
-from typing import Any, Callable, ClassVar, Iterable, Mapping
+from typing import Any, Awaitable, Callable, ClassVar, Iterable, Mapping
 
 from .kube import Kube
 from .settings import Settings
+from .workqueue import Outcome, WorkQueue
 
 Obj = Mapping[str, Any]
 Key = tuple[str, str]
@@ -117,8 +119,26 @@ class RoomState:
         return log_extra(self.KIND, key[0], key[1], uid, revision)
 
     def body(self, key: Key) -> dict[str, Any] | None:
-        """The object ``key`` as the room's index holds it (None: not known, or deleted)."""
+        """The object ``key`` as the room's index holds it (None: not known, or deleted); each
+        room defines it over its own index."""
         raise NotImplementedError
+
+    def work_queue(self, reconcile: Callable[[Any, Key], Awaitable[Outcome]]) -> WorkQueue[Key]:
+        """The room's work queue: every trigger runs ``reconcile(room, key)`` through it,
+        serialised and coalesced per object; failures retried with backoff, a non-transient one
+        also posted as a Warning Event on the object."""
+
+        async def work(key: Key) -> Outcome:
+            return await reconcile(self, key)
+
+        def failed(key: Key, text: str) -> None:
+            body = self.body(key)
+            if body is not None:
+                self.emit(body, "Warning", "ReconcileFailed", text)
+
+        return WorkQueue(self.KIND, work, retry_delay=self.settings.retry_delay,
+                         retry_max_delay=self.settings.retry_max_delay, on_failure=failed,
+                         log_extra=self.log_extra)
 
     def last_status(self, body: Obj) -> dict[str, Any]:
         """The newest status known for an object: ours if we wrote one, else the watch's."""
@@ -135,3 +155,14 @@ class RoomState:
     def forget_status(self, uid: str | None) -> None:
         if uid:
             self.written.pop(uid, None)
+
+
+def now_iso(now: dt.datetime) -> str:
+    """A status timestamp: UTC, whole seconds, as Kubernetes writes them."""
+    return now.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: str | None) -> dt.datetime | None:
+    if not value:
+        return None
+    return dt.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)

@@ -189,17 +189,7 @@ def work_queue(room: Room) -> WorkQueue[Key]:
     a non-terminal phase forever. A FineTuneJob that waits for something (a missing PVC, say) is
     looked at again the same way; a reconcile that neither fails nor waits resets the backoff.
     """
-    async def work(key: Key) -> Outcome:
-        return await reconcile(room, key)
-
-    def failed(key: Key, text: str) -> None:
-        body = room.body(key)
-        if body is not None:
-            room.emit(body, "Warning", "ReconcileFailed", text)
-
-    return WorkQueue("FineTuneJob", work, retry_delay=room.settings.retry_delay,
-                     retry_max_delay=room.settings.retry_max_delay, on_failure=failed,
-                     log_extra=room.log_extra)
+    return room.work_queue(reconcile)
 
 
 def _kick(key: Key) -> None:

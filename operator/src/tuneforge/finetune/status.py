@@ -12,6 +12,7 @@ import dataclasses
 import datetime as dt
 from typing import Any, Mapping, Sequence
 
+from ..runtime import now_iso, parse_time
 from ..endpoint_secrets import SECRET_NOT_ALLOWED, SECRET_NOT_FOUND
 from .gate import evaluate_gate
 from .progress import Progress
@@ -79,16 +80,6 @@ class PhaseInfo:
     gate_passed: bool | None = None
     waiting: bool = False  # for a dependency (DEPENDENCY_REASONS) within the bounded wait
     restart: bool = False  # the failed gang starts again (as attempt ``restarts + 1``)
-
-
-def now_iso(now: dt.datetime) -> str:
-    return now.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(value: str | None) -> dt.datetime | None:
-    if not value:
-        return None
-    return dt.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
 
 
 def decide_revision(current_hash: str, generation: int, prior: Obj, history_limit: int = 20,

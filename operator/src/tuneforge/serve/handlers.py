@@ -48,18 +48,7 @@ def work_queue(room: Room) -> WorkQueue[Key]:
     """The ModelServes' work queue: every trigger runs ``reconcile`` through it, serialised and
     coalesced per ModelServe; a rollout's "not yet" comes back as a timer, any failure is retried
     with backoff (a non-transient one posts a Warning Event)."""
-
-    async def work(key: Key) -> Outcome:
-        return await reconcile(room, key)
-
-    def failed(key: Key, text: str) -> None:
-        body = room.body(key)
-        if body is not None:
-            room.emit(body, "Warning", "ReconcileFailed", text)
-
-    return WorkQueue("ModelServe", work, retry_delay=room.settings.retry_delay,
-                     retry_max_delay=room.settings.retry_max_delay, on_failure=failed,
-                     log_extra=room.log_extra)
+    return room.work_queue(reconcile)
 
 
 _state: dict[str, Any] = {}

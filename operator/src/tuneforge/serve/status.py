@@ -16,6 +16,7 @@ import dataclasses
 import datetime as dt
 from typing import Any, Mapping, Sequence
 
+from ..runtime import now_iso, parse_time
 from .gate import GateMeasures
 from .names import ANNOTATION_RETRY
 from .source import Resolution, ServedVersion
@@ -99,16 +100,6 @@ class Event:
 
 
 # --- helpers --------------------------------------------------------------------------------
-
-def now_iso(now: dt.datetime) -> str:
-    return now.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(value: str | None) -> dt.datetime | None:
-    if not value:
-        return None
-    return dt.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
-
 
 def version_of(raw: Obj | None) -> ServedVersion | None:
     return ServedVersion.from_status(raw) if raw else None
