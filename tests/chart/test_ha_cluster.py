@@ -34,6 +34,8 @@ import yaml
 from tuneforge_localcluster import audit
 from tuneforge_localcluster.testing import Cluster, kwok_serve_env, pod_security_labels, wait_for
 
+pytestmark = pytest.mark.exclusive  # see pyproject.toml
+
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "tuneforge"
 OUTPUT = ROOT / "test-output"
