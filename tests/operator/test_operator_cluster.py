@@ -519,6 +519,7 @@ def test_missing_secret_fails_naming_the_field(cluster: Cluster, namespace: str,
     assert cluster.list("jobs", namespace, "tuneforge.dev/role=train") == []
 
 
+@pytest.mark.exclusive  # in-cluster operator pods on the real node: starved beside a training run
 def test_operator_image_as_deployment(cluster: Cluster, namespace: str, crds: None, operator_image: str,
                                       standin_image: str) -> None:
     """operator/Dockerfile + operator/deploy/operator.yaml: in-cluster credentials, least-privilege

@@ -40,6 +40,7 @@ def test_search_cel_rules_through_the_apiserver(cluster: Cluster, crds: None) ->
         assert res.returncode != 0 and expected in res.stderr, res.stderr
 
 
+@pytest.mark.exclusive  # three stand-in trials on the real node within 300 s: starved beside a training run
 def test_search_with_a_failed_trial_and_an_operator_restart(cluster: Cluster, namespace: str, run_operator: Any,
                                                             standin_image: str) -> None:
     first: OperatorProcess = run_operator(TUNEFORGE_TRAINER_IMAGE=standin_image)

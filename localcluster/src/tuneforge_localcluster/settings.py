@@ -33,9 +33,10 @@ class Settings:
     """The real node's InternalIP; the apiserver advertises it to pods."""
     node_name: str = "tuneforge-node"
     """Name of the real node (kubelet ``--hostname-override``)."""
-    gpus: int = 4
+    gpus: int = 8
     """``nvidia.com/gpu`` the real node advertises as a CPU stand-in: blue/green needs two, and
-    ``make test`` runs stand-in trainers (one GPU each by default) beside the e2e tests."""
+    ``make test`` runs stand-in trainers (one GPU each by default) beside the e2e tests, whose
+    distributed runs take up to four (with 4, a stand-in waited ~4 min for one)."""
     fake_gpu_nodes: int = 2
     """kwok nodes with 8 fake GPUs each."""
     pod_cidr: str = "10.244.0.0/24"
