@@ -123,6 +123,18 @@ class Settings:
     cost_currency: str = "USD"
     """Currency of ``gpu_hour_prices`` (status.cost.currency, the Cost column, the cost metric's label)."""
 
+    serve_usage_interval: float = 300.0
+    """Longest seconds between two counts of a serving ModelServe's status.usage and status.cost
+    (GPU-seconds, requests served): they are also counted whenever the GPUs its pods hold change;
+    0 counts only then."""
+
+    prometheus_url: str = ""
+    """Base URL of the Prometheus that scrapes the ModelServe color pods (``http://prometheus.monitoring:9090``):
+    a ModelServe's status.usage.requests (and status.cost.per1kRequests) is the increase of vLLM's
+    ``vllm:request_success_total`` over its series labelled with its ``namespace`` and ``modelserve``
+    (the pod's ``tuneforge.dev/modelserve`` label, relabelled as the chart's dashboard expects).
+    Empty: no request count."""
+
     leader_elect: bool = False
     """Run as one of several replicas: only the holder of a coordination.k8s.io Lease reconciles,
     the others stay Ready and idle (the chart and operator/deploy/operator.yaml turn this on; off,
