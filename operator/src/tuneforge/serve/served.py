@@ -3,7 +3,9 @@ PromQL expression (pure) for status.usage.requests. vLLM counts each finished re
 ``vllm:request_success_total`` (one series per finish reason, per pod); the scrape labels a
 color pod's series with its ``namespace`` and, from the pod's ``tuneforge.dev/modelserve``
 label, ``modelserve`` (the relabelling the chart's dashboard groups by too). ``increase`` over
-the usage's window adds up every pod's count, pods gone and counters reset included."""
+the usage's window adds up every pod's count, pods gone and counters reset included. Like every
+``increase``, it extrapolates the rate it saw to the window's edges (at most about one scrape
+interval's worth of requests), so the count is Prometheus's estimate, not an exact tally."""
 
 from __future__ import annotations
 
