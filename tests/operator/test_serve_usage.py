@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import re
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ from tuneforge.runtime import Runtime
 from tuneforge.serve.builders import GatePod
 from tuneforge.serve.plan import Requests, plan
 from tuneforge.serve.reconcile import Room, count_usage, metering, reconcile
-from tuneforge.serve.served import requests_query
+from tuneforge.serve.served import color_pods_regex, requests_query
 from tuneforge.serve.source import Resolution, ServedAdapter, ServedVersion
 from tuneforge.serve.spec import parse_spec
 from tuneforge.serve.status import ColorState, Metering, Observed, cost_status, gpus_held, usage_due, usage_status
@@ -118,13 +119,26 @@ def test_cost_status(u: dict[str, Any], m: Metering, want: dict[str, Any] | None
 
 
 @pytest.mark.parametrize(("since", "seconds", "want"), [
-    (S0, 3600, 'sum(increase(vllm:request_success_total{namespace="ml",modelserve="intents"}[3600s]))'),
-    (S0, 90.9, 'sum(increase(vllm:request_success_total{namespace="ml",modelserve="intents"}[90s]))'),
+    (S0, 3600, 'sum(increase(vllm:request_success_total{namespace="ml",pod=~"intents-(blue|green)-[a-z0-9]+-[a-z0-9]+"}[3600s]))'),
+    (S0, 90.9, 'sum(increase(vllm:request_success_total{namespace="ml",pod=~"intents-(blue|green)-[a-z0-9]+-[a-z0-9]+"}[90s]))'),
     (S0, 0.5, None),
     (None, 3600, None),
 ])
 def test_requests_query(since: str | None, seconds: float, want: str | None) -> None:
     assert requests_query("ml", "intents", since, at(seconds)) == want
+
+
+@pytest.mark.parametrize(("pod", "matches"), [
+    ("intents-blue-7d9f8c6b5-x2k4q", True),
+    ("intents-green-5c4b7d9f8-abcde", True),
+    ("intents-blue-7d9f8c6b5", False),  # not a pod name of a Deployment
+    ("intents-gate-1-abcde", False),  # the gate Job's pod
+    ("intents-blue-blue-7d9f8c6b5-x2k4q", False),  # ModelServe intents-blue's pod
+    ("my-intents-blue-7d9f8c6b5-x2k4q", False),
+])
+def test_color_pods_regex_matches_only_this_modelserves_color_pods(pod: str, matches: bool) -> None:
+    # Prometheus anchors =~ at both ends, as fullmatch does.
+    assert bool(re.fullmatch(color_pods_regex("intents"), pod)) is matches
 
 
 @pytest.mark.parametrize(("doc", "want"), [
@@ -251,7 +265,8 @@ def test_reconcile_writes_usage_asks_prometheus_at_points_only_and_counts_the_me
     kube.ready("blue")  # its one pod (1 GPU) runs: the Deployment's status changes, a pass
     st = run(10)
     assert st["usage"] == usage(0, 10, 1, 0.0, 2000) and st["phase"] == "Healthy"
-    assert prom.asked[-1] == ('sum(increase(vllm:request_success_total{namespace="ns-usage",modelserve="intents"}[10s]))', at(10))
+    assert prom.asked[-1] == ('sum(increase(vllm:request_success_total{namespace="ns-usage",'
+                              'pod=~"intents-(blue|green)-[a-z0-9]+-[a-z0-9]+"}[10s]))', at(10))
     writes, asked = len(kube.status_writes), len(prom.asked)
     asyncio.run(reconcile(room, key, at(11)))  # the pass after our own write: no point, no query, no write
     assert (len(kube.status_writes), len(prom.asked)) == (writes, asked)

@@ -129,11 +129,11 @@ class Settings:
     0 counts only then."""
 
     prometheus_url: str = ""
-    """Base URL of the Prometheus that scrapes the ModelServe color pods (``http://prometheus.monitoring:9090``):
-    a ModelServe's status.usage.requests (and status.cost.per1kRequests) is the increase of vLLM's
-    ``vllm:request_success_total`` over its series labelled with its ``namespace`` and ``modelserve``
-    (the pod's ``tuneforge.dev/modelserve`` label, relabelled as the chart's dashboard expects).
-    Empty: no request count."""
+    """Base URL of the Prometheus that scrapes the ModelServe color pods, as the operator reaches it
+    (``http://prometheus.monitoring:9090``): a ModelServe's status.usage.requests (and
+    status.cost.per1kRequests) is the increase of vLLM's ``vllm:request_success_total`` over the
+    series of its color pods, by the ``namespace`` and ``pod`` labels of Prometheus' usual pod
+    scraping. Empty: no request count."""
 
     leader_elect: bool = False
     """Run as one of several replicas: only the holder of a coordination.k8s.io Lease reconciles,
