@@ -41,12 +41,19 @@ test:
 	$(PY) -m pytest tests -m "slow and not cluster" --durations=15 --junitxml=test-output/junit-slow.xml \
 	  > test-output/slow-tier.log 2>&1 & slow=$$!; \
 	$(PY) -m pytest tests -m "not cluster and not slow" --durations=15 --junitxml=test-output/junit-pure.xml; pure=$$?; \
-	$(PY) -m pytest tests -m "cluster" --durations=15 --junitxml=test-output/junit-cluster.xml; cluster=$$?; \
+	keep=$${TUNEFORGE_KEEP_CLUSTER:-}; $(LOCALCLUSTER) status --quiet && keep=1; \
+	TUNEFORGE_KEEP_CLUSTER=1 $(PY) -m pytest tests -m "cluster and not slow and not exclusive" --durations=15 \
+	  --junitxml=test-output/junit-cluster-beside.xml > test-output/cluster-beside.log 2>&1 & beside=$$!; \
+	TUNEFORGE_KEEP_CLUSTER=1 $(PY) -m pytest tests -m "cluster and (slow or exclusive)" --durations=15 \
+	  --junitxml=test-output/junit-cluster.xml; cluster=$$?; \
+	wait $$beside; besiderc=$$?; echo "== cluster tests beside the slow ones (test-output/cluster-beside.log)"; \
+	tail -40 test-output/cluster-beside.log; \
+	[ "$$keep" = 1 ] || $(LOCALCLUSTER) down; \
 	wait $$slow; slowrc=$$?; echo "== slow tests without the cluster (test-output/slow-tier.log)"; \
 	tail -40 test-output/slow-tier.log; \
 	wait $$prefetch || { echo "The background prefetch failed (the tests built what was missing):"; tail -20 test-output/prefetch.log; }; \
-	$(PY) hack/junit_merge.py test-output/junit.xml test-output/junit-{pure,slow,cluster}.xml; \
-	[ $$pure -eq 0 ] && [ $$cluster -eq 0 ] && [ $$slowrc -eq 0 ]
+	$(PY) hack/junit_merge.py test-output/junit.xml test-output/junit-{pure,slow,cluster,cluster-beside}.xml; \
+	[ $$pure -eq 0 ] && [ $$cluster -eq 0 ] && [ $$besiderc -eq 0 ] && [ $$slowrc -eq 0 ]
 
 test-fast:
 	$(PY) -m pytest tests -m "not cluster and not slow"

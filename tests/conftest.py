@@ -3,6 +3,7 @@ after failures, component logs kept under test-output/) and a fresh namespace pe
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 from collections.abc import Iterator
@@ -31,6 +32,32 @@ def cluster() -> Iterator[Cluster]:
         if started and os.environ.get("TUNEFORGE_KEEP_CLUSTER") != "1":
             with lc.locked(settings):
                 lc.down(settings)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cluster_share(request: pytest.FixtureRequest) -> Iterator[None]:
+    """``make test`` runs two cluster groups at once: the slow tests with the ``exclusive`` ones in
+    the foreground, the other cluster tests (kwok nodes, stand-ins) beside them. An exclusive test
+    changes what the others share (the CRDs, an operator watching every namespace, the demo
+    release), so its module holds this lock exclusively, and every module of the other group holds
+    it shared (its module fixtures included): the two never overlap. The slow tests take no lock;
+    the group beside them works in namespaces of its own. Alone (one pytest), nothing waits."""
+    selected = [i for i in request.session.items if i.module is request.module and i.get_closest_marker("cluster")]
+    if any(i.get_closest_marker("exclusive") for i in selected):
+        mode = fcntl.LOCK_EX
+    elif any(not i.get_closest_marker("slow") for i in selected):
+        mode = fcntl.LOCK_SH
+    else:
+        yield
+        return
+    path = lc_settings.load().runtime / "tests-share.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as lock:
+        fcntl.flock(lock, mode)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @pytest.fixture(scope="session")

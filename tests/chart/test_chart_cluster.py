@@ -19,6 +19,8 @@ import pytest
 
 from tuneforge_localcluster.testing import Cluster, wait_for
 
+pytestmark = pytest.mark.exclusive  # see pyproject.toml
+
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "tuneforge"
 CRDS = ("finetunejobs.tuneforge.dev", "modelserves.tuneforge.dev")

@@ -28,6 +28,8 @@ from test_ha_cluster import (CHART, OUTPUT, ROOT, Release, _ftj_done, _ftj_runni
                              _wait, chart_values, ftj_manifests, ms_manifest)
 from tuneforge_localcluster.testing import Cluster, pod_security_labels, wait_for
 
+pytestmark = pytest.mark.exclusive  # see pyproject.toml
+
 NEW_FIELD = "upgradeCheck"
 
 

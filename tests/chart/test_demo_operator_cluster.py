@@ -15,6 +15,8 @@ import pytest
 from shared_demo import load_demo
 from tuneforge_localcluster.testing import Cluster, wait_for
 
+pytestmark = pytest.mark.exclusive  # see pyproject.toml
+
 ROOT = Path(__file__).resolve().parents[2]
 NAME = "demo-operator-check"
 

@@ -34,6 +34,8 @@ import yaml
 from tuneforge_localcluster import audit
 from tuneforge_localcluster.testing import Cluster, kwok_serve_env, pod_security_labels, wait_for
 
+pytestmark = pytest.mark.exclusive  # see pyproject.toml
+
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "tuneforge"
 OUTPUT = ROOT / "test-output"
@@ -385,6 +387,10 @@ NOT_EXERCISED: dict[tuple[str, str, str], str] = {  # (apiGroup, resource, verb)
     ("autoscaling", "horizontalpodautoscalers", "delete"): "spec.autoscaling removed from a ModelServe",
     ("policy", "poddisruptionbudgets", "delete"): "a ModelServe that no longer wants its PDB",
     ("inference.networking.k8s.io", "inferencepools", "delete"): "a ModelServe that no longer wants its InferencePool",
+    ("keda.sh", "scaledobjects", "list"): "only with settings.kedaPrometheusAddress (KEDA scales ModelServes)",
+    ("keda.sh", "scaledobjects", "create"): _APPLIED + " (only where KEDA is used)",
+    ("keda.sh", "scaledobjects", "patch"): "only where KEDA is used (server-side apply)",
+    ("keda.sh", "scaledobjects", "delete"): "spec.hpa removed from a ModelServe where KEDA is used",
     ("", "configmaps", "delete"): "old per-version launcher ConfigMaps of a ModelServe beyond the ones kept",
     ("", "services", "delete"): "a multi-node FineTuneJob revision's headless workers Service when it ends",
     ("batch", "jobs", "get"): _ALREADY_EXISTS,

@@ -28,12 +28,16 @@ def test_every_image_with_requirements_is_prefetched() -> None:
 def test_make_test_passes_are_a_partition() -> None:
     recipe = (ROOT / "Makefile").read_text().split("\ntest:\n", 1)[1].split("\n\n", 1)[0]
     passes = re.findall(r'pytest tests -m "([^"]+)"', recipe)
-    assert sorted(passes) == sorted(["slow and not cluster", "not cluster and not slow", "cluster"]), passes
-    # Every (cluster, slow) combination is selected by exactly one pass.
+    assert sorted(passes) == sorted(["slow and not cluster", "not cluster and not slow",
+                                     "cluster and not slow and not exclusive", "cluster and (slow or exclusive)"]), passes
+    # Every (cluster, slow, exclusive) combination is selected by exactly one pass.
     for cluster in (False, True):
         for slow in (False, True):
-            env = {"cluster": cluster, "slow": slow}
-            assert sum(bool(eval(p, {}, env)) for p in passes) == 1, (env, passes)  # noqa: S307 - marker expressions
+            for exclusive in (False, True):
+                env = {"cluster": cluster, "slow": slow, "exclusive": exclusive}
+                assert sum(bool(eval(p, {}, env)) for p in passes) == 1, (env, passes)  # noqa: S307 - marker expressions
+    # The two cluster groups run at once, so neither may stop the cluster under the other.
+    assert recipe.count("TUNEFORGE_KEEP_CLUSTER=1 $(PY) -m pytest tests -m \"cluster") == 2, recipe
     assert "hack/prefetch.py" in recipe and "&" in recipe.split("hack/prefetch.py", 1)[1].split(";", 1)[0]
 
 

@@ -593,6 +593,7 @@ def test_leftover_child_is_never_adopted(cluster: Cluster, namespace: str, run_o
     assert cluster.get("job", "reborn-validate-1", namespace)["metadata"]["ownerReferences"][0]["uid"] == uid
 
 
+@pytest.mark.exclusive  # replaces the shared FineTuneJob CRD for a while
 def test_crd_upgrade_with_a_new_default_restarts_nothing(cluster: Cluster, namespace: str, run_operator: Any,
                                                          standin_image: str) -> None:
     """A CRD upgrade that adds a defaulted field changes every defaulted spec (and so its hash)

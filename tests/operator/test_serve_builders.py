@@ -9,7 +9,7 @@ import json
 import yaml
 
 from tuneforge.serve.builders import (
-    ServeContext, build_active_service, build_color_deployment, build_hpa, build_inference_pool, build_pdb,
+    ServeContext, build_active_service, build_color_deployment, build_hpa, build_inference_pool, build_pdb, build_scaled_object,
     build_preview_service, build_version_config_map, endpoints,
 )
 from tuneforge.serve.gate import GateMeasures
@@ -80,6 +80,14 @@ def test_pdb_hpa_and_inference_pool() -> None:
     assert none is not None and none["spec"]["selector"]["matchLabels"]["tuneforge.dev/color"] == "none"
     plain = parse_spec({"adapter": {"fineTuneJob": "intents"}})
     assert build_hpa(CTX, plain, "blue") is None and build_inference_pool(CTX, plain, "active", "blue") is None
+    # KEDA's ScaledObject in place of the HPA: the same target, bounds and scale-down window.
+    so = build_scaled_object(CTX, SPEC, "green", "http://prom:9090", "q")
+    assert so is not None and so["apiVersion"] == "keda.sh/v1alpha1" and so["metadata"]["name"] == "intents"
+    assert so["spec"]["scaleTargetRef"] == hpa["spec"]["scaleTargetRef"]
+    assert (so["spec"]["minReplicaCount"], so["spec"]["maxReplicaCount"]) == (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"])
+    assert so["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"] == hpa["spec"]["behavior"]
+    assert so["spec"]["triggers"][0]["metadata"] == {"serverAddress": "http://prom:9090", "query": "q", "threshold": "4"}
+    assert build_scaled_object(CTX, plain, "blue", "http://prom:9090", "q") is None
 
 
 def test_observe_reads_the_builders_output_back() -> None:

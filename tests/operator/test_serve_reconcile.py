@@ -27,12 +27,13 @@ T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 
 
 class FakeKube:
-    def __init__(self, pools: bool = False) -> None:
+    def __init__(self, pools: bool = False, keda: bool = False) -> None:
         self.objs: dict[tuple[str, str], dict[str, Any]] = {}
         self.status_writes: list[dict[str, Any]] = []
-        self.pools = pools
+        self.served = {kind for kind, on in (("InferencePool", pools), ("ScaledObject", keda)) if on}
         self.messages: dict[str, str] = {}
         self.listed: list[str] = []
+        self.probed: list[str] = []
         self.message_reads = 0
 
     def _labels_match(self, obj: dict[str, Any], labels: dict[str, str | None]) -> bool:
@@ -80,7 +81,8 @@ class FakeKube:
         return self.messages.get(job)
 
     async def list_if_served(self, kind: str, namespace: str, labels: dict[str, str | None]) -> list[dict[str, Any]] | None:
-        return await self.list_labelled(kind, namespace, labels) if self.pools else None
+        self.probed.append(kind)
+        return await self.list_labelled(kind, namespace, labels) if kind in self.served else None
 
     async def write_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> None:
         assert kind == "ModelServe"
@@ -106,10 +108,10 @@ def body(digest: str = D1, **spec: Any) -> dict[str, Any]:
             "spec": base, "status": {}}
 
 
-def runtime(kube: FakeKube) -> tuple[Room, list[tuple[str, str]]]:
+def runtime(kube: FakeKube, **settings: Any) -> tuple[Room, list[tuple[str, str]]]:
     """The ModelServe room over a runtime with this API door (its children as the indexes hold them)."""
     events: list[tuple[str, str]] = []
-    rt = Runtime(Settings(server_image="server:1"), kube, lambda b, t, r, m: events.append((t, r)))  # type: ignore[arg-type]
+    rt = Runtime(Settings(server_image="server:1", **settings), kube, lambda b, t, r, m: events.append((t, r)))  # type: ignore[arg-type]
     return Room(rt=rt, modelserves={}, children=kube.children, gate_pod=GatePod("operator:1")), events
 
 
@@ -257,6 +259,75 @@ def test_pools_follow_the_switch_and_hpa_pdb_pools_converge_every_pass() -> None
     # Pools and HPA disabled: removed.
     run(rt, body(D2, rollout={"scaleDownDelaySeconds": 30}), T0 + dt.timedelta(seconds=14))
     assert not {k for k, _ in kube.objs if k in ("InferencePool", "HorizontalPodAutoscaler")}
+
+
+PROMETHEUS = "http://prometheus.monitoring:9090"
+
+
+def _scaler(kube: FakeKube) -> dict[str, Any]:
+    return kube.objs[("ScaledObject", "intents")]
+
+
+def test_keda_scaled_object_replaces_the_hpa_and_follows_the_switch() -> None:
+    """With a Prometheus address and KEDA's CRD served: a ScaledObject on the active color (its
+    trigger queries that color's pods in the namespace), no HPA of the operator's own (one left
+    from before KEDA is deleted: KEDA's takes its name); it moves on a switch, follows spec edits,
+    and goes with spec.hpa."""
+    kube = FakeKube(keda=True)
+    room, _ = runtime(kube, keda_prometheus_address=PROMETHEUS)
+    kube.objs[("HorizontalPodAutoscaler", "intents")] = {"kind": "HorizontalPodAutoscaler", "metadata": {
+        "name": "intents", "labels": {LABEL_MODELSERVE: "intents"},
+        "ownerReferences": [{"kind": "ModelServe", "name": "intents", "uid": "uid-ms", "controller": True}]}, "spec": {}}
+    spec = {"hpa": {"minReplicas": 1, "maxReplicas": 2, "targetWaitingRequests": 3}, "rollout": {"scaleDownDelaySeconds": 30}}
+    run(room, body(**spec), T0)
+    assert ("ScaledObject", "intents") not in kube.objs  # no active color yet: nothing to scale
+    kube.ready("blue")
+    run(room, body(**spec), T0 + dt.timedelta(seconds=5))
+    assert ("HorizontalPodAutoscaler", "intents") not in kube.objs
+    so = _scaler(kube)["spec"]
+    assert so["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "intents-blue"}
+    assert (so["minReplicaCount"], so["maxReplicaCount"]) == (1, 2)
+    assert so["advanced"]["horizontalPodAutoscalerConfig"]["name"] == "intents"
+    assert so["triggers"] == [{"type": "prometheus", "metricType": "AverageValue", "metadata": {
+        "serverAddress": PROMETHEUS, "threshold": "3",
+        "query": 'sum(vllm:num_requests_waiting{namespace="ns",pod=~"intents-blue-[a-z0-9]+-[a-z0-9]+"})'}}]
+    assert _scaler(kube)["metadata"]["ownerReferences"][0]["uid"] == "uid-ms"
+    # A new version promoted: the ScaledObject moves to green with the active Service.
+    run(room, body(D2, **spec), T0 + dt.timedelta(seconds=10))
+    assert _scaler(kube)["spec"]["scaleTargetRef"]["name"] == "intents-blue"  # never the candidate
+    kube.ready("green")
+    run(room, body(D2, **spec), T0 + dt.timedelta(seconds=12))
+    assert kube.selector("intents") == "green"
+    so = _scaler(kube)["spec"]
+    assert so["scaleTargetRef"]["name"] == "intents-green" and "intents-green-" in so["triggers"][0]["metadata"]["query"]
+    # An edited metric and target reach the trigger; spec.hpa removed: the ScaledObject goes.
+    edited = {**spec, "hpa": {"maxReplicas": 4, "targetWaitingRequests": 9, "metric": "vllm:num_requests_running"}}
+    run(room, body(D2, **edited), T0 + dt.timedelta(seconds=13))
+    trigger = _scaler(kube)["spec"]["triggers"][0]["metadata"]
+    assert trigger["threshold"] == "9" and trigger["query"].startswith("sum(vllm:num_requests_running{")
+    assert _scaler(kube)["spec"]["maxReplicaCount"] == 4
+    run(room, body(D2, rollout={"scaleDownDelaySeconds": 30}), T0 + dt.timedelta(seconds=14))
+    assert not {k for k, _ in kube.objs if k in ("ScaledObject", "HorizontalPodAutoscaler")}
+
+
+@pytest.mark.parametrize(("keda_served", "address"), [(False, PROMETHEUS), (True, "")])
+def test_the_operators_own_hpa_without_keda_or_without_a_prometheus_address(keda_served: bool, address: str) -> None:
+    kube = FakeKube(keda=keda_served)
+    room, _ = runtime(kube, keda_prometheus_address=address)
+    spec = {"hpa": {"maxReplicas": 3}, "rollout": {"scaleDownDelaySeconds": 30}}
+    run(room, body(**spec), T0)
+    kube.ready("blue")
+    run(room, body(**spec), T0 + dt.timedelta(seconds=5))
+    assert kube.objs[("HorizontalPodAutoscaler", "intents")]["spec"]["scaleTargetRef"]["name"] == "intents-blue"
+    assert ("ScaledObject", "intents") not in kube.objs
+    assert ("ScaledObject" in kube.probed) == bool(address)  # without an address KEDA is never looked for
+
+
+def test_a_keda_query_template_that_does_not_format_fails_at_startup() -> None:
+    with pytest.raises(ValueError, match="TUNEFORGE_KEDA_QUERY"):
+        Settings.from_env({"TUNEFORGE_KEDA_QUERY": 'sum({metric}{pod=~"x"})'})  # braces not doubled
+    custom = Settings.from_env({"TUNEFORGE_KEDA_QUERY": 'max({metric}{{kubernetes_namespace="{namespace}",app="{deployment}"}})'})
+    assert custom.keda_trigger_query("m", "team-a", "intents-blue") == 'max(m{kubernetes_namespace="team-a",app="intents-blue"})'
 
 
 def test_invalid_spec_fails_naming_the_field_and_touches_nothing() -> None:

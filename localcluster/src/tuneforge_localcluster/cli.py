@@ -15,7 +15,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("up", help="start the cluster (cleaning up any earlier run first)")
     sub.add_parser("down", help="stop every process and remove the pods' leftovers")
-    sub.add_parser("status", help="show processes, nodes and disk use")
+    st = sub.add_parser("status", help="show processes, nodes and disk use")
+    st.add_argument("--quiet", "-q", action="store_true", help="print nothing; exit 0 when the cluster is up, 1 when not")
     sub.add_parser("binaries", help="build (or find cached) Go binaries and print their paths")
     img = sub.add_parser("image", help="images from the repo's Dockerfiles")
     img_sub = img.add_subparsers(dest="image_cmd", required=True)
@@ -33,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "down":
         with cluster.locked(s):
             cluster.down(s)
+    elif args.cmd == "status" and args.quiet:
+        return 0 if cluster.is_up(s) else 1
     elif args.cmd == "status":
         report = cluster.status(s)
         nodes = report.pop("nodes", "")

@@ -33,8 +33,9 @@ class Settings:
     """The real node's InternalIP; the apiserver advertises it to pods."""
     node_name: str = "tuneforge-node"
     """Name of the real node (kubelet ``--hostname-override``)."""
-    gpus: int = 2
-    """``nvidia.com/gpu`` the real node advertises as a CPU stand-in (blue/green needs two)."""
+    gpus: int = 4
+    """``nvidia.com/gpu`` the real node advertises as a CPU stand-in: blue/green needs two, and
+    ``make test`` runs stand-in trainers (one GPU each by default) beside the e2e tests."""
     fake_gpu_nodes: int = 2
     """kwok nodes with 8 fake GPUs each."""
     pod_cidr: str = "10.244.0.0/24"

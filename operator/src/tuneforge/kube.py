@@ -39,10 +39,11 @@ FIELD_MANAGER = "tuneforge-operator"
 FineTuneJob = create_namespaced_resource(GROUP, VERSION, "FineTuneJob", FTJ_PLURAL)
 ModelServe = create_namespaced_resource(GROUP, VERSION, "ModelServe", MS_PLURAL)
 InferencePool = create_namespaced_resource("inference.networking.k8s.io", "v1", "InferencePool", "inferencepools")
+ScaledObject = create_namespaced_resource("keda.sh", "v1alpha1", "ScaledObject", "scaledobjects")
 KINDS: dict[str, Any] = {
     "Deployment": Deployment, "Service": Service, "Job": Job, "ConfigMap": ConfigMap, "Pod": Pod,
     "PodDisruptionBudget": PodDisruptionBudget, "HorizontalPodAutoscaler": HorizontalPodAutoscaler,
-    "InferencePool": InferencePool, "FineTuneJob": FineTuneJob,
+    "InferencePool": InferencePool, "ScaledObject": ScaledObject, "FineTuneJob": FineTuneJob,
 }
 """The kinds the ModelServe room reads and writes, by ``kind``."""
 STATUS: dict[str, Any] = {"FineTuneJob": FineTuneJob.Status, "ModelServe": ModelServe.Status}

@@ -23,8 +23,8 @@ from .spec import ModelServeSpec, SecretKeyRef
 
 __all__ = [
     "GatePod", "ServeContext", "build_active_service", "build_color_deployment", "build_gate_job", "build_hpa",
-    "build_inference_pool", "build_pdb", "build_preview_service", "build_version_config_map", "color_plan", "endpoints",
-    "serve_context", "template_hash",
+    "build_inference_pool", "build_pdb", "build_preview_service", "build_scaled_object", "build_version_config_map",
+    "color_plan", "endpoints", "serve_context", "template_hash",
 ]
 
 NO_COLOR = "none"
@@ -168,6 +168,29 @@ def build_hpa(ctx: ServeContext, spec: ModelServeSpec, color: str) -> dict[str, 
                 "target": {"type": "AverageValue", "averageValue": str(spec.hpa.target_waiting_requests)}}}],
             # Model load takes minutes: do not flap on a burst.
             "behavior": {"scaleDown": {"stabilizationWindowSeconds": 300}},
+        },
+    }
+
+
+def build_scaled_object(ctx: ServeContext, spec: ModelServeSpec, color: str, server_address: str,
+                        query: str) -> dict[str, Any] | None:
+    """KEDA's ScaledObject for the active color, in place of ``build_hpa`` where KEDA is installed:
+    a Prometheus trigger on ``query`` (the color's waiting requests, summed over its pods; KEDA
+    divides by the replicas, as the HPA's AverageValue target), the same bounds and scale-down
+    window. KEDA makes and owns the HPA, named as the ModelServe (as ``build_hpa``'s); None without
+    spec.hpa."""
+    if spec.hpa is None:
+        return None
+    return {
+        "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "metadata": _meta(ctx, ctx.name),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": color_name(ctx.name, color)},
+            "minReplicaCount": spec.hpa.min_replicas, "maxReplicaCount": spec.hpa.max_replicas,
+            "advanced": {"horizontalPodAutoscalerConfig": {
+                "name": ctx.name, "behavior": {"scaleDown": {"stabilizationWindowSeconds": 300}}}},
+            "triggers": [{"type": "prometheus", "metricType": "AverageValue", "metadata": {
+                "serverAddress": server_address, "query": query,
+                "threshold": str(spec.hpa.target_waiting_requests)}}],
         },
     }
 

@@ -45,8 +45,8 @@ from ..settings import Settings
 from ..workqueue import Outcome
 from .builders import (
     GatePod, ServeContext, build_active_service, build_color_deployment, build_gate_job, build_hpa,
-    build_inference_pool, build_pdb, build_preview_service, build_version_config_map, endpoints, serve_context,
-    template_hash,
+    build_inference_pool, build_pdb, build_preview_service, build_scaled_object, build_version_config_map, endpoints,
+    serve_context, template_hash,
 )
 from .names import (
     ANNOTATION_TEMPLATE, ANNOTATION_VERSION, COLORS, LABEL_COLOR, LABEL_MODELSERVE, LABEL_VERSION, active_service_name, color_name,
@@ -171,12 +171,7 @@ async def _static_children(room: Room, ctx: ServeContext, spec: ModelServeSpec, 
     uid = ctx.owner_references[0]["uid"] if ctx.owner_references else ""
     await _converge(kube, "PodDisruptionBudget", ns, uid, await kube.list_labelled("PodDisruptionBudget", ns, mine),
                     [build_pdb(ctx, color) for color in COLORS])
-    hpas = await kube.list_labelled("HorizontalPodAutoscaler", ns, mine)
-    if spec.hpa is None:
-        await _converge(kube, "HorizontalPodAutoscaler", ns, uid, hpas, [])
-    elif active:
-        # The HPA follows the active color: moved on a switch, never pointed at a candidate.
-        await _converge(kube, "HorizontalPodAutoscaler", ns, uid, hpas, [build_hpa(ctx, spec, active)])
+    await _autoscaling(room, ctx, spec, active, uid)
     # One list call tells whether the InferencePool CRD is served (installed later: used then).
     pools = await kube.list_if_served("InferencePool", ns, mine)
     if pools is None:
@@ -187,6 +182,29 @@ async def _static_children(room: Room, ctx: ServeContext, spec: ModelServeSpec, 
     # The pools take their colors from the same status as the Services' switches in this pass.
     await _converge(kube, "InferencePool", ns, uid, pools, [build_inference_pool(ctx, spec, "active", active),
                                                             build_inference_pool(ctx, spec, "preview", preview)])
+
+
+async def _autoscaling(room: Room, ctx: ServeContext, spec: ModelServeSpec, active: str | None, uid: str) -> None:
+    """The active color's autoscaler: where KEDA is used (a Prometheus address is set and the
+    ScaledObject CRD is served) a ScaledObject, and KEDA makes the HPA; otherwise the operator's
+    own HPA. Either follows the active color (moved on a switch, never pointed at a candidate); the
+    one not in use is deleted, the HPA before the ScaledObject's takes its name. Until a color is
+    active, nothing changes."""
+    kube, ns = room.kube, ctx.namespace
+    mine: dict[str, str | None] = {LABEL_MODELSERVE: ctx.name}
+    address = room.settings.keda_prometheus_address
+    # One list call tells whether the ScaledObject CRD is served (KEDA installed later: used then).
+    scaled = await kube.list_if_served("ScaledObject", ns, mine) if address else None
+    hpas = await kube.list_labelled("HorizontalPodAutoscaler", ns, mine)
+    if spec.hpa is not None and not active:
+        return
+    if scaled is None:
+        await _converge(kube, "HorizontalPodAutoscaler", ns, uid, hpas, [build_hpa(ctx, spec, active)] if active else [])
+        return
+    await _converge(kube, "HorizontalPodAutoscaler", ns, uid, hpas, [])
+    want = None if spec.hpa is None or not active else build_scaled_object(
+        ctx, spec, active, address, room.settings.keda_trigger_query(spec.hpa.metric, ns, color_name(ctx.name, active)))
+    await _converge(kube, "ScaledObject", ns, uid, scaled, [want])
 
 
 async def _converge(kube: Kube, kind: str, ns: str, uid: str, have: Iterable[Obj], want: list[dict[str, Any] | None]) -> None:
