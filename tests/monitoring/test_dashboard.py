@@ -22,10 +22,13 @@ from tuneforge_localcluster import binaries
 from tuneforge_localcluster import settings as lc_settings
 
 CHART = dashboard.ROOT / "charts" / "tuneforge"
-# The metric each topic of issue 19's dashboard reads (cost: no tuneforge cost metric exists yet).
+# The metric each topic of issue 19's dashboard reads.
 TOPICS = {
     "jobs by phase": "tuneforge_finetunejobs",
     "GPU-hours": "tuneforge_gpu_seconds_total",
+    "serving GPU-hours": "tuneforge_modelserve_gpu_seconds_total",
+    "fine-tuning cost": "tuneforge_finetunejob_cost_total",
+    "serving cost": "tuneforge_modelserve_cost_total",
     "eval accuracy per job": "tuneforge_eval_accuracy",
     "serving requests": "vllm:request_success_total",
     "latency p50/p99": "vllm:e2e_request_latency_seconds_bucket",
@@ -46,6 +49,16 @@ def test_every_expression_parses(tmp_path: Path) -> None:
     # The check is not a formality: a broken expression is refused.
     f.write_text(yaml.safe_dump({"groups": [{"name": "d", "rules": [{"record": "r", "expr": "sum by (le (x)"}]}]}))
     assert promtool.run("check", "rules", str(f)).returncode != 0
+
+
+def test_cost_per_1k_requests_divides_each_modelserves_cost_by_its_own_requests() -> None:
+    """The one panel that joins the operator's series (``namespace``/``name``) with vLLM's
+    (``namespace``/``modelserve``): both sides aggregated to (namespace, name), requests renamed,
+    and no bar where nothing was served."""
+    (expr,) = [e for t, e in dashboard.exprs() if t == "Serving cost per 1,000 requests"]
+    assert dashboard.metric_names(expr) == {"tuneforge_modelserve_cost_total", "vllm:request_success_total"}
+    assert 'label_replace(increase(vllm:request_success_total[1h]), "name", "$1", "modelserve", "(.+)")' in expr
+    assert "/ on (namespace, name) group_left ()" in expr and expr.endswith("> 0)")
 
 
 @pytest.mark.parametrize(("expr", "names"), [

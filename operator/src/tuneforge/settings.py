@@ -123,6 +123,19 @@ class Settings:
     cost_currency: str = "USD"
     """Currency of ``gpu_hour_prices`` (status.cost.currency, the Cost column, the cost metric's label)."""
 
+    serve_usage_interval: float = 300.0
+    """Longest seconds between two counts of a serving ModelServe's status.usage and status.cost
+    (GPU-seconds, requests served): they are also counted whenever the GPUs its pods hold change;
+    0 counts only then."""
+
+    prometheus_url: str = ""
+    """Base URL of the Prometheus that scrapes the ModelServe color pods, as the operator reaches it
+    (``http://prometheus.monitoring:9090``): a ModelServe's status.usage.requests (and
+    status.cost.per1kRequests) is the increase of vLLM's ``vllm:request_success_total`` over the
+    series of its color pods, by the ``namespace`` and ``pod`` labels of Prometheus' usual pod
+    scraping (often the server ``keda_prometheus_address`` names, as the operator reaches it).
+    Empty: no request count."""
+
     keda_prometheus_address: str = ""
     """Prometheus that KEDA queries to scale ModelServes (e.g. ``http://prometheus.monitoring:9090``).
     Set, and where KEDA's ScaledObject CRD is installed, a ModelServe with spec.hpa gets a KEDA

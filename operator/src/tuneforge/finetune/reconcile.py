@@ -150,6 +150,7 @@ async def _reconcile(room: Room, key: Key, now: dt.datetime) -> float | None:
         return None
     namespace, name = key
     metrics.seed_counters("FineTuneJob", namespace, name, GATE_OUTCOMES)
+    metrics.seed_cost(room.settings.cost_currency if room.settings.gpu_hour_price_map() else None)
     meta = body["metadata"]
     owner = Owner(name=name, namespace=namespace, uid=meta["uid"])
     raw_spec = body.get("spec") or {}

@@ -26,7 +26,8 @@ from ..runtime import Key, Packed, Runtime, pack, unpack
 from ..workqueue import Outcome, WorkQueue
 from .names import ANNOTATION_ABORT, ANNOTATION_PROMOTE, ANNOTATION_RETRY, LABEL_MODELSERVE
 from .observe import project_child
-from .reconcile import ChildrenFn, Room, gate_pod, reconcile
+from ..promapi import PromApi
+from .reconcile import ChildrenFn, Room, gate_pod, metering, reconcile
 
 log = logging.getLogger(__name__)
 CHILD = {LABEL_MODELSERVE: kopf.PRESENT}
@@ -98,14 +99,18 @@ async def start(rt: Runtime, indexes: Mapping[str, Any]) -> None:
     work queue."""
     children = children_from({"Deployment": indexes["modelserve_deployments"], "Service": indexes["modelserve_services"],
                               "Job": indexes["modelserve_jobs"]})
-    room = Room(rt=rt, modelserves=indexes["modelserves"], children=children, gate_pod=gate_pod(rt.settings))
+    prometheus = PromApi(rt.settings.prometheus_url) if rt.settings.prometheus_url.strip() else None
+    room = Room(rt=rt, modelserves=indexes["modelserves"], children=children, gate_pod=gate_pod(rt.settings),
+                metering=metering(rt.settings), prometheus=prometheus)
     _state["room"] = room
     _state["queue"] = work_queue(room)
 
 
 async def stop() -> None:
     _state.pop("queue", None)
-    _state.pop("room", None)
+    room = _state.pop("room", None)
+    if room is not None and room.prometheus is not None:
+        await room.prometheus.close()
 
 
 startup.plug(start, stop)

@@ -9,10 +9,11 @@ import json
 from typing import Any, Iterable, Mapping
 
 from .gate import GateMeasures
+from .server import GPU_RESOURCE
 from .names import ANNOTATION_ATTEMPT, ANNOTATION_TEMPLATE, ANNOTATION_VERSION, COLORS, LABEL_COLOR, active_service_name, color_name, preview_service_name
 from .status import ColorState, GateJob, Observed
 
-__all__ = ["observe", "observe_color", "observe_gate_job", "project_child", "service_color"]
+__all__ = ["observe", "observe_color", "template_gpus", "observe_gate_job", "project_child", "service_color"]
 
 Obj = Mapping[str, Any]
 
@@ -41,6 +42,12 @@ def project_child(kind: str, body: Obj) -> dict[str, Any]:
     out: dict[str, Any] = {"kind": kind, "metadata": meta}
     if kind == "Deployment":
         out["spec"] = {"replicas": spec["replicas"]} if "replicas" in spec else {}
+        # The GPUs its pods ask for (status.usage counts them); no template, no GPU: nothing kept.
+        containers = [{"resources": {"limits": {GPU_RESOURCE: lim[GPU_RESOURCE]}}}
+                      for c in ((spec.get("template") or {}).get("spec") or {}).get("containers") or ()
+                      if GPU_RESOURCE in (lim := (c.get("resources") or {}).get("limits") or {})]
+        if containers:
+            out["spec"]["template"] = {"spec": {"containers": containers}}
         out["status"] = {k: status[k] for k in _KEPT_DEPLOYMENT_STATUS if k in status}
     elif kind == "Service":
         out["spec"] = {"selector": dict(spec.get("selector") or {})}
@@ -54,6 +61,12 @@ def _created(meta: Obj) -> dt.datetime | None:
     return dt.datetime.strptime(ts, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc) if ts else None
 
 
+def template_gpus(deployment: Obj) -> int:
+    """GPUs one pod of a Deployment asks for: its containers' ``nvidia.com/gpu`` limits, summed."""
+    containers = (((deployment.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers") or ()
+    return sum(int(((c.get("resources") or {}).get("limits") or {}).get(GPU_RESOURCE) or 0) for c in containers)
+
+
 def observe_color(deployment: Obj) -> ColorState:
     meta = deployment.get("metadata") or {}
     st = deployment.get("status") or {}
@@ -64,7 +77,7 @@ def observe_color(deployment: Obj) -> ColorState:
         ready=int(st.get("readyReplicas") or 0), updated=int(st.get("updatedReplicas") or 0),
         total=int(st.get("replicas") or 0),
         current=int(st.get("observedGeneration") or 0) >= int(meta.get("generation") or 0),
-        created_at=_created(meta),
+        created_at=_created(meta), gpus=template_gpus(deployment),
     )
 
 

@@ -66,11 +66,12 @@ from .names import ANNOTATION_ABORT, ANNOTATION_PROMOTE, ANNOTATION_RETRY, COLOR
 from .source import Resolution, ServedVersion, digest_matches
 from .spec import ModelServeSpec
 from .status import (
-    GATE_SLACK_SECONDS, PHASES, ColorState, Event, GateJob, Observed, RolloutState, compute_status, now_iso, parse_time,
+    GATE_SLACK_SECONDS, PHASES, ColorState, Event, GateJob, Metering, Observed, RolloutState, compute_status, now_iso,
+    parse_time, usage_due,
 )
 
 __all__ = [
-    "PHASES", "ColorState", "DeleteGate", "Event", "GateJob", "Observed", "Plan", "Requests", "RunGate", "Scale",
+    "PHASES", "ColorState", "DeleteGate", "Event", "GateJob", "Metering", "Observed", "Plan", "Requests", "RunGate", "Scale",
     "SwitchActive", "SwitchPreview", "plan",
 ]
 
@@ -458,8 +459,11 @@ def _actions(s: RolloutState, spec: ModelServeSpec, observed: Observed) -> tuple
 
 
 def plan(spec: ModelServeSpec, generation: int, desired: Resolution, observed: Observed, prior: Obj,
-         requests: Requests, now: dt.datetime, endpoints: Mapping[str, str] | None = None) -> Plan:
-    """The next status of a ModelServe and the actions that get there (see the module docstring)."""
+         requests: Requests, now: dt.datetime, endpoints: Mapping[str, str] | None = None,
+         metering: Metering | None = None) -> Plan:
+    """The next status of a ModelServe and the actions that get there (see the module docstring);
+    with a ``metering``, its usage and cost too (status.py), counted again when the next
+    accounting point is due."""
     s = RolloutState(prior, now)
     _decide(s, spec, desired, observed, requests)
     warm = s.warm_previous()
@@ -470,6 +474,10 @@ def plan(spec: ModelServeSpec, generation: int, desired: Resolution, observed: O
         at = parse_time(s.rollout["scaleDownAt"])
         assert at is not None
         s.requeue.append(max(1.0, (at - now).total_seconds()))
-    status = compute_status(s, spec, generation, desired, observed, prior, endpoints or {})
+    status = compute_status(s, spec, generation, desired, observed, prior, endpoints or {}, metering)
+    if metering is not None:
+        due = usage_due(status.get("usage"), observed, now, metering.refresh_seconds)
+        if due is not None:
+            s.requeue.append(max(1.0, due))
     return Plan(_actions(s, spec, observed), status, tuple(s.events), min(s.requeue) if s.requeue else None)
 

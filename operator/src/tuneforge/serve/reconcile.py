@@ -13,8 +13,12 @@ The thin, writing half of the room; every decision is plan.py's. One pass:
    the rollout's identity) and plan; apply the actions in the order given; then the children that follow from the status
    (Services, PDB, HPA on the active color, InferencePools where their CRD is served, old
    version ConfigMaps removed);
-4. write the status only when it changed, post the plan's Events, and return the plan's delay
-   when a timer needs another look (the handlers' work queue schedules it).
+4. write the status only when it changed, post the plan's Events, add what the status's usage
+   grew by to the usage metrics, and return the plan's delay when a timer needs another look
+   (the handlers' work queue schedules it).
+
+At an accounting point of the usage (status.py), and with a Prometheus configured
+(``prometheus_url``), step 2 also asks Prometheus for the requests served (served.py).
 
 The actions are a diff against what is observed, so a reconcile that dies half way is finished
 by the next one. A transient API error leaves the status unwritten (the pass is retried at
@@ -32,6 +36,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 
 from .. import metrics
+from ..promapi import PromApi
 from ..endpoint_secrets import refusal
 from ..kube import ForeignChild, Kube, api_error_message, is_transient
 from ..labels import LABEL_ROLE
@@ -49,11 +54,13 @@ from .names import (
 )
 from .observe import observe
 from .plan import DeleteGate, Plan, Requests, RunGate, Scale, SwitchActive, SwitchPreview, plan
-from .status import PHASES, Event, invalid_status, known_versions, rollout_clock
+from .server import GPU_RESOURCE
+from .served import requests_query
+from .status import PHASES, Event, Metering, invalid_status, known_versions, rollout_clock, usage_due
 from .source import job_head, resolve
 from .spec import ModelServeSpec, SpecError, endpoint_secrets, parse_spec
 
-__all__ = ["Room", "count_events", "gate_pod", "invalid_status", "known_versions", "reconcile", "rollout_clock", "secrets_refused"]
+__all__ = ["Room", "count_events", "count_usage", "gate_pod", "metering", "invalid_status", "known_versions", "reconcile", "rollout_clock", "secrets_refused"]
 
 log = logging.getLogger(__name__)
 ChildrenFn = Callable[[str, str, str], Iterable[Obj]]
@@ -61,6 +68,12 @@ ChildrenFn = Callable[[str, str, str], Iterable[Obj]]
 ``Job``: those labelled with the ModelServe, as ``observe.project_child`` keeps them)."""
 GATE_CONTAINER = "gate"
 SECRET_RECHECK_SECONDS = 30.0
+
+
+def metering(settings: Settings) -> Metering:
+    """How usage is priced and counted, from the operator's settings: the price of one GPU-hour
+    of the servers' GPU resource (``nvidia.com/gpu``), as for a FineTuneJob."""
+    return Metering(settings.gpu_hour_price(GPU_RESOURCE), settings.cost_currency, settings.serve_usage_interval)
 
 
 def gate_pod(settings: Settings) -> GatePod:
@@ -83,6 +96,10 @@ class Room(RoomState):
     message does not change, so it is read once, not on every pass)."""
     tally: metrics.PhaseTally = dataclasses.field(
         default_factory=lambda: metrics.PhaseTally(PHASES, metrics.MODELSERVES_BY_PHASE))
+    metering: Metering | None = None
+    """How usage is priced and counted (None: no status.usage, no status.cost)."""
+    prometheus: PromApi | None = None
+    """Where requests served are read (None: no ``prometheus_url``, no status.usage.requests)."""
 
     def body(self, key: Key) -> dict[str, Any] | None:
         return one(self.modelserves.get(key))
@@ -292,6 +309,9 @@ async def reconcile(room: Room, key: Key, now: dt.datetime | None = None) -> Out
     except SpecError:
         spec = None
     metrics.seed_counters("ModelServe", meta["namespace"], meta["name"], _GATE_OUTCOMES.values(), ROLLBACK_REASONS)
+    if room.metering is not None:
+        metrics.seed_serving(meta["namespace"], meta["name"],
+                             room.metering.currency if room.metering.gpu_hour_price is not None else None)
     status, after = await _reconcile(room, body, now or dt.datetime.now(dt.timezone.utc))
     room.tally.set(meta["uid"], status.get("phase"))
     _clock_metrics(meta["namespace"], meta["name"], spec, status)
@@ -325,6 +345,12 @@ async def _reconcile(room: Room, body: Obj, now: dt.datetime) -> tuple[dict[str,
     jobs = [j for j in _controlled(room.children("Job", ns, name), uid)
             if (j["metadata"].get("labels") or {}).get(LABEL_ROLE) == "gate"]
     observed = observe(name, deployments, services.values(), await _gate_messages(room, ns, name, jobs))
+    usage = prior.get("usage")
+    if room.prometheus is not None and room.metering is not None and \
+            usage_due(usage, observed, now, room.metering.refresh_seconds) == 0.0:
+        expr = requests_query(ns, name, (usage or {}).get("since"), now)
+        if expr is not None:
+            observed = dataclasses.replace(observed, requests_served=await room.prometheus.scalar(expr, now))
     ftj_status, head = None, "lm"
     if spec.fine_tune_job:
         ftj = await kube.get("FineTuneJob", ns, spec.fine_tune_job)
@@ -335,7 +361,7 @@ async def _reconcile(room: Room, body: Obj, now: dt.datetime) -> tuple[dict[str,
         v = desired.version
         desired = dataclasses.replace(desired, version=dataclasses.replace(v, template_hash=template_hash(ctx, spec, v)))
     p = plan(spec, generation, desired, observed, prior, Requests.from_annotations(meta.get("annotations")), now,
-             endpoints(ctx))
+             endpoints(ctx), room.metering)
     try:
         await _apply(room, ctx, spec, p, services)
         await _static_children(room, ctx, spec, p.status, services)
@@ -354,9 +380,25 @@ async def _reconcile(room: Room, body: Obj, now: dt.datetime) -> tuple[dict[str,
     return p.status, p.requeue_after
 
 
+def count_usage(namespace: str, name: str, prior: Obj, status: Obj, metering: Metering) -> None:
+    """Add what status.usage's GPU-seconds grew by since ``prior`` (a new ``since``: all of them)
+    to the GPU-seconds metric, and its price to the cost metric when there is one. Called once the
+    status is written, so a pass retried after a failed write counts nothing twice."""
+    old, new = prior.get("usage") or {}, status.get("usage") or {}
+    base = float(old.get("gpuSeconds") or 0.0) if old.get("since") == new.get("since") else 0.0
+    grown = float(new.get("gpuSeconds") or 0.0) - base
+    if grown <= 0:
+        return
+    metrics.MODELSERVE_GPU_SECONDS.labels(namespace, name).inc(grown)
+    if metering.gpu_hour_price is not None:
+        metrics.MODELSERVE_COST.labels(namespace, name, metering.currency).inc(grown / 3600.0 * metering.gpu_hour_price)
+
+
 async def _finish(room: Room, body: Obj, prior: Obj, status: dict[str, Any], p: Plan) -> None:
     if status != prior:
         await room.write_status(body, status)
+        if room.metering is not None:
+            count_usage(body["metadata"]["namespace"], body["metadata"]["name"], prior, status, room.metering)
     for e in p.events:
         room.emit(body, e.type, e.reason, e.message)
     count_events(body["metadata"]["namespace"], body["metadata"]["name"], p.events)

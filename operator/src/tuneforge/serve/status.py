@@ -7,6 +7,17 @@ reconcile.py writes the result the one way both rooms write a status (runtime.py
 when it changed). Also here: the status of an invalid spec (``invalid_status``), the versions a
 status names (``known_versions``) and the deadline a rollout in flight waits on
 (``rollout_clock``, exported as metrics).
+
+Usage and cost (``status.usage``, ``status.cost``; :func:`usage_status`): the GPUs the color
+pods hold are integrated over time into GPU-seconds, counted at *accounting points* — when the
+number of GPUs held changes (a color scaled, a pod added or gone: each changes a color
+Deployment's status, which triggers a pass) and every ``Metering.refresh_seconds`` while
+pods exist. Between two points the GPUs held were constant, so the sum is exact up to event
+latency, and a pass that is not a point leaves the usage as it was (the no-op pass after our
+own status write stays a no-op). Requests served come from the Prometheus that scrapes the
+colors (vLLM's ``vllm:request_success_total``, read by reconcile.py at a point); the cost is
+GPU-seconds x the price of one GPU-hour, per 1,000 requests once requests are known. A field
+that cannot be computed (no price, no request count yet) is absent.
 """
 
 from __future__ import annotations
@@ -25,6 +36,7 @@ from .spec import ModelServeSpec, SpecError
 __all__ = [
     "PHASES", "ColorState", "Event", "GateJob", "Observed", "RolloutState", "compute_status", "conditions",
     "invalid_status", "known_versions", "now_iso", "parse_time", "rollout_clock",
+    "Metering", "gpus_held", "usage_due", "usage_status",
 ]
 
 Obj = Mapping[str, Any]
@@ -54,6 +66,8 @@ class ColorState:
     created_at: dt.datetime | None = None
     template: str | None = None
     """The template hash its template was rendered with (its ``tuneforge.dev/template-hash`` annotation)."""
+    gpus: int = 0
+    """GPUs each of its pods asks for (its pod template's GPU limit)."""
 
     def holds(self, version: ServedVersion) -> bool:
         """Its template is ``version``'s rollout identity (digest and template hash)."""
@@ -88,6 +102,9 @@ class Observed:
     gates: Mapping[str, GateJob] = dataclasses.field(default_factory=dict)
     """Every gate Job of the ModelServe, by Job name (only the current attempt's is read; the
     others are deleted)."""
+    requests_served: float | None = None
+    """Requests its colors served from status.usage.since to now, as Prometheus counts them
+    (read only at an accounting point; None: not read, or Prometheus has no series yet)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +114,17 @@ class Event:
     type: str
     reason: str
     message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Metering:
+    """How a ModelServe's usage is priced and how often it is counted (from the operator's settings)."""
+
+    gpu_hour_price: float | None = None
+    """Price of one GPU for one hour of the servers' GPU resource (None: no status.cost)."""
+    currency: str = "USD"
+    refresh_seconds: float = 300.0
+    """Longest time between two accounting points while pods exist (0: only when the GPUs held change)."""
 
 
 # --- helpers --------------------------------------------------------------------------------
@@ -196,10 +224,11 @@ def conditions(prior: Sequence[Obj], new: Sequence[tuple[str, str, str, str]], g
 
 
 def compute_status(s: RolloutState, spec: ModelServeSpec, generation: int, desired: Resolution, observed: Observed, prior: Obj,
-            endpoints: Mapping[str, str]) -> dict[str, Any]:
+            endpoints: Mapping[str, str], metering: Metering | None = None) -> dict[str, Any]:
     """The ModelServe's whole status from the rollout's state after this pass's decisions (``s``),
     what the spec resolves to and what exists: phase, reason and message, the colors and their
-    versions, gate, rollout, rejection, history, endpoints and kstatus conditions."""
+    versions, gate, rollout, rejection, history, endpoints, kstatus conditions, and with a
+    ``metering`` the usage and cost."""
     phase, reason, message = _phase(s, spec, desired, observed)
     active_ready = _active_ready(s, observed)
     # kstatus: the generation is observed once the object reflects it, i.e. no rollout is in
@@ -229,6 +258,11 @@ def compute_status(s: RolloutState, spec: ModelServeSpec, generation: int, desir
         status["history"] = s.history
     if endpoints:
         status["endpoints"] = dict(endpoints)
+    if metering is not None:
+        status["usage"] = usage_status(prior.get("usage"), observed, s.now, metering)
+        cost = cost_status(status["usage"], metering)
+        if cost is not None:
+            status["cost"] = cost
     gate_outcome = s.gate.get("outcome")
     # Aborted / Cancelled: the attempt ended before its gate did; nothing was judged.
     gate_cond = {"Passed": "True", "Skipped": "True", "Failed": "False"}.get(gate_outcome or "", "Unknown")
@@ -246,6 +280,66 @@ def compute_status(s: RolloutState, spec: ModelServeSpec, generation: int, desir
          "; ".join(s.gate.get("reasons") or ()) or (f"{s.gate.get('shortDigest')}: {gate_outcome}" if gate_outcome else "")),
     ], generation, s.stamp)
     return status
+
+
+# --- usage and cost -------------------------------------------------------------------------
+
+def gpus_held(observed: Observed) -> tuple[int, int]:
+    """(GPUs, pods) the color pods hold now: each color's pods (its Deployment's status.replicas,
+    ready or not) times the GPUs its template asks for each."""
+    return (sum(c.total * c.gpus for c in observed.colors.values()),
+            sum(c.total for c in observed.colors.values()))
+
+
+def usage_due(prior: Obj | None, observed: Observed, now: dt.datetime, refresh_seconds: float) -> float | None:
+    """Seconds until the next accounting point: 0 when this pass is one (no usage yet, the GPUs
+    held changed, or ``refresh_seconds`` passed while pods exist or GPUs were held), None when
+    nothing is running to count."""
+    gpus, pods = gpus_held(observed)
+    counted = parse_time((prior or {}).get("countedAt"))
+    if not prior or counted is None or gpus != int(prior.get("gpus") or 0):
+        return 0.0
+    if refresh_seconds <= 0 or (pods == 0 and gpus == 0):
+        return None
+    return max(0.0, refresh_seconds - (parse_time(now_iso(now)) - counted).total_seconds())  # type: ignore[operator]
+
+
+def usage_status(prior: Obj | None, observed: Observed, now: dt.datetime, metering: Metering) -> dict[str, Any]:
+    """status.usage at ``now``: at an accounting point the GPU-seconds grow by the time since the
+    last point times the GPUs held since then (all the previous point counted), and the request
+    count is Prometheus's when it was read; otherwise the prior usage unchanged."""
+    if usage_due(prior, observed, now, metering.refresh_seconds) != 0.0:
+        return dict(prior or {})
+    stamp = now_iso(now)
+    gpus, _ = gpus_held(observed)
+    counted = parse_time((prior or {}).get("countedAt"))
+    if not prior or counted is None:
+        return {"since": stamp, "countedAt": stamp, "gpus": gpus, "gpuSeconds": 0.0}
+    # Between whole-second stamps, so consecutive intervals add up without overlap.
+    elapsed = max(0.0, (parse_time(stamp) - counted).total_seconds())  # type: ignore[operator]
+    usage: dict[str, Any] = {"since": prior.get("since") or prior["countedAt"], "countedAt": stamp, "gpus": gpus,
+                             "gpuSeconds": round(float(prior.get("gpuSeconds") or 0.0) + elapsed * int(prior.get("gpus") or 0), 1)}
+    requests = observed.requests_served if observed.requests_served is not None else prior.get("requests")
+    if requests is not None:
+        usage["requests"] = int(round(requests))
+    return usage
+
+
+def cost_status(usage: Obj, metering: Metering) -> dict[str, Any] | None:
+    """status.cost: the usage's GPU-seconds x the price of one GPU-hour, and per 1,000 requests
+    once some were served (None without a price)."""
+    price = metering.gpu_hour_price
+    if price is None or "gpuSeconds" not in usage:
+        return None
+    amount = round(float(usage["gpuSeconds"]) / 3600.0 * price, 4)
+    cost: dict[str, Any] = {"estimated": amount, "currency": metering.currency, "gpuHourPrice": price,
+                            "display": f"{amount:.2f} {metering.currency}"}
+    requests = usage.get("requests")
+    if requests:
+        per1k = round(amount / requests * 1000.0, 6)
+        cost["per1kRequests"] = per1k
+        cost["per1kRequestsDisplay"] = f"{per1k:.4f} {metering.currency}"
+    return cost
 
 
 def known_versions(status: Obj) -> list[ServedVersion]:
