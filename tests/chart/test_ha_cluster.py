@@ -224,18 +224,26 @@ def _source(event: dict[str, Any]) -> str:
     return str((event.get("sourceIPs") or [""])[0])
 
 
+STEPS = 60
+"""The stand-in training run of the pod-deletion test (about a second a step)."""
+
+
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("release", ["namespaced"], indirect=True)
 def test_leader_pod_deleted_mid_run_and_mid_rollout(release: Release) -> None:
     rel, c = release, release.cluster
     c.apply(ms_manifest("blue-green", 1), rel.watched)
     _wait(rel, "blue serves v1", lambda: _serving(_status(rel, "modelserve", "blue-green"), "blue", 1))
-    c.apply(ftj_manifests("long-run", 40), rel.watched)
+    # The FineTuneJob first, then the rollout: a trainer slow to start (the machine's cores are
+    # shared with other tests) must not let the 20 s gate pass before the leader goes.
+    c.apply(ftj_manifests("long-run", STEPS), rel.watched)
+    _wait(rel, "long-run Running with progress", lambda: _ftj_running(rel, "long-run", 2))
     c.apply(ms_manifest("blue-green", 2), rel.watched)
     # Mid-rollout: green is up and its gate Job runs (the stand-in gate takes 20 s).
     _wait(rel, "the rollout's gate Job", lambda: any("gate" in j for j in _children(rel)["jobs"]))
-    before = _wait(rel, "long-run Running with progress", lambda: _ftj_running(rel, "long-run", 2))
     assert _status(rel, "modelserve", "blue-green")["phase"] == "Progressing"
+    before = _ftj_running(rel, "long-run")
+    assert before is not None, _status(rel, "finetunejob", "long-run")
     children = _children(rel)
 
     leader = rel.leader_pod()
@@ -261,7 +269,7 @@ def test_leader_pod_deleted_mid_run_and_mid_rollout(release: Release) -> None:
     assert len(final["jobs"]) == len(set(final["jobs"])) and final["deployments"] == ["blue-green-blue", "blue-green-green"]
     assert final["services"] == children["services"], final
     ftj = c.get("finetunejob", "long-run", rel.watched)
-    assert (ftj["status"].get("progress") or {}).get("step", 40) == 40, ftj["status"]
+    assert (ftj["status"].get("progress") or {}).get("step", STEPS) == STEPS, ftj["status"]
     pods = c.list("pods", rel.watched, "tuneforge.dev/finetunejob=long-run,tuneforge.dev/role=train")
     assert len(pods) == 1, [p["metadata"]["name"] for p in pods]  # no retraining
 

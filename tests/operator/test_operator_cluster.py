@@ -640,6 +640,7 @@ def test_crd_upgrade_with_a_new_default_restarts_nothing(cluster: Cluster, names
         cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds" / "finetunejob.yaml"))
 
 
+@pytest.mark.exclusive  # a stand-in training Job on the real node within a deadline: starved beside a training run
 def test_result_read_from_summary_json_when_the_pod_is_gone(cluster: Cluster, namespace: str, run_operator: Any,
                                                             standin_image: str) -> None:
     """The operator is down while the training Job finishes and its pod is cleaned up (PodGC):

@@ -75,18 +75,21 @@ class _Handler(BaseHTTPRequestHandler):
             cls.max_in_flight = max(cls.max_in_flight, cls.in_flight)
         try:
             if throttle:
-                self._send(429, {"error": {"message": "Rate limit reached", "type": "rate_limit"}}, {"retry-after-ms": "20"})
-                return
-            time.sleep(0.05)  # long enough for requests to overlap
-            text = body["messages"][-1]["content"].split("Message: ")[1]
-            answer = "card" if "card" in text else "fx."
-            self._send(200, {
-                "id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
-                "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": answer}}],
-            })
+                reply = (429, {"error": {"message": "Rate limit reached", "type": "rate_limit"}}, {"retry-after-ms": "20"})
+            else:
+                time.sleep(0.05)  # long enough for requests to overlap
+                text = body["messages"][-1]["content"].split("Message: ")[1]
+                answer = "card" if "card" in text else "fx."
+                reply = (200, {
+                    "id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
+                    "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": answer}}],
+                }, None)
         finally:
+            # Counted out before the answer leaves: once the client has it, it may send its next
+            # request while this thread has not yet run past _send (4 "in flight" with 3 slots).
             with cls.lock:
                 cls.in_flight -= 1
+        self._send(*reply)
 
     def _send(self, code: int, obj: dict[str, Any], headers: dict[str, str] | None = None) -> None:
         out = json.dumps(obj).encode()

@@ -8,6 +8,7 @@ import builtins
 import functools
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -82,6 +83,10 @@ class Cluster:
         self._images: dict[tuple[str, str, str], str] = {}
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        # A kubectl that waits (``--timeout=180s``) gets that long, and a margin, before it is killed.
+        for arg in args:
+            if m := re.fullmatch(r"--timeout=(\d+)(s|m|h)", arg):
+                timeout = max(timeout, int(m[1]) * {"s": 1, "m": 60, "h": 3600}[m[2]] + 30)
         res = subprocess.run(
             [str(self.kubectl_bin), f"--kubeconfig={self.kubeconfig}", *args],
             input=input,
