@@ -395,7 +395,7 @@ NOT_EXERCISED: dict[tuple[str, str, str], str] = {  # (apiGroup, resource, verb)
     ("autoscaling", "horizontalpodautoscalers", "delete"): "spec.autoscaling removed from a ModelServe",
     ("policy", "poddisruptionbudgets", "delete"): "a ModelServe that no longer wants its PDB",
     ("inference.networking.k8s.io", "inferencepools", "delete"): "a ModelServe that no longer wants its InferencePool",
-    ("keda.sh", "scaledobjects", "list"): "only with settings.kedaPrometheusAddress (KEDA scales ModelServes)",
+    ("keda.sh", "scaledobjects", "list"): "only with settings.prometheusUrl (KEDA scales ModelServes where it is installed)",
     ("keda.sh", "scaledobjects", "create"): _APPLIED + " (only where KEDA is used)",
     ("keda.sh", "scaledobjects", "patch"): "only where KEDA is used (server-side apply)",
     ("keda.sh", "scaledobjects", "delete"): "spec.hpa removed from a ModelServe where KEDA is used",

@@ -274,7 +274,7 @@ def test_keda_scaled_object_replaces_the_hpa_and_follows_the_switch() -> None:
     from before KEDA is deleted: KEDA's takes its name); it moves on a switch, follows spec edits,
     and goes with spec.hpa."""
     kube = FakeKube(keda=True)
-    room, _ = runtime(kube, keda_prometheus_address=PROMETHEUS)
+    room, _ = runtime(kube, prometheus_url=PROMETHEUS)
     kube.objs[("HorizontalPodAutoscaler", "intents")] = {"kind": "HorizontalPodAutoscaler", "metadata": {
         "name": "intents", "labels": {LABEL_MODELSERVE: "intents"},
         "ownerReferences": [{"kind": "ModelServe", "name": "intents", "uid": "uid-ms", "controller": True}]}, "spec": {}}
@@ -313,7 +313,7 @@ def test_keda_scaled_object_replaces_the_hpa_and_follows_the_switch() -> None:
 @pytest.mark.parametrize(("keda_served", "address"), [(False, PROMETHEUS), (True, "")])
 def test_the_operators_own_hpa_without_keda_or_without_a_prometheus_address(keda_served: bool, address: str) -> None:
     kube = FakeKube(keda=keda_served)
-    room, _ = runtime(kube, keda_prometheus_address=address)
+    room, _ = runtime(kube, prometheus_url=address)
     spec = {"hpa": {"maxReplicas": 3}, "rollout": {"scaleDownDelaySeconds": 30}}
     run(room, body(**spec), T0)
     kube.ready("blue")
@@ -327,7 +327,7 @@ def test_a_keda_query_template_that_does_not_format_fails_at_startup() -> None:
     with pytest.raises(ValueError, match="TUNEFORGE_KEDA_QUERY"):
         Settings.from_env({"TUNEFORGE_KEDA_QUERY": 'sum({metric}{pod=~"x"})'})  # braces not doubled
     custom = Settings.from_env({"TUNEFORGE_KEDA_QUERY": 'max({metric}{{kubernetes_namespace="{namespace}",app="{deployment}"}})'})
-    assert custom.keda_trigger_query("m", "team-a", "intents-blue") == 'max(m{kubernetes_namespace="team-a",app="intents-blue"})'
+    assert custom.keda_trigger_query("m", "team-a", "intents-blue", "x") == 'max(m{kubernetes_namespace="team-a",app="intents-blue"})'
 
 
 def test_invalid_spec_fails_naming_the_field_and_touches_nothing() -> None:

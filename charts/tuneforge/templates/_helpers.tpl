@@ -124,7 +124,7 @@ each watched namespace's Role in namespaced mode. One list for both, so the mode
 - apiGroups: [inference.networking.k8s.io]
   resources: [inferencepools]
   verbs: [list, create, patch, delete]
-# KEDA's ScaledObject in place of the HPA where settings.kedaPrometheusAddress is set and KEDA's
+# KEDA's ScaledObject in place of the HPA where settings.prometheusUrl is set and KEDA's
 # CRD is installed (list discovers it); KEDA, not the operator, writes the HPA then.
 - apiGroups: [keda.sh]
   resources: [scaledobjects]

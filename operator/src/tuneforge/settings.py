@@ -133,21 +133,18 @@ class Settings:
     (``http://prometheus.monitoring:9090``): a ModelServe's status.usage.requests (and
     status.cost.per1kRequests) is the increase of vLLM's ``vllm:request_success_total`` over the
     series of its color pods, by the ``namespace`` and ``pod`` labels of Prometheus' usual pod
-    scraping (often the server ``keda_prometheus_address`` names, as the operator reaches it).
-    Empty: no request count."""
+    scraping. Empty: no request count.
+    The same server is KEDA's: set, and where KEDA's ScaledObject CRD is installed, a ModelServe with
+    spec.hpa gets a KEDA ScaledObject (a Prometheus trigger on its active color's waiting requests;
+    KEDA makes the HPA, named as the ModelServe) instead of the operator's own HPA on a Pods metric,
+    which needs a custom-metrics adapter."""
 
-    keda_prometheus_address: str = ""
-    """Prometheus that KEDA queries to scale ModelServes (e.g. ``http://prometheus.monitoring:9090``).
-    Set, and where KEDA's ScaledObject CRD is installed, a ModelServe with spec.hpa gets a KEDA
-    ScaledObject (a Prometheus trigger on its active color's waiting requests; KEDA makes the HPA,
-    named as the ModelServe); otherwise the operator's own HPA on a Pods metric, which needs a
-    custom-metrics adapter."""
-
-    keda_query: str = 'sum({metric}{{namespace="{namespace}",pod=~"{deployment}-[a-z0-9]+-[a-z0-9]+"}})'
+    keda_query: str = 'sum({metric}{{namespace="{namespace}",pod=~"{pods}"}})'
     """PromQL of the ScaledObject's trigger, compared per replica with spec.hpa.targetWaitingRequests:
-    ``{metric}`` (spec.hpa.metric), ``{namespace}`` and ``{deployment}`` (the active color's Deployment)
-    are filled in (``{{``/``}}`` are literal braces). The default fits the ``namespace`` and ``pod``
-    target labels of Prometheus' usual pod scraping."""
+    ``{metric}`` (spec.hpa.metric), ``{namespace}``, ``{deployment}`` (the active color's Deployment)
+    and ``{pods}`` (a regex of that Deployment's pod names) are filled in (``{{``/``}}`` are literal
+    braces). The default fits the ``namespace`` and ``pod`` target labels of Prometheus' usual pod
+    scraping, as status.usage.requests does."""
 
     leader_elect: bool = False
     """Run as one of several replicas: only the holder of a coordination.k8s.io Lease reconciles,
@@ -193,16 +190,16 @@ class Settings:
         settings.gate_placement()
         settings.election_config()
         settings.gpu_hour_price_map()
-        settings.keda_trigger_query("m", "ns", "d")
+        settings.keda_trigger_query("m", "ns", "d", "d-.+")
         return settings
 
-    def keda_trigger_query(self, metric: str, namespace: str, deployment: str) -> str:
+    def keda_trigger_query(self, metric: str, namespace: str, deployment: str, pods: str) -> str:
         """``keda_query`` filled in; a template that does not format fails at startup, naming it."""
         try:
-            return self.keda_query.format(metric=metric, namespace=namespace, deployment=deployment)
+            return self.keda_query.format(metric=metric, namespace=namespace, deployment=deployment, pods=pods)
         except (KeyError, IndexError, ValueError) as exc:
             raise ValueError(f"TUNEFORGE_KEDA_QUERY={self.keda_query!r}: {exc!r}; the placeholders are {{metric}}, "
-                             "{namespace} and {deployment}, and a literal brace is written {{ or }}") from exc
+                             "{namespace}, {deployment} and {pods}, and a literal brace is written {{ or }}") from exc
 
     def election_config(self) -> "ElectionConfig":
         """The leader election's durations, checked (renew deadline below the lease duration)."""

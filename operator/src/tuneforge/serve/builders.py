@@ -6,6 +6,7 @@ PodDisruptionBudget per color, the optional HPA and the active and preview Infer
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -152,6 +153,10 @@ def build_pdb(ctx: ServeContext, color: str) -> dict[str, Any]:
                      "selector": {"matchLabels": {LABEL_MODELSERVE: ctx.name, LABEL_COLOR: color}}}}
 
 
+SCALE_DOWN = {"scaleDown": {"stabilizationWindowSeconds": 300}}
+"""The autoscaler's behaviour, the HPA's and KEDA's: model load takes minutes, do not flap on a burst."""
+
+
 def build_hpa(ctx: ServeContext, spec: ModelServeSpec, color: str) -> dict[str, Any] | None:
     """Scale the active color on vLLM's waiting requests per pod (a Pods metric, served through
     a metrics adapter such as prometheus-adapter from the pods' /metrics); None without spec.hpa.
@@ -166,8 +171,7 @@ def build_hpa(ctx: ServeContext, spec: ModelServeSpec, color: str) -> dict[str, 
             "metrics": [{"type": "Pods", "pods": {
                 "metric": {"name": spec.hpa.metric},
                 "target": {"type": "AverageValue", "averageValue": str(spec.hpa.target_waiting_requests)}}}],
-            # Model load takes minutes: do not flap on a burst.
-            "behavior": {"scaleDown": {"stabilizationWindowSeconds": 300}},
+            "behavior": copy.deepcopy(SCALE_DOWN),
         },
     }
 
@@ -187,7 +191,7 @@ def build_scaled_object(ctx: ServeContext, spec: ModelServeSpec, color: str, ser
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": color_name(ctx.name, color)},
             "minReplicaCount": spec.hpa.min_replicas, "maxReplicaCount": spec.hpa.max_replicas,
             "advanced": {"horizontalPodAutoscalerConfig": {
-                "name": ctx.name, "behavior": {"scaleDown": {"stabilizationWindowSeconds": 300}}}},
+                "name": ctx.name, "behavior": copy.deepcopy(SCALE_DOWN)}},
             "triggers": [{"type": "prometheus", "metricType": "AverageValue", "metadata": {
                 "serverAddress": server_address, "query": query,
                 "threshold": str(spec.hpa.target_waiting_requests)}}],

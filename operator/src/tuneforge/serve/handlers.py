@@ -22,11 +22,11 @@ from typing import Any, Mapping
 import kopf
 
 from .. import FTJ_PLURAL, GROUP, MS_PLURAL, VERSION, startup
+from ..promapi import PromApi
 from ..runtime import Key, Packed, Runtime, pack, unpack
 from ..workqueue import Outcome, WorkQueue
 from .names import ANNOTATION_ABORT, ANNOTATION_PROMOTE, ANNOTATION_RETRY, LABEL_MODELSERVE
 from .observe import project_child
-from ..promapi import PromApi
 from .reconcile import ChildrenFn, Room, gate_pod, metering, reconcile
 
 log = logging.getLogger(__name__)

@@ -55,12 +55,15 @@ from .names import (
 from .observe import observe
 from .plan import DeleteGate, Plan, Requests, RunGate, Scale, SwitchActive, SwitchPreview, plan
 from .server import GPU_RESOURCE
-from .served import requests_query
+from .served import deployment_pods_regex, requests_query
 from .status import PHASES, Event, Metering, invalid_status, known_versions, rollout_clock, usage_due
 from .source import job_head, resolve
 from .spec import ModelServeSpec, SpecError, endpoint_secrets, parse_spec
 
-__all__ = ["Room", "count_events", "count_usage", "gate_pod", "metering", "invalid_status", "known_versions", "reconcile", "rollout_clock", "secrets_refused"]
+__all__ = [
+    "Room", "count_events", "count_usage", "gate_pod", "invalid_status", "known_versions", "metering", "reconcile",
+    "rollout_clock", "secrets_refused",
+]
 
 log = logging.getLogger(__name__)
 ChildrenFn = Callable[[str, str, str], Iterable[Obj]]
@@ -185,25 +188,28 @@ async def _static_children(room: Room, ctx: ServeContext, spec: ModelServeSpec, 
 
 
 async def _autoscaling(room: Room, ctx: ServeContext, spec: ModelServeSpec, active: str | None, uid: str) -> None:
-    """The active color's autoscaler: where KEDA is used (a Prometheus address is set and the
+    """The active color's autoscaler: where KEDA is used (``prometheus_url`` is set and the
     ScaledObject CRD is served) a ScaledObject, and KEDA makes the HPA; otherwise the operator's
     own HPA. Either follows the active color (moved on a switch, never pointed at a candidate); the
     one not in use is deleted, the HPA before the ScaledObject's takes its name. Until a color is
-    active, nothing changes."""
+    active, nothing changes (and nothing is listed)."""
+    if spec.hpa is not None and not active:
+        return
     kube, ns = room.kube, ctx.namespace
     mine: dict[str, str | None] = {LABEL_MODELSERVE: ctx.name}
-    address = room.settings.keda_prometheus_address
+    address = room.settings.prometheus_url
     # One list call tells whether the ScaledObject CRD is served (KEDA installed later: used then).
     scaled = await kube.list_if_served("ScaledObject", ns, mine) if address else None
     hpas = await kube.list_labelled("HorizontalPodAutoscaler", ns, mine)
-    if spec.hpa is not None and not active:
-        return
     if scaled is None:
         await _converge(kube, "HorizontalPodAutoscaler", ns, uid, hpas, [build_hpa(ctx, spec, active)] if active else [])
         return
     await _converge(kube, "HorizontalPodAutoscaler", ns, uid, hpas, [])
-    want = None if spec.hpa is None or not active else build_scaled_object(
-        ctx, spec, active, address, room.settings.keda_trigger_query(spec.hpa.metric, ns, color_name(ctx.name, active)))
+    want = None
+    if spec.hpa is not None and active:
+        deployment = color_name(ctx.name, active)
+        query = room.settings.keda_trigger_query(spec.hpa.metric, ns, deployment, deployment_pods_regex(deployment))
+        want = build_scaled_object(ctx, spec, active, address, query)
     await _converge(kube, "ScaledObject", ns, uid, scaled, [want])
 
 

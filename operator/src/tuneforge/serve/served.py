@@ -16,16 +16,21 @@ import json
 from ..runtime import parse_time
 from .names import COLORS
 
-__all__ = ["REQUESTS_METRIC", "color_pods_regex", "requests_query"]
+__all__ = ["REQUESTS_METRIC", "color_pods_regex", "deployment_pods_regex", "requests_query"]
 
 REQUESTS_METRIC = "vllm:request_success_total"
 
 
+def deployment_pods_regex(deployment: str) -> str:
+    """The names of a Deployment's pods (``<deployment>-<ReplicaSet hash>-<suffix>``; Prometheus
+    anchors a regex match, and a hash and a suffix hold no ``-``, so ModelServe ``a`` never matches
+    the pods of ModelServe ``a-blue``). ``deployment`` may itself be a regex."""
+    return f"{deployment}-[a-z0-9]+-[a-z0-9]+"
+
+
 def color_pods_regex(name: str) -> str:
-    """The names of the pods of ModelServe ``name``'s color Deployments (Prometheus anchors a
-    regex match; a ReplicaSet hash and a pod suffix hold no ``-``, so ModelServe ``a`` never
-    matches the pods of ModelServe ``a-blue``)."""
-    return f"{name}-({'|'.join(COLORS)})-[a-z0-9]+-[a-z0-9]+"
+    """The names of the pods of ModelServe ``name``'s color Deployments."""
+    return deployment_pods_regex(f"{name}-({'|'.join(COLORS)})")
 
 
 def requests_query(namespace: str, name: str, since: str | None, now: dt.datetime) -> str | None:
