@@ -56,7 +56,7 @@ def test_image_store_gc_waits_for_no_build(tmp_path: Path, monkeypatch: pytest.M
     assert calls == [None]
 
 
-def test_junit_reports_of_the_passes_merge_into_one(tmp_path: Path) -> None:
+def test_junit_reports_of_the_passes_merge_into_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     merge = load_hack("junit_merge.py", "tuneforge_junit_merge")
     a = tmp_path / "a.xml"
     a.write_text('<testsuites><testsuite name="pytest" tests="2" failures="1" errors="0" skipped="0" time="1.5">'
@@ -72,3 +72,10 @@ def test_junit_reports_of_the_passes_merge_into_one(tmp_path: Path) -> None:
     root = ET.parse(out).getroot()
     assert (root.get("tests"), root.get("failures"), root.get("errors"), root.get("time")) == ("3", "1", "1", "3.500")
     assert [c.get("name") for c in root.iter("testcase")] == ["t1", "t2", "t3"]
+    # the failed tests are the last lines printed: a CI log's tail names them
+    assert capsys.readouterr().out.splitlines()[-4:] == [
+        "a.xml: 2 tests, 1 failed, 0 errors, 0 skipped",
+        "b.xml: 1 tests, 0 failed, 1 errors, 0 skipped",
+        "FAILURE tests.x::t2 - boom",
+        "ERROR tests.y::t3 - e",
+    ]
