@@ -209,3 +209,28 @@ def test_config_map_sources_only_for_data() -> None:
     spec = load_crd("finetunejob.yaml")["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     assert not re.search(spec["properties"]["baseModel"]["properties"]["uri"]["pattern"], "configmap://m/model.bin")
     assert not re.search(spec["properties"]["output"]["properties"]["uri"]["pattern"], "configmap://out/x")
+
+
+@pytest.mark.parametrize("baseline,message", [
+    ({"type": "openai", "url": "https://api.example.com/v1", "model": "m", "inputTokenPrice": 2.5, "outputTokenPrice": 10}, None),
+    ({"type": "openai", "url": "https://api.example.com/v1", "model": "m"}, None),
+    ({"type": "tfidf-logreg"}, None),
+    ({"type": "tfidf-logreg", "inputTokenPrice": 2.5}, "apply to the openai baseline only"),
+    ({"type": "zero-shot", "outputTokenPrice": 10}, "apply to the openai baseline only"),
+    ({"type": "openai", "inputTokenPrice": 2.5}, "needs url and model"),
+])
+def test_baseline_rules_keep_endpoint_fields_on_the_openai_baseline(baseline: dict[str, Any], message: str | None) -> None:
+    """The token prices (the model card's cost per 1,000 of the endpoint's predictions) are the
+    openai baseline's, like its url and model; another baseline with one is refused by name."""
+    import celpy
+
+    schema = load_crd("finetunejob.yaml")["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    items = schema["properties"]["spec"]["properties"]["evaluation"]["properties"]["baselines"]["items"]
+    assert {"inputTokenPrice", "outputTokenPrice"} <= set(items["properties"])
+    env = celpy.Environment()
+    failed = [r["message"] for r in items["x-kubernetes-validations"]
+              if not env.program(env.compile(r["rule"])).evaluate({"self": celpy.json_to_cel(baseline)})]
+    if message is None:
+        assert failed == []
+    else:
+        assert len(failed) == 1 and message in failed[0] and ("inputTokenPrice" in failed[0] or "url" in failed[0]), failed

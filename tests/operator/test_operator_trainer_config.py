@@ -231,6 +231,10 @@ MAPPED: list[Maps] = [
     _m("evaluation.baselines[].timeoutSeconds", 90, "eval.baselines.openai.timeout_s", 90.0,
        evaluation__baselines=[OPENAI]),
     _m("evaluation.baselines[].maxRows", 50, "eval.baselines.openai.max_rows", evaluation__baselines=[OPENAI]),
+    _m("evaluation.baselines[].inputTokenPrice", 2.5, "eval.baselines.openai.input_token_price",
+       evaluation__baselines=[OPENAI]),
+    _m("evaluation.baselines[].outputTokenPrice", 10, "eval.baselines.openai.output_token_price",
+       evaluation__baselines=[OPENAI]),
     _m("output.uri", "pvc://runs/tuning", "output.dir", "/mnt/pvc/runs/tuning/team-a/intent/uid-1/r3"),
     _m("output.mergeAdapter", True, "output.merge"),
 ]

@@ -25,6 +25,9 @@ def test_tfidf_baseline() -> None:
     held = rows({"card": ["lost card"], "fx": ["euro exchange rate"]})
     res = tfidf_baseline(train, held, ["card", "fx"])
     assert res["accuracy"] == 1.0
+    # each row predicted alone after the fit: a request of one row, well under a second here
+    lat = res["latency"]
+    assert lat["rows_per_request"] == 1 and 0 < lat["p50_ms"] <= lat["p99_ms"] < 1000
 
 
 def test_pick_shots_cover_labels() -> None:
@@ -83,6 +86,7 @@ class _Handler(BaseHTTPRequestHandler):
                 reply = (200, {
                     "id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
                     "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": answer}}],
+                    "usage": {"prompt_tokens": 40, "completion_tokens": 2, "total_tokens": 42},
                 }, None)
         finally:
             # Counted out before the answer leaves: once the client has it, it may send its next
@@ -125,6 +129,10 @@ def test_openai_baseline_retries_a_429_with_bounded_concurrency(monkeypatch: pyt
         assert first["path"] == "/v1/chat/completions" and first["auth"] == "Bearer sk-test"
         assert first["body"]["model"] == "gpt-x" and first["body"]["temperature"] == 0
         assert 1 < _Handler.max_in_flight <= 3
+        # every row's latency (the endpoint sleeps 50 ms; the 429's retry is in one of them) and
+        # the tokens the endpoint reported, which price the baseline on the model card
+        assert res["latency"]["rows_per_request"] == 1 and res["latency"]["p50_ms"] >= 50
+        assert res["usage"] == {"prompt_tokens": 12 * 40, "completion_tokens": 12 * 2, "rows_without_usage": 0}
     finally:
         server.shutdown()
 
@@ -198,8 +206,11 @@ def test_score_model_reports_accuracy_norm_beside_accuracy(monkeypatch: pytest.M
     monkeypatch.setattr(evaluate, "prompt_texts", lambda tok, rs, cfg, labs, prefix=None: [r.text for r in rs])
     monkeypatch.setattr(
         evaluate, "predict_loglik",
-        lambda model, tok, prompts, labs, batch: (["fx", "fx"], [[-3.0, -10.0], [-1.0, -30.0]], [1, 5]),
+        lambda model, tok, prompts, labs, batch, timings: timings.append((2, 0.25))
+        or (["fx", "fx"], [[-3.0, -10.0], [-1.0, -30.0]], [1, 5]),
     )
     cfg = parse_config({"model": {"source": "/m"}, "dataset": {"source": "/d.csv"}, "output": {"dir": "/o"}})
     res = evaluate.score_model(None, None, held, cfg, labels)
     assert res["method"] == "loglik" and res["accuracy"] == 0.5 and res["accuracy_norm"] == 1.0
+    # both rows waited for their batch of two
+    assert res["latency"] == {"p50_ms": 250.0, "p99_ms": 250.0, "rows_per_request": 2}

@@ -6,8 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from tuneforge_trainer.metrics import classification_metrics, exact_match, field_f1, generation_metrics, worst_classes
-from tuneforge_trainer.report import cost_estimate, plot_confusion, plot_loss, render_model_card
+from tuneforge_trainer.metrics import (
+    classification_metrics,
+    exact_match,
+    field_f1,
+    generation_metrics,
+    latency_summary,
+    worst_classes,
+)
+from tuneforge_trainer.report import cost_estimate, cost_per_1k_predictions, plot_confusion, plot_loss, render_model_card
 
 
 def test_classification_metrics() -> None:
@@ -43,6 +50,61 @@ def test_generation_metrics_and_exact_match() -> None:
     assert exact_match(["Paris", "Rome"], [" Paris.", "rome"]) == 0.5
     m = generation_metrics(['{"x": 1}', "Paris"], ['{"x": 1}', "Paris"])
     assert m["exact_match"] == 1.0 and m["field_f1"] == 1.0 and m["json_rows"] == 1
+
+
+@pytest.mark.parametrize(
+    ("timings", "expected"),
+    [
+        ([], None),
+        ([(1, 0.010)], {"p50_ms": 10.0, "p99_ms": 10.0, "rows_per_request": 1}),
+        # a row of a batch waited for the whole batch: 8 rows at 0.4 s outweigh 2 rows at 0.1 s
+        ([(8, 0.4), (2, 0.1)], {"p50_ms": 400.0, "p99_ms": 400.0, "rows_per_request": 8}),
+        # 99 fast single rows and one slow one: the p99 sits between them (linear interpolation)
+        ([(1, 0.01)] * 99 + [(1, 1.01)], {"p50_ms": 10.0, "p99_ms": 20.0, "rows_per_request": 1}),
+    ],
+)
+def test_latency_summary_per_row(timings: list[tuple[int, float]], expected: dict | None) -> None:
+    assert latency_summary(timings) == expected
+
+
+@pytest.mark.parametrize(
+    ("result", "kwargs", "expected"),
+    [
+        # 100 rows in 36 s on 1 GPU at 2/h: 0.36 GPU-s per row -> 360 GPU-s per 1,000 -> 0.2
+        ({"n": 100, "seconds": 36.0}, {"gpus": 1, "gpu_hour_price": 2.0}, 0.2),
+        ({"n": 100, "seconds": 36.0}, {"gpus": 2, "gpu_hour_price": 2.0}, 0.4),
+        ({"n": 100, "seconds": 36.0}, {"gpus": 0, "gpu_hour_price": 2.0}, None),  # GPUs unknown
+        ({"n": 100, "seconds": 36.0}, {"gpus": 1, "gpu_hour_price": None}, None),  # no price
+        ({"n": 0, "seconds": 0.0}, {"gpus": 1, "gpu_hour_price": 2.0}, None),
+        # an endpoint billed by token: 10 rows, 1,000 prompt + 20 completion tokens at 2.5 and 10 per million
+        ({"n": 10, "usage": {"prompt_tokens": 1000, "completion_tokens": 20, "rows_without_usage": 0}},
+         {"gpus": 1, "gpu_hour_price": 2.0, "token_prices": (2.5, 10.0)}, 0.27),
+        ({"n": 10, "usage": {"prompt_tokens": 1000, "completion_tokens": 20, "rows_without_usage": 1}},
+         {"gpus": 1, "gpu_hour_price": 2.0, "token_prices": (2.5, 10.0)}, None),  # a row without usage
+        ({"n": 10, "usage": {"prompt_tokens": 1000, "completion_tokens": 20, "rows_without_usage": 0}},
+         {"gpus": 1, "gpu_hour_price": 2.0, "token_prices": (2.5, None)}, None),
+    ],
+)
+def test_cost_per_1k_predictions(result: dict, kwargs: dict, expected: float | None) -> None:
+    assert cost_per_1k_predictions(result, **kwargs) == (pytest.approx(expected) if expected is not None else None)
+
+
+def test_model_card_prices_and_times_the_adapter_against_the_baselines() -> None:
+    r = report_fixture()
+    r["config"]["cost"] = {"gpus": 1, "gpu_hour_price": 3.6, "currency": "EUR"}
+    r["config"]["eval"] = {"baselines": {"openai": {"model": "m", "input_token_price": 2.5, "output_token_price": 10.0}}}
+    r["eval"].update(seconds=5.0, latency={"p50_ms": 400.0, "p99_ms": 410.0, "rows_per_request": 8})
+    r["baselines"]["tfidf_lr"].update(n=10, seconds=0.2, latency={"p50_ms": 0.4, "p99_ms": 1.26, "rows_per_request": 1})
+    r["baselines"]["openai:m"] = {"accuracy": 0.8, "macro_f1": 0.7, "n": 10, "seconds": 9.0,
+                                  "latency": {"p50_ms": 800.0, "p99_ms": 2100.0, "rows_per_request": 1},
+                                  "usage": {"prompt_tokens": 1000, "completion_tokens": 20, "rows_without_usage": 0}}
+    card = render_model_card(r)
+    # 5 s for 10 rows on 1 GPU at 3.6/h: 0.5 s per row -> 0.5 EUR per 1,000
+    assert "| fine-tuned adapter | 90.0 % | 85.0 % | – | 400.0 ms | 410.0 ms | 8 | 0.5 EUR |" in card
+    assert "| tfidf_lr | 95.0 % | 95.0 % | – | 0.4 ms | 1.3 ms | 1 | no GPU |" in card
+    assert "| openai:m | 80.0 % | 70.0 % | – | 800.0 ms | 2100.0 ms | 1 | 0.27 EUR |" in card
+    # without a time or a price the columns say so
+    assert "| zero_shot | 10.0 % | 5.0 % | 40.0 % | – | – | – | – |" in card
 
 
 def report_fixture() -> dict:

@@ -26,7 +26,7 @@ from typing import Any
 from tuneforge_trainer.config import TrainerConfig
 from tuneforge_trainer.data import DataError, Example
 from tuneforge_trainer.lineage import MANIFEST_NAME
-from tuneforge_trainer.metrics import classification_metrics
+from tuneforge_trainer.metrics import Timings, classification_metrics
 
 __all__ = [
     "LabelMismatch",
@@ -214,8 +214,10 @@ def build_trainer(
     )
 
 
-def predict(model: Any, tokenizer: Any, texts: Sequence[str], batch_size: int = 16) -> tuple[list[int], list[list[float]]]:
-    """Class index and class log-probabilities per text: one forward pass per batch."""
+def predict(model: Any, tokenizer: Any, texts: Sequence[str], batch_size: int = 16,
+            timings: Timings | None = None) -> tuple[list[int], list[list[float]]]:
+    """Class index and class log-probabilities per text: one forward pass per batch;
+    ``timings`` gets (rows, seconds) per batch."""
     import torch
 
     device = next(model.parameters()).device
@@ -226,10 +228,13 @@ def predict(model: Any, tokenizer: Any, texts: Sequence[str], batch_size: int = 
     try:
         with torch.no_grad():
             for start in range(0, len(texts), batch_size):
+                t_batch = time.perf_counter()
                 enc = tokenizer(list(texts[start : start + batch_size]), padding=True, return_tensors="pt").to(device)
                 lp = torch.log_softmax(model(**enc).logits.float(), dim=-1)
                 idx.extend(lp.argmax(-1).tolist())
                 logp.extend(lp.tolist())
+                if timings is not None:
+                    timings.append((len(lp), time.perf_counter() - t_batch))
     finally:
         if was_training:
             model.train()
@@ -242,7 +247,8 @@ def score_classifier(
     """Predict and score ``rows`` as ``evaluate.score_model`` does (same metrics and keys;
     ``label_nll`` is the mean cross-entropy of the true class)."""
     t0 = time.monotonic()
-    idx, logp = predict(model, tokenizer, [classifier_text(e) for e in rows], cfg.eval.batch_size)
+    timings: Timings = []
+    idx, logp = predict(model, tokenizer, [classifier_text(e) for e in rows], cfg.eval.batch_size, timings)
     preds = [labels[i] for i in idx]
     truth = [e.target for e in rows]
     _, label2id = label_maps(labels)
@@ -253,4 +259,5 @@ def score_classifier(
     res["method"] = "classifier"
     res["predictions"] = preds
     res["seconds"] = round(time.monotonic() - t0, 2)
+    res["latency"] = latency_summary(timings)
     return res

@@ -513,6 +513,14 @@ class OpenAIBaselineConfig(_Strict):
     concurrency: int = Field(
         default=8, ge=1, le=64, description="Requests in flight at once (bounded by a thread pool)."
     )
+    input_token_price: float | None = Field(
+        default=None, ge=0,
+        description="Price of one million prompt tokens at the endpoint (cost.currency); with "
+                    "output_token_price, the endpoint's cost per 1,000 predictions on the model card.",
+    )
+    output_token_price: float | None = Field(
+        default=None, ge=0, description="Price of one million completion tokens at the endpoint (cost.currency).",
+    )
 
 
 class BaselineConfig(_Strict):

@@ -23,7 +23,7 @@ from typing import Any
 
 from tuneforge_trainer.config import TrainerConfig
 from tuneforge_trainer.data import Example, render_prompt
-from tuneforge_trainer.metrics import classification_metrics, generation_metrics, normalize_answer
+from tuneforge_trainer.metrics import Timings, classification_metrics, generation_metrics, latency_summary, normalize_answer
 
 __all__ = [
     "few_shot_messages",
@@ -83,9 +83,11 @@ def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
 
 
 def predict_loglik(
-    model: Any, tokenizer: Any, prompts: Sequence[str], labels: Sequence[str], batch_rows: int = 16
+    model: Any, tokenizer: Any, prompts: Sequence[str], labels: Sequence[str], batch_rows: int = 16,
+    timings: Timings | None = None,
 ) -> tuple[list[str], list[list[float]], list[int]]:
     """Best label per prompt by summed log-likelihood; also the score matrix and label lengths.
+    ``timings`` gets (rows, seconds) per batch (the shared prefix's one pass is not in them).
 
     The token prefix shared by every prompt (system prompt, instructions, label list, few-shot
     turns) runs once; each batch runs only its rows' own tokens on a copy of that cache, then
@@ -119,6 +121,7 @@ def predict_loglik(
                 prefix = torch.tensor([enc_all[0][:n_prefix]], device=device)
                 prefix_cache = model(input_ids=prefix, use_cache=True, logits_to_keep=1).past_key_values
             for start in range(0, len(prompts), rows):
+                t_batch = time.perf_counter()
                 chunk = [x[n_prefix:] for x in enc_all[start : start + rows]]
                 b = len(chunk)
                 s_len = max(len(x) for x in chunk)
@@ -155,6 +158,8 @@ def predict_loglik(
                     picked = logits.gather(2, lab_b[:, 1:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
                     total = total + (picked * mask_b[:, 1:]).sum(1)
                 scores.extend(total.view(b, n_lab).tolist())
+                if timings is not None:
+                    timings.append((b, time.perf_counter() - t_batch))
     finally:
         if was_training:
             model.train()
@@ -173,9 +178,11 @@ def length_normalized_predictions(scores: Sequence[Sequence[float]], labels: Seq
 
 
 def predict_generate(
-    model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int, batch_rows: int = 16
+    model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int, batch_rows: int = 16,
+    timings: Timings | None = None,
 ) -> list[str]:
-    """Greedy completions for chat-formatted prompts (left-padded batches)."""
+    """Greedy completions for chat-formatted prompts (left-padded batches); ``timings`` gets
+    (rows, seconds) per batch."""
     import torch
 
     device = next(model.parameters()).device
@@ -186,12 +193,15 @@ def predict_generate(
     try:
         with torch.no_grad():
             for start in range(0, len(prompts), batch_rows):
+                t_batch = time.perf_counter()
                 enc = tokenizer(list(prompts[start : start + batch_rows]), add_special_tokens=False, padding=True, return_tensors="pt").to(device)
                 gen = model.generate(
                     **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
                 )
                 new = gen[:, enc.input_ids.size(1) :]
                 out_texts.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
+                if timings is not None:
+                    timings.append((len(new), time.perf_counter() - t_batch))
     finally:
         tokenizer.padding_side = old_side
     return out_texts
@@ -260,7 +270,8 @@ def score_model(
     prefix: list[dict[str, str]] | None = None,
     method: str | None = None,
 ) -> dict[str, Any]:
-    """Predict and score ``rows``; returns metrics plus ``predictions`` and ``seconds``."""
+    """Predict and score ``rows``; returns metrics plus ``predictions``, ``seconds`` and
+    ``latency`` (p50/p99 per row, see ``latency_summary``)."""
     if cfg.task.head == "classifier":
         from tuneforge_trainer.classifier import score_classifier
 
@@ -273,8 +284,9 @@ def score_model(
     prompts = prompt_texts(tokenizer, rows, cfg, labels, prefix)
     truth = [ex.target for ex in rows]
     res: dict[str, Any]
+    timings: Timings = []
     if classification and method == "loglik":
-        preds, scores, lens = predict_loglik(model, tokenizer, prompts, labels, cfg.eval.batch_size)
+        preds, scores, lens = predict_loglik(model, tokenizer, prompts, labels, cfg.eval.batch_size, timings)
         idx = {lab: j for j, lab in enumerate(labels)}
         nll = -sum(s[idx[t]] for s, t in zip(scores, truth))
         ntok = sum(lens[idx[t]] for t in truth)
@@ -284,7 +296,7 @@ def score_model(
         res["accuracy_norm"] = sum(p == t for p, t in zip(norm, truth)) / max(1, len(truth))
     else:
         max_new = cfg.eval.max_new_tokens or (max(len(tokenizer(t, add_special_tokens=False).input_ids) for t in truth + list(labels)) + 8)
-        texts = predict_generate(model, tokenizer, prompts, max_new, cfg.eval.batch_size)
+        texts = predict_generate(model, tokenizer, prompts, max_new, cfg.eval.batch_size, timings)
         if classification:
             preds = [match_label(t, labels) for t in texts]
             res = classification_metrics(truth, preds, labels)
@@ -294,11 +306,13 @@ def score_model(
     res["method"] = method
     res["predictions"] = preds
     res["seconds"] = round(time.monotonic() - t0, 2)
+    res["latency"] = latency_summary(timings)
     return res
 
 
 def tfidf_baseline(train: Sequence[Example], rows: Sequence[Example], labels: Sequence[str], seed: int = 0) -> dict[str, Any]:
-    """TF-IDF (word 1-2 grams) + logistic regression trained on the training rows."""
+    """TF-IDF (word 1-2 grams) + logistic regression trained on the training rows; its latency
+    is each row predicted alone (a request of one row), after the fit."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -309,9 +323,14 @@ def tfidf_baseline(train: Sequence[Example], rows: Sequence[Example], labels: Se
         LogisticRegression(max_iter=2000, C=10.0, random_state=seed),
     )
     clf.fit([f"{e.instruction or ''} {e.text}" for e in train], [e.target for e in train])
-    preds = [str(p) for p in clf.predict([f"{e.instruction or ''} {e.text}" for e in rows])]
+    preds, timings = [], []
+    for e in rows:
+        t_row = time.perf_counter()
+        preds.append(str(clf.predict([f"{e.instruction or ''} {e.text}"])[0]))
+        timings.append((1, time.perf_counter() - t_row))
     res = classification_metrics([e.target for e in rows], preds, labels)
     res["seconds"] = round(time.monotonic() - t0, 2)
+    res["latency"] = latency_summary(timings)
     return res
 
 
@@ -321,7 +340,9 @@ def openai_baseline(rows: Sequence[Example], cfg: TrainerConfig, labels: Sequenc
     The official client retries 429s, 5xx and connection errors with exponential backoff and
     jitter (honouring Retry-After), so one rate-limited request does not fail a gate; at most
     ``concurrency`` requests are in flight. A row that still fails after the retries fails the
-    baseline (recorded as its error), never a silently shorter score.
+    baseline (recorded as its error), never a silently shorter score. Each request's latency
+    (retries included) and the tokens the endpoint reports in ``usage`` are kept: with the
+    config's token prices they give the endpoint's cost per 1,000 predictions.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -338,13 +359,23 @@ def openai_baseline(rows: Sequence[Example], cfg: TrainerConfig, labels: Sequenc
         max_retries=oc.max_retries, timeout=oc.timeout_s,
     )
 
+    timings: Timings = []
+    tokens = {"prompt_tokens": 0, "completion_tokens": 0, "rows_without_usage": 0}
+
     def ask(ex: Example) -> str:
+        t_row = time.perf_counter()
         resp = client.chat.completions.create(
             model=oc.model,
             messages=render_prompt(ex, cfg.dataset.prompt_template, labels, cfg.dataset.system_prompt),  # type: ignore[arg-type]
             temperature=0,
             max_tokens=max_tokens,
         )
+        timings.append((1, time.perf_counter() - t_row))  # list.append is atomic: one per row
+        if resp.usage is None:
+            tokens["rows_without_usage"] += 1
+        else:
+            tokens["prompt_tokens"] += resp.usage.prompt_tokens
+            tokens["completion_tokens"] += resp.usage.completion_tokens
         return resp.choices[0].message.content or ""
 
     try:
@@ -358,4 +389,6 @@ def openai_baseline(rows: Sequence[Example], cfg: TrainerConfig, labels: Sequenc
     else:
         res = generation_metrics(truth, preds)
     res["seconds"] = round(time.monotonic() - t0, 2)
+    res["latency"] = latency_summary(timings)
+    res["usage"] = dict(tokens)
     return res

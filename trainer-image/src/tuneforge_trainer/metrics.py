@@ -1,6 +1,6 @@
-"""Scores: classification (accuracy, macro-F1, per-class, confusion matrix) and generation
-(exact match, field-level F1 for JSON outputs). Pure functions over lists of strings; scikit-learn
-is imported inside.
+"""Scores: classification (accuracy, macro-F1, per-class, confusion matrix), generation (exact
+match, field-level F1 for JSON outputs) and latency per row. Pure functions over lists of strings
+and timings; scikit-learn and numpy are imported inside.
 """
 
 from __future__ import annotations
@@ -9,7 +9,27 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["classification_metrics", "exact_match", "field_f1", "generation_metrics", "normalize_answer", "worst_classes"]
+__all__ = [
+    "Timings", "classification_metrics", "exact_match", "field_f1", "generation_metrics", "latency_summary",
+    "normalize_answer", "worst_classes",
+]
+
+# (rows, seconds) per request: a batch of rows scored together, or one row sent alone.
+Timings = list[tuple[int, float]]
+
+
+def latency_summary(timings: Timings) -> dict[str, Any] | None:
+    """p50/p99 latency per row from per-request timings: every row of a batch waited for the
+    whole batch (what a caller sending that batch sees), so a row's latency is its request's.
+    ``rows_per_request`` is the largest batch (1 for a model asked row by row)."""
+    import numpy as np
+
+    per_row = [seconds for rows, seconds in timings for _ in range(rows)]
+    if not per_row:
+        return None
+    p50, p99 = np.percentile(np.asarray(per_row) * 1000.0, [50, 99])
+    return {"p50_ms": round(float(p50), 2), "p99_ms": round(float(p99), 2),
+            "rows_per_request": max(rows for rows, _ in timings)}
 
 
 def normalize_answer(text: str) -> str:

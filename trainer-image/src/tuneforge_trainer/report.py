@@ -11,7 +11,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["cost_estimate", "plot_confusion", "plot_loss", "render_model_card", "selection_lines", "write_json"]
+__all__ = ["cost_estimate", "cost_per_1k_predictions", "plot_confusion", "plot_loss", "render_model_card", "selection_lines", "write_json"]
 
 
 def write_json(path: str, data: dict[str, Any]) -> None:
@@ -87,6 +87,39 @@ def cost_estimate(seconds: float, gpus: int, gpu_hour_price: float | None, curre
             "estimated": round(gpu_seconds / 3600.0 * gpu_hour_price, 4)}
 
 
+def cost_per_1k_predictions(result: dict[str, Any], *, gpus: int, gpu_hour_price: float | None,
+                            token_prices: tuple[float | None, float | None] | None = None) -> float | None:
+    """What 1,000 predictions cost as they were made here, or None when no price is known.
+
+    A model on the run's GPUs (the adapter, the base model): its scoring seconds per row (in
+    batches, as scored) x the GPUs x the GPU-hour price. An endpoint billed by token (the openai
+    baseline, ``token_prices`` = prices per million prompt and completion tokens): the tokens its
+    ``usage`` reported per row x those prices; None if a price is missing or a row had no usage.
+    A model that needs no GPU (TF-IDF) has none: its latency column says what it costs in time.
+    """
+    n = result.get("n")
+    if not n:
+        return None
+    if token_prices is not None:
+        usage = result.get("usage") or {}
+        prompt_price, completion_price = token_prices
+        if prompt_price is None or completion_price is None or usage.get("rows_without_usage") or "prompt_tokens" not in usage:
+            return None
+        total = usage["prompt_tokens"] * prompt_price + usage["completion_tokens"] * completion_price
+        return round(total / 1e6 / n * 1000.0, 6)
+    if not gpus or gpu_hour_price is None or result.get("seconds") is None:
+        return None
+    return round(result["seconds"] / n * gpus * gpu_hour_price / 3600.0 * 1000.0, 6)
+
+
+def _ms(latency: dict[str, Any] | None, key: str) -> str:
+    return "–" if not latency else f"{latency[key]:.1f} ms"
+
+
+def _price(value: float | None, currency: str) -> str:
+    return "–" if value is None else f"{value:.4g} {currency}"
+
+
 def render_model_card(report: dict[str, Any]) -> str:
     """Markdown model card: data summary, hyperparameters, results, per-class table, baselines."""
     cfg = report.get("config", {})
@@ -107,18 +140,33 @@ def render_model_card(report: dict[str, Any]) -> str:
         "(scored once after training; the results below and the gate). No model was selected on the "
         "test rows.",
         "",
-        "| model | accuracy | macro-F1 | accuracy (length-normalised) |",
-        "|---|---|---|---|",
-        f"| fine-tuned adapter | {_pct(ev.get('accuracy'))} | {_pct(ev.get('macro_f1'))} | {_pct(ev.get('accuracy_norm'))} |",
+        "| model | accuracy | macro-F1 | accuracy (length-normalised) | p50 latency | p99 latency | rows per request | cost per 1,000 predictions |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for name, b in (report.get("baselines") or {}).items():
-        if b.get("error"):
-            lines.append(f"| {name} | error: {b['error'][:80]} | | |")
+    cost_cfg = cfg.get("cost") or {}
+    gpus, gpu_hour_price, currency = cost_cfg.get("gpus") or 0, cost_cfg.get("gpu_hour_price"), cost_cfg.get("currency", "USD")
+    openai_cfg = ((cfg.get("eval") or {}).get("baselines") or {}).get("openai") or {}
+
+    def row(name: str, r: dict[str, Any]) -> str:
+        lat = r.get("latency")
+        prices = (openai_cfg.get("input_token_price"), openai_cfg.get("output_token_price")) if name.startswith("openai:") else None
+        if name == "tfidf_lr":  # scored on the CPU beside the GPUs: its latency is its cost
+            cost = "no GPU"
         else:
-            lines.append(
-                f"| {name} | {_pct(b.get('accuracy'))} | {_pct(b.get('macro_f1'))} | {_pct(b.get('accuracy_norm'))} |"
-            )
+            cost = _price(cost_per_1k_predictions(r, gpus=gpus, gpu_hour_price=gpu_hour_price, token_prices=prices), currency)
+        return (f"| {name} | {_pct(r.get('accuracy'))} | {_pct(r.get('macro_f1'))} | {_pct(r.get('accuracy_norm'))} | "
+                f"{_ms(lat, 'p50_ms')} | {_ms(lat, 'p99_ms')} | {lat['rows_per_request'] if lat else '–'} | {cost} |")
+
+    lines.append(row("fine-tuned adapter", ev))
+    for name, b in (report.get("baselines") or {}).items():
+        lines.append(f"| {name} | error: {b['error'][:80]} | | | | | | |" if b.get("error") else row(name, b))
     lines += [
+        "",
+        "Latency is per row as scored here: rows scored in a batch each waited for their whole batch "
+        "(rows per request), on this run's hardware; a served model answers single requests and batches "
+        "them itself (the ModelServe's gate and metrics measure that). Cost per 1,000 predictions: scoring "
+        "GPU-seconds per row x the GPU-hour price for a model on the run's GPUs; prompt and completion "
+        "tokens x their prices for a paid endpoint; \"–\" where no price is set.",
         "",
         f"Test rows: {ev.get('n')}; scoring: {ev.get('method')}; eval loss (validation rows): "
         f"{tr.get('eval_loss') if tr.get('eval_loss') is not None else '–'}.",

@@ -44,6 +44,8 @@ class Baseline:
     concurrency: int | None = None
     timeout_seconds: int | None = None
     max_rows: int | None = None
+    input_token_price: float | None = None  # per million tokens, the operator's cost currency
+    output_token_price: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,6 +230,7 @@ def parse_spec(spec: Mapping[str, Any]) -> FineTuneJobSpec:
                 model=b.get("model"), api_key=SecretKeyRef.parse(b.get("apiKeySecretRef")),
                 max_retries=b.get("maxRetries"), concurrency=b.get("concurrency"),
                 timeout_seconds=b.get("timeoutSeconds"), max_rows=b.get("maxRows"),
+                input_token_price=b.get("inputTokenPrice"), output_token_price=b.get("outputTokenPrice"),
             )
             for b in evaluation["baselines"]
         ),

@@ -92,6 +92,7 @@ def _baselines(spec: FineTuneJobSpec) -> dict[str, Any] | None:
                 "max_retries": b.max_retries, "concurrency": b.concurrency,
                 "timeout_s": float(b.timeout_seconds) if b.timeout_seconds is not None else None,
                 "max_rows": b.max_rows,
+                "input_token_price": b.input_token_price, "output_token_price": b.output_token_price,
             })
     return out
 
