@@ -163,6 +163,8 @@ def test_train_main_classifier_end_to_end(tiny_model: Path, tmp_path: Path, caps
     assert metrics["eval"]["method"] == "classifier"
     assert set(metrics["eval"]["per_class"]) == {"card", "fx"} and metrics["eval"]["confusion_matrix"]
     assert metrics["config"]["training"]["learning_rate"] == 1e-3
+    lat = metrics["eval"]["latency"]  # one forward pass per batch, timed
+    assert 1 <= lat["rows_per_request"] <= 6 and 0 < lat["p50_ms"] <= lat["p99_ms"]
     val = metrics["validation"]  # the classifier scores its validation rows too (one pass per batch)
     assert val["n"] == sum(metrics["data"]["validation_counts"].values()) > 0 and 0 <= val["accuracy"] <= 1
     card = (out / "README.md").read_text()

@@ -26,7 +26,7 @@ from typing import Any
 from tuneforge_trainer.config import TrainerConfig
 from tuneforge_trainer.data import DataError, Example
 from tuneforge_trainer.lineage import MANIFEST_NAME
-from tuneforge_trainer.metrics import Timings, classification_metrics
+from tuneforge_trainer.metrics import Timings, classification_metrics, latency_summary
 
 __all__ = [
     "LabelMismatch",
