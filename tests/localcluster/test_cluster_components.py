@@ -31,6 +31,10 @@ def _flags(args: list[str]) -> dict[str, str]:
         (components.apiserver_args, "audit-policy-file", "/r/audit/policy.yaml"),
         (components.apiserver_args, "audit-log-path", "/r/audit/audit.log"),
         (components.apiserver_args, "audit-log-mode", "batch"),
+        # the aggregation layer, for KEDA's external metrics API on the host
+        (components.apiserver_args, "requestheader-allowed-names", "front-proxy-client"),
+        (components.apiserver_args, "proxy-client-cert-file", "/r/pki/front-proxy-client.crt"),
+        (components.apiserver_args, "enable-aggregator-routing", "true"),
         (components.controller_manager_args, "use-service-account-credentials", "true"),
         (components.kwok_args, "manage-all-nodes", "false"),
         (components.kwok_args, "manage-nodes-with-annotation-selector", "kwok.x-k8s.io/node=fake"),

@@ -86,6 +86,7 @@ def test_pdb_hpa_and_inference_pool() -> None:
     assert so["spec"]["scaleTargetRef"] == hpa["spec"]["scaleTargetRef"]
     assert (so["spec"]["minReplicaCount"], so["spec"]["maxReplicaCount"]) == (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"])
     assert so["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"] == hpa["spec"]["behavior"]
+    assert hpa["spec"]["behavior"] == {"scaleDown": {"stabilizationWindowSeconds": 300}}  # the default window
     assert so["spec"]["triggers"][0]["metadata"] == {"serverAddress": "http://prom:9090", "query": "q", "threshold": "4"}
     assert build_scaled_object(CTX, plain, "blue", "http://prom:9090", "q") is None
 

@@ -33,7 +33,8 @@ def test_fine_tune_job_source_with_defaults() -> None:
 def test_explicit_source_and_every_field() -> None:
     raw = copy.deepcopy(EXPLICIT)
     raw.update(replicas=2, gpus=4, resources={"cpu": "4", "memory": "32Gi"}, apiKey={"secretRef": {"name": "k", "key": "token"}},
-               hpa={"enabled": True, "minReplicas": 2, "maxReplicas": 6, "targetWaitingRequests": 8},
+               hpa={"enabled": True, "minReplicas": 2, "maxReplicas": 6, "targetWaitingRequests": 8,
+                    "scaleDownStabilizationSeconds": 30},
                inferencePool={"enabled": True, "endpointPicker": "intents-epp"})
     raw["rollout"].update(autoPromotion=False, progressDeadlineSeconds=900, scaleDownDelaySeconds=60)
     raw["rollout"]["gate"].update(maxP99Ms=3000, rows=50)
@@ -43,6 +44,8 @@ def test_explicit_source_and_every_field() -> None:
     assert spec.rollout.auto_promotion is False and spec.rollout.progress_deadline_seconds == 900
     assert spec.rollout.gate is not None and (spec.rollout.gate.min_accuracy, spec.rollout.gate.max_p99_ms, spec.rollout.gate.rows) == (0.8, 3000, 50)
     assert spec.hpa is not None and (spec.hpa.min_replicas, spec.hpa.max_replicas, spec.hpa.metric) == (2, 6, "vllm:num_requests_waiting")
+    assert spec.hpa.scale_down_stabilization_seconds == 30
+    assert parse_spec({**FTJ, "hpa": {"maxReplicas": 2}}).hpa.scale_down_stabilization_seconds == 300  # type: ignore[union-attr]
     assert spec.inference_pool is not None and spec.inference_pool.endpoint_picker == "intents-epp"
 
 
@@ -93,6 +96,7 @@ INVALID = [
     (EXPLICIT, "mode", "merged", "spec.mode", "several adapters"),
     (EXPLICIT, "replicas", -1, "spec.replicas", "between 0 and 64"),
     (EXPLICIT, "replicas", True, "spec.replicas", "an integer"),
+    (EXPLICIT, "hpa", {"maxReplicas": 2, "scaleDownStabilizationSeconds": 7200}, "spec.hpa.scaleDownStabilizationSeconds", "between 0 and 3600"),
     (EXPLICIT, "rollout.gate.minAccuracy", 1.5, "spec.rollout.gate.minAccuracy", "between 0 and 1"),
     (EXPLICIT, "rollout.gate.datasetUri", _DELETE, "spec.rollout.gate.datasetUri", "required with explicit adapters"),
     (EXPLICIT, "rollout.gate.minAccuracy", _DELETE, "spec.rollout.gate", "no threshold"),

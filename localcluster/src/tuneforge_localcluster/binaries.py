@@ -98,11 +98,20 @@ BINARIES: tuple[GoBinary, ...] = (
 
 KUEUE_VERSION = "v0.17.0"
 """Kueue's manager (``sigs.k8s.io/kueue``), an optional component (``kueue.py``)."""
+KEDA_VERSION = "v2.20.2"
+"""KEDA's operator and metrics API server (``github.com/kedacore/keda/v2``), an optional component
+(``keda.py``), from the wrapper module ``localcluster/go/keda`` (KEDA's own replace directives
+apply only in a main module). Not v2.21.1: its go.mod needs Go >= 1.27.4, newer than any
+toolchain the module proxy serves here (go1.27.3); v2.20.2 needs 1.26.0."""
+_KEDA_LDFLAGS = f"-s -w -X github.com/kedacore/keda/v2/version.Version={KEDA_VERSION.removeprefix('v')}"
 
 OPTIONAL: tuple[GoBinary, ...] = (
     # Kueue's manager: built only for the tests that ask for it (``kueue.ensure``).
     GoBinary("kueue", f"sigs.k8s.io/kueue/cmd/kueue@{KUEUE_VERSION}",
              ldflags=f"-s -w -X sigs.k8s.io/kueue/pkg/version.GitVersion={KUEUE_VERSION}"),
+    # KEDA: built only for the tests that ask for it (``keda.ensure``); both from one module.
+    GoBinary("keda-operator", "github.com/kedacore/keda/v2/cmd/operator", "keda", ldflags=_KEDA_LDFLAGS),
+    GoBinary("keda-adapter", "github.com/kedacore/keda/v2/cmd/adapter", "keda", ldflags=_KEDA_LDFLAGS),
 )
 """Binaries a full ``ensure_binaries`` does not build (nor prune): built when named."""
 

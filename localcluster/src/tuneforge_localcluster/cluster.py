@@ -127,12 +127,15 @@ def component_pid(s: Settings, name: str) -> int | None:
     return _pid(s, name)
 
 
-def _start(s: Settings, name: str, args: list[str]) -> None:
+def _start(s: Settings, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
+    """Start a component in its own session, logging to ``<logs>/<name>.log``; ``env`` adds to
+    this process's environment."""
     s.logs.mkdir(parents=True, exist_ok=True)
     s.pids.mkdir(parents=True, exist_ok=True)
     log = open(s.logs / f"{name}.log", "ab")
     proc = subprocess.Popen(
-        args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, cwd=s.runtime
+        args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, cwd=s.runtime,
+        env={**os.environ, **env} if env else None,
     )
     _pid_file(s, name).write_text(str(proc.pid))
 

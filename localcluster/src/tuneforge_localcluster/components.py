@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from tuneforge_localcluster import audit
+from tuneforge_localcluster import pki as pki_mod
 from tuneforge_localcluster.settings import Settings
 
 CNI_BIN_DIR = "/usr/lib/cni"
@@ -71,6 +72,17 @@ def apiserver_args(s: Settings, bins: dict[str, Path]) -> list[str]:
         "--profiling=false",
         "--max-requests-inflight=800",
         "--max-mutating-requests-inflight=400",
+        # The aggregation layer (APIService objects, as KEDA's external metrics API): requests
+        # are proxied with the front-proxy client certificate, the user in X-Remote-* headers,
+        # straight to the Service's endpoints (the extension servers run on the host).
+        f"--requestheader-client-ca-file={pki / 'ca.crt'}",
+        f"--requestheader-allowed-names={pki_mod.FRONT_PROXY_CLIENT}",
+        "--requestheader-username-headers=X-Remote-User",
+        "--requestheader-group-headers=X-Remote-Group",
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+        f"--proxy-client-cert-file={pki / (pki_mod.FRONT_PROXY_CLIENT + '.crt')}",
+        f"--proxy-client-key-file={pki / (pki_mod.FRONT_PROXY_CLIENT + '.key')}",
+        "--enable-aggregator-routing=true",
         "--v=1",
         *audit.apiserver_args(s),
     ]

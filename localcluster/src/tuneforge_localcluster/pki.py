@@ -19,6 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 _VALIDITY = datetime.timedelta(days=365)
+FRONT_PROXY_CLIENT = "front-proxy-client"
+"""The CN the apiserver's --requestheader-allowed-names accepts."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +44,9 @@ def client_identities(node_name: str) -> tuple[Identity, ...]:
         Identity("coredns", "system:coredns"),
         Identity("kwok", "system:kwok-controller"),
         Identity("local-path-provisioner", "system:local-path-provisioner"),
+        # The aggregation layer's identity towards extension API servers (KEDA's metrics API):
+        # the apiserver proxies a request with this certificate and the user in X-Remote-* headers.
+        Identity(FRONT_PROXY_CLIENT, FRONT_PROXY_CLIENT),
     )
 
 
@@ -69,8 +74,14 @@ def _issue(
     dns: tuple[str, ...] = (),
     ips: tuple[str, ...] = (),
     server: bool = False,
+    client: bool | None = None,
 ) -> None:
+    """A certificate for ``name`` signed by the CA: serving (``server``), client (``client``,
+    by default when not serving) or both (mutual TLS between two servers, as KEDA's gRPC)."""
     ca_cert, ca_key = _load_ca(pki)
+    usages = [ExtendedKeyUsageOID.SERVER_AUTH] if server else []
+    if client if client is not None else not server:
+        usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name(
         [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in orgs]
@@ -90,7 +101,7 @@ def _issue(
             x509.KeyUsage(True, False, True, False, False, False, False, False, False), critical=True
         )
         .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]),
+            x509.ExtendedKeyUsage(usages),
             critical=False,
         )
     )
@@ -152,9 +163,11 @@ def issue_client(pki: Path, ident: Identity, server: str) -> None:
     (pki / f"{ident.file}.kubeconfig").write_text(yaml.safe_dump(kubeconfig(server, pki, ident.file)))
 
 
-def issue_server(pki: Path, name: str, cn: str, dns: tuple[str, ...] = (), ips: tuple[str, ...] = ()) -> None:
-    """A serving certificate ``<name>.crt``/``.key`` signed by the existing CA (a webhook's)."""
-    _issue(pki, name, cn, dns=dns, ips=ips, server=True)
+def issue_server(pki: Path, name: str, cn: str, dns: tuple[str, ...] = (), ips: tuple[str, ...] = (),
+                 client: bool = False) -> None:
+    """A serving certificate ``<name>.crt``/``.key`` signed by the existing CA (a webhook's);
+    ``client``: valid as a client certificate too."""
+    _issue(pki, name, cn, dns=dns, ips=ips, server=True, client=client)
 
 
 def generate(pki: Path, node_name: str, node_ip: str, service_ip: str, server: str) -> None:

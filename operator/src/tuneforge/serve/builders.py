@@ -6,7 +6,6 @@ PodDisruptionBudget per color, the optional HPA and the active and preview Infer
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import json
@@ -20,7 +19,7 @@ from .names import (
 )
 from .server import API_KEY_ENV, PORT, ServerPlan, build_config_map, build_deployment, secret_env
 from .source import ServedVersion
-from .spec import ModelServeSpec, SecretKeyRef
+from .spec import HpaSpec, ModelServeSpec, SecretKeyRef
 
 __all__ = [
     "GatePod", "ServeContext", "build_active_service", "build_color_deployment", "build_gate_job", "build_hpa",
@@ -153,8 +152,11 @@ def build_pdb(ctx: ServeContext, color: str) -> dict[str, Any]:
                      "selector": {"matchLabels": {LABEL_MODELSERVE: ctx.name, LABEL_COLOR: color}}}}
 
 
-SCALE_DOWN = {"scaleDown": {"stabilizationWindowSeconds": 300}}
-"""The autoscaler's behaviour, the HPA's and KEDA's: model load takes minutes, do not flap on a burst."""
+def scale_behavior(hpa: HpaSpec) -> dict[str, Any]:
+    """The autoscaler's behaviour, the HPA's and KEDA's alike: scale down only after the waiting
+    requests stayed low for ``scaleDownStabilizationSeconds`` (300 by default: a model load takes
+    minutes, do not flap on a burst)."""
+    return {"scaleDown": {"stabilizationWindowSeconds": hpa.scale_down_stabilization_seconds}}
 
 
 def build_hpa(ctx: ServeContext, spec: ModelServeSpec, color: str) -> dict[str, Any] | None:
@@ -171,7 +173,7 @@ def build_hpa(ctx: ServeContext, spec: ModelServeSpec, color: str) -> dict[str, 
             "metrics": [{"type": "Pods", "pods": {
                 "metric": {"name": spec.hpa.metric},
                 "target": {"type": "AverageValue", "averageValue": str(spec.hpa.target_waiting_requests)}}}],
-            "behavior": copy.deepcopy(SCALE_DOWN),
+            "behavior": scale_behavior(spec.hpa),
         },
     }
 
@@ -191,7 +193,7 @@ def build_scaled_object(ctx: ServeContext, spec: ModelServeSpec, color: str, ser
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": color_name(ctx.name, color)},
             "minReplicaCount": spec.hpa.min_replicas, "maxReplicaCount": spec.hpa.max_replicas,
             "advanced": {"horizontalPodAutoscalerConfig": {
-                "name": ctx.name, "behavior": copy.deepcopy(SCALE_DOWN)}},
+                "name": ctx.name, "behavior": scale_behavior(spec.hpa)}},
             "triggers": [{"type": "prometheus", "metricType": "AverageValue", "metadata": {
                 "serverAddress": server_address, "query": query,
                 "threshold": str(spec.hpa.target_waiting_requests)}}],

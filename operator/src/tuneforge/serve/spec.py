@@ -111,6 +111,7 @@ class HpaSpec:
     max_replicas: int
     target_waiting_requests: int = 4
     metric: str = "vllm:num_requests_waiting"
+    scale_down_stabilization_seconds: int = 300
 
 
 @dataclasses.dataclass(frozen=True)
@@ -295,8 +296,10 @@ def _hpa(raw: Mapping[str, Any] | None, path: str, replicas: int) -> HpaSpec | N
         raise SpecError(f"{path}.maxReplicas", "is required when the HPA is enabled")
     if high < low:
         raise SpecError(f"{path}.maxReplicas", f"must be at least minReplicas ({low}), not {high}")
+    window = _int(raw, "scaleDownStabilizationSeconds", path, 300, 0, 3600)
     return HpaSpec(low, high, _int(raw, "targetWaitingRequests", path, 4, 1, 10_000) or 4,
-                   _get(raw, "metric", path, str, "vllm:num_requests_waiting"))
+                   _get(raw, "metric", path, str, "vllm:num_requests_waiting"),
+                   300 if window is None else window)
 
 
 def _pool(raw: Mapping[str, Any] | None, path: str) -> InferencePoolSpec | None:
