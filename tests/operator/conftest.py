@@ -1,6 +1,6 @@
 """Fixtures for the operator's cluster tests: CRDs applied, the stand-in trainer image, operator
-processes (``python -m tuneforge``) run against the local cluster's kubeconfig, and the real
-Kueue with queues for a test's namespace."""
+processes (``python -m tuneforge``) run against the local cluster's kubeconfig, the real Kueue
+with queues for a test's namespace, and the real KEDA."""
 
 from __future__ import annotations
 
@@ -51,18 +51,20 @@ def operator_image(cluster: Any) -> str:
 # ``kueue`` fixture build (cold: minutes, once per machine) and start it. Its build starts in the
 # background as soon as collection shows such a test, while the cluster and images come up.
 
-_kueue_build: dict[str, Any] = {}
+_optional_builds: dict[str, Any] = {}
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    if not any("kueue" in getattr(item, "fixturenames", ()) for item in session.items):
-        return
+    from tuneforge_localcluster import keda as lc_keda
     from tuneforge_localcluster import kueue as lc_kueue
     from tuneforge_localcluster import settings as lc_settings
 
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="kueue-build")
-    _kueue_build["future"] = pool.submit(lc_kueue.build, lc_settings.load())
-    pool.shutdown(wait=False)
+    for name, build in (("kueue", lc_kueue.build), ("keda", lc_keda.build)):
+        if not any(name in getattr(item, "fixturenames", ()) for item in session.items):
+            continue
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-build")
+        _optional_builds[name] = pool.submit(build, lc_settings.load())
+        pool.shutdown(wait=False)
 
 
 @pytest.fixture(scope="session")
@@ -70,10 +72,27 @@ def kueue(cluster: Any) -> float:
     """Kueue's CRDs, webhooks and manager in the local cluster; the seconds its start took."""
     from tuneforge_localcluster import kueue as lc_kueue
 
-    future = _kueue_build.get("future")
+    future = _optional_builds.get("kueue")
     if future is not None:
         future.result()
     return lc_kueue.ensure(cluster.settings)
+
+
+# --- KEDA ------------------------------------------------------------------------------------
+# Optional like Kueue (localcluster/keda.py): its operator and metrics API server are built in the
+# background once collection shows a test that asks for the ``keda`` fixture.
+
+
+@pytest.fixture(scope="session")
+def keda(cluster: Any) -> float:
+    """KEDA's CRDs, operator and metrics API server (the external metrics API Available); the
+    seconds its start took."""
+    from tuneforge_localcluster import keda as lc_keda
+
+    future = _optional_builds.get("keda")
+    if future is not None:
+        future.result()
+    return lc_keda.ensure(cluster.settings)
 
 
 @pytest.fixture

@@ -110,8 +110,9 @@ OPTIONAL: tuple[GoBinary, ...] = (
     GoBinary("kueue", f"sigs.k8s.io/kueue/cmd/kueue@{KUEUE_VERSION}",
              ldflags=f"-s -w -X sigs.k8s.io/kueue/pkg/version.GitVersion={KUEUE_VERSION}"),
     # KEDA: built only for the tests that ask for it (``keda.ensure``); both from one module.
-    GoBinary("keda-operator", "github.com/kedacore/keda/v2/cmd/operator", "keda", ldflags=_KEDA_LDFLAGS),
-    GoBinary("keda-adapter", "github.com/kedacore/keda/v2/cmd/adapter", "keda", ldflags=_KEDA_LDFLAGS),
+    # Cold: 707 s and 178 s on the 2-core machine beside a make test (every scaler's SDK links in).
+    GoBinary("keda-operator", "github.com/kedacore/keda/v2/cmd/operator", "keda", ldflags=_KEDA_LDFLAGS, cold_seconds=707),
+    GoBinary("keda-adapter", "github.com/kedacore/keda/v2/cmd/adapter", "keda", ldflags=_KEDA_LDFLAGS, cold_seconds=178),
 )
 """Binaries a full ``ensure_binaries`` does not build (nor prune): built when named."""
 
