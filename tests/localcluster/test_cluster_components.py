@@ -122,3 +122,15 @@ def test_kwok_serve_env_puts_the_gate_pod_on_the_kwok_cpu_node() -> None:
     annotations = json.loads(env["TUNEFORGE_GATE_POD_ANNOTATIONS"])
     assert json.loads(annotations["kwok.tuneforge.dev/termination-message"]) == GATE_MEASURES
     assert annotations["pod-complete.stage.kwok.x-k8s.io/delay"] == "1s"
+
+
+def test_real_node_gpu_stand_ins_default_to_the_settings_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    """make test's two cluster groups share the real node: its GPU stand-ins are the field's
+    default unless TUNEFORGE_NODE_GPUS says otherwise (the environment's default once shadowed it)."""
+    from tuneforge_localcluster import settings
+
+    monkeypatch.setenv("TUNEFORGE_NODE_IP", "192.0.2.2")
+    monkeypatch.delenv("TUNEFORGE_NODE_GPUS", raising=False)
+    assert settings.load().gpus == settings.Settings.gpus == 8
+    monkeypatch.setenv("TUNEFORGE_NODE_GPUS", "3")
+    assert settings.load().gpus == 3

@@ -87,5 +87,6 @@ def load() -> Settings:
         runtime=runtime,
         repo=REPO_ROOT,
         node_ip=os.environ.get("TUNEFORGE_NODE_IP") or _default_node_ip(),
-        gpus=int(os.environ.get("TUNEFORGE_NODE_GPUS", "2")),
+        # Unset: the field's default (it said 2 here while the field said 8, and 2 won).
+        gpus=int(os.environ.get("TUNEFORGE_NODE_GPUS") or Settings.gpus),
     )
