@@ -175,7 +175,8 @@ def test_keda_scales_the_active_color_on_waiting_requests_and_follows_the_switch
         st = wait_for("v2 Healthy on the other color", lambda: (s := cluster.get("modelserve", "intents", ns).get("status") or {})
                       .get("phase") == "Healthy" and s.get("activeColor") != first and s, 300, 1, describe)
         second = st["activeColor"]
-        mark("switched", color=second)
+        mark("switched", color=second, replicas=replicas(second))
+        assert replicas(second) == 1  # the candidate started at the active color's count then
         wait_for("the ScaledObject on the new color", lambda: cluster.get("scaledobject", "intents", ns)["spec"]
                  ["scaleTargetRef"]["name"] == f"intents-{second}", 60, 1, describe)
         wait_for("KEDA's HPA on the new color", lambda: cluster.get("hpa", "intents", ns)["spec"]["scaleTargetRef"]
@@ -184,7 +185,8 @@ def test_keda_scales_the_active_color_on_waiting_requests_and_follows_the_switch
         mark("load", waiting=6, pods=pods(second))
         wait_for(f"intents-{second} scaled to 2", scaled_to(second, 2), 180, 1, describe)
         mark("scaled", color=second, replicas=2)
-        assert replicas(first) == 0  # the old color scaled down by the rollout, never by the autoscaler
+        # The old color goes to 0 by the rollout (scaleDownDelaySeconds), never by the autoscaler.
+        wait_for(f"intents-{first} scaled down after the switch", scaled_to(first, 0), 60, 1, describe)
         exporter.set(ns, pods(second), 0)
         wait_for(f"intents-{second} back to 1", scaled_to(second, 1), WINDOW + 180, 1, describe)
         mark("scaled", color=second, replicas=1)
