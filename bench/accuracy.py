@@ -68,7 +68,7 @@ def print_report(m: dict[str, Any], wall: float, title: str) -> None:
     counts = m["data"]["train_counts"]
     print(f"\n{title}: {len(counts)} intents, {sum(counts.values())} training rows, "
           f"{sum(m['data']['validation_counts'].values())} validation rows, {ev['n']} test rows (test.csv)")
-    print(f"{'model':<40} {'accuracy':>9} {'macro-F1':>9} {'train s':>8} {'eval s':>7}")
+    print(f"{'model':<40} {'accuracy':>9} {'macro-F1':>9} {'train s':>8} {'eval s':>7} {'p50 ms':>8} {'p99 ms':>8} {'rows/req':>8}")
     head = m["config"]["task"]["head"]
     rows = [(f"LoRA + {head} head ({tr['steps']} steps)", ev, tr["train_seconds"])]
     rows += [(name, r, None) for name, r in bl.items()]
@@ -77,7 +77,10 @@ def print_report(m: dict[str, Any], wall: float, title: str) -> None:
             print(f"{name:<40} error: {r['error']}")
             continue
         ts = f"{train_s:>8.0f}" if train_s is not None else f"{'':>8}"
-        print(f"{name:<40} {100 * r['accuracy']:>8.1f}% {100 * r['macro_f1']:>8.1f}% {ts} {r.get('seconds', 0):>7.1f}")
+        lat = r.get("latency") or {}
+        latency = (f"{lat['p50_ms']:>8.1f} {lat['p99_ms']:>8.1f} {lat['rows_per_request']:>8}" if lat
+                   else f"{'-':>8} {'-':>8} {'-':>8}")
+        print(f"{name:<40} {100 * r['accuracy']:>8.1f}% {100 * r['macro_f1']:>8.1f}% {ts} {r.get('seconds', 0):>7.1f} {latency}")
     if val.get("accuracy") is not None:
         print(f"validation rows: adapter {100 * val['accuracy']:.1f}% ({val['n']} rows)")
     worst = sorted(ev["per_class"].items(), key=lambda kv: (kv[1]["f1"], kv[0]))[:5]
