@@ -5,11 +5,11 @@ through an APIService whose Service's one endpoint is this node."""
 from __future__ import annotations
 
 import base64
-import subprocess
 from pathlib import Path
 
 import pytest
 
+from go_modules import go_module_source
 from tuneforge_localcluster import binaries, components, keda, pki
 from tuneforge_localcluster.settings import Settings
 
@@ -23,10 +23,7 @@ def _flags(args: list[str]) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def source() -> Path:
-    try:
-        return binaries.module_dir(keda.MODULE)
-    except (OSError, subprocess.CalledProcessError) as err:  # no Go toolchain or proxy
-        pytest.fail(f"KEDA's module {keda.MODULE} is not available: {err}")
+    return go_module_source(keda.MODULE)
 
 
 def test_crds_are_upstreams(source: Path) -> None:

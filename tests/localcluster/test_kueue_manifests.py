@@ -4,11 +4,11 @@ module, reached on loopback with the cluster's CA, kept to what the host-run man
 from __future__ import annotations
 
 import base64
-import subprocess
 from pathlib import Path
 
 import pytest
 
+from go_modules import go_module_source
 from tuneforge_localcluster import binaries, kueue
 from tuneforge_localcluster.settings import Settings
 
@@ -18,10 +18,7 @@ CA = b"-----BEGIN CERTIFICATE-----\nfake\n-----END CERTIFICATE-----\n"
 
 @pytest.fixture(scope="module")
 def source() -> Path:
-    try:
-        return binaries.module_dir(kueue.MODULE)
-    except (OSError, subprocess.CalledProcessError) as err:  # no Go toolchain or proxy
-        pytest.fail(f"Kueue's module {kueue.MODULE} is not available: {err}")
+    return go_module_source(kueue.MODULE)
 
 
 def test_crds_are_upstreams_with_conversion_by_url(source: Path) -> None:

@@ -39,7 +39,7 @@ import pytest
 
 import dashboard
 import promtool
-from tuneforge_localcluster.prometheus import HOST_JOB, Prometheus, pod_targets
+from tuneforge_localcluster.prometheus import HOST_JOB, Prometheus, pod_targets, running
 from tuneforge_localcluster.testing import Cluster, kwok_serve_env, wait_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
@@ -60,13 +60,8 @@ def _now() -> str:
 
 @pytest.fixture(scope="module")
 def prom(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
-    p = Prometheus(tmp_path_factory.mktemp("prometheus"), rule_files=[RULES]).start()
-    try:
+    with running(tmp_path_factory.mktemp("prometheus"), rule_files=[RULES], log_to=OUTPUT / "prometheus.log") as p:
         yield p
-    finally:
-        p.stop()
-        OUTPUT.mkdir(parents=True, exist_ok=True)
-        (OUTPUT / "prometheus.log").write_text(p.log())
 
 
 def _ms_manifest(name: str, version: int, min_accuracy: float) -> dict[str, Any]:

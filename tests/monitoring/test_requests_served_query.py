@@ -20,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, g
 from tuneforge.promapi import PromApi
 from tuneforge.runtime import now_iso
 from tuneforge.serve.served import requests_query
-from tuneforge_localcluster.prometheus import HOST_JOB, Prometheus
+from tuneforge_localcluster.prometheus import HOST_JOB, Prometheus, running
 from tuneforge_localcluster.testing import wait_for
 
 
@@ -53,11 +53,8 @@ def _color() -> tuple[Counter, int, ThreadingHTTPServer]:
 
 @pytest.fixture()
 def prom(tmp_path: Path) -> Iterator[Prometheus]:
-    p = Prometheus(tmp_path / "prometheus", rule_files=[]).start()
-    try:
+    with running(tmp_path / "prometheus", rule_files=[]) as p:
         yield p
-    finally:
-        p.stop()
 
 
 def test_requests_served_counts_one_modelserves_colors_in_real_prometheus(prom: Prometheus) -> None:

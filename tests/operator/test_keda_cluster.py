@@ -18,17 +18,16 @@ The replica timeline goes to test-output/keda/timeline.json.
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 from operator_helpers import ROOT, OperatorProcess
-from tuneforge_localcluster.prometheus import HOST_JOB, Prometheus
+from tuneforge_localcluster.prometheus import HOST_JOB, Prometheus, running
 from tuneforge_localcluster.testing import Cluster, kwok_serve_env, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1200)]
@@ -40,39 +39,24 @@ WINDOW = 10  # spec.hpa.scaleDownStabilizationSeconds: the test waits this, not 
 
 
 class WaitingRequests:
-    """A stand-in for the color pods' /metrics: ``vllm:num_requests_waiting`` per pod, set by the test."""
+    """A stand-in for the color pods' /metrics: ``vllm:num_requests_waiting`` per pod, set by the
+    test, exposed by prometheus_client's own HTTP server."""
 
     def __init__(self) -> None:
-        self.values: dict[tuple[str, str], float] = {}
-        self.lock = threading.Lock()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
-                with outer.lock:
-                    lines = [f"# TYPE {METRIC} gauge"] + [
-                        f'{METRIC}{{namespace="{ns}",pod="{pod}"}} {value}' for (ns, pod), value in outer.values.items()]
-                body = ("\n".join(lines) + "\n").encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.registry = CollectorRegistry()
+        self.gauge = Gauge(METRIC, "Requests waiting (stand-in)", ["namespace", "pod"], registry=self.registry)
+        self.server, _ = start_http_server(0, addr="127.0.0.1", registry=self.registry)
         self.port = self.server.server_port
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def set(self, namespace: str, pods: list[str], total: float) -> None:
         """``total`` waiting requests spread over ``pods`` (every other series is dropped)."""
-        with self.lock:
-            self.values = {(namespace, pod): total / len(pods) for pod in pods} if pods else {}
+        self.gauge.clear()
+        for pod in pods:
+            self.gauge.labels(namespace, pod).set(total / len(pods))
 
     def close(self) -> None:
         self.server.shutdown()
+        self.server.server_close()
 
 
 def manifest(version: int) -> dict[str, Any]:
@@ -90,13 +74,8 @@ def manifest(version: int) -> dict[str, Any]:
 
 @pytest.fixture
 def prom(cluster: Cluster, tmp_path: Path) -> Iterator[Prometheus]:
-    p = Prometheus(tmp_path / "prometheus", rule_files=[]).start()
-    try:
+    with running(tmp_path / "prometheus", rule_files=[], log_to=OUTPUT / "prometheus.log") as p:
         yield p
-    finally:
-        p.stop()
-        OUTPUT.mkdir(parents=True, exist_ok=True)
-        (OUTPUT / "prometheus.log").write_text(p.log())
 
 
 def test_keda_scales_the_active_color_on_waiting_requests_and_follows_the_switch(

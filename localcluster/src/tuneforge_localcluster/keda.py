@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from tuneforge_localcluster import binaries, cluster, pki
+from tuneforge_localcluster import binaries, cluster, manifests, pki
 from tuneforge_localcluster.settings import Settings
 
 VERSION = binaries.KEDA_VERSION
@@ -107,18 +107,8 @@ def crds(source: Path) -> list[dict[str, Any]]:
 
 
 def bootstrap() -> list[dict[str, Any]]:
-    """KEDA's namespace and its host identity's rights (cluster-admin, as Kueue's and kwok's:
-    test infrastructure run on the host, not a copy of upstream's roles to keep in step)."""
-    return [
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}},
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRoleBinding",
-            "metadata": {"name": "tuneforge-localcluster:keda"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
-            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": IDENTITY.user}],
-        },
-    ]
+    """KEDA's namespace and cluster-admin for its host identity."""
+    return manifests.host_addon("keda", NAMESPACE, IDENTITY.user)
 
 
 def metrics_api(node_ip: str, ca_bundle: bytes) -> list[dict[str, Any]]:

@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from tuneforge_localcluster import binaries, cluster, pki
+from tuneforge_localcluster import binaries, cluster, manifests, pki
 from tuneforge_localcluster.settings import Settings
 
 VERSION = binaries.KUEUE_VERSION
@@ -151,18 +151,8 @@ def webhook_configurations(source: Path, ca_bundle: bytes) -> list[dict[str, Any
 
 
 def bootstrap() -> list[dict[str, Any]]:
-    """Kueue's namespace and its host identity's rights (cluster-admin, as kwok's: test
-    infrastructure run on the host, not a copy of upstream's roles to keep in step)."""
-    return [
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}},
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRoleBinding",
-            "metadata": {"name": "tuneforge-localcluster:kueue"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
-            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": IDENTITY.user}],
-        },
-    ]
+    """Kueue's namespace and cluster-admin for its host identity."""
+    return manifests.host_addon("kueue", NAMESPACE, IDENTITY.user)
 
 
 # ------------------------------------------------------------------ side effects

@@ -19,6 +19,16 @@ def _binding(name: str, role: str, user: str) -> dict:
     }
 
 
+def host_addon(name: str, namespace: str, user: str) -> list[dict]:
+    """An optional add-on run on the host (Kueue, KEDA): its namespace and cluster-admin for its
+    identity, as kwok's and the provisioner's below (test infrastructure, not a copy of
+    upstream's roles to keep in step)."""
+    return [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
+        _binding(f"tuneforge-localcluster:{name}", "cluster-admin", user),
+    ]
+
+
 def bootstrap(s: Settings) -> list[dict]:
     coredns_role = {
         "apiVersion": "rbac.authorization.k8s.io/v1",

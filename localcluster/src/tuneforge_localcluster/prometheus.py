@@ -21,6 +21,7 @@ Rule files are loaded as given (the chart's ``files/prometheus/alerts.yaml``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -31,6 +32,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +126,19 @@ def _write_targets(path: Path, groups: list[dict[str, Any]]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(groups))
     tmp.replace(path)
+
+
+@contextlib.contextmanager
+def running(folder: Path, *, rule_files: list[Path], log_to: Path | None = None) -> Iterator["Prometheus"]:
+    """A started Prometheus for the block; stopped after it, its log then copied to ``log_to``."""
+    p = Prometheus(folder, rule_files=rule_files).start()
+    try:
+        yield p
+    finally:
+        p.stop()
+        if log_to is not None:
+            log_to.parent.mkdir(parents=True, exist_ok=True)
+            log_to.write_text(p.log())
 
 
 class Prometheus:
