@@ -26,6 +26,7 @@ def test_tfidf_baseline() -> None:
     res = tfidf_baseline(train, held, ["card", "fx"])
     assert res["accuracy"] == 1.0
     # each row predicted alone after the fit: a request of one row, well under a second here
+    assert res["hardware"] == "cpu"  # priced by its latency on the card, not by GPU-seconds
     lat = res["latency"]
     assert lat["rows_per_request"] == 1 and 0 < lat["p50_ms"] <= lat["p99_ms"] < 1000
 

@@ -94,7 +94,7 @@ def test_model_card_prices_and_times_the_adapter_against_the_baselines() -> None
     r["config"]["cost"] = {"gpus": 1, "gpu_hour_price": 3.6, "currency": "EUR"}
     r["config"]["eval"] = {"baselines": {"openai": {"model": "m", "input_token_price": 2.5, "output_token_price": 10.0}}}
     r["eval"].update(seconds=5.0, latency={"p50_ms": 400.0, "p99_ms": 410.0, "rows_per_request": 8})
-    r["baselines"]["tfidf_lr"].update(n=10, seconds=0.2, latency={"p50_ms": 0.4, "p99_ms": 1.26, "rows_per_request": 1})
+    r["baselines"]["tfidf_lr"].update(n=10, seconds=0.2, hardware="cpu", latency={"p50_ms": 0.4, "p99_ms": 1.26, "rows_per_request": 1})
     r["baselines"]["openai:m"] = {"accuracy": 0.8, "macro_f1": 0.7, "n": 10, "seconds": 9.0,
                                   "latency": {"p50_ms": 800.0, "p99_ms": 2100.0, "rows_per_request": 1},
                                   "usage": {"prompt_tokens": 1000, "completion_tokens": 20, "rows_without_usage": 0}}

@@ -331,6 +331,7 @@ def tfidf_baseline(train: Sequence[Example], rows: Sequence[Example], labels: Se
     res = classification_metrics([e.target for e in rows], preds, labels)
     res["seconds"] = round(time.monotonic() - t0, 2)
     res["latency"] = latency_summary(timings)
+    res["hardware"] = "cpu"  # no GPU: its latency is its cost
     return res
 
 
@@ -360,7 +361,7 @@ def openai_baseline(rows: Sequence[Example], cfg: TrainerConfig, labels: Sequenc
     )
 
     timings: Timings = []
-    tokens = {"prompt_tokens": 0, "completion_tokens": 0, "rows_without_usage": 0}
+    usages: list[Any] = []  # each row's reported usage (None when absent); list.append is atomic
 
     def ask(ex: Example) -> str:
         t_row = time.perf_counter()
@@ -370,12 +371,8 @@ def openai_baseline(rows: Sequence[Example], cfg: TrainerConfig, labels: Sequenc
             temperature=0,
             max_tokens=max_tokens,
         )
-        timings.append((1, time.perf_counter() - t_row))  # list.append is atomic: one per row
-        if resp.usage is None:
-            tokens["rows_without_usage"] += 1
-        else:
-            tokens["prompt_tokens"] += resp.usage.prompt_tokens
-            tokens["completion_tokens"] += resp.usage.completion_tokens
+        timings.append((1, time.perf_counter() - t_row))
+        usages.append(resp.usage)
         return resp.choices[0].message.content or ""
 
     try:
@@ -390,5 +387,8 @@ def openai_baseline(rows: Sequence[Example], cfg: TrainerConfig, labels: Sequenc
         res = generation_metrics(truth, preds)
     res["seconds"] = round(time.monotonic() - t0, 2)
     res["latency"] = latency_summary(timings)
-    res["usage"] = dict(tokens)
+    reported = [u for u in usages if u is not None]
+    res["usage"] = {"prompt_tokens": sum(u.prompt_tokens for u in reported),
+                    "completion_tokens": sum(u.completion_tokens for u in reported),
+                    "rows_without_usage": len(usages) - len(reported)}
     return res

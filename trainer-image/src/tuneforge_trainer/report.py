@@ -150,7 +150,7 @@ def render_model_card(report: dict[str, Any]) -> str:
     def row(name: str, r: dict[str, Any]) -> str:
         lat = r.get("latency")
         prices = (openai_cfg.get("input_token_price"), openai_cfg.get("output_token_price")) if name.startswith("openai:") else None
-        if name == "tfidf_lr":  # scored on the CPU beside the GPUs: its latency is its cost
+        if r.get("hardware") == "cpu":  # scored beside the GPUs (TF-IDF): its latency is its cost
             cost = "no GPU"
         else:
             cost = _price(cost_per_1k_predictions(r, gpus=gpus, gpu_hour_price=gpu_hour_price, token_prices=prices), currency)
