@@ -111,7 +111,10 @@ def test_deployment_available_after_readiness_and_service_balances(
     cluster.apply(_job("client", probe_image, ["get", url, "--times", "40", "--interval", "0.05"], backoff=2), namespace)
     wait_for("Job client Complete", lambda: _job_condition(cluster, namespace, "client") == "Complete", 120,
              describe=lambda: cluster.describe("job", "client", namespace) + cluster.kubectl("logs", "-n", namespace, "job/client", check=False).stdout)
-    responses = json.loads(cluster.kubectl("logs", "-n", namespace, "job/client").stdout.strip().splitlines()[-1])["responses"]
+    # The Job may have retried (backoff 2): read the pod that succeeded, not `logs job/client`'s pick.
+    (done,) = [p for p in cluster.list("pods", namespace, "job-name=client") if p["status"].get("phase") == "Succeeded"]
+    log = cluster.kubectl("logs", "-n", namespace, done["metadata"]["name"]).stdout
+    responses = json.loads(log.strip().splitlines()[-1])["responses"]
     assert len(responses) == 40
     # Both backends answered through the ClusterIP, reached by its DNS name.
     assert set(responses) == set(pods)

@@ -18,13 +18,16 @@ The replica timeline goes to test-output/keda/timeline.json.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import pytest
-from prometheus_client import CollectorRegistry, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from operator_helpers import ROOT, OperatorProcess
 from tuneforge_localcluster.prometheus import HOST_JOB, Prometheus, running
@@ -40,13 +43,23 @@ WINDOW = 10  # spec.hpa.scaleDownStabilizationSeconds: the test waits this, not 
 
 class WaitingRequests:
     """A stand-in for the color pods' /metrics: ``vllm:num_requests_waiting`` per pod, set by the
-    test, exposed by prometheus_client's own HTTP server."""
+    test, in the text format whatever the scraper asks for, as vLLM's /metrics answers (its
+    prometheus-fastapi-instrumentator route). prometheus_client's own server would negotiate the
+    OpenMetrics format Prometheus 2.x asks for first, and client_python 0.26 writes the samples of a
+    name with a colon there as ``vllm_num_requests_waiting`` (prometheus/client_python#1177): the
+    query would find nothing."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.gauge = Gauge(METRIC, "Requests waiting (stand-in)", ["namespace", "pod"], registry=self.registry)
-        self.server, _ = start_http_server(0, addr="127.0.0.1", registry=self.registry)
+
+        def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+            start_response("200 OK", [("Content-Type", CONTENT_TYPE_PLAIN_0_0_4)])
+            return [generate_latest(self.registry)]
+
+        self.server = make_server("127.0.0.1", 0, app, WSGIServer, handler_class=_QuietHandler)
         self.port = self.server.server_port
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def set(self, namespace: str, pods: list[str], total: float) -> None:
         """``total`` waiting requests spread over ``pods`` (every other series is dropped)."""
@@ -57,6 +70,11 @@ class WaitingRequests:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, *args: Any) -> None:
+        pass
 
 
 def manifest(version: int) -> dict[str, Any]:
