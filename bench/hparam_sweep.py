@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""How the example FineTuneJob's maxSteps and learningRate are chosen: on validation rows only.
+"""How the lm-head example FineTuneJob's maxSteps and learningRate are chosen: on validation rows only.
 
-Reads examples/finetunejob-banking77.yaml (labels, rows per label, validation fraction, LoRA
+Reads examples/finetunejob-banking77-lm.yaml (labels, rows per label, validation fraction, LoRA
 rank/alpha, batch size, warmup) and trains it once per (maxSteps, learningRate) of the grid on
 the local files, with ``eval.enabled: false`` and no eval source: the test rows of test.csv are
 never loaded. Each run reports its final validation loss (the eval loss on the validation rows
@@ -31,7 +31,7 @@ from banking77_common import BANKING77, ROOT, model_folder  # noqa: E402
 sys.path.insert(0, str(ROOT / "operator" / "src"))
 from tuneforge.finetune.selection import Candidate, one_standard_error  # noqa: E402
 
-EXAMPLE = ROOT / "examples" / "finetunejob-banking77.yaml"
+EXAMPLE = ROOT / "examples" / "finetunejob-banking77-lm.yaml"
 
 
 def example_spec() -> dict:

@@ -97,6 +97,8 @@ def stage_inputs(s: settings.Settings) -> None:
 RELEASE = "tuneforge"
 OPERATOR_NAMESPACE = "tuneforge-system"
 CHART = ROOT / "charts" / "tuneforge"
+DEMO_GPU_HOUR_PRICE = 1.0
+"""USD per GPU-hour in the demo's release: illustrative, of the order of a small cloud inference GPU."""
 OPERATOR_REPLICAS = 2
 """Operator replicas of the demo's release: the chart's default, one leader chosen by a Lease and
 one Ready follower that takes over within ~20 s."""
@@ -166,6 +168,10 @@ def start_operator(c: Cluster, trainer_image: str, **images: str) -> InClusterOp
         "resources": {"requests": {"cpu": "0", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
         # Gate pods run where containers really run, too.
         "settings": {"progressInterval": 5, "gateNodeSelector": json.dumps({"tuneforge.dev/node-kind": "real"})},
+        # An illustrative price for one GPU-hour (the stand-in is the node's CPU), as a platform
+        # team sets its own: status.cost, `kubectl get ftj`'s Cost column and the model card's cost
+        # per 1,000 predictions show what the run would cost at it.
+        "cost": {"currency": "USD", "gpuHourPrices": {"nvidia.com/gpu": DEMO_GPU_HOUR_PRICE}},
     }
     if "server" in images:
         values["images"]["server"] = _image_values(images["server"])

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from shared_demo import load_demo
 from tuneforge_localcluster import cluster as lc
@@ -67,6 +68,22 @@ def demo_finetunejob(cluster: Cluster) -> dict[str, Any]:
     adapter. The release is installed as ``make demo`` installs it, with the server and gate images
     too, so the e2e tests' shared operator (``demo_operator``) finds it unchanged and running."""
     return dict(load_demo().run(cluster, timeout=3600, serving=True))
+
+
+@pytest.fixture(scope="session")
+def lm_finetunejob(cluster: Cluster, demo_finetunejob: dict[str, Any]) -> dict[str, Any]:
+    """An lm-head adapter, for the tests that ask a served adapter through chat completions (the
+    demo trains the classifier head, asked through /classify): examples/finetunejob-banking77-lm.yaml
+    (the demo's intents at 50 training rows each, 100 steps), trained once per session through the
+    demo's release after the demo's own run (which staged the inputs and installed it). Its
+    baselines are left out, nothing here reads them; its gate keeps a floor on accuracy."""
+    demo = load_demo()
+    manifest = yaml.safe_load((demo.ROOT / "examples" / "finetunejob-banking77-lm.yaml").read_text())
+    manifest["spec"]["evaluation"] = {"baselines": [], "gate": {"minAccuracy": 0.8}}
+    path = OUTPUT / "finetunejob-banking77-lm.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(manifest, sort_keys=False))
+    return dict(demo.run(cluster, manifest=path, timeout=3600, serving=True))
 
 
 @pytest.fixture

@@ -35,6 +35,12 @@ def test_banking77_finetunejob_on_the_real_node(cluster: Cluster, demo_finetunej
     assert pods and all(p["spec"]["nodeName"] == cluster.settings.node_name for p in pods)
     card = demo.read_s3(cluster.settings, st["artifacts"]["modelCard"])
     assert "| fine-tuned adapter |" in card and "zero_shot" in card
+    # The demo's release prices a GPU-hour: the revision's cost in its status, and the card's cost
+    # per 1,000 predictions for the adapter (scoring GPU-seconds at that price), not "–".
+    assert st["cost"]["currency"] == "USD" and st["cost"]["gpuHourPrice"] == demo.DEMO_GPU_HOUR_PRICE, st["cost"]
+    assert st["cost"]["estimated"] > 0, st["cost"]
+    (adapter_row,) = [line for line in card.splitlines() if line.startswith("| fine-tuned adapter |")]
+    assert not adapter_row.rstrip(" |").endswith("–"), adapter_row
     # The adapter version: its digest is the one in the adapter's own manifest, in kubectl -o wide.
     adapter = st["adapter"]
     manifest = json.loads(demo.read_s3(cluster.settings, adapter["uri"] + "/tuneforge.json"))

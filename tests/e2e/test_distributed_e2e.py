@@ -35,7 +35,9 @@ SHAPES = [  # (name, nodes, GPU stand-ins per pod): the real node advertises two
 ]
 
 
-def distributed_manifest(demo: Any, name: str, nodes: int, gpus: int) -> dict[str, Any]:
+def distributed_manifest(demo: Any, name: str, nodes: int, gpus: int, max_steps: int) -> dict[str, Any]:
+    """The demo's job for ``nodes`` x ``gpus`` processes, for the demo run's ``max_steps`` (its
+    epochs as steps, pinned so the eviction window and the step count are known)."""
     m = yaml.safe_load(demo.MANIFEST.read_text())
     m["metadata"]["name"] = name
     spec = m["spec"]
@@ -45,9 +47,15 @@ def distributed_manifest(demo: Any, name: str, nodes: int, gpus: int) -> dict[st
     spec["training"]["batchSize"] = batch // world
     spec["evaluation"] = {"baselines": [], "gate": {"minAccuracy": 0.0}}
     spec["resources"].update(nodes=nodes, gpus=gpus)
+    spec["training"]["maxSteps"] = max_steps
     if nodes > 1:
         spec["training"]["saveSteps"] = SAVE_STEPS
     return m
+
+
+def run_of(status: dict[str, Any]) -> str:
+    """The run's folder (summary.json, metrics.json), the adapter's parent."""
+    return str(status["adapter"]["uri"]).rsplit("/", 1)[0]
 
 
 @pytest.mark.timeout(2400)
@@ -61,8 +69,8 @@ def test_two_gloo_processes_match_the_single_process_run(cluster: Cluster, demo_
     operator = demo_operator
     workers_seen: list[dict[str, Any]] = []
     evicted: list[int] = []  # the step the status showed when worker 1 was evicted
-    manifest = distributed_manifest(demo, name, nodes, gpus)
-    max_steps = manifest["spec"]["training"]["maxSteps"]
+    max_steps = int(json.loads(demo.read_s3(cluster.settings, run_of(reference) + "/summary.json"))["steps"])
+    manifest = distributed_manifest(demo, name, nodes, gpus, max_steps)
     cluster.apply(manifest, ns)
 
     def watch_workers(ftj: dict[str, Any]) -> None:
@@ -98,10 +106,10 @@ def test_two_gloo_processes_match_the_single_process_run(cluster: Cluster, demo_
         assert "--nproc-per-node=2" in job["spec"]["template"]["spec"]["containers"][0]["command"]
 
     # Rank 0 alone wrote the result: one summary, the adapter, the run's metrics.
-    run = st["adapter"]["uri"].rsplit("/", 1)[0]
+    run = run_of(st)
     summary = json.loads(demo.read_s3(cluster.settings, run + "/summary.json"))
     metrics = json.loads(demo.read_s3(cluster.settings, run + "/metrics.json"))
-    assert summary["status"] == "succeeded" and summary["steps"] == manifest["spec"]["training"]["maxSteps"]
+    assert summary["status"] == "succeeded" and summary["steps"] == max_steps
     assert metrics["training"]["steps"] == summary["steps"]
     if nodes > 1:
         # Resumed from a complete checkpoint of the same output (not from step 0), then to the end.

@@ -1,5 +1,6 @@
-"""The CPU server image on the real node, serving the adapter that the demo's FineTuneJob trained
-(fetched from the cluster's S3 server): readiness follows the adapter being listed, the official
+"""The CPU server image on the real node, serving an lm-head adapter trained through the operator
+(``lm_finetunejob``: the demo's intents with the lm head; the demo's own classifier adapter is
+served through a ModelServe in tests/e2e) fetched from the cluster's S3 server: readiness follows the adapter being listed, the official
 ``openai`` client through a Service gets the labels the trainer's own evaluation got, SIGTERM
 drains in-flight requests, and a corrupted adapter never starts (the pre-flight message is in
 ``kubectl logs``)."""
@@ -74,8 +75,8 @@ def ready(pod: dict[str, Any]) -> bool:
 
 
 @pytest.fixture(scope="module")
-def adapter(demo_finetunejob: dict[str, Any]) -> dict[str, Any]:
-    st = demo_finetunejob["status"]
+def adapter(lm_finetunejob: dict[str, Any]) -> dict[str, Any]:
+    st = lm_finetunejob["status"]
     assert st["phase"] == "Succeeded" and st.get("adapter"), st
     return {**st["adapter"], "predictions": st["artifacts"]["predictions"]}
 
