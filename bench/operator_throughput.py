@@ -42,6 +42,7 @@ for sub in ("operator/src", "localcluster/src"):
 
 from kubernetes import client, watch  # noqa: E402
 
+from tuneforge.endpoint_secrets import ANNOTATION_ALLOWED_ENDPOINTS  # noqa: E402
 from tuneforge.finetune.builders.configmap import build_config_map  # noqa: E402
 from tuneforge.finetune.builders.job import build_trainer_job, build_validate_job  # noqa: E402
 from tuneforge.finetune.builders.names import Owner  # noqa: E402
@@ -97,6 +98,18 @@ def watch_train_jobs(batch: client.BatchV1Api, ns: str, seen: dict[str, float], 
                     break
         except Exception:  # noqa: BLE001 - a watch hiccup: start again
             time.sleep(0.2)
+
+
+def s3_secret(api: client.ApiClient, ns: str) -> None:
+    """The Secret SPEC's s3 refs name, opted in for SPEC's endpoint: without it the operator holds
+    every job Pending (SecretNotFound, then SecretNotAllowed) and never creates a Job. Both runs get
+    it, so both namespaces hold the same objects."""
+    endpoint = SPEC["s3"]["endpoint"].split("://", 1)[1]
+    client.CoreV1Api(api).create_namespaced_secret(ns, {
+        "metadata": {"name": SPEC["s3"]["accessKeyIdSecretRef"]["name"],
+                     "annotations": {ANNOTATION_ALLOWED_ENDPOINTS: endpoint}},
+        "stringData": {SPEC["s3"]["accessKeyIdSecretRef"]["key"]: "bench-id",
+                       SPEC["s3"]["secretAccessKeySecretRef"]["key"]: "bench-secret"}})
 
 
 def run_raw(api: client.ApiClient, ns: str, n: int, settings: Settings, pool: concurrent.futures.Executor) -> tuple[float, list[float]]:
@@ -268,6 +281,7 @@ def main() -> int:
                 for kind in (("raw", "operator") if raw_first else ("operator", "raw")):
                     ns = cluster.new_namespace(f"bench-{kind}")
                     pending.append(ns)
+                    s3_secret(api, ns)
                     if kind == "raw":
                         results["raw"] = run_raw(api, ns, args.n, settings, pool)
                     else:
