@@ -53,11 +53,6 @@ def distributed_manifest(demo: Any, name: str, nodes: int, gpus: int, max_steps:
     return m
 
 
-def run_of(status: dict[str, Any]) -> str:
-    """The run's folder (summary.json, metrics.json), the adapter's parent."""
-    return str(status["adapter"]["uri"]).rsplit("/", 1)[0]
-
-
 @pytest.mark.timeout(2400)
 @pytest.mark.parametrize("name,nodes,gpus", SHAPES)
 def test_two_gloo_processes_match_the_single_process_run(cluster: Cluster, demo_finetunejob: dict[str, Any],
@@ -69,7 +64,7 @@ def test_two_gloo_processes_match_the_single_process_run(cluster: Cluster, demo_
     operator = demo_operator
     workers_seen: list[dict[str, Any]] = []
     evicted: list[int] = []  # the step the status showed when worker 1 was evicted
-    max_steps = int(json.loads(demo.read_s3(cluster.settings, run_of(reference) + "/summary.json"))["steps"])
+    max_steps = int(json.loads(demo.read_s3(cluster.settings, reference["artifacts"]["output"] + "/summary.json"))["steps"])
     manifest = distributed_manifest(demo, name, nodes, gpus, max_steps)
     cluster.apply(manifest, ns)
 
@@ -106,7 +101,7 @@ def test_two_gloo_processes_match_the_single_process_run(cluster: Cluster, demo_
         assert "--nproc-per-node=2" in job["spec"]["template"]["spec"]["containers"][0]["command"]
 
     # Rank 0 alone wrote the result: one summary, the adapter, the run's metrics.
-    run = run_of(st)
+    run = st["artifacts"]["output"]
     summary = json.loads(demo.read_s3(cluster.settings, run + "/summary.json"))
     metrics = json.loads(demo.read_s3(cluster.settings, run + "/metrics.json"))
     assert summary["status"] == "succeeded" and summary["steps"] == max_steps
