@@ -266,6 +266,7 @@ RESHAPES: dict[str, dict[str, Any]] = {
     "mode": {"mode": "lora"},
     "gpus": {"gpus": 2},
     "maxModelLen": {"maxModelLen": 4096},
+    "maxNumSeqs": {"maxNumSeqs": 8},
     "dtype": {"dtype": "bfloat16"},
     "resources": {"resources": {"cpu": "4", "memory": "32Gi"}},
     "scheduling": {"scheduling": {"nodeSelector": {"gpu": "h100"}}},

@@ -32,7 +32,7 @@ def plan(**over: Any) -> ServerPlan:
         {"mode": "lora", "gpus": 4, "max_model_len": 4096, "api_key": SecretKeyRef("k", "key")},
         {"adapters": (AdapterSource("a", "pvc://runs/a"), AdapterSource("b", "s3://runs/b", DIGEST)), "mode": "lora"},
         {"mode": "merged", "base_digest": "sha256:" + "b" * 64, "extra_args": ("--max-num-seqs", "32")},
-        {"gpus": 0, "cpu": "4", "memory": "8Gi"},
+        {"gpus": 0, "cpu": "4", "memory": "8Gi", "max_num_seqs": 2},
         {"accept_lineage_mismatch": True},
     ],
 )
@@ -41,7 +41,7 @@ def test_rendered_config_is_what_the_launcher_parses(over: dict[str, Any]) -> No
     cfg = parse_config(yaml.safe_load(build_config_map(p)["data"]["server.yaml"]))
     assert cfg.model.uri == p.base_uri and cfg.model.name == p.base_name and cfg.model.digest == p.base_digest
     assert [(a.name, a.uri, a.digest) for a in cfg.adapters] == [(a.name, a.uri, a.digest) for a in p.adapters]
-    assert (cfg.mode, cfg.gpus, cfg.max_model_len) == (p.mode, p.gpus, p.max_model_len)
+    assert (cfg.mode, cfg.gpus, cfg.max_model_len, cfg.max_num_seqs) == (p.mode, p.gpus, p.max_model_len, p.max_num_seqs)
     assert cfg.api_key_env == (API_KEY_ENV if p.api_key else None)
     assert cfg.extra_args == list(p.extra_args)
     assert cfg.model.accept_lineage_mismatch is p.accept_lineage_mismatch

@@ -113,6 +113,7 @@ INVALID = [
     (FTJ, "cache", {"size": "lots"}, "spec.cache.size", "quantity"),
     (FTJ, "cache", {"size": "50Gi", "storageClassName": "fast"}, "spec.cache.storageClassName", "ephemeral"),
     (FTJ, "startupBudgetSeconds", 10, "spec.startupBudgetSeconds", "between"),
+    (FTJ, "maxNumSeqs", 0, "spec.maxNumSeqs", "between"),
 ]
 
 

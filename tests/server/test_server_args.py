@@ -40,6 +40,8 @@ def opt(args: list[str], flag: str) -> list[str]:
         # several adapters on one base, max length, drain window
         ({"mode": "lora", "adapters": [A1, A2], "max_model_len": 2048, "shutdown": {"drain_seconds": 45}}, "cuda", "lora",
          {"--lora-modules": ["intents=/w/a1", "intents-v2=/w/a2"], "--max-loras": ["2"], "--max-model-len": ["2048"], "--shutdown-timeout": ["45"]}, []),
+        # a bound on the batch: beyond it requests wait (vllm:num_requests_waiting, the autoscaler's signal)
+        ({"mode": "merged", "max_num_seqs": 2}, "cpu", "merged", {"--max-num-seqs": ["2"]}, []),
         # an explicit rank limit is rounded up to one vLLM supports
         ({"mode": "lora", "max_lora_rank": 20}, "cpu", "lora", {"--max-lora-rank": ["32"]}, []),
         # a base model alone

@@ -71,6 +71,8 @@ def build_vllm_args(cfg: ServerConfig, model_path: Path, adapters: Sequence[Serv
         args += ["--runner", "pooling"]
     if cfg.max_model_len is not None:
         args += ["--max-model-len", str(cfg.max_model_len)]
+    if cfg.max_num_seqs is not None:
+        args += ["--max-num-seqs", str(cfg.max_num_seqs)]
     if device == "cuda":
         args += ["--tensor-parallel-size", str(cfg.gpus)]
         if cfg.gpu_memory_utilization is not None:

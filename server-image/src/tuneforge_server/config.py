@@ -145,6 +145,11 @@ class ServerConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto: cpu when VLLM_TARGET_DEVICE=cpu (the CPU image), else cuda.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(default="auto", description="vLLM --dtype; auto is float32 on cpu and the model's dtype on cuda.")
     max_model_len: int | None = Field(default=None, ge=16, description="vLLM --max-model-len; None = the model's own.")
+    max_num_seqs: int | None = Field(
+        default=None, ge=1,
+        description="vLLM --max-num-seqs, the most sequences in one batch; beyond it requests wait in vLLM's queue "
+                    "(vllm:num_requests_waiting, what the ModelServe's autoscaler scales on). None = vLLM's default.",
+    )
     max_lora_rank: int | None = Field(default=None, ge=1, le=512, description="Largest adapter rank allowed; None = the largest rank among the adapters (rounded up to one vLLM supports).")
     max_loras: int | None = Field(default=None, ge=1, description="Adapters resident per batch; None = the number of adapters.")
     gpus: int = Field(

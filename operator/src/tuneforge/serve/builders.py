@@ -79,7 +79,7 @@ def color_plan(ctx: ServeContext, spec: ModelServeSpec, color: str, version: Ser
         accept_lineage_mismatch=spec.accept_lineage_mismatch, adapters=version.adapters,
         cache=spec.cache, startup_budget_seconds=spec.startup_budget_seconds,
         mode=spec.mode, head=version.head, replicas=replicas, gpus=spec.gpus, cpu=spec.cpu, memory=spec.memory,
-        max_model_len=spec.max_model_len,
+        max_model_len=spec.max_model_len, max_num_seqs=spec.max_num_seqs,
         api_key=spec.api_key,
         s3_endpoint=ctx.s3_endpoint, s3_region=ctx.s3_region, s3_access_key=ctx.s3_access_key,
         s3_secret_key=ctx.s3_secret_key, node_selector=dict(ctx.node_selector), tolerations=ctx.tolerations,

@@ -59,6 +59,7 @@ class ServerPlan:
     cpu: str | None = None
     memory: str | None = None
     max_model_len: int | None = None
+    max_num_seqs: int | None = None
     api_key: SecretKeyRef | None = None
     s3_endpoint: str | None = None
     s3_region: str | None = None
@@ -104,6 +105,8 @@ def render_server_config(plan: ServerPlan) -> dict[str, Any]:
         cfg["head"] = plan.head
     if plan.max_model_len:
         cfg["max_model_len"] = plan.max_model_len
+    if plan.max_num_seqs:  # unset: the config (and template hash) of a spec without it stays as it was
+        cfg["max_num_seqs"] = plan.max_num_seqs
     if plan.api_key:
         cfg["api_key_env"] = API_KEY_ENV
     if plan.extra_args:

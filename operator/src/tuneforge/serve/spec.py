@@ -172,6 +172,8 @@ class ModelServeSpec:
     cpu: str | None = None
     memory: str | None = None
     max_model_len: int | None = None
+    max_num_seqs: int | None = None
+    """vLLM --max-num-seqs: beyond it requests queue (``vllm:num_requests_waiting``, the HPA's signal)."""
     dtype: str = "auto"
     api_key: SecretKeyRef | None = None
     rollout: RolloutSpec = RolloutSpec()
@@ -430,7 +432,8 @@ def parse_spec(raw: Mapping[str, Any]) -> ModelServeSpec:
         fine_tune_job=job, adapter_name=name, pin_digest=pin, base_model_uri=base_uri, base_model_digest=base_digest,
         adapters=adapters, head=head, mode=mode, replicas=replicas, gpus=_int(raw, "gpus", path, 1, 0, 16) or 0,
         cpu=_get(resources, "cpu", f"{path}.resources", str), memory=_get(resources, "memory", f"{path}.resources", str),
-        max_model_len=_int(raw, "maxModelLen", path, None, 128, 1_048_576), dtype=dtype,
+        max_model_len=_int(raw, "maxModelLen", path, None, 128, 1_048_576),
+        max_num_seqs=_int(raw, "maxNumSeqs", path, None, 1, 4096), dtype=dtype,
         api_key=_secret(api_key.get("secretRef") if api_key else None, f"{path}.apiKey.secretRef"),
         rollout=rollout, hpa=_hpa(_obj(raw, "hpa", path), f"{path}.hpa", replicas),
         inference_pool=_pool(_obj(raw, "inferencePool", path), f"{path}.inferencePool"),
