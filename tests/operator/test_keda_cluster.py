@@ -13,6 +13,13 @@ requests, then none). Load, scale-up, load gone, scale-down, then a rollout: the
 KEDA's HPA move to the new color, which scales on its own pods' series.
 
 The replica timeline goes to test-output/keda/timeline.json.
+
+The second test (slow tier) has nothing stand-in on the metric's path: the ModelServe serves the
+session's lm adapter on the real node with the real server image (vLLM-cpu), ``maxNumSeqs: 2``
+bounds its batch, and a bounded load of chat completions makes vLLM's own
+``vllm:num_requests_waiting`` rise; Prometheus scrapes the color pods; KEDA scales the active color
+to 2 real pods, the second one serves, and after the load stops it goes back to 1. Its timeline
+goes to test-output/keda/timeline-vllm.json.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +38,8 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from operator_helpers import ROOT, OperatorProcess
-from tuneforge_localcluster.prometheus import HOST_JOB, Prometheus, running
+from tuneforge_localcluster import components
+from tuneforge_localcluster.prometheus import HOST_JOB, POD_JOB, Prometheus, pod_targets, running
 from tuneforge_localcluster.testing import Cluster, kwok_serve_env, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1200)]
@@ -197,4 +206,175 @@ def test_keda_scales_the_active_color_on_waiting_requests_and_follows_the_switch
         print("\nKEDA replica timeline:\n" + "\n".join(json.dumps(e) for e in timeline))
         op.kill()
         exporter.close()
+        cluster.delete_namespace(ns)
+
+
+# --- the real thing: vLLM pods under load ---------------------------------------------------------
+
+LOAD_WORKERS = 8  # concurrent requests against maxNumSeqs 2: ~6 waiting on one replica
+LOAD_MAX_REQUESTS = 600  # bounded, whatever happens
+MAX_TOKENS = 64
+
+
+class PodTargets:
+    """What Kubernetes SD would do for the namespace's pods (Debian's Prometheus has none): the
+    scrape-annotated color pods on the real node, re-listed every second into the pod job's file."""
+
+    def __init__(self, cluster: Cluster, prom: Prometheus, ns: str) -> None:
+        self.stop = threading.Event()
+
+        def loop() -> None:
+            while not self.stop.wait(1):
+                pods = cluster.list("pods", ns)
+                prom.set_pod_targets(pod_targets(pods, cluster.settings.node_name))
+        self.thread = threading.Thread(target=loop, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(10)
+
+
+class ChatLoad:
+    """``LOAD_WORKERS`` clients asking chat completions of ``MAX_TOKENS`` tokens each (ignore_eos,
+    so every request decodes that long) back to back, until stopped or ``LOAD_MAX_REQUESTS``."""
+
+    def __init__(self, url: str, model: str) -> None:
+        self.url, self.model = url, model
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.sent = self.ok = 0
+        self.errors: list[str] = []
+        self.threads = [threading.Thread(target=self._work, args=(i,), daemon=True) for i in range(LOAD_WORKERS)]
+        for t in self.threads:
+            t.start()
+
+    def _work(self, worker: int) -> None:
+        while not self.stop.is_set():
+            with self.lock:
+                if self.sent >= LOAD_MAX_REQUESTS:
+                    return
+                self.sent += 1
+                n = self.sent
+            body = json.dumps({"model": self.model, "max_tokens": MAX_TOKENS, "ignore_eos": True, "temperature": 0,
+                               "messages": [{"role": "user", "content": f"Tell me about my card ({worker}/{n})"}]}).encode()
+            req = urllib.request.Request(self.url, data=body, headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=300) as resp:
+                    json.load(resp)
+                with self.lock:
+                    self.ok += 1
+            except Exception as e:  # noqa: BLE001 - counted and reported; the load goes on
+                with self.lock:
+                    self.errors.append(f"{type(e).__name__}: {e}"[:200])
+                time.sleep(1)
+
+    def close(self) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(330)
+
+
+@pytest.mark.slow  # two real vLLM-cpu pods on the real node
+def test_keda_scales_real_vllm_pods_on_their_own_waiting_requests(
+        cluster: Cluster, keda: float, crds: None, prom: Prometheus, lm_finetunejob: dict[str, Any]) -> None:
+    from shared_demo import load_demo
+
+    demo = load_demo()
+    images = demo.serving_images(cluster)
+    st = lm_finetunejob["status"]
+    ns = cluster.new_namespace("t-keda-vllm")
+    cluster.kubectl("create", "secret", "generic", "s3", "-n", ns, f"--from-literal=id={components.S3_ACCESS_KEY}",
+                    f"--from-literal=secret={components.S3_SECRET_KEY}")
+    cluster.kubectl("annotate", "secret", "s3", "-n", ns, "tuneforge.dev/allowed-endpoints=s3.tuneforge-system.svc.cluster.local")
+    # The server is the real image on the real node; the gate (tested with real vLLM elsewhere)
+    # is the kwok stand-in, so the test's time goes to the scaling.
+    env = {**kwok_serve_env(), "TUNEFORGE_SERVER_IMAGE": images["server"], "TUNEFORGE_RETRY_DELAY": "1",
+           "TUNEFORGE_RETRY_MAX_DELAY": "5", "TUNEFORGE_PROMETHEUS_URL": prom.url}
+    op = OperatorProcess(cluster, ns, env, "keda-vllm-operator-test").start()
+    spec: dict[str, Any] = {
+        "baseModel": {"uri": lm_finetunejob["spec"]["baseModel"]["uri"], "digest": st["adapter"]["baseModel"]["digest"]},
+        "adapters": [{"name": "intents", "uri": st["adapter"]["uri"], "digest": st["adapter"]["digest"]}],
+        "mode": "merged", "gpus": 0, "maxModelLen": 512, "maxNumSeqs": 2,
+        "resources": {"cpu": "500m", "memory": "3Gi"},
+        "scheduling": {"nodeSelector": {"tuneforge.dev/node-kind": "real"}},
+        "hpa": {"minReplicas": 1, "maxReplicas": 2, "targetWaitingRequests": 2, "scaleDownStabilizationSeconds": WINDOW},
+        "rollout": {"progressDeadlineSeconds": 900, "gate": {"minAccuracy": 0.8, "rows": 20, "datasetUri": "s3://gate/rows.jsonl"}},
+        "s3": {"endpoint": "http://s3.tuneforge-system.svc.cluster.local:9000",
+               "accessKeyIdSecretRef": {"name": "s3", "key": "id"}, "secretAccessKeySecretRef": {"name": "s3", "key": "secret"}},
+    }
+    t0 = time.monotonic()
+    timeline: list[dict[str, Any]] = []
+    targets = PodTargets(cluster, prom, ns)
+    load: ChatLoad | None = None
+
+    def waiting(color: str) -> float | None:
+        r = prom.query(f'sum(vllm:num_requests_waiting{{job="{POD_JOB}",namespace="{ns}",color="{color}"}})')
+        return float(r[0]["value"][1]) if r else None
+
+    def ready(color: str) -> list[str]:
+        return sorted(p["metadata"]["name"] for p in cluster.list("pods", ns, f"tuneforge.dev/modelserve=intents,tuneforge.dev/color={color}")
+                      if not p["metadata"].get("deletionTimestamp") and any(
+                          c["type"] == "Ready" and c["status"] == "True" for c in (p.get("status") or {}).get("conditions") or ()))
+
+    def replicas(color: str) -> int:
+        return int((cluster.get("deployment", f"intents-{color}", ns).get("spec") or {}).get("replicas") or 0)
+
+    def mark(event: str, color: str, **info: Any) -> None:
+        timeline.append({"t": round(time.monotonic() - t0, 1), "event": event, "replicas": replicas(color),
+                         "ready": len(ready(color)), "waiting": waiting(color), **info})
+
+    def describe() -> str:
+        return "\n".join([cluster.describe("modelserve", "intents", ns), cluster.describe("hpa", "intents", ns),
+                          op.log()[-3000:], json.dumps(timeline)])
+
+    try:
+        cluster.apply({"apiVersion": "tuneforge.dev/v1alpha1", "kind": "ModelServe", "metadata": {"name": "intents"}, "spec": spec}, ns)
+        ms = wait_for("the ModelServe Healthy on real vLLM", lambda: (s := cluster.get("modelserve", "intents", ns).get("status") or {})
+                      .get("phase") == "Healthy" and s, 900, 2, describe)
+        color = ms["activeColor"]
+        mark("healthy", color)
+        hpa = wait_for("KEDA's HPA on the active color", lambda: (h := cluster.get("hpa", "intents", ns)) and
+                       h["spec"]["scaleTargetRef"]["name"] == f"intents-{color}" and h, 120, 1, describe)
+        assert any(r["kind"] == "ScaledObject" for r in hpa["metadata"].get("ownerReferences") or ()), hpa["metadata"]
+        wait_for("vLLM's own metrics scraped from the color pod", lambda: waiting(color) is not None, 60, 1, describe)
+
+        ip = cluster.get("service", "intents", ns)["spec"]["clusterIP"]
+        load = ChatLoad(f"http://{ip}:8000/v1/chat/completions", "intents")
+        mark("load", color, workers=LOAD_WORKERS)
+
+        def scaled_up() -> bool:
+            op.check_alive()
+            mark("sample", color, ok=load.ok)
+            return replicas(color) == 2
+        wait_for(f"intents-{color} scaled to 2 by vLLM's queue", scaled_up, 300, 2, describe)
+        mark("scaled", color)
+        # The second replica is a real server that takes its share of the load.
+        wait_for("the second pod Ready", lambda: len(ready(color)) == 2, 600, 2, describe)
+        wait_for("both pods served requests", lambda: prom.query(
+            f'count(sum by (pod) (vllm:request_success_total{{job="{POD_JOB}",namespace="{ns}",color="{color}"}}) > 0) >= 2'),
+            240, 2, describe)
+        mark("second serving", color, ok=load.ok)
+        load.close()
+        mark("load gone", color, ok=load.ok, errors=len(load.errors))
+
+        def scaled_down() -> bool:
+            op.check_alive()
+            mark("sample", color)
+            return replicas(color) == 1
+        wait_for(f"intents-{color} back to 1", scaled_down, WINDOW + 240, 2, describe)
+        mark("scaled", color)
+
+        # What the HPA acted on was vLLM's own gauge on the real pods: it reached the target.
+        peak = prom.query(f'max_over_time(sum(vllm:num_requests_waiting{{job="{POD_JOB}",namespace="{ns}",color="{color}"}})[15m:1s])')
+        assert peak and float(peak[0]["value"][1]) >= spec["hpa"]["targetWaitingRequests"], peak
+        assert load.ok > 0 and len(load.errors) <= load.sent // 20, (load.ok, load.sent, load.errors[:5])
+    finally:
+        if load is not None:
+            load.close()
+        targets.close()
+        OUTPUT.mkdir(parents=True, exist_ok=True)
+        (OUTPUT / "timeline-vllm.json").write_text(json.dumps(timeline, indent=1))
+        print("\nKEDA replica timeline (real vLLM):\n" + "\n".join(json.dumps(e) for e in timeline if e["event"] != "sample"))
+        op.kill()
         cluster.delete_namespace(ns)

@@ -467,7 +467,9 @@ def test_run_elected_follows_then_leads_renews_and_releases() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    config = ElectionConfig(lease_duration=0.8, renew_deadline=0.5, retry_period=0.05)
+    # Deadlines a loaded machine (a pure tier beside image builds) can keep: at 0.5 s a stalled loop
+    # missed the renew deadline and the Lease was, rightly, not released on the way out.
+    config = ElectionConfig(lease_duration=1.6, renew_deadline=1.0, retry_period=0.05)
     events: list[Any] = []
 
     def get_health() -> Any:
