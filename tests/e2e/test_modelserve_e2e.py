@@ -1,7 +1,7 @@
 """ModelServe on the real node with the real CPU server image: it follows the demo's FineTuneJob
-and serves its adapter (the official `openai` client through the active Service gets the right
-labels); then a second revision of the FineTuneJob trains, passes its gate and rolls out
-blue/green while a bounded request loop runs through the switch — no request fails (also through
+and serves its adapter (through the active Service: the right labels, and on every test row the
+label the trainer predicted); then a second revision of the FineTuneJob trains, passes its gate
+and rolls out blue/green while a bounded request loop runs through the switch — no request fails (also through
 a second switch for a spec edit that is not a new adapter, maxModelLen, gated too), and once
 the switch has happened every answer comes from the new adapter digest (each response names
 its digest in ``X-Tuneforge-Adapter-Digest``).
@@ -72,6 +72,19 @@ def ask(client: openai.OpenAI, model: str, row: dict[str, Any], max_tokens: int)
         return resp.headers.get(HEADER, ""), resp.json()["data"][0]["label"]
     raw = client.chat.completions.with_raw_response.create(model=model, messages=row["messages"], max_tokens=max_tokens, temperature=0)
     return raw.headers.get(HEADER, ""), raw.parse().choices[0].message.content or ""
+
+
+def classify_all(base_url: str, model: str, key: str, texts: list[str], batch: int = 16) -> list[str]:
+    """vLLM's /classify answer (the label name) for each of ``texts``, asked ``batch`` at a time."""
+    out: list[str] = []
+    with httpx2.Client(timeout=300) as http:
+        for i in range(0, len(texts), batch):
+            resp = http.post(f"{base_url}/classify", json={"model": model, "input": texts[i:i + batch]},
+                             headers={"Authorization": f"Bearer {key}"})
+            resp.raise_for_status()
+            data = sorted(resp.json()["data"], key=lambda d: d["index"])
+            out += [d["label"] for d in data]
+    return out
 
 
 def stratified(rows: list[dict[str, Any]], per_label: int) -> list[dict[str, Any]]:
@@ -151,6 +164,14 @@ def test_modelserve_follows_the_finetunejob_and_switches_with_zero_failed_reques
             assert digest == f"{ftj_name}={v1}"
             right += match_label(answer, labels) == row["target"]
         assert right / len(sample) >= 0.8, (right, len(sample))
+
+        # Every test row of the demo set through the served adapter (/classify, batches of 16):
+        # the label vLLM answers is the trainer's own prediction, row for row.
+        served = classify_all(f"http://{ip}:8000", ftj_name, demo.API_KEY, [r["text"] for r in rows])
+        mismatches = [(r["row"], r["text"], r["prediction"], a) for r, a in zip(rows, served) if a != r["prediction"]]
+        print(f"served label == the trainer's prediction on {len(rows) - len(mismatches)}/{len(rows)} test rows; "
+              f"mismatches: {mismatches}")
+        assert not mismatches, mismatches
 
         # A second revision trains (a spec edit); once it passes its gate it rolls out, and a
         # request loop runs from then on, through the switch and the old color's scale-down.
