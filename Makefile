@@ -32,7 +32,10 @@ venv:
 #    goes to test-output/slow-tier.log and is printed when they end;
 #  - then everything that needs the cluster, started right after the pure tier without waiting
 #    for the background prefetch (hack/prefetch.py: Go binaries, images, model, venvs): what it
-#    has not finished yet, a test waits for through its per-binary and per-image locks.
+#    has not finished yet, a test waits for through its per-binary and per-image locks. The
+#    cluster itself is started here first unless it is up (no test timeout around it): on a machine with
+#    empty caches it waits for the control plane's Go builds, longer than a test's timeout, and a
+#    cluster fixture that started it inside the first test's setup timed the whole group out.
 # The exit status is non-zero when any pass failed. Prefetch seconds: test-output/prefetch.json;
 # the passes' reports are merged into test-output/junit.xml.
 test:
@@ -42,6 +45,8 @@ test:
 	  > test-output/slow-tier.log 2>&1 & slow=$$!; \
 	$(PY) -m pytest tests -m "not cluster and not slow" --durations=15 --junitxml=test-output/junit-pure.xml; pure=$$?; \
 	keep=$${TUNEFORGE_KEEP_CLUSTER:-}; $(LOCALCLUSTER) status --quiet && keep=1; \
+	$(LOCALCLUSTER) status --quiet || $(LOCALCLUSTER) up > test-output/cluster-up.log 2>&1 \
+	  || { echo "The cluster did not start (test-output/cluster-up.log):"; tail -30 test-output/cluster-up.log; }; \
 	TUNEFORGE_KEEP_CLUSTER=1 $(PY) -m pytest tests -m "cluster and not slow and not exclusive" --durations=15 \
 	  --junitxml=test-output/junit-cluster-beside.xml > test-output/cluster-beside.log 2>&1 & beside=$$!; \
 	TUNEFORGE_KEEP_CLUSTER=1 $(PY) -m pytest tests -m "cluster and (slow or exclusive)" --durations=15 \
