@@ -13,6 +13,7 @@ is routed by the Service as it is at that moment.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import random
@@ -27,6 +28,7 @@ import pytest
 import yaml
 
 from shared_demo import load_demo
+from tuneforge.serve.gate import GateRow, run_gate
 from tuneforge_localcluster.testing import Cluster, wait_for
 from tuneforge_trainer.evaluate import match_label
 
@@ -72,19 +74,6 @@ def ask(client: openai.OpenAI, model: str, row: dict[str, Any], max_tokens: int)
         return resp.headers.get(HEADER, ""), resp.json()["data"][0]["label"]
     raw = client.chat.completions.with_raw_response.create(model=model, messages=row["messages"], max_tokens=max_tokens, temperature=0)
     return raw.headers.get(HEADER, ""), raw.parse().choices[0].message.content or ""
-
-
-def classify_all(base_url: str, model: str, key: str, texts: list[str], batch: int = 16) -> list[str]:
-    """vLLM's /classify answer (the label name) for each of ``texts``, asked ``batch`` at a time."""
-    out: list[str] = []
-    with httpx2.Client(timeout=300) as http:
-        for i in range(0, len(texts), batch):
-            resp = http.post(f"{base_url}/classify", json={"model": model, "input": texts[i:i + batch]},
-                             headers={"Authorization": f"Bearer {key}"})
-            resp.raise_for_status()
-            data = sorted(resp.json()["data"], key=lambda d: d["index"])
-            out += [d["label"] for d in data]
-    return out
 
 
 def stratified(rows: list[dict[str, Any]], per_label: int) -> list[dict[str, Any]]:
@@ -165,10 +154,12 @@ def test_modelserve_follows_the_finetunejob_and_switches_with_zero_failed_reques
             right += match_label(answer, labels) == row["target"]
         assert right / len(sample) >= 0.8, (right, len(sample))
 
-        # Every test row of the demo set through the served adapter (/classify, batches of 16):
-        # the label vLLM answers is the trainer's own prediction, row for row.
-        served = classify_all(f"http://{ip}:8000", ftj_name, demo.API_KEY, [r["text"] for r in rows])
-        mismatches = [(r["row"], r["text"], r["prediction"], a) for r, a in zip(rows, served) if a != r["prediction"]]
+        # Every test row of the demo set through the served adapter, asked as the gate asks
+        # (/classify, one row per request): the label vLLM answers is the trainer's own prediction.
+        answers = asyncio.run(run_gate(f"http://{ip}:8000/v1", ftj_name, [GateRow((), r["target"], r["text"]) for r in rows],
+                                       api_key=demo.API_KEY, concurrency=4, timeout_s=120, warmup=0, head="classifier"))
+        assert not [a.error for a in answers if a.error], [a.error for a in answers if a.error][:5]
+        mismatches = [(r["row"], r["text"], r["prediction"], a.text) for r, a in zip(rows, answers) if a.text != r["prediction"]]
         print(f"served label == the trainer's prediction on {len(rows) - len(mismatches)}/{len(rows)} test rows; "
               f"mismatches: {mismatches}")
         assert not mismatches, mismatches
