@@ -86,6 +86,17 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
+def replicas(cluster: Cluster, ns: str, color: str) -> int:
+    """The color Deployment's desired replicas (what the autoscaler sets)."""
+    return int((cluster.get("deployment", f"intents-{color}", ns).get("spec") or {}).get("replicas") or 0)
+
+
+def color_pods(cluster: Cluster, ns: str, color: str) -> list[dict[str, Any]]:
+    """The color's pods that are not being deleted, by name."""
+    pods = cluster.list("pods", ns, f"tuneforge.dev/modelserve=intents,tuneforge.dev/color={color}")
+    return sorted((p for p in pods if not p["metadata"].get("deletionTimestamp")), key=lambda p: p["metadata"]["name"])
+
+
 def manifest(version: int) -> dict[str, Any]:
     digest = "sha256:" + f"{version:x}" * 64
     return {"apiVersion": "tuneforge.dev/v1alpha1", "kind": "ModelServe", "metadata": {"name": "intents"}, "spec": {
@@ -121,18 +132,13 @@ def test_keda_scales_the_active_color_on_waiting_requests_and_follows_the_switch
         return "\n".join([cluster.describe("modelserve", "intents", ns), cluster.describe("hpa", "intents", ns),
                           op.log()[-3000:]])
 
-    def replicas(color: str) -> int:
-        d = cluster.get("deployment", f"intents-{color}", ns)
-        return int((d.get("spec") or {}).get("replicas") or 0)
-
     def pods(color: str) -> list[str]:
-        return sorted(p["metadata"]["name"] for p in cluster.list("pods", ns, f"tuneforge.dev/modelserve=intents,tuneforge.dev/color={color}")
-                      if not p["metadata"].get("deletionTimestamp"))
+        return [p["metadata"]["name"] for p in color_pods(cluster, ns, color)]
 
     def scaled_to(color: str, n: int) -> Any:
         def probe() -> bool:
             op.check_alive()
-            return replicas(color) == n
+            return replicas(cluster, ns, color) == n
         return probe
 
     try:
@@ -181,8 +187,8 @@ def test_keda_scales_the_active_color_on_waiting_requests_and_follows_the_switch
         st = wait_for("v2 Healthy on the other color", lambda: (s := cluster.get("modelserve", "intents", ns).get("status") or {})
                       .get("phase") == "Healthy" and s.get("activeColor") != first and s, 300, 1, describe)
         second = st["activeColor"]
-        mark("switched", color=second, replicas=replicas(second))
-        assert replicas(second) == 1  # the candidate started at the active color's count then
+        mark("switched", color=second, replicas=replicas(cluster, ns, second))
+        assert replicas(cluster, ns, second) == 1  # the candidate started at the active color's count then
         wait_for("the ScaledObject on the new color", lambda: cluster.get("scaledobject", "intents", ns)["spec"]
                  ["scaleTargetRef"]["name"] == f"intents-{second}", 60, 1, describe)
         wait_for("KEDA's HPA on the new color", lambda: cluster.get("hpa", "intents", ns)["spec"]["scaleTargetRef"]
@@ -314,17 +320,13 @@ def test_keda_scales_real_vllm_pods_on_their_own_waiting_requests(
         r = prom.query(f'sum(vllm:num_requests_waiting{{job="{POD_JOB}",namespace="{ns}",color="{color}"}})')
         return float(r[0]["value"][1]) if r else None
 
-    def ready(color: str) -> list[str]:
-        return sorted(p["metadata"]["name"] for p in cluster.list("pods", ns, f"tuneforge.dev/modelserve=intents,tuneforge.dev/color={color}")
-                      if not p["metadata"].get("deletionTimestamp") and any(
-                          c["type"] == "Ready" and c["status"] == "True" for c in (p.get("status") or {}).get("conditions") or ()))
-
-    def replicas(color: str) -> int:
-        return int((cluster.get("deployment", f"intents-{color}", ns).get("spec") or {}).get("replicas") or 0)
+    def ready(color: str) -> int:
+        return sum(any(c["type"] == "Ready" and c["status"] == "True" for c in (p.get("status") or {}).get("conditions") or ())
+                   for p in color_pods(cluster, ns, color))
 
     def mark(event: str, color: str, **info: Any) -> None:
-        timeline.append({"t": round(time.monotonic() - t0, 1), "event": event, "replicas": replicas(color),
-                         "ready": len(ready(color)), "waiting": waiting(color), **info})
+        timeline.append({"t": round(time.monotonic() - t0, 1), "event": event, "replicas": replicas(cluster, ns, color),
+                         "ready": ready(color), "waiting": waiting(color), **info})
 
     def describe() -> str:
         return "\n".join([cluster.describe("modelserve", "intents", ns), cluster.describe("hpa", "intents", ns),
@@ -348,14 +350,13 @@ def test_keda_scales_real_vllm_pods_on_their_own_waiting_requests(
         def scaled_up() -> bool:
             op.check_alive()
             mark("sample", color, ok=load.ok)
-            return replicas(color) == 2
+            return replicas(cluster, ns, color) == 2
         wait_for(f"intents-{color} scaled to 2 by vLLM's queue", scaled_up, 300, 2, describe)
         mark("scaled", color)
         # The second replica is a real server pod on the real node. It is not waited for: under a
         # load that keeps both cores busy its vLLM start takes ~5 min here (measured), and what is
         # under test is the metric's path, not a pod start.
-        new = [p for p in cluster.list("pods", ns, f"tuneforge.dev/modelserve=intents,tuneforge.dev/color={color}")
-               if not p["metadata"].get("deletionTimestamp")]
+        new = color_pods(cluster, ns, color)
         assert len(new) == 2 and all(p["spec"].get("nodeName") == cluster.settings.node_name for p in new), new
         load.stop.set()  # no new requests; the in-flight ones finish
         mark("load stopped", color, ok=load.ok, errors=len(load.errors))
@@ -363,7 +364,7 @@ def test_keda_scales_real_vllm_pods_on_their_own_waiting_requests(
         def scaled_down() -> bool:
             op.check_alive()
             mark("sample", color)
-            return replicas(color) == 1
+            return replicas(cluster, ns, color) == 1
         wait_for(f"intents-{color} back to 1", scaled_down, WINDOW + 240, 2, describe)
         mark("scaled", color)
         load.close()
