@@ -44,9 +44,9 @@ test:
 	$(PY) -m pytest tests -m "slow and not cluster" --durations=15 --junitxml=test-output/junit-slow.xml \
 	  > test-output/slow-tier.log 2>&1 & slow=$$!; \
 	$(PY) -m pytest tests -m "not cluster and not slow" --durations=15 --junitxml=test-output/junit-pure.xml; pure=$$?; \
-	keep=$${TUNEFORGE_KEEP_CLUSTER:-}; $(LOCALCLUSTER) status --quiet && keep=1; \
-	$(LOCALCLUSTER) status --quiet || $(LOCALCLUSTER) up > test-output/cluster-up.log 2>&1 \
-	  || { echo "The cluster did not start (test-output/cluster-up.log):"; tail -30 test-output/cluster-up.log; }; \
+	keep=$${TUNEFORGE_KEEP_CLUSTER:-}; \
+	if $(LOCALCLUSTER) status --quiet; then keep=1; else $(LOCALCLUSTER) up > test-output/cluster-up.log 2>&1 \
+	  || { echo "The cluster did not start (test-output/cluster-up.log):"; tail -30 test-output/cluster-up.log; }; fi; \
 	TUNEFORGE_KEEP_CLUSTER=1 $(PY) -m pytest tests -m "cluster and not slow and not exclusive" --durations=15 \
 	  --junitxml=test-output/junit-cluster-beside.xml > test-output/cluster-beside.log 2>&1 & beside=$$!; \
 	TUNEFORGE_KEEP_CLUSTER=1 $(PY) -m pytest tests -m "cluster and (slow or exclusive)" --durations=15 \
