@@ -26,39 +26,47 @@ venv:
 	@echo $(VENV)
 
 # Three passes over the same tests, partitioned by marker (each test runs in exactly one):
-#  - the pure tier, in the foreground;
-#  - beside it, the slow tests that need no cluster (the trainer's real-model runs, vLLM on the
-#    host), CPU-bound, while the pure tier and the first cluster tests mostly wait; their output
-#    goes to test-output/slow-tier.log and is printed when they end;
-#  - then everything that needs the cluster, started right after the pure tier without waiting
-#    for the background prefetch (hack/prefetch.py: Go binaries, images, model, venvs): what it
-#    has not finished yet, a test waits for through its per-binary and per-image locks. The
-#    cluster itself is started here first unless it is up (no test timeout around it): on a machine with
-#    empty caches it waits for the control plane's Go builds, longer than a test's timeout, and a
-#    cluster fixture that started it inside the first test's setup timed the whole group out.
+#  - the pure tier;
+#  - the slow tests that need no cluster (the trainer's real-model runs, vLLM on the host),
+#    CPU-bound; both in the background from the start, their output in test-output/ (printed
+#    when they end);
+#  - everything that needs the cluster, in the foreground (the longest pass: the critical path).
+# Order matters on a machine with empty caches, where the first 20 minutes are compilation:
+#  1. hack/prefetch.py starts first, on the machine's own Python (it needs only the standard
+#     library): the cluster's Go binaries, the images, the model and the venvs. It is the
+#     critical path then (the cluster cannot start before the control plane is compiled), so it
+#     runs at normal priority and the slow pass (CPU-bound, minutes of training) under `nice`;
+#  2. the host virtualenv (hack/venv.sh; minutes cold, while the Go builds run);
+#  3. the pure and slow passes in the background, and the cluster is started in the foreground
+#     unless it is up (outside any test's timeout: cold, it waits for the control plane's
+#     compilation), then the cluster passes: what the prefetch has not finished yet, a test
+#     waits for through its per-binary and per-image locks.
 # The exit status is non-zero when any pass failed. Prefetch seconds: test-output/prefetch.json;
 # the passes' reports are merged into test-output/junit.xml.
 test:
 	@mkdir -p test-output && rm -f test-output/junit*.xml
-	@set -u; nice -n 5 $(PY) hack/prefetch.py > test-output/prefetch.log 2>&1 & prefetch=$$!; \
-	$(PY) -m pytest tests -m "slow and not cluster" --durations=15 --junitxml=test-output/junit-slow.xml \
+	@set -u; python3 hack/prefetch.py > test-output/prefetch.log 2>&1 & prefetch=$$!; \
+	py=$$(hack/venv.sh)/bin/python || exit 1; lc="$$py -m tuneforge_localcluster"; \
+	nice -n 10 $$py -m pytest tests -m "slow and not cluster" --durations=15 --junitxml=test-output/junit-slow.xml \
 	  > test-output/slow-tier.log 2>&1 & slow=$$!; \
-	$(PY) -m pytest tests -m "not cluster and not slow" --durations=15 --junitxml=test-output/junit-pure.xml; pure=$$?; \
+	$$py -m pytest tests -m "not cluster and not slow" --durations=15 --junitxml=test-output/junit-pure.xml \
+	  > test-output/pure-tier.log 2>&1 & pure=$$!; \
 	keep=$${TUNEFORGE_KEEP_CLUSTER:-}; \
-	if $(LOCALCLUSTER) status --quiet; then keep=1; else $(LOCALCLUSTER) up > test-output/cluster-up.log 2>&1 \
+	if $$lc status --quiet; then keep=1; else $$lc up > test-output/cluster-up.log 2>&1 \
 	  || { echo "The cluster did not start (test-output/cluster-up.log):"; tail -30 test-output/cluster-up.log; }; fi; \
-	TUNEFORGE_KEEP_CLUSTER=1 $(PY) -m pytest tests -m "cluster and not slow and not exclusive" --durations=15 \
+	TUNEFORGE_KEEP_CLUSTER=1 $$py -m pytest tests -m "cluster and not slow and not exclusive" --durations=15 \
 	  --junitxml=test-output/junit-cluster-beside.xml > test-output/cluster-beside.log 2>&1 & beside=$$!; \
-	TUNEFORGE_KEEP_CLUSTER=1 $(PY) -m pytest tests -m "cluster and (slow or exclusive)" --durations=15 \
+	TUNEFORGE_KEEP_CLUSTER=1 $$py -m pytest tests -m "cluster and (slow or exclusive)" --durations=15 \
 	  --junitxml=test-output/junit-cluster.xml; cluster=$$?; \
 	wait $$beside; besiderc=$$?; echo "== cluster tests beside the slow ones (test-output/cluster-beside.log)"; \
 	tail -40 test-output/cluster-beside.log; \
-	[ "$$keep" = 1 ] || $(LOCALCLUSTER) down; \
+	[ "$$keep" = 1 ] || $$lc down; \
+	wait $$pure; purerc=$$?; echo "== pure tier (test-output/pure-tier.log)"; tail -25 test-output/pure-tier.log; \
 	wait $$slow; slowrc=$$?; echo "== slow tests without the cluster (test-output/slow-tier.log)"; \
 	tail -40 test-output/slow-tier.log; \
 	wait $$prefetch || { echo "The background prefetch failed (the tests built what was missing):"; tail -20 test-output/prefetch.log; }; \
-	$(PY) hack/junit_merge.py test-output/junit.xml test-output/junit-{pure,slow,cluster,cluster-beside}.xml; \
-	[ $$pure -eq 0 ] && [ $$cluster -eq 0 ] && [ $$besiderc -eq 0 ] && [ $$slowrc -eq 0 ]
+	$$py hack/junit_merge.py test-output/junit.xml test-output/junit-{pure,slow,cluster,cluster-beside}.xml; \
+	[ $$purerc -eq 0 ] && [ $$cluster -eq 0 ] && [ $$besiderc -eq 0 ] && [ $$slowrc -eq 0 ]
 
 test-fast:
 	$(PY) -m pytest tests -m "not cluster and not slow"

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """``make test``'s background prefetch: everything the cluster tier needs that does not need the
 cluster, built while the pure tier (and then the first cluster tests) run — the cluster's Go binaries (Kubernetes, etcd, Helm, the
-add-ons), the operator, trainer and CPU server images (into buildah's storage; the cluster's
+add-ons, then the optional KEDA and Kueue), the operator, trainer and CPU server images (into buildah's storage; the cluster's
 registry gets them by a push later), the converted base model and the operator and server venvs.
 
 Three lanes run side by side, because their costs differ in kind: the Go builds are CPU-bound
@@ -9,6 +9,9 @@ Three lanes run side by side, because their costs differ in kind: the Go builds 
 wheels) and disk, and the model and venvs are downloads. The images are built one after another
 so the torch layer the trainer and server images share is built once. On a warm cache every lane
 finds its outputs and ends in seconds.
+
+It needs only the standard library (``make test`` runs it on the machine's own Python before the
+host virtualenv exists, see the Makefile); the model lane runs in that venv once it is there.
 
 Each lane's seconds go to ``test-output/prefetch.json``. A lane that fails is reported and the
 exit status is 1; the tests then build what is missing themselves (and fail there, naming it).
@@ -28,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "localcluster" / "src"))
 
-from tuneforge_localcluster import binaries, cluster, images, settings  # noqa: E402
+from tuneforge_localcluster import binaries, hostpkgs, images, settings  # noqa: E402
 
 IMAGES = [  # (context, name, target): the images the cluster tier builds, in the order it needs them
     (ROOT / "operator", "operator", None),
@@ -52,15 +55,24 @@ def lanes(s: settings.Settings, image_list: list[tuple[Path, str, str | None]] =
           venvs: tuple[str, ...] = ("operator", "server")) -> dict[str, Callable[[], object]]:
     """The lanes by name: each a callable that builds (or finds cached) its outputs."""
     return {
-        "go binaries": lambda: sorted(binaries.ensure_binaries(s)),
+        # What the cluster needs to start first, then the optional components (KEDA, Kueue) the
+        # cluster tier's tests ask for: built here, beside the first tests, rather than inside one.
+        "go binaries": lambda: sorted([*binaries.ensure_binaries(s),
+                                       *binaries.ensure_binaries(s, [b.name for b in binaries.OPTIONAL])]),
         "images": lambda: _images(s, image_list),
-        "model and venvs": lambda: [_output([sys.executable, str(ROOT / "hack" / "prepare_model.py")]),
+        "model and venvs": lambda: [_output([_host_python(), str(ROOT / "hack" / "prepare_model.py")]),
                                     *(_output([str(ROOT / "hack" / "venv.sh"), v]) for v in venvs)],
     }
 
 
+def _host_python() -> str:
+    """The host virtualenv's Python (``hack/venv.sh`` creates it first, once, under its lock):
+    this script itself may run on the machine's own Python, before that venv exists."""
+    return str(Path(_output([str(ROOT / "hack" / "venv.sh")])) / "bin" / "python")
+
+
 def _images(s: settings.Settings, image_list: list[tuple[Path, str, str | None]]) -> list[str]:
-    cluster.ensure_host_packages()  # buildah and debootstrap, on a fresh machine
+    hostpkgs.ensure()  # buildah and debootstrap, on a fresh machine
     return [images.build(s, context, name, target=target, push=False) for context, name, target in image_list]
 
 

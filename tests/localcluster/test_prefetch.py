@@ -37,8 +37,27 @@ def test_make_test_passes_are_a_partition() -> None:
                 env = {"cluster": cluster, "slow": slow, "exclusive": exclusive}
                 assert sum(bool(eval(p, {}, env)) for p in passes) == 1, (env, passes)  # noqa: S307 - marker expressions
     # The two cluster groups run at once, so neither may stop the cluster under the other.
-    assert recipe.count("TUNEFORGE_KEEP_CLUSTER=1 $(PY) -m pytest tests -m \"cluster") == 2, recipe
-    assert "hack/prefetch.py" in recipe and "&" in recipe.split("hack/prefetch.py", 1)[1].split(";", 1)[0]
+    assert recipe.count("TUNEFORGE_KEEP_CLUSTER=1 $$py -m pytest tests -m \"cluster") == 2, recipe
+    # The prefetch starts first, in the background, on the machine's own Python: before the host
+    # venv is created (that takes minutes on a fresh machine, and the Go builds need no venv).
+    assert recipe.index("python3 hack/prefetch.py") < recipe.index("hack/venv.sh"), recipe
+    assert "&" in recipe.split("hack/prefetch.py", 1)[1].split(";", 1)[0]
+
+
+def test_prefetch_imports_only_the_standard_library() -> None:
+    # make test runs it with the machine's python3, where no project requirement is installed:
+    # importing it (and so every lane's module) must pull in nothing outside the standard library
+    # (-S: no site hooks, which may import packages of their own).
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys; sys.path.insert(0, 'hack'); import prefetch; "
+        "std = set(sys.stdlib_module_names); "
+        "print(sorted({m.split('.')[0] for m in sys.modules} - std - {'__main__', 'prefetch', 'tuneforge_localcluster'}))"
+    )
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", probe], cwd=ROOT, check=True, capture_output=True, text=True)
+    assert out.stdout.strip() == "[]", out.stdout
 
 
 def test_image_store_gc_waits_for_no_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -26,20 +26,9 @@ from pathlib import Path
 
 import yaml
 
-from tuneforge_localcluster import audit, binaries, components, images, manifests, pki
+from tuneforge_localcluster import audit, binaries, components, hostpkgs, images, manifests, pki
 from tuneforge_localcluster.settings import REPO_ROOT, Settings
 
-DEBIAN_PACKAGES = {
-    "containerd": "containerd",
-    "runc": "runc",
-    "/usr/lib/cni/bridge": "containernetworking-plugins",
-    "iptables": "iptables",
-    "buildah": "buildah",
-    "debootstrap": "debootstrap",
-    "conntrack": "conntrack",
-    "ip": "iproute2",
-    "mount": "mount",
-}
 # Started in this order, stopped in the reverse one.
 COMPONENTS = (
     "etcd",
@@ -71,28 +60,6 @@ def locked(s: Settings) -> Iterator[None]:
 
 def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def _missing_host_packages() -> list[str]:
-    return sorted({pkg for probe, pkg in DEBIAN_PACKAGES.items() if not (Path(probe).exists() or shutil.which(probe))})
-
-
-def ensure_host_packages() -> None:
-    """Install the Debian packages the node needs when any is missing (buildah and debootstrap
-    among them: ``make test``'s background image builds ask for them while the cluster starts,
-    so one installer at a time, and apt waits for dpkg's own lock rather than failing)."""
-    if not _missing_host_packages():
-        return
-    with open(Path(tempfile.gettempdir()) / "tuneforge-host-packages.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        missing = _missing_host_packages()
-        if not missing:
-            return
-        _log(f"Installing Debian packages: {' '.join(missing)}")
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        wait = ["-o", "DPkg::Lock::Timeout=600"]
-        subprocess.run(["apt-get", *wait, "update", "-qq"], check=True, env=env)
-        subprocess.run(["apt-get", *wait, "install", "-y", "-qq", *missing], check=True, env=env, stdout=subprocess.DEVNULL)
 
 
 # ---------------------------------------------------------------- processes
@@ -293,7 +260,7 @@ def _prepare_host(s: Settings) -> None:
 def up(s: Settings) -> float:
     """Start the whole cluster; return the seconds it took until every node was Ready."""
     started = time.monotonic()
-    ensure_host_packages()
+    hostpkgs.ensure()
     bins = binaries.ensure_binaries(s)
     _log("Cleaning up any earlier run")
     clean(s)
