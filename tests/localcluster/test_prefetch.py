@@ -98,3 +98,20 @@ def test_junit_reports_of_the_passes_merge_into_one(tmp_path: Path, capsys: pyte
         "FAILURE tests.x::t2 - boom",
         "ERROR tests.y::t3 - e",
     ]
+
+
+def test_each_lane_and_what_it_starts_runs_at_its_niceness() -> None:
+    # The Go lane (the cluster's critical path on an empty cache) keeps this process's priority;
+    # the image and model lanes, and every process they start, yield to it.
+    import os
+    import subprocess
+    import sys
+
+    prefetch = load_hack("prefetch.py", "tuneforge_prefetch")
+    child = [sys.executable, "-c", "import os; print(os.nice(0))"]
+    lane = lambda: int(subprocess.run(child, check=True, capture_output=True, text=True).stdout)  # noqa: E731
+    report = prefetch.run({"go binaries": lane, "images": lane, "model and venvs": lane})
+    base = os.nice(0)
+    assert {name: r["result"] for name, r in report.items() if name != "total"} == {
+        "go binaries": base, "images": base + 5, "model and venvs": base + 5}
+    assert os.nice(0) == base  # the caller's own priority is untouched
