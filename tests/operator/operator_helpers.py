@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -132,3 +133,15 @@ def least_privilege_kubeconfig(cluster: Any, namespace: str, folder: Path) -> It
     finally:
         cluster.kubectl("delete", "clusterrolebinding", binding["metadata"]["name"], check=False)
         cluster.kubectl("delete", "clusterrole", role["metadata"]["name"], check=False)
+
+
+_REFUSED = re.compile(r"Forbidden|\(403\)|\b403 Forbidden|[\"']?(?:code|status)[\"']?\s*[:=]\s*403\b")
+
+
+def refused_calls(log: str) -> list[str]:
+    """The log lines that report an API call the apiserver refused (HTTP 403). Each client names
+    it: the kubernetes client's ApiException ``(403) Reason: Forbidden``, Kopf's
+    ``APIForbiddenError``, a Status ``"code": 403``. A bare ``403`` is not one: it also occurs in
+    timestamps (``17:41:25.403008``) and ids, and a test that looked for it failed on a timestamp."""
+    return [line for line in log.splitlines() if _REFUSED.search(line)]
+
