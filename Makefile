@@ -28,32 +28,35 @@ venv:
 # Three passes over the same tests, partitioned by marker (each test runs in exactly one):
 #  - the pure tier;
 #  - the slow tests that need no cluster (the trainer's real-model runs, vLLM on the host),
-#    CPU-bound; both in the background from the start, their output in test-output/ (printed
-#    when they end);
+#    CPU-bound; both in the background, their output in test-output/ (printed when they end);
 #  - everything that needs the cluster, in the foreground (the longest pass: the critical path).
-# Order matters on a machine with empty caches, where the first 20 minutes are compilation:
+# Order matters on a machine with empty caches, where the first 20 minutes are compilation and
+# every core is busy throughout (so what runs first is what finishes first):
 #  1. hack/prefetch.py starts first, on the machine's own Python (it needs only the standard
-#     library): the cluster's Go binaries, the images, the model and the venvs. It is the
-#     critical path then (the cluster cannot start before the control plane is compiled), so it
-#     runs at normal priority and the slow pass (CPU-bound, minutes of training) under `nice`;
+#     library): the cluster's Go binaries, then the images, the model and the venvs at a lower
+#     priority (its NICE). The Go builds are the critical path then: the cluster cannot start
+#     before the control plane is compiled;
 #  2. the host virtualenv (hack/venv.sh; minutes cold, while the Go builds run);
-#  3. the pure and slow passes in the background, and the cluster is started in the foreground
-#     unless it is up (outside any test's timeout: cold, it waits for the control plane's
-#     compilation), then the cluster passes: what the prefetch has not finished yet, a test
-#     waits for through its per-binary and per-image locks.
+#  3. the pure tier in the background, and the cluster is started in the foreground unless it is
+#     up (outside any test's timeout: cold, it waits for the control plane's compilation);
+#  4. then the slow tier in the background (started after the cluster so that, cold, its
+#     minutes of training do not take the cores from the compilation; warm, that is seconds)
+#     and the two cluster passes: what the prefetch has not finished yet (KEDA, Kueue, images),
+#     a test waits for through its per-binary and per-image locks.
 # The exit status is non-zero when any pass failed. Prefetch seconds: test-output/prefetch.json;
 # the passes' reports are merged into test-output/junit.xml.
 test:
 	@mkdir -p test-output && rm -f test-output/junit*.xml
 	@set -u; python3 hack/prefetch.py > test-output/prefetch.log 2>&1 & prefetch=$$!; \
 	py=$$(hack/venv.sh)/bin/python || exit 1; lc="$$py -m tuneforge_localcluster"; \
-	nice -n 10 $$py -m pytest tests -m "slow and not cluster" --durations=15 --junitxml=test-output/junit-slow.xml \
-	  > test-output/slow-tier.log 2>&1 & slow=$$!; \
 	$$py -m pytest tests -m "not cluster and not slow" --durations=15 --junitxml=test-output/junit-pure.xml \
 	  > test-output/pure-tier.log 2>&1 & pure=$$!; \
+	echo "== the pure tier (test-output/pure-tier.log) and the cluster's start (test-output/cluster-up.log)"; \
 	keep=$${TUNEFORGE_KEEP_CLUSTER:-}; \
 	if $$lc status --quiet; then keep=1; else $$lc up > test-output/cluster-up.log 2>&1 \
 	  || { echo "The cluster did not start (test-output/cluster-up.log):"; tail -30 test-output/cluster-up.log; }; fi; \
+	$$py -m pytest tests -m "slow and not cluster" --durations=15 --junitxml=test-output/junit-slow.xml \
+	  > test-output/slow-tier.log 2>&1 & slow=$$!; \
 	TUNEFORGE_KEEP_CLUSTER=1 $$py -m pytest tests -m "cluster and not slow and not exclusive" --durations=15 \
 	  --junitxml=test-output/junit-cluster-beside.xml > test-output/cluster-beside.log 2>&1 & beside=$$!; \
 	TUNEFORGE_KEEP_CLUSTER=1 $$py -m pytest tests -m "cluster and (slow or exclusive)" --durations=15 \

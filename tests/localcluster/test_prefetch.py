@@ -42,6 +42,9 @@ def test_make_test_passes_are_a_partition() -> None:
     # venv is created (that takes minutes on a fresh machine, and the Go builds need no venv).
     assert recipe.index("python3 hack/prefetch.py") < recipe.index("hack/venv.sh"), recipe
     assert "&" in recipe.split("hack/prefetch.py", 1)[1].split(";", 1)[0]
+    # On an empty cache the slow tier's training would take the cores from the control plane's
+    # compilation: it starts once the cluster is up (or did not come up).
+    assert recipe.index("$$lc up") < recipe.index('"slow and not cluster"'), recipe
 
 
 def test_prefetch_imports_only_the_standard_library() -> None:
