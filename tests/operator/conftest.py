@@ -4,14 +4,15 @@ with queues for a test's namespace, and the real KEDA."""
 
 from __future__ import annotations
 
-import concurrent.futures
 import signal
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
+import optional_builds
 from kueue_helpers import KueueQueues
+from optional_builds import pytest_runtest_protocol  # noqa: F401 - the wait outside a test's time limit
 from operator_helpers import ROOT, STANDIN_DIR, OperatorProcess
 
 
@@ -49,9 +50,8 @@ def operator_image(cluster: Any) -> str:
 # --- Kueue -----------------------------------------------------------------------------------
 # The real Kueue manager (localcluster/kueue.py) is optional: only tests that ask for the
 # ``kueue`` fixture build (cold: minutes, once per machine) and start it. Its build starts in the
-# background as soon as collection shows such a test, while the cluster and images come up.
-
-_optional_builds: dict[str, Any] = {}
+# background as soon as collection shows such a test, while the cluster and images come up, and a
+# test waits for it before its time limit starts (tests/optional_builds.py).
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -59,12 +59,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     from tuneforge_localcluster import kueue as lc_kueue
     from tuneforge_localcluster import settings as lc_settings
 
-    for name, build in (("kueue", lc_kueue.build), ("keda", lc_keda.build)):
-        if not any(name in getattr(item, "fixturenames", ()) for item in session.items):
-            continue
-        pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-build")
-        _optional_builds[name] = pool.submit(build, lc_settings.load())
-        pool.shutdown(wait=False)
+    optional_builds.start(session, {"kueue": lambda: lc_kueue.build(lc_settings.load()),
+                                    "keda": lambda: lc_keda.build(lc_settings.load())})
 
 
 @pytest.fixture(scope="session")
@@ -72,7 +68,7 @@ def kueue(cluster: Any) -> float:
     """Kueue's CRDs, webhooks and manager in the local cluster; the seconds its start took."""
     from tuneforge_localcluster import kueue as lc_kueue
 
-    future = _optional_builds.get("kueue")
+    future = optional_builds.BUILDS.get("kueue")
     if future is not None:
         future.result()
     return lc_kueue.ensure(cluster.settings)
@@ -89,7 +85,7 @@ def keda(cluster: Any) -> float:
     seconds its start took."""
     from tuneforge_localcluster import keda as lc_keda
 
-    future = _optional_builds.get("keda")
+    future = optional_builds.BUILDS.get("keda")
     if future is not None:
         future.result()
     return lc_keda.ensure(cluster.settings)
