@@ -167,7 +167,15 @@ def start_operator(c: Cluster, trainer_image: str, **images: str) -> InClusterOp
         "nodeSelector": {"tuneforge.dev/node-kind": "real"},
         "resources": {"requests": {"cpu": "0", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
         # Gate pods run where containers really run, too.
-        "settings": {"progressInterval": 5, "gateNodeSelector": json.dumps({"tuneforge.dev/node-kind": "real"})},
+        "settings": {"progressInterval": 5, "gateNodeSelector": json.dumps({"tuneforge.dev/node-kind": "real"}),
+                     # Asking no CPU, the operator gets the smallest CPU weight on a node whose cores
+                     # a training run takes: under that load (a cold make test, 2026-12-07) both
+                     # replicas missed client-go's 10 s renew deadline, exited (fenced, status 3)
+                     # and crash-looped. Longer durations tolerate such stalls, as OpenShift's
+                     # controllers default to 137/107/26 s (library-go): a leader keeps the Lease
+                     # through a 40 s stall; a crashed leader's successor waits up to ~70 s.
+                     "leaderElectionLeaseDuration": 60, "leaderElectionRenewDeadline": 40,
+                     "leaderElectionRetryPeriod": 5},
         # An illustrative price for one GPU-hour (the stand-in is the node's CPU), as a platform
         # team sets its own: status.cost, `kubectl get ftj`'s Cost column and the model card's cost
         # per 1,000 predictions show what the run would cost at it.
