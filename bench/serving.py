@@ -41,8 +41,10 @@ from typing import Any
 from banking77_common import BANKING77, INTENTS8, ROOT, model_folder
 
 sys.path.insert(0, str(ROOT / "server-image" / "src"))
+sys.path.insert(0, str(ROOT / "localcluster" / "src"))
 
 from tuneforge_server.digest import folder_digest  # noqa: E402
+from tuneforge_localcluster.testing import stop_group  # noqa: E402
 from tuneforge_server.probe import check_ready  # noqa: E402
 
 TEMPLATE = "Classify the message into one of these categories: {labels}.\nMessage: {text}\nCategory:"
@@ -87,7 +89,8 @@ def vllm_server(base: Path, adapter: Path, mode: str, work: Path, extra: list[st
     python = subprocess.run([str(ROOT / "hack" / "venv.sh"), "server"], check=True, capture_output=True, text=True).stdout.strip() + "/bin/python"
     env = dict(os.environ, PYTHONPATH=str(ROOT / "server-image" / "src"), VLLM_TARGET_DEVICE="cpu")
     log = open(work / f"vllm-{mode}.log", "wb")
-    proc = subprocess.Popen([python, "-m", "tuneforge_server", "launch", "--config", str(conf)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([python, "-m", "tuneforge_server", "launch", "--config", str(conf)], env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
     try:
         started = time.monotonic()
         while not check_ready(port, ["adapter"])[0]:
@@ -97,8 +100,7 @@ def vllm_server(base: Path, adapter: Path, mode: str, work: Path, extra: list[st
         print(f"  vLLM {mode}: ready in {time.monotonic() - started:.0f} s", flush=True)
         yield port, "adapter"
     finally:
-        proc.terminate()
-        proc.wait(60)
+        stop_group(proc)  # the launcher and vLLM's engine processes under it
 
 
 @contextmanager

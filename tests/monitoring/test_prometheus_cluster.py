@@ -40,7 +40,7 @@ import pytest
 import dashboard
 import promtool
 from tuneforge_localcluster.prometheus import HOST_JOB, Prometheus, pod_targets, running
-from tuneforge_localcluster.testing import Cluster, kwok_serve_env, wait_for
+from tuneforge_localcluster.testing import Cluster, kwok_serve_env, stop_group, wait_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
 from operator_helpers import STANDIN_DIR, OperatorProcess, ftj_manifest, pvc_manifest  # noqa: E402
@@ -258,7 +258,7 @@ def launcher(prom: Prometheus, operator_run: dict[str, Any], tmp_path_factory: p
     log_path = work / "vllm.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(["nice", "-n", "10", python, "-m", "tuneforge_server", "launch", "--config", str(conf)],
-                                env=env, stdout=log, stderr=subprocess.STDOUT)
+                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         started = time.monotonic()
         while not check_ready(port, ["base"])[0]:
@@ -275,12 +275,7 @@ def launcher(prom: Prometheus, operator_run: dict[str, Any], tmp_path_factory: p
                  lambda: prom.query('sum(vllm:request_success_total{component="server"}) >= 3'), 60, 1, prom.log)
         yield {"port": port, "log": log_path}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_group(proc)  # the launcher and vLLM's engine processes under it
 
 
 def _chat(port: int, n: int) -> None:

@@ -38,6 +38,7 @@ from tuneforge.serve.gate import GateRow, measure, run_gate  # noqa: E402
 from tuneforge_server.digest import folder_digest  # noqa: E402
 from tuneforge_server.headers import HEADER  # noqa: E402
 from tuneforge_server.probe import check_ready  # noqa: E402
+from tuneforge_localcluster.testing import stop_group  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -90,7 +91,8 @@ def launched(trained: dict[str, Any], mode: str) -> Iterator[int]:
     Path(env["TMPDIR"]).mkdir(exist_ok=True)
     log_path = work / f"vllm-{mode}.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([python, "-m", "tuneforge_server", "launch", "--config", str(conf)], env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([python, "-m", "tuneforge_server", "launch", "--config", str(conf)], env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
     try:
         started = time.monotonic()
         while not check_ready(port, [ADAPTER])[0]:
@@ -100,11 +102,7 @@ def launched(trained: dict[str, Any], mode: str) -> Iterator[int]:
         print(f"vLLM classifier ({mode}): ready in {time.monotonic() - started:.0f} s")
         yield port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_group(proc)  # the launcher and vLLM's engine processes under it
 
 
 def classify(port: int, model: str, text: str) -> tuple[str, dict[str, str]]:

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 import uuid
@@ -35,6 +36,24 @@ def operator_python() -> str:
     venv = subprocess.run([str(REPO_ROOT / "hack" / "venv.sh"), "operator"], check=True, text=True,
                           stdout=subprocess.PIPE).stdout.strip()
     return str(Path(venv) / "bin" / "python")
+
+
+def stop_group(proc: subprocess.Popen[bytes], grace: float = 60) -> None:
+    """Stop a process started with ``start_new_session=True`` *and everything it started*: SIGTERM
+    to its process group, up to ``grace`` seconds for the leader to exit, then SIGKILL to what is
+    left of the group. A vLLM launcher's engine core and workers are its children: when a fixture
+    gave up on a launcher still starting and stopped only the launcher (a cold ``make test``,
+    2026-12-07), the engine stayed on, reparented to init, with a GB of memory and some of the two
+    cores, through the rest of the run and into the next."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return  # the whole group is gone
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            continue
 
 
 class WaitTimeout(AssertionError):
