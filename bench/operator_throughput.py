@@ -270,13 +270,13 @@ def run_operator(cluster: Any, api: client.ApiClient, ns: str, n: int, m: int, p
             proc.kill()
 
 
-def drain(cluster: Cluster, ns: str) -> float:
+def drain(cluster: Cluster, ns: str, n: int) -> float:
     """Delete a run's namespace and wait until it is gone: its Jobs stop cycling through the fake
     nodes and their garbage collection is over before the next run starts. Returns the wait."""
     start = time.monotonic()
     cluster.delete_namespace(ns)
     wait_for(f"namespace {ns} gone", lambda: cluster.kubectl("get", "namespace", ns, check=False).returncode != 0,
-             timeout=deadline(10_000), interval=1.0)
+             timeout=deadline(n), interval=1.0)
     return time.monotonic() - start
 
 
@@ -324,7 +324,7 @@ def main() -> int:
                         info: dict[str, float] = {}
                         results["operator"] = (*run_operator(cluster, api, ns, args.n, serves, pool, info), info)
                     if not args.no_drain:
-                        results[f"{kind} drain"] = drain(cluster, pending.pop())
+                        results[f"{kind} drain"] = drain(cluster, pending.pop(), args.n)
             finally:
                 for ns in pending:
                     cluster.delete_namespace(ns)
