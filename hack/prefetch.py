@@ -59,12 +59,28 @@ def lanes(s: settings.Settings, image_list: list[tuple[Path, str, str | None]] =
     return {
         # What the cluster needs to start first, then the optional components (KEDA, Kueue) the
         # cluster tier's tests ask for: built here, beside the first tests, rather than inside one.
-        "go binaries": lambda: sorted([*binaries.ensure_binaries(s),
-                                       *binaries.ensure_binaries(s, [b.name for b in binaries.OPTIONAL])]),
+        "go binaries": lambda: _go_binaries(s),
         "images": lambda: _images(s, image_list),
         "model and venvs": lambda: [_output([_host_python(), str(ROOT / "hack" / "prepare_model.py")]),
                                     *(_output([str(ROOT / "hack" / "venv.sh"), v]) for v in venvs)],
     }
+
+
+def _go_binaries(s: settings.Settings) -> list[str]:
+    """The cluster's binaries at the lane's priority, then the optional ones (KEDA, Kueue: only a
+    few tests of the group beside the foreground use them) at :data:`OPTIONAL_GO_NICE` more: on an
+    empty cache they would otherwise take the cores from the images the foreground's e2e tests
+    are waiting for (a cold run's trainer image took 902 s beside KEDA's and Kueue's builds)."""
+    built = binaries.ensure_binaries(s)
+    _lower_this_thread(OPTIONAL_GO_NICE)  # the build threads ensure_binaries starts inherit it
+    return sorted([*built, *binaries.ensure_binaries(s, [b.name for b in binaries.OPTIONAL])])
+
+
+def _lower_this_thread(by: int) -> None:
+    """Add ``by`` to this thread's niceness (Linux keeps one per thread; what the thread starts
+    from then on inherits it)."""
+    tid = threading.get_native_id()
+    os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + by)
 
 
 def _host_python() -> str:
@@ -82,6 +98,9 @@ NICE = {"go binaries": 0, "images": 5, "model and venvs": 5}
 """Each lane's niceness. On an empty cache the cluster cannot start before the Go builds end (the
 critical path: minutes of compilation on every core), while the images and the model are needed
 only by later tests; so the Go lane keeps normal priority and the others yield to it."""
+OPTIONAL_GO_NICE = 10
+"""What the Go lane adds to its niceness once the cluster's binaries are built: the optional
+builds then yield to the images (niceness 5 against 10: about three times their CPU share)."""
 
 
 def run(todo: dict[str, Callable[[], object]]) -> dict[str, dict[str, object]]:
@@ -93,7 +112,7 @@ def run(todo: dict[str, Callable[[], object]]) -> dict[str, dict[str, object]]:
     def timed(name: str, fn: Callable[[], object]) -> None:
         # Linux keeps a niceness per thread, and the threads and processes a thread starts
         # inherit it: this lane's builds run at its niceness, the other lanes' do not.
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + NICE.get(name, 0))
+        _lower_this_thread(NICE.get(name, 0))
         t0 = time.monotonic()
         _say(f"{name}: started")
         try:

@@ -118,3 +118,25 @@ def test_each_lane_and_what_it_starts_runs_at_its_niceness() -> None:
     assert {name: r["result"] for name, r in report.items() if name != "total"} == {
         "go binaries": base, "images": base + 5, "model and venvs": base + 5}
     assert os.nice(0) == base  # the caller's own priority is untouched
+
+
+def test_optional_go_builds_yield_to_the_images(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The cluster's binaries at the Go lane's niceness (0: the cluster waits for them), then the
+    # optional ones (KEDA, Kueue) below the images' (5), which the foreground's e2e tests wait for.
+    import os
+    import threading
+
+    prefetch = load_hack("prefetch.py", "tuneforge_prefetch")
+    seen: list[tuple[object, int]] = []
+
+    def ensure(s: object, names: list[str] | None = None) -> dict[str, Path]:
+        seen.append((names, os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+        return {n: Path(n) for n in names or ["kube-apiserver"]}
+
+    monkeypatch.setattr(prefetch.binaries, "ensure_binaries", ensure)
+    report = prefetch.run({"go binaries": lambda: prefetch._go_binaries(None), "images": lambda: os.nice(0)})
+    base = os.nice(0)
+    optional = sorted(b.name for b in prefetch.binaries.OPTIONAL)
+    assert [(sorted(n) if n else n, nice) for n, nice in seen] == [(None, base), (optional, base + 10)]
+    assert report["images"]["result"] == base + 5 < base + prefetch.OPTIONAL_GO_NICE
+    assert report["go binaries"]["result"] == sorted(["kube-apiserver", *optional])
