@@ -3,6 +3,11 @@ chain is the cluster's start-up time on a fresh machine)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
+from tuneforge_localcluster import binaries
 from tuneforge_localcluster.binaries import BINARIES, GoBinary, build_chains
 
 
@@ -30,3 +35,23 @@ def test_only_what_is_missing_is_built() -> None:
     helm = next(b for b in BINARIES if b.name == "helm")
     assert build_chains([helm]) == [[helm]]
     assert build_chains([]) == []
+
+
+def test_the_go_toolchain_builds_with_a_larger_gc_target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # GOGC reaches the compiler and linker processes (the go command passes its environment on),
+    # static binaries as before; the binary's cache key does not depend on it (same output).
+    import subprocess
+
+    seen: list[dict[str, str]] = []
+
+    def run(cmd: list[str], cwd: object = None, env: dict[str, str] | None = None, check: bool = False) -> None:
+        seen.append(env or {})
+        gobin = Path(env["GOBIN"]) if env and "GOBIN" in env else None
+        if gobin:
+            gobin.mkdir(parents=True)
+            (gobin / "kwok").write_text("")
+
+    monkeypatch.setattr(subprocess, "run", run)
+    binaries._build(binaries.GoBinary("kwok", "sigs.k8s.io/kwok/cmd/kwok@v0.8.0"), tmp_path / "kwok")
+    assert (tmp_path / "kwok").exists()
+    assert seen[0]["GOGC"] == "400" and seen[0]["CGO_ENABLED"] == "0"

@@ -144,8 +144,15 @@ def binary_path(settings: Settings, binary: GoBinary, gover: str) -> Path:
     return settings.cache / "bin" / binary.key(gover) / binary.name
 
 
+GOGC_FOR_BUILDS = "400"
+"""The Go toolchain's own garbage collector target while it compiles (not the binaries'): the
+compiler allocates steadily and exits, so collecting less often saves CPU for more memory. Measured
+on the 2-core machine (kwok v0.8.0 from an empty build cache, 2026-12-07): 172 CPU-s at 400 against
+202 at the default 100 (-15 %), peak RSS 1.04 GB against 0.96."""
+
+
 def _build(binary: GoBinary, out: Path) -> None:
-    env = dict(os.environ, CGO_ENABLED="0")
+    env = dict(os.environ, CGO_ENABLED="0", GOGC=GOGC_FOR_BUILDS)
     flags = ["-trimpath", "-ldflags", binary.ldflags]
     if binary.tags:
         flags += ["-tags", binary.tags]
