@@ -47,7 +47,9 @@ venv:
 # the passes' reports are merged into test-output/junit.xml.
 test:
 	@mkdir -p test-output && rm -f test-output/junit*.xml
-	@set -u; python3 hack/prefetch.py > test-output/prefetch.log 2>&1 & prefetch=$$!; \
+	@# OMP_WAIT_POLICY: the host's trainings (the slow tier) run beside the node's (as the trainer
+	@# image sets it): spinning OpenMP threads of two trainings on 2 cores cost 3x (bench/cpu_sharing.py).
+	@set -u; export OMP_WAIT_POLICY=PASSIVE; python3 hack/prefetch.py > test-output/prefetch.log 2>&1 & prefetch=$$!; \
 	py=$$(hack/venv.sh)/bin/python || exit 1; lc="$$py -m tuneforge_localcluster"; \
 	$$py -m pytest tests -m "not cluster and not slow" --durations=15 --junitxml=test-output/junit-pure.xml \
 	  > test-output/pure-tier.log 2>&1 & pure=$$!; \

@@ -203,3 +203,16 @@ def test_cpu_threads_are_announced_to_openmp_before_accelerate_starts() -> None:
     torch, env = Torch(), {"TUNEFORGE_THREADS": "4", "LOCAL_WORLD_SIZE": "2"}
     assert use_cpu_threads(torch, env) == 2
     assert torch.threads == 2 and env["OMP_NUM_THREADS"] == "2"
+
+
+def test_openmp_threads_sleep_when_they_wait_in_the_image_and_in_make_test() -> None:
+    """Two CPU trainings on the same cores spend 3x as long when torch's OpenMP threads spin while
+    they wait (bench/cpu_sharing.py): the image's environment says PASSIVE, and make test says it
+    for the host's trainings, which run beside the node's."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env_block = (root / "trainer-image" / "Dockerfile").read_text().split("\nENV ", 1)[1].split("\n\n", 1)[0]
+    assert "OMP_WAIT_POLICY=PASSIVE" in env_block.split("\n#", 1)[0], env_block
+    recipe = (root / "Makefile").read_text().split("\ntest:\n", 1)[1].split("\n\n", 1)[0]
+    assert recipe.index("export OMP_WAIT_POLICY=PASSIVE") < recipe.index("pytest"), recipe
