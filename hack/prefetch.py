@@ -108,11 +108,14 @@ def run(todo: dict[str, Callable[[], object]]) -> dict[str, dict[str, object]]:
     or error."""
     report: dict[str, dict[str, object]] = {}
     started = time.monotonic()
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
     def timed(name: str, fn: Callable[[], object]) -> None:
         # Linux keeps a niceness per thread, and the threads and processes a thread starts
         # inherit it: this lane's builds run at its niceness, the other lanes' do not.
-        _lower_this_thread(NICE.get(name, 0))
+        # Set, not added: the pool may run this lane on a thread another lane has lowered.
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, base + NICE.get(name, 0))
         t0 = time.monotonic()
         _say(f"{name}: started")
         try:
