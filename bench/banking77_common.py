@@ -24,3 +24,19 @@ def model_folder() -> Path:
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return Path(mod.prepare_model())
+
+
+def training_only_config(model: Path, out: Path, steps: int, batch: int = 8) -> dict[str, object]:
+    """The trainer config of the training-speed benches: the 8 intents x 50 rows, no evaluation,
+    no checkpoints, plots or model card (what they time is the steps)."""
+    return {
+        "model": {"source": str(model)},
+        "dataset": {
+            "source": str(BANKING77 / "train.csv"), "label_column": "category",
+            "include_labels": INTENTS8, "max_rows_per_label": 50,
+        },
+        "data": {"eval_fraction": 0.0},
+        "eval": {"enabled": False},
+        "training": {"max_steps": steps, "batch_size": batch, "learning_rate": 1e-3, "logging_steps": steps, "save_steps": 10_000},
+        "output": {"dir": str(out), "termination_message_path": None, "plots": False, "model_card": False},
+    }

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import yaml
 
-from banking77_common import BANKING77, INTENTS8, ROOT, model_folder  # noqa: E402
+from banking77_common import ROOT, model_folder, training_only_config  # noqa: E402
 
 CASES = {
     # name: (jobs at once, extra environment)
@@ -53,17 +53,9 @@ CASES = {
 
 
 def config(model: Path, out: Path, steps: int) -> dict[str, object]:
-    return {
-        "model": {"source": str(model)},
-        "dataset": {"source": str(BANKING77 / "train.csv"), "label_column": "category",
-                    "include_labels": INTENTS8, "max_rows_per_label": 50},
-        "data": {"eval_fraction": 0.0},
-        "eval": {"enabled": False},
-        "training": {"max_steps": steps, "batch_size": 8, "learning_rate": 1e-3, "logging_steps": steps,
-                     "save_steps": 10_000},
-        "output": {"dir": str(out), "termination_message_path": str(out.parent / "summary.json"),
-                   "plots": False, "model_card": False},
-    }
+    cfg = training_only_config(model, out, steps)
+    cfg["output"]["termination_message_path"] = str(out.parent / "summary.json")  # type: ignore[index]
+    return cfg
 
 
 def run_case(model: Path, work: Path, steps: int, jobs: int, extra: dict[str, str]) -> tuple[float, float]:

@@ -30,23 +30,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from banking77_common import BANKING77, INTENTS8, ROOT, model_folder  # noqa: E402
+from banking77_common import ROOT, model_folder, training_only_config  # noqa: E402
 
 
 def make_cfg(model: Path, out: Path, steps: int, batch: int) -> Any:
     from tuneforge_trainer.config import parse_config
 
-    return parse_config({
-        "model": {"source": str(model)},
-        "dataset": {
-            "source": str(BANKING77 / "train.csv"), "label_column": "category",
-            "include_labels": INTENTS8, "max_rows_per_label": 50,
-        },
-        "data": {"eval_fraction": 0.0},
-        "eval": {"enabled": False},
-        "training": {"max_steps": steps, "batch_size": batch, "learning_rate": 1e-3, "logging_steps": steps, "save_steps": 10_000},
-        "output": {"dir": str(out), "termination_message_path": None, "plots": False, "model_card": False},
-    })
+    return parse_config(training_only_config(model, out, steps, batch))
 
 
 class _Timer:

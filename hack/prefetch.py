@@ -72,15 +72,15 @@ def _go_binaries(s: settings.Settings) -> list[str]:
     empty cache they would otherwise take the cores from the images the foreground's e2e tests
     are waiting for (a cold run's trainer image took 902 s beside KEDA's and Kueue's builds)."""
     built = binaries.ensure_binaries(s)
-    _lower_this_thread(OPTIONAL_GO_NICE)  # the build threads ensure_binaries starts inherit it
+    _set_thread_nice(OPTIONAL_GO_NICE)  # the build threads ensure_binaries starts inherit it
     return sorted([*built, *binaries.ensure_binaries(s, [b.name for b in binaries.OPTIONAL])])
 
 
-def _lower_this_thread(by: int) -> None:
-    """Add ``by`` to this thread's niceness (Linux keeps one per thread; what the thread starts
-    from then on inherits it)."""
-    tid = threading.get_native_id()
-    os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + by)
+def _set_thread_nice(nice: int) -> None:
+    """Run this thread at the process's niceness + ``nice`` (Linux keeps one per thread; what the
+    thread starts from then on inherits it). Set, not added: the pool may run a lane on a thread
+    another lane has changed."""
+    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, os.getpid()) + nice)
 
 
 def _host_python() -> str:
@@ -99,8 +99,8 @@ NICE = {"go binaries": 0, "images": 5, "model and venvs": 5}
 critical path: minutes of compilation on every core), while the images and the model are needed
 only by later tests; so the Go lane keeps normal priority and the others yield to it."""
 OPTIONAL_GO_NICE = 10
-"""What the Go lane adds to its niceness once the cluster's binaries are built: the optional
-builds then yield to the images (niceness 5 against 10: about three times their CPU share)."""
+"""The Go lane's niceness once the cluster's binaries are built: the optional builds then yield to
+the images (niceness 5 against 10: about three times their CPU share)."""
 
 
 def run(todo: dict[str, Callable[[], object]]) -> dict[str, dict[str, object]]:
@@ -108,14 +108,11 @@ def run(todo: dict[str, Callable[[], object]]) -> dict[str, dict[str, object]]:
     or error."""
     report: dict[str, dict[str, object]] = {}
     started = time.monotonic()
-    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
     def timed(name: str, fn: Callable[[], object]) -> None:
         # Linux keeps a niceness per thread, and the threads and processes a thread starts
         # inherit it: this lane's builds run at its niceness, the other lanes' do not.
-        # Set, not added: the pool may run this lane on a thread another lane has lowered.
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, base + NICE.get(name, 0))
+        _set_thread_nice(NICE.get(name, 0))
         t0 = time.monotonic()
         _say(f"{name}: started")
         try:
